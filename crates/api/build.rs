@@ -1,0 +1,18 @@
+//! Compiles proto/ once for every crate. protoc comes from protoc-bin-vendored: a build needs only cargo.
+fn main() -> Result<(), Box<dyn std::error::Error>> {
+    let protoc = protoc_bin_vendored::protoc_bin_path()?;
+    // SAFETY: build scripts are single-threaded.
+    unsafe { std::env::set_var("PROTOC", protoc) };
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../proto");
+    let files: Vec<_> = ["common", "job", "worker", "cluster", "raft"]
+        .iter()
+        .map(|f| root.join(format!("aidos/v1/{f}.proto")))
+        .collect();
+    for f in &files {
+        println!("cargo:rerun-if-changed={}", f.display());
+    }
+    tonic_prost_build::configure()
+        .btree_map(".")
+        .compile_protos(&files, &[root])?;
+    Ok(())
+}
