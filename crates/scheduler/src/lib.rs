@@ -1,16 +1,42 @@
-//! aidos control plane (skeleton: being implemented).
+//! aidos control plane: a Raft-replicated scheduler (openraft + redb) with placement, worker tracking and the
+//! gRPC services (jobs, workers, cluster, raft) on one port.
+//!
+//! Paths through the code: a client call enters `grpc::*`, [`core::Core::route`] sends it to the leader path
+//! (`leader::LeaderHandler`) or the forwarding path (`forwarder::Forwarder`); the leader validates, proposes a
+//! `CommandV1`, openraft replicates and fsyncs it on a quorum (`store`), and `state::ClusterState::apply`
+//! applies it on every node. `loops` places pending work with the pure `placement::schedule` and watches worker
+//! liveness (leader memory, never the log).
+
+mod core;
+mod error;
+mod forwarder;
+mod grpc;
+mod leader;
+mod leader_workers;
+mod loops;
+mod network;
+pub mod placement;
+mod raft_types;
+pub mod state;
+mod store;
+mod task_logs;
+
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
-/// Placement strategy used when a job does not pick one.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub enum Strategy {
-    #[default]
-    BinPack,
-    Spread,
-}
+use aidos_api::cluster_service_server::ClusterServiceServer;
+use aidos_api::job_service_server::JobServiceServer;
+use aidos_api::raft_service_server::RaftServiceServer;
+use aidos_api::worker_service_server::WorkerServiceServer;
+use openraft::BasicNode;
+use tokio::sync::{mpsc, watch};
+use tokio::task::JoinHandle;
+
+pub use error::SchedulerError;
+pub use placement::Strategy;
 
 /// Everything one scheduler node needs. Plain data: the binary layers flags, env and files onto it.
 #[derive(Debug, Clone)]
@@ -19,9 +45,9 @@ pub struct SchedulerConfig {
     pub node_id: u64,
     /// Where the gRPC server binds (all services on one port).
     pub listen: SocketAddr,
-    /// The address other nodes and workers dial to reach this node; empty: `listen`.
+    /// The address other nodes and workers dial to reach this node; empty: the bound address.
     pub advertise: String,
-    /// redb files (raft log, vote, state machine) and leader-side task logs live here.
+    /// redb file (raft log, vote, state machine) and the leader's task logs live here.
     pub data_dir: PathBuf,
     /// Initial voters (id -> address), this node included. Used once, to initialize an empty cluster: the node
     /// with the lowest id initializes. Empty: a single-node cluster of this node.
@@ -48,26 +74,117 @@ impl SchedulerConfig {
     }
 }
 
-#[derive(Debug, thiserror::Error)]
-pub enum SchedulerError {
-    #[error("not implemented yet")]
-    Todo,
-}
-
 /// A running scheduler node.
 pub struct SchedulerNode {
-    pub local_addr: SocketAddr,
+    local_addr: SocketAddr,
+    core: Arc<core::Core>,
+    stop: watch::Sender<bool>,
+    tasks: Vec<JoinHandle<()>>,
+}
+
+fn raft_config() -> Result<openraft::Config, SchedulerError> {
+    openraft::Config {
+        cluster_name: "aidos".into(),
+        heartbeat_interval: 150,
+        election_timeout_min: 1000,
+        election_timeout_max: 2000,
+        // Entries can carry up to 1000 submissions: keep one append message well under network::MAX_RAFT_MESSAGE.
+        max_payload_entries: 64,
+        snapshot_policy: openraft::SnapshotPolicy::LogsSinceLast(5000),
+        max_in_snapshot_log_to_keep: 1000,
+        ..Default::default()
+    }
+    .validate()
+    .map_err(|e| SchedulerError::Raft(e.to_string()))
 }
 
 impl SchedulerNode {
     /// Starts the node: opens storage, binds `listen`, joins or initializes the cluster.
-    pub async fn start(_cfg: SchedulerConfig) -> Result<SchedulerNode, SchedulerError> {
-        Err(SchedulerError::Todo)
+    pub async fn start(mut cfg: SchedulerConfig) -> Result<SchedulerNode, SchedulerError> {
+        if cfg.node_id == 0 {
+            return Err(SchedulerError::InvalidArgument("node id must be > 0".into()));
+        }
+        let dir = cfg.data_dir.clone();
+        let db = tokio::task::spawn_blocking(move || store::open_db(&dir))
+            .await
+            .map_err(|e| SchedulerError::Storage(e.to_string()))??;
+        let log = store::log_store::LogStore::new(db.clone());
+        let db2 = db.clone();
+        let sm = tokio::task::spawn_blocking(move || store::state_machine::StateMachineStore::open(db2))
+            .await
+            .map_err(|e| SchedulerError::Storage(e.to_string()))??;
+        let shared = sm.shared();
+        let version = sm.subscribe();
+        let raft = raft_types::Raft::new(cfg.node_id, Arc::new(raft_config()?), network::Network, log, sm)
+            .await
+            .map_err(|e| SchedulerError::Raft(e.to_string()))?;
+
+        let listener = tokio::net::TcpListener::bind(cfg.listen).await?;
+        let local_addr = listener.local_addr()?;
+        if cfg.advertise.is_empty() {
+            cfg.advertise = local_addr.to_string();
+        }
+        let logs = task_logs::TaskLogs::new(&cfg.data_dir.join("task-logs"))?;
+        let (submit_tx, submit_rx) = mpsc::channel(16 * 1024);
+        let core = Arc::new(core::Core::new(raft.clone(), shared, version, cfg.clone(), submit_tx, logs));
+        let (stop, stop_rx) = watch::channel(false);
+
+        let mut tasks = vec![
+            tokio::spawn(leader::run_proposer(core.clone(), submit_rx)),
+            tokio::spawn(loops::run_placement(core.clone(), stop_rx.clone())),
+            tokio::spawn(loops::run_liveness(core.clone(), stop_rx.clone())),
+        ];
+        let big = network::MAX_RAFT_MESSAGE;
+        let server = tonic::transport::Server::builder()
+            .tcp_nodelay(true)
+            .add_service(RaftServiceServer::new(grpc::raft::RaftRpc(core.clone())).max_decoding_message_size(big))
+            .add_service(JobServiceServer::new(grpc::jobs::Jobs(core.clone())).max_decoding_message_size(16 << 20))
+            .add_service(WorkerServiceServer::new(grpc::workers::Workers(core.clone())))
+            .add_service(ClusterServiceServer::new(grpc::cluster::Cluster(core.clone())));
+        let mut stop_srv = stop_rx.clone();
+        let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
+        tasks.push(tokio::spawn(async move {
+            let shutdown = async move {
+                let _ = stop_srv.changed().await;
+            };
+            if let Err(e) = server.serve_with_incoming_shutdown(incoming, shutdown).await {
+                tracing::error!("gRPC server: {e}");
+            }
+        }));
+
+        if !raft.is_initialized().await.map_err(|e| SchedulerError::Raft(e.to_string()))? {
+            let members: BTreeMap<u64, BasicNode> = if cfg.initial_members.is_empty() {
+                BTreeMap::from([(cfg.node_id, BasicNode::new(&cfg.advertise))])
+            } else {
+                cfg.initial_members.iter().map(|(id, a)| (*id, BasicNode::new(a))).collect()
+            };
+            if members.keys().next() == Some(&cfg.node_id) {
+                tracing::info!(?members, "initializing a new cluster");
+                if let Err(e) = raft.initialize(members).await {
+                    tracing::info!("initialize: {e}");
+                }
+            }
+        }
+        tracing::info!(node = cfg.node_id, addr = %local_addr, "scheduler listening on {local_addr}");
+        Ok(SchedulerNode { local_addr, core, stop, tasks })
     }
+
     /// The bound address (useful with port 0).
     pub fn local_addr(&self) -> SocketAddr {
         self.local_addr
     }
-    /// Stops serving and closes storage cleanly.
-    pub async fn shutdown(self) {}
+
+    /// True once this node knows a leader (itself or another).
+    pub fn has_leader(&self) -> bool {
+        self.core.leader_id().is_some()
+    }
+
+    /// Stops serving and shuts Raft down cleanly.
+    pub async fn shutdown(self) {
+        let _ = self.stop.send(true);
+        let _ = self.core.raft.shutdown().await;
+        for t in self.tasks {
+            t.abort();
+        }
+    }
 }

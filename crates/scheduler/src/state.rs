@@ -1,0 +1,574 @@
+//! The replicated state: jobs, their task attempts, and workers, plus the deterministic `apply` of each command.
+//!
+//! Invariants (checked by the tests below and relied on by placement and the worker streams):
+//! - `apply` is a pure function of (state, command): the leader fixes every timestamp and choice before proposing,
+//!   so every node reaches the same state.
+//! - A task's current attempt is the last element of `Task.attempts`; it holds resources on its worker exactly
+//!   while its state is ASSIGNED or RUNNING.
+//! - Fencing tokens only grow. A report is accepted only for the current attempt with the same token and worker,
+//!   while that attempt is active; anything else is refused as stale.
+//! - A job is a gang: when one task fails or its worker is lost, every other active task of the job is
+//!   cancelled and the whole gang is requeued (while retries remain) or the job fails.
+
+use std::collections::{BTreeMap, HashMap};
+
+use aidos_api::v1::command_v1::Command;
+use aidos_api::v1::{
+    Attempt, AttemptRef, CommandResultV1, CommandV1, Job, JobState, Resources, StateSnapshotV1, SubmitResponse,
+    Task, TaskState, TaskTransitionV1, Worker, WorkerState,
+};
+
+/// The state machine's in-memory image. redb holds the same rows durably (see `store::state_machine`).
+#[derive(Debug, Default, Clone)]
+pub struct ClusterState {
+    pub jobs: BTreeMap<String, Job>,
+    pub workers: BTreeMap<String, Worker>,
+    /// request_id -> job id: makes retried submissions idempotent.
+    pub request_ids: HashMap<String, String>,
+    pub next_job_seq: u64,
+    pub next_fencing_token: u64,
+}
+
+/// What one `apply` changed, so the store writes only those rows.
+#[derive(Debug, Default)]
+pub struct Dirty {
+    pub jobs: Vec<String>,
+    pub workers: Vec<String>,
+}
+
+/// A refusal of a command; becomes `CommandResultV1.error` with a gRPC code.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Refusal {
+    pub code: tonic::Code,
+    pub message: String,
+}
+
+fn refuse(code: tonic::Code, message: impl Into<String>) -> Refusal {
+    Refusal { code, message: message.into() }
+}
+
+pub fn job_id_for_seq(seq: u64) -> String {
+    format!("job-{seq}")
+}
+
+pub fn add(a: &mut Resources, b: &Resources) {
+    a.cpu_millis += b.cpu_millis;
+    a.memory_bytes += b.memory_bytes;
+    a.gpus += b.gpus;
+}
+
+impl ClusterState {
+    pub fn from_snapshot(s: StateSnapshotV1) -> Self {
+        let mut st = ClusterState {
+            next_job_seq: s.next_job_seq,
+            next_fencing_token: s.next_fencing_token,
+            ..Default::default()
+        };
+        for j in s.jobs {
+            st.insert_job(j);
+        }
+        for w in s.workers {
+            st.workers.insert(w.id.clone(), w);
+        }
+        st
+    }
+
+    /// Inserts a job loaded from storage, keeping the request-id index in step.
+    pub fn insert_job(&mut self, j: Job) {
+        if !j.request_id.is_empty() {
+            self.request_ids.insert(j.request_id.clone(), j.id.clone());
+        }
+        self.jobs.insert(j.id.clone(), j);
+    }
+
+    pub fn to_snapshot(&self) -> StateSnapshotV1 {
+        StateSnapshotV1 {
+            last_applied: None,
+            membership: None,
+            jobs: self.jobs.values().cloned().collect(),
+            workers: self.workers.values().cloned().collect(),
+            next_job_seq: self.next_job_seq,
+            next_fencing_token: self.next_fencing_token,
+        }
+    }
+
+    /// Applies one command. Never panics on bad input: a refusal is returned in the result.
+    pub fn apply(&mut self, cmd: &CommandV1, dirty: &mut Dirty) -> CommandResultV1 {
+        let now = cmd.now_ms;
+        let res = match &cmd.command {
+            Some(Command::SubmitJobs(s)) => Ok(self.submit(&s.requests, now, dirty)),
+            Some(Command::CancelJob(c)) => self.cancel(&c.job_id, now, dirty).map(job_result),
+            Some(Command::Assign(a)) => {
+                for p in &a.placements {
+                    // A placement that no longer fits (state moved since it was computed) is skipped.
+                    let _ = self.assign(&p.job_id, &p.workers, now, dirty);
+                }
+                Ok(CommandResultV1::default())
+            }
+            Some(Command::TaskTransition(t)) => self.transition(t, now, dirty).map(job_result),
+            Some(Command::RegisterWorker(r)) => match &r.worker {
+                Some(w) => {
+                    self.register(w.clone(), now, dirty);
+                    Ok(CommandResultV1::default())
+                }
+                None => Err(refuse(tonic::Code::InvalidArgument, "register_worker: worker missing")),
+            },
+            Some(Command::WorkerLost(l)) => {
+                self.worker_lost(&l.worker_id, &l.reason, now, dirty);
+                Ok(CommandResultV1::default())
+            }
+            Some(Command::SetJobReason(r)) => {
+                if let Some(j) = self.jobs.get_mut(&r.job_id)
+                    && j.state == JobState::Pending as i32
+                    && j.reason != r.reason
+                {
+                    j.reason = r.reason.clone();
+                    dirty.jobs.push(j.id.clone());
+                }
+                Ok(CommandResultV1::default())
+            }
+            None => Err(refuse(tonic::Code::InvalidArgument, "empty command")),
+        };
+        res.unwrap_or_else(|r| CommandResultV1 { error: r.message, error_code: r.code as u32, ..Default::default() })
+    }
+
+    fn submit(
+        &mut self,
+        reqs: &[aidos_api::v1::SubmitRequest],
+        now: i64,
+        dirty: &mut Dirty,
+    ) -> CommandResultV1 {
+        let mut out = Vec::with_capacity(reqs.len());
+        for r in reqs {
+            if !r.request_id.is_empty()
+                && let Some(id) = self.request_ids.get(&r.request_id)
+            {
+                out.push(SubmitResponse { job_id: id.clone(), duplicate: true });
+                continue;
+            }
+            self.next_job_seq += 1;
+            let seq = self.next_job_seq;
+            let id = job_id_for_seq(seq);
+            let spec = r.spec.clone().unwrap_or_default();
+            let replicas = spec.replicas.max(1);
+            let tasks = (0..replicas)
+                .map(|rank| Task { rank, state: TaskState::Pending as i32, attempts: vec![] })
+                .collect();
+            let job = Job {
+                id: id.clone(),
+                spec: Some(spec),
+                state: JobState::Pending as i32,
+                reason: String::new(),
+                created_at_ms: now,
+                updated_at_ms: now,
+                tasks,
+                attempt: 0,
+                seq,
+                request_id: r.request_id.clone(),
+            };
+            self.insert_job(job);
+            dirty.jobs.push(id.clone());
+            out.push(SubmitResponse { job_id: id, duplicate: false });
+        }
+        CommandResultV1 { submitted: out, ..Default::default() }
+    }
+
+    fn job_mut(&mut self, id: &str) -> Result<&mut Job, Refusal> {
+        self.jobs.get_mut(id).ok_or_else(|| refuse(tonic::Code::NotFound, format!("job {id} not found")))
+    }
+
+    fn cancel(&mut self, id: &str, now: i64, dirty: &mut Dirty) -> Result<Job, Refusal> {
+        let job = self.job_mut(id)?;
+        if JobState::try_from(job.state).is_ok_and(|s| s.is_terminal()) {
+            return Ok(job.clone());
+        }
+        for t in &mut job.tasks {
+            if let Some(a) = t.attempts.last_mut()
+                && TaskState::try_from(a.state).is_ok_and(|s| s.is_active())
+            {
+                a.state = TaskState::Cancelled as i32;
+                a.finished_at_ms = now;
+                a.message = "job cancelled".into();
+            }
+            if !TaskState::try_from(t.state).is_ok_and(|s| s == TaskState::Succeeded) {
+                t.state = TaskState::Cancelled as i32;
+            }
+        }
+        job.state = JobState::Cancelled as i32;
+        job.reason = "cancelled by user".into();
+        job.updated_at_ms = now;
+        dirty.jobs.push(id.to_string());
+        Ok(job.clone())
+    }
+
+    /// Resources in use on each worker: the sum over active attempts.
+    pub fn allocated(&self) -> HashMap<String, Resources> {
+        let mut m: HashMap<String, Resources> = HashMap::new();
+        for j in self.jobs.values() {
+            if j.state != JobState::Running as i32 {
+                continue;
+            }
+            let r = j.spec.as_ref().and_then(|s| s.resources).unwrap_or_default();
+            for t in &j.tasks {
+                if let Some(a) = t.attempts.last()
+                    && TaskState::try_from(a.state).is_ok_and(|s| s.is_active())
+                {
+                    add(m.entry(a.worker_id.clone()).or_default(), &r);
+                }
+            }
+        }
+        m
+    }
+
+    fn assign(&mut self, job_id: &str, workers: &[String], now: i64, dirty: &mut Dirty) -> Result<(), Refusal> {
+        let job = self.jobs.get(job_id).ok_or_else(|| refuse(tonic::Code::NotFound, "job gone"))?;
+        if job.state != JobState::Pending as i32 || workers.len() != job.tasks.len() {
+            return Err(refuse(tonic::Code::FailedPrecondition, "job not pending or wrong gang size"));
+        }
+        // Re-check capacity deterministically: the placement was computed on an older view.
+        let need = job.spec.as_ref().and_then(|s| s.resources).unwrap_or_default();
+        let mut alloc = self.allocated();
+        for w in workers {
+            let worker = self.workers.get(w).ok_or_else(|| refuse(tonic::Code::NotFound, "worker gone"))?;
+            if worker.state != WorkerState::Ready as i32 {
+                return Err(refuse(tonic::Code::FailedPrecondition, "worker not ready"));
+            }
+            let a = alloc.entry(w.clone()).or_default();
+            add(a, &need);
+            let cap = worker.capacity.unwrap_or_default();
+            if a.cpu_millis > cap.cpu_millis || a.memory_bytes > cap.memory_bytes || a.gpus > cap.gpus {
+                return Err(refuse(tonic::Code::FailedPrecondition, "placement no longer fits"));
+            }
+        }
+        let mut token = self.next_fencing_token;
+        let job = self.jobs.get_mut(job_id).expect("checked above");
+        job.attempt += 1;
+        for (t, w) in job.tasks.iter_mut().zip(workers) {
+            token += 1;
+            t.state = TaskState::Assigned as i32;
+            t.attempts.push(Attempt {
+                attempt: job.attempt,
+                fencing_token: token,
+                worker_id: w.clone(),
+                state: TaskState::Assigned as i32,
+                assigned_at_ms: now,
+                ..Default::default()
+            });
+        }
+        self.next_fencing_token = token;
+        job.state = JobState::Running as i32;
+        job.reason.clear();
+        job.updated_at_ms = now;
+        dirty.jobs.push(job_id.to_string());
+        Ok(())
+    }
+
+    /// Checks that `r` names the current, active attempt of its task on `worker_id`.
+    pub fn check_current(&self, worker_id: &str, r: &AttemptRef) -> Result<(&Job, &Attempt), Refusal> {
+        let job = self
+            .jobs
+            .get(&r.job_id)
+            .ok_or_else(|| refuse(tonic::Code::NotFound, format!("job {} not found", r.job_id)))?;
+        let task = job
+            .tasks
+            .get(r.rank as usize)
+            .ok_or_else(|| refuse(tonic::Code::NotFound, format!("job {} has no rank {}", r.job_id, r.rank)))?;
+        let cur = task.attempts.last().ok_or_else(|| {
+            refuse(tonic::Code::FailedPrecondition, format!("stale report for {}: task was never placed", r.display()))
+        })?;
+        let active = TaskState::try_from(cur.state).is_ok_and(|s| s.is_active());
+        if cur.attempt != r.attempt || cur.fencing_token != r.fencing_token || cur.worker_id != worker_id || !active {
+            return Err(refuse(
+                tonic::Code::FailedPrecondition,
+                format!(
+                    "stale report refused for {} (token {}) from worker {}: current is attempt {} token {} on {} ({})",
+                    r.display(),
+                    r.fencing_token,
+                    worker_id,
+                    cur.attempt,
+                    cur.fencing_token,
+                    cur.worker_id,
+                    TaskState::try_from(cur.state).map(|s| s.as_str_name()).unwrap_or("?"),
+                ),
+            ));
+        }
+        Ok((job, cur))
+    }
+
+    fn transition(&mut self, t: &TaskTransitionV1, now: i64, dirty: &mut Dirty) -> Result<Job, Refusal> {
+        let r = t.attempt.clone().unwrap_or_default();
+        self.check_current(&t.worker_id, &r)?;
+        let to = TaskState::try_from(t.state).unwrap_or(TaskState::Unspecified);
+        let job = self.jobs.get_mut(&r.job_id).expect("checked");
+        let task = &mut job.tasks[r.rank as usize];
+        let a = task.attempts.last_mut().expect("checked");
+        match to {
+            TaskState::Running => {
+                if a.state == TaskState::Assigned as i32 {
+                    a.state = TaskState::Running as i32;
+                    a.started_at_ms = now;
+                    task.state = TaskState::Running as i32;
+                }
+            }
+            TaskState::Succeeded => {
+                a.state = TaskState::Succeeded as i32;
+                a.exit_code = t.exit_code;
+                a.finished_at_ms = now;
+                a.message = t.message.clone();
+                task.state = TaskState::Succeeded as i32;
+                if job.tasks.iter().all(|t| t.state == TaskState::Succeeded as i32) {
+                    job.state = JobState::Succeeded as i32;
+                    job.reason.clear();
+                }
+            }
+            TaskState::Failed => {
+                a.state = TaskState::Failed as i32;
+                a.exit_code = t.exit_code;
+                a.finished_at_ms = now;
+                a.message = t.message.clone();
+                task.state = TaskState::Failed as i32;
+                let why = if t.message.is_empty() {
+                    format!("rank {} failed with exit code {}", r.rank, t.exit_code)
+                } else {
+                    format!("rank {} failed: {}", r.rank, t.message)
+                };
+                gang_fault(job, &why, now);
+            }
+            other => {
+                return Err(refuse(
+                    tonic::Code::InvalidArgument,
+                    format!("state: a worker may report RUNNING, SUCCEEDED or FAILED, not {}", other.as_str_name()),
+                ));
+            }
+        }
+        job.updated_at_ms = now;
+        dirty.jobs.push(r.job_id.clone());
+        Ok(job.clone())
+    }
+
+    fn register(&mut self, mut w: Worker, now: i64, dirty: &mut Dirty) {
+        let registered = self.workers.get(&w.id).map(|o| o.registered_at_ms).unwrap_or(now);
+        w.registered_at_ms = registered;
+        w.state = WorkerState::Ready as i32;
+        w.state_changed_at_ms = now;
+        w.allocated = None;
+        dirty.workers.push(w.id.clone());
+        self.workers.insert(w.id.clone(), w);
+    }
+
+    fn worker_lost(&mut self, worker_id: &str, reason: &str, now: i64, dirty: &mut Dirty) {
+        let Some(w) = self.workers.get_mut(worker_id) else { return };
+        if w.state == WorkerState::Lost as i32 {
+            return;
+        }
+        w.state = WorkerState::Lost as i32;
+        w.state_changed_at_ms = now;
+        dirty.workers.push(worker_id.to_string());
+        for job in self.jobs.values_mut() {
+            if job.state != JobState::Running as i32 {
+                continue;
+            }
+            let mut hit = None;
+            for t in &mut job.tasks {
+                if let Some(a) = t.attempts.last_mut()
+                    && a.worker_id == worker_id
+                    && TaskState::try_from(a.state).is_ok_and(|s| s.is_active())
+                {
+                    a.state = TaskState::Lost as i32;
+                    a.finished_at_ms = now;
+                    a.message = format!("worker {worker_id} lost: {reason}");
+                    t.state = TaskState::Lost as i32;
+                    hit.get_or_insert(t.rank);
+                }
+            }
+            if let Some(rank) = hit {
+                gang_fault(job, &format!("rank {rank}: worker {worker_id} lost ({reason})"), now);
+                job.updated_at_ms = now;
+                dirty.jobs.push(job.id.clone());
+            }
+        }
+    }
+}
+
+fn job_result(j: Job) -> CommandResultV1 {
+    CommandResultV1 { job: Some(j), ..Default::default() }
+}
+
+/// A task of a running gang failed or was lost: stop the rest, then requeue the gang or fail the job.
+fn gang_fault(job: &mut Job, why: &str, now: i64) {
+    for t in &mut job.tasks {
+        if let Some(a) = t.attempts.last_mut()
+            && TaskState::try_from(a.state).is_ok_and(|s| s.is_active())
+        {
+            a.state = TaskState::Cancelled as i32;
+            a.finished_at_ms = now;
+            a.message = format!("gang stopped: {why}");
+            t.state = TaskState::Cancelled as i32;
+        }
+    }
+    let max_retries = job.spec.as_ref().map(|s| s.max_retries).unwrap_or(0);
+    let retries_used = job.attempt.saturating_sub(1);
+    if retries_used < max_retries {
+        job.state = JobState::Pending as i32;
+        for t in &mut job.tasks {
+            t.state = TaskState::Pending as i32;
+        }
+        job.reason = format!("retrying ({} of {max_retries}) after: {why}", retries_used + 1);
+    } else {
+        job.state = JobState::Failed as i32;
+        job.reason = if max_retries == 0 { why.to_string() } else { format!("{why} (no retries left)") };
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use aidos_api::v1::{
+        AssignV1, CancelJobV1, JobSpec, PlacementV1, ProcessSpec, RegisterWorkerV1, SubmitJobsV1, SubmitRequest,
+        WorkerLostV1, job_spec::Payload,
+    };
+
+    fn cmd(c: Command) -> CommandV1 {
+        CommandV1 { now_ms: 1, command: Some(c) }
+    }
+    fn spec(replicas: u32, retries: u32) -> JobSpec {
+        JobSpec {
+            kind: 1,
+            replicas,
+            max_retries: retries,
+            resources: Some(Resources { cpu_millis: 1000, memory_bytes: 1, gpus: 0 }),
+            payload: Some(Payload::Process(ProcessSpec { executable: "true".into(), ..Default::default() })),
+            ..Default::default()
+        }
+    }
+    fn worker(id: &str, cpus: u64) -> Command {
+        Command::RegisterWorker(RegisterWorkerV1 {
+            worker: Some(Worker {
+                id: id.into(),
+                capacity: Some(Resources { cpu_millis: cpus * 1000, memory_bytes: 1 << 30, gpus: 0 }),
+                ..Default::default()
+            }),
+        })
+    }
+    fn submit(st: &mut ClusterState, s: JobSpec, rid: &str) -> SubmitResponse {
+        let r = st.apply(
+            &cmd(Command::SubmitJobs(SubmitJobsV1 {
+                requests: vec![SubmitRequest { spec: Some(s), request_id: rid.into() }],
+            })),
+            &mut Dirty::default(),
+        );
+        r.submitted[0].clone()
+    }
+    fn place(st: &mut ClusterState, job: &str, ws: &[&str]) {
+        st.apply(
+            &cmd(Command::Assign(AssignV1 {
+                placements: vec![PlacementV1 { job_id: job.into(), workers: ws.iter().map(|s| s.to_string()).collect() }],
+            })),
+            &mut Dirty::default(),
+        );
+    }
+    fn report(st: &mut ClusterState, w: &str, job: &str, rank: u32, state: TaskState) -> CommandResultV1 {
+        let a = st.jobs[job].tasks[rank as usize].attempts.last().unwrap().clone();
+        st.apply(
+            &cmd(Command::TaskTransition(TaskTransitionV1 {
+                worker_id: w.into(),
+                attempt: Some(AttemptRef { job_id: job.into(), rank, attempt: a.attempt, fencing_token: a.fencing_token }),
+                state: state as i32,
+                exit_code: if state == TaskState::Failed { 1 } else { 0 },
+                message: String::new(),
+            })),
+            &mut Dirty::default(),
+        )
+    }
+
+    #[test]
+    fn submission_is_idempotent_by_request_id() {
+        let mut st = ClusterState::default();
+        let a = submit(&mut st, spec(1, 0), "r1");
+        let b = submit(&mut st, spec(1, 0), "r1");
+        assert_eq!(a.job_id, b.job_id);
+        assert!(b.duplicate);
+        assert_eq!(st.jobs.len(), 1);
+        let c = submit(&mut st, spec(1, 0), "");
+        assert_ne!(c.job_id, a.job_id);
+    }
+
+    #[test]
+    fn job_lifecycle_and_stale_reports() {
+        let mut st = ClusterState::default();
+        st.apply(&cmd(worker("w1", 4)), &mut Dirty::default());
+        st.apply(&cmd(worker("w2", 4)), &mut Dirty::default());
+        let id = submit(&mut st, spec(1, 1), "").job_id;
+        place(&mut st, &id, &["w1"]);
+        assert_eq!(st.jobs[&id].state, JobState::Running as i32);
+        let old = st.jobs[&id].tasks[0].attempts[0].clone();
+        // w1 is lost: the gang is requeued (1 retry).
+        st.apply(
+            &cmd(Command::WorkerLost(WorkerLostV1 { worker_id: "w1".into(), reason: "heartbeat".into() })),
+            &mut Dirty::default(),
+        );
+        assert_eq!(st.jobs[&id].state, JobState::Pending as i32);
+        place(&mut st, &id, &["w2"]);
+        let new = st.jobs[&id].tasks[0].attempts[1].clone();
+        assert!(new.fencing_token > old.fencing_token);
+        // The lost worker's late report is refused.
+        let late = st.apply(
+            &cmd(Command::TaskTransition(TaskTransitionV1 {
+                worker_id: "w1".into(),
+                attempt: Some(AttemptRef { job_id: id.clone(), rank: 0, attempt: 1, fencing_token: old.fencing_token }),
+                state: TaskState::Succeeded as i32,
+                ..Default::default()
+            })),
+            &mut Dirty::default(),
+        );
+        assert_eq!(late.error_code, tonic::Code::FailedPrecondition as u32, "{late:?}");
+        assert!(late.error.contains("stale"));
+        assert!(report(&mut st, "w2", &id, 0, TaskState::Running).error.is_empty());
+        assert!(report(&mut st, "w2", &id, 0, TaskState::Succeeded).error.is_empty());
+        assert_eq!(st.jobs[&id].state, JobState::Succeeded as i32);
+        // A report after the end is stale too.
+        assert!(!report(&mut st, "w2", &id, 0, TaskState::Failed).error.is_empty());
+    }
+
+    #[test]
+    fn gang_failure_stops_siblings_and_fails_without_retries() {
+        let mut st = ClusterState::default();
+        st.apply(&cmd(worker("w1", 4)), &mut Dirty::default());
+        let id = submit(&mut st, spec(2, 0), "").job_id;
+        place(&mut st, &id, &["w1", "w1"]);
+        report(&mut st, "w1", &id, 0, TaskState::Failed);
+        let j = &st.jobs[&id];
+        assert_eq!(j.state, JobState::Failed as i32);
+        assert_eq!(j.tasks[1].attempts[0].state, TaskState::Cancelled as i32);
+        assert!(j.reason.contains("rank 0"), "{}", j.reason);
+        assert!(st.allocated().is_empty());
+    }
+
+    #[test]
+    fn assign_rechecks_capacity_and_cancel_frees() {
+        let mut st = ClusterState::default();
+        st.apply(&cmd(worker("w1", 1)), &mut Dirty::default());
+        let a = submit(&mut st, spec(1, 0), "").job_id;
+        let b = submit(&mut st, spec(1, 0), "").job_id;
+        place(&mut st, &a, &["w1"]);
+        place(&mut st, &b, &["w1"]);
+        assert_eq!(st.jobs[&b].state, JobState::Pending as i32, "over capacity must be skipped");
+        let r = st.apply(&cmd(Command::CancelJob(CancelJobV1 { job_id: a.clone() })), &mut Dirty::default());
+        assert_eq!(r.job.unwrap().state, JobState::Cancelled as i32);
+        place(&mut st, &b, &["w1"]);
+        assert_eq!(st.jobs[&b].state, JobState::Running as i32);
+        let r = st.apply(&cmd(Command::CancelJob(CancelJobV1 { job_id: "job-999".into() })), &mut Dirty::default());
+        assert_eq!(r.error_code, tonic::Code::NotFound as u32);
+    }
+
+    #[test]
+    fn snapshot_roundtrip() {
+        let mut st = ClusterState::default();
+        st.apply(&cmd(worker("w1", 1)), &mut Dirty::default());
+        submit(&mut st, spec(1, 0), "abc");
+        let back = ClusterState::from_snapshot(st.to_snapshot());
+        assert_eq!(back.jobs, st.jobs);
+        assert_eq!(back.request_ids, st.request_ids);
+        assert_eq!(back.next_job_seq, st.next_job_seq);
+    }
+}

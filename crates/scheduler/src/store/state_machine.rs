@@ -1,0 +1,295 @@
+//! The state machine: the in-memory [`ClusterState`] that serves reads, backed row by row by redb so that a
+//! restarted node comes back with its state (see the durability contract in `store`).
+
+use std::io::Cursor;
+use std::sync::{Arc, RwLock};
+
+use aidos_api::v1 as pb;
+use openraft::storage::{RaftStateMachine, Snapshot};
+use openraft::{BasicNode, EntryPayload, LogId, RaftSnapshotBuilder, StorageIOError, StoredMembership};
+use prost::Message;
+use redb::{Database, Durability, ReadableDatabase, ReadableTable};
+use tokio::sync::watch;
+
+use super::{JOBS, SM_META, WORKERS, any, blocking};
+use crate::raft_types::{
+    NodeId, SnapshotMeta, StorageError, TypeConfig, opt_log_id_from_pb, opt_log_id_to_pb, snapshot_meta_from_pb,
+    snapshot_meta_to_pb, stored_membership_from_pb, stored_membership_to_pb,
+};
+use crate::state::{ClusterState, Dirty};
+
+/// What has been applied, under one lock so that a snapshot sees state and `last_applied` together.
+#[derive(Debug, Default)]
+pub struct Applied {
+    pub state: ClusterState,
+    pub last_applied: Option<LogId<NodeId>>,
+    pub membership: StoredMembership<NodeId, BasicNode>,
+}
+
+/// Shared, read-mostly view of the applied state. Hold the lock briefly and never across an `.await`.
+pub type SharedState = Arc<RwLock<Applied>>;
+
+pub struct StateMachineStore {
+    db: Arc<Database>,
+    applied: SharedState,
+    /// Bumped after every applied batch; watchers (placement, worker streams, Watch RPCs) wait on it.
+    version: watch::Sender<u64>,
+}
+
+/// One write of the state machine: rows to upsert and the metadata, encoded outside the blocking pool.
+#[derive(Default)]
+struct Rows {
+    jobs: Vec<(String, Vec<u8>)>,
+    workers: Vec<(String, Vec<u8>)>,
+    meta: Vec<(&'static str, Vec<u8>)>,
+    replace_all: bool,
+}
+
+fn meta_rows(a: &Applied) -> Vec<(&'static str, Vec<u8>)> {
+    let counters = pb::StateSnapshotV1 {
+        next_job_seq: a.state.next_job_seq,
+        next_fencing_token: a.state.next_fencing_token,
+        ..Default::default()
+    };
+    let mut v = vec![
+        ("counters", counters.encode_to_vec()),
+        ("membership", stored_membership_to_pb(&a.membership).encode_to_vec()),
+    ];
+    if let Some(l) = opt_log_id_to_pb(&a.last_applied) {
+        v.push(("applied", l.encode_to_vec()));
+    }
+    v
+}
+
+fn write_rows(db: &Database, rows: Rows, durability: Durability) -> Result<(), redb::Error> {
+    let mut tx = db.begin_write()?;
+    tx.set_durability(durability).map_err(|e| redb::Error::Corrupted(e.to_string()))?;
+    {
+        let mut jobs = tx.open_table(JOBS)?;
+        let mut workers = tx.open_table(WORKERS)?;
+        if rows.replace_all {
+            jobs.retain(|_, _| false)?;
+            workers.retain(|_, _| false)?;
+        }
+        for (k, v) in &rows.jobs {
+            jobs.insert(k.as_str(), v.as_slice())?;
+        }
+        for (k, v) in &rows.workers {
+            workers.insert(k.as_str(), v.as_slice())?;
+        }
+        let mut meta = tx.open_table(SM_META)?;
+        for (k, v) in &rows.meta {
+            meta.insert(*k, v.as_slice())?;
+        }
+    }
+    tx.commit()?;
+    Ok(())
+}
+
+impl StateMachineStore {
+    /// Loads the applied state from redb.
+    pub fn open(db: Arc<Database>) -> Result<Self, redb::Error> {
+        let mut a = Applied::default();
+        {
+            let tx = db.begin_read()?;
+            let meta = tx.open_table(SM_META)?;
+            let corrupt = |what: &str, e: prost::DecodeError| redb::Error::Corrupted(format!("{what}: {e}"));
+            if let Some(v) = meta.get("counters")? {
+                let c = pb::StateSnapshotV1::decode(v.value()).map_err(|e| corrupt("counters", e))?;
+                a.state.next_job_seq = c.next_job_seq;
+                a.state.next_fencing_token = c.next_fencing_token;
+            }
+            if let Some(v) = meta.get("membership")? {
+                let m = pb::StoredMembershipV1::decode(v.value()).map_err(|e| corrupt("membership", e))?;
+                a.membership = stored_membership_from_pb(&m).map_err(|e| redb::Error::Corrupted(e.to_string()))?;
+            }
+            if let Some(v) = meta.get("applied")? {
+                let l = pb::LogIdV1::decode(v.value()).map_err(|e| corrupt("applied", e))?;
+                a.last_applied =
+                    opt_log_id_from_pb(&Some(l)).map_err(|e| redb::Error::Corrupted(e.to_string()))?;
+            }
+            for r in tx.open_table(JOBS)?.iter()? {
+                let (_, v) = r?;
+                a.state.insert_job(pb::Job::decode(v.value()).map_err(|e| corrupt("job", e))?);
+            }
+            for r in tx.open_table(WORKERS)?.iter()? {
+                let (_, v) = r?;
+                let w = pb::Worker::decode(v.value()).map_err(|e| corrupt("worker", e))?;
+                a.state.workers.insert(w.id.clone(), w);
+            }
+        }
+        Ok(Self { db, applied: Arc::new(RwLock::new(a)), version: watch::channel(0).0 })
+    }
+
+    pub fn shared(&self) -> SharedState {
+        self.applied.clone()
+    }
+
+    pub fn subscribe(&self) -> watch::Receiver<u64> {
+        self.version.subscribe()
+    }
+
+    fn bump(&self) {
+        self.version.send_modify(|v| *v += 1);
+    }
+}
+
+pub struct SnapshotBuilder {
+    db: Arc<Database>,
+    applied: SharedState,
+}
+
+impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
+    async fn build_snapshot(&mut self) -> Result<Snapshot<TypeConfig>, StorageError> {
+        let (meta, data) = {
+            let a = self.applied.read().expect("state lock poisoned");
+            let mut img = a.state.to_snapshot();
+            img.last_applied = opt_log_id_to_pb(&a.last_applied);
+            img.membership = Some(stored_membership_to_pb(&a.membership));
+            let id = match &a.last_applied {
+                Some(l) => format!("{}-{}-{}", l.leader_id.term, l.leader_id.node_id, l.index),
+                None => "empty".to_string(),
+            };
+            let meta = SnapshotMeta {
+                last_log_id: a.last_applied,
+                last_membership: a.membership.clone(),
+                snapshot_id: id,
+            };
+            (meta, img.encode_to_vec())
+        };
+        // Persist it with an fsync: this also makes every earlier (non-fsynced) apply durable, which is what lets
+        // openraft purge the log up to this snapshot.
+        let mut stored = snapshot_meta_to_pb(&meta).encode_length_delimited_to_vec();
+        stored.extend_from_slice(&data);
+        let db = self.db.clone();
+        blocking(move || {
+            let mut tx = db.begin_write()?;
+            tx.set_durability(Durability::Immediate).map_err(|e| redb::Error::Corrupted(e.to_string()))?;
+            tx.open_table(SM_META)?.insert("snapshot", stored.as_slice())?;
+            tx.commit()?;
+            Ok(())
+        })
+        .await
+        .map_err(|e| StorageIOError::write_snapshot(None, e))?;
+        Ok(Snapshot { meta, snapshot: Box::new(Cursor::new(data)) })
+    }
+}
+
+impl RaftStateMachine<TypeConfig> for StateMachineStore {
+    type SnapshotBuilder = SnapshotBuilder;
+
+    async fn applied_state(
+        &mut self,
+    ) -> Result<(Option<LogId<NodeId>>, StoredMembership<NodeId, BasicNode>), StorageError> {
+        let a = self.applied.read().expect("state lock poisoned");
+        Ok((a.last_applied, a.membership.clone()))
+    }
+
+    async fn apply<I>(&mut self, entries: I) -> Result<Vec<pb::CommandResultV1>, StorageError>
+    where
+        I: IntoIterator<Item = openraft::Entry<TypeConfig>> + Send,
+        I::IntoIter: Send,
+    {
+        let mut results = Vec::new();
+        let mut dirty = Dirty::default();
+        let rows = {
+            let mut a = self.applied.write().expect("state lock poisoned");
+            for e in entries {
+                a.last_applied = Some(e.log_id);
+                match e.payload {
+                    EntryPayload::Blank => results.push(pb::CommandResultV1::default()),
+                    EntryPayload::Normal(cmd) => results.push(a.state.apply(&cmd, &mut dirty)),
+                    EntryPayload::Membership(m) => {
+                        a.membership = StoredMembership::new(Some(e.log_id), m);
+                        results.push(pb::CommandResultV1::default());
+                    }
+                }
+            }
+            dirty.jobs.sort_unstable();
+            dirty.jobs.dedup();
+            dirty.workers.sort_unstable();
+            dirty.workers.dedup();
+            Rows {
+                jobs: dirty
+                    .jobs
+                    .iter()
+                    .filter_map(|id| a.state.jobs.get(id).map(|j| (id.clone(), j.encode_to_vec())))
+                    .collect(),
+                workers: dirty
+                    .workers
+                    .iter()
+                    .filter_map(|id| a.state.workers.get(id).map(|w| (id.clone(), w.encode_to_vec())))
+                    .collect(),
+                meta: meta_rows(&a),
+                replace_all: false,
+            }
+        };
+        let db = self.db.clone();
+        blocking(move || write_rows(&db, rows, Durability::None))
+            .await
+            .map_err(StorageIOError::write_state_machine)?;
+        self.bump();
+        Ok(results)
+    }
+
+    async fn get_snapshot_builder(&mut self) -> Self::SnapshotBuilder {
+        SnapshotBuilder { db: self.db.clone(), applied: self.applied.clone() }
+    }
+
+    async fn begin_receiving_snapshot(&mut self) -> Result<Box<Cursor<Vec<u8>>>, StorageError> {
+        Ok(Box::new(Cursor::new(Vec::new())))
+    }
+
+    async fn install_snapshot(
+        &mut self,
+        meta: &SnapshotMeta,
+        snapshot: Box<Cursor<Vec<u8>>>,
+    ) -> Result<(), StorageError> {
+        let data = snapshot.into_inner();
+        let img = pb::StateSnapshotV1::decode(data.as_slice())
+            .map_err(|e| StorageIOError::read_snapshot(Some(meta.signature()), any(e)))?;
+        let rows = {
+            let mut a = self.applied.write().expect("state lock poisoned");
+            a.state = ClusterState::from_snapshot(img);
+            a.last_applied = meta.last_log_id;
+            a.membership = meta.last_membership.clone();
+            Rows {
+                jobs: a.state.jobs.iter().map(|(k, j)| (k.clone(), j.encode_to_vec())).collect(),
+                workers: a.state.workers.iter().map(|(k, w)| (k.clone(), w.encode_to_vec())).collect(),
+                meta: meta_rows(&a),
+                replace_all: true,
+            }
+        };
+        let mut stored = snapshot_meta_to_pb(meta).encode_length_delimited_to_vec();
+        stored.extend_from_slice(&data);
+        let db = self.db.clone();
+        blocking(move || {
+            write_rows(&db, rows, Durability::None)?;
+            let mut tx = db.begin_write()?;
+            tx.set_durability(Durability::Immediate).map_err(|e| redb::Error::Corrupted(e.to_string()))?;
+            tx.open_table(SM_META)?.insert("snapshot", stored.as_slice())?;
+            tx.commit()?;
+            Ok(())
+        })
+        .await
+        .map_err(|e| StorageIOError::write_snapshot(Some(meta.signature()), e))?;
+        self.bump();
+        Ok(())
+    }
+
+    async fn get_current_snapshot(&mut self) -> Result<Option<Snapshot<TypeConfig>>, StorageError> {
+        let db = self.db.clone();
+        let raw = blocking(move || {
+            let tx = db.begin_read()?;
+            Ok(tx.open_table(SM_META)?.get("snapshot")?.map(|v| v.value().to_vec()))
+        })
+        .await
+        .map_err(|e| StorageIOError::read_snapshot(None, e))?;
+        let Some(raw) = raw else { return Ok(None) };
+        let mut buf = raw.as_slice();
+        let m = pb::SnapshotMetaV1::decode_length_delimited(&mut buf)
+            .map_err(|e| StorageIOError::read_snapshot(None, any(e)))?;
+        let meta = snapshot_meta_from_pb(&m).map_err(|e| StorageIOError::read_snapshot(None, any(e)))?;
+        Ok(Some(Snapshot { meta, snapshot: Box::new(Cursor::new(buf.to_vec())) }))
+    }
+}
