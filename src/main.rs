@@ -1,1 +1,66 @@
-fn main(){}
+//! The `aidos` binary: wires the scheduler, worker and API libraries together behind one command line.
+
+mod cli;
+
+use std::ffi::OsString;
+use std::io::IsTerminal;
+use std::process::ExitCode;
+
+use clap::Parser;
+use tracing_subscriber::EnvFilter;
+
+fn main() -> ExitCode {
+    // The task shim runs before anything else: no runtime, no logging setup, no clap.
+    let raw: Vec<OsString> = std::env::args_os().collect();
+    if raw.get(1).is_some_and(|a| a == "task-shim") {
+        std::process::exit(cli::task_shim(raw[2..].to_vec()));
+    }
+
+    let cli = cli::Cli::parse();
+    if let Err(e) = init_tracing(cli.global.log_level.as_deref(), cli.command.is_daemon()) {
+        eprintln!("error: {e:#}");
+        return ExitCode::from(1);
+    }
+    let rt = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    let result = rt.block_on(cli::run(cli));
+    // Do not wait on stray blocking tasks (e.g. a stdin reader) at exit.
+    rt.shutdown_timeout(std::time::Duration::from_secs(1));
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => match e.downcast_ref::<cli::Exit>() {
+            Some(exit) => {
+                if !exit.msg.is_empty() {
+                    eprintln!("{}", exit.msg);
+                }
+                ExitCode::from(exit.code)
+            }
+            None => {
+                eprintln!("error: {e:#}");
+                ExitCode::from(1)
+            }
+        },
+    }
+}
+
+fn init_tracing(level: Option<&str>, daemon: bool) -> anyhow::Result<()> {
+    let filter = match level {
+        Some(l) => EnvFilter::try_new(l).map_err(|e| anyhow::anyhow!("bad --log-level `{l}`: {e}"))?,
+        None => match std::env::var("RUST_LOG") {
+            Ok(v) if !v.trim().is_empty() => EnvFilter::try_new(&v).map_err(|e| anyhow::anyhow!("bad RUST_LOG `{v}`: {e}"))?,
+            // openraft narrates every election at info; keep it to warnings unless asked.
+            _ => EnvFilter::new(if daemon { "info,openraft=warn" } else { "warn" }),
+        },
+    };
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
+        .init();
+    Ok(())
+}

@@ -4,7 +4,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use aidos_api::v1::command_v1::Command;
-use aidos_api::v1::{AssignV1, JobState, PlacementStrategy, PlacementV1, SetJobReasonV1, WorkerLostV1, WorkerState};
+use aidos_api::v1::{
+    AssignV1, JobReasonV1, JobState, PlacementStrategy, PlacementV1, SetJobReasonsV1, WorkerLostV1, WorkerState,
+};
 use tokio::sync::watch;
 
 use crate::core::Core;
@@ -12,6 +14,8 @@ use crate::placement::{ClusterView, PendingJob, Strategy, WorkerView, schedule};
 use crate::state::ClusterState;
 
 const WAITING: &str = "waiting for free resources";
+/// Bounds one reasons command (and so one Raft entry).
+const MAX_REASONS_PER_ROUND: usize = 2000;
 
 /// Builds placement's inputs: pending jobs and the ready workers that the leader has heard from in time.
 pub fn placement_inputs(st: &ClusterState, live: &dyn Fn(&str) -> bool, default: Strategy) -> (Vec<PendingJob>, ClusterView) {
@@ -101,10 +105,11 @@ pub async fn run_placement(core: Arc<Core>, mut stop: watch::Receiver<bool>) {
                 continue;
             }
         }
-        // Say why a job waits, only when that changes (each is a Raft write).
+        // Say why a job waits, only when that changes: one Raft write per round, bounded in size.
         let placed: std::collections::HashSet<&str> = s.assignments.iter().map(|a| a.job_id.as_str()).collect();
         let unsched: std::collections::HashMap<&str, &str> =
             s.unschedulable.iter().map(|(j, r)| (j.as_str(), r.as_str())).collect();
+        let mut changes = Vec::new();
         for j in &pending {
             if placed.contains(j.id.as_str()) {
                 continue;
@@ -116,12 +121,16 @@ pub async fn run_placement(core: Arc<Core>, mut stop: watch::Receiver<bool>) {
                 None => continue,
             };
             if old != new {
-                let cmd = Command::SetJobReason(SetJobReasonV1 { job_id: j.id.clone(), reason: new.to_string() });
-                if let Err(e) = core.propose(cmd).await {
-                    tracing::warn!("proposing job reason: {e}");
+                changes.push(JobReasonV1 { job_id: j.id.clone(), reason: new.to_string() });
+                if changes.len() >= MAX_REASONS_PER_ROUND {
                     break;
                 }
             }
+        }
+        if !changes.is_empty()
+            && let Err(e) = core.propose(Command::SetJobReasons(SetJobReasonsV1 { reasons: changes })).await
+        {
+            tracing::warn!("proposing job reasons: {e}");
         }
     }
 }

@@ -109,10 +109,10 @@ pub fn schedule(pending: &[PendingJob], cluster: &ClusterView) -> Schedule {
             continue;
         }
         let strategy = job.strategy.unwrap_or(cluster.default_strategy);
-        let mut scratch = workers.clone();
-        let mut chosen = Vec::with_capacity(job.replicas as usize);
+        // Place rank by rank on the live free resources; undo every rank if the gang does not complete.
+        let mut chosen: Vec<usize> = Vec::with_capacity(job.replicas as usize);
         for _ in 0..job.replicas.max(1) {
-            let best = scratch
+            let best = workers
                 .iter()
                 .enumerate()
                 .filter(|(_, w)| fits(&w.free, &job.resources) && matches(w, &job.constraints))
@@ -129,13 +129,18 @@ pub fn schedule(pending: &[PendingJob], cluster: &ClusterView) -> Schedule {
                     ua.total_cmp(&ub).then(tie).then(a.0.cmp(&b.0))
                 });
             let Some((i, _, _)) = best else { break };
-            sub(&mut scratch[i].free, &job.resources);
-            scratch[i].tasks += 1;
-            chosen.push(scratch[i].id.clone());
+            sub(&mut workers[i].free, &job.resources);
+            workers[i].tasks += 1;
+            chosen.push(i);
         }
         if chosen.len() == job.replicas.max(1) as usize {
-            workers = scratch;
-            out.assignments.push(Assignment { job_id: job.id.clone(), workers: chosen });
+            let ids = chosen.iter().map(|&i| workers[i].id.clone()).collect();
+            out.assignments.push(Assignment { job_id: job.id.clone(), workers: ids });
+        } else {
+            for i in chosen {
+                crate::state::add(&mut workers[i].free, &job.resources);
+                workers[i].tasks -= 1;
+            }
         }
     }
     out

@@ -117,13 +117,15 @@ impl ClusterState {
                 self.worker_lost(&l.worker_id, &l.reason, now, dirty);
                 Ok(CommandResultV1::default())
             }
-            Some(Command::SetJobReason(r)) => {
-                if let Some(j) = self.jobs.get_mut(&r.job_id)
-                    && j.state == JobState::Pending as i32
-                    && j.reason != r.reason
-                {
-                    j.reason = r.reason.clone();
-                    dirty.jobs.push(j.id.clone());
+            Some(Command::SetJobReasons(rs)) => {
+                for r in &rs.reasons {
+                    if let Some(j) = self.jobs.get_mut(&r.job_id)
+                        && j.state == JobState::Pending as i32
+                        && j.reason != r.reason
+                    {
+                        j.reason = r.reason.clone();
+                        dirty.jobs.push(j.id.clone());
+                    }
                 }
                 Ok(CommandResultV1::default())
             }

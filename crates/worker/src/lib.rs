@@ -1,6 +1,27 @@
-//! aidos worker agent (skeleton: being implemented).
+//! aidos worker agent: registers with the scheduler leader, heartbeats, runs assigned tasks through a
+//! per-task shim process, streams their logs and reports their status, and adopts still-running tasks
+//! after its own restart.
+//!
+//! Modules: [`resources`] (capacity detection), [`identity`] (worker id), [`connection`] (leader
+//! following), [`agent`] (register / heartbeat / assignments), [`runner`] (one supervisor per attempt),
+//! [`logs`] (log shipping), [`records`] (on-disk attempt records, reconciliation), [`shim`] (the
+//! `aidos task-shim` process), [`process`] (process groups and signals).
 use std::collections::BTreeMap;
 use std::path::PathBuf;
+
+pub mod agent;
+pub mod connection;
+mod error;
+pub mod identity;
+pub mod logs;
+pub mod process;
+pub mod records;
+pub mod resources;
+pub mod runner;
+pub mod shim;
+
+pub use error::WorkerError;
+pub use shim::{run_shim, shim_main};
 
 #[derive(Debug, Clone, Default)]
 pub struct WorkerConfig {
@@ -15,17 +36,13 @@ pub struct WorkerConfig {
     pub cpu_millis: Option<u64>,
     pub memory_bytes: Option<u64>,
     pub gpus: Option<u32>,
-    /// The executable used as the per-task shim (`<exe> task-shim ...`); normally the `aidos` binary itself.
+    /// The executable used as the per-task shim (`<exe> task-shim ...`); normally the `aidos` binary
+    /// itself. Empty (the default): the current executable.
     pub shim_exe: PathBuf,
 }
 
-#[derive(Debug, thiserror::Error)]
-pub enum WorkerError {
-    #[error("not implemented yet")]
-    Todo,
-}
-
-/// Runs the worker until `shutdown` resolves.
-pub async fn run(_cfg: WorkerConfig, _shutdown: impl std::future::Future<Output = ()> + Send) -> Result<(), WorkerError> {
-    Err(WorkerError::Todo)
+/// Runs the worker until `shutdown` resolves. Tasks keep running after it returns; the next run with
+/// the same `data_dir` adopts them.
+pub async fn run(cfg: WorkerConfig, shutdown: impl std::future::Future<Output = ()> + Send) -> Result<(), WorkerError> {
+    agent::run(cfg, shutdown).await
 }

@@ -1,0 +1,516 @@
+//! Supervising one attempt from start (or adoption) to its acknowledged final status.
+//!
+//! One supervisor task per attempt. Life of an attempt on this worker:
+//! 1. `New`: create `tasks/<name>/` with `create_dir` (fails if the attempt was ever started here:
+//!    never start twice), write the record, spawn the shim (own session), store its pid in the record.
+//!    `Adopt` (after a worker restart, shim alive) and `Finished` (exit status or nothing left) skip this.
+//! 2. Report RUNNING (unless already acknowledged), retrying across leader changes; meanwhile poll every
+//!    100 ms for `exit`, a dead shim, the timeout and stop requests; ship logs in a sibling task.
+//! 3. When the process ended: let the log shipper drain, then report SUCCEEDED/FAILED until the leader
+//!    acknowledges it. Only then (or when the leader refuses it) delete the record.
+//!
+//! A refusal (`FAILED_PRECONDITION`: stale fencing token, `NOT_FOUND`: unknown attempt) ends the
+//! attempt for good: it is stopped if still running and its record deleted; nothing is reported again.
+//!
+//! Stopping (cancel, kill list, timeout, refusal): the reason is persisted in the record first, then
+//! SIGTERM goes to the shim's group (forwarded to the task), SIGKILL to the task's group after
+//! [`STOP_GRACE`], and SIGKILL to the shim's group [`SHIM_KILL_AFTER`] after that. Dropping a supervisor
+//! (worker shutdown) never stops its process: it is adopted on restart.
+
+use std::path::{Path, PathBuf};
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Duration;
+
+use aidos_api::{AttemptRef, TaskAssignment, TaskState, TaskStatusReport, job_spec};
+use tokio::sync::watch;
+use tokio::time::Instant;
+use tonic::Status;
+
+use crate::agent::Shared;
+use crate::connection::request;
+use crate::logs::ship_logs;
+use crate::process::{ShimCommand, read_child_pgid, shim_alive, signal_group};
+use crate::records::{
+    AttemptRecord, FinalStatus, Outcome, STDERR_FILE, StopReason, delete_record, final_status, read_exit_code,
+    write_record,
+};
+
+pub const POLL: Duration = Duration::from_millis(100);
+/// Time between SIGTERM and SIGKILL when stopping a task.
+pub const STOP_GRACE: Duration = Duration::from_secs(5);
+/// Extra time after the task's SIGKILL before the shim itself is killed.
+pub const SHIM_KILL_AFTER: Duration = Duration::from_secs(3);
+
+/// How a supervisor starts.
+pub enum Launch {
+    /// A fresh assignment from the leader.
+    New(Box<TaskAssignment>),
+    /// A record found at start-up whose shim still runs.
+    Adopt { record: AttemptRecord, pid: u32 },
+    /// A record found at start-up whose task already ended (or vanished).
+    Finished { record: AttemptRecord, outcome: Outcome },
+}
+
+/// The running process, as far as the supervisor knows it.
+enum Proc {
+    /// Spawned by this worker run: reaped through tokio.
+    Owned(tokio::process::Child),
+    /// Inherited from a previous worker run: polled by pid.
+    Adopted(u32),
+    /// Never started (or already gone).
+    None,
+}
+
+impl Proc {
+    fn pid(&self) -> Option<u32> {
+        match self {
+            Proc::Owned(c) => c.id(),
+            Proc::Adopted(p) => Some(*p),
+            Proc::None => None,
+        }
+    }
+    fn alive(&mut self) -> bool {
+        match self {
+            Proc::Owned(c) => matches!(c.try_wait(), Ok(None)),
+            Proc::Adopted(p) => shim_alive(*p),
+            Proc::None => false,
+        }
+    }
+}
+
+/// Progress of a stop in flight.
+struct Stopping {
+    since: Instant,
+    task_killed: bool,
+    shim_killed: bool,
+}
+
+async fn persist(shared: &Shared, record: &AttemptRecord) {
+    let dir = shared.data_dir.clone();
+    let rec = record.clone();
+    match tokio::task::spawn_blocking(move || write_record(&dir, &rec)).await {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => tracing::error!("cannot persist attempt record: {e}"),
+        Err(e) => tracing::error!("cannot persist attempt record: {e}"),
+    }
+}
+
+async fn remove_record(shared: &Shared, name: &str) {
+    let dir = shared.data_dir.clone();
+    let name = name.to_string();
+    if let Ok(Err(e)) = tokio::task::spawn_blocking(move || delete_record(&dir, &name)).await {
+        tracing::error!("cannot delete attempt record: {e}");
+    }
+}
+
+/// Sends one status report, retrying (and following the leader) until it is acknowledged; returns the
+/// refusal otherwise.
+pub async fn report_status(
+    shared: &Shared,
+    aref: &AttemptRef,
+    state: TaskState,
+    exit_code: i32,
+    message: &str,
+) -> Result<(), Status> {
+    let report = TaskStatusReport {
+        worker_id: shared.worker_id.clone(),
+        attempt: Some(aref.clone()),
+        state: state as i32,
+        exit_code,
+        message: message.to_string(),
+    };
+    shared
+        .conn
+        .unary("ReportStatus", |mut client| {
+            let r = report.clone();
+            async move { client.report_status(request(r)).await }
+        })
+        .await
+        .map(|_| ())
+}
+
+fn log_refusal(name: &str, what: &str, st: &Status) {
+    tracing::warn!(
+        "scheduler refused {what} report for {name}: {} ({:?}); dropping the attempt",
+        st.message(),
+        st.code()
+    );
+}
+
+/// The environment of a task: spec env, then assignment env, then the AIDOS_* variables.
+pub fn task_env(
+    a: &TaskAssignment,
+    worker_id: &str,
+    schedulers: &str,
+    workdir: &Path,
+) -> Vec<(String, String)> {
+    let aref = a.attempt.clone().unwrap_or_default();
+    let mut env: Vec<(String, String)> = Vec::new();
+    if let Some(job_spec::Payload::Process(p)) = a.spec.as_ref().and_then(|s| s.payload.as_ref()) {
+        let mut spec_env: Vec<_> = p.env.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
+        spec_env.sort();
+        env.extend(spec_env);
+    }
+    let mut extra: Vec<_> = a.env.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
+    extra.sort();
+    env.extend(extra);
+    env.extend([
+        ("AIDOS_JOB_ID".to_string(), aref.job_id.clone()),
+        ("AIDOS_RANK".to_string(), aref.rank.to_string()),
+        ("AIDOS_WORLD_SIZE".to_string(), a.world_size.to_string()),
+        ("AIDOS_ATTEMPT".to_string(), aref.attempt.to_string()),
+        ("AIDOS_FENCING_TOKEN".to_string(), aref.fencing_token.to_string()),
+        ("AIDOS_WORKER_ID".to_string(), worker_id.to_string()),
+        ("AIDOS_SCHEDULER".to_string(), schedulers.to_string()),
+        ("AIDOS_WORK_DIR".to_string(), workdir.display().to_string()),
+    ]);
+    env
+}
+
+/// Last non-empty line of the task's stderr (the shim's explanation when it could not run it).
+fn stderr_last_line(workdir: &Path) -> Option<String> {
+    use std::io::{Read, Seek, SeekFrom};
+    let mut f = std::fs::File::open(workdir.join(STDERR_FILE)).ok()?;
+    let len = f.metadata().ok()?.len();
+    f.seek(SeekFrom::Start(len.saturating_sub(512))).ok()?;
+    let mut buf = Vec::new();
+    f.read_to_end(&mut buf).ok()?;
+    let s = String::from_utf8_lossy(&buf);
+    s.lines().rev().find(|l| !l.trim().is_empty()).map(|l| l.trim().to_string())
+}
+
+/// Creates the working directory and record and spawns the shim. Returns None when the attempt was
+/// already started here earlier (its working directory exists).
+async fn start_new(
+    shared: &Shared,
+    name: &str,
+    a: &TaskAssignment,
+    stop_rx: &watch::Receiver<Option<StopReason>>,
+) -> Option<(AttemptRecord, Proc, Option<Outcome>)> {
+    let aref = a.attempt.clone().unwrap_or_default();
+    let workdir: PathBuf = shared.tasks_dir.join(name);
+    let wd = workdir.clone();
+    let created = tokio::task::spawn_blocking(move || std::fs::create_dir(&wd)).await;
+    match created {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+            tracing::debug!("{}: already started on this worker earlier; not starting it again", aref.display());
+            return None;
+        }
+        Ok(Err(e)) => {
+            tracing::error!("{}: cannot create {}: {e}", aref.display(), workdir.display());
+            return None;
+        }
+        Err(e) => {
+            tracing::error!("{}: {e}", aref.display());
+            return None;
+        }
+    }
+    let spec = a.spec.clone().unwrap_or_default();
+    let mut record = AttemptRecord {
+        job_id: aref.job_id.clone(),
+        rank: aref.rank,
+        attempt: aref.attempt,
+        fencing_token: aref.fencing_token,
+        world_size: a.world_size,
+        shim_pid: None,
+        workdir: workdir.clone(),
+        started_at_ms: aidos_api::now_ms(),
+        timeout_secs: spec.timeout_secs,
+        running_acked: false,
+        stop: None,
+        start_error: None,
+    };
+    // The record exists before the process does (restart reconciliation relies on it).
+    persist(shared, &record).await;
+
+    let process = match spec.payload {
+        Some(job_spec::Payload::Process(p)) if !p.executable.is_empty() => p,
+        Some(job_spec::Payload::Process(_)) => {
+            record.start_error = Some("empty executable".into());
+            persist(shared, &record).await;
+            return Some((record, Proc::None, Some(Outcome::StartFailed("empty executable".into()))));
+        }
+        None => {
+            let msg = format!("job kind {:?} is not supported by this worker", spec.kind());
+            record.start_error = Some(msg.clone());
+            persist(shared, &record).await;
+            return Some((record, Proc::None, Some(Outcome::StartFailed(msg))));
+        }
+    };
+    if stop_rx.borrow().is_some() {
+        let msg = "cancelled before it started".to_string();
+        record.stop = stop_rx.borrow().clone();
+        record.start_error = Some(msg.clone());
+        persist(shared, &record).await;
+        return Some((record, Proc::None, Some(Outcome::StartFailed(msg))));
+    }
+    let cmd = ShimCommand {
+        shim_exe: shared.shim_exe.clone(),
+        workdir: workdir.clone(),
+        program: process.executable.clone(),
+        args: process.args.clone(),
+        env: task_env(a, &shared.worker_id, &shared.schedulers_env, &workdir),
+    };
+    match cmd.spawn() {
+        Ok(child) => {
+            record.shim_pid = child.id();
+            persist(shared, &record).await;
+            tracing::info!(
+                "started {} ({} {:?}) in {} (shim pid {})",
+                aref.display(),
+                process.executable,
+                process.args,
+                workdir.display(),
+                record.shim_pid.unwrap_or(0)
+            );
+            Some((record, Proc::Owned(child), None))
+        }
+        Err(e) => {
+            let msg = format!("cannot spawn task shim {}: {e}", shared.shim_exe.display());
+            tracing::error!("{}: {msg}", aref.display());
+            record.start_error = Some(msg.clone());
+            persist(shared, &record).await;
+            Some((record, Proc::None, Some(Outcome::StartFailed(msg))))
+        }
+    }
+}
+
+/// Aborts the wrapped task when dropped (the log shipper must not outlive its supervisor).
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+type ReportFuture<'a> = Pin<Box<dyn Future<Output = Result<(), Status>> + Send + 'a>>;
+
+/// Supervises one attempt (see module docs). Removes the attempt from the agent's table at the end.
+pub async fn supervise(
+    shared: Arc<Shared>,
+    name: String,
+    launch: Launch,
+    mut stop_rx: watch::Receiver<Option<StopReason>>,
+) {
+    run_attempt(&shared, &name, launch, &mut stop_rx).await;
+    shared.forget(&name);
+}
+
+async fn run_attempt(
+    shared: &Arc<Shared>,
+    name: &str,
+    launch: Launch,
+    stop_rx: &mut watch::Receiver<Option<StopReason>>,
+) {
+    let (mut record, mut proc, mut outcome) = match launch {
+        Launch::New(a) => match start_new(shared, name, &a, stop_rx).await {
+            Some(x) => x,
+            None => return,
+        },
+        Launch::Adopt { record, pid } => {
+            tracing::info!("adopted {} (shim pid {pid}) after a worker restart", record.attempt_ref().display());
+            (record, Proc::Adopted(pid), None)
+        }
+        Launch::Finished { record, outcome } => (record, Proc::None, Some(outcome)),
+    };
+    let aref = record.attempt_ref();
+    let label = aref.display();
+    let workdir = record.workdir.clone();
+
+    // Logs are shipped for every attempt that may have produced output.
+    let (finish_tx, finish_rx) = watch::channel(false);
+    let mut shipper = AbortOnDrop(tokio::spawn(ship_logs(
+        shared.conn.clone(),
+        shared.worker_id.clone(),
+        aref.clone(),
+        workdir.clone(),
+        finish_rx,
+    )));
+
+    let mut refused = false;
+    let mut running_report: Option<ReportFuture<'_>> = if record.running_acked || record.start_error.is_some() {
+        None
+    } else {
+        Some(Box::pin(report_status(shared, &aref, TaskState::Running, 0, "")))
+    };
+    let mut stopping: Option<Stopping> = None;
+    let mut stop_open = true;
+    let mut tick = tokio::time::interval(POLL);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+
+    // A stop decided before a restart is carried on.
+    if outcome.is_none() && record.stop.is_some() {
+        stopping = Some(begin_stop(&proc, &workdir));
+    }
+
+    while outcome.is_none() {
+        let mut new_stop: Option<StopReason> = None;
+        tokio::select! {
+            res = async { running_report.as_mut().expect("guarded").await }, if running_report.is_some() => {
+                running_report = None;
+                match res {
+                    Ok(()) => {
+                        record.running_acked = true;
+                        persist(shared, &record).await;
+                    }
+                    Err(st) => {
+                        log_refusal(&label, "RUNNING", &st);
+                        refused = true;
+                        new_stop = Some(StopReason::Refused);
+                    }
+                }
+            }
+            r = stop_rx.changed(), if stop_open => {
+                if r.is_err() {
+                    stop_open = false;
+                } else {
+                    new_stop = stop_rx.borrow_and_update().clone();
+                }
+            }
+            _ = tick.tick() => {}
+        }
+        if let Some(reason) = new_stop.take()
+            && record.stop.is_none()
+        {
+            tracing::info!("stopping {label}: {reason:?}");
+            record.stop = Some(reason);
+            persist(shared, &record).await;
+            stopping = Some(begin_stop(&proc, &workdir));
+        }
+        match read_exit_code(&workdir) {
+            Ok(Some(code)) => {
+                outcome = Some(Outcome::Exited(code));
+                break;
+            }
+            Ok(None) => {}
+            Err(e) => tracing::warn!("{label}: cannot read exit status: {e}"),
+        }
+        if !proc.alive() {
+            // The shim writes `exit` before it exits: look once more to close the race.
+            outcome = Some(match read_exit_code(&workdir) {
+                Ok(Some(code)) => Outcome::Exited(code),
+                _ => Outcome::Gone("task process disappeared without an exit status".into()),
+            });
+            break;
+        }
+        // Timeout, measured from the recorded start so that it survives worker restarts.
+        if record.timeout_secs > 0
+            && record.stop.is_none()
+            && aidos_api::now_ms() - record.started_at_ms >= (record.timeout_secs as i64).saturating_mul(1000)
+        {
+            tracing::info!("{label} timed out after {}s; stopping it", record.timeout_secs);
+            record.stop = Some(StopReason::Timeout { secs: record.timeout_secs });
+            persist(shared, &record).await;
+            stopping = Some(begin_stop(&proc, &workdir));
+        }
+        if let Some(s) = stopping.as_mut() {
+            escalate_stop(s, &proc, &workdir);
+        }
+    }
+    let outcome = outcome.expect("loop ends with an outcome");
+    // Reap our own child if it is done (it is, or about to be: it wrote `exit`).
+    if let Proc::Owned(c) = &mut proc {
+        let _ = tokio::time::timeout(Duration::from_secs(1), c.wait()).await;
+    }
+
+    // Ordered reports: the final status never overtakes RUNNING.
+    if let Some(fut) = running_report.take() {
+        match fut.await {
+            Ok(()) => record.running_acked = true,
+            Err(st) => {
+                log_refusal(&label, "RUNNING", &st);
+                refused = true;
+            }
+        }
+    }
+    let _ = finish_tx.send(true);
+    // The shipper bounds its own draining (FINISH_BUDGET); the outer timeout is a safety net.
+    if let Ok(Err(e)) = tokio::time::timeout(crate::logs::FINISH_BUDGET + Duration::from_secs(2), &mut shipper.0).await {
+        tracing::debug!("{label}: log shipper ended abnormally: {e}");
+    }
+
+    if !refused {
+        let detail = match outcome {
+            Outcome::Exited(126 | 127) => {
+                let wd = workdir.clone();
+                tokio::task::spawn_blocking(move || stderr_last_line(&wd)).await.ok().flatten()
+            }
+            _ => None,
+        };
+        let FinalStatus { state, exit_code, message } = final_status(&outcome, record.stop.as_ref(), detail.as_deref());
+        match report_status(shared, &aref, state, exit_code, &message).await {
+            Ok(()) => {
+                tracing::info!("finished {label}: {} ({message})", state.as_str_name());
+            }
+            Err(st) => log_refusal(&label, state.as_str_name(), &st),
+        }
+    }
+    remove_record(shared, name).await;
+}
+
+fn begin_stop(proc: &Proc, workdir: &Path) -> Stopping {
+    let delivered = proc.pid().is_some_and(|pid| signal_group(pid, libc::SIGTERM));
+    if !delivered {
+        // No shim to forward it (adopted without pid, or the shim died): signal the task directly.
+        if let Some(pg) = read_child_pgid(workdir) {
+            signal_group(pg, libc::SIGTERM);
+        }
+    }
+    Stopping { since: Instant::now(), task_killed: false, shim_killed: false }
+}
+
+fn escalate_stop(s: &mut Stopping, proc: &Proc, workdir: &Path) {
+    let elapsed = s.since.elapsed();
+    if !s.task_killed && elapsed >= STOP_GRACE {
+        s.task_killed = true;
+        if let Some(pg) = read_child_pgid(workdir) {
+            tracing::info!("task group {pg} did not stop within {STOP_GRACE:?}: SIGKILL");
+            signal_group(pg, libc::SIGKILL);
+        }
+    }
+    if !s.shim_killed && elapsed >= STOP_GRACE + SHIM_KILL_AFTER {
+        s.shim_killed = true;
+        if let Some(pid) = proc.pid() {
+            signal_group(pid, libc::SIGKILL);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use aidos_api::{JobSpec, ProcessSpec};
+
+    #[test]
+    fn env_layers_in_order() {
+        let a = TaskAssignment {
+            attempt: Some(AttemptRef { job_id: "j".into(), rank: 1, attempt: 2, fencing_token: 9 }),
+            spec: Some(JobSpec {
+                payload: Some(job_spec::Payload::Process(ProcessSpec {
+                    executable: "x".into(),
+                    args: vec![],
+                    env: [("A".to_string(), "spec".to_string()), ("AIDOS_RANK".to_string(), "bogus".to_string())]
+                        .into_iter()
+                        .collect(),
+                })),
+                ..Default::default()
+            }),
+            world_size: 4,
+            env: [("A".to_string(), "assign".to_string())].into_iter().collect(),
+        };
+        let env = task_env(&a, "w1", "h1:1,h2:2", Path::new("/wd"));
+        // Later entries win when applied in order.
+        let last = |k: &str| env.iter().rev().find(|(kk, _)| kk == k).map(|(_, v)| v.clone()).unwrap();
+        assert_eq!(last("A"), "assign");
+        assert_eq!(last("AIDOS_RANK"), "1");
+        assert_eq!(last("AIDOS_WORLD_SIZE"), "4");
+        assert_eq!(last("AIDOS_FENCING_TOKEN"), "9");
+        assert_eq!(last("AIDOS_SCHEDULER"), "h1:1,h2:2");
+        assert_eq!(last("AIDOS_WORK_DIR"), "/wd");
+        assert_eq!(last("AIDOS_WORKER_ID"), "w1");
+        assert_eq!(last("AIDOS_JOB_ID"), "j");
+        assert_eq!(last("AIDOS_ATTEMPT"), "2");
+    }
+}

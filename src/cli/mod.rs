@@ -1,0 +1,166 @@
+//! The `aidos` command line: argument parsing and dispatch. Each command group lives in its own module.
+
+pub mod bench;
+pub mod client;
+pub mod cluster;
+pub mod job;
+pub mod render;
+pub mod server;
+pub mod up;
+pub mod worker;
+
+use std::collections::BTreeMap;
+use std::ffi::OsString;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+#[derive(Parser, Debug)]
+#[command(name = "aidos", version, about = "aidos: a distributed training and inference compute engine")]
+pub struct Cli {
+    #[command(flatten)]
+    pub global: Global,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Flags every command accepts.
+#[derive(Args, Debug, Clone)]
+pub struct Global {
+    /// Scheduler addresses, comma-separated; any node of the cluster, tried in order
+    #[arg(
+        long,
+        env = "AIDOS_SCHEDULER",
+        global = true,
+        help_heading = "Global options",
+        value_delimiter = ',',
+        default_value = aidos_api::DEFAULT_SCHEDULER_ADDR
+    )]
+    pub scheduler: Vec<String>,
+    /// Output format: aligned columns for people, or one JSON document
+    #[arg(short, long, env = "AIDOS_OUTPUT", global = true, help_heading = "Global options", value_enum, default_value_t = Output::Table)]
+    pub output: Output,
+    /// Log filter, e.g. `info`, `debug` or `aidos_scheduler=debug` (default: RUST_LOG, else info for servers and
+    /// warn for client commands)
+    #[arg(long, env = "AIDOS_LOG_LEVEL", global = true, help_heading = "Global options")]
+    pub log_level: Option<String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Output {
+    Table,
+    Json,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Run a one-node scheduler and a worker in this process (local use); stops on Ctrl-C
+    Up(up::UpArgs),
+    /// Run one scheduler node (a Raft member) of a cluster
+    Server(server::ServerArgs),
+    /// Run a worker agent that executes the tasks the schedulers assign to it
+    Worker(worker::WorkerArgs),
+    /// Inspect and change the scheduler cluster
+    #[command(subcommand)]
+    Cluster(cluster::ClusterCmd),
+    /// Submit, inspect, follow and cancel jobs
+    #[command(subcommand)]
+    Job(job::JobCmd),
+    /// Load generators for measuring the control plane
+    #[command(subcommand)]
+    Bench(bench::BenchCmd),
+    /// Internal: the per-task supervisor process a worker starts
+    #[command(name = "task-shim", hide = true, disable_help_flag = true)]
+    TaskShim {
+        /// Arguments passed through to the shim
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<OsString>,
+    },
+}
+
+impl Command {
+    /// Long-running daemons log at info by default; client commands stay quiet.
+    pub fn is_daemon(&self) -> bool {
+        matches!(self, Command::Up(_) | Command::Server(_) | Command::Worker(_))
+    }
+}
+
+/// A deliberate exit with a code (and a message for stderr, possibly empty), e.g. `job wait` on a failed job.
+#[derive(Debug)]
+pub struct Exit {
+    pub code: u8,
+    pub msg: String,
+}
+
+impl std::fmt::Display for Exit {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.msg)
+    }
+}
+
+impl std::error::Error for Exit {}
+
+pub async fn run(cli: Cli) -> anyhow::Result<()> {
+    let g = cli.global;
+    match cli.command {
+        Command::Up(a) => up::run(&g, a).await,
+        Command::Server(a) => server::run(&g, a).await,
+        Command::Worker(a) => worker::run(&g, a).await,
+        Command::Cluster(c) => cluster::run(&g, c).await,
+        Command::Job(c) => job::run(&g, c).await,
+        Command::Bench(c) => bench::run(&g, c).await,
+        // Dispatched in main before any runtime starts; reaching here means it was not first on the line.
+        Command::TaskShim { .. } => anyhow::bail!("task-shim must be the first argument"),
+    }
+}
+
+/// The hidden `aidos task-shim ...`: runs synchronously, outside any tokio runtime.
+pub fn task_shim(args: Vec<OsString>) -> i32 {
+    aidos_worker::shim_main(args)
+}
+
+/// `k=v` for clap.
+pub fn parse_kv(s: &str) -> Result<(String, String), String> {
+    match s.split_once('=') {
+        Some((k, v)) if !k.trim().is_empty() => Ok((k.trim().to_string(), v.trim().to_string())),
+        _ => Err(format!("`{s}` is not key=value")),
+    }
+}
+
+pub fn kv_map(pairs: Vec<(String, String)>) -> BTreeMap<String, String> {
+    pairs.into_iter().collect()
+}
+
+/// Cores (`2`, `0.5`, `500m`) to millicores, for clap.
+pub fn parse_cpu(s: &str) -> Result<u64, String> {
+    aidos_api::spec::parse_cpu_str(s)
+}
+
+/// Bytes with an optional unit (`4Gi`, `512Mi`, `1000000`), for clap.
+pub fn parse_bytes(s: &str) -> Result<u64, String> {
+    aidos_api::spec::parse_bytes_str(s)
+}
+
+/// Resolves on Ctrl-C or SIGTERM.
+pub async fn shutdown_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        match signal(SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = tokio::signal::ctrl_c() => {}
+                    _ = term.recv() => {}
+                }
+            }
+            Err(e) => {
+                tracing::warn!("cannot listen for SIGTERM: {e}");
+                let _ = tokio::signal::ctrl_c().await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
+    tracing::info!("shutting down");
+}

@@ -1,0 +1,107 @@
+//! `aidos server`: one scheduler node of a (possibly multi-node) Raft cluster.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use aidos_scheduler::{SchedulerConfig, SchedulerNode, Strategy};
+use anyhow::Context;
+use clap::{Args, ValueEnum};
+
+use super::{shutdown_signal, Global};
+
+#[derive(Args, Debug)]
+pub struct ServerArgs {
+    /// This node's Raft id (> 0), unique in the cluster
+    #[arg(long, env = "AIDOS_NODE_ID")]
+    pub id: u64,
+    /// Address the gRPC server binds (loopback by default: jobs run arbitrary code)
+    #[arg(long, env = "AIDOS_LISTEN", default_value = aidos_api::DEFAULT_SCHEDULER_ADDR)]
+    pub listen: SocketAddr,
+    /// Address other nodes and workers dial to reach this node (default: this node's entry in --peers, else --listen)
+    #[arg(long, env = "AIDOS_ADVERTISE")]
+    pub advertise: Option<String>,
+    /// Initial voters as id=addr, comma-separated, this node included (empty: a single-node cluster)
+    #[arg(long, env = "AIDOS_PEERS", value_delimiter = ',', value_parser = parse_peer)]
+    pub peers: Vec<(u64, String)>,
+    /// Directory for this node's Raft log, vote and state machine
+    #[arg(long, env = "AIDOS_DATA_DIR")]
+    pub data_dir: PathBuf,
+    /// A worker silent for this many milliseconds is declared lost
+    #[arg(long, env = "AIDOS_WORKER_TIMEOUT_MS", default_value_t = 5000)]
+    pub worker_timeout_ms: u64,
+    /// How often workers should heartbeat, in milliseconds
+    #[arg(long, env = "AIDOS_HEARTBEAT_INTERVAL_MS", default_value_t = 500)]
+    pub heartbeat_interval_ms: u64,
+    /// Placement strategy for jobs that do not choose one
+    #[arg(long, env = "AIDOS_PLACEMENT", value_enum, default_value_t = PlacementArg::Binpack)]
+    pub placement: PlacementArg,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum PlacementArg {
+    /// Pack replicas onto as few workers as possible
+    Binpack,
+    /// Spread replicas across as many workers as possible
+    Spread,
+}
+
+fn parse_peer(s: &str) -> Result<(u64, String), String> {
+    let (id, addr) = s.split_once('=').ok_or_else(|| format!("`{s}` is not id=addr"))?;
+    let id: u64 = id.trim().parse().map_err(|_| format!("`{id}` in `{s}` is not a node id"))?;
+    if id == 0 {
+        return Err(format!("`{s}`: node ids start at 1"));
+    }
+    let addr = addr.trim();
+    if addr.is_empty() {
+        return Err(format!("`{s}` has no address"));
+    }
+    Ok((id, addr.to_string()))
+}
+
+pub async fn run(_g: &Global, a: ServerArgs) -> anyhow::Result<()> {
+    anyhow::ensure!(a.id > 0, "--id must be > 0");
+    anyhow::ensure!(a.heartbeat_interval_ms > 0, "--heartbeat-interval-ms must be > 0");
+    anyhow::ensure!(
+        a.worker_timeout_ms > a.heartbeat_interval_ms,
+        "--worker-timeout-ms must be larger than --heartbeat-interval-ms"
+    );
+    let mut members: BTreeMap<u64, String> = BTreeMap::new();
+    for (id, addr) in a.peers {
+        if let Some(prev) = members.insert(id, addr.clone())
+            && prev != addr
+        {
+            anyhow::bail!("--peers names node {id} twice ({prev} and {addr})");
+        }
+    }
+    let advertise = a.advertise.or_else(|| members.get(&a.id).cloned()).unwrap_or_default();
+    if !members.is_empty() && !members.contains_key(&a.id) {
+        let me = if advertise.is_empty() { super::up::dial_addr(a.listen) } else { advertise.clone() };
+        tracing::warn!("--peers does not name this node ({}); adding {}={me}", a.id, a.id);
+        members.insert(a.id, me);
+    }
+    if advertise.is_empty() && a.listen.ip().is_unspecified() {
+        tracing::warn!("listening on a wildcard address without --advertise: peers cannot dial {}", a.listen);
+    }
+    std::fs::create_dir_all(&a.data_dir).with_context(|| format!("creating {}", a.data_dir.display()))?;
+
+    let cfg = SchedulerConfig {
+        node_id: a.id,
+        listen: a.listen,
+        advertise,
+        data_dir: a.data_dir,
+        initial_members: members,
+        worker_timeout: Duration::from_millis(a.worker_timeout_ms),
+        heartbeat_interval: Duration::from_millis(a.heartbeat_interval_ms),
+        default_strategy: match a.placement {
+            PlacementArg::Binpack => Strategy::BinPack,
+            PlacementArg::Spread => Strategy::Spread,
+        },
+    };
+    let node = SchedulerNode::start(cfg).await.with_context(|| format!("starting scheduler node {}", a.id))?;
+    println!("scheduler {} listening on {}", a.id, node.local_addr());
+    shutdown_signal().await;
+    node.shutdown().await;
+    Ok(())
+}

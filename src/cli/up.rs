@@ -1,0 +1,91 @@
+//! `aidos up`: a one-node scheduler plus an in-process worker, for a laptop or a single machine.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use aidos_scheduler::{SchedulerConfig, SchedulerNode};
+use anyhow::Context;
+use clap::Args;
+
+use super::{shutdown_signal, worker::WorkerResources, Global};
+
+#[derive(Args, Debug)]
+pub struct UpArgs {
+    /// Directory for all state (scheduler/ and worker/ inside it)
+    #[arg(long, env = "AIDOS_DATA_DIR", default_value = "./.aidos")]
+    pub data_dir: PathBuf,
+    /// Address the scheduler listens on (loopback by default: jobs run arbitrary code)
+    #[arg(long, env = "AIDOS_LISTEN", default_value = aidos_api::DEFAULT_SCHEDULER_ADDR)]
+    pub listen: SocketAddr,
+    /// Start only the scheduler, without the in-process worker
+    #[arg(long, env = "AIDOS_NO_WORKER")]
+    pub no_worker: bool,
+    /// Labels of the in-process worker as k=v, comma-separated
+    #[arg(long, env = "AIDOS_WORKER_LABELS", value_delimiter = ',', value_parser = super::parse_kv)]
+    pub worker_labels: Vec<(String, String)>,
+    /// CPU the in-process worker offers, in cores (`2`) or millicores (`500m`); default: detected
+    #[arg(long, env = "AIDOS_WORKER_CPUS", value_parser = super::parse_cpu)]
+    pub worker_cpus: Option<u64>,
+    /// Memory the in-process worker offers (`4Gi`, `512Mi`); default: detected
+    #[arg(long, env = "AIDOS_WORKER_MEMORY", value_parser = super::parse_bytes)]
+    pub worker_memory: Option<u64>,
+    /// GPUs the in-process worker offers; default: detected
+    #[arg(long, env = "AIDOS_WORKER_GPUS")]
+    pub worker_gpus: Option<u32>,
+}
+
+pub async fn run(_g: &Global, a: UpArgs) -> anyhow::Result<()> {
+    let sched_dir = a.data_dir.join("scheduler");
+    let worker_dir = a.data_dir.join("worker");
+    std::fs::create_dir_all(&sched_dir).with_context(|| format!("creating {}", sched_dir.display()))?;
+
+    let node = SchedulerNode::start(SchedulerConfig::single_node(a.listen, sched_dir))
+        .await
+        .with_context(|| format!("starting the scheduler on {}", a.listen))?;
+    let addr = node.local_addr();
+    println!("scheduler listening on {addr}");
+
+    if a.no_worker {
+        shutdown_signal().await;
+        node.shutdown().await;
+        return Ok(());
+    }
+
+    std::fs::create_dir_all(&worker_dir).with_context(|| format!("creating {}", worker_dir.display()))?;
+    let resources = WorkerResources {
+        labels: a.worker_labels,
+        cpu_millis: a.worker_cpus,
+        memory_bytes: a.worker_memory,
+        gpus: a.worker_gpus,
+    };
+    let cfg = resources.into_config(vec![dial_addr(addr)], worker_dir.clone(), None)?;
+    println!("worker started (data dir {})", worker_dir.display());
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let worker = aidos_worker::run(cfg, async move {
+        let _ = stop_rx.await;
+    });
+    tokio::pin!(worker);
+
+    let result = tokio::select! {
+        _ = shutdown_signal() => {
+            let _ = stop_tx.send(());
+            worker.await.context("worker")
+        }
+        r = &mut worker => match r {
+            Ok(()) => Err(anyhow::anyhow!("the worker stopped unexpectedly")),
+            Err(e) => Err(anyhow::Error::new(e).context("worker")),
+        },
+    };
+    node.shutdown().await;
+    result
+}
+
+/// The address a local client dials to reach a listener (a wildcard bind is reached through loopback).
+pub fn dial_addr(addr: SocketAddr) -> String {
+    let ip = match addr.ip() {
+        std::net::IpAddr::V4(v4) if v4.is_unspecified() => std::net::Ipv4Addr::LOCALHOST.into(),
+        std::net::IpAddr::V6(v6) if v6.is_unspecified() => std::net::Ipv6Addr::LOCALHOST.into(),
+        ip => ip,
+    };
+    SocketAddr::new(ip, addr.port()).to_string()
+}

@@ -1,0 +1,287 @@
+//! One multi-process test harness: real `aidos` processes on OS-assigned loopback ports, each with its own
+//! temp data dir; waits poll cluster state (leader elected, job states) instead of sleeping fixed times.
+//! Every child is SIGKILLed when the harness drops, so a failing test leaves nothing running.
+#![allow(dead_code)]
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use aidos_api::cluster_service_client::ClusterServiceClient;
+use aidos_api::job_service_client::JobServiceClient;
+use aidos_api::v1::*;
+use tonic::transport::Channel;
+
+pub const BIN: &str = env!("CARGO_BIN_EXE_aidos");
+
+/// A loopback port that was free a moment ago.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+pub struct Proc {
+    pub name: String,
+    pub args: Vec<String>,
+    pub log: PathBuf,
+    pub child: Option<Child>,
+}
+
+impl Proc {
+    fn spawn(name: &str, args: Vec<String>, log: PathBuf) -> Proc {
+        let mut p = Proc { name: name.into(), args, log, child: None };
+        p.start();
+        p
+    }
+
+    pub fn start(&mut self) {
+        assert!(self.child.is_none(), "{} already running", self.name);
+        let out = std::fs::OpenOptions::new().create(true).append(true).open(&self.log).unwrap();
+        let child = Command::new(BIN)
+            .args(&self.args)
+            .env("RUST_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(out.try_clone().unwrap())
+            .stderr(out)
+            .spawn()
+            .unwrap_or_else(|e| panic!("spawning {}: {e}", self.name));
+        self.child = Some(child);
+    }
+
+    pub fn sigkill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    pub fn sigterm(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = Command::new("kill").arg("-TERM").arg(c.id().to_string()).status();
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while Instant::now() < deadline {
+                if let Ok(Some(_)) = c.try_wait() {
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    pub fn output(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        self.sigkill();
+    }
+}
+
+pub struct Cluster {
+    pub dir: tempfile::TempDir,
+    pub nodes: BTreeMap<u64, (String, Proc)>,
+    pub workers: BTreeMap<String, Proc>,
+}
+
+pub fn dump_logs(c: &Cluster) {
+    for (id, (_, p)) in &c.nodes {
+        eprintln!("===== node {id} =====\n{}", tail(&p.output(), 60));
+    }
+    for (id, p) in &c.workers {
+        eprintln!("===== worker {id} =====\n{}", tail(&p.output(), 40));
+    }
+}
+
+fn tail(s: &str, n: usize) -> String {
+    let lines: Vec<&str> = s.lines().collect();
+    lines[lines.len().saturating_sub(n)..].join("\n")
+}
+
+/// Starts `n` scheduler nodes that form one cluster and waits until they agree on a leader.
+pub async fn start_cluster(n: u64) -> Cluster {
+    let dir = tempfile::tempdir().unwrap();
+    let addrs: BTreeMap<u64, String> = (1..=n).map(|i| (i, format!("127.0.0.1:{}", free_port()))).collect();
+    let peers = addrs.iter().map(|(i, a)| format!("{i}={a}")).collect::<Vec<_>>().join(",");
+    let mut nodes = BTreeMap::new();
+    for (id, addr) in &addrs {
+        let data = dir.path().join(format!("node{id}"));
+        let args = vec![
+            "server".into(),
+            "--id".into(),
+            id.to_string(),
+            "--listen".into(),
+            addr.clone(),
+            "--peers".into(),
+            peers.clone(),
+            "--data-dir".into(),
+            data.display().to_string(),
+            "--worker-timeout-ms".into(),
+            "2500".into(),
+            "--heartbeat-interval-ms".into(),
+            "250".into(),
+        ];
+        let log = dir.path().join(format!("node{id}.log"));
+        nodes.insert(*id, (addr.clone(), Proc::spawn(&format!("node{id}"), args, log)));
+    }
+    let c = Cluster { dir, nodes, workers: BTreeMap::new() };
+    c.wait_leader(Duration::from_secs(30)).await;
+    c
+}
+
+pub async fn channel(addr: &str) -> Option<Channel> {
+    let ep = tonic::transport::Endpoint::from_shared(format!("http://{addr}")).ok()?.connect_timeout(Duration::from_millis(500));
+    ep.connect().await.ok()
+}
+
+impl Cluster {
+    pub fn path(&self) -> &Path {
+        self.dir.path()
+    }
+
+    pub fn addrs(&self) -> Vec<String> {
+        self.nodes.values().map(|(a, _)| a.clone()).collect()
+    }
+
+    pub fn live_addrs(&self) -> Vec<String> {
+        self.nodes.values().filter(|(_, p)| p.child.is_some()).map(|(a, _)| a.clone()).collect()
+    }
+
+    pub async fn status(&self, addr: &str) -> Option<ClusterStatus> {
+        let ch = channel(addr).await?;
+        let mut c = ClusterServiceClient::new(ch);
+        let r = tokio::time::timeout(Duration::from_secs(2), c.status(ClusterStatusRequest {})).await.ok()?;
+        r.ok().map(|r| r.into_inner())
+    }
+
+    /// Waits until every running node reports the same leader, and that leader is running; returns its id.
+    pub async fn wait_leader(&self, within: Duration) -> u64 {
+        let deadline = Instant::now() + within;
+        loop {
+            let mut leaders = Vec::new();
+            for a in self.live_addrs() {
+                leaders.push(self.status(&a).await.map(|s| s.leader_id).unwrap_or(0));
+            }
+            let first = leaders[0];
+            let running = self.nodes.get(&first).is_some_and(|(_, p)| p.child.is_some());
+            if first != 0 && running && leaders.iter().all(|l| *l == first) {
+                return first;
+            }
+            if Instant::now() > deadline {
+                dump_logs(self);
+                panic!("no agreed leader within {within:?}: {leaders:?}");
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    pub fn kill_node(&mut self, id: u64) {
+        self.nodes.get_mut(&id).unwrap().1.sigkill();
+    }
+
+    pub fn restart_node(&mut self, id: u64) {
+        self.nodes.get_mut(&id).unwrap().1.start();
+    }
+
+    pub fn start_worker(&mut self, id: &str, cpus: &str, labels: &str) {
+        let data = self.dir.path().join(format!("worker-{id}"));
+        let mut args = vec![
+            "worker".into(),
+            "--scheduler".into(),
+            self.addrs().join(","),
+            "--data-dir".into(),
+            data.display().to_string(),
+            "--id".into(),
+            id.into(),
+            "--cpus".into(),
+            cpus.into(),
+            "--memory".into(),
+            "8Gi".into(),
+        ];
+        if !labels.is_empty() {
+            args.push("--labels".into());
+            args.push(labels.into());
+        }
+        let log = self.dir.path().join(format!("worker-{id}.log"));
+        self.workers.insert(id.to_string(), Proc::spawn(&format!("worker-{id}"), args, log));
+    }
+
+    /// A channel to some live node (any node accepts every client call).
+    pub async fn any_channel(&self) -> Channel {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            for a in self.live_addrs() {
+                if let Some(ch) = channel(&a).await {
+                    return ch;
+                }
+            }
+            assert!(Instant::now() < deadline, "no node reachable");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    pub async fn jobs(&self) -> JobServiceClient<Channel> {
+        JobServiceClient::new(self.any_channel().await)
+    }
+
+    pub async fn cluster_client(&self) -> ClusterServiceClient<Channel> {
+        ClusterServiceClient::new(self.any_channel().await)
+    }
+
+    /// Polls Get until `pred` holds for the job; retries through failovers.
+    pub async fn wait_job(&self, id: &str, within: Duration, pred: impl Fn(&Job) -> bool) -> Job {
+        let deadline = Instant::now() + within;
+        let mut last = None;
+        loop {
+            let mut c = self.jobs().await;
+            if let Ok(r) = c.get(GetJobRequest { job_id: id.into() }).await {
+                let j = r.into_inner();
+                if pred(&j) {
+                    return j;
+                }
+                last = Some(j);
+            }
+            if Instant::now() > deadline {
+                dump_logs(self);
+                panic!("job {id} did not reach the expected state within {within:?}; last: {last:#?}");
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+
+    pub async fn list_all(&self) -> Vec<Job> {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let mut c = self.jobs().await;
+            if let Ok(r) = c.list(ListJobsRequest::default()).await {
+                return r.into_inner().jobs;
+            }
+            assert!(Instant::now() < deadline, "list failed for 20s");
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+}
+
+/// A `sh -c SCRIPT` process job.
+pub fn sh_job(name: &str, script: &str, cpu_millis: u64, max_retries: u32) -> JobSpec {
+    JobSpec {
+        name: name.into(),
+        kind: JobKind::Process as i32,
+        resources: Some(Resources { cpu_millis, memory_bytes: 16 << 20, gpus: 0 }),
+        replicas: 1,
+        max_retries,
+        payload: Some(job_spec::Payload::Process(ProcessSpec {
+            executable: "sh".into(),
+            args: vec!["-c".into(), script.into()],
+            env: Default::default(),
+        })),
+        ..Default::default()
+    }
+}
+
+pub fn state_of(j: &Job) -> JobState {
+    JobState::try_from(j.state).unwrap_or(JobState::Unspecified)
+}
