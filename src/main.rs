@@ -52,7 +52,9 @@ fn init_tracing(level: Option<&str>, daemon: bool) -> anyhow::Result<()> {
     let filter = match level {
         Some(l) => EnvFilter::try_new(l).map_err(|e| anyhow::anyhow!("bad --log-level `{l}`: {e}"))?,
         None => match std::env::var("RUST_LOG") {
-            Ok(v) if !v.trim().is_empty() => EnvFilter::try_new(&v).map_err(|e| anyhow::anyhow!("bad RUST_LOG `{v}`: {e}"))?,
+            Ok(v) if !v.trim().is_empty() => {
+                EnvFilter::try_new(&v).map_err(|e| anyhow::anyhow!("bad RUST_LOG `{v}`: {e}"))?
+            }
             // openraft narrates every election at info; keep it to warnings unless asked.
             _ => EnvFilter::new(if daemon { "info,openraft=warn" } else { "warn" }),
         },

@@ -9,7 +9,11 @@ use common::*;
 
 fn aidos(addr: &str, args: &[&str]) -> (i32, String, String) {
     let out = Command::new(BIN).arg("--scheduler").arg(addr).args(args).output().unwrap();
-    (out.status.code().unwrap_or(-1), String::from_utf8_lossy(&out.stdout).into(), String::from_utf8_lossy(&out.stderr).into())
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into(),
+        String::from_utf8_lossy(&out.stderr).into(),
+    )
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -76,7 +80,11 @@ async fn malformed_specs_and_unknown_ids_are_refused_by_name() {
     // A good job still goes through afterwards, and `job wait` reports the outcome by exit code.
     let (code, out, err) = aidos(&addr, &["job", "submit", "--name", "fine", "--", "sh", "-c", "exit 7"]);
     assert_eq!(code, 0, "{err}");
-    let id = out.split_whitespace().find(|w| w.starts_with("job-")).unwrap_or_else(|| panic!("no id in {out:?}")).to_string();
+    let id = out
+        .split_whitespace()
+        .find(|w| w.starts_with("job-"))
+        .unwrap_or_else(|| panic!("no id in {out:?}"))
+        .to_string();
     let mut c = c;
     c.start_worker("w1", "2", "");
     let (code, _, err) = aidos(&addr, &["job", "wait", &id, "--timeout-secs", "30"]);

@@ -124,8 +124,11 @@ impl JobService for Mock {
             ],
         };
         let s = futures::stream::iter(items);
-        let s: BoxStream<Job> =
-            if name == "slow" { Box::pin(futures::StreamExt::chain(s, futures::stream::pending())) } else { Box::pin(s) };
+        let s: BoxStream<Job> = if name == "slow" {
+            Box::pin(futures::StreamExt::chain(s, futures::stream::pending()))
+        } else {
+            Box::pin(s)
+        };
         Ok(Response::new(s))
     }
     type LogsStream = BoxStream<LogChunk>;
@@ -271,7 +274,11 @@ async fn job_commands_against_a_mock_scheduler() {
     let v: serde_json::Value = serde_json::from_str(&o.stdout).unwrap();
     assert_eq!(v["workers"][0]["capacity"]["cpu_millis"], 4000);
 
-    let o = aidos(&leader.to_string(), &["-o", "json", "bench", "submit", "--jobs", "50", "--concurrency", "4", "--batch", "3"]).await;
+    let o = aidos(
+        &leader.to_string(),
+        &["-o", "json", "bench", "submit", "--jobs", "50", "--concurrency", "4", "--batch", "3"],
+    )
+    .await;
     assert_eq!(o.code, 0, "{}", o.stderr);
     let v: serde_json::Value = serde_json::from_str(&o.stdout).unwrap();
     assert_eq!(v["ok"], 50);

@@ -49,7 +49,13 @@ async fn leader_sigkilled_mid_submission_loses_nothing_and_runs_each_job_once() 
                                 break;
                             }
                             Ok(Err(s)) => assert!(
-                                matches!(s.code(), tonic::Code::Unavailable | tonic::Code::Unknown | tonic::Code::Internal | tonic::Code::Cancelled),
+                                matches!(
+                                    s.code(),
+                                    tonic::Code::Unavailable
+                                        | tonic::Code::Unknown
+                                        | tonic::Code::Internal
+                                        | tonic::Code::Cancelled
+                                ),
                                 "unexpected refusal of a valid spec: {s:?}"
                             ),
                             Err(_) => {}
@@ -87,7 +93,8 @@ async fn leader_sigkilled_mid_submission_loses_nothing_and_runs_each_job_once() 
         if done == jobs.len() && jobs.len() >= acked.len() {
             break jobs;
         }
-        let failed: Vec<_> = jobs.iter().filter(|j| matches!(state_of(j), JobState::Failed | JobState::Cancelled)).collect();
+        let failed: Vec<_> =
+            jobs.iter().filter(|j| matches!(state_of(j), JobState::Failed | JobState::Cancelled)).collect();
         if !failed.is_empty() {
             dump_logs(&c);
             panic!("jobs failed: {:#?}", &failed[..failed.len().min(3)]);

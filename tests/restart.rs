@@ -28,7 +28,8 @@ async fn whole_cluster_restart_keeps_state() {
     // A job that cannot run anywhere stays pending with its reason.
     let mut big = sh_job("too-big", "true", 1000, 0);
     big.resources.as_mut().unwrap().gpus = 8;
-    let big_id = jobs.submit(SubmitRequest { spec: Some(big), request_id: String::new() }).await.unwrap().into_inner().job_id;
+    let big_id =
+        jobs.submit(SubmitRequest { spec: Some(big), request_id: String::new() }).await.unwrap().into_inner().job_id;
     let big_job = c.wait_job(&big_id, Duration::from_secs(10), |j| j.reason.starts_with("unschedulable")).await;
     assert_eq!(big_job.reason, "unschedulable: needs 8 GPU(s) per replica, the largest worker has 0");
 
@@ -62,10 +63,18 @@ async fn whole_cluster_restart_keeps_state() {
 
     // Idempotency survives the restart; new ids continue after the old ones.
     let mut jobs = c.jobs().await;
-    let again = jobs.submit(SubmitRequest { spec: Some(sh_job("j0", "echo ok", 100, 0)), request_id: "r0".into() }).await.unwrap().into_inner();
+    let again = jobs
+        .submit(SubmitRequest { spec: Some(sh_job("j0", "echo ok", 100, 0)), request_id: "r0".into() })
+        .await
+        .unwrap()
+        .into_inner();
     assert!(again.duplicate);
     assert_eq!(again.job_id, ids[0]);
-    let fresh = jobs.submit(SubmitRequest { spec: Some(sh_job("new", "echo ok", 100, 0)), request_id: String::new() }).await.unwrap().into_inner();
+    let fresh = jobs
+        .submit(SubmitRequest { spec: Some(sh_job("new", "echo ok", 100, 0)), request_id: String::new() })
+        .await
+        .unwrap()
+        .into_inner();
     assert_eq!(fresh.job_id, format!("job-{}", before.len() + 1));
     c.workers.get_mut("w1").unwrap().start();
     c.wait_job(&fresh.job_id, Duration::from_secs(30), |j| state_of(j) == JobState::Succeeded).await;

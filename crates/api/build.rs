@@ -11,8 +11,6 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     for f in &files {
         println!("cargo:rerun-if-changed={}", f.display());
     }
-    tonic_prost_build::configure()
-        .btree_map(".")
-        .compile_protos(&files, &[root])?;
+    tonic_prost_build::configure().btree_map(".").compile_protos(&files, &[root])?;
     Ok(())
 }

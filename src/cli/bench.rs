@@ -1,14 +1,14 @@
 //! `aidos bench submit`: submission throughput and latency of the control plane.
 
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use aidos_api::{job_spec, JobKind, JobSpec, ProcessSpec, Resources, SubmitBatchRequest, SubmitRequest};
+use aidos_api::{JobKind, JobSpec, ProcessSpec, Resources, SubmitBatchRequest, SubmitRequest, job_spec};
 use clap::{Args, Subcommand};
 use serde_json::json;
 
-use super::client::{status_error, Client};
+use super::client::{Client, status_error};
 use super::render::{print_json, print_table};
 use super::{Global, Output};
 

@@ -25,8 +25,7 @@ pub struct Client {
 
 impl Client {
     pub fn new(addrs: &[String]) -> anyhow::Result<Self> {
-        let addrs: Vec<String> =
-            addrs.iter().map(|a| a.trim().to_string()).filter(|a| !a.is_empty()).collect();
+        let addrs: Vec<String> = addrs.iter().map(|a| a.trim().to_string()).filter(|a| !a.is_empty()).collect();
         if addrs.is_empty() {
             anyhow::bail!("no scheduler address given (--scheduler)");
         }
@@ -47,9 +46,10 @@ impl Client {
             return Ok(c.clone());
         }
         let addr = &self.addrs[self.current];
-        let ch = endpoint(addr)?.connect().await.map_err(|e| {
-            Status::unavailable(format!("cannot connect to scheduler at {addr}: {}", error_chain(&e)))
-        })?;
+        let ch = endpoint(addr)?
+            .connect()
+            .await
+            .map_err(|e| Status::unavailable(format!("cannot connect to scheduler at {addr}: {}", error_chain(&e))))?;
         self.channel = Some(ch.clone());
         Ok(ch)
     }

@@ -4,7 +4,7 @@ use aidos_api::{AddNodeRequest, ClusterStatus, ClusterStatusRequest, ListWorkers
 use clap::{Args, Subcommand};
 use serde_json::json;
 
-use super::client::{status_error, Client};
+use super::client::{Client, status_error};
 use super::render::{self, print_json, print_table};
 use super::{Global, Output};
 
@@ -93,7 +93,9 @@ pub async fn run(g: &Global, cmd: ClusterCmd) -> anyhow::Result<()> {
         }
         ClusterCmd::RemoveNode(a) => {
             let st = client
-                .cluster(|mut c| async move { c.remove_node(RemoveNodeRequest { id: a.id }).await.map(|r| r.into_inner()) })
+                .cluster(
+                    |mut c| async move { c.remove_node(RemoveNodeRequest { id: a.id }).await.map(|r| r.into_inner()) },
+                )
                 .await
                 .map_err(|e| status_error(e, &format!("node {}", a.id)))?;
             if g.output == Output::Table {
@@ -110,11 +112,8 @@ fn show_status(out: Output, st: &ClusterStatus) {
         print_json(&render::cluster_status_json(st));
         return;
     }
-    let leader = if st.leader_id == 0 {
-        "none known".to_string()
-    } else {
-        format!("{} ({})", st.leader_id, st.leader_addr)
-    };
+    let leader =
+        if st.leader_id == 0 { "none known".to_string() } else { format!("{} ({})", st.leader_id, st.leader_addr) };
     println!("answered by: node {} ({})", st.node_id, st.state);
     println!("leader:      {leader}");
     println!("term:        {}", st.term);

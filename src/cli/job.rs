@@ -6,17 +6,17 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use aidos_api::{
-    job_spec, CancelJobRequest, GetJobRequest, Job, JobSpec, JobState, ListJobsRequest, LogStream, LogsRequest,
-    PlacementStrategy, ProcessSpec, Resources, SubmitRequest, WatchJobRequest,
+    CancelJobRequest, GetJobRequest, Job, JobSpec, JobState, ListJobsRequest, LogStream, LogsRequest,
+    PlacementStrategy, ProcessSpec, Resources, SubmitRequest, WatchJobRequest, job_spec,
 };
 use anyhow::Context;
 use clap::{Args, Subcommand};
 use serde_json::json;
 
-use super::client::{is_final, status_error, Client};
+use super::client::{Client, is_final, status_error};
 use super::render::{self, print_json, print_table};
 use super::server::PlacementArg;
-use super::{parse_bytes, parse_cpu, parse_kv, Exit, Global, Output};
+use super::{Exit, Global, Output, parse_bytes, parse_cpu, parse_kv};
 
 #[derive(Subcommand, Debug)]
 pub enum JobCmd {
@@ -223,8 +223,8 @@ fn build_spec(a: &SubmitArgs) -> anyhow::Result<JobSpec> {
     }
     spec.labels.extend(a.label.iter().cloned());
     for (i, c) in a.constraint.iter().enumerate() {
-        let parsed =
-            aidos_api::spec::parse_constraint(c).map_err(|r| anyhow::anyhow!("invalid job spec: --constraint[{i}]: {r}"))?;
+        let parsed = aidos_api::spec::parse_constraint(c)
+            .map_err(|r| anyhow::anyhow!("invalid job spec: --constraint[{i}]: {r}"))?;
         spec.constraints.push(parsed);
     }
     if !a.env.is_empty()

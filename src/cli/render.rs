@@ -1,10 +1,10 @@
 //! Output: aligned tables for people, and proto messages converted by hand to JSON (prost types have no serde).
 
 use aidos_api::{
-    constraint, job_spec, Attempt, ClusterStatus, Constraint, Job, JobSpec, JobState, PlacementStrategy,
-    Resources, Task, TaskState, Worker, WorkerState,
+    Attempt, ClusterStatus, Constraint, Job, JobSpec, JobState, PlacementStrategy, Resources, Task, TaskState, Worker,
+    WorkerState, constraint, job_spec,
 };
-use serde_json::{json, Value};
+use serde_json::{Value, json};
 
 // ---- names ----
 

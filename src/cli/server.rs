@@ -9,7 +9,7 @@ use aidos_scheduler::{SchedulerConfig, SchedulerNode, Strategy};
 use anyhow::Context;
 use clap::{Args, ValueEnum};
 
-use super::{shutdown_signal, Global};
+use super::{Global, shutdown_signal};
 
 #[derive(Args, Debug)]
 pub struct ServerArgs {

@@ -7,7 +7,7 @@ use aidos_scheduler::{SchedulerConfig, SchedulerNode};
 use anyhow::Context;
 use clap::Args;
 
-use super::{shutdown_signal, worker::WorkerResources, Global};
+use super::{Global, shutdown_signal, worker::WorkerResources};
 
 #[derive(Args, Debug)]
 pub struct UpArgs {

@@ -6,7 +6,7 @@ use aidos_worker::WorkerConfig;
 use anyhow::Context;
 use clap::Args;
 
-use super::{kv_map, parse_bytes, parse_cpu, parse_kv, shutdown_signal, Global};
+use super::{Global, kv_map, parse_bytes, parse_cpu, parse_kv, shutdown_signal};
 
 #[derive(Args, Debug)]
 pub struct WorkerArgs {
@@ -59,8 +59,7 @@ impl WorkerResources {
 }
 
 pub async fn run(g: &Global, a: WorkerArgs) -> anyhow::Result<()> {
-    let schedulers: Vec<String> =
-        g.scheduler.iter().map(|s| s.trim().to_string()).filter(|s| !s.is_empty()).collect();
+    let schedulers: Vec<String> = g.scheduler.iter().map(|s| s.trim().to_string()).filter(|s| !s.is_empty()).collect();
     anyhow::ensure!(!schedulers.is_empty(), "no scheduler address given (--scheduler)");
     std::fs::create_dir_all(&a.data_dir).with_context(|| format!("creating {}", a.data_dir.display()))?;
     let cfg = a.resources.into_config(schedulers.clone(), a.data_dir, a.id)?;

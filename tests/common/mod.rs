@@ -133,7 +133,9 @@ pub async fn start_cluster(n: u64) -> Cluster {
 }
 
 pub async fn channel(addr: &str) -> Option<Channel> {
-    let ep = tonic::transport::Endpoint::from_shared(format!("http://{addr}")).ok()?.connect_timeout(Duration::from_millis(500));
+    let ep = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
+        .ok()?
+        .connect_timeout(Duration::from_millis(500));
     ep.connect().await.ok()
 }
 

@@ -19,10 +19,7 @@ pub const DEFAULT_SCHEDULER_ADDR: &str = "127.0.0.1:7070";
 
 /// Milliseconds since the Unix epoch.
 pub fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as i64)
-        .unwrap_or(0)
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0)
 }
 
 impl AttemptRef {
@@ -44,9 +41,6 @@ impl TaskState {
         matches!(self, TaskState::Assigned | TaskState::Running)
     }
     pub fn is_terminal(self) -> bool {
-        matches!(
-            self,
-            TaskState::Succeeded | TaskState::Failed | TaskState::Lost | TaskState::Cancelled
-        )
+        matches!(self, TaskState::Succeeded | TaskState::Failed | TaskState::Lost | TaskState::Cancelled)
     }
 }

@@ -266,7 +266,8 @@ fn check_count(field: &str, n: usize) -> Result<(), SpecError> {
 /// Validates a wire spec. The leader calls this before proposing; clients call it to fail early.
 pub fn validate(spec: &JobSpec) -> Result<(), SpecError> {
     check_str("name", &spec.name)?;
-    let kind = JobKind::try_from(spec.kind).map_err(|_| SpecError::new("kind", format!("unknown kind {}", spec.kind)))?;
+    let kind =
+        JobKind::try_from(spec.kind).map_err(|_| SpecError::new("kind", format!("unknown kind {}", spec.kind)))?;
     match kind {
         JobKind::Process => {}
         JobKind::Unspecified => return Err(SpecError::new("kind", "missing (expected `process`)")),

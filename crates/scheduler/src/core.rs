@@ -89,7 +89,8 @@ impl Core {
         if let Some(c) = m.get(addr) {
             return Ok(c.clone());
         }
-        let c = lazy_channel(addr).map_err(|e| SchedulerError::Unavailable(format!("bad leader address {addr}: {e}")))?;
+        let c =
+            lazy_channel(addr).map_err(|e| SchedulerError::Unavailable(format!("bad leader address {addr}: {e}")))?;
         m.insert(addr.to_string(), c.clone());
         Ok(c)
     }

@@ -4,8 +4,8 @@
 use aidos_api::cluster_service_client::ClusterServiceClient;
 use aidos_api::job_service_client::JobServiceClient;
 use aidos_api::v1::{
-    AddNodeRequest, CancelJobRequest, ClusterStatus, GetJobRequest, Job, ListJobsRequest, ListJobsResponse,
-    LogChunk, LogsRequest, RemoveNodeRequest, SubmitBatchRequest, SubmitRequest, SubmitResponse, WatchJobRequest,
+    AddNodeRequest, CancelJobRequest, ClusterStatus, GetJobRequest, Job, ListJobsRequest, ListJobsResponse, LogChunk,
+    LogsRequest, RemoveNodeRequest, SubmitBatchRequest, SubmitRequest, SubmitResponse, WatchJobRequest,
 };
 use tonic::transport::Channel;
 

@@ -226,7 +226,9 @@ impl LeaderHandler {
 pub async fn run_proposer(core: Arc<Core>, mut rx: mpsc::Receiver<SubmitItem>) {
     let inflight = Arc::new(tokio::sync::Semaphore::new(4));
     while let Some(first) = rx.recv().await {
-        let Ok(permit) = inflight.clone().acquire_owned().await else { return };
+        let Ok(permit) = inflight.clone().acquire_owned().await else {
+            return;
+        };
         let mut batch = vec![first];
         while batch.len() < MAX_BATCH {
             match rx.try_recv() {

@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 
 use aidos_api::v1::command_v1::Command;
 use aidos_api::v1::{
-    AttemptRef, HeartbeatRequest, HeartbeatResponse, JobState, LogChunk, LogReport, RegisterWorkerRequest,
+    AttemptRef, HeartbeatRequest, HeartbeatResponse, LogChunk, LogReport, RegisterWorkerRequest,
     RegisterWorkerResponse, RegisterWorkerV1, TaskAssignment, TaskState, TaskStatusReport, TaskTransitionV1, Worker,
     WorkerCommand, WorkerState, worker_command,
 };
@@ -38,10 +38,7 @@ fn unwanted(st: &ClusterState, worker_id: &str, running: &[AttemptRef]) -> Vec<A
 /// The attempts the state assigns to `worker_id` that are active now, with what the worker needs to run them.
 fn active_for(st: &ClusterState, worker_id: &str) -> Vec<TaskAssignment> {
     let mut out = Vec::new();
-    for j in st.jobs.values() {
-        if j.state != JobState::Running as i32 {
-            continue;
-        }
+    for j in st.running_jobs() {
         for t in &j.tasks {
             let Some(a) = t.attempts.last() else { continue };
             if a.worker_id != worker_id || !TaskState::try_from(a.state).is_ok_and(|s| s.is_active()) {

@@ -5,7 +5,7 @@ use std::time::{Duration, Instant};
 
 use aidos_api::v1::command_v1::Command;
 use aidos_api::v1::{
-    AssignV1, JobReasonV1, JobState, PlacementStrategy, PlacementV1, SetJobReasonsV1, WorkerLostV1, WorkerState,
+    AssignV1, JobReasonV1, PlacementStrategy, PlacementV1, SetJobReasonsV1, WorkerLostV1, WorkerState,
 };
 use tokio::sync::watch;
 
@@ -14,39 +14,21 @@ use crate::placement::{ClusterView, PendingJob, Strategy, WorkerView, schedule};
 use crate::state::ClusterState;
 
 const WAITING: &str = "waiting for free resources";
+/// Least time between two placement rounds.
+const MIN_ROUND_GAP: Duration = Duration::from_millis(50);
 /// Bounds one reasons command (and so one Raft entry).
 const MAX_REASONS_PER_ROUND: usize = 2000;
 
-/// Builds placement's inputs: pending jobs and the ready workers that the leader has heard from in time.
-pub fn placement_inputs(st: &ClusterState, live: &dyn Fn(&str) -> bool, default: Strategy) -> (Vec<PendingJob>, ClusterView) {
+/// The ready workers that the leader has heard from in time, with their free resources.
+pub fn cluster_view(st: &ClusterState, live: &dyn Fn(&str) -> bool, default: Strategy) -> ClusterView {
     let alloc = st.allocated();
     let mut tasks_on: std::collections::HashMap<&str, u32> = std::collections::HashMap::new();
-    let mut pending = Vec::new();
-    for j in st.jobs.values() {
-        if j.state == JobState::Running as i32 {
-            for t in &j.tasks {
-                if let Some(a) = t.attempts.last() {
-                    *tasks_on.entry(a.worker_id.as_str()).or_default() += 1;
-                }
+    for j in st.running_jobs() {
+        for t in &j.tasks {
+            if let Some(a) = t.attempts.last() {
+                *tasks_on.entry(a.worker_id.as_str()).or_default() += 1;
             }
         }
-        if j.state != JobState::Pending as i32 {
-            continue;
-        }
-        let spec = j.spec.clone().unwrap_or_default();
-        pending.push(PendingJob {
-            id: j.id.clone(),
-            priority: spec.priority,
-            seq: j.seq,
-            replicas: spec.replicas.max(1),
-            resources: spec.resources.unwrap_or_default(),
-            constraints: spec.constraints,
-            strategy: match PlacementStrategy::try_from(spec.placement) {
-                Ok(PlacementStrategy::Binpack) => Some(Strategy::BinPack),
-                Ok(PlacementStrategy::Spread) => Some(Strategy::Spread),
-                _ => None,
-            },
-        });
     }
     let workers = st
         .workers
@@ -68,18 +50,83 @@ pub fn placement_inputs(st: &ClusterState, live: &dyn Fn(&str) -> bool, default:
             }
         })
         .collect();
-    (pending, ClusterView { workers, default_strategy: default })
+    ClusterView { workers, default_strategy: default }
 }
 
-/// Places pending jobs whenever the state changes (and at least every 250 ms) while this node leads.
+/// The pending jobs submitted after `after_seq`, as placement sees them.
+pub fn pending_inputs(st: &ClusterState, after_seq: u64) -> Vec<PendingJob> {
+    st.pending_jobs(after_seq)
+        .map(|j| {
+            let spec = j.spec.as_ref().cloned().unwrap_or_default();
+            PendingJob {
+                id: j.id.clone(),
+                priority: spec.priority,
+                seq: j.seq,
+                replicas: spec.replicas.max(1),
+                resources: spec.resources.unwrap_or_default(),
+                constraints: spec.constraints,
+                strategy: match PlacementStrategy::try_from(spec.placement) {
+                    Ok(PlacementStrategy::Binpack) => Some(Strategy::BinPack),
+                    Ok(PlacementStrategy::Spread) => Some(Strategy::Spread),
+                    _ => None,
+                },
+            }
+        })
+        .collect()
+}
+
+/// Makes placement incremental. A job that could not be placed stays unplaceable for as long as the workers'
+/// free resources, labels and liveness are unchanged (placing other jobs only takes resources away), so such
+/// jobs are skipped until the cluster view changes; only jobs submitted since (higher seq) are evaluated in
+/// between. A requeued job keeps its old seq, but a requeue frees resources, which changes the view.
+#[derive(Default)]
+struct PlacementMemo {
+    fingerprint: u64,
+    /// Every pending job with seq <= this was tried against the current view and could not be placed.
+    tried_up_to: u64,
+}
+
+impl PlacementMemo {
+    fn reset_if_changed(&mut self, view: &ClusterView) {
+        use std::hash::{Hash, Hasher};
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        for w in &view.workers {
+            w.id.hash(&mut h);
+            (w.free.cpu_millis, w.free.memory_bytes, w.free.gpus, w.tasks).hash(&mut h);
+            (w.capacity.cpu_millis, w.capacity.memory_bytes, w.capacity.gpus).hash(&mut h);
+            w.labels.hash(&mut h);
+        }
+        let fp = h.finish();
+        if fp != self.fingerprint {
+            self.fingerprint = fp;
+            self.tried_up_to = 0;
+        }
+    }
+
+    /// Free resources changed: everything is evaluated again next round.
+    fn forget(&mut self) {
+        self.tried_up_to = 0;
+        self.fingerprint = 0;
+    }
+}
+
+/// Places pending jobs whenever the state changes (and at least every 250 ms) while this node leads. Rounds
+/// are at least [`MIN_ROUND_GAP`] apart, so a burst of applied entries costs one round, not one per entry.
 pub async fn run_placement(core: Arc<Core>, mut stop: watch::Receiver<bool>) {
     let mut version = core.version.clone();
+    let mut last_round = Instant::now();
+    let mut memo = PlacementMemo::default();
     loop {
         tokio::select! {
             _ = version.changed() => {},
             _ = tokio::time::sleep(Duration::from_millis(250)) => {},
             _ = stop.changed() => return,
         }
+        let gap = last_round.elapsed();
+        if gap < MIN_ROUND_GAP {
+            tokio::time::sleep(MIN_ROUND_GAP - gap).await;
+        }
+        last_round = Instant::now();
         if !core.is_leader() {
             continue;
         }
@@ -88,7 +135,9 @@ pub async fn run_placement(core: Arc<Core>, mut stop: watch::Receiver<bool>) {
             let a = core.state.read().expect("state lock");
             let live_map = core.liveness.lock().expect("liveness lock");
             let live = |id: &str| live_map.get(id).is_some_and(|t| t.elapsed() < timeout);
-            let (p, v) = placement_inputs(&a.state, &live, core.cfg.default_strategy);
+            let v = cluster_view(&a.state, &live, core.cfg.default_strategy);
+            memo.reset_if_changed(&v);
+            let p = pending_inputs(&a.state, memo.tried_up_to);
             let reasons: std::collections::HashMap<String, String> =
                 p.iter().filter_map(|j| a.state.jobs.get(&j.id).map(|x| (j.id.clone(), x.reason.clone()))).collect();
             (p, v, reasons)
@@ -97,9 +146,13 @@ pub async fn run_placement(core: Arc<Core>, mut stop: watch::Receiver<bool>) {
             continue;
         }
         let s = schedule(&pending, &view);
-        if !s.assignments.is_empty() {
-            let placements =
-                s.assignments.iter().map(|a| PlacementV1 { job_id: a.job_id.clone(), workers: a.workers.clone() }).collect();
+        let placed_any = !s.assignments.is_empty();
+        if placed_any {
+            let placements = s
+                .assignments
+                .iter()
+                .map(|a| PlacementV1 { job_id: a.job_id.clone(), workers: a.workers.clone() })
+                .collect();
             if let Err(e) = core.propose(Command::Assign(AssignV1 { placements })).await {
                 tracing::warn!("proposing placements: {e}");
                 continue;
@@ -110,6 +163,7 @@ pub async fn run_placement(core: Arc<Core>, mut stop: watch::Receiver<bool>) {
         let unsched: std::collections::HashMap<&str, &str> =
             s.unschedulable.iter().map(|(j, r)| (j.as_str(), r.as_str())).collect();
         let mut changes = Vec::new();
+        let mut deferred = std::collections::BTreeSet::new();
         for j in &pending {
             if placed.contains(j.id.as_str()) {
                 continue;
@@ -121,16 +175,29 @@ pub async fn run_placement(core: Arc<Core>, mut stop: watch::Receiver<bool>) {
                 None => continue,
             };
             if old != new {
-                changes.push(JobReasonV1 { job_id: j.id.clone(), reason: new.to_string() });
-                if changes.len() >= MAX_REASONS_PER_ROUND {
-                    break;
+                if changes.len() < MAX_REASONS_PER_ROUND {
+                    changes.push(JobReasonV1 { job_id: j.id.clone(), reason: new.to_string() });
+                } else {
+                    deferred.insert(j.seq);
                 }
             }
         }
+        let mut recorded = true;
         if !changes.is_empty()
             && let Err(e) = core.propose(Command::SetJobReasons(SetJobReasonsV1 { reasons: changes })).await
         {
             tracing::warn!("proposing job reasons: {e}");
+            recorded = false;
+        }
+        if placed_any {
+            memo.forget();
+        } else if recorded {
+            // Advance past every job tried, but not past one whose reason is still to be written.
+            let first_deferred = deferred.iter().min().copied().unwrap_or(u64::MAX);
+            let last = pending.iter().map(|j| j.seq).filter(|s| *s < first_deferred).max();
+            if let Some(last) = last {
+                memo.tried_up_to = memo.tried_up_to.max(last);
+            }
         }
     }
 }

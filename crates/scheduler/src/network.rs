@@ -4,13 +4,13 @@ use std::time::Duration;
 
 use aidos_api::raft_service_client::RaftServiceClient;
 use aidos_api::v1 as pb;
+use openraft::BasicNode;
 use openraft::error::{InstallSnapshotError, NetworkError, RPCError, RaftError, RemoteError, Unreachable};
 use openraft::network::{RPCOption, RaftNetwork, RaftNetworkFactory};
 use openraft::raft::{
     AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotRequest, InstallSnapshotResponse, VoteRequest,
     VoteResponse,
 };
-use openraft::BasicNode;
 use tonic::transport::{Channel, Endpoint};
 
 use crate::raft_types::{
@@ -89,9 +89,9 @@ impl RaftNetwork<TypeConfig> for Peer {
         use pb::append_entries_response_v1::Result as R;
         match resp.result {
             Some(R::Success(_)) => Ok(AppendEntriesResponse::Success),
-            Some(R::PartialSuccess(l)) => Ok(AppendEntriesResponse::PartialSuccess(Some(
-                log_id_from_pb(&l).map_err(malformed)?,
-            ))),
+            Some(R::PartialSuccess(l)) => {
+                Ok(AppendEntriesResponse::PartialSuccess(Some(log_id_from_pb(&l).map_err(malformed)?)))
+            }
             Some(R::PartialSuccessNone(_)) => Ok(AppendEntriesResponse::PartialSuccess(None)),
             Some(R::Conflict(_)) => Ok(AppendEntriesResponse::Conflict),
             Some(R::HigherVote(v)) => Ok(AppendEntriesResponse::HigherVote(vote_from_pb(&v).map_err(malformed)?)),
@@ -123,7 +123,8 @@ impl RaftNetwork<TypeConfig> for Peer {
     }
 
     async fn vote(&mut self, req: VoteRequest<NodeId>, opt: RPCOption) -> Result<VoteResponse<NodeId>, RpcErr> {
-        let msg = pb::VoteRequestV1 { vote: Some(vote_to_pb(&req.vote)), last_log_id: opt_log_id_to_pb(&req.last_log_id) };
+        let msg =
+            pb::VoteRequestV1 { vote: Some(vote_to_pb(&req.vote)), last_log_id: opt_log_id_to_pb(&req.last_log_id) };
         let mut r = tonic::Request::new(msg);
         r.set_timeout(opt.hard_ttl());
         let resp = self.client.vote(r).await.map_err(status_err)?.into_inner();

@@ -189,7 +189,9 @@ pub fn unschedulable_reason(job: &PendingJob, workers: &[WorkerView]) -> Option<
     let per_worker = |w: &&WorkerView| -> u64 {
         let c = &w.capacity;
         let d = |have: u64, want: u64| if want == 0 { u64::MAX } else { have / want };
-        d(c.cpu_millis, need.cpu_millis).min(d(c.memory_bytes, need.memory_bytes)).min(d(c.gpus as u64, need.gpus as u64))
+        d(c.cpu_millis, need.cpu_millis)
+            .min(d(c.memory_bytes, need.memory_bytes))
+            .min(d(c.gpus as u64, need.gpus as u64))
     };
     let total: u64 = eligible.iter().map(per_worker).fold(0u64, |a, b| a.saturating_add(b));
     if total < job.replicas.max(1) as u64 {
@@ -271,10 +273,7 @@ mod tests {
     #[test]
     fn priority_then_age() {
         let c = view(vec![w("a", 2, 0, 2)], Strategy::BinPack);
-        let s = schedule(
-            &[job("old-low", 1, 0, 1, 2), job("new-high", 3, 5, 1, 2), job("old-high", 2, 5, 1, 2)],
-            &c,
-        );
+        let s = schedule(&[job("old-low", 1, 0, 1, 2), job("new-high", 3, 5, 1, 2), job("old-high", 2, 5, 1, 2)], &c);
         assert_eq!(s.assignments.len(), 1);
         assert_eq!(s.assignments[0].job_id, "old-high");
         let c = view(vec![w("a", 2, 0, 2), w("b", 2, 0, 2), w("c", 2, 0, 2)], Strategy::BinPack);

@@ -121,7 +121,15 @@ mod tests {
     #[test]
     fn entries_roundtrip_through_protobuf() {
         let lid = LogId::new(LeaderId::new(3, 2), 17);
-        let m = Membership::new(vec![BTreeSet::from([1, 2, 3])], BTreeMap::from([(1, BasicNode::new("a:1")), (2, BasicNode::new("b:1")), (3, BasicNode::new("c:1")), (4, BasicNode::new("d:1"))]));
+        let m = Membership::new(
+            vec![BTreeSet::from([1, 2, 3])],
+            BTreeMap::from([
+                (1, BasicNode::new("a:1")),
+                (2, BasicNode::new("b:1")),
+                (3, BasicNode::new("c:1")),
+                (4, BasicNode::new("d:1")),
+            ]),
+        );
         for payload in [
             EntryPayload::Blank,
             EntryPayload::Normal(pb::CommandV1 { now_ms: 5, command: None }),

@@ -10,12 +10,12 @@
 //! - A job is a gang: when one task fails or its worker is lost, every other active task of the job is
 //!   cancelled and the whole gang is requeued (while retries remain) or the job fails.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use aidos_api::v1::command_v1::Command;
 use aidos_api::v1::{
-    Attempt, AttemptRef, CommandResultV1, CommandV1, Job, JobState, Resources, StateSnapshotV1, SubmitResponse,
-    Task, TaskState, TaskTransitionV1, Worker, WorkerState,
+    Attempt, AttemptRef, CommandResultV1, CommandV1, Job, JobState, Resources, StateSnapshotV1, SubmitResponse, Task,
+    TaskState, TaskTransitionV1, Worker, WorkerState,
 };
 
 /// The state machine's in-memory image. redb holds the same rows durably (see `store::state_machine`).
@@ -27,6 +27,10 @@ pub struct ClusterState {
     pub request_ids: HashMap<String, String>,
     pub next_job_seq: u64,
     pub next_fencing_token: u64,
+    /// Index: PENDING jobs by submission seq. Kept in step with `jobs` by `reindex`; placement reads only these.
+    pub pending: BTreeMap<u64, String>,
+    /// Index: ids of RUNNING jobs (the only ones holding resources).
+    pub running: BTreeSet<String>,
 }
 
 /// What one `apply` changed, so the store writes only those rows.
@@ -73,12 +77,36 @@ impl ClusterState {
         st
     }
 
-    /// Inserts a job loaded from storage, keeping the request-id index in step.
+    /// Inserts a job loaded from storage, keeping the indexes in step.
     pub fn insert_job(&mut self, j: Job) {
         if !j.request_id.is_empty() {
             self.request_ids.insert(j.request_id.clone(), j.id.clone());
         }
-        self.jobs.insert(j.id.clone(), j);
+        let id = j.id.clone();
+        self.jobs.insert(id.clone(), j);
+        self.reindex(&id);
+    }
+
+    /// Puts a job in the index of its current state (and out of the others).
+    fn reindex(&mut self, id: &str) {
+        let Some((state, seq)) = self.jobs.get(id).map(|j| (j.state, j.seq)) else { return };
+        self.pending.remove(&seq);
+        self.running.remove(id);
+        if state == JobState::Pending as i32 {
+            self.pending.insert(seq, id.to_string());
+        } else if state == JobState::Running as i32 {
+            self.running.insert(id.to_string());
+        }
+    }
+
+    /// Jobs in the RUNNING state.
+    pub fn running_jobs(&self) -> impl Iterator<Item = &Job> {
+        self.running.iter().filter_map(|id| self.jobs.get(id))
+    }
+
+    /// Jobs in the PENDING state submitted after `after_seq`, oldest first.
+    pub fn pending_jobs(&self, after_seq: u64) -> impl Iterator<Item = &Job> {
+        self.pending.range(after_seq + 1..).filter_map(|(_, id)| self.jobs.get(id))
     }
 
     pub fn to_snapshot(&self) -> StateSnapshotV1 {
@@ -94,6 +122,16 @@ impl ClusterState {
 
     /// Applies one command. Never panics on bad input: a refusal is returned in the result.
     pub fn apply(&mut self, cmd: &CommandV1, dirty: &mut Dirty) -> CommandResultV1 {
+        let first_dirty = dirty.jobs.len();
+        let res = self.apply_inner(cmd, dirty);
+        for i in first_dirty..dirty.jobs.len() {
+            let id = dirty.jobs[i].clone();
+            self.reindex(&id);
+        }
+        res
+    }
+
+    fn apply_inner(&mut self, cmd: &CommandV1, dirty: &mut Dirty) -> CommandResultV1 {
         let now = cmd.now_ms;
         let res = match &cmd.command {
             Some(Command::SubmitJobs(s)) => Ok(self.submit(&s.requests, now, dirty)),
@@ -134,12 +172,7 @@ impl ClusterState {
         res.unwrap_or_else(|r| CommandResultV1 { error: r.message, error_code: r.code as u32, ..Default::default() })
     }
 
-    fn submit(
-        &mut self,
-        reqs: &[aidos_api::v1::SubmitRequest],
-        now: i64,
-        dirty: &mut Dirty,
-    ) -> CommandResultV1 {
+    fn submit(&mut self, reqs: &[aidos_api::v1::SubmitRequest], now: i64, dirty: &mut Dirty) -> CommandResultV1 {
         let mut out = Vec::with_capacity(reqs.len());
         for r in reqs {
             if !r.request_id.is_empty()
@@ -153,9 +186,8 @@ impl ClusterState {
             let id = job_id_for_seq(seq);
             let spec = r.spec.clone().unwrap_or_default();
             let replicas = spec.replicas.max(1);
-            let tasks = (0..replicas)
-                .map(|rank| Task { rank, state: TaskState::Pending as i32, attempts: vec![] })
-                .collect();
+            let tasks =
+                (0..replicas).map(|rank| Task { rank, state: TaskState::Pending as i32, attempts: vec![] }).collect();
             let job = Job {
                 id: id.clone(),
                 spec: Some(spec),
@@ -206,10 +238,7 @@ impl ClusterState {
     /// Resources in use on each worker: the sum over active attempts.
     pub fn allocated(&self) -> HashMap<String, Resources> {
         let mut m: HashMap<String, Resources> = HashMap::new();
-        for j in self.jobs.values() {
-            if j.state != JobState::Running as i32 {
-                continue;
-            }
+        for j in self.running_jobs() {
             let r = j.spec.as_ref().and_then(|s| s.resources).unwrap_or_default();
             for t in &j.tasks {
                 if let Some(a) = t.attempts.last()
@@ -312,29 +341,12 @@ impl ClusterState {
                     task.state = TaskState::Running as i32;
                 }
             }
-            TaskState::Succeeded => {
-                a.state = TaskState::Succeeded as i32;
+            TaskState::Succeeded | TaskState::Failed => {
+                a.state = to as i32;
                 a.exit_code = t.exit_code;
                 a.finished_at_ms = now;
                 a.message = t.message.clone();
-                task.state = TaskState::Succeeded as i32;
-                if job.tasks.iter().all(|t| t.state == TaskState::Succeeded as i32) {
-                    job.state = JobState::Succeeded as i32;
-                    job.reason.clear();
-                }
-            }
-            TaskState::Failed => {
-                a.state = TaskState::Failed as i32;
-                a.exit_code = t.exit_code;
-                a.finished_at_ms = now;
-                a.message = t.message.clone();
-                task.state = TaskState::Failed as i32;
-                let why = if t.message.is_empty() {
-                    format!("rank {} failed with exit code {}", r.rank, t.exit_code)
-                } else {
-                    format!("rank {} failed: {}", r.rank, t.message)
-                };
-                gang_fault(job, &why, now);
+                task.state = to as i32;
             }
             other => {
                 return Err(refuse(
@@ -342,6 +354,23 @@ impl ClusterState {
                     format!("state: a worker may report RUNNING, SUCCEEDED or FAILED, not {}", other.as_str_name()),
                 ));
             }
+        }
+        match to {
+            TaskState::Succeeded => {
+                if job.tasks.iter().all(|t| t.state == TaskState::Succeeded as i32) {
+                    job.state = JobState::Succeeded as i32;
+                    job.reason.clear();
+                }
+            }
+            TaskState::Failed => {
+                let why = if t.message.is_empty() {
+                    format!("rank {} failed with exit code {}", r.rank, t.exit_code)
+                } else {
+                    format!("rank {} failed: {}", r.rank, t.message)
+                };
+                gang_fault(job, &why, now);
+            }
+            _ => {}
         }
         job.updated_at_ms = now;
         dirty.jobs.push(r.job_id.clone());
@@ -359,17 +388,20 @@ impl ClusterState {
     }
 
     fn worker_lost(&mut self, worker_id: &str, reason: &str, now: i64, dirty: &mut Dirty) {
-        let Some(w) = self.workers.get_mut(worker_id) else { return };
+        let Some(w) = self.workers.get_mut(worker_id) else {
+            return;
+        };
         if w.state == WorkerState::Lost as i32 {
             return;
         }
         w.state = WorkerState::Lost as i32;
         w.state_changed_at_ms = now;
         dirty.workers.push(worker_id.to_string());
-        for job in self.jobs.values_mut() {
-            if job.state != JobState::Running as i32 {
+        let running: Vec<String> = self.running.iter().cloned().collect();
+        for id in running {
+            let Some(job) = self.jobs.get_mut(&id) else {
                 continue;
-            }
+            };
             let mut hit = None;
             for t in &mut job.tasks {
                 if let Some(a) = t.attempts.last_mut()
@@ -464,7 +496,10 @@ mod tests {
     fn place(st: &mut ClusterState, job: &str, ws: &[&str]) {
         st.apply(
             &cmd(Command::Assign(AssignV1 {
-                placements: vec![PlacementV1 { job_id: job.into(), workers: ws.iter().map(|s| s.to_string()).collect() }],
+                placements: vec![PlacementV1 {
+                    job_id: job.into(),
+                    workers: ws.iter().map(|s| s.to_string()).collect(),
+                }],
             })),
             &mut Dirty::default(),
         );
@@ -474,7 +509,12 @@ mod tests {
         st.apply(
             &cmd(Command::TaskTransition(TaskTransitionV1 {
                 worker_id: w.into(),
-                attempt: Some(AttemptRef { job_id: job.into(), rank, attempt: a.attempt, fencing_token: a.fencing_token }),
+                attempt: Some(AttemptRef {
+                    job_id: job.into(),
+                    rank,
+                    attempt: a.attempt,
+                    fencing_token: a.fencing_token,
+                }),
                 state: state as i32,
                 exit_code: if state == TaskState::Failed { 1 } else { 0 },
                 message: String::new(),
@@ -544,6 +584,7 @@ mod tests {
         assert_eq!(j.tasks[1].attempts[0].state, TaskState::Cancelled as i32);
         assert!(j.reason.contains("rank 0"), "{}", j.reason);
         assert!(st.allocated().is_empty());
+        assert!(st.running.is_empty() && st.pending.is_empty());
     }
 
     #[test]
@@ -559,6 +600,8 @@ mod tests {
         assert_eq!(r.job.unwrap().state, JobState::Cancelled as i32);
         place(&mut st, &b, &["w1"]);
         assert_eq!(st.jobs[&b].state, JobState::Running as i32);
+        assert_eq!(st.running.iter().collect::<Vec<_>>(), vec![&b]);
+        assert!(st.pending.is_empty());
         let r = st.apply(&cmd(Command::CancelJob(CancelJobV1 { job_id: "job-999".into() })), &mut Dirty::default());
         assert_eq!(r.error_code, tonic::Code::NotFound as u32);
     }
@@ -572,5 +615,6 @@ mod tests {
         assert_eq!(back.jobs, st.jobs);
         assert_eq!(back.request_ids, st.request_ids);
         assert_eq!(back.next_job_seq, st.next_job_seq);
+        assert_eq!(back.pending, st.pending);
     }
 }

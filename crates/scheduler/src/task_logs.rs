@@ -32,7 +32,9 @@ impl TaskLogs {
     }
 
     pub async fn append(&self, job_id: &str, c: &LogChunk) -> std::io::Result<()> {
-        let Some(p) = self.path(job_id) else { return Ok(()) };
+        let Some(p) = self.path(job_id) else {
+            return Ok(());
+        };
         if c.data.is_empty() || c.data.len() > MAX_CHUNK {
             return Ok(());
         }
@@ -41,7 +43,8 @@ impl TaskLogs {
         if len >= MAX_JOB_LOG {
             return Ok(());
         }
-        let data: &[u8] = if len + c.data.len() as u64 > MAX_JOB_LOG { b"\n[aidos: log size limit reached]\n" } else { &c.data };
+        let data: &[u8] =
+            if len + c.data.len() as u64 > MAX_JOB_LOG { b"\n[aidos: log size limit reached]\n" } else { &c.data };
         let mut buf = Vec::with_capacity(HEADER + data.len());
         buf.extend_from_slice(&c.rank.to_le_bytes());
         buf.extend_from_slice(&c.attempt.to_le_bytes());
@@ -54,7 +57,9 @@ impl TaskLogs {
 
     /// Reads whole chunks from `offset`; returns them and the offset after the last whole chunk.
     pub async fn read_from(&self, job_id: &str, offset: u64) -> std::io::Result<(Vec<LogChunk>, u64)> {
-        let Some(p) = self.path(job_id) else { return Ok((vec![], offset)) };
+        let Some(p) = self.path(job_id) else {
+            return Ok((vec![], offset));
+        };
         let mut f = match tokio::fs::File::open(&p).await {
             Ok(f) => f,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok((vec![], offset)),

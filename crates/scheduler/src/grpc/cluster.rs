@@ -15,8 +15,10 @@ pub fn status(core: &Core) -> ClusterStatus {
     let m = core.raft.metrics().borrow().clone();
     let mem = m.membership_config.membership();
     let voters: std::collections::BTreeSet<u64> = mem.voter_ids().collect();
-    let members =
-        mem.nodes().map(|(id, n)| SchedulerNode { id: *id, addr: n.addr.clone(), voter: voters.contains(id) }).collect();
+    let members = mem
+        .nodes()
+        .map(|(id, n)| SchedulerNode { id: *id, addr: n.addr.clone(), voter: voters.contains(id) })
+        .collect();
     let a = core.state.read().expect("state lock");
     let count = |s: WorkerState| a.state.workers.values().filter(|w| w.state == s as i32).count() as u32;
     ClusterStatus {
@@ -31,12 +33,7 @@ pub fn status(core: &Core) -> ClusterStatus {
         workers_ready: count(WorkerState::Ready),
         workers_lost: count(WorkerState::Lost),
         jobs_total: a.state.jobs.len() as u64,
-        jobs_active: a
-            .state
-            .jobs
-            .values()
-            .filter(|j| !JobState::try_from(j.state).is_ok_and(|s| s.is_terminal()))
-            .count() as u64,
+        jobs_active: (a.state.pending.len() + a.state.running.len()) as u64,
     }
 }
 

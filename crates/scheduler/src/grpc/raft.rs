@@ -10,8 +10,8 @@ use tonic::{Request, Status};
 use super::{Res, ok};
 use crate::core::Core;
 use crate::raft_types::{
-    Malformed, entry_from_pb, log_id_to_pb, opt_log_id_from_pb, opt_log_id_to_pb, snapshot_meta_from_pb,
-    vote_from_pb, vote_to_pb,
+    Malformed, entry_from_pb, log_id_to_pb, opt_log_id_from_pb, opt_log_id_to_pb, snapshot_meta_from_pb, vote_from_pb,
+    vote_to_pb,
 };
 
 pub struct RaftRpc(pub Arc<Core>);
@@ -32,7 +32,9 @@ impl RaftService for RaftRpc {
         };
         use pb::append_entries_response_v1::Result as R;
         let out = match self.0.raft.append_entries(req).await {
-            Ok(AppendEntriesResponse::Success) => pb::AppendEntriesResponseV1 { result: Some(R::Success(true)), error: String::new() },
+            Ok(AppendEntriesResponse::Success) => {
+                pb::AppendEntriesResponseV1 { result: Some(R::Success(true)), error: String::new() }
+            }
             Ok(AppendEntriesResponse::PartialSuccess(l)) => pb::AppendEntriesResponseV1 {
                 result: Some(match l {
                     Some(l) => R::PartialSuccess(log_id_to_pb(&l)),
@@ -40,7 +42,9 @@ impl RaftService for RaftRpc {
                 }),
                 error: String::new(),
             },
-            Ok(AppendEntriesResponse::Conflict) => pb::AppendEntriesResponseV1 { result: Some(R::Conflict(true)), error: String::new() },
+            Ok(AppendEntriesResponse::Conflict) => {
+                pb::AppendEntriesResponseV1 { result: Some(R::Conflict(true)), error: String::new() }
+            }
             Ok(AppendEntriesResponse::HigherVote(v)) => {
                 pb::AppendEntriesResponseV1 { result: Some(R::HigherVote(vote_to_pb(&v))), error: String::new() }
             }

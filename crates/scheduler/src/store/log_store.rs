@@ -32,7 +32,12 @@ impl LogStore {
         Ok(t.get(key)?.map(|v| v.value().to_vec()))
     }
 
-    async fn write_meta(&self, key: &'static str, val: Vec<u8>, durability: Durability) -> Result<(), openraft::AnyError> {
+    async fn write_meta(
+        &self,
+        key: &'static str,
+        val: Vec<u8>,
+        durability: Durability,
+    ) -> Result<(), openraft::AnyError> {
         let db = self.db.clone();
         blocking(move || {
             let mut tx = db.begin_write()?;

@@ -86,6 +86,22 @@ fn write_rows(db: &Database, rows: Rows, durability: Durability) -> Result<(), r
     Ok(())
 }
 
+/// A snapshot as stored under `SM_META["snapshot"]`: its length-delimited `SnapshotMetaV1`, then the data.
+fn stored_snapshot(meta: &SnapshotMeta, data: &[u8]) -> Vec<u8> {
+    let mut stored = snapshot_meta_to_pb(meta).encode_length_delimited_to_vec();
+    stored.extend_from_slice(data);
+    stored
+}
+
+/// Stores the current snapshot with an fsync, which also makes every earlier non-fsynced apply durable.
+fn persist_snapshot(db: &Database, stored: &[u8]) -> Result<(), redb::Error> {
+    let mut tx = db.begin_write()?;
+    tx.set_durability(Durability::Immediate).map_err(|e| redb::Error::Corrupted(e.to_string()))?;
+    tx.open_table(SM_META)?.insert("snapshot", stored)?;
+    tx.commit()?;
+    Ok(())
+}
+
 impl StateMachineStore {
     /// Loads the applied state from redb.
     pub fn open(db: Arc<Database>) -> Result<Self, redb::Error> {
@@ -105,8 +121,7 @@ impl StateMachineStore {
             }
             if let Some(v) = meta.get("applied")? {
                 let l = pb::LogIdV1::decode(v.value()).map_err(|e| corrupt("applied", e))?;
-                a.last_applied =
-                    opt_log_id_from_pb(&Some(l)).map_err(|e| redb::Error::Corrupted(e.to_string()))?;
+                a.last_applied = opt_log_id_from_pb(&Some(l)).map_err(|e| redb::Error::Corrupted(e.to_string()))?;
             }
             for r in tx.open_table(JOBS)?.iter()? {
                 let (_, v) = r?;
@@ -150,27 +165,15 @@ impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
                 Some(l) => format!("{}-{}-{}", l.leader_id.term, l.leader_id.node_id, l.index),
                 None => "empty".to_string(),
             };
-            let meta = SnapshotMeta {
-                last_log_id: a.last_applied,
-                last_membership: a.membership.clone(),
-                snapshot_id: id,
-            };
+            let meta =
+                SnapshotMeta { last_log_id: a.last_applied, last_membership: a.membership.clone(), snapshot_id: id };
             (meta, img.encode_to_vec())
         };
         // Persist it with an fsync: this also makes every earlier (non-fsynced) apply durable, which is what lets
         // openraft purge the log up to this snapshot.
-        let mut stored = snapshot_meta_to_pb(&meta).encode_length_delimited_to_vec();
-        stored.extend_from_slice(&data);
         let db = self.db.clone();
-        blocking(move || {
-            let mut tx = db.begin_write()?;
-            tx.set_durability(Durability::Immediate).map_err(|e| redb::Error::Corrupted(e.to_string()))?;
-            tx.open_table(SM_META)?.insert("snapshot", stored.as_slice())?;
-            tx.commit()?;
-            Ok(())
-        })
-        .await
-        .map_err(|e| StorageIOError::write_snapshot(None, e))?;
+        let stored = stored_snapshot(&meta, &data);
+        blocking(move || persist_snapshot(&db, &stored)).await.map_err(|e| StorageIOError::write_snapshot(None, e))?;
         Ok(Snapshot { meta, snapshot: Box::new(Cursor::new(data)) })
     }
 }
@@ -225,9 +228,7 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
             }
         };
         let db = self.db.clone();
-        blocking(move || write_rows(&db, rows, Durability::None))
-            .await
-            .map_err(StorageIOError::write_state_machine)?;
+        blocking(move || write_rows(&db, rows, Durability::None)).await.map_err(StorageIOError::write_state_machine)?;
         self.bump();
         Ok(results)
     }
@@ -260,16 +261,11 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
                 replace_all: true,
             }
         };
-        let mut stored = snapshot_meta_to_pb(meta).encode_length_delimited_to_vec();
-        stored.extend_from_slice(&data);
+        let stored = stored_snapshot(meta, &data);
         let db = self.db.clone();
         blocking(move || {
             write_rows(&db, rows, Durability::None)?;
-            let mut tx = db.begin_write()?;
-            tx.set_durability(Durability::Immediate).map_err(|e| redb::Error::Corrupted(e.to_string()))?;
-            tx.open_table(SM_META)?.insert("snapshot", stored.as_slice())?;
-            tx.commit()?;
-            Ok(())
+            persist_snapshot(&db, &stored)
         })
         .await
         .map_err(|e| StorageIOError::write_snapshot(Some(meta.signature()), e))?;
