@@ -332,7 +332,8 @@ fn dispatch(shared: &Arc<Shared>, cmd: WorkerCommand) {
 /// Prepares the worker's state and runs it until `shutdown` resolves (see [`crate::run`]).
 pub async fn run(cfg: WorkerConfig, shutdown: impl Future<Output = ()> + Send) -> Result<(), WorkerError> {
     let conn = Arc::new(Connection::new(&cfg.schedulers)?);
-    let data_dir = if cfg.data_dir.as_os_str().is_empty() { PathBuf::from("aidos-worker-data") } else { cfg.data_dir.clone() };
+    let data_dir =
+        if cfg.data_dir.as_os_str().is_empty() { PathBuf::from("aidos-worker-data") } else { cfg.data_dir.clone() };
     let tasks_dir = crate::records::tasks_dir(&data_dir);
     let attempts_dir = crate::records::attempts_dir(&data_dir);
     let (data_dir, tasks_dir, worker_id, capacity) = {
@@ -353,7 +354,8 @@ pub async fn run(cfg: WorkerConfig, shutdown: impl Future<Output = ()> + Send) -
         .await??
     };
     let shim_exe = if cfg.shim_exe.as_os_str().is_empty() {
-        std::env::current_exe().map_err(|e| WorkerError::Config(format!("cannot locate own executable for the task shim: {e}")))?
+        std::env::current_exe()
+            .map_err(|e| WorkerError::Config(format!("cannot locate own executable for the task shim: {e}")))?
     } else {
         cfg.shim_exe.clone()
     };

@@ -109,7 +109,8 @@ impl Connection {
         let mut list: Vec<String> = Vec::new();
         for a in addrs.iter().flat_map(|a| a.split(',')).map(str::trim).filter(|a| !a.is_empty()) {
             let n = normalize_addr(a);
-            Endpoint::from_shared(n.clone()).map_err(|e| WorkerError::Config(format!("scheduler address `{a}`: {e}")))?;
+            Endpoint::from_shared(n.clone())
+                .map_err(|e| WorkerError::Config(format!("scheduler address `{a}`: {e}")))?;
             if !list.contains(&n) {
                 list.push(n);
             }
@@ -219,9 +220,17 @@ impl Connection {
                         redirects = 0;
                         failures += 1;
                         if failures == 1 || failures.is_multiple_of(30) {
-                            tracing::warn!("{what} via {addr} failed ({}: {}); retrying", status.code(), status.message());
+                            tracing::warn!(
+                                "{what} via {addr} failed ({}: {}); retrying",
+                                status.code(),
+                                status.message()
+                            );
                         } else {
-                            tracing::debug!("{what} via {addr} failed ({}: {}); retrying", status.code(), status.message());
+                            tracing::debug!(
+                                "{what} via {addr} failed ({}: {}); retrying",
+                                status.code(),
+                                status.message()
+                            );
                         }
                         tokio::time::sleep(backoff.next_delay()).await;
                     }

@@ -48,18 +48,13 @@ impl LogOffsets {
 }
 
 pub fn load_offsets(workdir: &Path) -> LogOffsets {
-    std::fs::read(workdir.join(LOG_OFFSETS_FILE))
-        .ok()
-        .and_then(|b| serde_json::from_slice(&b).ok())
-        .unwrap_or_default()
+    std::fs::read(workdir.join(LOG_OFFSETS_FILE)).ok().and_then(|b| serde_json::from_slice(&b).ok()).unwrap_or_default()
 }
 
 async fn save_offsets(workdir: &Path, off: LogOffsets) {
     let path = workdir.join(LOG_OFFSETS_FILE);
-    let res = tokio::task::spawn_blocking(move || {
-        write_atomic(&path, &serde_json::to_vec(&off).unwrap_or_default())
-    })
-    .await;
+    let res =
+        tokio::task::spawn_blocking(move || write_atomic(&path, &serde_json::to_vec(&off).unwrap_or_default())).await;
     if let Ok(Err(e)) = res {
         tracing::debug!("cannot save log offsets in {}: {e}", workdir.display());
     }

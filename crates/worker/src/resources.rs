@@ -99,11 +99,7 @@ pub fn detect_gpus() -> Vec<String> {
             }
         };
         (0..count)
-            .map(|i| {
-                result::device::get(i)
-                    .and_then(result::device::get_name)
-                    .unwrap_or_else(|_| format!("cuda:{i}"))
-            })
+            .map(|i| result::device::get(i).and_then(result::device::get_name).unwrap_or_else(|_| format!("cuda:{i}")))
             .collect()
     });
     match probe {

@@ -139,12 +139,7 @@ fn log_refusal(name: &str, what: &str, st: &Status) {
 }
 
 /// The environment of a task: spec env, then assignment env, then the AIDOS_* variables.
-pub fn task_env(
-    a: &TaskAssignment,
-    worker_id: &str,
-    schedulers: &str,
-    workdir: &Path,
-) -> Vec<(String, String)> {
+pub fn task_env(a: &TaskAssignment, worker_id: &str, schedulers: &str, workdir: &Path) -> Vec<(String, String)> {
     let aref = a.attempt.clone().unwrap_or_default();
     let mut env: Vec<(String, String)> = Vec::new();
     if let Some(job_spec::Payload::Process(p)) = a.spec.as_ref().and_then(|s| s.payload.as_ref()) {
@@ -427,7 +422,8 @@ async fn run_attempt(
     }
     let _ = finish_tx.send(true);
     // The shipper bounds its own draining (FINISH_BUDGET); the outer timeout is a safety net.
-    if let Ok(Err(e)) = tokio::time::timeout(crate::logs::FINISH_BUDGET + Duration::from_secs(2), &mut shipper.0).await {
+    if let Ok(Err(e)) = tokio::time::timeout(crate::logs::FINISH_BUDGET + Duration::from_secs(2), &mut shipper.0).await
+    {
         tracing::debug!("{label}: log shipper ended abnormally: {e}");
     }
 

@@ -70,7 +70,11 @@ impl WorkerService for Mock {
     async fn register(&self, req: Request<RegisterWorkerRequest>) -> Result<Response<RegisterWorkerResponse>, Status> {
         self.redirect()?;
         self.state.lock().unwrap().registers.push(req.into_inner());
-        Ok(Response::new(RegisterWorkerResponse { heartbeat_interval_ms: 200, heartbeat_timeout_ms: 1000, kill: vec![] }))
+        Ok(Response::new(RegisterWorkerResponse {
+            heartbeat_interval_ms: 200,
+            heartbeat_timeout_ms: 1000,
+            kill: vec![],
+        }))
     }
     async fn heartbeat(&self, _req: Request<HeartbeatRequest>) -> Result<Response<HeartbeatResponse>, Status> {
         self.redirect()?;
@@ -260,8 +264,7 @@ async fn runs_reports_and_follows_leader() {
 
     // Refused RUNNING: the task is killed and its record dropped, nothing reported.
     wait_for("stale to be killed and dropped", 10, || {
-        workdir(dir.path(), "stale").join("exit").exists()
-            && !dir.path().join("attempts/stale-r0-a1.json").exists()
+        workdir(dir.path(), "stale").join("exit").exists() && !dir.path().join("attempts/stale-r0-a1.json").exists()
     })
     .await;
     assert!(reports_of(&state, "stale").is_empty());
@@ -274,10 +277,8 @@ async fn runs_reports_and_follows_leader() {
     assert_eq!(reports_of(&state, "ok").len(), 2);
 
     // All acknowledged attempts are forgotten.
-    wait_for("records to be deleted", 5, || {
-        std::fs::read_dir(dir.path().join("attempts")).unwrap().next().is_none()
-    })
-    .await;
+    wait_for("records to be deleted", 5, || std::fs::read_dir(dir.path().join("attempts")).unwrap().next().is_none())
+        .await;
     assert!(state.lock().unwrap().heartbeats > 0);
     stop.send(()).unwrap();
     handle.await.unwrap();
@@ -323,7 +324,12 @@ async fn adopts_after_restart() {
     let g = final_report(&state, "ghost").unwrap();
     assert_eq!((g.state(), g.message.as_str()), (TaskState::Failed, "worker restarted and the task process is gone"));
     wait_for("long's logs", 5, || {
-        state.lock().unwrap().logs.get(&("long".into(), LogStream::Stdout as i32)).is_some_and(|d| d.ends_with(b"done\n"))
+        state
+            .lock()
+            .unwrap()
+            .logs
+            .get(&("long".into(), LogStream::Stdout as i32))
+            .is_some_and(|d| d.ends_with(b"done\n"))
     })
     .await;
     stop.send(()).unwrap();
