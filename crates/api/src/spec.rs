@@ -8,7 +8,7 @@ use std::collections::BTreeMap;
 
 use serde::Deserialize;
 
-use crate::v1::{self, Constraint, JobKind, JobSpec, PlacementStrategy, ProcessSpec, Resources};
+use crate::v1::{self, Constraint, JobKind, JobSpec, PlacementStrategy, ProcessSpec, Resources, TrainSpec};
 
 /// Most replicas one gang may ask for.
 pub const MAX_REPLICAS: u32 = 1024;
@@ -54,6 +54,19 @@ pub struct SpecFile {
     pub placement: Option<String>,
     pub timeout_secs: Option<u64>,
     pub process: Option<ProcessFile>,
+    pub train: Option<TrainFile>,
+}
+
+/// `[train]`: the built-in trainer on a dataset version. `config` is the trainer's own configuration (model,
+/// optimizer, schedule, epochs, batch size, seed, ...), validated by the trainer (and by the CLI before sending).
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct TrainFile {
+    pub dataset: String,
+    pub register_as: Option<String>,
+    pub train_split: Option<String>,
+    pub eval_split: Option<String>,
+    pub config: Option<toml::Table>,
 }
 
 #[derive(Debug, Deserialize, Default)]
@@ -90,13 +103,17 @@ pub fn parse_toml(text: &str) -> Result<JobSpec, SpecError> {
 
 impl SpecFile {
     pub fn into_spec(self) -> Result<JobSpec, SpecError> {
-        let kind = match self.kind.as_deref().unwrap_or("process") {
+        let default_kind = if self.train.is_some() { "train" } else { "process" };
+        let kind = match self.kind.as_deref().unwrap_or(default_kind) {
             "process" => JobKind::Process,
-            "train" | "sweep" | "serve" | "export" => {
+            "train" => JobKind::Train,
+            "sweep" | "serve" | "export" => {
                 let k = self.kind.unwrap_or_default();
                 return Err(SpecError::new("kind", format!("`{k}` jobs are not supported by this version yet")));
             }
-            other => return Err(SpecError::new("kind", format!("unknown kind `{other}` (expected `process`)"))),
+            other => {
+                return Err(SpecError::new("kind", format!("unknown kind `{other}` (expected `process` or `train`)")));
+            }
         };
         let cpu_millis = match &self.resources.cpu {
             None => 1000,
@@ -118,9 +135,24 @@ impl SpecFile {
             .enumerate()
             .map(|(i, c)| parse_constraint(c).map_err(|r| SpecError::new(format!("constraints[{i}]"), r)))
             .collect::<Result<Vec<_>, _>>()?;
-        let payload = self.process.map(|p| {
-            v1::job_spec::Payload::Process(ProcessSpec { executable: p.executable, args: p.args, env: p.env })
-        });
+        let payload = match (kind, self.process, self.train) {
+            (JobKind::Process, Some(p), _) => {
+                Some(v1::job_spec::Payload::Process(ProcessSpec { executable: p.executable, args: p.args, env: p.env }))
+            }
+            (JobKind::Train, _, Some(t)) => {
+                let config = t.config.unwrap_or_default();
+                let config_json = serde_json::to_string(&config)
+                    .map_err(|e| SpecError::new("train.config", format!("not representable as JSON: {e}")))?;
+                Some(v1::job_spec::Payload::Train(TrainSpec {
+                    dataset: t.dataset,
+                    config_json,
+                    register_as: t.register_as.unwrap_or_default(),
+                    train_split: t.train_split.unwrap_or_default(),
+                    eval_split: t.eval_split.unwrap_or_default(),
+                }))
+            }
+            _ => None,
+        };
         Ok(JobSpec {
             name: self.name.unwrap_or_default(),
             kind: kind as i32,
@@ -269,8 +301,8 @@ pub fn validate(spec: &JobSpec) -> Result<(), SpecError> {
     let kind =
         JobKind::try_from(spec.kind).map_err(|_| SpecError::new("kind", format!("unknown kind {}", spec.kind)))?;
     match kind {
-        JobKind::Process => {}
-        JobKind::Unspecified => return Err(SpecError::new("kind", "missing (expected `process`)")),
+        JobKind::Process | JobKind::Train => {}
+        JobKind::Unspecified => return Err(SpecError::new("kind", "missing (expected `process` or `train`)")),
         other => {
             return Err(SpecError::new(
                 "kind",
@@ -316,6 +348,29 @@ pub fn validate(spec: &JobSpec) -> Result<(), SpecError> {
         }
     }
     match &spec.payload {
+        Some(v1::job_spec::Payload::Process(_)) if kind != JobKind::Process => {
+            return Err(SpecError::new("process", format!("a `{}` job takes no [process] table", kind.as_str_name())));
+        }
+        Some(v1::job_spec::Payload::Train(_)) if kind != JobKind::Train => {
+            return Err(SpecError::new("train", "only a `train` job takes a [train] table"));
+        }
+        Some(v1::job_spec::Payload::Train(t)) => {
+            if t.dataset.trim().is_empty() {
+                return Err(SpecError::new("train.dataset", "empty (expected NAME@vN)"));
+            }
+            check_str("train.dataset", &t.dataset)?;
+            check_str("train.register_as", &t.register_as)?;
+            if t.config_json.len() > MAX_SPEC_BYTES {
+                return Err(SpecError::new("train.config", format!("longer than {MAX_SPEC_BYTES} bytes")));
+            }
+            match serde_json::from_str::<serde_json::Value>(&t.config_json) {
+                Ok(serde_json::Value::Object(_)) => {}
+                _ => return Err(SpecError::new("train.config", "must be a table")),
+            }
+        }
+        None if kind == JobKind::Train => {
+            return Err(SpecError::new("train", "a `train` job needs a [train] table with a dataset"));
+        }
         Some(v1::job_spec::Payload::Process(p)) => {
             if p.executable.trim().is_empty() {
                 return Err(SpecError::new("process.executable", "empty"));

@@ -3,10 +3,7 @@
 
 use aidos_api::cluster_service_client::ClusterServiceClient;
 use aidos_api::job_service_client::JobServiceClient;
-use aidos_api::v1::{
-    AddNodeRequest, CancelJobRequest, ClusterStatus, GetJobRequest, Job, ListJobsRequest, ListJobsResponse, LogChunk,
-    LogsRequest, RemoveNodeRequest, SubmitBatchRequest, SubmitRequest, SubmitResponse, WatchJobRequest,
-};
+use aidos_api::v1::*;
 use tonic::transport::Channel;
 
 use crate::error::SchedulerError;
@@ -61,5 +58,56 @@ impl Forwarder {
     }
     pub async fn remove_node(&self, r: RemoveNodeRequest) -> Result<ClusterStatus, SchedulerError> {
         Ok(self.cluster().remove_node(r).await.map_err(remote)?.into_inner())
+    }
+}
+
+/// The same calls for datasets, runs and models: relayed to the leader unchanged.
+impl Forwarder {
+    fn datasets(&self) -> aidos_api::dataset_service_client::DatasetServiceClient<Channel> {
+        aidos_api::dataset_service_client::DatasetServiceClient::new(self.channel.clone())
+    }
+    fn runs(&self) -> aidos_api::run_service_client::RunServiceClient<Channel> {
+        aidos_api::run_service_client::RunServiceClient::new(self.channel.clone())
+    }
+    fn models(&self) -> aidos_api::model_service_client::ModelServiceClient<Channel> {
+        aidos_api::model_service_client::ModelServiceClient::new(self.channel.clone())
+    }
+    pub async fn commit_dataset(&self, r: CommitDatasetRequest) -> Result<DatasetManifest, SchedulerError> {
+        Ok(self.datasets().commit(r).await.map_err(remote)?.into_inner())
+    }
+    pub async fn list_datasets(&self, r: ListDatasetsRequest) -> Result<ListDatasetsResponse, SchedulerError> {
+        Ok(self.datasets().list(r).await.map_err(remote)?.into_inner())
+    }
+    pub async fn get_dataset(&self, r: GetDatasetRequest) -> Result<DatasetManifest, SchedulerError> {
+        Ok(self.datasets().get(r).await.map_err(remote)?.into_inner())
+    }
+    pub async fn report_metrics(&self, r: ReportMetricsRequest) -> Result<(), SchedulerError> {
+        self.runs().report_metrics(r).await.map_err(remote)?;
+        Ok(())
+    }
+    pub async fn record_checkpoint(&self, r: RecordCheckpointRequest) -> Result<(), SchedulerError> {
+        self.runs().record_checkpoint(r).await.map_err(remote)?;
+        Ok(())
+    }
+    pub async fn latest_checkpoint(&self, r: LatestCheckpointRequest) -> Result<LatestCheckpointResponse, SchedulerError> {
+        Ok(self.runs().latest_checkpoint(r).await.map_err(remote)?.into_inner())
+    }
+    pub async fn list_runs(&self, r: ListRunsRequest) -> Result<ListRunsResponse, SchedulerError> {
+        Ok(self.runs().list(r).await.map_err(remote)?.into_inner())
+    }
+    pub async fn get_run(&self, r: GetRunRequest) -> Result<Run, SchedulerError> {
+        Ok(self.runs().get(r).await.map_err(remote)?.into_inner())
+    }
+    pub async fn register_model(&self, r: RegisterModelRequest) -> Result<ModelVersion, SchedulerError> {
+        Ok(self.models().register(r).await.map_err(remote)?.into_inner())
+    }
+    pub async fn list_models(&self, r: ListModelsRequest) -> Result<ListModelsResponse, SchedulerError> {
+        Ok(self.models().list(r).await.map_err(remote)?.into_inner())
+    }
+    pub async fn get_model(&self, r: GetModelRequest) -> Result<ModelVersion, SchedulerError> {
+        Ok(self.models().get(r).await.map_err(remote)?.into_inner())
+    }
+    pub async fn set_alias(&self, r: SetAliasRequest) -> Result<ModelVersion, SchedulerError> {
+        Ok(self.models().set_alias(r).await.map_err(remote)?.into_inner())
     }
 }

@@ -12,8 +12,10 @@ mod error;
 mod forwarder;
 mod grpc;
 mod leader;
+mod leader_ml;
 mod leader_workers;
 mod loops;
+mod ml_state;
 mod network;
 pub mod placement;
 mod raft_types;
@@ -28,7 +30,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use aidos_api::cluster_service_server::ClusterServiceServer;
+use aidos_api::dataset_service_server::DatasetServiceServer;
 use aidos_api::job_service_server::JobServiceServer;
+use aidos_api::model_service_server::ModelServiceServer;
+use aidos_api::run_service_server::RunServiceServer;
 use aidos_api::raft_service_server::RaftServiceServer;
 use aidos_api::worker_service_server::WorkerServiceServer;
 use openraft::BasicNode;
@@ -140,7 +145,13 @@ impl SchedulerNode {
             .add_service(RaftServiceServer::new(grpc::raft::RaftRpc(core.clone())).max_decoding_message_size(big))
             .add_service(JobServiceServer::new(grpc::jobs::Jobs(core.clone())).max_decoding_message_size(16 << 20))
             .add_service(WorkerServiceServer::new(grpc::workers::Workers(core.clone())))
-            .add_service(ClusterServiceServer::new(grpc::cluster::Cluster(core.clone())));
+            .add_service(ClusterServiceServer::new(grpc::cluster::Cluster(core.clone())))
+            .add_service(
+                DatasetServiceServer::new(grpc::ml::Datasets(core.clone()))
+                    .max_decoding_message_size(leader_ml::MAX_MANIFEST_BYTES + 4096),
+            )
+            .add_service(RunServiceServer::new(grpc::ml::Runs(core.clone())).max_decoding_message_size(16 << 20))
+            .add_service(ModelServiceServer::new(grpc::ml::Models(core.clone())));
         let mut stop_srv = stop_rx.clone();
         let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
         tasks.push(tokio::spawn(async move {

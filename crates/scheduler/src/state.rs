@@ -31,6 +31,12 @@ pub struct ClusterState {
     pub pending: BTreeMap<u64, String>,
     /// Index: ids of RUNNING jobs (the only ones holding resources).
     pub running: BTreeSet<String>,
+    /// Dataset versions by name (index = version - 1).
+    pub datasets: BTreeMap<String, Vec<aidos_api::v1::DatasetManifest>>,
+    /// Runs by id (`<job>.<attempt>`).
+    pub runs: BTreeMap<String, aidos_api::v1::Run>,
+    /// Model versions by name (index = version - 1).
+    pub models: BTreeMap<String, Vec<aidos_api::v1::ModelVersion>>,
 }
 
 /// What one `apply` changed, so the store writes only those rows.
@@ -38,6 +44,8 @@ pub struct ClusterState {
 pub struct Dirty {
     pub jobs: Vec<String>,
     pub workers: Vec<String>,
+    /// ML rows by key (see `ml_state`).
+    pub ml: Vec<String>,
 }
 
 /// A refusal of a command; becomes `CommandResultV1.error` with a gRPC code.
@@ -73,6 +81,15 @@ impl ClusterState {
         }
         for w in s.workers {
             st.workers.insert(w.id.clone(), w);
+        }
+        for d in s.datasets {
+            st.datasets.entry(d.name.clone()).or_default().push(d);
+        }
+        for m in s.models {
+            st.models.entry(m.name.clone()).or_default().push(m);
+        }
+        for r in s.runs {
+            st.runs.insert(r.id.clone(), r);
         }
         st
     }
@@ -117,6 +134,9 @@ impl ClusterState {
             workers: self.workers.values().cloned().collect(),
             next_job_seq: self.next_job_seq,
             next_fencing_token: self.next_fencing_token,
+            datasets: self.datasets.values().flatten().cloned().collect(),
+            runs: self.runs.values().cloned().collect(),
+            models: self.models.values().flatten().cloned().collect(),
         }
     }
 
@@ -167,6 +187,11 @@ impl ClusterState {
                 }
                 Ok(CommandResultV1::default())
             }
+            Some(Command::CommitDataset(r)) => self.commit_dataset(r, now, dirty),
+            Some(Command::ReportMetrics(r)) => self.report_metrics(r, now, dirty),
+            Some(Command::RecordCheckpoint(r)) => self.record_checkpoint(r, now, dirty),
+            Some(Command::RegisterModel(r)) => self.register_model(r, now, dirty),
+            Some(Command::SetAlias(r)) => self.set_alias(r, now, dirty),
             None => Err(refuse(tonic::Code::InvalidArgument, "empty command")),
         };
         res.unwrap_or_else(|r| CommandResultV1 { error: r.message, error_code: r.code as u32, ..Default::default() })

@@ -3,6 +3,7 @@
 
 pub mod cluster;
 pub mod jobs;
+pub mod ml;
 pub mod raft;
 pub mod workers;
 

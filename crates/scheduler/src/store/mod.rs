@@ -30,6 +30,8 @@ pub(crate) const SM_META: TableDefinition<&str, &[u8]> = TableDefinition::new("s
 pub(crate) const JOBS: TableDefinition<&str, &[u8]> = TableDefinition::new("sm_jobs_v1");
 /// Workers by id, each an encoded `Worker`.
 pub(crate) const WORKERS: TableDefinition<&str, &[u8]> = TableDefinition::new("sm_workers_v1");
+/// Dataset versions, runs and model versions (keys in `ml_state`), each its encoded message.
+pub(crate) const ML: TableDefinition<&str, &[u8]> = TableDefinition::new("sm_ml_v1");
 
 /// Opens (or creates) the node's redb file and makes sure every table exists.
 pub fn open_db(dir: &Path) -> Result<Arc<Database>, redb::Error> {
@@ -41,6 +43,7 @@ pub fn open_db(dir: &Path) -> Result<Arc<Database>, redb::Error> {
     tx.open_table(SM_META)?;
     tx.open_table(JOBS)?;
     tx.open_table(WORKERS)?;
+    tx.open_table(ML)?;
     tx.commit()?;
     Ok(Arc::new(db))
 }

@@ -11,7 +11,7 @@ use prost::Message;
 use redb::{Database, Durability, ReadableDatabase, ReadableTable};
 use tokio::sync::watch;
 
-use super::{JOBS, SM_META, WORKERS, any, blocking};
+use super::{JOBS, ML, SM_META, WORKERS, any, blocking};
 use crate::raft_types::{
     NodeId, SnapshotMeta, StorageError, TypeConfig, opt_log_id_from_pb, opt_log_id_to_pb, snapshot_meta_from_pb,
     snapshot_meta_to_pb, stored_membership_from_pb, stored_membership_to_pb,
@@ -41,6 +41,7 @@ pub struct StateMachineStore {
 struct Rows {
     jobs: Vec<(String, Vec<u8>)>,
     workers: Vec<(String, Vec<u8>)>,
+    ml: Vec<(String, Vec<u8>)>,
     meta: Vec<(&'static str, Vec<u8>)>,
     replace_all: bool,
 }
@@ -67,9 +68,14 @@ fn write_rows(db: &Database, rows: Rows, durability: Durability) -> Result<(), r
     {
         let mut jobs = tx.open_table(JOBS)?;
         let mut workers = tx.open_table(WORKERS)?;
+        let mut ml = tx.open_table(ML)?;
         if rows.replace_all {
             jobs.retain(|_, _| false)?;
             workers.retain(|_, _| false)?;
+            ml.retain(|_, _| false)?;
+        }
+        for (k, v) in &rows.ml {
+            ml.insert(k.as_str(), v.as_slice())?;
         }
         for (k, v) in &rows.jobs {
             jobs.insert(k.as_str(), v.as_slice())?;
@@ -84,6 +90,16 @@ fn write_rows(db: &Database, rows: Rows, durability: Durability) -> Result<(), r
     }
     tx.commit()?;
     Ok(())
+}
+
+/// Every ML row of the state (after installing a snapshot).
+fn all_ml_rows(st: &ClusterState) -> Vec<(String, Vec<u8>)> {
+    use crate::ml_state::{dataset_key, model_key, run_key};
+    let mut keys: Vec<String> = Vec::new();
+    keys.extend(st.datasets.values().flatten().map(|d| dataset_key(&d.name, d.version)));
+    keys.extend(st.models.values().flatten().map(|m| model_key(&m.name, m.version)));
+    keys.extend(st.runs.keys().map(|r| run_key(r)));
+    keys.into_iter().filter_map(|k| st.ml_row(&k).map(|b| (k, b))).collect()
 }
 
 /// A snapshot as stored under `SM_META["snapshot"]`: its length-delimited `SnapshotMetaV1`, then the data.
@@ -131,6 +147,10 @@ impl StateMachineStore {
                 let (_, v) = r?;
                 let w = pb::Worker::decode(v.value()).map_err(|e| corrupt("worker", e))?;
                 a.state.workers.insert(w.id.clone(), w);
+            }
+            for r in tx.open_table(ML)?.iter()? {
+                let (k, v) = r?;
+                a.state.load_ml_row(k.value(), v.value()).map_err(|e| corrupt("ml row", e))?;
             }
         }
         Ok(Self { db, applied: Arc::new(RwLock::new(a)), version: watch::channel(0).0 })
@@ -212,6 +232,8 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
             dirty.jobs.dedup();
             dirty.workers.sort_unstable();
             dirty.workers.dedup();
+            dirty.ml.sort_unstable();
+            dirty.ml.dedup();
             Rows {
                 jobs: dirty
                     .jobs
@@ -223,6 +245,7 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
                     .iter()
                     .filter_map(|id| a.state.workers.get(id).map(|w| (id.clone(), w.encode_to_vec())))
                     .collect(),
+                ml: dirty.ml.iter().filter_map(|k| a.state.ml_row(k).map(|b| (k.clone(), b))).collect(),
                 meta: meta_rows(&a),
                 replace_all: false,
             }
@@ -257,6 +280,7 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
             Rows {
                 jobs: a.state.jobs.iter().map(|(k, j)| (k.clone(), j.encode_to_vec())).collect(),
                 workers: a.state.workers.iter().map(|(k, w)| (k.clone(), w.encode_to_vec())).collect(),
+                ml: all_ml_rows(&a.state),
                 meta: meta_rows(&a),
                 replace_all: true,
             }

@@ -1,0 +1,172 @@
+//! The blob store contract: immutable, content-addressed blobs named by the BLAKE3 hash of their bytes.
+//!
+//! Implementations: [`LocalDirStore`] (a directory shared by the processes of one machine: the embedded default and
+//! single-machine clusters). An S3-compatible store implements the same trait later; nothing outside this crate
+//! knows where bytes live.
+//!
+//! Invariants: a blob is visible under its id only once it is completely written and fsynced (write to a temp
+//! file, fsync, rename, fsync the directory), so a crash never leaves a half-written blob under a valid name;
+//! reads verify the hash, so a corrupted blob is reported instead of returned.
+
+use std::fs;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+/// A blob's name: the lowercase hex BLAKE3 hash of its bytes (64 characters).
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct BlobId(String);
+
+impl BlobId {
+    /// The id of these bytes.
+    pub fn of(data: &[u8]) -> BlobId {
+        BlobId(blake3::hash(data).to_hex().to_string())
+    }
+
+    /// Parses a hex id, refusing anything that is not 64 lowercase hex characters (ids name files).
+    pub fn parse(s: &str) -> Result<BlobId, BlobError> {
+        if s.len() == 64 && s.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)) {
+            Ok(BlobId(s.to_string()))
+        } else {
+            Err(BlobError::BadId(s.chars().take(80).collect()))
+        }
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Display for BlobId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum BlobError {
+    #[error("blob {0} not found")]
+    NotFound(BlobId),
+    #[error("blob {id} is corrupt: its content hashes to {actual}")]
+    Corrupt { id: BlobId, actual: BlobId },
+    #[error("not a blob id: {0:?} (expected 64 hex characters)")]
+    BadId(String),
+    #[error("blob store io at {path}: {source}")]
+    Io { path: PathBuf, source: std::io::Error },
+}
+
+/// Bytes of a blob: memory-mapped where the store can, owned otherwise.
+pub enum BlobBytes {
+    Mapped(memmap2::Mmap),
+    Owned(Vec<u8>),
+}
+
+impl std::ops::Deref for BlobBytes {
+    type Target = [u8];
+    fn deref(&self) -> &[u8] {
+        match self {
+            BlobBytes::Mapped(m) => m,
+            BlobBytes::Owned(v) => v,
+        }
+    }
+}
+
+/// The contract every blob store meets. Blocking: call from a blocking context (`spawn_blocking`) in async code.
+pub trait BlobStore: Send + Sync {
+    /// Stores `data` (idempotent: the same bytes give the same id) and returns its id once durable.
+    fn put(&self, data: &[u8]) -> Result<BlobId, BlobError>;
+    /// The blob's bytes, verified against its id.
+    fn get(&self, id: &BlobId) -> Result<BlobBytes, BlobError>;
+    fn contains(&self, id: &BlobId) -> Result<bool, BlobError>;
+}
+
+/// Blobs as files under one directory: `<root>/<id[0..2]>/<id>`.
+#[derive(Debug, Clone)]
+pub struct LocalDirStore {
+    root: PathBuf,
+}
+
+fn io(path: &Path) -> impl FnOnce(std::io::Error) -> BlobError + '_ {
+    move |source| BlobError::Io { path: path.to_path_buf(), source }
+}
+
+impl LocalDirStore {
+    pub fn open(root: impl Into<PathBuf>) -> Result<Self, BlobError> {
+        let root = root.into();
+        fs::create_dir_all(&root).map_err(io(&root))?;
+        Ok(Self { root })
+    }
+
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    fn path(&self, id: &BlobId) -> PathBuf {
+        self.root.join(&id.0[..2]).join(&id.0)
+    }
+}
+
+impl BlobStore for LocalDirStore {
+    fn put(&self, data: &[u8]) -> Result<BlobId, BlobError> {
+        let id = BlobId::of(data);
+        let path = self.path(&id);
+        if path.exists() {
+            return Ok(id);
+        }
+        let dir = path.parent().expect("blob paths have a parent");
+        fs::create_dir_all(dir).map_err(io(dir))?;
+        let tmp = dir.join(format!(".{}.tmp.{}", id.0, std::process::id()));
+        let mut f = fs::File::create(&tmp).map_err(io(&tmp))?;
+        f.write_all(data).map_err(io(&tmp))?;
+        f.sync_all().map_err(io(&tmp))?;
+        drop(f);
+        fs::rename(&tmp, &path).map_err(io(&path))?;
+        fs::File::open(dir).and_then(|d| d.sync_all()).map_err(io(dir))?;
+        Ok(id)
+    }
+
+    fn get(&self, id: &BlobId) -> Result<BlobBytes, BlobError> {
+        let path = self.path(id);
+        let f = match fs::File::open(&path) {
+            Ok(f) => f,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Err(BlobError::NotFound(id.clone())),
+            Err(e) => return Err(io(&path)(e)),
+        };
+        let len = f.metadata().map_err(io(&path))?.len();
+        let bytes = if len == 0 {
+            BlobBytes::Owned(Vec::new())
+        } else {
+            // SAFETY: blobs are immutable once renamed into place; nothing writes to this file again.
+            BlobBytes::Mapped(unsafe { memmap2::Mmap::map(&f) }.map_err(io(&path))?)
+        };
+        let actual = BlobId::of(&bytes);
+        if &actual != id {
+            return Err(BlobError::Corrupt { id: id.clone(), actual });
+        }
+        Ok(bytes)
+    }
+
+    fn contains(&self, id: &BlobId) -> Result<bool, BlobError> {
+        Ok(self.path(id).exists())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn put_get_roundtrip_and_corruption_is_reported() {
+        let d = tempfile::tempdir().unwrap();
+        let s = LocalDirStore::open(d.path()).unwrap();
+        let id = s.put(b"hello").unwrap();
+        assert_eq!(id, s.put(b"hello").unwrap());
+        assert_eq!(&*s.get(&id).unwrap(), b"hello");
+        assert!(s.contains(&id).unwrap());
+        let missing = BlobId::of(b"nope");
+        assert!(matches!(s.get(&missing), Err(BlobError::NotFound(_))));
+        std::fs::write(s.path(&id), b"jello").unwrap();
+        assert!(matches!(s.get(&id), Err(BlobError::Corrupt { .. })));
+        assert!(BlobId::parse("../etc/passwd").is_err());
+        assert!(BlobId::parse(id.as_str()).is_ok());
+    }
+}

@@ -1,0 +1,269 @@
+//! The thin ML layers of the replicated state: dataset versions, runs (one per training attempt: params, metric
+//! series, checkpoints) and the model registry (versions, aliases, lineage). Bytes live in the blob store; only
+//! manifests and references are replicated.
+//!
+//! Invariants: versions of a name are 1, 2, ... in commit order and never change once committed; an alias names
+//! at most one version of its model; reports from a trainer are fenced exactly like task status reports, so an
+//! attempt that was declared lost cannot append metrics, record checkpoints or register a model.
+//! Limits: a run keeps at most [`MAX_POINTS_PER_RUN`] metric points and [`MAX_CHECKPOINTS_PER_RUN`] checkpoint
+//! references (the oldest are dropped); one report carries at most [`MAX_POINTS_PER_REPORT`] points.
+
+use aidos_api::v1::{
+    CommandResultV1, CommitDatasetRequest, DatasetManifest, ModelVersion, RecordCheckpointRequest,
+    RegisterModelRequest, ReportMetricsRequest, Run, SetAliasRequest,
+};
+
+use crate::state::{ClusterState, Dirty, Refusal};
+
+pub const MAX_POINTS_PER_RUN: usize = 200_000;
+pub const MAX_POINTS_PER_REPORT: usize = 10_000;
+pub const MAX_CHECKPOINTS_PER_RUN: usize = 64;
+
+/// Row keys of the ML table: `d/<name>/<version>`, `r/<run id>`, `m/<name>/<version>`.
+pub fn dataset_key(name: &str, v: u32) -> String {
+    format!("d/{name}/{v}")
+}
+pub fn run_key(id: &str) -> String {
+    format!("r/{id}")
+}
+pub fn model_key(name: &str, v: u32) -> String {
+    format!("m/{name}/{v}")
+}
+
+pub fn run_id(job_id: &str, attempt: u32) -> String {
+    format!("{job_id}.{attempt}")
+}
+
+fn bad(field: &str, why: impl Into<String>) -> Refusal {
+    Refusal { code: tonic::Code::InvalidArgument, message: format!("{field}: {}", why.into()) }
+}
+
+fn not_found(what: impl Into<String>) -> Refusal {
+    Refusal { code: tonic::Code::NotFound, message: what.into() }
+}
+
+/// Names of datasets, models and aliases: 1..=64 of `[A-Za-z0-9._-]`, not starting with `.` (they appear in keys
+/// and file names).
+pub fn check_name(field: &str, s: &str) -> Result<(), Refusal> {
+    let ok = !s.is_empty()
+        && s.len() <= 64
+        && !s.starts_with('.')
+        && s.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'));
+    if ok { Ok(()) } else { Err(bad(field, format!("{s:?} is not a valid name (1-64 of A-Z a-z 0-9 . _ -)"))) }
+}
+
+impl ClusterState {
+    pub fn dataset(&self, name: &str, version: u32) -> Option<&DatasetManifest> {
+        let vs = self.datasets.get(name)?;
+        if version == 0 { vs.last() } else { vs.get(version as usize - 1) }
+    }
+
+    pub fn model(&self, name: &str, version: u32, alias: &str) -> Option<&ModelVersion> {
+        let vs = self.models.get(name)?;
+        if !alias.is_empty() {
+            return vs.iter().find(|m| m.aliases.iter().any(|a| a == alias));
+        }
+        if version == 0 { vs.last() } else { vs.get(version as usize - 1) }
+    }
+
+    pub(crate) fn commit_dataset(
+        &mut self,
+        r: &CommitDatasetRequest,
+        now: i64,
+        dirty: &mut Dirty,
+    ) -> Result<CommandResultV1, Refusal> {
+        let mut m = r.manifest.clone().ok_or_else(|| bad("manifest", "missing"))?;
+        check_name("manifest.name", &m.name)?;
+        let count = m.feature_chunks.iter().map(|c| c.rows).sum::<u64>();
+        if count != m.rows || m.label_chunks.iter().map(|c| c.rows).sum::<u64>() != m.rows {
+            return Err(bad("manifest", format!("chunks hold {count} rows but the manifest says {}", m.rows)));
+        }
+        for s in &m.splits {
+            if s.start > s.end || s.end > m.rows {
+                return Err(bad("manifest.splits", format!("{} [{}, {}) is outside 0..{}", s.name, s.start, s.end, m.rows)));
+            }
+        }
+        let versions = self.datasets.entry(m.name.clone()).or_default();
+        m.version = versions.len() as u32 + 1;
+        m.created_at_ms = now;
+        versions.push(m.clone());
+        dirty.ml.push(dataset_key(&m.name, m.version));
+        Ok(CommandResultV1 { dataset: Some(m), ..Default::default() })
+    }
+
+    pub(crate) fn report_metrics(
+        &mut self,
+        r: &ReportMetricsRequest,
+        now: i64,
+        dirty: &mut Dirty,
+    ) -> Result<CommandResultV1, Refusal> {
+        let a = r.attempt.clone().ok_or_else(|| bad("attempt", "missing"))?;
+        self.check_current(&r.worker_id, &a)?;
+        if r.points.len() > MAX_POINTS_PER_REPORT {
+            return Err(bad("points", format!("{} in one report, at most {MAX_POINTS_PER_REPORT}", r.points.len())));
+        }
+        let id = run_id(&a.job_id, a.attempt);
+        let run = self.runs.entry(id.clone()).or_insert_with(|| Run {
+            id: id.clone(),
+            job_id: a.job_id.clone(),
+            attempt: a.attempt,
+            created_at_ms: now,
+            ..Default::default()
+        });
+        run.params.extend(r.params.iter().map(|(k, v)| (k.clone(), v.clone())));
+        if !r.dataset.is_empty() {
+            run.dataset = r.dataset.clone();
+        }
+        if r.resumed_from_step > 0 {
+            run.resumed_from_step = r.resumed_from_step;
+        }
+        run.metrics.extend(r.points.iter().cloned());
+        if run.metrics.len() > MAX_POINTS_PER_RUN {
+            let drop = run.metrics.len() - MAX_POINTS_PER_RUN;
+            run.metrics.drain(..drop);
+        }
+        dirty.ml.push(run_key(&id));
+        Ok(CommandResultV1::default())
+    }
+
+    pub(crate) fn record_checkpoint(
+        &mut self,
+        r: &RecordCheckpointRequest,
+        now: i64,
+        dirty: &mut Dirty,
+    ) -> Result<CommandResultV1, Refusal> {
+        let a = r.attempt.clone().ok_or_else(|| bad("attempt", "missing"))?;
+        self.check_current(&r.worker_id, &a)?;
+        let ck = r.checkpoint.clone().ok_or_else(|| bad("checkpoint", "missing"))?;
+        aidos_blob_id(&ck.blob).map_err(|e| bad("checkpoint.blob", e))?;
+        let id = run_id(&a.job_id, a.attempt);
+        let run = self.runs.entry(id.clone()).or_insert_with(|| Run {
+            id: id.clone(),
+            job_id: a.job_id.clone(),
+            attempt: a.attempt,
+            created_at_ms: now,
+            ..Default::default()
+        });
+        run.checkpoints.push(ck);
+        if run.checkpoints.len() > MAX_CHECKPOINTS_PER_RUN {
+            run.checkpoints.remove(0);
+        }
+        dirty.ml.push(run_key(&id));
+        Ok(CommandResultV1::default())
+    }
+
+    /// The newest checkpoint of any attempt of `job_id`, with its run id.
+    pub fn latest_checkpoint(&self, job_id: &str) -> Option<(String, aidos_api::v1::CheckpointRef)> {
+        self.runs
+            .values()
+            .filter(|r| r.job_id == job_id)
+            .flat_map(|r| r.checkpoints.iter().map(move |c| (r.id.clone(), c.clone())))
+            .max_by_key(|(_, c)| (c.step, c.time_ms))
+    }
+
+    pub(crate) fn register_model(
+        &mut self,
+        r: &RegisterModelRequest,
+        now: i64,
+        dirty: &mut Dirty,
+    ) -> Result<CommandResultV1, Refusal> {
+        let mut m = r.model.clone().ok_or_else(|| bad("model", "missing"))?;
+        check_name("model.name", &m.name)?;
+        aidos_blob_id(&m.weights_blob).map_err(|e| bad("model.weights_blob", e))?;
+        if let Some(a) = &r.attempt {
+            self.check_current(&r.worker_id, a)?;
+        }
+        let versions = self.models.entry(m.name.clone()).or_default();
+        m.version = versions.len() as u32 + 1;
+        m.created_at_ms = now;
+        m.aliases.clear();
+        versions.push(m.clone());
+        dirty.ml.push(model_key(&m.name, m.version));
+        if let Some(lin) = &m.lineage
+            && let Some(run) = self.runs.get_mut(&lin.run_id)
+        {
+            run.model = format!("{}:{}", m.name, m.version);
+            dirty.ml.push(run_key(&lin.run_id));
+        }
+        Ok(CommandResultV1 { model: Some(m), ..Default::default() })
+    }
+
+    pub(crate) fn set_alias(
+        &mut self,
+        r: &SetAliasRequest,
+        _now: i64,
+        dirty: &mut Dirty,
+    ) -> Result<CommandResultV1, Refusal> {
+        check_name("alias", &r.alias)?;
+        let versions = self.models.get_mut(&r.name).ok_or_else(|| not_found(format!("model {} not found", r.name)))?;
+        if r.version == 0 || r.version as usize > versions.len() {
+            return Err(not_found(format!("model {} has no version {} (latest is {})", r.name, r.version, versions.len())));
+        }
+        for m in versions.iter_mut() {
+            if m.aliases.iter().any(|a| a == &r.alias) {
+                m.aliases.retain(|a| a != &r.alias);
+                dirty.ml.push(model_key(&m.name, m.version));
+            }
+        }
+        let m = &mut versions[r.version as usize - 1];
+        m.aliases.push(r.alias.clone());
+        m.aliases.sort();
+        dirty.ml.push(model_key(&m.name, m.version));
+        Ok(CommandResultV1 { model: Some(m.clone()), ..Default::default() })
+    }
+
+    /// The encoded row for an ML key (None: no such row).
+    pub fn ml_row(&self, key: &str) -> Option<Vec<u8>> {
+        use prost::Message;
+        let mut parts = key.splitn(3, '/');
+        let kind = parts.next()?;
+        match kind {
+            "d" | "m" => {
+                let name = parts.next()?;
+                let v: u32 = parts.next()?.parse().ok()?;
+                if kind == "d" {
+                    self.dataset(name, v).map(|m| m.encode_to_vec())
+                } else {
+                    self.models.get(name)?.get(v as usize - 1).map(|m| m.encode_to_vec())
+                }
+            }
+            "r" => self.runs.get(key.get(2..)?).map(|r| r.encode_to_vec()),
+            _ => None,
+        }
+    }
+
+    /// Loads an ML row read back from storage.
+    pub fn load_ml_row(&mut self, key: &str, bytes: &[u8]) -> Result<(), prost::DecodeError> {
+        use prost::Message;
+        match key.as_bytes().first() {
+            Some(b'd') => {
+                let m = DatasetManifest::decode(bytes)?;
+                insert_versioned(self.datasets.entry(m.name.clone()).or_default(), m.version, m);
+            }
+            Some(b'm') => {
+                let m = ModelVersion::decode(bytes)?;
+                insert_versioned(self.models.entry(m.name.clone()).or_default(), m.version, m);
+            }
+            Some(b'r') => {
+                let r = Run::decode(bytes)?;
+                self.runs.insert(r.id.clone(), r);
+            }
+            _ => {}
+        }
+        Ok(())
+    }
+}
+
+/// Places version `v` (1-based) at index v-1, whatever order rows are loaded in.
+fn insert_versioned<T: Default>(vs: &mut Vec<T>, v: u32, item: T) {
+    let i = (v.max(1) - 1) as usize;
+    if vs.len() <= i {
+        vs.resize_with(i + 1, T::default);
+    }
+    vs[i] = item;
+}
+
+fn aidos_blob_id(s: &str) -> Result<(), String> {
+    let ok = s.len() == 64 && s.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b));
+    if ok { Ok(()) } else { Err(format!("{s:?} is not a blob id")) }
+}
