@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The first command on a fresh machine: builds aidos, starts a local one-node cluster (scheduler + worker in one
-# process) on a free loopback port with a throwaway data dir, runs three jobs, shows their list and output, and
-# stops the cluster. Exits 0 when every job succeeded.
+# process) on a free loopback port with a throwaway data dir, pushes MNIST (data/mnist10k) as a dataset version,
+# trains the reference MLP on it as a `train` job, and ends with the registered model and its test accuracy (plus a
+# small gang of `process` jobs). Exits 0 when everything succeeded.
 #
 #   bash scripts/demo.sh
 #
@@ -61,47 +62,39 @@ until "$AIDOS" cluster status >/dev/null 2>&1; do
 done
 step "aidos cluster status"
 "$AIDOS" cluster status
+export AIDOS_BLOB_DIR="$DATA_DIR/blobs"
 
-step "submitting 3 jobs"
+step "aidos dataset push mnist data/mnist10k --split train=8000,test=2000"
+"$AIDOS" dataset push mnist data/mnist10k --split train=8000,test=2000
+"$AIDOS" dataset show mnist@v1 | head -n 12
+
+step "a gang of 2 process replicas"
 HELLO=$("$AIDOS" job submit --name hello --replicas 2 --cpu 100m --memory 64Mi -- \
     sh -c 'echo hello from rank $AIDOS_RANK of $AIDOS_WORLD_SIZE')
-echo "hello: $HELLO"
-SLEEPY=$("$AIDOS" job submit --name sleepy --cpu 100m --memory 64Mi -- sh -c 'sleep 1; echo slept one second')
-echo "sleepy: $SLEEPY"
-cat >"$DATA_DIR/job.toml" <<'TOML'
-name = "from-a-spec"
-replicas = 1
-[resources]
-cpu = "100m"
-memory = "64Mi"
-[labels]
-demo = "yes"
-[process]
-executable = "sh"
-args = ["-c", "echo from a spec file; echo this line goes to stderr >&2"]
-TOML
-SPEC=$("$AIDOS" job submit "$DATA_DIR/job.toml")
-echo "from-a-spec: $SPEC"
+"$AIDOS" job wait "$HELLO" --timeout-secs 120
+"$AIDOS" job logs "$HELLO"
 
-step "waiting for them"
-for id in "$HELLO" "$SLEEPY" "$SPEC"; do
-    "$AIDOS" job wait "$id" --timeout-secs 120
-done
+step "aidos train examples/mnist-mlp.toml --follow"
+"$AIDOS" train examples/mnist-mlp.toml --follow
+JOB=$("$AIDOS" -o json job list --limit 1 | python3 -c 'import json,sys; print(json.load(sys.stdin)["jobs"][0]["id"])')
 
-step "aidos job list"
-"$AIDOS" job list
+step "aidos run show $JOB"
+"$AIDOS" run show "$JOB" | head -n 30
+"$AIDOS" run metrics "$JOB" --metric val_accuracy
+mkdir -p .aidos && "$AIDOS" run metrics "$JOB" --png .aidos/demo-curves.png
 
-step "aidos job logs $HELLO"
-LOGS="$("$AIDOS" job logs "$HELLO")"
-echo "$LOGS"
-grep -q "hello from rank 0 of 2" <<<"$LOGS"
-grep -q "hello from rank 1 of 2" <<<"$LOGS"
+step "the registry"
+"$AIDOS" model list
+"$AIDOS" model alias mnist-mlp@production 1
+"$AIDOS" model show mnist-mlp@production
+ACC=$("$AIDOS" -o json model show mnist-mlp@production | python3 -c 'import json,sys; print(json.load(sys.stdin)["metrics"]["test_accuracy"])')
 
-step "aidos job status $SPEC"
-"$AIDOS" job status "$SPEC"
+step "aidos model eval mnist-mlp@production --dataset mnist@v1 --split test"
+"$AIDOS" model eval mnist-mlp@production --dataset mnist@v1 --split test
 
 step "stopping the cluster"
 kill -TERM "$UP_PID"
-wait "$UP_PID"
+wait "$UP_PID" || true
 UP_PID=""
-echo "demo finished: all jobs succeeded"
+echo
+echo "demo finished: model mnist-mlp:1 (alias production) registered, test accuracy $ACC on mnist@v1 (2,000 held-out digits)"

@@ -109,6 +109,44 @@ impl Client {
         self.call(|ch| f(ClusterServiceClient::new(ch).max_decoding_message_size(MAX_MESSAGE))).await
     }
 
+    /// [`Self::call`] with a DatasetService client.
+    pub async fn datasets<T, F, Fut>(&mut self, mut f: F) -> Result<T, Status>
+    where
+        F: FnMut(aidos_api::dataset_service_client::DatasetServiceClient<Channel>) -> Fut,
+        Fut: Future<Output = Result<T, Status>>,
+    {
+        self.call(|ch| {
+            f(aidos_api::dataset_service_client::DatasetServiceClient::new(ch)
+                .max_decoding_message_size(MAX_MESSAGE)
+                .max_encoding_message_size(MAX_MESSAGE))
+        })
+        .await
+    }
+
+    /// [`Self::call`] with a RunService client.
+    pub async fn runs<T, F, Fut>(&mut self, mut f: F) -> Result<T, Status>
+    where
+        F: FnMut(aidos_api::run_service_client::RunServiceClient<Channel>) -> Fut,
+        Fut: Future<Output = Result<T, Status>>,
+    {
+        self.call(|ch| {
+            f(aidos_api::run_service_client::RunServiceClient::new(ch).max_decoding_message_size(MAX_MESSAGE))
+        })
+        .await
+    }
+
+    /// [`Self::call`] with a ModelService client.
+    pub async fn models<T, F, Fut>(&mut self, mut f: F) -> Result<T, Status>
+    where
+        F: FnMut(aidos_api::model_service_client::ModelServiceClient<Channel>) -> Fut,
+        Fut: Future<Output = Result<T, Status>>,
+    {
+        self.call(|ch| {
+            f(aidos_api::model_service_client::ModelServiceClient::new(ch).max_decoding_message_size(MAX_MESSAGE))
+        })
+        .await
+    }
+
     fn use_addr(&mut self, addr: String) {
         self.channel = None;
         match self.addrs.iter().position(|a| *a == addr) {

@@ -381,13 +381,14 @@ fn show_job(out: Output, j: &Job) {
     print_table(&["RANK", "ATTEMPT", "STATE", "WORKER", "EXIT", "TOKEN", "MESSAGE"], &rows);
 }
 
-async fn logs(client: &mut Client, a: LogsArgs) -> anyhow::Result<()> {
+pub async fn logs(client: &mut Client, a: LogsArgs) -> anyhow::Result<()> {
     let req = LogsRequest { job_id: a.id.clone(), follow: a.follow, rank: a.rank };
     // Bytes already written per (rank, attempt, stream): a reconnect replays from the start, so skip those.
     let mut written: HashMap<(u32, u32, i32), usize> = HashMap::new();
     let mut reconnects = 0u32;
     let mut stdout = std::io::stdout().lock();
     let mut stderr = std::io::stderr();
+    let mut progress = super::progress::ProgressView::new();
     loop {
         let mut stream = client
             .job(|mut c| {
@@ -412,9 +413,14 @@ async fn logs(client: &mut Client, a: LogsArgs) -> anyhow::Result<()> {
                     *done += data.len();
                     reconnects = 0;
                     let res = if chunk.stream == LogStream::Stderr as i32 {
-                        stderr.write_all(data).and_then(|_| stderr.flush())
+                        let mut r = Ok(());
+                        progress.print(|| r = stderr.write_all(data).and_then(|_| stderr.flush()));
+                        r
                     } else {
-                        stdout.write_all(data).and_then(|_| stdout.flush())
+                        let shown = progress.filter(data);
+                        let mut r = Ok(());
+                        progress.print(|| r = stdout.write_all(&shown).and_then(|_| stdout.flush()));
+                        r
                     };
                     match res {
                         Ok(()) => {}
@@ -422,7 +428,11 @@ async fn logs(client: &mut Client, a: LogsArgs) -> anyhow::Result<()> {
                         Err(e) => return Err(e).context("writing logs"),
                     }
                 }
-                Ok(None) => return Ok(()),
+                Ok(None) => {
+                    let rest = progress.finish();
+                    let _ = stdout.write_all(&rest);
+                    return Ok(());
+                }
                 Err(st) => break st,
             }
         };

@@ -3,9 +3,15 @@
 pub mod bench;
 pub mod client;
 pub mod cluster;
+pub mod dataset;
 pub mod job;
+pub mod model;
+pub mod plot;
+pub mod progress;
 pub mod render;
+pub mod run;
 pub mod server;
+pub mod train;
 pub mod up;
 pub mod worker;
 
@@ -43,6 +49,15 @@ pub struct Global {
     /// warn for client commands)
     #[arg(long, env = "AIDOS_LOG_LEVEL", global = true, help_heading = "Global options")]
     pub log_level: Option<String>,
+    /// Blob store directory (datasets, checkpoints, model weights); `aidos up` keeps it at <data-dir>/blobs
+    #[arg(
+        long,
+        env = "AIDOS_BLOB_DIR",
+        global = true,
+        help_heading = "Global options",
+        default_value = ".aidos/blobs"
+    )]
+    pub blob_dir: std::path::PathBuf,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -65,6 +80,17 @@ pub enum Command {
     /// Submit, inspect, follow and cancel jobs
     #[command(subcommand)]
     Job(job::JobCmd),
+    /// Versioned datasets: push files (IDX, CSV, NPY), list, show statistics, diff versions
+    #[command(subcommand)]
+    Dataset(dataset::DatasetCmd),
+    /// Train a model from the zoo on a dataset version (a `train` job); see `aidos train --help`
+    Train(train::TrainArgs),
+    /// Training runs: params, metric curves, checkpoints; compare runs
+    #[command(subcommand)]
+    Run(run::RunCmd),
+    /// The model registry: versions, aliases, lineage, evaluation
+    #[command(subcommand)]
+    Model(model::ModelCmd),
     /// Load generators for measuring the control plane
     #[command(subcommand)]
     Bench(bench::BenchCmd),
@@ -108,6 +134,10 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Cluster(c) => cluster::run(&g, c).await,
         Command::Job(c) => job::run(&g, c).await,
         Command::Bench(c) => bench::run(&g, c).await,
+        Command::Dataset(c) => dataset::run(&g, c).await,
+        Command::Train(a) => train::run(&g, a).await,
+        Command::Run(c) => run::run(&g, c).await,
+        Command::Model(c) => model::run(&g, c).await,
         // Dispatched in main before any runtime starts; reaching here means it was not first on the line.
         Command::TaskShim { .. } => anyhow::bail!("task-shim must be the first argument"),
     }
@@ -116,6 +146,25 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
 /// The hidden `aidos task-shim ...`: runs synchronously, outside any tokio runtime.
 pub fn task_shim(args: Vec<OsString>) -> i32 {
     aidos_worker::shim_main(args)
+}
+
+/// The blob store named by `--blob-dir`.
+pub fn blob_store(g: &Global) -> anyhow::Result<aidos_blob::LocalDirStore> {
+    aidos_blob::LocalDirStore::open(&g.blob_dir)
+        .map_err(|e| anyhow::anyhow!("opening the blob store at {}: {e}", g.blob_dir.display()))
+}
+
+/// Splits `NAME@vN` / `NAME` into (name, version; 0 = latest).
+pub fn parse_dataset_ref(s: &str) -> anyhow::Result<(String, u32)> {
+    match s.split_once('@') {
+        None => Ok((s.to_string(), 0)),
+        Some((n, v)) => {
+            let num = v.strip_prefix('v').unwrap_or(v);
+            let v: u32 = num.parse().map_err(|_| anyhow::anyhow!("`{s}`: expected NAME@vN, e.g. mnist@v1"))?;
+            anyhow::ensure!(v > 0, "`{s}`: versions start at v1");
+            Ok((n.to_string(), v))
+        }
+    }
 }
 
 /// `k=v` for clap.

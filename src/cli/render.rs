@@ -161,6 +161,10 @@ pub fn spec_json(s: &JobSpec) -> Value {
         Some(job_spec::Payload::Process(p)) => {
             json!({ "process": { "executable": p.executable, "args": p.args, "env": p.env } })
         }
+        Some(job_spec::Payload::Train(t)) => json!({ "train": {
+            "dataset": t.dataset, "register_as": t.register_as, "train_split": t.train_split, "eval_split": t.eval_split,
+            "config": serde_json::from_str::<Value>(&t.config_json).unwrap_or(Value::Null),
+        } }),
         None => Value::Null,
     };
     json!({

@@ -43,6 +43,7 @@ impl WorkerResources {
         schedulers: Vec<String>,
         data_dir: PathBuf,
         worker_id: Option<String>,
+        blob_dir: PathBuf,
     ) -> anyhow::Result<WorkerConfig> {
         let shim_exe = std::env::current_exe().context("finding the aidos executable (the task shim)")?;
         Ok(WorkerConfig {
@@ -54,6 +55,7 @@ impl WorkerResources {
             memory_bytes: self.memory_bytes,
             gpus: self.gpus,
             shim_exe,
+            blob_dir,
         })
     }
 }
@@ -62,7 +64,7 @@ pub async fn run(g: &Global, a: WorkerArgs) -> anyhow::Result<()> {
     let schedulers: Vec<String> = g.scheduler.iter().map(|s| s.trim().to_string()).filter(|s| !s.is_empty()).collect();
     anyhow::ensure!(!schedulers.is_empty(), "no scheduler address given (--scheduler)");
     std::fs::create_dir_all(&a.data_dir).with_context(|| format!("creating {}", a.data_dir.display()))?;
-    let cfg = a.resources.into_config(schedulers.clone(), a.data_dir, a.id)?;
+    let cfg = a.resources.into_config(schedulers.clone(), a.data_dir, a.id, g.blob_dir.clone())?;
     println!("worker starting (schedulers {})", schedulers.join(","));
     aidos_worker::run(cfg, shutdown_signal()).await.context("worker")?;
     Ok(())

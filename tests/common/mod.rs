@@ -144,6 +144,28 @@ impl Cluster {
         self.dir.path()
     }
 
+    /// The blob store every process of this cluster shares (a local-directory store).
+    pub fn blob_dir(&self) -> PathBuf {
+        self.dir.path().join("blobs")
+    }
+
+    /// Runs the `aidos` CLI against this cluster; returns (exit code, stdout, stderr).
+    pub fn cli(&self, args: &[&str]) -> (i32, String, String) {
+        let out = Command::new(BIN)
+            .arg("--scheduler")
+            .arg(self.addrs().join(","))
+            .arg("--blob-dir")
+            .arg(self.blob_dir())
+            .args(args)
+            .output()
+            .unwrap();
+        (
+            out.status.code().unwrap_or(-1),
+            String::from_utf8_lossy(&out.stdout).into(),
+            String::from_utf8_lossy(&out.stderr).into(),
+        )
+    }
+
     pub fn addrs(&self) -> Vec<String> {
         self.nodes.values().map(|(a, _)| a.clone()).collect()
     }
@@ -202,6 +224,8 @@ impl Cluster {
             cpus.into(),
             "--memory".into(),
             "8Gi".into(),
+            "--blob-dir".into(),
+            self.blob_dir().display().to_string(),
         ];
         if !labels.is_empty() {
             args.push("--labels".into());

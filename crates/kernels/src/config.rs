@@ -479,6 +479,21 @@ impl TrainConfig {
         Ok(cfg)
     }
 
+    /// Parse from JSON text (the `config_json` of a train job) and validate. Errors name the field: unknown or
+    /// missing fields and type errors come from the parser (with line/column), range errors from [`validate`].
+    ///
+    /// [`validate`]: TrainConfig::validate
+    pub fn from_json(text: &str) -> Result<Self> {
+        let cfg: TrainConfig = serde_json::from_str(text).map_err(|e| KernelError::ConfigParse(e.to_string()))?;
+        cfg.validate()?;
+        Ok(cfg)
+    }
+
+    /// The config as JSON (what [`TrainConfig::from_json`] reads back).
+    pub fn to_json(&self) -> String {
+        serde_json::to_string(self).expect("a TrainConfig always serialises")
+    }
+
     pub fn validate(&self) -> Result<()> {
         self.model.validate()?;
         self.optimizer.validate()?;

@@ -2,13 +2,15 @@
 //! evaluation and inference, on [burn](https://burn.dev) 0.22.
 //!
 //! No cluster or network code lives here: callers (CLI, worker) hand in a [`TrainConfig`] and
-//! [`Dataset`]s and receive metrics/checkpoints through [`TrainHooks`].
+//! [`Dataset`]s and receive metrics/checkpoints through [`TrainHooks`]. The built-in trainer of
+//! `train` jobs ([`builtin`]) reaches the cluster only through `aidos_sdk`.
 //!
 //! Backends: `cpu` (burn `flex`, always), `wgpu` / `cuda` behind the cargo features of the same
 //! name. Binaries should install a pooled allocator (`#[global_allocator] static A:
 //! mimalloc::MiMalloc = mimalloc::MiMalloc;`): it roughly doubles CPU training throughput.
 
 mod backend;
+pub mod builtin;
 pub mod checkpoint;
 pub mod config;
 pub mod data;

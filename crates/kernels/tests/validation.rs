@@ -187,3 +187,25 @@ fn dataset_does_not_fit_model() {
     let e = load_model(&ModelConfig::reference_mlp(), b"garbage").unwrap_err().to_string();
     assert!(e.starts_with("checkpoint: corrupt model weights"), "{e}");
 }
+
+#[test]
+fn json_config_roundtrips_and_names_bad_fields() {
+    let c = TrainConfig::from_toml(GOOD).unwrap();
+    assert_eq!(TrainConfig::from_json(&c.to_json()).unwrap(), c);
+    let e = TrainConfig::from_json(r#"{"model":{"name":"mlp","layers":[4,3]},"optimizer":{"name":"adam","lr":0.1},"epochs":1,"batch_size":8,"epoch":3}"#)
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("unknown field `epoch`"), "{e}");
+    let e = TrainConfig::from_json(
+        r#"{"model":{"name":"mlp","layers":[4,0,3]},"optimizer":{"name":"adam","lr":0.1},"epochs":1,"batch_size":8}"#,
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(e.contains("model.layers[1]"), "{e}");
+    let e = TrainConfig::from_json(
+        r#"{"model":{"name":"rnn"},"optimizer":{"name":"adam","lr":0.1},"epochs":1,"batch_size":8}"#,
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(e.contains("unknown model") && e.contains("rnn"), "{e}");
+}

@@ -89,7 +89,10 @@ impl Forwarder {
         self.runs().record_checkpoint(r).await.map_err(remote)?;
         Ok(())
     }
-    pub async fn latest_checkpoint(&self, r: LatestCheckpointRequest) -> Result<LatestCheckpointResponse, SchedulerError> {
+    pub async fn latest_checkpoint(
+        &self,
+        r: LatestCheckpointRequest,
+    ) -> Result<LatestCheckpointResponse, SchedulerError> {
         Ok(self.runs().latest_checkpoint(r).await.map_err(remote)?.into_inner())
     }
     pub async fn list_runs(&self, r: ListRunsRequest) -> Result<ListRunsResponse, SchedulerError> {

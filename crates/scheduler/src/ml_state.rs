@@ -80,7 +80,10 @@ impl ClusterState {
         }
         for s in &m.splits {
             if s.start > s.end || s.end > m.rows {
-                return Err(bad("manifest.splits", format!("{} [{}, {}) is outside 0..{}", s.name, s.start, s.end, m.rows)));
+                return Err(bad(
+                    "manifest.splits",
+                    format!("{} [{}, {}) is outside 0..{}", s.name, s.start, s.end, m.rows),
+                ));
             }
         }
         let versions = self.datasets.entry(m.name.clone()).or_default();
@@ -197,7 +200,12 @@ impl ClusterState {
         check_name("alias", &r.alias)?;
         let versions = self.models.get_mut(&r.name).ok_or_else(|| not_found(format!("model {} not found", r.name)))?;
         if r.version == 0 || r.version as usize > versions.len() {
-            return Err(not_found(format!("model {} has no version {} (latest is {})", r.name, r.version, versions.len())));
+            return Err(not_found(format!(
+                "model {} has no version {} (latest is {})",
+                r.name,
+                r.version,
+                versions.len()
+            )));
         }
         for m in versions.iter_mut() {
             if m.aliases.iter().any(|a| a == &r.alias) {

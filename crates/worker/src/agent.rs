@@ -45,6 +45,8 @@ pub struct Shared {
     pub data_dir: PathBuf,
     pub tasks_dir: PathBuf,
     pub shim_exe: PathBuf,
+    /// Absolute root of the blob store, given to tasks as AIDOS_BLOB_DIR.
+    pub blob_dir: PathBuf,
     /// Comma-separated scheduler addresses, as given to tasks in AIDOS_SCHEDULER.
     pub schedulers_env: String,
     pub labels: std::collections::BTreeMap<String, String>,
@@ -336,12 +338,14 @@ pub async fn run(cfg: WorkerConfig, shutdown: impl Future<Output = ()> + Send) -
         if cfg.data_dir.as_os_str().is_empty() { PathBuf::from("aidos-worker-data") } else { cfg.data_dir.clone() };
     let tasks_dir = crate::records::tasks_dir(&data_dir);
     let attempts_dir = crate::records::attempts_dir(&data_dir);
-    let (data_dir, tasks_dir, worker_id, capacity) = {
+    let blob_dir = if cfg.blob_dir.as_os_str().is_empty() { data_dir.join("blobs") } else { cfg.blob_dir.clone() };
+    let (data_dir, tasks_dir, worker_id, capacity, blob_dir) = {
         let cfg = cfg.clone();
         tokio::task::spawn_blocking(move || -> Result<_, WorkerError> {
-            for d in [&data_dir, &tasks_dir, &attempts_dir] {
+            for d in [&data_dir, &tasks_dir, &attempts_dir, &blob_dir] {
                 std::fs::create_dir_all(d).map_err(|e| WorkerError::io("create", d, e))?;
             }
+            let blob_dir = std::fs::canonicalize(&blob_dir).map_err(|e| WorkerError::io("resolve", &blob_dir, e))?;
             let data_dir = std::fs::canonicalize(&data_dir).map_err(|e| WorkerError::io("resolve", &data_dir, e))?;
             let tasks_dir = crate::records::tasks_dir(&data_dir);
             let worker_id = match cfg.worker_id.as_deref().map(str::trim) {
@@ -349,7 +353,7 @@ pub async fn run(cfg: WorkerConfig, shutdown: impl Future<Output = ()> + Send) -
                 _ => crate::identity::load_or_create_worker_id(&data_dir)?,
             };
             let capacity = crate::resources::detect(cfg.cpu_millis, cfg.memory_bytes, cfg.gpus);
-            Ok((data_dir, tasks_dir, worker_id, capacity))
+            Ok((data_dir, tasks_dir, worker_id, capacity, blob_dir))
         })
         .await??
     };
@@ -365,6 +369,7 @@ pub async fn run(cfg: WorkerConfig, shutdown: impl Future<Output = ()> + Send) -
         data_dir,
         tasks_dir,
         shim_exe,
+        blob_dir,
         schedulers_env: cfg.schedulers.join(","),
         labels: cfg.labels.clone(),
         capacity,

@@ -37,8 +37,11 @@ pub struct WorkerConfig {
     pub memory_bytes: Option<u64>,
     pub gpus: Option<u32>,
     /// The executable used as the per-task shim (`<exe> task-shim ...`); normally the `aidos` binary
-    /// itself. Empty (the default): the current executable.
+    /// itself. Empty (the default): the current executable. Train jobs run `<shim_exe> train-run`.
     pub shim_exe: PathBuf,
+    /// Root of the local-directory blob store shared with the cluster (datasets, checkpoints, model weights),
+    /// given to every task as `AIDOS_BLOB_DIR`. Empty (the default): `<data_dir>/blobs`.
+    pub blob_dir: PathBuf,
 }
 
 /// Runs the worker until `shutdown` resolves. Tasks keep running after it returns; the next run with

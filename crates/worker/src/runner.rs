@@ -22,7 +22,7 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
-use aidos_api::{AttemptRef, TaskAssignment, TaskState, TaskStatusReport, job_spec};
+use aidos_api::{AttemptRef, TaskAssignment, TaskState, TaskStatusReport, TrainSpec, job_spec};
 use tokio::sync::watch;
 use tokio::time::Instant;
 use tonic::Status;
@@ -138,14 +138,45 @@ fn log_refusal(name: &str, what: &str, st: &Status) {
     );
 }
 
-/// The environment of a task: spec env, then assignment env, then the AIDOS_* variables.
-pub fn task_env(a: &TaskAssignment, worker_id: &str, schedulers: &str, workdir: &Path) -> Vec<(String, String)> {
+/// Argument the shim executable (the `aidos` binary) takes to run the built-in trainer of a train job.
+pub const TRAIN_RUN_ARG: &str = "train-run";
+
+/// The built-in trainer's variables for a train job (see `aidos_kernels::builtin`): register_as defaults to the
+/// job's name (its id when unnamed), the splits to `train` / `test`.
+pub fn train_env(t: &TrainSpec, job_name: &str, job_id: &str) -> Vec<(String, String)> {
+    let or = |v: &str, d: &str| if v.trim().is_empty() { d.to_string() } else { v.trim().to_string() };
+    let default_name = if job_name.trim().is_empty() { job_id } else { job_name };
+    vec![
+        ("AIDOS_TRAIN_DATASET".to_string(), t.dataset.trim().to_string()),
+        ("AIDOS_TRAIN_CONFIG".to_string(), t.config_json.clone()),
+        ("AIDOS_TRAIN_REGISTER_AS".to_string(), or(&t.register_as, default_name)),
+        ("AIDOS_TRAIN_SPLIT".to_string(), or(&t.train_split, "train")),
+        ("AIDOS_EVAL_SPLIT".to_string(), or(&t.eval_split, "test")),
+    ]
+}
+
+/// The environment of a task: spec env (a process job's env, a train job's AIDOS_TRAIN_* variables), then
+/// assignment env, then the AIDOS_* variables of the task contract (see `aidos_sdk`).
+pub fn task_env(
+    a: &TaskAssignment,
+    worker_id: &str,
+    schedulers: &str,
+    workdir: &Path,
+    blob_dir: &Path,
+) -> Vec<(String, String)> {
     let aref = a.attempt.clone().unwrap_or_default();
     let mut env: Vec<(String, String)> = Vec::new();
-    if let Some(job_spec::Payload::Process(p)) = a.spec.as_ref().and_then(|s| s.payload.as_ref()) {
-        let mut spec_env: Vec<_> = p.env.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
-        spec_env.sort();
-        env.extend(spec_env);
+    match a.spec.as_ref().and_then(|s| s.payload.as_ref()) {
+        Some(job_spec::Payload::Process(p)) => {
+            let mut spec_env: Vec<_> = p.env.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
+            spec_env.sort();
+            env.extend(spec_env);
+        }
+        Some(job_spec::Payload::Train(t)) => {
+            let name = a.spec.as_ref().map(|s| s.name.as_str()).unwrap_or("");
+            env.extend(train_env(t, name, &aref.job_id));
+        }
+        None => {}
     }
     let mut extra: Vec<_> = a.env.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
     extra.sort();
@@ -159,6 +190,7 @@ pub fn task_env(a: &TaskAssignment, worker_id: &str, schedulers: &str, workdir: 
         ("AIDOS_WORKER_ID".to_string(), worker_id.to_string()),
         ("AIDOS_SCHEDULER".to_string(), schedulers.to_string()),
         ("AIDOS_WORK_DIR".to_string(), workdir.display().to_string()),
+        ("AIDOS_BLOB_DIR".to_string(), blob_dir.display().to_string()),
     ]);
     env
 }
@@ -220,12 +252,22 @@ async fn start_new(
     // The record exists before the process does (restart reconciliation relies on it).
     persist(shared, &record).await;
 
-    let process = match spec.payload {
-        Some(job_spec::Payload::Process(p)) if !p.executable.is_empty() => p,
+    let (program, args) = match spec.payload {
+        Some(job_spec::Payload::Process(p)) if !p.executable.is_empty() => (p.executable, p.args),
         Some(job_spec::Payload::Process(_)) => {
             record.start_error = Some("empty executable".into());
             persist(shared, &record).await;
             return Some((record, Proc::None, Some(Outcome::StartFailed("empty executable".into()))));
+        }
+        // The built-in trainer is the shim executable itself (the `aidos` binary): `aidos train-run`.
+        Some(job_spec::Payload::Train(t)) if !t.dataset.trim().is_empty() => {
+            (shared.shim_exe.to_string_lossy().into_owned(), vec![TRAIN_RUN_ARG.to_string()])
+        }
+        Some(job_spec::Payload::Train(_)) => {
+            let msg = "train job names no dataset".to_string();
+            record.start_error = Some(msg.clone());
+            persist(shared, &record).await;
+            return Some((record, Proc::None, Some(Outcome::StartFailed(msg))));
         }
         None => {
             let msg = format!("job kind {:?} is not supported by this worker", spec.kind());
@@ -244,9 +286,9 @@ async fn start_new(
     let cmd = ShimCommand {
         shim_exe: shared.shim_exe.clone(),
         workdir: workdir.clone(),
-        program: process.executable.clone(),
-        args: process.args.clone(),
-        env: task_env(a, &shared.worker_id, &shared.schedulers_env, &workdir),
+        program: program.clone(),
+        args: args.clone(),
+        env: task_env(a, &shared.worker_id, &shared.schedulers_env, &workdir, &shared.blob_dir),
     };
     match cmd.spawn() {
         Ok(child) => {
@@ -255,8 +297,8 @@ async fn start_new(
             tracing::info!(
                 "started {} ({} {:?}) in {} (shim pid {})",
                 aref.display(),
-                process.executable,
-                process.args,
+                program,
+                args,
                 workdir.display(),
                 record.shim_pid.unwrap_or(0)
             );
@@ -496,7 +538,7 @@ mod tests {
             world_size: 4,
             env: [("A".to_string(), "assign".to_string())].into_iter().collect(),
         };
-        let env = task_env(&a, "w1", "h1:1,h2:2", Path::new("/wd"));
+        let env = task_env(&a, "w1", "h1:1,h2:2", Path::new("/wd"), Path::new("/blobs"));
         // Later entries win when applied in order.
         let last = |k: &str| env.iter().rev().find(|(kk, _)| kk == k).map(|(_, v)| v.clone()).unwrap();
         assert_eq!(last("A"), "assign");
@@ -508,5 +550,43 @@ mod tests {
         assert_eq!(last("AIDOS_WORKER_ID"), "w1");
         assert_eq!(last("AIDOS_JOB_ID"), "j");
         assert_eq!(last("AIDOS_ATTEMPT"), "2");
+        assert_eq!(last("AIDOS_BLOB_DIR"), "/blobs");
+    }
+
+    #[test]
+    fn train_jobs_get_the_trainer_env() {
+        let train = |t: TrainSpec, name: &str| TaskAssignment {
+            attempt: Some(AttemptRef { job_id: "job-7".into(), rank: 0, attempt: 1, fencing_token: 3 }),
+            spec: Some(JobSpec { name: name.into(), payload: Some(job_spec::Payload::Train(t)), ..Default::default() }),
+            world_size: 1,
+            env: Default::default(),
+        };
+        let spec = TrainSpec {
+            dataset: "mnist@v3".into(),
+            config_json: r#"{"epochs":1}"#.into(),
+            register_as: "".into(),
+            train_split: "".into(),
+            eval_split: "".into(),
+        };
+        let env = task_env(&train(spec.clone(), "digits"), "w1", "h:1", Path::new("/wd"), Path::new("/b"));
+        let get = |env: &[(String, String)], k: &str| env.iter().rev().find(|(kk, _)| kk == k).map(|(_, v)| v.clone());
+        assert_eq!(get(&env, "AIDOS_TRAIN_DATASET").as_deref(), Some("mnist@v3"));
+        assert_eq!(get(&env, "AIDOS_TRAIN_CONFIG").as_deref(), Some(r#"{"epochs":1}"#));
+        assert_eq!(get(&env, "AIDOS_TRAIN_REGISTER_AS").as_deref(), Some("digits"));
+        assert_eq!(get(&env, "AIDOS_TRAIN_SPLIT").as_deref(), Some("train"));
+        assert_eq!(get(&env, "AIDOS_EVAL_SPLIT").as_deref(), Some("test"));
+        assert_eq!(get(&env, "AIDOS_BLOB_DIR").as_deref(), Some("/b"));
+        assert_eq!(get(&env, "AIDOS_JOB_ID").as_deref(), Some("job-7"));
+        // Explicit values win; an unnamed job registers under its id.
+        let spec = TrainSpec { register_as: "m".into(), train_split: "tr".into(), eval_split: "val".into(), ..spec };
+        let env = task_env(&train(spec.clone(), "digits"), "w1", "h:1", Path::new("/wd"), Path::new("/b"));
+        assert_eq!(get(&env, "AIDOS_TRAIN_REGISTER_AS").as_deref(), Some("m"));
+        assert_eq!(get(&env, "AIDOS_TRAIN_SPLIT").as_deref(), Some("tr"));
+        assert_eq!(get(&env, "AIDOS_EVAL_SPLIT").as_deref(), Some("val"));
+        let unnamed = TrainSpec { register_as: "".into(), ..spec };
+        let env = task_env(&train(unnamed, ""), "w1", "h:1", Path::new("/wd"), Path::new("/b"));
+        assert_eq!(get(&env, "AIDOS_TRAIN_REGISTER_AS").as_deref(), Some("job-7"));
+        // No process env leaks into a train job.
+        assert!(env.iter().all(|(k, _)| k.starts_with("AIDOS_")));
     }
 }

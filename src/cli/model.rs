@@ -1,0 +1,259 @@
+//! `aidos model ...`: the registry (versions, aliases, lineage), pulling weights, and evaluation.
+
+use std::path::PathBuf;
+
+use aidos_api::{GetModelRequest, ListModelsRequest, ModelVersion, SetAliasRequest};
+use aidos_blob::{BlobId, BlobStore};
+use clap::{Args, Subcommand};
+use serde_json::json;
+
+use super::client::{Client, status_error};
+use super::render::{age, print_json, print_table};
+use super::{Global, Output, blob_store};
+
+#[derive(Subcommand, Debug)]
+pub enum ModelCmd {
+    /// Registered model versions
+    List {
+        /// Only this model's versions
+        name: Option<String>,
+    },
+    /// One version: metrics, lineage, aliases, artifacts
+    Show {
+        /// NAME (latest), NAME:VERSION or NAME@ALIAS
+        model: String,
+    },
+    /// Point an alias (production, staging, ...) at a version: `aidos model alias mnist@production 3`
+    Alias {
+        /// NAME@ALIAS
+        alias: String,
+        /// The version it should name
+        version: u32,
+    },
+    /// Write a version's weights and config to a directory
+    Pull(PullArgs),
+    /// Evaluate a version on a dataset split: accuracy, per-class precision/recall, confusion matrix
+    Eval(EvalArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct PullArgs {
+    /// NAME, NAME:VERSION or NAME@ALIAS
+    pub model: String,
+    /// Output directory (created); gets weights.bin and model.json
+    #[arg(short = 'd', long, env = "AIDOS_MODEL_PULL_DIR", default_value = ".")]
+    pub dir: PathBuf,
+}
+
+#[derive(Args, Debug)]
+pub struct EvalArgs {
+    /// NAME, NAME:VERSION or NAME@ALIAS
+    pub model: String,
+    /// NAME@vN
+    #[arg(long, env = "AIDOS_EVAL_DATASET")]
+    pub dataset: String,
+    /// Which split of the dataset
+    #[arg(long, env = "AIDOS_EVAL_SPLIT", default_value = "test")]
+    pub split: String,
+}
+
+/// Parses `NAME`, `NAME:VERSION` or `NAME@ALIAS`.
+pub fn parse_model_ref(s: &str) -> anyhow::Result<GetModelRequest> {
+    if let Some((n, a)) = s.split_once('@') {
+        anyhow::ensure!(!n.is_empty() && !a.is_empty(), "`{s}`: expected NAME@ALIAS");
+        return Ok(GetModelRequest { name: n.into(), version: 0, alias: a.into() });
+    }
+    if let Some((n, v)) = s.split_once(':') {
+        let version: u32 = v.parse().map_err(|_| anyhow::anyhow!("`{s}`: expected NAME:VERSION, e.g. mnist:3"))?;
+        anyhow::ensure!(version > 0, "`{s}`: versions start at 1");
+        return Ok(GetModelRequest { name: n.into(), version, alias: String::new() });
+    }
+    Ok(GetModelRequest { name: s.into(), version: 0, alias: String::new() })
+}
+
+pub async fn get_model(client: &mut Client, s: &str) -> anyhow::Result<ModelVersion> {
+    let req = parse_model_ref(s)?;
+    client
+        .models(|mut c| {
+            let req = req.clone();
+            async move { c.get(req).await.map(|r| r.into_inner()) }
+        })
+        .await
+        .map_err(|e| status_error(e, ""))
+}
+
+fn model_json(m: &ModelVersion) -> serde_json::Value {
+    let l = m.lineage.clone().unwrap_or_default();
+    json!({
+        "name": m.name, "version": m.version, "aliases": m.aliases, "metrics": m.metrics,
+        "weights_blob": m.weights_blob, "config": serde_json::from_str::<serde_json::Value>(&m.config).unwrap_or(json!(m.config)),
+        "artifacts": m.artifacts, "created_at_ms": m.created_at_ms,
+        "lineage": {"job_id": l.job_id, "run_id": l.run_id, "dataset": l.dataset, "dataset_hash": l.dataset_hash,
+                    "params": l.params, "aidos_version": l.aidos_version},
+    })
+}
+
+/// The model's preprocessing and network, as the trainer recorded them in the registered config.
+pub struct LoadedModel {
+    pub model: aidos_kernels::TrainedModel,
+    pub mean: f32,
+    pub std: f32,
+}
+
+pub fn load(m: &ModelVersion, store: &dyn BlobStore) -> anyhow::Result<LoadedModel> {
+    let cfg: serde_json::Value = serde_json::from_str(&m.config)
+        .map_err(|e| anyhow::anyhow!("model {}:{} has an unreadable config: {e}", m.name, m.version))?;
+    let model_cfg: aidos_kernels::ModelConfig = serde_json::from_value(cfg["model"].clone())
+        .map_err(|e| anyhow::anyhow!("model {}:{}: config.model: {e}", m.name, m.version))?;
+    let norm = &cfg["normalization"];
+    let mean = norm["mean"].as_f64().unwrap_or(0.0) as f32;
+    let std = norm["std"].as_f64().unwrap_or(1.0) as f32;
+    let weights = store.get(&BlobId::parse(&m.weights_blob)?)?;
+    let model = aidos_kernels::load_model(&model_cfg, &weights)?;
+    Ok(LoadedModel { model, mean, std })
+}
+
+pub async fn run(g: &Global, cmd: ModelCmd) -> anyhow::Result<()> {
+    let mut client = Client::new(&g.scheduler)?;
+    match cmd {
+        ModelCmd::List { name } => {
+            let name = name.unwrap_or_default();
+            let models = client
+                .models(|mut c| {
+                    let name = name.clone();
+                    async move { c.list(ListModelsRequest { name }).await.map(|r| r.into_inner().models) }
+                })
+                .await
+                .map_err(|e| status_error(e, ""))?;
+            if g.output == Output::Json {
+                print_json(&json!({"models": models.iter().map(model_json).collect::<Vec<_>>()}));
+                return Ok(());
+            }
+            let rows: Vec<Vec<String>> = models
+                .iter()
+                .map(|m| {
+                    let l = m.lineage.clone().unwrap_or_default();
+                    vec![
+                        format!("{}:{}", m.name, m.version),
+                        m.aliases.join(","),
+                        m.metrics.get("test_accuracy").map(|a| format!("{:.4}", a)).unwrap_or_else(|| "-".into()),
+                        l.dataset,
+                        l.run_id,
+                        age(m.created_at_ms),
+                    ]
+                })
+                .collect();
+            print_table(&["MODEL", "ALIASES", "TEST_ACC", "DATASET", "RUN", "AGE"], &rows);
+        }
+        ModelCmd::Show { model } => {
+            let m = get_model(&mut client, &model).await?;
+            if g.output == Output::Json {
+                print_json(&model_json(&m));
+                return Ok(());
+            }
+            let l = m.lineage.clone().unwrap_or_default();
+            println!("model:      {}:{}", m.name, m.version);
+            println!("aliases:    {}", if m.aliases.is_empty() { "-".into() } else { m.aliases.join(", ") });
+            println!("created:    {} ago", age(m.created_at_ms));
+            println!("weights:    {}", m.weights_blob);
+            println!("config:     {}", m.config);
+            println!(
+                "lineage:    job {}  run {}  dataset {} ({})  aidos {}",
+                l.job_id,
+                l.run_id,
+                l.dataset,
+                l.dataset_hash.chars().take(12).collect::<String>(),
+                l.aidos_version
+            );
+            for (k, v) in &m.artifacts {
+                println!("artifact:   {k} {v}");
+            }
+            println!("\nMETRICS");
+            let rows: Vec<Vec<String>> = m.metrics.iter().map(|(k, v)| vec![k.clone(), format!("{v:.6}")]).collect();
+            print_table(&["NAME", "VALUE"], &rows);
+            if !l.params.is_empty() {
+                println!("\nPARAMS");
+                let rows: Vec<Vec<String>> = l.params.iter().map(|(k, v)| vec![k.clone(), v.clone()]).collect();
+                print_table(&["NAME", "VALUE"], &rows);
+            }
+        }
+        ModelCmd::Alias { alias, version } => {
+            let (name, alias) = alias
+                .split_once('@')
+                .filter(|(n, a)| !n.is_empty() && !a.is_empty())
+                .ok_or_else(|| anyhow::anyhow!("`{alias}`: expected NAME@ALIAS, e.g. mnist@production"))?;
+            let (name, alias) = (name.to_string(), alias.to_string());
+            let m = client
+                .models(|mut c| {
+                    let req = SetAliasRequest { name: name.clone(), alias: alias.clone(), version };
+                    async move { c.set_alias(req).await.map(|r| r.into_inner()) }
+                })
+                .await
+                .map_err(|e| status_error(e, ""))?;
+            println!("{}@{} -> {}:{}", m.name, alias, m.name, m.version);
+        }
+        ModelCmd::Pull(a) => {
+            let m = get_model(&mut client, &a.model).await?;
+            let store = blob_store(g)?;
+            let weights = store.get(&BlobId::parse(&m.weights_blob)?)?;
+            std::fs::create_dir_all(&a.dir)?;
+            std::fs::write(a.dir.join("weights.bin"), &*weights)?;
+            std::fs::write(a.dir.join("model.json"), serde_json::to_vec_pretty(&model_json(&m))?)?;
+            println!("pulled {}:{} into {} (weights.bin, model.json)", m.name, m.version, a.dir.display());
+        }
+        ModelCmd::Eval(a) => {
+            let m = get_model(&mut client, &a.model).await?;
+            let manifest = super::dataset::get_manifest(&mut client, &a.dataset).await?;
+            let store = blob_store(g)?;
+            let split = a.split.clone();
+            let report = tokio::task::spawn_blocking(move || -> anyhow::Result<aidos_kernels::EvalReport> {
+                let loaded = load(&m, &store)?;
+                let data = aidos_datasets::load_split(&manifest, &split, &store)?;
+                let shape: Vec<usize> = data.row_shape.iter().map(|d| *d as usize).collect();
+                let mut features = data.features;
+                features.iter_mut().for_each(|x| *x = (*x - loaded.mean) / loaded.std);
+                let ds = aidos_kernels::Dataset::new(features, data.labels, shape)?;
+                Ok(aidos_kernels::evaluate(&loaded.model, &ds)?)
+            })
+            .await??;
+            if g.output == Output::Json {
+                print_json(&json!({
+                    "model": a.model, "dataset": a.dataset, "split": a.split, "accuracy": report.accuracy, "loss": report.loss,
+                    "per_class": report.per_class.iter().map(|c| json!({"precision": c.precision, "recall": c.recall, "support": c.support})).collect::<Vec<_>>(),
+                    "confusion": report.confusion,
+                }));
+                return Ok(());
+            }
+            println!(
+                "{} on {} ({}): accuracy {:.4}  loss {:.4}\n",
+                a.model, a.dataset, a.split, report.accuracy, report.loss
+            );
+            let rows: Vec<Vec<String>> = report
+                .per_class
+                .iter()
+                .enumerate()
+                .map(|(i, c)| {
+                    vec![
+                        i.to_string(),
+                        format!("{:.4}", c.precision),
+                        format!("{:.4}", c.recall),
+                        c.support.to_string(),
+                    ]
+                })
+                .collect();
+            print_table(&["CLASS", "PRECISION", "RECALL", "SUPPORT"], &rows);
+            println!("\nCONFUSION (rows: true class, columns: predicted)");
+            let mut headers = vec!["".to_string()];
+            headers.extend((0..report.confusion.len()).map(|i| i.to_string()));
+            let rows: Vec<Vec<String>> = report
+                .confusion
+                .iter()
+                .enumerate()
+                .map(|(i, r)| std::iter::once(i.to_string()).chain(r.iter().map(|v| v.to_string())).collect())
+                .collect();
+            let h: Vec<&str> = headers.iter().map(String::as_str).collect();
+            print_table(&h, &rows);
+        }
+    }
+    Ok(())
+}
