@@ -64,6 +64,33 @@ fn bench(name: &str, model: ModelConfig, steps: u64, ds: &Dataset) -> f64 {
     (steps as usize * BATCH) as f64 / secs
 }
 
+/// Floating-point operations of one training sample (forward + backward ~ 3x the forward multiply-adds, x2 for
+/// multiply and add), counting only matmuls/convolutions: what the machine's matmul limit bounds.
+fn flops_per_sample(name: &str) -> f64 {
+    let macs = match name {
+        "mlp" => 784.0 * 256.0 + 256.0 * 128.0 + 128.0 * 10.0,
+        // conv3x3(1->32) at 28x28, conv3x3(32->64) at 14x14, dense 3136->128->10
+        _ => 28.0 * 28.0 * 32.0 * 9.0 + 14.0 * 14.0 * 64.0 * 32.0 * 9.0 + 3136.0 * 128.0 + 128.0 * 10.0,
+    };
+    macs * 2.0 * 3.0
+}
+
+/// The machine's sustained f32 matmul rate through the same backend (burn flex / gemm): a 1024^3 matmul.
+fn gemm_gflops() -> f64 {
+    use burn::tensor::{Distribution, Tensor};
+    let dev = device_for(BackendKind::Cpu).expect("cpu device");
+    let n = 1024;
+    let a = Tensor::<2>::random([n, n], Distribution::Default, &dev);
+    let b = Tensor::<2>::random([n, n], Distribution::Default, &dev);
+    let _ = a.clone().matmul(b.clone()).into_data();
+    let reps = 20;
+    let t = Instant::now();
+    for _ in 0..reps {
+        let _ = a.clone().matmul(b.clone()).into_data();
+    }
+    2.0 * (n * n * n) as f64 * reps as f64 / t.elapsed().as_secs_f64() / 1e9
+}
+
 fn main() {
     if std::env::var_os("RAYON_NUM_THREADS").is_none() {
         // SAFETY: single-threaded at this point; rayon's pool is not started yet.
@@ -73,12 +100,18 @@ fn main() {
     let ds = data();
     let filter: Vec<String> = std::env::args().skip(1).filter(|a| !a.starts_with('-')).collect();
     let runs = [("mlp", ModelConfig::reference_mlp(), 500), ("cnn", ModelConfig::reference_cnn(), 150)];
-    println!("{:<6} {:>6} {:>8} {:>7} {:>12}", "model", "batch", "threads", "steps", "samples/s");
+    let peak = gemm_gflops();
+    println!("matmul limit (1024^3 f32 matmul, {threads} threads): {peak:.1} GFLOP/s");
+    println!(
+        "{:<6} {:>6} {:>8} {:>7} {:>12} {:>10} {:>9}",
+        "model", "batch", "threads", "steps", "samples/s", "GFLOP/s", "of limit"
+    );
     for (name, model, steps) in runs {
         if !filter.is_empty() && !filter.iter().any(|f| name.contains(f.as_str())) {
             continue;
         }
         let sps = bench(name, model, steps, &ds);
-        println!("{name:<6} {BATCH:>6} {threads:>8} {steps:>7} {sps:>12.0}");
+        let gf = sps * flops_per_sample(name) / 1e9;
+        println!("{name:<6} {BATCH:>6} {threads:>8} {steps:>7} {sps:>12.0} {gf:>10.1} {:>8.0}%", 100.0 * gf / peak);
     }
 }

@@ -115,7 +115,8 @@ impl SchedulerNode {
             .map_err(|e| SchedulerError::Storage(e.to_string()))??;
         let log = store::log_store::LogStore::new(db.clone());
         let db2 = db.clone();
-        let sm = tokio::task::spawn_blocking(move || store::state_machine::StateMachineStore::open(db2))
+        let snap_dir = cfg.data_dir.join("snapshots");
+        let sm = tokio::task::spawn_blocking(move || store::state_machine::StateMachineStore::open(db2, snap_dir))
             .await
             .map_err(|e| SchedulerError::Storage(e.to_string()))??;
         let shared = sm.shared();
@@ -153,7 +154,9 @@ impl SchedulerNode {
             .add_service(RunServiceServer::new(grpc::ml::Runs(core.clone())).max_decoding_message_size(16 << 20))
             .add_service(ModelServiceServer::new(grpc::ml::Models(core.clone())));
         let mut stop_srv = stop_rx.clone();
-        let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
+        // Our own listener (so port 0 works): Server::tcp_nodelay applies only to listeners tonic binds itself, so
+        // set it here. Without it, Nagle + delayed ACK stall small responses by ~40 ms.
+        let incoming = tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
         tasks.push(tokio::spawn(async move {
             let shutdown = async move {
                 let _ = stop_srv.changed().await;

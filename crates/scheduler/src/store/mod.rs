@@ -7,8 +7,10 @@
 //! - State-machine applies commit with `Durability::None`: they become durable with the next fsynced commit
 //!   (the next log append), and after a crash the state machine comes back at an earlier, self-consistent
 //!   `last_applied` from which openraft re-applies the (durable) log.
-//! - Logs are purged only up to a built snapshot, and building one first commits the state machine with
-//!   `Durability::Immediate`, so no purged entry is needed to rebuild the state.
+//! - Logs are purged only up to a built snapshot, and building one ends with a `Durability::Immediate` commit
+//!   (after the snapshot file is fsynced), so no purged entry is needed to rebuild the state.
+//! - Snapshots are built from a redb read transaction (an MVCC view of the last applied batch) and written to a
+//!   file, so building one neither holds the in-memory state lock nor occupies redb's single writer.
 
 pub mod log_store;
 pub mod state_machine;
