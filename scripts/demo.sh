@@ -66,7 +66,7 @@ export AIDOS_BLOB_DIR="$DATA_DIR/blobs"
 
 step "aidos dataset push mnist data/mnist10k --split train=8000,test=2000"
 "$AIDOS" dataset push mnist data/mnist10k --split train=8000,test=2000
-"$AIDOS" dataset show mnist@v1 | head -n 12
+"$AIDOS" dataset show mnist@v1
 
 step "a gang of 2 process replicas"
 HELLO=$("$AIDOS" job submit --name hello --replicas 2 --cpu 100m --memory 64Mi -- \
@@ -79,7 +79,7 @@ step "aidos train examples/mnist-mlp.toml --follow"
 JOB=$("$AIDOS" -o json job list --limit 1 | python3 -c 'import json,sys; print(json.load(sys.stdin)["jobs"][0]["id"])')
 
 step "aidos run show $JOB"
-"$AIDOS" run show "$JOB" | head -n 30
+"$AIDOS" run show "$JOB"
 "$AIDOS" run metrics "$JOB" --metric val_accuracy
 mkdir -p .aidos && "$AIDOS" run metrics "$JOB" --png .aidos/demo-curves.png
 
