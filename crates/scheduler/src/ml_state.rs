@@ -106,13 +106,7 @@ impl ClusterState {
             return Err(bad("points", format!("{} in one report, at most {MAX_POINTS_PER_REPORT}", r.points.len())));
         }
         let id = run_id(&a.job_id, a.attempt);
-        let run = self.runs.entry(id.clone()).or_insert_with(|| Run {
-            id: id.clone(),
-            job_id: a.job_id.clone(),
-            attempt: a.attempt,
-            created_at_ms: now,
-            ..Default::default()
-        });
+        let run = self.run_mut(&a, now);
         run.params.extend(r.params.iter().map(|(k, v)| (k.clone(), v.clone())));
         if !r.dataset.is_empty() {
             run.dataset = r.dataset.clone();
@@ -140,19 +134,25 @@ impl ClusterState {
         let ck = r.checkpoint.clone().ok_or_else(|| bad("checkpoint", "missing"))?;
         aidos_blob_id(&ck.blob).map_err(|e| bad("checkpoint.blob", e))?;
         let id = run_id(&a.job_id, a.attempt);
-        let run = self.runs.entry(id.clone()).or_insert_with(|| Run {
-            id: id.clone(),
-            job_id: a.job_id.clone(),
-            attempt: a.attempt,
-            created_at_ms: now,
-            ..Default::default()
-        });
+        let run = self.run_mut(&a, now);
         run.checkpoints.push(ck);
         if run.checkpoints.len() > MAX_CHECKPOINTS_PER_RUN {
             run.checkpoints.remove(0);
         }
         dirty.ml.push(run_key(&id));
         Ok(CommandResultV1::default())
+    }
+
+    /// The run of an attempt, created on its first report.
+    fn run_mut(&mut self, a: &aidos_api::v1::AttemptRef, now: i64) -> &mut Run {
+        let id = run_id(&a.job_id, a.attempt);
+        self.runs.entry(id.clone()).or_insert_with(|| Run {
+            id,
+            job_id: a.job_id.clone(),
+            attempt: a.attempt,
+            created_at_ms: now,
+            ..Default::default()
+        })
     }
 
     /// The newest checkpoint of any attempt of `job_id`, with its run id.
@@ -274,4 +274,50 @@ fn insert_versioned<T: Default>(vs: &mut Vec<T>, v: u32, item: T) {
 fn aidos_blob_id(s: &str) -> Result<(), String> {
     let ok = s.len() == 64 && s.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b));
     if ok { Ok(()) } else { Err(format!("{s:?} is not a blob id")) }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use aidos_api::v1::command_v1::Command;
+    use aidos_api::v1::*;
+
+    fn apply(st: &mut ClusterState, c: Command) -> CommandResultV1 {
+        st.apply(&CommandV1 { now_ms: 1, command: Some(c) }, &mut Dirty::default())
+    }
+
+    fn model(name: &str) -> Command {
+        Command::RegisterModel(RegisterModelRequest {
+            model: Some(ModelVersion { name: name.into(), weights_blob: "a".repeat(64), ..Default::default() }),
+            ..Default::default()
+        })
+    }
+
+    #[test]
+    fn versions_aliases_and_fenced_metrics() {
+        let mut st = ClusterState::default();
+        assert_eq!(apply(&mut st, model("m")).model.unwrap().version, 1);
+        assert_eq!(apply(&mut st, model("m")).model.unwrap().version, 2);
+        let bad = apply(&mut st, model("../m"));
+        assert!(bad.error.contains("model.name"), "{}", bad.error);
+        let alias = |v| Command::SetAlias(SetAliasRequest { name: "m".into(), alias: "prod".into(), version: v });
+        apply(&mut st, alias(1));
+        apply(&mut st, alias(2));
+        assert_eq!(st.model("m", 0, "prod").unwrap().version, 2, "an alias names one version");
+        assert!(st.model("m", 1, "").unwrap().aliases.is_empty());
+        assert_eq!(apply(&mut st, alias(9)).error_code, tonic::Code::NotFound as u32);
+
+        // Metrics from an attempt that is not current are refused like any stale report.
+        let r = apply(
+            &mut st,
+            Command::ReportMetrics(ReportMetricsRequest {
+                worker_id: "w".into(),
+                attempt: Some(AttemptRef { job_id: "job-1".into(), rank: 0, attempt: 1, fencing_token: 1 }),
+                points: vec![MetricPoint { step: 1, name: "loss".into(), value: 1.0, ..Default::default() }],
+                ..Default::default()
+            }),
+        );
+        assert_eq!(r.error_code, tonic::Code::NotFound as u32, "{r:?}");
+        assert!(st.runs.is_empty());
+    }
 }
