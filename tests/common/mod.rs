@@ -120,7 +120,7 @@ pub async fn start_cluster(n: u64) -> Cluster {
             "--data-dir".into(),
             data.display().to_string(),
             "--worker-timeout-ms".into(),
-            "2500".into(),
+            "5000".into(),
             "--heartbeat-interval-ms".into(),
             "250".into(),
         ];

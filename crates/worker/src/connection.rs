@@ -29,7 +29,8 @@ use crate::WorkerError;
 pub const RPC_TIMEOUT: Duration = Duration::from_secs(5);
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 pub const BACKOFF_MIN: Duration = Duration::from_millis(100);
-pub const BACKOFF_MAX: Duration = Duration::from_secs(2);
+/// Capped low: a worker must find a new leader well within the heartbeat timeout (5 s by default).
+pub const BACKOFF_MAX: Duration = Duration::from_millis(500);
 
 /// `host:port` → `http://host:port`; keeps an explicit scheme; strips a trailing `/`.
 pub fn normalize_addr(addr: &str) -> String {
@@ -307,7 +308,7 @@ mod tests {
     fn backoff_grows_and_caps() {
         let mut b = Backoff::default();
         let d: Vec<_> = (0..7).map(|_| b.next_delay().as_millis()).collect();
-        assert_eq!(d, vec![100, 200, 400, 800, 1600, 2000, 2000]);
+        assert_eq!(d, vec![100, 200, 400, 500, 500, 500, 500]);
         b.reset();
         assert_eq!(b.next_delay().as_millis(), 100);
     }
