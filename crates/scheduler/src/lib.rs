@@ -79,6 +79,9 @@ impl SchedulerConfig {
     }
 }
 
+/// Concurrent HTTP/2 streams one client connection may hold (bounds a worker's concurrent log streams too).
+pub const MAX_STREAMS_PER_CONNECTION: u32 = 4096;
+
 /// A running scheduler node.
 pub struct SchedulerNode {
     local_addr: SocketAddr,
@@ -143,6 +146,10 @@ impl SchedulerNode {
         let big = network::MAX_RAFT_MESSAGE;
         let server = tonic::transport::Server::builder()
             .tcp_nodelay(true)
+            // A worker keeps one ReportLogs stream per running attempt on its single connection, beside its
+            // heartbeats and status reports. hyper's default of 200 concurrent streams per connection let a busy
+            // worker's log streams starve its heartbeats (it was then declared lost).
+            .max_concurrent_streams(MAX_STREAMS_PER_CONNECTION)
             .add_service(RaftServiceServer::new(grpc::raft::RaftRpc(core.clone())).max_decoding_message_size(big))
             .add_service(JobServiceServer::new(grpc::jobs::Jobs(core.clone())).max_decoding_message_size(16 << 20))
             .add_service(WorkerServiceServer::new(grpc::workers::Workers(core.clone())))
