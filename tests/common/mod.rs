@@ -92,7 +92,7 @@ pub fn dump_logs(c: &Cluster) {
         eprintln!("===== node {id} =====\n{}", tail(&p.output(), 60));
     }
     for (id, p) in &c.workers {
-        eprintln!("===== worker {id} =====\n{}", tail(&p.output(), 40));
+        eprintln!("===== worker {id} =====\n{}", tail(&p.output(), 400));
     }
 }
 

@@ -14,6 +14,8 @@ use crate::placement::{ClusterView, PendingJob, Strategy, WorkerView, schedule};
 use crate::state::ClusterState;
 
 const WAITING: &str = "waiting for free resources";
+/// After a leader change, workers get this many heartbeat timeouts before they can be declared lost.
+pub const TAKEOVER_GRACE_TIMEOUTS: u32 = 3;
 /// Least time between two placement rounds.
 const MIN_ROUND_GAP: Duration = Duration::from_millis(50);
 /// Bounds one reasons command (and so one Raft entry).
@@ -202,8 +204,9 @@ pub async fn run_placement(core: Arc<Core>, mut stop: watch::Receiver<bool>) {
     }
 }
 
-/// Declares workers lost when they miss their heartbeat deadline. A new leader first gives every worker a full
-/// timeout of grace, since heartbeats sent to the old leader are not in its memory.
+/// Declares workers lost when they miss their heartbeat deadline. A new leader first gives every worker
+/// [`TAKEOVER_GRACE_TIMEOUTS`] timeouts of grace, since heartbeats sent to the old leader are not in its memory and a
+/// busy worker needs time to find the new one.
 pub async fn run_liveness(core: Arc<Core>, mut stop: watch::Receiver<bool>) {
     let mut leading = false;
     loop {
@@ -220,8 +223,14 @@ pub async fn run_liveness(core: Arc<Core>, mut stop: watch::Receiver<bool>) {
             let a = core.state.read().expect("state lock");
             let mut live = core.liveness.lock().expect("liveness lock");
             if !leading {
+                // Takeover grace: every worker gets TAKEOVER_GRACE_TIMEOUTS timeouts from now (a last-seen time in
+                // the future) to notice the failover, wait out the election and find this leader.
                 leading = true;
                 live.clear();
+                let extra = core.cfg.worker_timeout * (TAKEOVER_GRACE_TIMEOUTS - 1);
+                for w in a.state.workers.values().filter(|w| w.state == WorkerState::Ready as i32) {
+                    live.insert(w.id.clone(), now + extra);
+                }
             }
             a.state
                 .workers
@@ -229,7 +238,7 @@ pub async fn run_liveness(core: Arc<Core>, mut stop: watch::Receiver<bool>) {
                 .filter(|w| w.state == WorkerState::Ready as i32)
                 .filter_map(|w| {
                     let seen = *live.entry(w.id.clone()).or_insert(now);
-                    let silent = now.duration_since(seen);
+                    let silent = now.saturating_duration_since(seen);
                     (silent > core.cfg.worker_timeout).then(|| (w.id.clone(), silent))
                 })
                 .collect()
