@@ -1,6 +1,7 @@
 //! The aidos wire protocol, compiled once from `proto/`, plus the spec format users write (TOML) and its
 //! validation. Every process talks to every other through these types.
 
+pub mod contract;
 pub mod spec;
 
 /// Generated protobuf and tonic types for `aidos.v1`.

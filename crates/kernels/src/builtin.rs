@@ -38,11 +38,11 @@ use crate::error::KernelError;
 use crate::eval::{evaluate, load_model};
 use crate::train::{TrainHooks, train};
 
-pub const ENV_TRAIN_DATASET: &str = "AIDOS_TRAIN_DATASET";
-pub const ENV_TRAIN_CONFIG: &str = "AIDOS_TRAIN_CONFIG";
-pub const ENV_TRAIN_REGISTER_AS: &str = "AIDOS_TRAIN_REGISTER_AS";
-pub const ENV_TRAIN_SPLIT: &str = "AIDOS_TRAIN_SPLIT";
-pub const ENV_EVAL_SPLIT: &str = "AIDOS_EVAL_SPLIT";
+pub const ENV_TRAIN_DATASET: &str = aidos_api::contract::task_env::TRAIN_DATASET;
+pub const ENV_TRAIN_CONFIG: &str = aidos_api::contract::task_env::TRAIN_CONFIG;
+pub const ENV_TRAIN_REGISTER_AS: &str = aidos_api::contract::task_env::TRAIN_REGISTER_AS;
+pub const ENV_TRAIN_SPLIT: &str = aidos_api::contract::task_env::TRAIN_SPLIT;
+pub const ENV_EVAL_SPLIT: &str = aidos_api::contract::task_env::EVAL_SPLIT;
 
 /// Prefix of the machine-readable progress lines on stdout.
 pub const PROGRESS_PREFIX: &str = "AIDOS_PROGRESS ";

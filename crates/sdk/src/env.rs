@@ -2,19 +2,20 @@
 
 use std::path::PathBuf;
 
+use aidos_api::contract::task_env;
 use aidos_api::v1::AttemptRef;
 
 use crate::error::{Result, SdkError};
 
-pub const ENV_JOB_ID: &str = "AIDOS_JOB_ID";
-pub const ENV_RANK: &str = "AIDOS_RANK";
-pub const ENV_WORLD_SIZE: &str = "AIDOS_WORLD_SIZE";
-pub const ENV_ATTEMPT: &str = "AIDOS_ATTEMPT";
-pub const ENV_FENCING_TOKEN: &str = "AIDOS_FENCING_TOKEN";
-pub const ENV_WORKER_ID: &str = "AIDOS_WORKER_ID";
-pub const ENV_SCHEDULER: &str = "AIDOS_SCHEDULER";
-pub const ENV_WORK_DIR: &str = "AIDOS_WORK_DIR";
-pub const ENV_BLOB_DIR: &str = "AIDOS_BLOB_DIR";
+pub const ENV_JOB_ID: &str = task_env::JOB_ID;
+pub const ENV_RANK: &str = task_env::RANK;
+pub const ENV_WORLD_SIZE: &str = task_env::WORLD_SIZE;
+pub const ENV_ATTEMPT: &str = task_env::ATTEMPT;
+pub const ENV_FENCING_TOKEN: &str = task_env::FENCING_TOKEN;
+pub const ENV_WORKER_ID: &str = task_env::WORKER_ID;
+pub const ENV_SCHEDULER: &str = task_env::SCHEDULER;
+pub const ENV_WORK_DIR: &str = task_env::WORK_DIR;
+pub const ENV_BLOB_DIR: &str = task_env::BLOB_DIR;
 
 /// The parsed task environment: who this process is (job, rank, attempt, fencing token, worker) and where the
 /// cluster is (schedulers, blob store, working directory).

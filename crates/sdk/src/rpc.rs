@@ -24,27 +24,7 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 const BACKOFF_MIN: Duration = Duration::from_millis(100);
 const BACKOFF_MAX: Duration = Duration::from_secs(2);
 
-/// `host:port` → `http://host:port`; keeps an explicit scheme; strips a trailing `/`.
-pub fn normalize_addr(addr: &str) -> String {
-    let a = addr.trim().trim_end_matches('/');
-    if a.starts_with("http://") || a.starts_with("https://") { a.to_string() } else { format!("http://{a}") }
-}
-
-/// Whether retrying (possibly on another node) may help.
-pub fn is_retryable(code: Code) -> bool {
-    !matches!(
-        code,
-        Code::FailedPrecondition
-            | Code::NotFound
-            | Code::InvalidArgument
-            | Code::AlreadyExists
-            | Code::PermissionDenied
-            | Code::Unauthenticated
-            | Code::Unimplemented
-            | Code::OutOfRange
-            | Code::Ok
-    )
-}
+pub use aidos_api::contract::{is_retryable, normalize_addr};
 
 pub(crate) struct Conn {
     addrs: Vec<String>,

@@ -11,7 +11,7 @@
 //! - Only the caller that observed a failure on the *current* address moves the cursor; concurrent
 //!   failures against an address that was already abandoned do not rotate twice.
 //! - Retryable errors (anything that may go away with a new leader or a moment's patience) are retried
-//!   with backoff 100 ms → 2 s; the rest are returned to the caller ([`is_retryable`]).
+//!   with backoff 100 ms → 500 ms; the rest are returned to the caller ([`is_retryable`]).
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -32,27 +32,7 @@ pub const BACKOFF_MIN: Duration = Duration::from_millis(100);
 /// Capped low: a worker must find a new leader well within the heartbeat timeout (5 s by default).
 pub const BACKOFF_MAX: Duration = Duration::from_millis(500);
 
-/// `host:port` → `http://host:port`; keeps an explicit scheme; strips a trailing `/`.
-pub fn normalize_addr(addr: &str) -> String {
-    let a = addr.trim().trim_end_matches('/');
-    if a.starts_with("http://") || a.starts_with("https://") { a.to_string() } else { format!("http://{a}") }
-}
-
-/// Whether an RPC error may succeed when retried (possibly against another node).
-pub fn is_retryable(code: Code) -> bool {
-    !matches!(
-        code,
-        Code::FailedPrecondition
-            | Code::NotFound
-            | Code::InvalidArgument
-            | Code::AlreadyExists
-            | Code::PermissionDenied
-            | Code::Unauthenticated
-            | Code::Unimplemented
-            | Code::OutOfRange
-            | Code::Ok
-    )
-}
+pub use aidos_api::contract::{is_retryable, normalize_addr};
 
 /// The leader address a follower put in the answer, if any.
 pub fn leader_hint(status: &Status) -> Option<String> {

@@ -22,6 +22,7 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
+use aidos_api::contract::task_env;
 use aidos_api::{AttemptRef, TaskAssignment, TaskState, TaskStatusReport, TrainSpec, job_spec};
 use tokio::sync::watch;
 use tokio::time::Instant;
@@ -147,11 +148,11 @@ pub fn train_env(t: &TrainSpec, job_name: &str, job_id: &str) -> Vec<(String, St
     let or = |v: &str, d: &str| if v.trim().is_empty() { d.to_string() } else { v.trim().to_string() };
     let default_name = if job_name.trim().is_empty() { job_id } else { job_name };
     vec![
-        ("AIDOS_TRAIN_DATASET".to_string(), t.dataset.trim().to_string()),
-        ("AIDOS_TRAIN_CONFIG".to_string(), t.config_json.clone()),
-        ("AIDOS_TRAIN_REGISTER_AS".to_string(), or(&t.register_as, default_name)),
-        ("AIDOS_TRAIN_SPLIT".to_string(), or(&t.train_split, "train")),
-        ("AIDOS_EVAL_SPLIT".to_string(), or(&t.eval_split, "test")),
+        (task_env::TRAIN_DATASET.to_string(), t.dataset.trim().to_string()),
+        (task_env::TRAIN_CONFIG.to_string(), t.config_json.clone()),
+        (task_env::TRAIN_REGISTER_AS.to_string(), or(&t.register_as, default_name)),
+        (task_env::TRAIN_SPLIT.to_string(), or(&t.train_split, "train")),
+        (task_env::EVAL_SPLIT.to_string(), or(&t.eval_split, "test")),
     ]
 }
 
@@ -182,15 +183,15 @@ pub fn task_env(
     extra.sort();
     env.extend(extra);
     env.extend([
-        ("AIDOS_JOB_ID".to_string(), aref.job_id.clone()),
-        ("AIDOS_RANK".to_string(), aref.rank.to_string()),
-        ("AIDOS_WORLD_SIZE".to_string(), a.world_size.to_string()),
-        ("AIDOS_ATTEMPT".to_string(), aref.attempt.to_string()),
-        ("AIDOS_FENCING_TOKEN".to_string(), aref.fencing_token.to_string()),
-        ("AIDOS_WORKER_ID".to_string(), worker_id.to_string()),
-        ("AIDOS_SCHEDULER".to_string(), schedulers.to_string()),
-        ("AIDOS_WORK_DIR".to_string(), workdir.display().to_string()),
-        ("AIDOS_BLOB_DIR".to_string(), blob_dir.display().to_string()),
+        (task_env::JOB_ID.to_string(), aref.job_id.clone()),
+        (task_env::RANK.to_string(), aref.rank.to_string()),
+        (task_env::WORLD_SIZE.to_string(), a.world_size.to_string()),
+        (task_env::ATTEMPT.to_string(), aref.attempt.to_string()),
+        (task_env::FENCING_TOKEN.to_string(), aref.fencing_token.to_string()),
+        (task_env::WORKER_ID.to_string(), worker_id.to_string()),
+        (task_env::SCHEDULER.to_string(), schedulers.to_string()),
+        (task_env::WORK_DIR.to_string(), workdir.display().to_string()),
+        (task_env::BLOB_DIR.to_string(), blob_dir.display().to_string()),
     ]);
     env
 }
@@ -529,7 +530,7 @@ mod tests {
                 payload: Some(job_spec::Payload::Process(ProcessSpec {
                     executable: "x".into(),
                     args: vec![],
-                    env: [("A".to_string(), "spec".to_string()), ("AIDOS_RANK".to_string(), "bogus".to_string())]
+                    env: [("A".to_string(), "spec".to_string()), (task_env::RANK.to_string(), "bogus".to_string())]
                         .into_iter()
                         .collect(),
                 })),

@@ -1,0 +1,47 @@
+//! Contracts shared by the processes that must agree on them: the task environment a worker gives every task
+//! (and the SDK / built-in trainer read), and how a scheduler client treats addresses and failures. One
+//! definition here, so the setting and the reading side cannot drift apart.
+
+/// The environment variables of every task (set by the worker, read by `aidos-sdk`).
+pub mod task_env {
+    pub const JOB_ID: &str = "AIDOS_JOB_ID";
+    pub const RANK: &str = "AIDOS_RANK";
+    pub const WORLD_SIZE: &str = "AIDOS_WORLD_SIZE";
+    pub const ATTEMPT: &str = "AIDOS_ATTEMPT";
+    pub const FENCING_TOKEN: &str = "AIDOS_FENCING_TOKEN";
+    pub const WORKER_ID: &str = "AIDOS_WORKER_ID";
+    /// Comma-separated scheduler addresses.
+    pub const SCHEDULER: &str = "AIDOS_SCHEDULER";
+    pub const WORK_DIR: &str = "AIDOS_WORK_DIR";
+    pub const BLOB_DIR: &str = "AIDOS_BLOB_DIR";
+    /// `train` jobs only (read by the built-in trainer).
+    pub const TRAIN_DATASET: &str = "AIDOS_TRAIN_DATASET";
+    pub const TRAIN_CONFIG: &str = "AIDOS_TRAIN_CONFIG";
+    pub const TRAIN_REGISTER_AS: &str = "AIDOS_TRAIN_REGISTER_AS";
+    pub const TRAIN_SPLIT: &str = "AIDOS_TRAIN_SPLIT";
+    pub const EVAL_SPLIT: &str = "AIDOS_EVAL_SPLIT";
+}
+
+/// `host:port` → `http://host:port`; keeps an explicit scheme; strips a trailing `/`.
+pub fn normalize_addr(addr: &str) -> String {
+    let a = addr.trim().trim_end_matches('/');
+    if a.starts_with("http://") || a.starts_with("https://") { a.to_string() } else { format!("http://{a}") }
+}
+
+/// Whether retrying a scheduler call (possibly on another node) may help: everything but answers that name a
+/// problem with the request itself.
+pub fn is_retryable(code: tonic::Code) -> bool {
+    use tonic::Code;
+    !matches!(
+        code,
+        Code::FailedPrecondition
+            | Code::NotFound
+            | Code::InvalidArgument
+            | Code::AlreadyExists
+            | Code::PermissionDenied
+            | Code::Unauthenticated
+            | Code::Unimplemented
+            | Code::OutOfRange
+            | Code::Ok
+    )
+}
