@@ -187,7 +187,14 @@ impl Connection {
         let mut redirects = 0u32;
         loop {
             let (addr, client) = self.client();
-            match f(client).await {
+            // The deadline set by `request` is only a header for the server: enforce it here too, so a call stuck
+            // on a dead leader's connection fails (as a transport error: the channel is dropped and the next
+            // address tried) instead of hanging until the leader's grace runs out.
+            let res = match tokio::time::timeout(RPC_TIMEOUT, f(client)).await {
+                Ok(r) => r,
+                Err(_) => Err(Status::unavailable(format!("transport: no answer within {RPC_TIMEOUT:?}"))),
+            };
+            match res {
                 Ok(resp) => {
                     if failures > 0 {
                         tracing::info!("{what}: succeeded against {addr} after {failures} failed tries");
