@@ -10,6 +10,7 @@ pub mod plot;
 pub mod progress;
 pub mod render;
 pub mod run;
+pub mod serve;
 pub mod server;
 pub mod train;
 pub mod up;
@@ -42,8 +43,8 @@ pub struct Global {
         default_value = aidos_api::DEFAULT_SCHEDULER_ADDR
     )]
     pub scheduler: Vec<String>,
-    /// Output format: aligned columns for people, or one JSON document
-    #[arg(short, long, env = "AIDOS_OUTPUT", global = true, help_heading = "Global options", value_enum, default_value_t = Output::Table)]
+    /// Output format: aligned columns for people, or one JSON document (before the command: `aidos -o json job list`)
+    #[arg(short, long, env = "AIDOS_OUTPUT", help_heading = "Global options", value_enum, default_value_t = Output::Table)]
     pub output: Output,
     /// Log filter, e.g. `info`, `debug` or `aidos_scheduler=debug` (default: RUST_LOG, else info for servers and
     /// warn for client commands)
@@ -91,6 +92,11 @@ pub enum Command {
     /// The model registry: versions, aliases, lineage, evaluation
     #[command(subcommand)]
     Model(model::ModelCmd),
+    /// Model servers: Open Inference Protocol (KServe v2) over HTTP and gRPC with dynamic batching
+    #[command(subcommand)]
+    Serve(serve::ServeCmd),
+    /// Send one inference request to a model server's HTTP front and print the outputs
+    Infer(serve::InferArgs),
     /// Load generators for measuring the control plane
     #[command(subcommand)]
     Bench(bench::BenchCmd),
@@ -106,7 +112,7 @@ pub enum Command {
 impl Command {
     /// Long-running daemons log at info by default; client commands stay quiet.
     pub fn is_daemon(&self) -> bool {
-        matches!(self, Command::Up(_) | Command::Server(_) | Command::Worker(_))
+        matches!(self, Command::Up(_) | Command::Server(_) | Command::Worker(_) | Command::Serve(_))
     }
 }
 
@@ -138,6 +144,8 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Train(a) => train::run(&g, a).await,
         Command::Run(c) => run::run(&g, c).await,
         Command::Model(c) => model::run(&g, c).await,
+        Command::Serve(c) => serve::run(&g, c).await,
+        Command::Infer(a) => serve::infer(&g, a).await,
         // Dispatched in main before any runtime starts; reaching here means it was not first on the line.
         Command::TaskShim { .. } => anyhow::bail!("task-shim must be the first argument"),
     }

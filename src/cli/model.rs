@@ -34,6 +34,51 @@ pub enum ModelCmd {
     Pull(PullArgs),
     /// Evaluate a version on a dataset split: accuracy, per-class precision/recall, confusion matrix
     Eval(EvalArgs),
+    /// Export a version to ONNX (opset 17, dynamic batch, preprocessing included) and store it beside the version
+    Export(ExportArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct ExportArgs {
+    /// NAME, NAME:VERSION or NAME@ALIAS
+    pub model: String,
+    /// Output format (only onnx)
+    #[arg(long, env = "AIDOS_EXPORT_FORMAT", default_value = "onnx")]
+    pub format: String,
+    /// Where to write the file
+    #[arg(short = 'o', long = "output", env = "AIDOS_EXPORT_OUTPUT")]
+    pub file: PathBuf,
+    /// Weight quantization: none, or int8 (per-channel symmetric weights, ~4x smaller)
+    #[arg(long, env = "AIDOS_EXPORT_QUANTIZE", default_value = "none")]
+    pub quantize: String,
+    /// Do not store the file in the blob store and record it as an artifact of the version
+    #[arg(long, env = "AIDOS_EXPORT_NO_STORE")]
+    pub no_store: bool,
+}
+
+/// Artifact key of an export (`onnx`, `onnx-int8`).
+pub fn artifact_key(q: aidos_kernels::onnx::Quantize) -> &'static str {
+    match q {
+        aidos_kernels::onnx::Quantize::None => "onnx",
+        aidos_kernels::onnx::Quantize::Int8 => "onnx-int8",
+    }
+}
+
+/// Exports a registry version to ONNX bytes (preprocessing baked in, registry identity in the metadata).
+pub fn export_onnx(m: &ModelVersion, store: &dyn BlobStore, q: aidos_kernels::onnx::Quantize) -> anyhow::Result<Vec<u8>> {
+    let loaded = load(m, store)?;
+    let cfg: serde_json::Value = serde_json::from_str(&m.config).unwrap_or_default();
+    let opts = aidos_kernels::onnx::ExportOptions {
+        preprocess: Some(aidos_kernels::builtin::Standardization { mean: loaded.mean as f64, std: loaded.std as f64 }),
+        quantize: q,
+        graph_name: m.name.clone(),
+        metadata: vec![
+            ("aidos.model".into(), format!("{}:{}", m.name, m.version)),
+            ("aidos.weights_blob".into(), m.weights_blob.clone()),
+            ("aidos.input_shape".into(), cfg["input_shape"].to_string()),
+        ],
+    };
+    Ok(aidos_kernels::onnx::export(&loaded.model, &opts)?)
 }
 
 #[derive(Args, Debug)]
@@ -200,6 +245,40 @@ pub async fn run(g: &Global, cmd: ModelCmd) -> anyhow::Result<()> {
             std::fs::write(a.dir.join("weights.bin"), &*weights)?;
             std::fs::write(a.dir.join("model.json"), serde_json::to_vec_pretty(&model_json(&m))?)?;
             println!("pulled {}:{} into {} (weights.bin, model.json)", m.name, m.version, a.dir.display());
+        }
+        ModelCmd::Export(a) => {
+            anyhow::ensure!(a.format == "onnx", "--format {}: only onnx is supported", a.format);
+            let q: aidos_kernels::onnx::Quantize = a.quantize.parse()?;
+            let m = get_model(&mut client, &a.model).await?;
+            let store = blob_store(g)?;
+            let (mv, st) = (m.clone(), store.clone());
+            let bytes = tokio::task::spawn_blocking(move || export_onnx(&mv, &st, q)).await??;
+            std::fs::write(&a.file, &bytes).map_err(|e| anyhow::anyhow!("writing {}: {e}", a.file.display()))?;
+            let mut stored = String::new();
+            if !a.no_store {
+                let id = store.put(&bytes)?;
+                let key = artifact_key(q);
+                client
+                    .models(|mut c| {
+                        let req = aidos_api::SetArtifactRequest {
+                            name: m.name.clone(),
+                            version: m.version,
+                            key: key.into(),
+                            blob: id.to_string(),
+                        };
+                        async move { c.set_artifact(req).await.map(|r| r.into_inner()) }
+                    })
+                    .await
+                    .map_err(|e| status_error(e, ""))?;
+                stored = format!("; recorded as artifact `{key}` of {}:{} ({id})", m.name, m.version);
+            }
+            if g.output == Output::Json {
+                print_json(&json!({"model": format!("{}:{}", m.name, m.version), "file": a.file, "bytes": bytes.len(),
+                                   "quantize": a.quantize, "stored": !a.no_store}));
+            } else {
+                println!("exported {}:{} to {} ({} bytes, ONNX opset {}){stored}", m.name, m.version, a.file.display(),
+                         bytes.len(), aidos_kernels::onnx::OPSET);
+            }
         }
         ModelCmd::Eval(a) => {
             let m = get_model(&mut client, &a.model).await?;

@@ -17,6 +17,8 @@ pub mod data;
 mod error;
 pub mod eval;
 pub mod model;
+pub mod onnx;
+pub mod runtime;
 mod rng;
 pub mod train;
 

@@ -113,4 +113,8 @@ impl Forwarder {
     pub async fn set_alias(&self, r: SetAliasRequest) -> Result<ModelVersion, SchedulerError> {
         Ok(self.models().set_alias(r).await.map_err(remote)?.into_inner())
     }
+
+    pub async fn set_artifact(&self, r: SetArtifactRequest) -> Result<ModelVersion, SchedulerError> {
+        Ok(self.models().set_artifact(r).await.map_err(remote)?.into_inner())
+    }
 }

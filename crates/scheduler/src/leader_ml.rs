@@ -114,4 +114,9 @@ impl LeaderHandler {
         let res = self.core.propose(Command::SetAlias(r)).await?;
         res.model.ok_or_else(|| SchedulerError::Raft("alias answered without a model".into()))
     }
+
+    pub async fn set_artifact(&self, r: SetArtifactRequest) -> Result<ModelVersion, SchedulerError> {
+        let res = self.core.propose(Command::SetArtifact(r)).await?;
+        res.model.ok_or_else(|| SchedulerError::Raft("artifact answered without a model".into()))
+    }
 }

@@ -10,7 +10,7 @@
 
 use aidos_api::v1::{
     CommandResultV1, CommitDatasetRequest, DatasetManifest, ModelVersion, RecordCheckpointRequest,
-    RegisterModelRequest, ReportMetricsRequest, Run, SetAliasRequest,
+    RegisterModelRequest, ReportMetricsRequest, Run, SetAliasRequest, SetArtifactRequest,
 };
 
 use crate::state::{ClusterState, Dirty, Refusal};
@@ -216,6 +216,26 @@ impl ClusterState {
         let m = &mut versions[r.version as usize - 1];
         m.aliases.push(r.alias.clone());
         m.aliases.sort();
+        dirty.ml.push(model_key(&m.name, m.version));
+        Ok(CommandResultV1 { model: Some(m.clone()), ..Default::default() })
+    }
+
+    pub(crate) fn set_artifact(
+        &mut self,
+        r: &SetArtifactRequest,
+        _now: i64,
+        dirty: &mut Dirty,
+    ) -> Result<CommandResultV1, Refusal> {
+        check_name("artifact key", &r.key)?;
+        if r.blob.is_empty() || r.blob.len() > 256 {
+            return Err(bad("artifact blob", "must be a blob id (1-256 characters)"));
+        }
+        let versions = self.models.get_mut(&r.name).ok_or_else(|| not_found(format!("model {} not found", r.name)))?;
+        if r.version == 0 || r.version as usize > versions.len() {
+            return Err(not_found(format!("model {} has no version {} (latest is {})", r.name, r.version, versions.len())));
+        }
+        let m = &mut versions[r.version as usize - 1];
+        m.artifacts.insert(r.key.clone(), r.blob.clone());
         dirty.ml.push(model_key(&m.name, m.version));
         Ok(CommandResultV1 { model: Some(m.clone()), ..Default::default() })
     }

@@ -192,6 +192,7 @@ impl ClusterState {
             Some(Command::RecordCheckpoint(r)) => self.record_checkpoint(r, now, dirty),
             Some(Command::RegisterModel(r)) => self.register_model(r, now, dirty),
             Some(Command::SetAlias(r)) => self.set_alias(r, now, dirty),
+            Some(Command::SetArtifact(r)) => self.set_artifact(r, now, dirty),
             None => Err(refuse(tonic::Code::InvalidArgument, "empty command")),
         };
         res.unwrap_or_else(|r| CommandResultV1 { error: r.message, error_code: r.code as u32, ..Default::default() })

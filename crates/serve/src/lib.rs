@@ -1,1 +1,97 @@
+//! aidos-serve: the model server.
+//!
+//! * [`repository::Repository`]: the loaded model versions, each behind a [`batcher::Batcher`] (dynamic
+//!   batching actor + N executor threads running a runtime [`aidos_runtime::Instance`]).
+//! * Fronts: Open Inference Protocol v2 over HTTP ([`http`], axum) and gRPC ([`grpc`], tonic), both checking
+//!   requests with [`protocol::prepare`]; Prometheus metrics ([`metrics`]).
+//! * [`start`] binds both listeners and serves until the returned handle is shut down.
+//!
+//! Runtimes are chosen by the caller (the binary wires tract, ort and the burn-native runtime of
+//! `aidos-kernels`); this crate links no burn and no scheduler.
 
+pub mod batcher;
+pub mod config;
+pub mod error;
+pub mod grpc;
+pub mod http;
+pub mod metrics;
+pub mod protocol;
+pub mod repository;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+pub use config::{BatchConfig, Limits, ServerConfig};
+pub use error::ServeError;
+pub use metrics::Metrics;
+pub use repository::{Repository, VersionPolicy};
+
+/// What both fronts share.
+pub struct ServerState {
+    pub repo: Arc<Repository>,
+    pub limits: Limits,
+    pub name: String,
+    /// Directory behind the repository load/unload API (Triton layout), if any.
+    pub model_dir: Option<PathBuf>,
+    /// Batching defaults for models loaded through the repository API.
+    pub defaults: BatchConfig,
+}
+
+/// A running server.
+pub struct RunningServer {
+    pub http: SocketAddr,
+    pub grpc: SocketAddr,
+    shutdown: tokio::sync::watch::Sender<bool>,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl RunningServer {
+    /// Stops accepting, lets in-flight requests finish, and returns when both fronts are down.
+    pub async fn shutdown(self) {
+        let _ = self.shutdown.send(true);
+        for t in self.tasks {
+            let _ = t.await;
+        }
+    }
+
+    /// Waits until a front stops (it only stops on error or shutdown).
+    pub async fn wait(&mut self) {
+        if let Some(t) = self.tasks.first_mut() {
+            let _ = t.await;
+        }
+    }
+}
+
+/// Binds `cfg.http` and `cfg.grpc` (port 0: any free port; the handle says which) and serves `state`.
+pub async fn start(cfg: &ServerConfig, state: Arc<ServerState>) -> std::io::Result<RunningServer> {
+    let http_l = tokio::net::TcpListener::bind(cfg.http).await?;
+    let grpc_l = tokio::net::TcpListener::bind(cfg.grpc).await?;
+    let (http, grpc) = (http_l.local_addr()?, grpc_l.local_addr()?);
+    let (tx, rx) = tokio::sync::watch::channel(false);
+    let stop = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
+        let _ = rx.wait_for(|v| *v).await;
+    };
+    let app = http::router(state.clone());
+    let rx1 = rx.clone();
+    let http_task = tokio::spawn(async move {
+        let l = http_l.tap_io(|s| {
+            let _ = s.set_nodelay(true);
+        });
+        if let Err(e) = axum::serve(l, app).with_graceful_shutdown(stop(rx1)).await {
+            tracing::error!(error = %e, "HTTP front stopped");
+        }
+    });
+    let svc = grpc::service(state);
+    let incoming = tonic::transport::server::TcpIncoming::from(grpc_l).with_nodelay(Some(true));
+    let grpc_task = tokio::spawn(async move {
+        if let Err(e) =
+            tonic::transport::Server::builder().add_service(svc).serve_with_incoming_shutdown(incoming, stop(rx)).await
+        {
+            tracing::error!(error = %e, "gRPC front stopped");
+        }
+    });
+    Ok(RunningServer { http, grpc, shutdown: tx, tasks: vec![http_task, grpc_task] })
+}
+
+use axum::serve::ListenerExt as _;

@@ -109,4 +109,11 @@ impl ModelService for Models {
             Route::Forward(f) => f.set_alias(r).await?,
         })
     }
+    async fn set_artifact(&self, r: Request<SetArtifactRequest>) -> Res<ModelVersion> {
+        let r = r.into_inner();
+        ok(match self.0.route()? {
+            Route::Leader(l) => l.set_artifact(r).await?,
+            Route::Forward(f) => f.set_artifact(r).await?,
+        })
+    }
 }

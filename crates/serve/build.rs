@@ -1,0 +1,11 @@
+//! Compiles the Open Inference Protocol's gRPC service (proto/kserve). protoc comes from protoc-bin-vendored.
+fn main() -> Result<(), Box<dyn std::error::Error>> {
+    let protoc = protoc_bin_vendored::protoc_bin_path()?;
+    // SAFETY: build scripts are single-threaded.
+    unsafe { std::env::set_var("PROTOC", protoc) };
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../proto");
+    let file = root.join("kserve/grpc_predict_v2.proto");
+    println!("cargo:rerun-if-changed={}", file.display());
+    tonic_prost_build::configure().compile_protos(&[file], &[root])?;
+    Ok(())
+}

@@ -1,0 +1,136 @@
+//! The gRPC front: `inference.GRPCInferenceService` (Open Inference Protocol v2), wire compatible with the
+//! published protocol (tritonclient.grpc works against it). Inputs come as `raw_input_contents` (what
+//! tritonclient sends) or typed `contents.fp32_contents`; outputs always go back as `raw_output_contents`, as
+//! Triton does.
+
+use std::sync::Arc;
+
+use tonic::{Request, Response, Status};
+
+use crate::ServerState;
+use crate::error::ServeError;
+use crate::protocol::{self, InputTensor};
+
+/// Generated from `proto/kserve/grpc_predict_v2.proto`.
+#[allow(clippy::all, missing_docs)]
+pub mod pb {
+    tonic::include_proto!("inference");
+}
+
+use pb::grpc_inference_service_server::{GrpcInferenceService, GrpcInferenceServiceServer};
+use pb::*;
+
+pub fn service(state: Arc<ServerState>) -> GrpcInferenceServiceServer<Front> {
+    let limit = state.limits.max_request_bytes;
+    GrpcInferenceServiceServer::new(Front { s: state })
+        .max_decoding_message_size(limit)
+        .max_encoding_message_size(limit)
+}
+
+pub struct Front {
+    s: Arc<ServerState>,
+}
+
+type R<T> = Result<Response<T>, Status>;
+
+#[tonic::async_trait]
+impl GrpcInferenceService for Front {
+    async fn server_live(&self, _: Request<ServerLiveRequest>) -> R<ServerLiveResponse> {
+        Ok(Response::new(ServerLiveResponse { live: true }))
+    }
+
+    async fn server_ready(&self, _: Request<ServerReadyRequest>) -> R<ServerReadyResponse> {
+        Ok(Response::new(ServerReadyResponse { ready: !self.s.repo.is_empty() }))
+    }
+
+    async fn model_ready(&self, r: Request<ModelReadyRequest>) -> R<ModelReadyResponse> {
+        let r = r.into_inner();
+        Ok(Response::new(ModelReadyResponse { ready: self.s.repo.resolve(&r.name, &r.version).is_ok() }))
+    }
+
+    async fn server_metadata(&self, _: Request<ServerMetadataRequest>) -> R<ServerMetadataResponse> {
+        Ok(Response::new(ServerMetadataResponse {
+            name: self.s.name.clone(),
+            version: env!("CARGO_PKG_VERSION").into(),
+            extensions: protocol::EXTENSIONS.iter().map(|s| s.to_string()).collect(),
+        }))
+    }
+
+    async fn model_metadata(&self, r: Request<ModelMetadataRequest>) -> R<ModelMetadataResponse> {
+        let r = r.into_inner();
+        let v = self.s.repo.resolve(&r.name, &r.version)?;
+        let m = v.batcher.metadata();
+        let t = |specs: &[aidos_runtime::TensorSpec]| {
+            specs
+                .iter()
+                .map(|t| model_metadata_response::TensorMetadata {
+                    name: t.name.clone(),
+                    datatype: t.datatype.as_str().into(),
+                    shape: t.shape.clone(),
+                })
+                .collect()
+        };
+        Ok(Response::new(ModelMetadataResponse {
+            name: r.name.clone(),
+            versions: self.s.repo.versions(&r.name).iter().map(u64::to_string).collect(),
+            platform: m.platform.clone(),
+            inputs: t(&m.inputs),
+            outputs: t(&m.outputs),
+        }))
+    }
+
+    async fn model_infer(&self, r: Request<ModelInferRequest>) -> R<ModelInferResponse> {
+        let r = r.into_inner();
+        let v = self.s.repo.resolve(&r.model_name, &r.model_version)?;
+        let raw = !r.raw_input_contents.is_empty();
+        if raw && r.raw_input_contents.len() != r.inputs.len() {
+            return Err(ServeError::InvalidInput(format!(
+                "{} raw_input_contents for {} inputs",
+                r.raw_input_contents.len(),
+                r.inputs.len()
+            ))
+            .into());
+        }
+        let mut inputs = Vec::with_capacity(r.inputs.len());
+        for (i, t) in r.inputs.into_iter().enumerate() {
+            let data = if raw {
+                let bytes = &r.raw_input_contents[i];
+                if bytes.len() > self.s.limits.max_tensor_bytes {
+                    return Err(ServeError::TooLarge(format!(
+                        "input `{}`: {} bytes of tensor data exceed the limit of {} bytes",
+                        t.name,
+                        bytes.len(),
+                        self.s.limits.max_tensor_bytes
+                    ))
+                    .into());
+                }
+                protocol::f32_from_le(&t.name, bytes)?
+            } else {
+                t.contents.map(|c| c.fp32_contents).unwrap_or_default()
+            };
+            inputs.push(InputTensor { name: t.name, datatype: t.datatype, shape: t.shape, data });
+        }
+        let meta = v.batcher.metadata();
+        let tensors = protocol::prepare(meta, inputs, &self.s.limits)?;
+        let names: Vec<String> = r.outputs.iter().map(|o| o.name.clone()).collect();
+        let selected = protocol::select_outputs(meta, &names)?;
+        let outputs = v.batcher.infer(tensors).await?;
+        let mut resp = ModelInferResponse {
+            model_name: r.model_name,
+            model_version: v.version.to_string(),
+            id: r.id,
+            ..Default::default()
+        };
+        for ix in selected {
+            let t = &outputs[ix];
+            resp.outputs.push(model_infer_response::InferOutputTensor {
+                name: meta.outputs[ix].name.clone(),
+                datatype: "FP32".into(),
+                shape: t.shape.iter().map(|d| *d as i64).collect(),
+                ..Default::default()
+            });
+            resp.raw_output_contents.push(protocol::f32_to_le(&t.data));
+        }
+        Ok(Response::new(resp))
+    }
+}
