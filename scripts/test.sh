@@ -9,13 +9,21 @@ if ! command -v cargo >/dev/null 2>&1; then
     exit 1
 fi
 
-# ---- Python environment for tests: none needed yet -------------------------------------------------------------
-# When tests start needing Python (kernels, serving), create the venv here, e.g.:
-#   python3 -m venv .venv
-#   .venv/bin/pip install --upgrade pip
-#   .venv/bin/pip install -r requirements-test.txt
-#   export AIDOS_PYTHON="$PWD/.venv/bin/python"
+# ---- Python environment for interop tests (tritonclient, onnx, onnxruntime from PyPI) -------------------------
+# Reused when requirements-test.txt has not changed since it was installed.
+if [[ ! -x .venv/bin/python ]] || ! cmp -s requirements-test.txt .venv/.aidos-requirements; then
+    python3 -m venv .venv
+    .venv/bin/pip install --quiet --upgrade pip
+    .venv/bin/pip install --quiet -r requirements-test.txt
+    cp requirements-test.txt .venv/.aidos-requirements
+fi
+export AIDOS_PYTHON="$PWD/.venv/bin/python"
+# ONNX Runtime's shared library from the onnxruntime wheel, for the `ort` runtime (load-dynamic).
+ORT_DYLIB_PATH="$(ls "$PWD"/.venv/lib/python3*/site-packages/onnxruntime/capi/libonnxruntime.so* | head -n1)"
+export ORT_DYLIB_PATH
 # -----------------------------------------------------------------------------------------------------------------
 
 cargo build --bin aidos
 cargo test --workspace --all-targets
+# The serving conformance suite once more with the ONNX Runtime backend compiled in (it then must pass on ort too).
+cargo test --features ort --test serving

@@ -77,7 +77,9 @@ async fn start_server(fx: &Fixture, limits: Limits) -> (RunningServer, Vec<Strin
                 repo.load("mnist-ort", 1, RuntimeKind::Ort, Arc::from(ort), batch.clone()).unwrap();
                 names.push("mnist-ort".to_string());
             }
-            Err(e) => eprintln!("ort runtime not tested: {e}"),
+            // Built with the ort feature and given a library: the ort runtime must work.
+            Err(e) if cfg!(feature = "ort") => panic!("ort runtime failed to load: {e}"),
+            Err(e) => eprintln!("ort runtime not tested (build with --features ort): {e}"),
         }
     }
     let cfg = ServerConfig {
