@@ -1,10 +1,12 @@
 //! Dynamic batching as an actor.
 //!
-//! One task (the *queue owner*) owns the waiting requests; callers hold only a channel sender and a oneshot
+//! One thread (the *queue owner*) owns the waiting requests; callers hold only a channel sender and a oneshot
 //! receiver for their answer. N executor threads each own one runtime [`Instance`] and run one batch at a time.
+//! The queue owner is a thread, not an async task, because `max_queue_delay` is typically a few hundred
+//! microseconds and tokio's timer rounds to milliseconds; a blocking `recv_timeout` keeps the delay exact.
 //!
 //! How a batch forms:
-//! 1. The queue owner waits for a request, then for a free executor (a semaphore permit, one per executor).
+//! 1. The queue owner waits for a request, then for a free executor (an idle token, one per executor).
 //!    While it waits, requests pile up in the channel, so under load batches fill at once.
 //! 2. It takes everything already waiting, then keeps collecting until the batch holds `max_batch_size` rows,
 //!    or it holds a preferred batch size and nothing else is waiting, or `max_queue_delay` has passed since the
@@ -28,7 +30,7 @@ use std::sync::{Arc, Mutex, mpsc as std_mpsc};
 use std::time::Instant;
 
 use aidos_runtime::{Instance, ModelMetadata, ModelRuntime, Tensor};
-use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, oneshot};
+use tokio::sync::oneshot;
 
 use crate::config::BatchConfig;
 use crate::error::ServeError;
@@ -47,13 +49,12 @@ struct Request {
 struct Job {
     batch: Vec<Request>,
     rows: usize,
-    _permit: OwnedSemaphorePermit,
 }
 
 /// The batching front of one model version.
 pub struct Batcher {
     model: String,
-    tx: mpsc::UnboundedSender<Request>,
+    tx: std_mpsc::Sender<Request>,
     depth: Arc<AtomicUsize>,
     cfg: BatchConfig,
     meta: ModelMetadata,
@@ -61,7 +62,7 @@ pub struct Batcher {
 }
 
 impl Batcher {
-    /// Starts the queue owner and `cfg.instances` executor threads. Must be called inside a tokio runtime.
+    /// Starts the queue-owner thread and `cfg.instances` executor threads.
     pub fn start(
         model: &str,
         runtime: Arc<dyn ModelRuntime>,
@@ -72,19 +73,24 @@ impl Batcher {
         let meta = runtime.metadata().clone();
         let (work_tx, work_rx) = std_mpsc::sync_channel::<Job>(cfg.instances);
         let work_rx = Arc::new(Mutex::new(work_rx));
+        let (idle_tx, idle_rx) = std_mpsc::channel::<()>();
+        let spawn_err = |e: std::io::Error| ServeError::Unavailable(model.into(), format!("cannot start a thread: {e}"));
         for i in 0..cfg.instances {
             let instance = runtime.instance()?;
-            let rx = work_rx.clone();
-            let m = metrics.clone();
+            let (rx, idle, m) = (work_rx.clone(), idle_tx.clone(), metrics.clone());
+            let _ = idle_tx.send(());
             std::thread::Builder::new()
                 .name(format!("infer-{model}-{i}"))
-                .spawn(move || executor(instance, rx, m))
-                .map_err(|e| ServeError::Unavailable(model.into(), format!("cannot start executor: {e}")))?;
+                .spawn(move || executor(instance, rx, idle, m))
+                .map_err(spawn_err)?;
         }
-        let (tx, rx) = mpsc::unbounded_channel();
+        let (tx, rx) = std_mpsc::channel();
         let depth = Arc::new(AtomicUsize::new(0));
-        let permits = Arc::new(Semaphore::new(cfg.instances));
-        tokio::spawn(queue_owner(rx, work_tx, permits, depth.clone(), cfg.clone(), metrics.clone()));
+        let (d, c, m) = (depth.clone(), cfg.clone(), metrics.clone());
+        std::thread::Builder::new()
+            .name(format!("queue-{model}"))
+            .spawn(move || queue_owner(rx, work_tx, idle_rx, idle_tx, d, c, m))
+            .map_err(spawn_err)?;
         Ok(Batcher { model: model.into(), tx, depth, cfg, meta, metrics })
     }
 
@@ -157,14 +163,16 @@ fn prune(pending: &mut VecDeque<Request>, now: Instant) -> usize {
     before - pending.len()
 }
 
-async fn queue_owner(
-    mut rx: mpsc::UnboundedReceiver<Request>,
+fn queue_owner(
+    rx: std_mpsc::Receiver<Request>,
     work: std_mpsc::SyncSender<Job>,
-    permits: Arc<Semaphore>,
+    idle: std_mpsc::Receiver<()>,
+    idle_back: std_mpsc::Sender<()>,
     depth: Arc<AtomicUsize>,
     cfg: BatchConfig,
     metrics: ModelMetrics,
 ) {
+    use std_mpsc::RecvTimeoutError;
     let mut pending: VecDeque<Request> = VecDeque::new();
     let mut open = true;
     loop {
@@ -172,30 +180,43 @@ async fn queue_owner(
             if !open {
                 return;
             }
-            match rx.recv().await {
-                Some(r) => pending.push_back(r),
-                None => return,
+            match rx.recv() {
+                Ok(r) => pending.push_back(r),
+                Err(_) => return,
             }
         }
-        let permit = permits.clone().acquire_owned().await.expect("semaphore is never closed");
+        // A free executor; requests keep arriving in the channel meanwhile.
+        if idle.recv().is_err() {
+            return; // every executor is gone
+        }
         while let Ok(r) = rx.try_recv() {
             pending.push_back(r);
         }
         let mut dropped = prune(&mut pending, Instant::now());
         if let Some(first) = pending.front() {
-            let flush_at = (first.arrived + cfg.max_queue_delay).into();
+            let flush_at = first.arrived + cfg.max_queue_delay;
             loop {
                 let rows: usize = pending.iter().map(|r| r.rows).sum();
                 if rows >= cfg.max_batch_size || !open {
                     break;
                 }
-                if cfg.preferred_batch_sizes.contains(&rows) && rx.is_empty() {
+                if cfg.preferred_batch_sizes.contains(&rows) {
+                    match rx.try_recv() {
+                        Ok(r) => {
+                            pending.push_back(r);
+                            continue;
+                        }
+                        Err(_) => break,
+                    }
+                }
+                let now = Instant::now();
+                if now >= flush_at {
                     break;
                 }
-                match tokio::time::timeout_at(flush_at, rx.recv()).await {
-                    Ok(Some(r)) => pending.push_back(r),
-                    Ok(None) => open = false,
-                    Err(_) => break,
+                match rx.recv_timeout(flush_at - now) {
+                    Ok(r) => pending.push_back(r),
+                    Err(RecvTimeoutError::Timeout) => break,
+                    Err(RecvTimeoutError::Disconnected) => open = false,
                 }
             }
             dropped += prune(&mut pending, Instant::now());
@@ -213,19 +234,25 @@ async fn queue_owner(
         let left = depth.fetch_sub(batch.len() + dropped, Ordering::AcqRel) - batch.len() - dropped;
         metrics.depth.set(left as i64);
         if batch.is_empty() {
+            let _ = idle_back.send(()); // the executor stays free
             continue;
         }
         let now = Instant::now();
         for r in &batch {
             metrics.queue.observe((now - r.arrived).as_secs_f64());
         }
-        if work.send(Job { batch, rows, _permit: permit }).is_err() {
+        if work.send(Job { batch, rows }).is_err() {
             return; // every executor died; callers see their oneshot dropped
         }
     }
 }
 
-fn executor(mut instance: Box<dyn Instance>, rx: Arc<Mutex<std_mpsc::Receiver<Job>>>, metrics: ModelMetrics) {
+fn executor(
+    mut instance: Box<dyn Instance>,
+    rx: Arc<Mutex<std_mpsc::Receiver<Job>>>,
+    idle: std_mpsc::Sender<()>,
+    metrics: ModelMetrics,
+) {
     loop {
         let job = {
             let rx = rx.lock().unwrap_or_else(|p| p.into_inner());
@@ -237,6 +264,7 @@ fn executor(mut instance: Box<dyn Instance>, rx: Arc<Mutex<std_mpsc::Receiver<Jo
         // Callers may have left while the batch waited for this thread.
         let mut batch: Vec<Request> = job.batch.into_iter().filter(|r| !r.reply.is_closed()).collect();
         if batch.is_empty() {
+            let _ = idle.send(());
             continue;
         }
         let rows: usize = if batch.len() == 1 { batch[0].rows } else { batch.iter().map(|r| r.rows).sum() };
@@ -258,6 +286,7 @@ fn executor(mut instance: Box<dyn Instance>, rx: Arc<Mutex<std_mpsc::Receiver<Jo
                 }
             }
         }
+        let _ = idle.send(());
     }
 }
 
