@@ -92,9 +92,32 @@ ACC=$("$AIDOS" -o json model show mnist-mlp@production | python3 -c 'import json
 step "aidos model eval mnist-mlp@production --dataset mnist@v1 --split test"
 "$AIDOS" model eval mnist-mlp@production --dataset mnist@v1 --split test
 
+step "aidos model export mnist-mlp@production --format onnx -o $DATA_DIR/mnist-mlp.onnx"
+"$AIDOS" model export mnist-mlp@production --format onnx -o "$DATA_DIR/mnist-mlp.onnx"
+
+step "aidos serve run --registry-model mnist-mlp@production (Open Inference Protocol, HTTP + gRPC)"
+"$AIDOS" serve run --registry-model mnist-mlp@production --http 127.0.0.1:0 --grpc 127.0.0.1:0 \
+    --ready-file "$DATA_DIR/serve.json" >"$DATA_DIR/serve.log" 2>&1 &
+SERVE_PID=$!
+for _ in $(seq 1 300); do [[ -f "$DATA_DIR/serve.json" ]] && break; sleep 0.1; done
+cat "$DATA_DIR/serve.log"
+HTTP_ADDR=$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["http"])' "$DATA_DIR/serve.json")
+# Three digits from the held-out part of data/mnist10k, as rows of 784 pixel values in [0, 1] (how the dataset
+# stores IDX images; the exported graph applies the model's standardization itself).
+python3 - "$DATA_DIR/digits.json" <<'PY'
+import gzip, json, sys
+raw = gzip.open("data/mnist10k/images-idx3-ubyte.gz").read()[16:]
+labels = gzip.open("data/mnist10k/labels-idx1-ubyte.gz").read()[8:]
+rows = [[p / 255 for p in raw[(9000 + i) * 784:(9001 + i) * 784]] for i in range(3)]
+json.dump(rows, open(sys.argv[1], "w"))
+print("true labels:", [labels[9000 + i] for i in range(3)])
+PY
+"$AIDOS" infer mnist-mlp --input "$DATA_DIR/digits.json" --url "http://$HTTP_ADDR"
+kill -TERM "$SERVE_PID"; wait "$SERVE_PID" || true
+
 step "stopping the cluster"
 kill -TERM "$UP_PID"
 wait "$UP_PID" || true
 UP_PID=""
 echo
-echo "demo finished: model mnist-mlp:1 (alias production) registered, test accuracy $ACC on mnist@v1 (2,000 held-out digits)"
+echo "demo finished: model mnist-mlp:1 (alias production) registered, test accuracy $ACC on mnist@v1 (2,000 held-out digits), exported to ONNX and served"
