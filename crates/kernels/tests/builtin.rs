@@ -113,6 +113,9 @@ impl ModelService for Mock {
     async fn set_alias(&self, _: Request<SetAliasRequest>) -> Res<ModelVersion> {
         Err(Status::unimplemented("mock"))
     }
+    async fn set_artifact(&self, _: Request<SetArtifactRequest>) -> Res<ModelVersion> {
+        Err(Status::unimplemented("mock"))
+    }
 }
 
 /// Starts the mock on its own thread and runtime; returns its address.
