@@ -4,6 +4,7 @@ use std::path::PathBuf;
 
 use aidos_api::{GetModelRequest, ListModelsRequest, ModelVersion, SetAliasRequest};
 use aidos_blob::{BlobId, BlobStore};
+use aidos_kernels::builtin::Standardization;
 use clap::{Args, Subcommand};
 use serde_json::json;
 
@@ -69,7 +70,7 @@ pub fn export_onnx(m: &ModelVersion, store: &dyn BlobStore, q: aidos_kernels::on
     let loaded = load(m, store)?;
     let cfg: serde_json::Value = serde_json::from_str(&m.config).unwrap_or_default();
     let opts = aidos_kernels::onnx::ExportOptions {
-        preprocess: Some(aidos_kernels::builtin::Standardization { mean: loaded.mean as f64, std: loaded.std as f64 }),
+        preprocess: Some(loaded.normalization),
         quantize: q,
         graph_name: m.name.clone(),
         metadata: vec![
@@ -141,8 +142,8 @@ fn model_json(m: &ModelVersion) -> serde_json::Value {
 /// The model's preprocessing and network, as the trainer recorded them in the registered config.
 pub struct LoadedModel {
     pub model: aidos_kernels::TrainedModel,
-    pub mean: f32,
-    pub std: f32,
+    /// As recorded (f64): export and serving apply it with the trainer's own arithmetic.
+    pub normalization: Standardization,
 }
 
 pub fn load(m: &ModelVersion, store: &dyn BlobStore) -> anyhow::Result<LoadedModel> {
@@ -151,11 +152,11 @@ pub fn load(m: &ModelVersion, store: &dyn BlobStore) -> anyhow::Result<LoadedMod
     let model_cfg: aidos_kernels::ModelConfig = serde_json::from_value(cfg["model"].clone())
         .map_err(|e| anyhow::anyhow!("model {}:{}: config.model: {e}", m.name, m.version))?;
     let norm = &cfg["normalization"];
-    let mean = norm["mean"].as_f64().unwrap_or(0.0) as f32;
-    let std = norm["std"].as_f64().unwrap_or(1.0) as f32;
+    let normalization =
+        Standardization { mean: norm["mean"].as_f64().unwrap_or(0.0), std: norm["std"].as_f64().unwrap_or(1.0) };
     let weights = store.get(&BlobId::parse(&m.weights_blob)?)?;
     let model = aidos_kernels::load_model(&model_cfg, &weights)?;
-    Ok(LoadedModel { model, mean, std })
+    Ok(LoadedModel { model, normalization })
 }
 
 pub async fn run(g: &Global, cmd: ModelCmd) -> anyhow::Result<()> {
@@ -290,7 +291,8 @@ pub async fn run(g: &Global, cmd: ModelCmd) -> anyhow::Result<()> {
                 let data = aidos_datasets::load_split(&manifest, &split, &store)?;
                 let shape: Vec<usize> = data.row_shape.iter().map(|d| *d as usize).collect();
                 let mut features = data.features;
-                features.iter_mut().for_each(|x| *x = (*x - loaded.mean) / loaded.std);
+                let (mean, std) = (loaded.normalization.mean as f32, loaded.normalization.std as f32);
+                features.iter_mut().for_each(|x| *x = (*x - mean) / std);
                 let ds = aidos_kernels::Dataset::new(features, data.labels, shape)?;
                 Ok(aidos_kernels::evaluate(&loaded.model, &ds)?)
             })

@@ -122,8 +122,7 @@ pub fn registry_runtime(m: &ModelVersion, store: &dyn BlobStore, kind: RuntimeKi
     let what = format!("{}:{}", m.name, m.version);
     if kind == RuntimeKind::Burn {
         let l = super::model::load(m, store)?;
-        let pre = aidos_kernels::builtin::Standardization { mean: l.mean as f64, std: l.std as f64 };
-        return Ok(Arc::new(aidos_kernels::runtime::BurnRuntime::new(l.model, Some(pre))));
+        return Ok(Arc::new(aidos_kernels::runtime::BurnRuntime::new(l.model, Some(l.normalization))));
     }
     let bytes = match m.artifacts.get("onnx") {
         Some(id) => store.get(&BlobId::parse(id)?).with_context(|| format!("{what}: reading its ONNX artifact"))?.to_vec(),
@@ -176,16 +175,11 @@ async fn serve(g: &Global, a: RunArgs) -> anyhow::Result<()> {
         !repo.is_empty() || a.model_repository.is_some(),
         "nothing to serve: give --registry-model, --model or --model-repository"
     );
-    let cfg = ServerConfig {
-        http: a.http,
-        grpc: a.grpc,
-        limits: Limits { max_request_bytes: a.max_request_bytes, max_tensor_bytes: a.max_tensor_bytes },
-        name: "aidos".into(),
-    };
+    let cfg = ServerConfig { http: a.http, grpc: a.grpc };
     let state = Arc::new(ServerState {
         repo,
-        limits: cfg.limits,
-        name: cfg.name.clone(),
+        limits: Limits { max_request_bytes: a.max_request_bytes, max_tensor_bytes: a.max_tensor_bytes },
+        name: "aidos".into(),
         model_dir: a.model_repository.clone(),
         defaults: batch,
     });

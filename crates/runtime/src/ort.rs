@@ -10,7 +10,7 @@ use std::sync::OnceLock;
 
 use ort::environment::Environment;
 use ort::session::Session;
-use ort::value::{Tensor as OrtTensor, TensorElementType, ValueType};
+use ort::value::{TensorElementType, TensorRef, ValueType};
 
 use crate::{DataType, Instance, ModelMetadata, ModelRuntime, Result, RuntimeError, Tensor, TensorSpec, check_inputs};
 
@@ -94,7 +94,7 @@ impl Instance for OrtInstance {
         let mut feed = Vec::with_capacity(inputs.len());
         for (spec, t) in self.meta.inputs.iter().zip(inputs) {
             let shape: Vec<i64> = t.shape.iter().map(|d| *d as i64).collect();
-            let v = OrtTensor::from_array((shape, t.data.clone().into_boxed_slice())).map_err(run)?;
+            let v = TensorRef::from_array_view((shape, t.data.as_slice())).map_err(run)?;
             feed.push((std::borrow::Cow::Owned(spec.name.clone()), ort::session::SessionInputValue::from(v)));
         }
         let outputs = self.session.run(feed).map_err(run)?;

@@ -191,6 +191,15 @@ impl ClusterState {
         Ok(CommandResultV1 { model: Some(m), ..Default::default() })
     }
 
+    /// Every version of model `name`, checked to include `version` (NOT_FOUND otherwise).
+    fn versions_with(&mut self, name: &str, version: u32) -> Result<&mut Vec<ModelVersion>, Refusal> {
+        let versions = self.models.get_mut(name).ok_or_else(|| not_found(format!("model {name} not found")))?;
+        if version == 0 || version as usize > versions.len() {
+            return Err(not_found(format!("model {name} has no version {version} (latest is {})", versions.len())));
+        }
+        Ok(versions)
+    }
+
     pub(crate) fn set_alias(
         &mut self,
         r: &SetAliasRequest,
@@ -198,15 +207,7 @@ impl ClusterState {
         dirty: &mut Dirty,
     ) -> Result<CommandResultV1, Refusal> {
         check_name("alias", &r.alias)?;
-        let versions = self.models.get_mut(&r.name).ok_or_else(|| not_found(format!("model {} not found", r.name)))?;
-        if r.version == 0 || r.version as usize > versions.len() {
-            return Err(not_found(format!(
-                "model {} has no version {} (latest is {})",
-                r.name,
-                r.version,
-                versions.len()
-            )));
-        }
+        let versions = self.versions_with(&r.name, r.version)?;
         for m in versions.iter_mut() {
             if m.aliases.iter().any(|a| a == &r.alias) {
                 m.aliases.retain(|a| a != &r.alias);
@@ -230,11 +231,7 @@ impl ClusterState {
         if r.blob.is_empty() || r.blob.len() > 256 {
             return Err(bad("artifact blob", "must be a blob id (1-256 characters)"));
         }
-        let versions = self.models.get_mut(&r.name).ok_or_else(|| not_found(format!("model {} not found", r.name)))?;
-        if r.version == 0 || r.version as usize > versions.len() {
-            return Err(not_found(format!("model {} has no version {} (latest is {})", r.name, r.version, versions.len())));
-        }
-        let m = &mut versions[r.version as usize - 1];
+        let m = &mut self.versions_with(&r.name, r.version)?[r.version as usize - 1];
         m.artifacts.insert(r.key.clone(), r.blob.clone());
         dirty.ml.push(model_key(&m.name, m.version));
         Ok(CommandResultV1 { model: Some(m.clone()), ..Default::default() })

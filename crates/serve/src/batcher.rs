@@ -48,7 +48,6 @@ struct Request {
 
 struct Job {
     batch: Vec<Request>,
-    rows: usize,
 }
 
 /// The batching front of one model version.
@@ -241,7 +240,7 @@ fn queue_owner(
         for r in &batch {
             metrics.queue.observe((now - r.arrived).as_secs_f64());
         }
-        if work.send(Job { batch, rows }).is_err() {
+        if work.send(Job { batch }).is_err() {
             return; // every executor died; callers see their oneshot dropped
         }
     }
@@ -267,8 +266,7 @@ fn executor(
             let _ = idle.send(());
             continue;
         }
-        let rows: usize = if batch.len() == 1 { batch[0].rows } else { batch.iter().map(|r| r.rows).sum() };
-        debug_assert!(rows <= job.rows);
+        let rows: usize = batch.iter().map(|r| r.rows).sum();
         let started = Instant::now();
         let result = if batch.len() == 1 {
             instance.run(&batch[0].inputs)
@@ -313,7 +311,7 @@ fn split(batch: Vec<Request>, outputs: Vec<Tensor>, rows: usize) {
         let _ = r.reply.send(Ok(outputs));
         return;
     }
-    let per_row: Vec<usize> = outputs.iter().map(|o| if rows == 0 { 0 } else { o.data.len() / rows }).collect();
+    let per_row: Vec<usize> = outputs.iter().map(|o| o.data.len().checked_div(rows).unwrap_or(0)).collect();
     let mut offset = 0;
     for r in batch {
         let mine = outputs

@@ -70,12 +70,9 @@ impl Default for Limits {
     }
 }
 
-/// Where the server listens.
+/// Where the server listens (what it serves, its limits and name are [`crate::ServerState`]).
 #[derive(Debug, Clone)]
 pub struct ServerConfig {
     pub http: SocketAddr,
     pub grpc: SocketAddr,
-    pub limits: Limits,
-    /// Reported by server metadata.
-    pub name: String,
 }

@@ -96,13 +96,7 @@ impl GrpcInferenceService for Front {
             let data = if raw {
                 let bytes = &r.raw_input_contents[i];
                 if bytes.len() > self.s.limits.max_tensor_bytes {
-                    return Err(ServeError::TooLarge(format!(
-                        "input `{}`: {} bytes of tensor data exceed the limit of {} bytes",
-                        t.name,
-                        bytes.len(),
-                        self.s.limits.max_tensor_bytes
-                    ))
-                    .into());
+                    return Err(protocol::too_large(&t.name, bytes.len(), self.s.limits.max_tensor_bytes).into());
                 }
                 protocol::f32_from_le(&t.name, bytes)?
             } else {

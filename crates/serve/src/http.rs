@@ -271,10 +271,7 @@ async fn run_infer(
             (Some(n), _) => {
                 let n = n as usize;
                 if n > s.limits.max_tensor_bytes {
-                    return Err(ServeError::TooLarge(format!(
-                        "input `{}`: {n} bytes of tensor data exceed the limit of {} bytes",
-                        i.name, s.limits.max_tensor_bytes
-                    )));
+                    return Err(protocol::too_large(&i.name, n, s.limits.max_tensor_bytes));
                 }
                 if n > binary.len() {
                     return Err(ServeError::InvalidInput(format!(

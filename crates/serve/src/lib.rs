@@ -54,13 +54,6 @@ impl RunningServer {
             let _ = t.await;
         }
     }
-
-    /// Waits until a front stops (it only stops on error or shutdown).
-    pub async fn wait(&mut self) {
-        if let Some(t) = self.tasks.first_mut() {
-            let _ = t.await;
-        }
-    }
 }
 
 /// Binds `cfg.http` and `cfg.grpc` (port 0: any free port; the handle says which) and serves `state`.

@@ -22,17 +22,6 @@ pub struct InputTensor {
     pub data: Vec<f32>,
 }
 
-/// Size in bytes of one element of a protocol datatype (`None` for BYTES / unknown).
-pub fn element_size(datatype: &str) -> Option<usize> {
-    Some(match datatype {
-        "BOOL" | "INT8" | "UINT8" => 1,
-        "INT16" | "UINT16" | "FP16" | "BF16" => 2,
-        "INT32" | "UINT32" | "FP32" => 4,
-        "INT64" | "UINT64" | "FP64" => 8,
-        _ => return None,
-    })
-}
-
 /// Element count of a declared shape, checked: every dimension non-negative and the total within `max_elems`.
 pub fn element_count(name: &str, shape: &[i64], max_bytes: usize, elem: usize) -> Result<usize, ServeError> {
     let mut n: usize = 1;
@@ -48,7 +37,8 @@ pub fn element_count(name: &str, shape: &[i64], max_bytes: usize, elem: usize) -
     Ok(n)
 }
 
-fn too_large(name: &str, bytes: usize, max: usize) -> ServeError {
+/// The error for an input tensor of `bytes` bytes over the limit `max` (every front uses this one).
+pub fn too_large(name: &str, bytes: usize, max: usize) -> ServeError {
     ServeError::TooLarge(format!("input `{name}`: {bytes} bytes of tensor data exceed the limit of {max} bytes"))
 }
 
@@ -113,7 +103,7 @@ pub fn prepare(meta: &ModelMetadata, inputs: Vec<InputTensor>, limits: &Limits) 
 
 /// Decodes little-endian FP32 raw bytes (binary extension, gRPC raw contents).
 pub fn f32_from_le(name: &str, raw: &[u8]) -> Result<Vec<f32>, ServeError> {
-    if raw.len() % 4 != 0 {
+    if !raw.len().is_multiple_of(4) {
         return Err(ServeError::InvalidInput(format!(
             "input `{name}`: {} bytes of raw FP32 data is not a multiple of 4",
             raw.len()

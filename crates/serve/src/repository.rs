@@ -78,7 +78,6 @@ pub struct IndexEntry {
     pub name: String,
     pub version: u64,
     pub runtime: &'static str,
-    pub platform: String,
 }
 
 impl Repository {
@@ -154,7 +153,6 @@ impl Repository {
                 name: v.name.clone(),
                 version: v.version,
                 runtime: v.runtime.as_str(),
-                platform: v.batcher.metadata().platform.clone(),
             })
             .collect()
     }
