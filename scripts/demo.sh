@@ -2,7 +2,9 @@
 # The first command on a fresh machine: builds aidos, starts a local one-node cluster (scheduler + worker in one
 # process) on a free loopback port with a throwaway data dir, pushes MNIST (data/mnist10k) as a dataset version,
 # trains the reference MLP on it as a `train` job, and ends with the registered model and its test accuracy (plus a
-# small gang of `process` jobs). Exits 0 when everything succeeded.
+# small gang of `process` jobs), exports it to ONNX, deploys it as 2 serving replicas and classifies three digits
+# through the gateway that `aidos up` runs on 127.0.0.1:8000 (HTTP) and :8001 (gRPC). Exits 0 when everything
+# succeeded. Other gateway ports: AIDOS_UP_SERVE_HTTP / AIDOS_UP_SERVE_GRPC.
 #
 #   bash scripts/demo.sh
 #
@@ -95,13 +97,10 @@ step "aidos model eval mnist-mlp@production --dataset mnist@v1 --split test"
 step "aidos model export mnist-mlp@production --format onnx -o $DATA_DIR/mnist-mlp.onnx"
 "$AIDOS" model export mnist-mlp@production --format onnx -o "$DATA_DIR/mnist-mlp.onnx"
 
-step "aidos serve run --registry-model mnist-mlp@production (Open Inference Protocol, HTTP + gRPC)"
-"$AIDOS" serve run --registry-model mnist-mlp@production --http 127.0.0.1:0 --grpc 127.0.0.1:0 \
-    --ready-file "$DATA_DIR/serve.json" >"$DATA_DIR/serve.log" 2>&1 &
-SERVE_PID=$!
-for _ in $(seq 1 300); do [[ -f "$DATA_DIR/serve.json" ]] && break; sleep 0.1; done
-cat "$DATA_DIR/serve.log"
-HTTP_ADDR=$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["http"])' "$DATA_DIR/serve.json")
+step "aidos serve deploy mnist-mlp@production --replicas 2 (replicas placed on the worker, routed by the gateway of aidos up)"
+"$AIDOS" serve deploy mnist-mlp@production --replicas 2 --cpus 500m --memory 256Mi --wait-secs 120
+"$AIDOS" serve list
+GATEWAY="$(sed -n 's/^gateway serving deployments on HTTP \(http:[^ ]*\) and gRPC .*/\1/p' "$DATA_DIR/up.log" | head -n1)"
 # Three digits from the held-out part of data/mnist10k, as rows of 784 pixel values in [0, 1] (how the dataset
 # stores IDX images; the exported graph applies the model's standardization itself).
 python3 - "$DATA_DIR/digits.json" <<'PY'
@@ -112,12 +111,14 @@ rows = [[p / 255 for p in raw[(9000 + i) * 784:(9001 + i) * 784]] for i in range
 json.dump(rows, open(sys.argv[1], "w"))
 print("true labels:", [labels[9000 + i] for i in range(3)])
 PY
-"$AIDOS" infer mnist-mlp --input "$DATA_DIR/digits.json" --url "http://$HTTP_ADDR"
-kill -TERM "$SERVE_PID"; wait "$SERVE_PID" || true
+# The gateway reads the replica list from the scheduler every 250 ms.
+for _ in $(seq 1 50); do "$AIDOS" infer mnist-mlp --input "$DATA_DIR/digits.json" --url "$GATEWAY" >/dev/null 2>&1 && break; sleep 0.2; done
+step "aidos infer mnist-mlp --url $GATEWAY (Open Inference Protocol; gRPC on the next port)"
+"$AIDOS" infer mnist-mlp --input "$DATA_DIR/digits.json" --url "$GATEWAY"
 
 step "stopping the cluster"
 kill -TERM "$UP_PID"
 wait "$UP_PID" || true
 UP_PID=""
 echo
-echo "demo finished: model mnist-mlp:1 (alias production) registered, test accuracy $ACC on mnist@v1 (2,000 held-out digits), exported to ONNX and served"
+echo "demo finished: model mnist-mlp:1 (alias production) registered, test accuracy $ACC on mnist@v1 (2,000 held-out digits), exported to ONNX, deployed as 2 replicas and served at $GATEWAY"

@@ -31,13 +31,17 @@ fn main() -> ExitCode {
         };
     }
 
-    // A CLI piped into `head` should stop quietly when the pipe closes, not panic on the next print.
-    #[cfg(unix)]
-    // SAFETY: restoring the default disposition of SIGPIPE before any thread starts.
-    unsafe {
-        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
-    }
     let cli = cli::Cli::parse();
+    // A client command piped into `head` should stop quietly when the pipe closes, not panic on the next print.
+    // Daemons keep Rust's default (SIGPIPE ignored): a peer that closes a socket while a response is written
+    // (hyper writes with writev, which has no MSG_NOSIGNAL) must cost an EPIPE error, not the whole process.
+    #[cfg(unix)]
+    if !cli.command.is_daemon() {
+        // SAFETY: restoring the default disposition of SIGPIPE before any thread starts.
+        unsafe {
+            libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+        }
+    }
     if let Err(e) = init_tracing(cli.global.log_level.as_deref(), cli.command.is_daemon()) {
         eprintln!("error: {e:#}");
         return ExitCode::from(1);

@@ -40,28 +40,10 @@ fn repo() -> &'static Path {
     Path::new(env!("CARGO_MANIFEST_DIR"))
 }
 
-/// SIGKILLs a worker and every task process it started (as if its machine died). Tasks run in their own sessions
-/// so that they survive a worker restart; they are found by their environment (`AIDOS_WORKER_ID`) and, for the
-/// shims, their command line (which names the worker's data dir). Only positive pids are signalled.
+/// SIGKILLs a worker and every task process it started (as if its machine died).
 fn kill_worker_and_tasks(c: &mut Cluster, id: &str) {
     c.workers.get_mut(id).unwrap().sigkill();
-    let data_dir = c.path().join(format!("worker-{id}")).display().to_string();
-    let me = std::process::id();
-    for entry in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
-        let Some(pid) = entry.file_name().to_str().and_then(|s| s.parse::<u32>().ok()) else { continue };
-        if pid == me {
-            continue;
-        }
-        let env = std::fs::read(entry.path().join("environ")).unwrap_or_default();
-        let cmd = std::fs::read(entry.path().join("cmdline")).unwrap_or_default();
-        let worker_env = format!("AIDOS_WORKER_ID={id}");
-        let is_task = env.split(|b| *b == 0).any(|v| v == worker_env.as_bytes());
-        let cmd = String::from_utf8_lossy(&cmd);
-        let is_shim = cmd.contains("task-shim") && cmd.contains(&data_dir);
-        if is_task || is_shim {
-            let _ = std::process::Command::new("kill").args(["-KILL", &pid.to_string()]).status();
-        }
-    }
+    kill_tasks_under(&c.path().join(format!("worker-{id}")));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -147,6 +147,16 @@ impl Client {
         .await
     }
 
+    /// [`Self::call`] with a ServeService client.
+    pub async fn serve<T, F, Fut>(&mut self, mut f: F) -> Result<T, Status>
+    where
+        F: FnMut(aidos_api::serve_service_client::ServeServiceClient<Channel>) -> Fut,
+        Fut: Future<Output = Result<T, Status>>,
+    {
+        self.call(|ch| f(aidos_api::serve_service_client::ServeServiceClient::new(ch).max_decoding_message_size(MAX_MESSAGE)))
+            .await
+    }
+
     fn use_addr(&mut self, addr: String) {
         self.channel = None;
         match self.addrs.iter().position(|a| *a == addr) {

@@ -4,6 +4,7 @@ pub mod bench;
 pub mod client;
 pub mod cluster;
 pub mod dataset;
+pub mod deploy;
 pub mod job;
 pub mod model;
 pub mod plot;

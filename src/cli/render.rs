@@ -165,6 +165,10 @@ pub fn spec_json(s: &JobSpec) -> Value {
             "dataset": t.dataset, "register_as": t.register_as, "train_split": t.train_split, "eval_split": t.eval_split,
             "config": serde_json::from_str::<Value>(&t.config_json).unwrap_or(Value::Null),
         } }),
+        Some(job_spec::Payload::Serve(v)) => json!({ "serve": {
+            "deployment": v.deployment, "model": v.model, "version": v.version, "runtime": v.runtime,
+            "generation": v.generation, "max_batch": v.max_batch, "max_delay_us": v.max_delay_us,
+        } }),
         None => Value::Null,
     };
     json!({

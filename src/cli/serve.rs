@@ -21,6 +21,20 @@ use super::{Global, blob_store, shutdown_signal};
 pub enum ServeCmd {
     /// Run a model server in the foreground: models from the registry, ONNX files or a model directory
     Run(RunArgs),
+    /// Deploy a registry model as replicas placed on workers (a new version rolls them over one at a time)
+    Deploy(super::deploy::DeployArgs),
+    /// Deployments, their replicas and endpoints
+    List,
+    /// Stop every replica of a deployment and forget it
+    Delete {
+        /// Deployment name
+        name: String,
+    },
+    /// Route the Open Inference Protocol to every deployment's ready replicas (`aidos up` runs one on 8000/8001)
+    Gateway(super::deploy::GatewayArgs),
+    /// One replica of a deployment (run by a worker; configured by the task environment)
+    #[command(hide = true)]
+    Replica(BatchArgs),
 }
 
 #[derive(Args, Debug, Clone)]
@@ -113,6 +127,11 @@ pub struct InferArgs {
 pub async fn run(g: &Global, cmd: ServeCmd) -> anyhow::Result<()> {
     match cmd {
         ServeCmd::Run(a) => serve(g, a).await,
+        ServeCmd::Deploy(a) => super::deploy::deploy(g, a).await,
+        ServeCmd::List => super::deploy::list(g).await,
+        ServeCmd::Delete { name } => super::deploy::delete(g, &name).await,
+        ServeCmd::Gateway(a) => super::deploy::gateway(g, a).await,
+        ServeCmd::Replica(b) => super::deploy::replica(b).await,
     }
 }
 
@@ -186,13 +205,19 @@ async fn serve(g: &Global, a: RunArgs) -> anyhow::Result<()> {
     let server = aidos_serve::start(&cfg, state).await.with_context(|| format!("binding {} / {}", a.http, a.grpc))?;
     println!("serving: HTTP http://{}  gRPC {}  (metrics: http://{}/metrics)", server.http, server.grpc, server.http);
     if let Some(f) = &a.ready_file {
-        let j = serde_json::json!({"http": server.http.to_string(), "grpc": server.grpc.to_string()});
-        let tmp = f.with_extension("tmp");
-        std::fs::write(&tmp, j.to_string())?;
-        std::fs::rename(&tmp, f)?;
+        write_ready_file(f, server.http, server.grpc)?;
     }
     shutdown_signal().await;
     server.shutdown().await;
+    Ok(())
+}
+
+/// Writes `{"http": ADDR, "grpc": ADDR}` to `f` atomically (a reader never sees half of it).
+pub fn write_ready_file(f: &std::path::Path, http: SocketAddr, grpc: SocketAddr) -> anyhow::Result<()> {
+    let j = serde_json::json!({"http": http.to_string(), "grpc": grpc.to_string()});
+    let tmp = f.with_extension("tmp");
+    std::fs::write(&tmp, j.to_string()).with_context(|| format!("writing {}", tmp.display()))?;
+    std::fs::rename(&tmp, f).with_context(|| format!("writing {}", f.display()))?;
     Ok(())
 }
 

@@ -32,6 +32,15 @@ pub struct UpArgs {
     /// GPUs the in-process worker offers; default: detected
     #[arg(long, env = "AIDOS_WORKER_GPUS")]
     pub worker_gpus: Option<u32>,
+    /// Where the gateway serves every deployment over HTTP (Open Inference Protocol REST)
+    #[arg(long, env = "AIDOS_UP_SERVE_HTTP", default_value = "127.0.0.1:8000")]
+    pub serve_http: SocketAddr,
+    /// Where the gateway serves every deployment over gRPC (inference.GRPCInferenceService)
+    #[arg(long, env = "AIDOS_UP_SERVE_GRPC", default_value = "127.0.0.1:8001")]
+    pub serve_grpc: SocketAddr,
+    /// Do not start the gateway
+    #[arg(long, env = "AIDOS_UP_NO_GATEWAY")]
+    pub no_gateway: bool,
 }
 
 pub async fn run(_g: &Global, a: UpArgs) -> anyhow::Result<()> {
@@ -44,9 +53,20 @@ pub async fn run(_g: &Global, a: UpArgs) -> anyhow::Result<()> {
         .with_context(|| format!("starting the scheduler on {}", a.listen))?;
     let addr = node.local_addr();
     println!("scheduler listening on {addr}");
+    let gateway = if a.no_gateway {
+        None
+    } else {
+        let refresh = std::time::Duration::from_millis(250);
+        let g = super::deploy::start_gateway(vec![dial_addr(addr)], a.serve_http, a.serve_grpc, refresh).await?;
+        println!("gateway serving deployments on HTTP http://{} and gRPC {}", g.http, g.grpc);
+        Some(g)
+    };
 
     if a.no_worker {
         shutdown_signal().await;
+        if let Some(g) = gateway {
+            g.shutdown().await;
+        }
         node.shutdown().await;
         return Ok(());
     }
@@ -57,6 +77,7 @@ pub async fn run(_g: &Global, a: UpArgs) -> anyhow::Result<()> {
         cpu_millis: a.worker_cpus,
         memory_bytes: a.worker_memory,
         gpus: a.worker_gpus,
+        advertise_host: "127.0.0.1".into(),
     };
     let cfg = resources.into_config(vec![dial_addr(addr)], worker_dir.clone(), None, a.data_dir.join("blobs"))?;
     println!("worker started (data dir {})", worker_dir.display());
@@ -77,6 +98,9 @@ pub async fn run(_g: &Global, a: UpArgs) -> anyhow::Result<()> {
             Err(e) => Err(anyhow::Error::new(e).context("worker")),
         },
     };
+    if let Some(g) = gateway {
+        g.shutdown().await;
+    }
     node.shutdown().await;
     result
 }

@@ -35,6 +35,9 @@ pub struct WorkerResources {
     /// GPUs to offer; default: detected
     #[arg(long = "gpus", env = "AIDOS_WORKER_GPUS")]
     pub gpus: Option<u32>,
+    /// Host or IP other machines reach this worker at; serve replicas advertise their endpoints with it
+    #[arg(long, env = "AIDOS_WORKER_ADVERTISE_HOST", default_value = "127.0.0.1")]
+    pub advertise_host: String,
 }
 
 impl WorkerResources {
@@ -56,6 +59,7 @@ impl WorkerResources {
             gpus: self.gpus,
             shim_exe,
             blob_dir,
+            advertise_host: self.advertise_host,
         })
     }
 }

@@ -70,6 +70,16 @@ impl Proc {
         }
     }
 
+    /// Whether the process is still running, or how it ended.
+    pub fn exit_status(&mut self) -> String {
+        match self.child.as_mut().map(|c| c.try_wait()) {
+            None => "not started".into(),
+            Some(Ok(None)) => "running".into(),
+            Some(Ok(Some(st))) => format!("exited: {st}"),
+            Some(Err(e)) => format!("unknown: {e}"),
+        }
+    }
+
     pub fn output(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
@@ -85,6 +95,37 @@ pub struct Cluster {
     pub dir: tempfile::TempDir,
     pub nodes: BTreeMap<u64, (String, Proc)>,
     pub workers: BTreeMap<String, Proc>,
+}
+
+/// SIGKILLs every task process (and task shim) the cluster's workers started: tasks run in their own sessions so
+/// that they survive their worker, so killing the workers does not stop them. They are found by their environment
+/// (`AIDOS_WORK_DIR` inside the cluster's temp dir) or, for shims, their command line. Only positive pids.
+pub fn kill_tasks_under(dir: &Path) {
+    let dir = dir.display().to_string();
+    let me = std::process::id();
+    for entry in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+        let Some(pid) = entry.file_name().to_str().and_then(|s| s.parse::<u32>().ok()) else { continue };
+        if pid == me {
+            continue;
+        }
+        let env = std::fs::read(entry.path().join("environ")).unwrap_or_default();
+        let cmd = String::from_utf8_lossy(&std::fs::read(entry.path().join("cmdline")).unwrap_or_default()).to_string();
+        let work_dir = format!("AIDOS_WORK_DIR={dir}");
+        let is_task = env.split(|b| *b == 0).any(|v| v.starts_with(work_dir.as_bytes()));
+        let is_shim = cmd.contains("task-shim") && cmd.contains(&dir);
+        if is_task || is_shim {
+            let _ = Command::new("kill").args(["-KILL", &pid.to_string()]).status();
+        }
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        for p in self.workers.values_mut() {
+            p.sigkill();
+        }
+        kill_tasks_under(self.dir.path());
+    }
 }
 
 pub fn dump_logs(c: &Cluster) {
@@ -233,6 +274,14 @@ impl Cluster {
         }
         let log = self.dir.path().join(format!("worker-{id}.log"));
         self.workers.insert(id.to_string(), Proc::spawn(&format!("worker-{id}"), args, log));
+    }
+
+    /// Starts another `aidos` process (`args` after the global flags naming this cluster), logged beside the rest.
+    pub fn spawn_aidos(&self, name: &str, args: &[&str]) -> Proc {
+        let mut all = vec!["--scheduler".to_string(), self.addrs().join(","), "--blob-dir".to_string()];
+        all.push(self.blob_dir().display().to_string());
+        all.extend(args.iter().map(|s| s.to_string()));
+        Proc::spawn(name, all, self.dir.path().join(format!("{name}.log")))
     }
 
     /// A channel to some live node (any node accepts every client call).

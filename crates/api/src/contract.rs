@@ -20,6 +20,17 @@ pub mod task_env {
     pub const TRAIN_REGISTER_AS: &str = "AIDOS_TRAIN_REGISTER_AS";
     pub const TRAIN_SPLIT: &str = "AIDOS_TRAIN_SPLIT";
     pub const EVAL_SPLIT: &str = "AIDOS_EVAL_SPLIT";
+    /// Host other machines reach this worker's tasks at (serve replicas advertise their endpoints with it).
+    pub const ADVERTISE_HOST: &str = "AIDOS_ADVERTISE_HOST";
+    /// `serve` replicas only (read by `aidos serve replica`).
+    pub const SERVE_DEPLOYMENT: &str = "AIDOS_SERVE_DEPLOYMENT";
+    /// `NAME:VERSION` of the registry model.
+    pub const SERVE_MODEL: &str = "AIDOS_SERVE_MODEL";
+    pub const SERVE_RUNTIME: &str = "AIDOS_SERVE_RUNTIME";
+    pub const SERVE_MAX_BATCH: &str = "AIDOS_SERVE_MAX_BATCH";
+    pub const SERVE_MAX_DELAY_US: &str = "AIDOS_SERVE_MAX_DELAY_US";
+    pub const SERVE_INSTANCES: &str = "AIDOS_SERVE_INSTANCES";
+    pub const SERVE_MAX_QUEUE: &str = "AIDOS_SERVE_MAX_QUEUE";
 }
 
 /// `host:port` → `http://host:port`; keeps an explicit scheme; strips a trailing `/`.

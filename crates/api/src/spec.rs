@@ -107,7 +107,10 @@ impl SpecFile {
         let kind = match self.kind.as_deref().unwrap_or(default_kind) {
             "process" => JobKind::Process,
             "train" => JobKind::Train,
-            "sweep" | "serve" | "export" => {
+            "serve" => {
+                return Err(SpecError::new("kind", "`serve` replicas are created by deployments: use `aidos serve deploy`"));
+            }
+            "sweep" | "export" => {
                 let k = self.kind.unwrap_or_default();
                 return Err(SpecError::new("kind", format!("`{k}` jobs are not supported by this version yet")));
             }
@@ -303,6 +306,9 @@ pub fn validate(spec: &JobSpec) -> Result<(), SpecError> {
     match kind {
         JobKind::Process | JobKind::Train => {}
         JobKind::Unspecified => return Err(SpecError::new("kind", "missing (expected `process` or `train`)")),
+        JobKind::Serve => {
+            return Err(SpecError::new("kind", "`serve` replicas are created by deployments: use `aidos serve deploy`"));
+        }
         other => {
             return Err(SpecError::new(
                 "kind",
@@ -370,6 +376,9 @@ pub fn validate(spec: &JobSpec) -> Result<(), SpecError> {
         }
         None if kind == JobKind::Train => {
             return Err(SpecError::new("train", "a `train` job needs a [train] table with a dataset"));
+        }
+        Some(v1::job_spec::Payload::Serve(_)) => {
+            return Err(SpecError::new("serve", "serve replicas are created by deployments: use `aidos serve deploy`"));
         }
         Some(v1::job_spec::Payload::Process(p)) => {
             if p.executable.trim().is_empty() {

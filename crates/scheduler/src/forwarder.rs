@@ -117,4 +117,21 @@ impl Forwarder {
     pub async fn set_artifact(&self, r: SetArtifactRequest) -> Result<ModelVersion, SchedulerError> {
         Ok(self.models().set_artifact(r).await.map_err(remote)?.into_inner())
     }
+
+    fn serve(&self) -> aidos_api::serve_service_client::ServeServiceClient<Channel> {
+        aidos_api::serve_service_client::ServeServiceClient::new(self.channel.clone())
+    }
+    pub async fn deploy(&self, r: DeployRequest) -> Result<Deployment, SchedulerError> {
+        Ok(self.serve().deploy(r).await.map_err(remote)?.into_inner())
+    }
+    pub async fn list_deployments(&self, r: ListDeploymentsRequest) -> Result<ListDeploymentsResponse, SchedulerError> {
+        Ok(self.serve().list(r).await.map_err(remote)?.into_inner())
+    }
+    pub async fn delete_deployment(&self, r: DeleteDeploymentRequest) -> Result<Deployment, SchedulerError> {
+        Ok(self.serve().delete(r).await.map_err(remote)?.into_inner())
+    }
+    pub async fn report_endpoint(&self, r: ReportEndpointRequest) -> Result<(), SchedulerError> {
+        self.serve().report_endpoint(r).await.map_err(remote)?;
+        Ok(())
+    }
 }

@@ -12,7 +12,7 @@ use crate::ml_state::run_id;
 pub const MAX_MANIFEST_BYTES: usize = 8 << 20;
 
 impl LeaderHandler {
-    fn read<T>(&self, f: impl FnOnce(&crate::state::ClusterState) -> T) -> T {
+    pub(crate) fn read<T>(&self, f: impl FnOnce(&crate::state::ClusterState) -> T) -> T {
         f(&self.core.state.read().expect("state lock").state)
     }
 

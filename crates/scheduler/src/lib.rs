@@ -19,6 +19,9 @@ mod ml_state;
 mod network;
 pub mod placement;
 mod raft_types;
+pub mod reconcile;
+mod leader_serve;
+pub mod serve_state;
 pub mod state;
 mod store;
 mod task_logs;
@@ -142,6 +145,7 @@ impl SchedulerNode {
             tokio::spawn(leader::run_proposer(core.clone(), submit_rx)),
             tokio::spawn(loops::run_placement(core.clone(), stop_rx.clone())),
             tokio::spawn(loops::run_liveness(core.clone(), stop_rx.clone())),
+            tokio::spawn(loops::run_reconciler(core.clone(), stop_rx.clone())),
         ];
         let big = network::MAX_RAFT_MESSAGE;
         let server = tonic::transport::Server::builder()
@@ -159,7 +163,8 @@ impl SchedulerNode {
                     .max_decoding_message_size(leader_ml::MAX_MANIFEST_BYTES + 4096),
             )
             .add_service(RunServiceServer::new(grpc::ml::Runs(core.clone())).max_decoding_message_size(16 << 20))
-            .add_service(ModelServiceServer::new(grpc::ml::Models(core.clone())));
+            .add_service(ModelServiceServer::new(grpc::ml::Models(core.clone())))
+            .add_service(aidos_api::serve_service_server::ServeServiceServer::new(grpc::serve::Serve(core.clone())));
         let mut stop_srv = stop_rx.clone();
         // Our own listener (so port 0 works): Server::tcp_nodelay applies only to listeners tonic binds itself, so
         // set it here. Without it, Nagle + delayed ACK stall small responses by ~40 ms.

@@ -252,3 +252,55 @@ pub async fn run_liveness(core: Arc<Core>, mut stop: watch::Receiver<bool>) {
         }
     }
 }
+
+/// Moves deployments towards their spec (see `reconcile`) whenever the state changes, and at least every 500 ms,
+/// while this node leads. One round proposes its actions and waits for them to apply before the next round reads
+/// the state again, so an action is never proposed twice.
+pub async fn run_reconciler(core: Arc<Core>, mut stop: watch::Receiver<bool>) {
+    use crate::reconcile::{Action, reconcile};
+    use aidos_api::v1::{CancelJobV1, SetDeploymentStatusV1, SubmitJobsV1, SubmitRequest};
+    let mut version = core.version.clone();
+    loop {
+        tokio::select! {
+            _ = version.changed() => {},
+            _ = tokio::time::sleep(Duration::from_millis(500)) => {},
+            _ = stop.changed() => return,
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        if !core.is_leader() {
+            continue;
+        }
+        let actions = {
+            let a = core.state.read().expect("state lock");
+            reconcile(&a.state, aidos_api::now_ms())
+        };
+        let mut submits = Vec::new();
+        for action in actions {
+            let res = match action {
+                Action::Submit(spec) => {
+                    submits.push(SubmitRequest { spec: Some(spec), request_id: String::new() });
+                    continue;
+                }
+                Action::Cancel { job_id, why } => {
+                    tracing::info!(job = %job_id, "stopping serve replica: {why}");
+                    core.propose(Command::CancelJob(CancelJobV1 { job_id, reason: why })).await.map(|_| ())
+                }
+                Action::SetStatus { name, status } => {
+                    if !status.is_empty() {
+                        tracing::warn!(deployment = %name, "{status}");
+                    }
+                    core.propose(Command::SetDeploymentStatus(SetDeploymentStatusV1 { name, status })).await.map(|_| ())
+                }
+            };
+            if let Err(e) = res {
+                tracing::warn!("reconciling deployments: {e}");
+            }
+        }
+        if !submits.is_empty() {
+            tracing::info!("starting {} serve replica(s)", submits.len());
+            if let Err(e) = core.propose(Command::SubmitJobs(SubmitJobsV1 { requests: submits })).await {
+                tracing::warn!("submitting serve replicas: {e}");
+            }
+        }
+    }
+}

@@ -19,7 +19,8 @@ pub const MAX_POINTS_PER_RUN: usize = 200_000;
 pub const MAX_POINTS_PER_REPORT: usize = 10_000;
 pub const MAX_CHECKPOINTS_PER_RUN: usize = 64;
 
-/// Row keys of the ML table: `d/<name>/<version>`, `r/<run id>`, `m/<name>/<version>`.
+/// Row keys of the ML table: `d/<name>/<version>`, `r/<run id>`, `m/<name>/<version>` (and `s/<deployment>`,
+/// see `serve_state`).
 pub fn dataset_key(name: &str, v: u32) -> String {
     format!("d/{name}/{v}")
 }
@@ -253,6 +254,7 @@ impl ClusterState {
                 }
             }
             "r" => self.runs.get(key.get(2..)?).map(|r| r.encode_to_vec()),
+            "s" => self.deployments.get(key.get(2..)?).map(|d| d.encode_to_vec()),
             _ => None,
         }
     }
@@ -272,6 +274,10 @@ impl ClusterState {
             Some(b'r') => {
                 let r = Run::decode(bytes)?;
                 self.runs.insert(r.id.clone(), r);
+            }
+            Some(b's') => {
+                let d = aidos_api::v1::Deployment::decode(bytes)?;
+                self.deployments.insert(d.name.clone(), d);
             }
             _ => {}
         }

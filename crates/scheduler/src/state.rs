@@ -37,6 +37,8 @@ pub struct ClusterState {
     pub runs: BTreeMap<String, aidos_api::v1::Run>,
     /// Model versions by name (index = version - 1).
     pub models: BTreeMap<String, Vec<aidos_api::v1::ModelVersion>>,
+    /// Model deployments by name (see `serve_state`).
+    pub deployments: BTreeMap<String, aidos_api::v1::Deployment>,
 }
 
 /// What one `apply` changed, so the store writes only those rows.
@@ -91,6 +93,9 @@ impl ClusterState {
         for r in s.runs {
             st.runs.insert(r.id.clone(), r);
         }
+        for d in s.deployments {
+            st.deployments.insert(d.name.clone(), d);
+        }
         st
     }
 
@@ -137,6 +142,7 @@ impl ClusterState {
             datasets: self.datasets.values().flatten().cloned().collect(),
             runs: self.runs.values().cloned().collect(),
             models: self.models.values().flatten().cloned().collect(),
+            deployments: self.deployments.values().cloned().collect(),
         }
     }
 
@@ -155,7 +161,7 @@ impl ClusterState {
         let now = cmd.now_ms;
         let res = match &cmd.command {
             Some(Command::SubmitJobs(s)) => Ok(self.submit(&s.requests, now, dirty)),
-            Some(Command::CancelJob(c)) => self.cancel(&c.job_id, now, dirty).map(job_result),
+            Some(Command::CancelJob(c)) => self.cancel(&c.job_id, &c.reason, now, dirty).map(job_result),
             Some(Command::Assign(a)) => {
                 for p in &a.placements {
                     // A placement that no longer fits (state moved since it was computed) is skipped.
@@ -193,6 +199,13 @@ impl ClusterState {
             Some(Command::RegisterModel(r)) => self.register_model(r, now, dirty),
             Some(Command::SetAlias(r)) => self.set_alias(r, now, dirty),
             Some(Command::SetArtifact(r)) => self.set_artifact(r, now, dirty),
+            Some(Command::Deploy(r)) => self.deploy(r, now, dirty),
+            Some(Command::DeleteDeployment(r)) => self.delete_deployment(&r.name, dirty),
+            Some(Command::ReportEndpoint(r)) => self.report_endpoint(r, now, dirty),
+            Some(Command::SetDeploymentStatus(r)) => {
+                self.set_deployment_status(&r.name, &r.status, dirty);
+                Ok(CommandResultV1::default())
+            }
             None => Err(refuse(tonic::Code::InvalidArgument, "empty command")),
         };
         res.unwrap_or_else(|r| CommandResultV1 { error: r.message, error_code: r.code as u32, ..Default::default() })
@@ -237,7 +250,8 @@ impl ClusterState {
         self.jobs.get_mut(id).ok_or_else(|| refuse(tonic::Code::NotFound, format!("job {id} not found")))
     }
 
-    fn cancel(&mut self, id: &str, now: i64, dirty: &mut Dirty) -> Result<Job, Refusal> {
+    fn cancel(&mut self, id: &str, reason: &str, now: i64, dirty: &mut Dirty) -> Result<Job, Refusal> {
+        let reason = if reason.is_empty() { "cancelled by user" } else { reason };
         let job = self.job_mut(id)?;
         if JobState::try_from(job.state).is_ok_and(|s| s.is_terminal()) {
             return Ok(job.clone());
@@ -248,14 +262,14 @@ impl ClusterState {
             {
                 a.state = TaskState::Cancelled as i32;
                 a.finished_at_ms = now;
-                a.message = "job cancelled".into();
+                a.message = format!("job cancelled: {reason}");
             }
             if !TaskState::try_from(t.state).is_ok_and(|s| s == TaskState::Succeeded) {
                 t.state = TaskState::Cancelled as i32;
             }
         }
         job.state = JobState::Cancelled as i32;
-        job.reason = "cancelled by user".into();
+        job.reason = reason.into();
         job.updated_at_ms = now;
         dirty.jobs.push(id.to_string());
         Ok(job.clone())
@@ -622,13 +636,13 @@ mod tests {
         place(&mut st, &a, &["w1"]);
         place(&mut st, &b, &["w1"]);
         assert_eq!(st.jobs[&b].state, JobState::Pending as i32, "over capacity must be skipped");
-        let r = st.apply(&cmd(Command::CancelJob(CancelJobV1 { job_id: a.clone() })), &mut Dirty::default());
+        let r = st.apply(&cmd(Command::CancelJob(CancelJobV1 { job_id: a.clone(), reason: String::new() })), &mut Dirty::default());
         assert_eq!(r.job.unwrap().state, JobState::Cancelled as i32);
         place(&mut st, &b, &["w1"]);
         assert_eq!(st.jobs[&b].state, JobState::Running as i32);
         assert_eq!(st.running.iter().collect::<Vec<_>>(), vec![&b]);
         assert!(st.pending.is_empty());
-        let r = st.apply(&cmd(Command::CancelJob(CancelJobV1 { job_id: "job-999".into() })), &mut Dirty::default());
+        let r = st.apply(&cmd(Command::CancelJob(CancelJobV1 { job_id: "job-999".into(), reason: String::new() })), &mut Dirty::default());
         assert_eq!(r.error_code, tonic::Code::NotFound as u32);
     }
 

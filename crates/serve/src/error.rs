@@ -27,6 +27,9 @@ pub enum ServeError {
     /// The model is being unloaded or its executors stopped.
     #[error("model `{0}` is not available: {1}")]
     Unavailable(String, String),
+    /// A replica behind the gateway refused or failed the request; its status is passed on.
+    #[error("replica {replica}: {}", status.message())]
+    Replica { replica: String, status: tonic::Status },
 }
 
 impl ServeError {
@@ -43,6 +46,14 @@ impl ServeError {
                 500
             }
             ServeError::Unavailable(..) => 503,
+            ServeError::Replica { status, .. } => match status.code() {
+                tonic::Code::InvalidArgument | tonic::Code::OutOfRange => 400,
+                tonic::Code::NotFound => 404,
+                tonic::Code::ResourceExhausted => 429,
+                tonic::Code::DeadlineExceeded => 504,
+                tonic::Code::Unavailable => 503,
+                _ => 502,
+            },
         }
     }
 }
@@ -60,6 +71,7 @@ impl From<ServeError> for tonic::Status {
                 tonic::Status::internal(msg)
             }
             ServeError::Unavailable(..) => tonic::Status::unavailable(msg),
+            ServeError::Replica { status, .. } => tonic::Status::new(status.code(), msg),
         }
     }
 }

@@ -59,7 +59,7 @@ impl GrpcInferenceService for Front {
     async fn model_metadata(&self, r: Request<ModelMetadataRequest>) -> R<ModelMetadataResponse> {
         let r = r.into_inner();
         let v = self.s.repo.resolve(&r.name, &r.version)?;
-        let m = v.batcher.metadata();
+        let m = v.backend.metadata();
         let t = |specs: &[aidos_runtime::TensorSpec]| {
             specs
                 .iter()
@@ -104,11 +104,11 @@ impl GrpcInferenceService for Front {
             };
             inputs.push(InputTensor { name: t.name, datatype: t.datatype, shape: t.shape, data });
         }
-        let meta = v.batcher.metadata();
+        let meta = v.backend.metadata();
         let tensors = protocol::prepare(meta, inputs, &self.s.limits)?;
         let names: Vec<String> = r.outputs.iter().map(|o| o.name.clone()).collect();
         let selected = protocol::select_outputs(meta, &names)?;
-        let outputs = v.batcher.infer(tensors).await?;
+        let outputs = v.backend.infer(tensors).await?;
         let mut resp = ModelInferResponse {
             model_name: r.model_name,
             model_version: v.version.to_string(),

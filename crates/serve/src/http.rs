@@ -65,7 +65,7 @@ async fn server_metadata(State(s): S) -> impl IntoResponse {
 
 fn metadata_json(s: &ServerState, model: &str, version: &str) -> Result<Value, ServeError> {
     let v = s.repo.resolve(model, version)?;
-    let m = v.batcher.metadata();
+    let m = v.backend.metadata();
     let t = |specs: &[aidos_runtime::TensorSpec]| {
         specs.iter().map(|t| json!({"name": t.name, "datatype": t.datatype.as_str(), "shape": t.shape})).collect::<Vec<_>>()
     };
@@ -75,7 +75,7 @@ fn metadata_json(s: &ServerState, model: &str, version: &str) -> Result<Value, S
         "platform": m.platform,
         "inputs": t(&m.inputs),
         "outputs": t(&m.outputs),
-        "parameters": {"max_batch_size": v.batcher.config().max_batch_size, "runtime": v.runtime.as_str()},
+        "parameters": {"max_batch_size": v.backend.max_batch_size(), "runtime": v.runtime.as_str()},
     }))
 }
 
@@ -299,12 +299,12 @@ async fn run_infer(
     if !binary.is_empty() {
         return Err(ServeError::InvalidInput(format!("{} bytes of binary data are not claimed by any input", binary.len())));
     }
-    let meta = v.batcher.metadata();
+    let meta = v.backend.metadata();
     let tensors = protocol::prepare(meta, inputs, &s.limits)?;
     let names: Vec<String> = req.outputs.iter().map(|o| o.name.clone()).collect();
     let selected = protocol::select_outputs(meta, &names)?;
     let all_binary = param_bool(&req.parameters, "binary_data_output");
-    let outputs = v.batcher.infer(tensors).await?;
+    let outputs = v.backend.infer(tensors).await?;
 
     let mut out_json = Vec::with_capacity(selected.len());
     let mut raw: Vec<u8> = Vec::new();

@@ -2,6 +2,8 @@
 //!
 //! * [`repository::Repository`]: the loaded model versions, each behind a [`batcher::Batcher`] (dynamic
 //!   batching actor + N executor threads running a runtime [`aidos_runtime::Instance`]).
+//! * [`remote::Pool`]: a model version served by remote replicas instead (the gateway in front of a
+//!   deployment), kept in step by [`remote::sync`].
 //! * Fronts: Open Inference Protocol v2 over HTTP ([`http`], axum) and gRPC ([`grpc`], tonic), both checking
 //!   requests with [`protocol::prepare`]; Prometheus metrics ([`metrics`]).
 //! * [`start`] binds both listeners and serves until the returned handle is shut down.
@@ -16,6 +18,7 @@ pub mod grpc;
 pub mod http;
 pub mod metrics;
 pub mod protocol;
+pub mod remote;
 pub mod repository;
 
 use std::net::SocketAddr;

@@ -58,12 +58,44 @@ impl VersionPolicy {
     }
 }
 
+/// What runs a model version's requests.
+pub enum Backend {
+    /// In this process: a batching actor in front of runtime instances.
+    Local(Batcher),
+    /// On remote replicas (the gateway).
+    Remote(crate::remote::Pool),
+}
+
+impl Backend {
+    pub fn metadata(&self) -> &aidos_runtime::ModelMetadata {
+        match self {
+            Backend::Local(b) => b.metadata(),
+            Backend::Remote(p) => p.metadata(),
+        }
+    }
+
+    pub fn max_batch_size(&self) -> usize {
+        match self {
+            Backend::Local(b) => b.config().max_batch_size,
+            Backend::Remote(p) => p.max_batch_size(),
+        }
+    }
+
+    /// Runs inputs already checked against [`Backend::metadata`].
+    pub async fn infer(&self, inputs: Vec<aidos_runtime::Tensor>) -> Result<Vec<aidos_runtime::Tensor>, ServeError> {
+        match self {
+            Backend::Local(b) => b.infer(inputs).await,
+            Backend::Remote(p) => p.infer(inputs).await,
+        }
+    }
+}
+
 /// One loaded model version.
 pub struct LoadedVersion {
     pub name: String,
     pub version: u64,
     pub runtime: RuntimeKind,
-    pub batcher: Batcher,
+    pub backend: Backend,
 }
 
 /// Thread-safe set of loaded models.
@@ -101,10 +133,24 @@ impl Repository {
         validate_name(name)?;
         let metrics = self.metrics.model(name, &version.to_string());
         let batcher = Batcher::start(name, runtime, cfg, metrics)?;
-        let v = Arc::new(LoadedVersion { name: name.into(), version, runtime: kind, batcher });
+        let v = Arc::new(LoadedVersion { name: name.into(), version, runtime: kind, backend: Backend::Local(batcher) });
         self.models.write().unwrap().entry(name.into()).or_default().insert(version, v);
         tracing::info!(model = name, version, runtime = kind.as_str(), "model version loaded");
         Ok(())
+    }
+
+    /// Puts a model version in front of remote replicas (replacing the same version if loaded).
+    pub fn load_remote(&self, name: &str, version: u64, kind: RuntimeKind, pool: crate::remote::Pool) -> Result<(), ServeError> {
+        validate_name(name)?;
+        let v = Arc::new(LoadedVersion { name: name.into(), version, runtime: kind, backend: Backend::Remote(pool) });
+        self.models.write().unwrap().entry(name.into()).or_default().insert(version, v);
+        tracing::info!(model = name, version, "remote model version added");
+        Ok(())
+    }
+
+    /// Every loaded version.
+    pub fn all(&self) -> Vec<Arc<LoadedVersion>> {
+        self.models.read().unwrap().values().flat_map(|vs| vs.values().cloned()).collect()
     }
 
     /// Unloads one version, or every version when `version` is `None`. In-flight requests finish.

@@ -49,6 +49,8 @@ pub struct Shared {
     pub blob_dir: PathBuf,
     /// Comma-separated scheduler addresses, as given to tasks in AIDOS_SCHEDULER.
     pub schedulers_env: String,
+    /// Given to tasks as AIDOS_ADVERTISE_HOST.
+    pub advertise_host: String,
     pub labels: std::collections::BTreeMap<String, String>,
     pub capacity: Capacity,
     pub conn: Arc<Connection>,
@@ -371,6 +373,7 @@ pub async fn run(cfg: WorkerConfig, shutdown: impl Future<Output = ()> + Send) -
         shim_exe,
         blob_dir,
         schedulers_env: cfg.schedulers.join(","),
+        advertise_host: if cfg.advertise_host.is_empty() { "127.0.0.1".into() } else { cfg.advertise_host.clone() },
         labels: cfg.labels.clone(),
         capacity,
         conn,

@@ -42,6 +42,9 @@ pub struct WorkerConfig {
     /// Root of the local-directory blob store shared with the cluster (datasets, checkpoints, model weights),
     /// given to every task as `AIDOS_BLOB_DIR`. Empty (the default): `<data_dir>/blobs`.
     pub blob_dir: PathBuf,
+    /// Host other machines reach this worker's tasks at (serve replicas advertise `host:port` with it), given to
+    /// tasks as `AIDOS_ADVERTISE_HOST`. Empty (the default): `127.0.0.1`.
+    pub advertise_host: String,
 }
 
 /// Runs the worker until `shutdown` resolves. Tasks keep running after it returns; the next run with

@@ -156,12 +156,29 @@ pub fn train_env(t: &TrainSpec, job_name: &str, job_id: &str) -> Vec<(String, St
     ]
 }
 
+/// Argument the shim executable takes to run one replica of a deployment: `aidos serve replica`.
+pub const SERVE_REPLICA_ARGS: [&str; 2] = ["serve", "replica"];
+
+/// A serve replica's variables (read by `aidos serve replica`).
+pub fn serve_env(s: &aidos_api::v1::ServeSpec) -> Vec<(String, String)> {
+    vec![
+        (task_env::SERVE_DEPLOYMENT.to_string(), s.deployment.clone()),
+        (task_env::SERVE_MODEL.to_string(), format!("{}:{}", s.model, s.version)),
+        (task_env::SERVE_RUNTIME.to_string(), s.runtime.clone()),
+        (task_env::SERVE_MAX_BATCH.to_string(), s.max_batch.to_string()),
+        (task_env::SERVE_MAX_DELAY_US.to_string(), s.max_delay_us.to_string()),
+        (task_env::SERVE_INSTANCES.to_string(), s.instances.to_string()),
+        (task_env::SERVE_MAX_QUEUE.to_string(), s.max_queue.to_string()),
+    ]
+}
+
 /// The environment of a task: spec env (a process job's env, a train job's AIDOS_TRAIN_* variables), then
 /// assignment env, then the AIDOS_* variables of the task contract (see `aidos_sdk`).
 pub fn task_env(
     a: &TaskAssignment,
     worker_id: &str,
     schedulers: &str,
+    advertise_host: &str,
     workdir: &Path,
     blob_dir: &Path,
 ) -> Vec<(String, String)> {
@@ -177,6 +194,7 @@ pub fn task_env(
             let name = a.spec.as_ref().map(|s| s.name.as_str()).unwrap_or("");
             env.extend(train_env(t, name, &aref.job_id));
         }
+        Some(job_spec::Payload::Serve(s)) => env.extend(serve_env(s)),
         None => {}
     }
     let mut extra: Vec<_> = a.env.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
@@ -192,6 +210,7 @@ pub fn task_env(
         (task_env::SCHEDULER.to_string(), schedulers.to_string()),
         (task_env::WORK_DIR.to_string(), workdir.display().to_string()),
         (task_env::BLOB_DIR.to_string(), blob_dir.display().to_string()),
+        (task_env::ADVERTISE_HOST.to_string(), advertise_host.to_string()),
     ]);
     env
 }
@@ -264,6 +283,11 @@ async fn start_new(
         Some(job_spec::Payload::Train(t)) if !t.dataset.trim().is_empty() => {
             (shared.shim_exe.to_string_lossy().into_owned(), vec![TRAIN_RUN_ARG.to_string()])
         }
+        // A serve replica is `aidos serve replica`, configured by the AIDOS_SERVE_* variables.
+        Some(job_spec::Payload::Serve(_)) => (
+            shared.shim_exe.to_string_lossy().into_owned(),
+            SERVE_REPLICA_ARGS.iter().map(|s| s.to_string()).collect(),
+        ),
         Some(job_spec::Payload::Train(_)) => {
             let msg = "train job names no dataset".to_string();
             record.start_error = Some(msg.clone());
@@ -289,7 +313,7 @@ async fn start_new(
         workdir: workdir.clone(),
         program: program.clone(),
         args: args.clone(),
-        env: task_env(a, &shared.worker_id, &shared.schedulers_env, &workdir, &shared.blob_dir),
+        env: task_env(a, &shared.worker_id, &shared.schedulers_env, &shared.advertise_host, &workdir, &shared.blob_dir),
     };
     match cmd.spawn() {
         Ok(child) => {
@@ -539,7 +563,7 @@ mod tests {
             world_size: 4,
             env: [("A".to_string(), "assign".to_string())].into_iter().collect(),
         };
-        let env = task_env(&a, "w1", "h1:1,h2:2", Path::new("/wd"), Path::new("/blobs"));
+        let env = task_env(&a, "w1", "h1:1,h2:2", "127.0.0.1", Path::new("/wd"), Path::new("/blobs"));
         // Later entries win when applied in order.
         let last = |k: &str| env.iter().rev().find(|(kk, _)| kk == k).map(|(_, v)| v.clone()).unwrap();
         assert_eq!(last("A"), "assign");
@@ -569,7 +593,7 @@ mod tests {
             train_split: "".into(),
             eval_split: "".into(),
         };
-        let env = task_env(&train(spec.clone(), "digits"), "w1", "h:1", Path::new("/wd"), Path::new("/b"));
+        let env = task_env(&train(spec.clone(), "digits"), "w1", "h:1", "127.0.0.1", Path::new("/wd"), Path::new("/b"));
         let get = |env: &[(String, String)], k: &str| env.iter().rev().find(|(kk, _)| kk == k).map(|(_, v)| v.clone());
         assert_eq!(get(&env, "AIDOS_TRAIN_DATASET").as_deref(), Some("mnist@v3"));
         assert_eq!(get(&env, "AIDOS_TRAIN_CONFIG").as_deref(), Some(r#"{"epochs":1}"#));
@@ -580,12 +604,12 @@ mod tests {
         assert_eq!(get(&env, "AIDOS_JOB_ID").as_deref(), Some("job-7"));
         // Explicit values win; an unnamed job registers under its id.
         let spec = TrainSpec { register_as: "m".into(), train_split: "tr".into(), eval_split: "val".into(), ..spec };
-        let env = task_env(&train(spec.clone(), "digits"), "w1", "h:1", Path::new("/wd"), Path::new("/b"));
+        let env = task_env(&train(spec.clone(), "digits"), "w1", "h:1", "127.0.0.1", Path::new("/wd"), Path::new("/b"));
         assert_eq!(get(&env, "AIDOS_TRAIN_REGISTER_AS").as_deref(), Some("m"));
         assert_eq!(get(&env, "AIDOS_TRAIN_SPLIT").as_deref(), Some("tr"));
         assert_eq!(get(&env, "AIDOS_EVAL_SPLIT").as_deref(), Some("val"));
         let unnamed = TrainSpec { register_as: "".into(), ..spec };
-        let env = task_env(&train(unnamed, ""), "w1", "h:1", Path::new("/wd"), Path::new("/b"));
+        let env = task_env(&train(unnamed, ""), "w1", "h:1", "127.0.0.1", Path::new("/wd"), Path::new("/b"));
         assert_eq!(get(&env, "AIDOS_TRAIN_REGISTER_AS").as_deref(), Some("job-7"));
         // No process env leaks into a train job.
         assert!(env.iter().all(|(k, _)| k.starts_with("AIDOS_")));

@@ -5,6 +5,7 @@ pub mod cluster;
 pub mod jobs;
 pub mod ml;
 pub mod raft;
+pub mod serve;
 pub mod workers;
 
 pub(crate) type Res<T> = Result<tonic::Response<T>, tonic::Status>;

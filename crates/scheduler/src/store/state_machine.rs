@@ -43,7 +43,8 @@ pub struct StateMachineStore {
 struct Rows {
     jobs: Vec<(String, Vec<u8>)>,
     workers: Vec<(String, Vec<u8>)>,
-    ml: Vec<(String, Vec<u8>)>,
+    /// `None`: the row was deleted (a deployment removed).
+    ml: Vec<(String, Option<Vec<u8>>)>,
     meta: Vec<(&'static str, Vec<u8>)>,
     replace_all: bool,
 }
@@ -77,7 +78,14 @@ fn write_rows(db: &Database, rows: Rows, durability: Durability) -> Result<(), r
             ml.retain(|_, _| false)?;
         }
         for (k, v) in &rows.ml {
-            ml.insert(k.as_str(), v.as_slice())?;
+            match v {
+                Some(v) => {
+                    ml.insert(k.as_str(), v.as_slice())?;
+                }
+                None => {
+                    ml.remove(k.as_str())?;
+                }
+            }
         }
         for (k, v) in &rows.jobs {
             jobs.insert(k.as_str(), v.as_slice())?;
@@ -95,13 +103,15 @@ fn write_rows(db: &Database, rows: Rows, durability: Durability) -> Result<(), r
 }
 
 /// Every ML row of the state (after installing a snapshot).
-fn all_ml_rows(st: &ClusterState) -> Vec<(String, Vec<u8>)> {
+fn all_ml_rows(st: &ClusterState) -> Vec<(String, Option<Vec<u8>>)> {
     use crate::ml_state::{dataset_key, model_key, run_key};
+    use crate::serve_state::deployment_key;
     let mut keys: Vec<String> = Vec::new();
     keys.extend(st.datasets.values().flatten().map(|d| dataset_key(&d.name, d.version)));
     keys.extend(st.models.values().flatten().map(|m| model_key(&m.name, m.version)));
     keys.extend(st.runs.keys().map(|r| run_key(r)));
-    keys.into_iter().filter_map(|k| st.ml_row(&k).map(|b| (k, b))).collect()
+    keys.extend(st.deployments.keys().map(|d| deployment_key(d)));
+    keys.into_iter().filter_map(|k| st.ml_row(&k).map(|b| (k, Some(b)))).collect()
 }
 
 /// Snapshots live in files beside the redb file (`<data_dir>/snapshots/<id>.snap`, an encoded `StateSnapshotV1`);
@@ -321,7 +331,7 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
                     .iter()
                     .filter_map(|id| a.state.workers.get(id).map(|w| (id.clone(), w.encode_to_vec())))
                     .collect(),
-                ml: dirty.ml.iter().filter_map(|k| a.state.ml_row(k).map(|b| (k.clone(), b))).collect(),
+                ml: dirty.ml.iter().map(|k| (k.clone(), a.state.ml_row(k))).collect(),
                 meta: meta_rows(&a),
                 replace_all: false,
             }

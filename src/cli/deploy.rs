@@ -1,0 +1,339 @@
+//! `aidos serve deploy | list | delete` (deployments through the scheduler), `aidos serve replica` (what a worker
+//! runs for each replica) and `aidos serve gateway` (the front that routes to the replicas). Wiring only: the
+//! reconciler is in the scheduler, the server and its remote pool in `aidos-serve`.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use aidos_api::contract::task_env;
+use aidos_api::v1::{DeleteDeploymentRequest, DeployRequest, Deployment, ListDeploymentsRequest, ReportEndpointRequest};
+use aidos_runtime::RuntimeKind;
+use aidos_serve::remote::RemoteModel;
+use aidos_serve::{Limits, Metrics, Repository, ServerConfig, ServerState};
+use anyhow::Context;
+use clap::Args;
+use serde_json::json;
+
+use super::client::{Client, status_error};
+use super::serve::BatchArgs;
+use super::{Global, Output, render, shutdown_signal};
+
+#[derive(Args, Debug)]
+pub struct DeployArgs {
+    /// Registry model: NAME@ALIAS, NAME:VERSION or NAME (latest); an alias is resolved now and pinned
+    pub model: String,
+    /// Deployment name, the model name clients call (default: the model's name)
+    #[arg(long, env = "AIDOS_DEPLOY_NAME")]
+    pub name: Option<String>,
+    /// Replicas to keep running
+    #[arg(long, env = "AIDOS_DEPLOY_REPLICAS", default_value_t = 1)]
+    pub replicas: u32,
+    /// Runtime of each replica: tract, ort or burn
+    #[arg(long, env = "AIDOS_DEPLOY_RUNTIME", default_value = "tract")]
+    pub runtime: String,
+    /// Most samples per batch, per replica
+    #[arg(long, env = "AIDOS_DEPLOY_MAX_BATCH", default_value_t = 32)]
+    pub max_batch: u32,
+    /// Longest a request waits for others to join its batch, in microseconds
+    #[arg(long, env = "AIDOS_DEPLOY_MAX_DELAY_US", default_value_t = 500)]
+    pub max_delay_us: u64,
+    /// Model executors per replica
+    #[arg(long, env = "AIDOS_DEPLOY_INSTANCES", default_value_t = 1)]
+    pub instances: u32,
+    /// Requests allowed to wait per replica; more are refused at once
+    #[arg(long, env = "AIDOS_DEPLOY_MAX_QUEUE", default_value_t = 1024)]
+    pub max_queue: u32,
+    /// CPU per replica, in cores (`1`) or millicores (`500m`)
+    #[arg(long, env = "AIDOS_DEPLOY_CPUS", value_parser = super::parse_cpu, default_value = "1")]
+    pub cpus: u64,
+    /// Memory per replica (`512Mi`, `2Gi`)
+    #[arg(long, env = "AIDOS_DEPLOY_MEMORY", value_parser = super::parse_bytes, default_value = "512Mi")]
+    pub memory: u64,
+    /// Wait until every replica of the new generation is ready (at most this many seconds; 0: do not wait)
+    #[arg(long, env = "AIDOS_DEPLOY_WAIT_SECS", default_value_t = 0)]
+    pub wait_secs: u64,
+}
+
+#[derive(Args, Debug)]
+pub struct GatewayArgs {
+    /// HTTP listen address (Open Inference Protocol REST, /metrics)
+    #[arg(long, env = "AIDOS_GATEWAY_HTTP", default_value = "127.0.0.1:8000")]
+    pub http: SocketAddr,
+    /// gRPC listen address (inference.GRPCInferenceService)
+    #[arg(long, env = "AIDOS_GATEWAY_GRPC", default_value = "127.0.0.1:8001")]
+    pub grpc: SocketAddr,
+    /// How often the replica list is read from the scheduler, in milliseconds
+    #[arg(long, env = "AIDOS_GATEWAY_REFRESH_MS", default_value_t = 250)]
+    pub refresh_ms: u64,
+    /// Write the bound addresses as JSON to this file once serving (for supervisors and tests)
+    #[arg(long, env = "AIDOS_GATEWAY_READY_FILE")]
+    pub ready_file: Option<std::path::PathBuf>,
+}
+
+pub async fn deploy(g: &Global, a: DeployArgs) -> anyhow::Result<()> {
+    let mut c = Client::new(&g.scheduler)?;
+    let req = DeployRequest {
+        name: a.name.clone().unwrap_or_default(),
+        model: a.model.clone(),
+        replicas: a.replicas,
+        runtime: a.runtime.clone(),
+        max_batch: a.max_batch,
+        max_delay_us: a.max_delay_us,
+        instances: a.instances,
+        max_queue: a.max_queue,
+        resources: Some(aidos_api::v1::Resources { cpu_millis: a.cpus, memory_bytes: a.memory, gpus: 0 }),
+    };
+    let d = c.serve(|mut s| { let r = req.clone(); async move { s.deploy(r).await } }).await
+        .map_err(|s| status_error(s, ""))?
+        .into_inner();
+    let spec = d.spec.clone().unwrap_or_default();
+    println!(
+        "deployment {} generation {}: {}:{} x{} ({}, max batch {}, max delay {} µs)",
+        d.name, d.generation, spec.model, spec.version, d.replicas, spec.runtime, spec.max_batch, spec.max_delay_us
+    );
+    if a.wait_secs == 0 {
+        return Ok(());
+    }
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(a.wait_secs);
+    loop {
+        let now = get(&mut c, &d.name).await?;
+        let ready = now.replica_status.iter().filter(|r| r.ready && r.generation == now.generation).count();
+        let old = now.replica_status.iter().filter(|r| r.generation != now.generation).count();
+        if ready >= now.replicas as usize && old == 0 {
+            println!("{} replicas ready", ready);
+            return Ok(());
+        }
+        anyhow::ensure!(now.status.is_empty(), "deployment {}: {}", now.name, now.status);
+        anyhow::ensure!(
+            tokio::time::Instant::now() < deadline,
+            "deployment {}: {ready} of {} replicas ready after {} s",
+            now.name,
+            now.replicas,
+            a.wait_secs
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+async fn get(c: &mut Client, name: &str) -> anyhow::Result<Deployment> {
+    let req = ListDeploymentsRequest { name: name.to_string() };
+    let l = c.serve(|mut s| { let r = req.clone(); async move { s.list(r).await } }).await
+        .map_err(|s| status_error(s, ""))?
+        .into_inner();
+    l.deployments.into_iter().next().ok_or_else(|| anyhow::anyhow!("deployment {name} not found"))
+}
+
+pub async fn list(g: &Global) -> anyhow::Result<()> {
+    let mut c = Client::new(&g.scheduler)?;
+    let l = c.serve(|mut s| async move { s.list(ListDeploymentsRequest::default()).await }).await
+        .map_err(|s| status_error(s, ""))?
+        .into_inner();
+    if g.output == Output::Json {
+        render::print_json(&json!(l.deployments.iter().map(deployment_json).collect::<Vec<_>>()));
+        return Ok(());
+    }
+    let mut rows = Vec::new();
+    for d in &l.deployments {
+        let spec = d.spec.clone().unwrap_or_default();
+        let ready = d.replica_status.iter().filter(|r| r.ready).count();
+        rows.push(vec![
+            d.name.clone(),
+            format!("{}:{}", spec.model, spec.version),
+            d.generation.to_string(),
+            format!("{ready}/{}", d.replicas),
+            spec.runtime.clone(),
+            String::new(),
+            render::truncate(&d.status, 60),
+        ]);
+        for r in &d.replica_status {
+            let state = if r.ready { "ready".to_string() } else { render::task_state(r.state).to_string() };
+            let at = if r.ready { format!("http {} grpc {}", r.http, r.grpc) } else { render::truncate(&r.reason, 50) };
+            rows.push(vec![
+                format!("  {}", r.job_id),
+                format!("v{}", r.version),
+                r.generation.to_string(),
+                state,
+                r.worker_id.clone(),
+                at,
+                String::new(),
+            ]);
+        }
+    }
+    render::print_table(&["DEPLOYMENT / REPLICA", "MODEL", "GEN", "READY", "RUNTIME / WORKER", "ENDPOINTS", "STATUS"], &rows);
+    Ok(())
+}
+
+fn deployment_json(d: &Deployment) -> serde_json::Value {
+    let spec = d.spec.clone().unwrap_or_default();
+    json!({
+        "name": d.name,
+        "model": spec.model,
+        "version": spec.version,
+        "requested": d.requested,
+        "generation": d.generation,
+        "replicas": d.replicas,
+        "runtime": spec.runtime,
+        "max_batch": spec.max_batch,
+        "max_delay_us": spec.max_delay_us,
+        "instances": spec.instances,
+        "max_queue": spec.max_queue,
+        "resources": render::resources_json(d.resources.as_ref()),
+        "status": d.status,
+        "replica_status": d.replica_status.iter().map(|r| json!({
+            "job_id": r.job_id, "generation": r.generation, "version": r.version,
+            "state": render::task_state(r.state), "ready": r.ready, "worker": r.worker_id,
+            "http": r.http, "grpc": r.grpc, "attempt": r.attempt, "pid": r.pid, "reason": r.reason,
+        })).collect::<Vec<_>>(),
+    })
+}
+
+pub async fn delete(g: &Global, name: &str) -> anyhow::Result<()> {
+    let mut c = Client::new(&g.scheduler)?;
+    let req = DeleteDeploymentRequest { name: name.to_string() };
+    c.serve(|mut s| { let r = req.clone(); async move { s.delete(r).await } }).await
+        .map_err(|s| status_error(s, ""))?;
+    println!("deployment {name} deleted; its replicas are stopping");
+    Ok(())
+}
+
+/// How long a replica keeps serving after SIGTERM before it drains (well under the worker's stop grace of 5 s).
+const DRAIN_DELAY: Duration = Duration::from_millis(1000);
+
+fn env(var: &str) -> anyhow::Result<String> {
+    std::env::var(var).map_err(|_| anyhow::anyhow!("{var} is not set: `aidos serve replica` runs as a deployment's task"))
+}
+
+/// One replica of a deployment, started by a worker with the task environment (AIDOS_* and AIDOS_SERVE_*): loads
+/// the registry model, serves it under the deployment's name, reports its endpoint, and drains on SIGTERM.
+pub async fn replica(batch: BatchArgs) -> anyhow::Result<()> {
+    let task = aidos_sdk::TaskEnv::from_env()?;
+    let deployment = env(task_env::SERVE_DEPLOYMENT)?;
+    let model = env(task_env::SERVE_MODEL)?;
+    let kind: RuntimeKind = env(task_env::SERVE_RUNTIME)?.parse()?;
+    let host = std::env::var(task_env::ADVERTISE_HOST).unwrap_or_else(|_| "127.0.0.1".into());
+    let cfg = batch.config()?;
+    let mut client = Client::new(&task.schedulers)?;
+    let m = super::model::get_model(&mut client, &model).await?;
+    let store = aidos_blob::LocalDirStore::open(&task.blob_dir)
+        .map_err(|e| anyhow::anyhow!("opening the blob store at {}: {e}", task.blob_dir.display()))?;
+    let mv = m.clone();
+    let rt = tokio::task::spawn_blocking(move || super::serve::registry_runtime(&mv, &store, kind)).await??;
+    let repo = Arc::new(Repository::new(Arc::new(Metrics::default())));
+    repo.load(&deployment, m.version as u64, kind, rt, cfg.clone())?;
+    let loopback = host == "127.0.0.1" || host == "localhost";
+    let bind: std::net::IpAddr = if loopback { [127, 0, 0, 1].into() } else { [0, 0, 0, 0].into() };
+    let server_cfg = ServerConfig { http: SocketAddr::new(bind, 0), grpc: SocketAddr::new(bind, 0) };
+    let state = Arc::new(ServerState {
+        repo,
+        limits: Limits::default(),
+        name: format!("aidos-replica-{deployment}"),
+        model_dir: None,
+        defaults: cfg,
+    });
+    let server = aidos_serve::start(&server_cfg, state).await.context("binding the replica's listeners")?;
+    let (http, grpc) = (format!("{host}:{}", server.http.port()), format!("{host}:{}", server.grpc.port()));
+    println!("replica of {deployment} ({}:{} on {}) serving: HTTP {http} gRPC {grpc}", m.name, m.version, kind.as_str());
+    let report = ReportEndpointRequest {
+        worker_id: task.worker_id.clone(),
+        attempt: Some(task.attempt_ref()),
+        http,
+        grpc,
+        pid: std::process::id(),
+    };
+    // The scheduler may be electing a leader: retry for a while; a refusal (stale attempt) is final.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let r = report.clone();
+        match client.serve(|mut s| { let r = r.clone(); async move { s.report_endpoint(r).await } }).await {
+            Ok(_) => break,
+            Err(s) if tokio::time::Instant::now() < deadline && super::client::is_retryable(&s) => {
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            }
+            Err(s) => {
+                server.shutdown().await;
+                return Err(status_error(s, "reporting the replica's endpoint"));
+            }
+        }
+    }
+    shutdown_signal().await;
+    // Keep answering for a moment: gateways learn from the scheduler (every 250 ms) that this replica is going
+    // and stop sending to it; then stop accepting and let in-flight requests finish.
+    println!("replica of {deployment}: stopping in {} ms, then draining", DRAIN_DELAY.as_millis());
+    tokio::time::sleep(DRAIN_DELAY).await;
+    server.shutdown().await;
+    Ok(())
+}
+
+/// The gateway: an Open Inference Protocol front whose models are the cluster's deployments, each routed to its
+/// ready replicas (see `aidos_serve::remote`). It keeps routing to the replicas it knows when the scheduler
+/// cannot be reached.
+pub async fn gateway(g: &Global, a: GatewayArgs) -> anyhow::Result<()> {
+    let server = start_gateway(g.scheduler.clone(), a.http, a.grpc, Duration::from_millis(a.refresh_ms)).await?;
+    println!("gateway serving deployments: HTTP http://{}  gRPC {}", server.http, server.grpc);
+    if let Some(f) = &a.ready_file {
+        super::serve::write_ready_file(f, server.http, server.grpc)?;
+    }
+    shutdown_signal().await;
+    server.shutdown().await;
+    Ok(())
+}
+
+/// Binds the gateway's listeners and starts following the scheduler's deployments.
+pub async fn start_gateway(
+    schedulers: Vec<String>,
+    http: SocketAddr,
+    grpc: SocketAddr,
+    refresh: Duration,
+) -> anyhow::Result<aidos_serve::RunningServer> {
+    let repo = Arc::new(Repository::new(Arc::new(Metrics::default())));
+    let state = Arc::new(ServerState {
+        repo: repo.clone(),
+        limits: Limits::default(),
+        name: "aidos-gateway".into(),
+        model_dir: None,
+        defaults: aidos_serve::BatchConfig::default(),
+    });
+    let server = aidos_serve::start(&ServerConfig { http, grpc }, state)
+        .await
+        .with_context(|| format!("binding the gateway on {http} / {grpc}"))?;
+    let mut client = Client::new(&schedulers)?;
+    tokio::spawn(async move {
+        loop {
+            match client.serve(|mut s| async move { s.list(ListDeploymentsRequest::default()).await }).await {
+                Ok(l) => {
+                    let want = routes(&l.into_inner().deployments);
+                    for change in aidos_serve::remote::sync(&repo, &want).await {
+                        tracing::info!("gateway: {change}");
+                    }
+                }
+                Err(s) => tracing::debug!("gateway: reading deployments: {}", s.message()),
+            }
+            tokio::time::sleep(refresh).await;
+        }
+    });
+    Ok(server)
+}
+
+/// Ready replicas of every deployment, grouped by the model version they serve.
+fn routes(deployments: &[Deployment]) -> Vec<RemoteModel> {
+    let mut out: BTreeMap<(String, u64), RemoteModel> = BTreeMap::new();
+    for d in deployments {
+        let spec = d.spec.clone().unwrap_or_default();
+        let runtime = spec.runtime.parse().unwrap_or(RuntimeKind::Tract);
+        for r in d.replica_status.iter().filter(|r| r.ready) {
+            out.entry((d.name.clone(), r.version as u64))
+                .or_insert_with(|| RemoteModel {
+                    name: d.name.clone(),
+                    version: r.version as u64,
+                    runtime,
+                    max_batch: spec.max_batch as usize,
+                    endpoints: vec![],
+                })
+                .endpoints
+                .push(r.grpc.clone());
+        }
+    }
+    out.into_values().collect()
+}

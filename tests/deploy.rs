@@ -1,0 +1,296 @@
+//! Issue #4, deployments through the scheduler: `aidos serve deploy` places 2 replicas on workers; the gateway
+//! routes a steady load to them; one replica is SIGKILLed and the deployment recovers to 2 ready replicas with no
+//! request lost beyond those in flight on it; a new model version rolls over one replica at a time with no failed
+//! request; bad deployment requests are refused by name; deleting stops the replicas.
+
+mod common;
+
+use std::io::{Read, Write};
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use aidos_api::serve_service_client::ServeServiceClient;
+use aidos_api::v1::*;
+use common::*;
+
+const TRAIN: &str = r#"
+name = "digits"
+kind = "train"
+[resources]
+cpu = 1
+memory = "1Gi"
+[train]
+dataset = "mnist"
+register_as = "digits"
+[train.config]
+epochs = 1
+batch_size = 64
+seed = SEED
+[train.config.model]
+name = "mlp"
+layers = [784, 32, 10]
+activation = "relu"
+[train.config.optimizer]
+name = "adam"
+lr = 0.001
+"#;
+
+/// Load-generator threads (each with one request in flight at a time).
+const CLIENTS: usize = 4;
+
+fn repo() -> &'static Path {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// One HTTP/1.1 request on a fresh connection: (status, body). Status 0: the connection failed.
+fn http(addr: SocketAddr, method: &str, path: &str, body: &str) -> (u16, String) {
+    let Ok(mut s) = std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(2)) else {
+        return (0, "connect failed".into());
+    };
+    let _ = s.set_read_timeout(Some(Duration::from_secs(20)));
+    let req = format!(
+        "{method} {path} HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    if s.write_all(req.as_bytes()).is_err() {
+        return (0, "write failed".into());
+    }
+    let mut buf = Vec::new();
+    let _ = s.read_to_end(&mut buf);
+    let text = String::from_utf8_lossy(&buf).to_string();
+    let Some((head, body)) = text.split_once("\r\n\r\n") else { return (0, format!("malformed answer {text:?}")) };
+    let status = head.split_whitespace().nth(1).and_then(|c| c.parse().ok()).unwrap_or(0);
+    (status, body.to_string())
+}
+
+#[derive(Default)]
+struct Load {
+    ok: AtomicU64,
+    failed: AtomicU64,
+    errors: Mutex<Vec<String>>,
+    versions: Mutex<std::collections::BTreeMap<String, u64>>,
+    stop: AtomicBool,
+}
+
+fn start_load(gateway: SocketAddr) -> (Arc<Load>, Vec<std::thread::JoinHandle<()>>) {
+    let load = Arc::new(Load::default());
+    let row: Vec<String> = (0..784).map(|i| format!("{:.3}", (i % 17) as f32 / 17.0)).collect();
+    let body = format!(r#"{{"inputs":[{{"name":"input","datatype":"FP32","shape":[1,784],"data":[{}]}}]}}"#, row.join(","));
+    let threads = (0..CLIENTS)
+        .map(|_| {
+            let (load, body) = (load.clone(), body.clone());
+            std::thread::spawn(move || {
+                while !load.stop.load(Ordering::Relaxed) {
+                    let (status, resp) = http(gateway, "POST", "/v2/models/digits/infer", &body);
+                    if status == 200 {
+                        let v: serde_json::Value = serde_json::from_str(&resp).expect("a JSON answer");
+                        assert_eq!(v["outputs"][0]["shape"], serde_json::json!([1, 10]), "{resp}");
+                        let ver = v["model_version"].as_str().unwrap_or("?").to_string();
+                        *load.versions.lock().unwrap_or_else(|p| p.into_inner()).entry(ver).or_default() += 1;
+                        load.ok.fetch_add(1, Ordering::Relaxed);
+                    } else {
+                        load.failed.fetch_add(1, Ordering::Relaxed);
+                        load.errors.lock().unwrap_or_else(|p| p.into_inner()).push(format!("{status}: {resp}"));
+                    }
+                }
+            })
+        })
+        .collect();
+    (load, threads)
+}
+
+async fn deployment(c: &Cluster, name: &str) -> Option<Deployment> {
+    let mut s = ServeServiceClient::new(c.any_channel().await);
+    let l = s.list(ListDeploymentsRequest { name: name.into() }).await.ok()?.into_inner();
+    l.deployments.into_iter().next()
+}
+
+/// Polls the deployment until `pred` holds.
+async fn wait_deployment(c: &Cluster, name: &str, within: Duration, what: &str, pred: impl Fn(&Deployment) -> bool) -> Deployment {
+    let deadline = Instant::now() + within;
+    loop {
+        if let Some(d) = deployment(c, name).await
+            && pred(&d)
+        {
+            return d;
+        }
+        if Instant::now() > deadline {
+            dump_logs(c);
+            panic!("deployment {name}: not {what} within {within:?}: {:#?}", deployment(c, name).await);
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// The first few of a list of errors (all of them can be thousands).
+fn first(errors: &[String]) -> Vec<String> {
+    let mut v: Vec<String> = errors.iter().take(5).cloned().collect();
+    if errors.len() > 5 {
+        v.push(format!("... and {} more", errors.len() - 5));
+    }
+    v
+}
+
+fn ready(d: &Deployment) -> Vec<&Replica> {
+    d.replica_status.iter().filter(|r| r.ready).collect()
+}
+
+async fn wait_ok(c: &Cluster, gateway: &mut Proc, load: &Load, more_than: u64, within: Duration) {
+    let deadline = Instant::now() + within;
+    while load.ok.load(Ordering::Relaxed) <= more_than {
+        if Instant::now() > deadline {
+            load.stop.store(true, Ordering::Relaxed);
+            dump_logs(c);
+            eprintln!("===== gateway ({}) =====\n{}", gateway.exit_status(), gateway.output());
+            panic!("the load made no progress: {:?}", first(&load.errors.lock().unwrap()));
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replicas_recover_from_sigkill_and_roll_over_without_failed_requests() {
+    let mut c = start_cluster(1).await;
+    c.start_worker("w1", "2", "");
+    c.start_worker("w2", "2", "");
+    let mnist = repo().join("data/mnist10k");
+    let (code, _, err) = c.cli(&["dataset", "push", "mnist", mnist.to_str().unwrap(), "--split", "train=8000,test=2000"]);
+    assert_eq!(code, 0, "{err}");
+    // Two versions of a small model.
+    for seed in ["1", "2"] {
+        let spec = c.path().join(format!("train-{seed}.toml"));
+        std::fs::write(&spec, TRAIN.replace("SEED", seed)).unwrap();
+        let (code, out, err) = c.cli(&["train", spec.to_str().unwrap()]);
+        assert_eq!(code, 0, "{err}");
+        let j = c.wait_job(out.trim(), Duration::from_secs(300), |j| JobState::try_from(j.state).unwrap().is_terminal()).await;
+        assert_eq!(state_of(&j), JobState::Succeeded, "{j:#?}");
+    }
+
+    // Bad requests are refused by name and store nothing.
+    for (args, needle) in [
+        (vec!["serve", "deploy", "nosuch@production"], "model nosuch not found"),
+        (vec!["serve", "deploy", "digits:9"], "has no version 9"),
+        (vec!["serve", "deploy", "digits:1", "--runtime", "tensorflow"], "runtime: `tensorflow`"),
+        (vec!["serve", "deploy", "digits:1", "--replicas", "1000"], "replicas: 1000"),
+        (vec!["serve", "deploy", "digits:1", "--name", "bad/name"], "not a valid name"),
+    ] {
+        let (code, out, err) = c.cli(&args);
+        assert_ne!(code, 0, "{args:?} was accepted: {out}");
+        assert!(err.contains(needle), "{args:?}: expected {needle:?} in: {err}");
+    }
+    assert!(deployment(&c, "digits").await.is_none(), "a refused deployment was stored");
+
+    let ready_file = c.path().join("gateway.json");
+    let mut gateway_proc = c.spawn_aidos(
+        "gateway",
+        &["serve", "gateway", "--http", "127.0.0.1:0", "--grpc", "127.0.0.1:0", "--ready-file", ready_file.to_str().unwrap()],
+    );
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !ready_file.exists() {
+        assert!(Instant::now() < deadline, "the gateway did not start: {}", gateway_proc.output());
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let addrs: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&ready_file).unwrap()).unwrap();
+    let gateway: SocketAddr = addrs["http"].as_str().unwrap().parse().unwrap();
+
+    let (code, out, err) = c.cli(&[
+        "serve", "deploy", "digits:1", "--replicas", "2", "--cpus", "500m", "--memory", "256Mi", "--max-delay-us", "200",
+        "--wait-secs", "120",
+    ]);
+    if code != 0 {
+        dump_logs(&c);
+    }
+    assert_eq!(code, 0, "{out}{err}");
+    let d = wait_deployment(&c, "digits", Duration::from_secs(30), "2 ready", |d| ready(d).len() == 2).await;
+    assert_eq!(d.generation, 1);
+
+    // `serve list` shows the replicas and where they listen.
+    let (code, out, err) = c.cli(&["serve", "list"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("digits") && out.contains("2/2"), "{out}");
+    for r in ready(&d) {
+        assert!(out.contains(&r.http), "{out}");
+    }
+
+    // The gateway follows the scheduler (every 250 ms): wait until it routes the deployment.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while http(gateway, "GET", "/v2/models/digits/ready", "").0 != 200 {
+        assert!(Instant::now() < deadline, "the gateway does not route digits: {}", gateway_proc.output());
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // Steady load through the gateway.
+    let (load, threads) = start_load(gateway);
+    wait_ok(&c, &mut gateway_proc, &load, 100, Duration::from_secs(60)).await;
+
+    // SIGKILL one replica.
+    let victim = ready(&d)[0].clone();
+    assert!(victim.pid > 0, "{victim:?}");
+    let _ = std::process::Command::new("kill").args(["-KILL", &victim.pid.to_string()]).status();
+    let before_ok = load.ok.load(Ordering::Relaxed);
+    let d = wait_deployment(&c, "digits", Duration::from_secs(60), "recovered to 2 ready", |d| {
+        let r = ready(d);
+        r.len() == 2 && !r.iter().any(|x| x.job_id == victim.job_id && x.attempt == victim.attempt)
+    })
+    .await;
+    wait_ok(&c, &mut gateway_proc, &load, before_ok + 100, Duration::from_secs(30)).await;
+    let failed_on_kill = load.failed.load(Ordering::Relaxed);
+    if failed_on_kill > CLIENTS as u64 {
+        dump_logs(&c);
+        eprintln!("===== gateway =====\n{}", gateway_proc.output());
+    }
+    assert!(
+        failed_on_kill <= CLIENTS as u64,
+        "{failed_on_kill} requests failed, more than the {CLIENTS} that can be in flight: {:?}",
+        first(&load.errors.lock().unwrap())
+    );
+    for e in load.errors.lock().unwrap().iter() {
+        assert!(e.contains("replica") || e.contains("not available"), "unclear error: {e}");
+    }
+    let restarted = d.replica_status.iter().find(|r| r.job_id == victim.job_id);
+    eprintln!("after SIGKILL: {failed_on_kill} failed; replacement {restarted:?}");
+
+    // Roll over to version 2 under the same load: no request fails.
+    let (code, out, err) = c.cli(&["serve", "deploy", "digits:2", "--name", "digits", "--replicas", "2", "--cpus", "500m",
+        "--memory", "256Mi", "--max-delay-us", "200", "--wait-secs", "180"]);
+    if code != 0 {
+        dump_logs(&c);
+    }
+    assert_eq!(code, 0, "{out}{err}");
+    let d = wait_deployment(&c, "digits", Duration::from_secs(30), "rolled to v2", |d| {
+        d.generation == 2 && ready(d).len() == 2 && d.replica_status.iter().all(|r| r.version == 2)
+    })
+    .await;
+    let before_ok = load.ok.load(Ordering::Relaxed);
+    wait_ok(&c, &mut gateway_proc, &load, before_ok + 100, Duration::from_secs(30)).await;
+    load.stop.store(true, Ordering::Relaxed);
+    for t in threads {
+        t.join().unwrap();
+    }
+    let failed_in_rollout = load.failed.load(Ordering::Relaxed) - failed_on_kill;
+    if failed_in_rollout > 0 {
+        dump_logs(&c);
+        eprintln!("===== gateway =====\n{}", gateway_proc.output());
+    }
+    assert_eq!(failed_in_rollout, 0, "requests failed during the rollout: {:?}", first(&load.errors.lock().unwrap()));
+    let versions = load.versions.lock().unwrap().clone();
+    assert!(versions.get("1").is_some_and(|n| *n > 0) && versions.get("2").is_some_and(|n| *n > 0), "{versions:?}");
+    eprintln!("served {} requests ({versions:?}); replicas now {:?}", load.ok.load(Ordering::Relaxed), d.replica_status);
+
+    // Delete: every replica stops and the gateway stops routing the name.
+    let (code, _, err) = c.cli(&["serve", "delete", "digits"]);
+    assert_eq!(code, 0, "{err}");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let live = c.list_all().await.into_iter().filter(|j| j.spec.as_ref().is_some_and(|s| s.kind == JobKind::Serve as i32));
+        let live = live.filter(|j| !state_of(j).is_terminal()).count();
+        let (status, _) = http(gateway, "GET", "/v2/models/digits", "");
+        if live == 0 && status == 404 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "after delete: {live} replica jobs live, gateway answers {status}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
