@@ -5,6 +5,7 @@ pub mod client;
 pub mod cluster;
 pub mod dataset;
 pub mod deploy;
+pub mod edge;
 pub mod job;
 pub mod model;
 pub mod plot;
@@ -98,6 +99,9 @@ pub enum Command {
     Serve(serve::ServeCmd),
     /// Send one inference request to a model server's HTTP front and print the outputs
     Infer(serve::InferArgs),
+    /// Edge devices: the fleet, signed ONNX deployments, telemetry, and the agent itself
+    #[command(subcommand)]
+    Edge(edge::EdgeCmd),
     /// Load generators for measuring the control plane
     #[command(subcommand)]
     Bench(bench::BenchCmd),
@@ -113,7 +117,10 @@ pub enum Command {
 impl Command {
     /// Long-running daemons log at info by default; client commands stay quiet.
     pub fn is_daemon(&self) -> bool {
-        matches!(self, Command::Up(_) | Command::Server(_) | Command::Worker(_) | Command::Serve(_))
+        matches!(
+            self,
+            Command::Up(_) | Command::Server(_) | Command::Worker(_) | Command::Serve(_) | Command::Edge(edge::EdgeCmd::Agent(_))
+        )
     }
 }
 
@@ -147,6 +154,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Model(c) => model::run(&g, c).await,
         Command::Serve(c) => serve::run(&g, c).await,
         Command::Infer(a) => serve::infer(&g, a).await,
+        Command::Edge(c) => edge::run(&g, c).await,
         // Dispatched in main before any runtime starts; reaching here means it was not first on the line.
         Command::TaskShim { .. } => anyhow::bail!("task-shim must be the first argument"),
     }

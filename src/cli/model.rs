@@ -66,6 +66,47 @@ pub fn artifact_key(q: aidos_kernels::onnx::Quantize) -> &'static str {
 }
 
 /// Exports a registry version to ONNX bytes (preprocessing baked in, registry identity in the metadata).
+/// Stores `bytes` in the blob store and records them as artifact `key` of the model version.
+pub async fn record_artifact(
+    client: &mut Client,
+    store: &aidos_blob::LocalDirStore,
+    m: &ModelVersion,
+    key: &str,
+    bytes: &[u8],
+) -> anyhow::Result<BlobId> {
+    let id = store.put(bytes)?;
+    client
+        .models(|mut c| {
+            let req = aidos_api::SetArtifactRequest {
+                name: m.name.clone(),
+                version: m.version,
+                key: key.into(),
+                blob: id.to_string(),
+            };
+            async move { c.set_artifact(req).await.map(|r| r.into_inner()) }
+        })
+        .await
+        .map_err(|e| status_error(e, ""))?;
+    Ok(id)
+}
+
+/// The version's float ONNX artifact, exported and recorded now when it has none: (blob id, bytes).
+pub async fn onnx_artifact(
+    client: &mut Client,
+    store: &aidos_blob::LocalDirStore,
+    m: &ModelVersion,
+) -> anyhow::Result<(BlobId, Vec<u8>)> {
+    if let Some(id) = m.artifacts.get("onnx") {
+        let id = BlobId::parse(id)?;
+        let bytes = store.get(&id)?.to_vec();
+        return Ok((id, bytes));
+    }
+    let (mv, st) = (m.clone(), store.clone());
+    let bytes = tokio::task::spawn_blocking(move || export_onnx(&mv, &st, aidos_kernels::onnx::Quantize::None)).await??;
+    let id = record_artifact(client, store, m, "onnx", &bytes).await?;
+    Ok((id, bytes))
+}
+
 pub fn export_onnx(m: &ModelVersion, store: &dyn BlobStore, q: aidos_kernels::onnx::Quantize) -> anyhow::Result<Vec<u8>> {
     let loaded = load(m, store)?;
     let cfg: serde_json::Value = serde_json::from_str(&m.config).unwrap_or_default();
@@ -257,20 +298,8 @@ pub async fn run(g: &Global, cmd: ModelCmd) -> anyhow::Result<()> {
             std::fs::write(&a.file, &bytes).map_err(|e| anyhow::anyhow!("writing {}: {e}", a.file.display()))?;
             let mut stored = String::new();
             if !a.no_store {
-                let id = store.put(&bytes)?;
                 let key = artifact_key(q);
-                client
-                    .models(|mut c| {
-                        let req = aidos_api::SetArtifactRequest {
-                            name: m.name.clone(),
-                            version: m.version,
-                            key: key.into(),
-                            blob: id.to_string(),
-                        };
-                        async move { c.set_artifact(req).await.map(|r| r.into_inner()) }
-                    })
-                    .await
-                    .map_err(|e| status_error(e, ""))?;
+                let id = record_artifact(&mut client, &store, &m, key, &bytes).await?;
                 stored = format!("; recorded as artifact `{key}` of {}:{} ({id})", m.name, m.version);
             }
             if g.output == Output::Json {

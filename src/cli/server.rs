@@ -16,6 +16,10 @@ pub struct ServerArgs {
     /// This node's Raft id (> 0), unique in the cluster
     #[arg(long, env = "AIDOS_NODE_ID")]
     pub id: u64,
+    /// ed25519 key (32-byte seed file) edge deployments are signed with; created when missing; give every node of
+    /// the cluster the same file (default: <data-dir>/edge-signing.key)
+    #[arg(long, env = "AIDOS_EDGE_SIGNING_KEY")]
+    pub edge_signing_key: Option<std::path::PathBuf>,
     /// Address the gRPC server binds (loopback by default: jobs run arbitrary code)
     #[arg(long, env = "AIDOS_LISTEN", default_value = aidos_api::DEFAULT_SCHEDULER_ADDR)]
     pub listen: SocketAddr,
@@ -60,7 +64,7 @@ fn parse_peer(s: &str) -> Result<(u64, String), String> {
     Ok((id, addr.to_string()))
 }
 
-pub async fn run(_g: &Global, a: ServerArgs) -> anyhow::Result<()> {
+pub async fn run(g: &Global, a: ServerArgs) -> anyhow::Result<()> {
     anyhow::ensure!(a.id > 0, "--id must be > 0");
     anyhow::ensure!(a.heartbeat_interval_ms > 0, "--heartbeat-interval-ms must be > 0");
     anyhow::ensure!(
@@ -98,6 +102,8 @@ pub async fn run(_g: &Global, a: ServerArgs) -> anyhow::Result<()> {
             PlacementArg::Binpack => Strategy::BinPack,
             PlacementArg::Spread => Strategy::Spread,
         },
+        blob_dir: Some(g.blob_dir.clone()),
+        edge_signing_key: a.edge_signing_key.clone(),
     };
     let node = SchedulerNode::start(cfg).await.with_context(|| format!("starting scheduler node {}", a.id))?;
     println!("scheduler {} listening on {}", a.id, node.local_addr());

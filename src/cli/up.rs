@@ -48,7 +48,9 @@ pub async fn run(_g: &Global, a: UpArgs) -> anyhow::Result<()> {
     let worker_dir = a.data_dir.join("worker");
     std::fs::create_dir_all(&sched_dir).with_context(|| format!("creating {}", sched_dir.display()))?;
 
-    let node = SchedulerNode::start(SchedulerConfig::single_node(a.listen, sched_dir))
+    let mut sched_cfg = SchedulerConfig::single_node(a.listen, sched_dir);
+    sched_cfg.blob_dir = Some(a.data_dir.join("blobs"));
+    let node = SchedulerNode::start(sched_cfg)
         .await
         .with_context(|| format!("starting the scheduler on {}", a.listen))?;
     let addr = node.local_addr();

@@ -2,6 +2,7 @@
 //! validation. Every process talks to every other through these types.
 
 pub mod contract;
+pub mod edge;
 pub mod spec;
 
 /// Generated protobuf and tonic types for `aidos.v1`.

@@ -34,6 +34,8 @@ pub struct Core {
     pub liveness: Mutex<HashMap<String, Instant>>,
     pub submits: mpsc::Sender<SubmitItem>,
     pub logs: TaskLogs,
+    /// Edge signing key, artifact store and device liveness (see `leader_edge`).
+    pub edge: crate::leader_edge::EdgeCore,
     channels: Mutex<HashMap<String, Channel>>,
 }
 
@@ -51,6 +53,7 @@ impl Core {
         cfg: SchedulerConfig,
         submits: mpsc::Sender<SubmitItem>,
         logs: TaskLogs,
+        edge: crate::leader_edge::EdgeCore,
     ) -> Self {
         Self {
             id: cfg.node_id,
@@ -61,6 +64,7 @@ impl Core {
             liveness: Mutex::new(HashMap::new()),
             submits,
             logs,
+            edge,
             channels: Mutex::new(HashMap::new()),
         }
     }

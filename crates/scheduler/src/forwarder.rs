@@ -118,6 +118,19 @@ impl Forwarder {
         Ok(self.models().set_artifact(r).await.map_err(remote)?.into_inner())
     }
 
+    fn edge(&self) -> aidos_api::edge_service_client::EdgeServiceClient<Channel> {
+        aidos_api::edge_service_client::EdgeServiceClient::new(self.channel.clone())
+    }
+    pub async fn enroll(&self, r: EnrollRequest) -> Result<EnrollResponse, SchedulerError> {
+        Ok(self.edge().enroll(r).await.map_err(remote)?.into_inner())
+    }
+    pub async fn edge_sync(&self, r: EdgeSyncRequest) -> Result<EdgeSyncResponse, SchedulerError> {
+        Ok(self.edge().sync(r).await.map_err(remote)?.into_inner())
+    }
+    pub async fn edge_deploy(&self, r: EdgeDeployRequest) -> Result<EdgeDeployment, SchedulerError> {
+        Ok(self.edge().deploy(r).await.map_err(remote)?.into_inner())
+    }
+
     fn serve(&self) -> aidos_api::serve_service_client::ServeServiceClient<Channel> {
         aidos_api::serve_service_client::ServeServiceClient::new(self.channel.clone())
     }

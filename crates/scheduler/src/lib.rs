@@ -19,6 +19,8 @@ mod ml_state;
 mod network;
 pub mod placement;
 mod raft_types;
+pub mod edge_state;
+mod leader_edge;
 pub mod reconcile;
 mod leader_serve;
 pub mod serve_state;
@@ -65,6 +67,12 @@ pub struct SchedulerConfig {
     /// How often workers should heartbeat.
     pub heartbeat_interval: Duration,
     pub default_strategy: Strategy,
+    /// Blob store artifacts are served to edge agents from (the cluster's shared blob directory); None: edge
+    /// deployments and downloads are refused.
+    pub blob_dir: Option<PathBuf>,
+    /// ed25519 key edge deployments are signed with (32-byte seed file; created when missing). Every node of a
+    /// cluster needs the same file. None: `<data_dir>/edge-signing.key`.
+    pub edge_signing_key: Option<PathBuf>,
 }
 
 impl SchedulerConfig {
@@ -78,6 +86,8 @@ impl SchedulerConfig {
             worker_timeout: Duration::from_secs(5),
             heartbeat_interval: Duration::from_millis(500),
             default_strategy: Strategy::BinPack,
+            blob_dir: None,
+            edge_signing_key: None,
         }
     }
 }
@@ -138,7 +148,12 @@ impl SchedulerNode {
         }
         let logs = task_logs::TaskLogs::new(&cfg.data_dir.join("task-logs"))?;
         let (submit_tx, submit_rx) = mpsc::channel(16 * 1024);
-        let core = Arc::new(core::Core::new(raft.clone(), shared, version, cfg.clone(), submit_tx, logs));
+        let key_file = cfg.edge_signing_key.clone().unwrap_or_else(|| leader_edge::default_key_file(&cfg.data_dir));
+        let (kf, bd) = (key_file.clone(), cfg.blob_dir.clone());
+        let edge = tokio::task::spawn_blocking(move || leader_edge::EdgeCore::open(&kf, bd.as_deref()))
+            .await
+            .map_err(|e| SchedulerError::Storage(e.to_string()))??;
+        let core = Arc::new(core::Core::new(raft.clone(), shared, version, cfg.clone(), submit_tx, logs, edge));
         let (stop, stop_rx) = watch::channel(false);
 
         let mut tasks = vec![
@@ -164,7 +179,12 @@ impl SchedulerNode {
             )
             .add_service(RunServiceServer::new(grpc::ml::Runs(core.clone())).max_decoding_message_size(16 << 20))
             .add_service(ModelServiceServer::new(grpc::ml::Models(core.clone())))
-            .add_service(aidos_api::serve_service_server::ServeServiceServer::new(grpc::serve::Serve(core.clone())));
+            .add_service(aidos_api::serve_service_server::ServeServiceServer::new(grpc::serve::Serve(core.clone())))
+            .add_service(
+                aidos_api::edge_service_server::EdgeServiceServer::new(grpc::edge::Edge(core.clone()))
+                    .max_decoding_message_size(64 << 20)
+                    .max_encoding_message_size(16 << 20),
+            );
         let mut stop_srv = stop_rx.clone();
         // Our own listener (so port 0 works): Server::tcp_nodelay applies only to listeners tonic binds itself, so
         // set it here. Without it, Nagle + delayed ACK stall small responses by ~40 ms.

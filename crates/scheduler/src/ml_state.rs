@@ -255,6 +255,8 @@ impl ClusterState {
             }
             "r" => self.runs.get(key.get(2..)?).map(|r| r.encode_to_vec()),
             "s" => self.deployments.get(key.get(2..)?).map(|d| d.encode_to_vec()),
+            "e" => self.edge_devices.get(key.get(2..)?).map(|d| d.encode_to_vec()),
+            "x" => self.edge_deployments.get(key.get(2..)?).map(|d| d.encode_to_vec()),
             _ => None,
         }
     }
@@ -274,6 +276,14 @@ impl ClusterState {
             Some(b'r') => {
                 let r = Run::decode(bytes)?;
                 self.runs.insert(r.id.clone(), r);
+            }
+            Some(b'e') => {
+                let d = aidos_api::v1::EdgeDevice::decode(bytes)?;
+                self.edge_devices.insert(d.name.clone(), d);
+            }
+            Some(b'x') => {
+                let d = aidos_api::v1::EdgeDeployment::decode(bytes)?;
+                self.edge_deployments.insert(d.name.clone(), d);
             }
             Some(b's') => {
                 let d = aidos_api::v1::Deployment::decode(bytes)?;

@@ -39,6 +39,9 @@ pub struct ClusterState {
     pub models: BTreeMap<String, Vec<aidos_api::v1::ModelVersion>>,
     /// Model deployments by name (see `serve_state`).
     pub deployments: BTreeMap<String, aidos_api::v1::Deployment>,
+    /// Edge devices and edge deployments by name (see `edge_state`).
+    pub edge_devices: BTreeMap<String, aidos_api::v1::EdgeDevice>,
+    pub edge_deployments: BTreeMap<String, aidos_api::v1::EdgeDeployment>,
 }
 
 /// What one `apply` changed, so the store writes only those rows.
@@ -96,6 +99,12 @@ impl ClusterState {
         for d in s.deployments {
             st.deployments.insert(d.name.clone(), d);
         }
+        for d in s.edge_devices {
+            st.edge_devices.insert(d.name.clone(), d);
+        }
+        for d in s.edge_deployments {
+            st.edge_deployments.insert(d.name.clone(), d);
+        }
         st
     }
 
@@ -143,6 +152,8 @@ impl ClusterState {
             runs: self.runs.values().cloned().collect(),
             models: self.models.values().flatten().cloned().collect(),
             deployments: self.deployments.values().cloned().collect(),
+            edge_devices: self.edge_devices.values().cloned().collect(),
+            edge_deployments: self.edge_deployments.values().cloned().collect(),
         }
     }
 
@@ -202,6 +213,9 @@ impl ClusterState {
             Some(Command::Deploy(r)) => self.deploy(r, now, dirty),
             Some(Command::DeleteDeployment(r)) => self.delete_deployment(&r.name, dirty),
             Some(Command::ReportEndpoint(r)) => self.report_endpoint(r, now, dirty),
+            Some(Command::EnrollDevice(r)) => self.enroll_device(r, now, dirty),
+            Some(Command::EdgeDeploy(r)) => self.edge_deploy(r, now, dirty),
+            Some(Command::EdgeReport(r)) => self.edge_report(r, now, dirty),
             Some(Command::SetDeploymentStatus(r)) => {
                 self.set_deployment_status(&r.name, &r.status, dirty);
                 Ok(CommandResultV1::default())

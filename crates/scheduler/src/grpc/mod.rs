@@ -2,6 +2,7 @@
 //! in here, as one interceptor applied to every client-facing service in `crate::node::serve`.
 
 pub mod cluster;
+pub mod edge;
 pub mod jobs;
 pub mod ml;
 pub mod raft;

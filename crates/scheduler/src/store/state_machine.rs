@@ -111,6 +111,8 @@ fn all_ml_rows(st: &ClusterState) -> Vec<(String, Option<Vec<u8>>)> {
     keys.extend(st.models.values().flatten().map(|m| model_key(&m.name, m.version)));
     keys.extend(st.runs.keys().map(|r| run_key(r)));
     keys.extend(st.deployments.keys().map(|d| deployment_key(d)));
+    keys.extend(st.edge_devices.keys().map(|d| crate::edge_state::device_key(d)));
+    keys.extend(st.edge_deployments.keys().map(|d| crate::edge_state::edge_deployment_key(d)));
     keys.into_iter().filter_map(|k| st.ml_row(&k).map(|b| (k, Some(b)))).collect()
 }
 

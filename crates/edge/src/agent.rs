@@ -1,0 +1,408 @@
+//! The agent: serves the cached model at once, then follows the control plane.
+//!
+//! One control task owns the agent's state (what runs, what ran, what was refused); the local HTTP server only
+//! reads the model repository and counts telemetry. Every `sync_interval` the control task closes a telemetry
+//! interval, syncs (status + buffered telemetry in, the deployment this device should run out) and, when that
+//! deployment is new, applies it: download (resumable) → verify hash and signature → load → swap → health check →
+//! keep it, or roll back to the previous model and remember the deployment as refused. A failure at any step
+//! leaves the running model serving. When the control plane cannot be reached nothing changes but the buffer.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use aidos_api::edge_service_client::EdgeServiceClient;
+use aidos_api::v1::{DownloadRequest, EdgeDeployment, EdgeStatus, EdgeSyncRequest, EnrollRequest};
+use aidos_runtime::{ModelRuntime, RuntimeKind, Tensor};
+use aidos_serve::{BatchConfig, Limits, Metrics, Repository, ServerState};
+use ed25519_dalek::VerifyingKey;
+use tonic::transport::Channel;
+
+use crate::cache::{Cache, CachedModel, State};
+use crate::download::{ChunkSource, fetch};
+use crate::error::EdgeError;
+use crate::telemetry::Telemetry;
+
+/// Plain configuration (the binaries fill it from flags).
+#[derive(Debug, Clone)]
+pub struct AgentConfig {
+    /// Control-plane addresses (any scheduler node).
+    pub servers: Vec<String>,
+    pub device: String,
+    pub labels: BTreeMap<String, String>,
+    pub cache_dir: PathBuf,
+    /// Most bytes of model files and partial downloads (0: no limit besides the disk).
+    pub cache_max_bytes: u64,
+    /// Local Open Inference Protocol (HTTP) address; loopback by default.
+    pub listen: SocketAddr,
+    pub runtime: RuntimeKind,
+    pub sync_interval: Duration,
+    /// Health check: |output - expected| <= tolerance * (1 + |expected|) for every value.
+    pub tolerance: f32,
+    /// Written once the local server listens: `{"http": ADDR}`.
+    pub ready_file: Option<PathBuf>,
+}
+
+/// Runtimes this build can use.
+pub fn available_runtimes() -> Vec<&'static str> {
+    let mut v = vec!["tract"];
+    if cfg!(feature = "ort") && std::env::var_os("ORT_DYLIB_PATH").is_some() {
+        v.push("ort");
+    }
+    v
+}
+
+struct Running {
+    model: CachedModel,
+    runtime: Arc<dyn ModelRuntime>,
+}
+
+struct Agent {
+    cfg: AgentConfig,
+    cache: Cache,
+    state: State,
+    repo: Arc<Repository>,
+    telemetry: Arc<Telemetry>,
+    running: Option<Running>,
+    health: String,
+    last_error: String,
+    client: Option<EdgeServiceClient<Channel>>,
+    server_ix: usize,
+    enrolled: bool,
+}
+
+/// Runs the agent until `shutdown` resolves.
+pub async fn run(cfg: AgentConfig, shutdown: impl std::future::Future<Output = ()> + Send + 'static) -> Result<(), EdgeError> {
+    let cache = Cache::open(&cfg.cache_dir, cfg.cache_max_bytes)?;
+    let state = cache.load_state()?;
+    let repo = Arc::new(Repository::new(Arc::new(Metrics::default())));
+    let telemetry = Arc::new(Telemetry::new(cfg.cache_dir.join("telemetry.jsonl")));
+    let mut agent = Agent {
+        cfg: cfg.clone(),
+        cache,
+        state,
+        repo: repo.clone(),
+        telemetry: telemetry.clone(),
+        running: None,
+        health: "no model".into(),
+        last_error: String::new(),
+        client: None,
+        server_ix: 0,
+        enrolled: false,
+    };
+    // Serve from the cache before anything else: the control plane may be gone.
+    if let Some(m) = agent.state.current.clone() {
+        match agent.load_cached(&m).await {
+            Ok(()) => tracing::info!("serving {}:{} ({}) from the cache", m.deployment, m.version, m.artifact),
+            Err(e) => {
+                tracing::error!("the cached model {} cannot be served: {e}", m.artifact);
+                agent.last_error = e.to_string();
+            }
+        }
+    }
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let addr = serve_local(&cfg, repo, telemetry, stop_rx.clone()).await?;
+    println!("edge agent {} serving the Open Inference Protocol on http://{addr}", cfg.device);
+    if let Some(f) = &cfg.ready_file {
+        crate::cache::write_atomic(f, format!("{{\"http\": \"{addr}\"}}").as_bytes())?;
+    }
+    tokio::pin!(shutdown);
+    loop {
+        agent.tick().await;
+        tokio::select! {
+            _ = &mut shutdown => break,
+            _ = tokio::time::sleep(cfg.sync_interval) => {}
+        }
+    }
+    let _ = stop_tx.send(true);
+    let (name, version) = agent.serving();
+    let _ = agent.telemetry.roll(&name, version);
+    Ok(())
+}
+
+/// Binds the local server: the serving crate's HTTP front with a telemetry-counting layer on inference calls.
+async fn serve_local(
+    cfg: &AgentConfig,
+    repo: Arc<Repository>,
+    telemetry: Arc<Telemetry>,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+) -> Result<SocketAddr, EdgeError> {
+    let state = Arc::new(ServerState {
+        repo,
+        limits: Limits::default(),
+        name: format!("aidos-edge-{}", cfg.device),
+        model_dir: None,
+        defaults: BatchConfig::default(),
+    });
+    let t = telemetry.clone();
+    let app = aidos_serve::http::router(state).layer(axum::middleware::from_fn(
+        move |req: axum::extract::Request, next: axum::middleware::Next| {
+            let t = t.clone();
+            async move {
+                let infer = req.uri().path().ends_with("/infer");
+                let started = Instant::now();
+                let resp = next.run(req).await;
+                if infer {
+                    t.observe(started, resp.status().is_success());
+                }
+                resp
+            }
+        },
+    ));
+    let l = tokio::net::TcpListener::bind(cfg.listen)
+        .await
+        .map_err(|e| EdgeError::Cache(format!("binding {}: {e}", cfg.listen)))?;
+    let addr = l.local_addr().map_err(|e| EdgeError::Cache(e.to_string()))?;
+    tokio::spawn(async move {
+        let stopped = async move {
+            let _ = stop.wait_for(|v| *v).await;
+        };
+        if let Err(e) = axum::serve(l, app).with_graceful_shutdown(stopped).await {
+            tracing::error!("local server stopped: {e}");
+        }
+    });
+    Ok(addr)
+}
+
+struct Grpc<'a>(&'a mut EdgeServiceClient<Channel>, String);
+
+#[tonic::async_trait]
+impl ChunkSource for Grpc<'_> {
+    async fn chunk(&mut self, artifact: &str, offset: u64, max: u32) -> Result<(Vec<u8>, u64), EdgeError> {
+        let r = DownloadRequest { device: self.1.clone(), artifact: artifact.into(), offset, max_bytes: max };
+        let c = self.0.download(r).await.map_err(|s| EdgeError::ControlPlane(s.message().to_string()))?.into_inner();
+        Ok((c.data, c.total_size))
+    }
+}
+
+fn rejection_key(d: &EdgeDeployment) -> String {
+    let sig: String = d.signature.iter().take(8).map(|b| format!("{b:02x}")).collect();
+    format!("{}:{}", d.artifact, sig)
+}
+
+impl Agent {
+    fn serving(&self) -> (String, u32) {
+        self.running.as_ref().map(|r| (r.model.deployment.clone(), r.model.version)).unwrap_or_default()
+    }
+
+    fn status(&self) -> EdgeStatus {
+        let m = self.running.as_ref().map(|r| r.model.clone());
+        EdgeStatus {
+            deployment: m.as_ref().map(|m| m.deployment.clone()).unwrap_or_default(),
+            model: m.as_ref().map(|m| m.model.clone()).unwrap_or_default(),
+            version: m.as_ref().map(|m| m.version).unwrap_or(0),
+            artifact: m.as_ref().map(|m| m.artifact.clone()).unwrap_or_default(),
+            health: self.health.clone(),
+            last_error: self.last_error.clone(),
+        }
+    }
+
+    fn client(&mut self) -> Result<EdgeServiceClient<Channel>, EdgeError> {
+        if let Some(c) = &self.client {
+            return Ok(c.clone());
+        }
+        let addr = self.cfg.servers.get(self.server_ix % self.cfg.servers.len().max(1)).cloned().unwrap_or_default();
+        let ch = tonic::transport::Endpoint::from_shared(aidos_api::contract::normalize_addr(&addr))
+            .map_err(|e| EdgeError::ControlPlane(format!("{addr}: {e}")))?
+            .connect_timeout(Duration::from_secs(1))
+            .timeout(Duration::from_secs(10))
+            .connect_lazy();
+        let c = EdgeServiceClient::new(ch).max_decoding_message_size(16 << 20);
+        self.client = Some(c.clone());
+        Ok(c)
+    }
+
+    fn drop_client(&mut self) {
+        self.client = None;
+        self.enrolled = false;
+        self.server_ix += 1;
+    }
+
+    /// One round: telemetry interval, enrolment, sync, and applying a new deployment.
+    async fn tick(&mut self) {
+        let (name, version) = self.serving();
+        if let Err(e) = self.telemetry.roll(&name, version) {
+            tracing::warn!("buffering telemetry: {e}");
+        }
+        let deployment = match self.sync().await {
+            Ok(d) => d,
+            Err(e) => {
+                tracing::debug!("control plane unreachable, serving from the cache: {e}");
+                self.drop_client();
+                return;
+            }
+        };
+        let Some(d) = deployment else { return };
+        let same = self.running.as_ref().is_some_and(|r| r.model.artifact == d.artifact && r.model.deployment == d.name);
+        if same || self.state.rejected.contains_key(&rejection_key(&d)) {
+            return;
+        }
+        if let Err(e) = self.apply(&d).await {
+            tracing::warn!("deployment {} ({}:{}) not applied: {e}", d.name, d.model, d.version);
+            self.last_error = format!("{} ({}:{}): {e}", d.name, d.model, d.version);
+            let permanent = matches!(
+                e,
+                EdgeError::HashMismatch { .. } | EdgeError::BadSignature { .. } | EdgeError::Model { .. } | EdgeError::HealthCheck { .. }
+            );
+            if permanent {
+                self.state.rejected.insert(rejection_key(&d), e.to_string());
+                if let Err(e) = self.cache.save_state(&self.state) {
+                    tracing::error!("{e}");
+                }
+            }
+        }
+    }
+
+    async fn sync(&mut self) -> Result<Option<EdgeDeployment>, EdgeError> {
+        let mut c = self.client()?;
+        let cp = |s: tonic::Status| EdgeError::ControlPlane(s.message().to_string());
+        if !self.enrolled {
+            let r = EnrollRequest {
+                device: self.cfg.device.clone(),
+                labels: self.cfg.labels.clone(),
+                hardware: hardware(),
+                runtimes: available_runtimes().iter().map(|s| s.to_string()).collect(),
+                agent_version: env!("CARGO_PKG_VERSION").into(),
+            };
+            let resp = c.enroll(r).await.map_err(cp)?.into_inner();
+            let key_hex: String = resp.signing_public_key.iter().map(|b| format!("{b:02x}")).collect();
+            match &self.state.pinned_key_hex {
+                None => {
+                    self.state.pinned_key_hex = Some(key_hex.clone());
+                    self.cache.save_state(&self.state)?;
+                    tracing::info!("enrolled as {}; pinned the control plane's key {key_hex}", self.cfg.device);
+                }
+                Some(pinned) if *pinned != key_hex => {
+                    tracing::warn!("the control plane now signs with {key_hex}, not the pinned {pinned}: keeping the pinned key");
+                }
+                Some(_) => tracing::info!("enrolled as {}", self.cfg.device),
+            }
+            self.enrolled = true;
+        }
+        // At most 500 records per sync (the control plane's limit per report).
+        let pending = self.telemetry.pending(500);
+        let req = EdgeSyncRequest {
+            device: self.cfg.device.clone(),
+            status: Some(self.status()),
+            telemetry: pending.iter().cloned().map(Into::into).collect(),
+        };
+        let resp = c.sync(req).await.map_err(cp)?.into_inner();
+        if resp.accepted_telemetry > 0
+            && let Err(e) = self.telemetry.ack(resp.accepted_telemetry as usize)
+        {
+            tracing::warn!("dropping uploaded telemetry: {e}");
+        }
+        Ok(resp.deployment)
+    }
+
+    fn pinned_key(&self) -> Result<VerifyingKey, EdgeError> {
+        let hex = self.state.pinned_key_hex.clone().ok_or_else(|| EdgeError::ControlPlane("not enrolled yet".into()))?;
+        let bytes: Vec<u8> = (0..hex.len() / 2).filter_map(|i| u8::from_str_radix(&hex[2 * i..2 * i + 2], 16).ok()).collect();
+        let arr: [u8; 32] = bytes.try_into().map_err(|_| EdgeError::Cache("pinned key is not 32 bytes".into()))?;
+        VerifyingKey::from_bytes(&arr).map_err(|e| EdgeError::Cache(format!("pinned key: {e}")))
+    }
+
+    /// Loads a verified cached model and puts it behind the local server.
+    async fn load_cached(&mut self, m: &CachedModel) -> Result<(), EdgeError> {
+        let rt = self.load_runtime(m).await?;
+        self.swap_in(m.clone(), rt)
+    }
+
+    async fn load_runtime(&self, m: &CachedModel) -> Result<Arc<dyn ModelRuntime>, EdgeError> {
+        let path = self.cache.model_path(&m.artifact);
+        let (kind, what, artifact) = (self.cfg.runtime, format!("{}:{}", m.model, m.version), m.artifact.clone());
+        let rt = tokio::task::spawn_blocking(move || {
+            let bytes = std::fs::read(&path).map_err(|e| EdgeError::Cache(format!("{}: {e}", path.display())))?;
+            let actual = blake3::hash(&bytes).to_hex().to_string();
+            if actual != artifact {
+                return Err(EdgeError::HashMismatch { expected: artifact, actual, bytes: bytes.len() as u64 });
+            }
+            aidos_runtime::load_onnx(kind, &what, &bytes).map_err(|e| EdgeError::Model { what, why: e.to_string() })
+        })
+        .await
+        .map_err(|e| EdgeError::Cache(e.to_string()))??;
+        Ok(Arc::from(rt))
+    }
+
+    /// Serves `m` (replacing whatever was served).
+    fn swap_in(&mut self, m: CachedModel, rt: Arc<dyn ModelRuntime>) -> Result<(), EdgeError> {
+        let model_err = |e: aidos_serve::ServeError| EdgeError::Model { what: m.deployment.clone(), why: e.to_string() };
+        let batch = BatchConfig { max_queue_delay: Duration::from_micros(100), ..BatchConfig::default() };
+        self.repo.load(&m.deployment, m.version as u64, self.cfg.runtime, rt.clone(), batch).map_err(model_err)?;
+        for v in self.repo.all() {
+            if v.name != m.deployment || v.version != m.version as u64 {
+                let _ = self.repo.unload(&v.name, Some(v.version));
+            }
+        }
+        self.health = "ok".into();
+        self.running = Some(Running { model: m, runtime: rt });
+        Ok(())
+    }
+
+    async fn health_check(&self, d: &EdgeDeployment) -> Result<(), EdgeError> {
+        let fail = |why: String| EdgeError::HealthCheck { what: format!("{}:{}", d.model, d.version), why };
+        let v = self.repo.resolve(&d.name, &d.version.to_string()).map_err(|e| fail(e.to_string()))?;
+        let input = Tensor { shape: vec![1, d.sample_input.len()], data: d.sample_input.clone() };
+        let out = v.backend.infer(vec![input]).await.map_err(|e| fail(e.to_string()))?;
+        let got = out.first().map(|t| t.data.clone()).unwrap_or_default();
+        if got.len() != d.sample_output.len() {
+            return Err(fail(format!("{} output values, expected {}", got.len(), d.sample_output.len())));
+        }
+        let tol = self.cfg.tolerance;
+        let worst = got.iter().zip(&d.sample_output).map(|(g, e)| (g - e).abs() / (1.0 + e.abs())).fold(0f32, f32::max);
+        if !(worst <= tol) {
+            return Err(fail(format!("the sample's output is off by {worst:.3e} (tolerance {tol:.0e})")));
+        }
+        Ok(())
+    }
+
+    /// Download → verify → load → swap → health check → keep, or roll back.
+    async fn apply(&mut self, d: &EdgeDeployment) -> Result<(), EdgeError> {
+        tracing::info!("applying deployment {} ({}:{}, {} bytes)", d.name, d.model, d.version, d.size);
+        let key = self.pinned_key()?;
+        let keep: Vec<String> = [&self.state.current, &self.state.previous].iter().filter_map(|m| m.as_ref().map(|m| m.artifact.clone())).collect();
+        let keep_refs: Vec<&str> = keep.iter().map(String::as_str).collect();
+        let mut c = self.client()?;
+        let mut src = Grpc(&mut c, self.cfg.device.clone());
+        fetch(&mut src, &self.cache, d, &key, &keep_refs).await?;
+        let m = CachedModel {
+            deployment: d.name.clone(),
+            model: d.model.clone(),
+            version: d.version,
+            artifact: d.artifact.clone(),
+            signature_hex: d.signature.iter().map(|b| format!("{b:02x}")).collect(),
+        };
+        let rt = self.load_runtime(&m).await?;
+        let before = self.running.take();
+        self.swap_in(m.clone(), rt)?;
+        if let Err(e) = self.health_check(d).await {
+            // Roll back to what ran before (or serve nothing rather than a model that fails its check).
+            let _ = self.repo.unload(&d.name, Some(d.version as u64));
+            match before {
+                Some(prev) => {
+                    let (pm, prt) = (prev.model.clone(), prev.runtime.clone());
+                    self.swap_in(pm, prt)?;
+                    self.health = "ok (rolled back)".into();
+                }
+                None => {
+                    self.running = None;
+                    self.health = "no model (health check failed)".into();
+                }
+            }
+            return Err(e);
+        }
+        self.state.previous = self.state.current.take().filter(|p| p.artifact != m.artifact);
+        self.state.current = Some(m.clone());
+        self.cache.save_state(&self.state)?;
+        self.last_error.clear();
+        tracing::info!("now serving {} ({}:{})", d.name, d.model, d.version);
+        Ok(())
+    }
+}
+
+fn hardware() -> String {
+    let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
+    format!("{}, {cores} cores", std::env::consts::ARCH)
+}

@@ -1,0 +1,71 @@
+//! The agent's flags, shared by `aidos-edge` and `aidos edge agent` (clap lives with the binaries' entry points;
+//! the library itself takes the plain [`AgentConfig`]).
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::Args;
+
+use crate::AgentConfig;
+
+#[derive(Args, Debug, Clone)]
+pub struct AgentArgs {
+    /// Control-plane addresses (any scheduler node), comma-separated
+    #[arg(long, env = "AIDOS_EDGE_SERVER", value_delimiter = ',', required = true)]
+    pub server: Vec<String>,
+    /// This device's name, unique in the fleet
+    #[arg(long, env = "AIDOS_EDGE_DEVICE")]
+    pub device: String,
+    /// Labels as k=v, comma-separated (deployments select devices by them)
+    #[arg(long, env = "AIDOS_EDGE_LABELS", value_delimiter = ',')]
+    pub labels: Vec<String>,
+    /// Cache directory: models, partial downloads, state and the telemetry buffer (survives restarts)
+    #[arg(long, env = "AIDOS_EDGE_CACHE")]
+    pub cache: PathBuf,
+    /// Most bytes the cached models and partial downloads may take (0: no limit besides the disk)
+    #[arg(long, env = "AIDOS_EDGE_CACHE_MAX_BYTES", default_value_t = 0)]
+    pub cache_max_bytes: u64,
+    /// Local inference address (Open Inference Protocol over HTTP)
+    #[arg(long, env = "AIDOS_EDGE_LISTEN", default_value = "127.0.0.1:9000")]
+    pub listen: SocketAddr,
+    /// Runtime: tract (pure Rust), ort (ONNX Runtime from ORT_DYLIB_PATH; needs a build with it) or auto
+    #[arg(long, env = "AIDOS_EDGE_RUNTIME", default_value = "auto")]
+    pub runtime: String,
+    /// How often to sync with the control plane, in milliseconds
+    #[arg(long, env = "AIDOS_EDGE_SYNC_MS", default_value_t = 1000)]
+    pub sync_ms: u64,
+    /// Health-check tolerance, relative: |out - expected| <= tol * (1 + |expected|)
+    #[arg(long, env = "AIDOS_EDGE_TOLERANCE", default_value_t = 1e-4)]
+    pub tolerance: f32,
+    /// Write `{"http": ADDR}` here once serving
+    #[arg(long, env = "AIDOS_EDGE_READY_FILE")]
+    pub ready_file: Option<PathBuf>,
+}
+
+impl AgentArgs {
+    pub fn config(self) -> Result<AgentConfig, String> {
+        let mut labels = std::collections::BTreeMap::new();
+        for l in &self.labels {
+            let (k, v) = l.split_once('=').ok_or_else(|| format!("--labels: `{l}` is not k=v"))?;
+            labels.insert(k.trim().to_string(), v.trim().to_string());
+        }
+        let runtime = match self.runtime.as_str() {
+            "auto" if crate::agent::available_runtimes().contains(&"ort") => aidos_runtime::RuntimeKind::Ort,
+            "auto" => aidos_runtime::RuntimeKind::Tract,
+            other => other.parse().map_err(|e| format!("--runtime: {e}"))?,
+        };
+        Ok(AgentConfig {
+            servers: self.server,
+            device: self.device,
+            labels,
+            cache_dir: self.cache,
+            cache_max_bytes: self.cache_max_bytes,
+            listen: self.listen,
+            runtime,
+            sync_interval: Duration::from_millis(self.sync_ms.max(50)),
+            tolerance: self.tolerance,
+            ready_file: self.ready_file,
+        })
+    }
+}

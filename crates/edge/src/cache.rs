@@ -1,0 +1,124 @@
+//! The agent's cache directory: what it runs and ran, verified model files, partial downloads and the pinned key.
+//!
+//! Layout: `state.json` (atomically replaced), `models/<artifact>.onnx` (complete, verified files only),
+//! `partial/<artifact>.part` (a download in progress, resumed from its length), `telemetry.jsonl` (see
+//! `telemetry`). Invariants: a file under `models/` has been hash- and signature-verified before it was renamed
+//! there; `state.json` names only files under `models/`; the current and the previous (last good) model are never
+//! evicted. Everything survives a restart, so the agent serves from the cache when the control plane is gone.
+
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::EdgeError;
+
+/// A verified model in the cache and the deployment it came from.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct CachedModel {
+    pub deployment: String,
+    pub model: String,
+    pub version: u32,
+    pub artifact: String,
+    pub signature_hex: String,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct State {
+    /// The control plane's public key, pinned at the first enrolment (hex).
+    pub pinned_key_hex: Option<String>,
+    pub current: Option<CachedModel>,
+    /// The last good model before `current` (what a failed health check rolls back to).
+    pub previous: Option<CachedModel>,
+    /// Deployments refused or rolled back (artifact + signature), with why: not tried again.
+    #[serde(default)]
+    pub rejected: std::collections::BTreeMap<String, String>,
+}
+
+pub struct Cache {
+    pub root: PathBuf,
+    /// Most bytes `models/` and `partial/` may hold together (0: no limit besides the disk).
+    pub max_bytes: u64,
+}
+
+fn io(path: &Path) -> impl FnOnce(std::io::Error) -> EdgeError + '_ {
+    move |e| EdgeError::Cache(format!("{}: {e}", path.display()))
+}
+
+/// Writes `bytes` to `path` through a synced temporary file and a rename: readers see the old or the new file.
+pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), EdgeError> {
+    use std::io::Write;
+    let tmp = path.with_extension("tmp");
+    let mut f = std::fs::File::create(&tmp).map_err(io(&tmp))?;
+    f.write_all(bytes).map_err(io(&tmp))?;
+    f.sync_all().map_err(io(&tmp))?;
+    std::fs::rename(&tmp, path).map_err(io(path))?;
+    if let Some(dir) = path.parent() {
+        let _ = std::fs::File::open(dir).and_then(|d| d.sync_all());
+    }
+    Ok(())
+}
+
+impl Cache {
+    pub fn open(root: &Path, max_bytes: u64) -> Result<Cache, EdgeError> {
+        for d in ["models", "partial"] {
+            let p = root.join(d);
+            std::fs::create_dir_all(&p).map_err(io(&p))?;
+        }
+        Ok(Cache { root: root.to_path_buf(), max_bytes })
+    }
+
+    fn state_path(&self) -> PathBuf {
+        self.root.join("state.json")
+    }
+
+    pub fn load_state(&self) -> Result<State, EdgeError> {
+        let p = self.state_path();
+        match std::fs::read(&p) {
+            Ok(b) => serde_json::from_slice(&b).map_err(|e| EdgeError::Cache(format!("{}: {e}", p.display()))),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(State::default()),
+            Err(e) => Err(io(&p)(e)),
+        }
+    }
+
+    pub fn save_state(&self, s: &State) -> Result<(), EdgeError> {
+        write_atomic(&self.state_path(), &serde_json::to_vec_pretty(s).expect("state serializes"))
+    }
+
+    pub fn model_path(&self, artifact: &str) -> PathBuf {
+        self.root.join("models").join(format!("{artifact}.onnx"))
+    }
+
+    pub fn partial_path(&self, artifact: &str) -> PathBuf {
+        self.root.join("partial").join(format!("{artifact}.part"))
+    }
+
+    /// Bytes held by model files and partial downloads.
+    pub fn used_bytes(&self) -> u64 {
+        ["models", "partial"]
+            .iter()
+            .flat_map(|d| std::fs::read_dir(self.root.join(d)).into_iter().flatten().flatten())
+            .filter_map(|e| e.metadata().ok())
+            .map(|m| m.len())
+            .sum()
+    }
+
+    /// Makes room for `need` more bytes: evicts cached models other than `keep`; refuses when that is not enough.
+    pub fn reserve(&self, need: u64, keep: &[&str]) -> Result<(), EdgeError> {
+        if self.max_bytes == 0 {
+            return Ok(());
+        }
+        if self.used_bytes() + need > self.max_bytes {
+            for e in std::fs::read_dir(self.root.join("models")).into_iter().flatten().flatten() {
+                let name = e.file_name().to_string_lossy().to_string();
+                if !keep.iter().any(|k| name.starts_with(k)) {
+                    let _ = std::fs::remove_file(e.path());
+                }
+            }
+        }
+        let used = self.used_bytes();
+        if used + need > self.max_bytes {
+            return Err(EdgeError::CacheFull { need, used, max: self.max_bytes });
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,41 @@
+//! `aidos-edge`: the edge agent as a small binary of its own (also `aidos edge agent`).
+
+use clap::Parser;
+
+#[derive(Parser, Debug)]
+#[command(name = "aidos-edge", version, about = "aidos edge agent: runs signed ONNX deployments on a device, offline too")]
+struct Cli {
+    #[command(flatten)]
+    agent: aidos_edge::args::AgentArgs,
+}
+
+fn main() -> std::process::ExitCode {
+    let cli = Cli::parse();
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into());
+    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
+    let cfg = match cli.agent.config() {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return std::process::ExitCode::from(2);
+        }
+    };
+    // Two threads: the local server and the control loop; a device has few cores.
+    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().expect("tokio runtime");
+    match rt.block_on(aidos_edge::run(cfg, shutdown())) {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e}");
+            std::process::ExitCode::from(1)
+        }
+    }
+}
+
+async fn shutdown() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {},
+        _ = term.recv() => {},
+    }
+}
