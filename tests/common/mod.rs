@@ -164,6 +164,8 @@ pub async fn start_cluster(n: u64) -> Cluster {
             "5000".into(),
             "--heartbeat-interval-ms".into(),
             "250".into(),
+            "--blob-dir".into(),
+            dir.path().join("blobs").display().to_string(),
         ];
         let log = dir.path().join(format!("node{id}.log"));
         nodes.insert(*id, (addr.clone(), Proc::spawn(&format!("node{id}"), args, log)));

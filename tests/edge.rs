@@ -1,0 +1,245 @@
+//! Issue #5, edge agents end to end: a control plane and two agents with different labels; a deployment to one
+//! selector runs only on the matching agent; with the control plane stopped, that agent restarts and still serves
+//! from its cache, and the telemetry it buffered meanwhile is uploaded when the control plane returns; a deployment
+//! signed by another key is refused, one that fails its health check is rolled back, and the agent keeps serving
+//! the last good model throughout; a good new version then replaces it.
+
+mod common;
+
+use std::io::{Read, Write};
+use std::net::SocketAddr;
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use aidos_api::edge_service_client::EdgeServiceClient;
+use aidos_api::v1::*;
+use common::*;
+
+const TRAIN: &str = r#"
+name = "digits"
+kind = "train"
+[resources]
+cpu = 1
+memory = "1Gi"
+[train]
+dataset = "mnist"
+register_as = "digits"
+[train.config]
+epochs = 1
+batch_size = 64
+seed = SEED
+[train.config.model]
+name = "mlp"
+layers = [784, 32, 10]
+activation = "relu"
+[train.config.optimizer]
+name = "adam"
+lr = 0.001
+"#;
+
+fn http(addr: SocketAddr, method: &str, path: &str, body: &str) -> (u16, String) {
+    let Ok(mut s) = std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(2)) else {
+        return (0, "connect failed".into());
+    };
+    let _ = s.set_read_timeout(Some(Duration::from_secs(10)));
+    let req = format!(
+        "{method} {path} HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    if s.write_all(req.as_bytes()).is_err() {
+        return (0, "write failed".into());
+    }
+    let mut buf = Vec::new();
+    let _ = s.read_to_end(&mut buf);
+    let text = String::from_utf8_lossy(&buf).to_string();
+    let Some((head, body)) = text.split_once("\r\n\r\n") else { return (0, format!("malformed answer {text:?}")) };
+    (head.split_whitespace().nth(1).and_then(|c| c.parse().ok()).unwrap_or(0), body.to_string())
+}
+
+/// One inference on an agent: (HTTP status, model_version answered).
+fn infer(agent: SocketAddr) -> (u16, String) {
+    let row: Vec<String> = (0..784).map(|i| format!("{:.3}", (i % 13) as f32 / 13.0)).collect();
+    let body = format!(r#"{{"inputs":[{{"name":"input","datatype":"FP32","shape":[1,784],"data":[{}]}}]}}"#, row.join(","));
+    let (status, resp) = http(agent, "POST", "/v2/models/digits/infer", &body);
+    if status != 200 {
+        return (status, resp);
+    }
+    let v: serde_json::Value = serde_json::from_str(&resp).unwrap();
+    assert_eq!(v["outputs"][0]["shape"], serde_json::json!([1, 10]), "{resp}");
+    (status, v["model_version"].as_str().unwrap_or("?").to_string())
+}
+
+struct Agent {
+    proc: Proc,
+    ready_file: std::path::PathBuf,
+}
+
+impl Agent {
+    fn start(c: &Cluster, name: &str, labels: &str) -> Agent {
+        let cache = c.path().join(format!("cache-{name}"));
+        let ready_file = c.path().join(format!("agent-{name}.json"));
+        let proc = c.spawn_aidos(
+            &format!("agent-{name}"),
+            &[
+                "edge", "agent", "--server", &c.addrs().join(","), "--device", name, "--labels", labels, "--cache",
+                cache.to_str().unwrap(), "--listen", "127.0.0.1:0", "--sync-ms", "200", "--ready-file",
+                ready_file.to_str().unwrap(),
+            ],
+        );
+        Agent { proc, ready_file }
+    }
+
+    fn restart(&mut self) {
+        self.proc.sigterm();
+        let _ = std::fs::remove_file(&self.ready_file);
+        self.proc.start();
+    }
+
+    /// The agent's local address, once it serves.
+    async fn addr(&mut self) -> SocketAddr {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Ok(t) = std::fs::read_to_string(&self.ready_file)
+                && let Ok(v) = serde_json::from_str::<serde_json::Value>(&t)
+            {
+                return v["http"].as_str().unwrap().parse().unwrap();
+            }
+            assert!(Instant::now() < deadline, "agent not serving ({}): {}", self.proc.exit_status(), self.proc.output());
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+}
+
+async fn device(c: &Cluster, name: &str) -> Option<EdgeDevice> {
+    let mut e = EdgeServiceClient::new(c.any_channel().await);
+    let l = e.list_devices(ListDevicesRequest { name: name.into() }).await.ok()?.into_inner();
+    l.devices.into_iter().next()
+}
+
+async fn wait_for<T>(what: &str, within: Duration, mut f: impl AsyncFnMut() -> Option<T>) -> T {
+    let deadline = Instant::now() + within;
+    loop {
+        if let Some(v) = f().await {
+            return v;
+        }
+        assert!(Instant::now() < deadline, "not {what} within {within:?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+fn status(d: &EdgeDevice) -> EdgeStatus {
+    d.status.clone().unwrap_or_default()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn agents_run_signed_deployments_offline_and_roll_back_bad_ones() {
+    let mut c = start_cluster(1).await;
+    c.start_worker("w1", "2", "");
+    let mnist = Path::new(env!("CARGO_MANIFEST_DIR")).join("data/mnist10k");
+    let (code, _, err) = c.cli(&["dataset", "push", "mnist", mnist.to_str().unwrap(), "--split", "train=8000,test=2000"]);
+    assert_eq!(code, 0, "{err}");
+    for seed in ["1", "2"] {
+        let spec = c.path().join(format!("train-{seed}.toml"));
+        std::fs::write(&spec, TRAIN.replace("SEED", seed)).unwrap();
+        let (code, out, err) = c.cli(&["train", spec.to_str().unwrap()]);
+        assert_eq!(code, 0, "{err}");
+        let j = c.wait_job(out.trim(), Duration::from_secs(300), |j| JobState::try_from(j.state).unwrap().is_terminal()).await;
+        assert_eq!(state_of(&j), JobState::Succeeded, "{j:#?}");
+    }
+
+    let mut cams = Agent::start(&c, "cam-1", "fleet=cams,site=paris");
+    let mut doors = Agent::start(&c, "door-1", "fleet=doors");
+    let (cam_addr, door_addr) = (cams.addr().await, doors.addr().await);
+    wait_for("both enrolled", Duration::from_secs(30), async || {
+        (device(&c, "cam-1").await.is_some() && device(&c, "door-1").await.is_some()).then_some(())
+    })
+    .await;
+
+    // Deploy to one selector: only the matching agent runs it.
+    let (code, out, err) = c.cli(&["edge", "deploy", "digits:1", "--selector", "fleet=cams"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("signed"), "{out}");
+    wait_for("serving v1 on cam-1", Duration::from_secs(30), async || (infer(cam_addr) == (200, "1".into())).then_some(())).await;
+    let d = wait_for("cam-1 reported", Duration::from_secs(10), async || {
+        device(&c, "cam-1").await.filter(|d| status(d).version == 1 && status(d).health == "ok")
+    })
+    .await;
+    assert_eq!(status(&d).model, "digits");
+    assert_eq!(infer(door_addr).0, 404, "the other fleet runs it too");
+    let (code, out, _) = c.cli(&["edge", "list"]);
+    assert_eq!(code, 0);
+    assert!(out.contains("cam-1") && out.contains("digits (digits:1)") && out.contains("door-1"), "{out}");
+
+    // The control plane goes away; the agent restarts and still serves from its cache; telemetry is buffered.
+    c.kill_node(1);
+    cams.restart();
+    let cam_addr = cams.addr().await;
+    wait_for("serving from the cache", Duration::from_secs(20), async || (infer(cam_addr).0 == 200).then_some(())).await;
+    for _ in 0..20 {
+        assert_eq!(infer(cam_addr), (200, "1".into()));
+    }
+    tokio::time::sleep(Duration::from_millis(600)).await; // at least one telemetry interval closes offline
+    c.restart_node(1);
+    c.wait_leader(Duration::from_secs(30)).await;
+    let total = wait_for("offline telemetry uploaded", Duration::from_secs(30), async || {
+        let (code, out, _) = c.cli(&["-o", "json", "edge", "telemetry", "cam-1"]);
+        let v: serde_json::Value = serde_json::from_str(&out).ok()?;
+        let n = v["requests"].as_u64()?;
+        (code == 0 && n >= 21).then_some(n)
+    })
+    .await;
+    eprintln!("telemetry after reconnecting: {total} requests");
+
+    // A deployment signed by another key (a rogue control plane) is refused; v1 keeps serving.
+    let key_file = c.path().join("node1").join("edge-signing.key");
+    let good_key = std::fs::read(&key_file).unwrap();
+    c.kill_node(1);
+    std::fs::write(&key_file, [42u8; 32]).unwrap();
+    c.restart_node(1);
+    c.wait_leader(Duration::from_secs(30)).await;
+    let (code, _, err) = c.cli(&["edge", "deploy", "digits:2", "--selector", "fleet=cams"]);
+    assert_eq!(code, 0, "{err}");
+    let d = wait_for("the rogue deployment refused", Duration::from_secs(30), async || {
+        device(&c, "cam-1").await.filter(|d| status(d).last_error.contains("does not verify"))
+    })
+    .await;
+    assert_eq!(status(&d).version, 1, "{d:?}");
+    assert_eq!(infer(cam_addr), (200, "1".into()));
+
+    // Back to the real key; a signed deployment whose health check fails is rolled back.
+    c.kill_node(1);
+    std::fs::write(&key_file, &good_key).unwrap();
+    c.restart_node(1);
+    c.wait_leader(Duration::from_secs(30)).await;
+    let (code, out, err) = c.cli(&["-o", "json", "model", "show", "digits:2"]);
+    assert_eq!(code, 0, "{err}");
+    let m: serde_json::Value = serde_json::from_str(&out).unwrap();
+    let artifact = m["artifacts"]["onnx"].as_str().unwrap_or_else(|| panic!("no onnx artifact: {out}")).to_string();
+    let mut e = EdgeServiceClient::new(c.any_channel().await);
+    e.deploy(EdgeDeployRequest {
+        name: "digits".into(),
+        selector: [("fleet".to_string(), "cams".to_string())].into(),
+        model: "digits".into(),
+        version: 2,
+        artifact,
+        sample_input: vec![0.5; 784],
+        sample_output: vec![1000.0; 10],
+        requested: "digits:2 (wrong health sample)".into(),
+    })
+    .await
+    .unwrap();
+    let d = wait_for("the failing deployment rolled back", Duration::from_secs(30), async || {
+        device(&c, "cam-1").await.filter(|d| status(d).last_error.contains("health check failed"))
+    })
+    .await;
+    assert_eq!((status(&d).version, status(&d).health.as_str()), (1, "ok (rolled back)"), "{d:?}");
+    assert_eq!(infer(cam_addr), (200, "1".into()));
+
+    // A good deployment of version 2 replaces version 1.
+    let (code, _, err) = c.cli(&["edge", "deploy", "digits:2", "--selector", "fleet=cams"]);
+    assert_eq!(code, 0, "{err}");
+    wait_for("serving v2", Duration::from_secs(30), async || (infer(cam_addr) == (200, "2".into())).then_some(())).await;
+    assert_eq!(infer(door_addr).0, 404);
+    let d = device(&c, "door-1").await.unwrap();
+    assert!(status(&d).model.is_empty(), "{d:?}");
+}
