@@ -116,6 +116,10 @@ for _ in $(seq 1 50); do "$AIDOS" infer mnist-mlp --input "$DATA_DIR/digits.json
 step "aidos infer mnist-mlp --url $GATEWAY (Open Inference Protocol; gRPC on the next port)"
 "$AIDOS" infer mnist-mlp --input "$DATA_DIR/digits.json" --url "$GATEWAY"
 
+step "aidos serve delete mnist-mlp (replicas drain and stop; tasks outlive their worker, so stop them first)"
+"$AIDOS" serve delete mnist-mlp
+sleep 2   # a stopped replica serves one more second (gateways stop routing to it), then drains and exits
+
 step "stopping the cluster"
 kill -TERM "$UP_PID"
 wait "$UP_PID" || true

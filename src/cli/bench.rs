@@ -5,6 +5,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use aidos_api::{JobKind, JobSpec, ProcessSpec, Resources, SubmitBatchRequest, SubmitRequest, job_spec};
+use anyhow::Context;
 use clap::{Args, Subcommand};
 use serde_json::json;
 
@@ -16,6 +17,52 @@ use super::{Global, Output};
 pub enum BenchCmd {
     /// Submit many cheap jobs (`true`) and report durable submissions per second and latency per RPC
     Submit(SubmitBench),
+    /// Time one model runtime in process (no server): per-inference latency at batch 1, one executor
+    Runtime(RuntimeBench),
+}
+
+#[derive(Args, Debug)]
+pub struct RuntimeBench {
+    /// ONNX file
+    #[arg(long)]
+    pub model: std::path::PathBuf,
+    /// tract or ort
+    #[arg(long, default_value = "tract")]
+    pub runtime: String,
+    /// Timed inferences (after 100 warm-up ones)
+    #[arg(long, default_value_t = 2000)]
+    pub iters: usize,
+}
+
+/// Per-inference latency of a runtime at batch 1 on a fixed input in [0, 1).
+pub fn runtime_bench(a: &RuntimeBench) -> anyhow::Result<()> {
+    let kind: aidos_runtime::RuntimeKind = a.runtime.parse()?;
+    let bytes = std::fs::read(&a.model).with_context(|| format!("reading {}", a.model.display()))?;
+    let rt = aidos_runtime::load_onnx(kind, &a.model.display().to_string(), &bytes)?;
+    let n = rt.metadata().inputs.first().map(|t| t.row_len()).unwrap_or(0);
+    let x = aidos_runtime::Tensor { shape: vec![1, n], data: (0..n).map(|i| (i % 97) as f32 / 97.0).collect() };
+    let mut inst = rt.instance()?;
+    for _ in 0..100 {
+        inst.run(std::slice::from_ref(&x))?;
+    }
+    let mut lat = Vec::with_capacity(a.iters);
+    for _ in 0..a.iters {
+        let t = std::time::Instant::now();
+        inst.run(std::slice::from_ref(&x))?;
+        lat.push(t.elapsed().as_secs_f64() * 1e6);
+    }
+    lat.sort_by(f64::total_cmp);
+    let mean = lat.iter().sum::<f64>() / lat.len() as f64;
+    println!(
+        "{} {}: batch 1, {} inferences: mean {:.1} us, p50 {:.1} us, p99 {:.1} us",
+        a.runtime,
+        a.model.display(),
+        a.iters,
+        mean,
+        lat[lat.len() / 2],
+        lat[lat.len() * 99 / 100]
+    );
+    Ok(())
 }
 
 #[derive(Args, Debug)]
@@ -44,7 +91,10 @@ struct TaskResult {
 }
 
 pub async fn run(g: &Global, cmd: BenchCmd) -> anyhow::Result<()> {
-    let BenchCmd::Submit(a) = cmd;
+    let a = match cmd {
+        BenchCmd::Submit(a) => a,
+        BenchCmd::Runtime(r) => return tokio::task::spawn_blocking(move || runtime_bench(&r)).await?,
+    };
     anyhow::ensure!(a.jobs > 0, "--jobs must be > 0");
     anyhow::ensure!(a.concurrency > 0, "--concurrency must be > 0");
     anyhow::ensure!(a.batch > 0, "--batch must be > 0");

@@ -329,7 +329,8 @@ impl Agent {
     /// Serves `m` (replacing whatever was served).
     fn swap_in(&mut self, m: CachedModel, rt: Arc<dyn ModelRuntime>) -> Result<(), EdgeError> {
         let model_err = |e: aidos_serve::ServeError| EdgeError::Model { what: m.deployment.clone(), why: e.to_string() };
-        let batch = BatchConfig { max_queue_delay: Duration::from_micros(100), ..BatchConfig::default() };
+        // No batching delay: a device serves few concurrent callers, and each one should not wait for others.
+        let batch = BatchConfig { max_queue_delay: Duration::ZERO, ..BatchConfig::default() };
         self.repo.load(&m.deployment, m.version as u64, self.cfg.runtime, rt.clone(), batch).map_err(model_err)?;
         for v in self.repo.all() {
             if v.name != m.deployment || v.version != m.version as u64 {
