@@ -4,12 +4,16 @@
 # latency against Python onnxruntime on the same ONNX file with one thread.
 #
 #   bash benches/edge_footprint.sh          # needs the test venv (bash scripts/test.sh creates .venv)
+#   ORT_DYLIB_PATH=$(ls .venv/lib/python3*/site-packages/onnxruntime/capi/libonnxruntime.so*) bash benches/edge_footprint.sh
 #
 # The CNN is the reference architecture trained for one epoch on data/mnist10k by a local `aidos up`.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY="${AIDOS_PYTHON:-.venv/bin/python}"
-cargo build --release -p aidos -p aidos-edge
+# The agent as it ships (profile `edge`: LTO, size-optimised except tract's kernels, stripped); the CLI (to train
+# and export the model) as usual, with the ort runtime when a library is given (for the latency comparison).
+cargo build --profile edge -p aidos-edge
+if [[ -n "${ORT_DYLIB_PATH:-}" ]]; then cargo build --release --features ort --bin aidos; else cargo build --release --bin aidos; fi
 AIDOS=target/release/aidos
 W="$(mktemp -d)"
 UP_PID=""
@@ -39,9 +43,11 @@ cat >"$W/cache/state.json" <<JSON
 JSON
 
 # 3. Stripped size; then cold start, resident memory and latency (the control plane address is unreachable).
-cp target/release/aidos-edge "$W/aidos-edge"
-strip "$W/aidos-edge"
+cp target/edge/aidos-edge "$W/aidos-edge"
 TRACT=$("$AIDOS" bench runtime --model "$W/cnn.onnx" --runtime tract --iters 2000)
+if [[ -n "${ORT_DYLIB_PATH:-}" ]]; then
+    TRACT="$TRACT; $("$AIDOS" bench runtime --model "$W/cnn.onnx" --runtime ort --iters 2000)"
+fi
 "$PY" - "$W" "$(stat -c %s "$W/aidos-edge")" "$TRACT" <<'PY'
 import json, os, socket, subprocess, sys, time
 import numpy as np

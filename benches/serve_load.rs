@@ -130,11 +130,22 @@ fn start_server(o: &Opts, onnx_path: &std::path::Path, dir: &std::path::Path) ->
     }
 }
 
-fn report(label: &str, c: usize, mut lat_us: Vec<u32>, elapsed: Duration, errors: usize) {
+/// CPU time (user + system) the process has used so far, in microseconds (from /proc; clock ticks of 10 ms).
+fn cpu_us(pid: u32) -> f64 {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    // Fields after the `(comm)`: state is field 3; utime and stime are fields 14 and 15.
+    let rest = s.rsplit_once(')').map(|(_, r)| r).unwrap_or("");
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let ticks = |i: usize| f.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
+    (ticks(11) + ticks(12)) * 1e6 / 100.0
+}
+
+fn report(label: &str, c: usize, mut lat_us: Vec<u32>, elapsed: Duration, errors: usize, server_cpu_us: f64) {
     lat_us.sort_unstable();
     let q = |p: f64| lat_us.get(((lat_us.len() as f64 * p) as usize).min(lat_us.len().saturating_sub(1))).copied().unwrap_or(0);
+    let per_req = if lat_us.is_empty() { 0.0 } else { server_cpu_us / lat_us.len() as f64 };
     println!(
-        "{label:<12} c={c:<3} {:>8.0} req/s  p50 {:>6.2} ms  p99 {:>6.2} ms  p99.9 {:>6.2} ms  errors {errors}",
+        "{label:<12} c={c:<3} {:>8.0} req/s  p50 {:>6.2} ms  p99 {:>6.2} ms  p99.9 {:>6.2} ms  errors {errors}  server CPU {per_req:>5.1} us/req",
         lat_us.len() as f64 / elapsed.as_secs_f64(),
         q(0.5) as f64 / 1000.0,
         q(0.99) as f64 / 1000.0,
@@ -223,10 +234,10 @@ async fn sweep(o: &Opts, srv: &Server, x: &[f32]) {
             req.push_str("\r\n");
             let mut req = req.into_bytes();
             req.extend_from_slice(&body);
-            run_clients(label, c, o.duration, |until| tokio::spawn(http_loop(srv.http, req.clone(), until))).await;
+            run_clients(label, c, o.duration, srv.child.id(), |until| tokio::spawn(http_loop(srv.http, req.clone(), until))).await;
         }
         let xs = x.to_vec();
-        run_clients("grpc", c, o.duration, |until| tokio::spawn(grpc_loop(srv.grpc, xs.clone(), until))).await;
+        run_clients("grpc", c, o.duration, srv.child.id(), |until| tokio::spawn(grpc_loop(srv.grpc, xs.clone(), until))).await;
     }
 }
 
@@ -234,11 +245,13 @@ async fn run_clients(
     label: &str,
     c: usize,
     d: Duration,
+    server_pid: u32,
     spawn: impl Fn(Instant) -> tokio::task::JoinHandle<(Vec<u32>, usize)>,
 ) {
     // Warm-up, then the measured window.
     for (window, measured) in [(Duration::from_millis(500), false), (d, true)] {
         let start = Instant::now();
+        let cpu0 = cpu_us(server_pid);
         let until = start + window;
         let handles: Vec<_> = (0..c).map(|_| spawn(until)).collect();
         let (mut lat, mut errors) = (Vec::new(), 0);
@@ -248,7 +261,7 @@ async fn run_clients(
             errors += e;
         }
         if measured {
-            report(label, c, lat, start.elapsed(), errors);
+            report(label, c, lat, start.elapsed(), errors, cpu_us(server_pid) - cpu0);
         }
     }
 }

@@ -342,6 +342,27 @@ impl Cluster {
     }
 }
 
+/// One HTTP/1.1 request on a fresh connection: (status, body). Status 0: the connection failed (the body says how).
+pub fn http(addr: std::net::SocketAddr, method: &str, path: &str, body: &str) -> (u16, String) {
+    use std::io::{Read, Write};
+    let Ok(mut s) = std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(2)) else {
+        return (0, "connect failed".into());
+    };
+    let _ = s.set_read_timeout(Some(Duration::from_secs(20)));
+    let req = format!(
+        "{method} {path} HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    if s.write_all(req.as_bytes()).is_err() {
+        return (0, "write failed".into());
+    }
+    let mut buf = Vec::new();
+    let _ = s.read_to_end(&mut buf);
+    let text = String::from_utf8_lossy(&buf).to_string();
+    let Some((head, body)) = text.split_once("\r\n\r\n") else { return (0, format!("malformed answer {text:?}")) };
+    (head.split_whitespace().nth(1).and_then(|c| c.parse().ok()).unwrap_or(0), body.to_string())
+}
+
 /// A `sh -c SCRIPT` process job.
 pub fn sh_job(name: &str, script: &str, cpu_millis: u64, max_retries: u32) -> JobSpec {
     JobSpec {
