@@ -128,6 +128,23 @@ async fn agents_run_signed_deployments_offline_and_roll_back_bad_ones() {
         assert_eq!(state_of(&j), JobState::Succeeded, "{j:#?}");
     }
 
+    // Export runs as an `export` job on the worker; the file is recorded on the version.
+    let int8 = c.path().join("digits-2-int8.onnx");
+    let (code, out, err) =
+        c.cli(&["model", "export", "digits:2", "--on-cluster", "--quantize", "int8", "-o", int8.to_str().unwrap()]);
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(out.contains("artifact `onnx-int8`"), "{out}");
+    assert!(std::fs::metadata(&int8).unwrap().len() > 1000);
+    let (code, out, err) = c.cli(&["model", "export", "digits:2", "--on-cluster"]);
+    assert_eq!(code, 0, "{out}{err}");
+    let (code, _, err) = c.cli(&["model", "export", "nosuch:1", "--on-cluster"]);
+    assert_ne!(code, 0);
+    assert!(err.contains("nosuch"), "{err}");
+    let jobs = c.list_all().await;
+    let exports: Vec<_> = jobs.iter().filter(|j| j.spec.as_ref().is_some_and(|s| s.kind == JobKind::Export as i32)).collect();
+    assert_eq!(exports.len(), 2, "{exports:#?}");
+    assert!(exports.iter().all(|j| state_of(j) == JobState::Succeeded), "{exports:#?}");
+
     let mut cams = Agent::start(&c, "cam-1", "fleet=cams,site=paris");
     let mut doors = Agent::start(&c, "door-1", "fleet=doors");
     let (cam_addr, door_addr) = (cams.addr().await, doors.addr().await);

@@ -105,6 +105,9 @@ pub enum Command {
     /// Load generators for measuring the control plane
     #[command(subcommand)]
     Bench(bench::BenchCmd),
+    /// Internal: an `export` job's task (configured by the task environment)
+    #[command(name = "export-run", hide = true)]
+    ExportRun,
     /// Internal: the per-task supervisor process a worker starts
     #[command(name = "task-shim", hide = true, disable_help_flag = true)]
     TaskShim {
@@ -155,6 +158,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Serve(c) => serve::run(&g, c).await,
         Command::Infer(a) => serve::infer(&g, a).await,
         Command::Edge(c) => edge::run(&g, c).await,
+        Command::ExportRun => model::export_run().await,
         // Dispatched in main before any runtime starts; reaching here means it was not first on the line.
         Command::TaskShim { .. } => anyhow::bail!("task-shim must be the first argument"),
     }

@@ -46,9 +46,13 @@ pub struct ExportArgs {
     /// Output format (only onnx)
     #[arg(long, env = "AIDOS_EXPORT_FORMAT", default_value = "onnx")]
     pub format: String,
-    /// Where to write the file
-    #[arg(short = 'o', long = "output", env = "AIDOS_EXPORT_OUTPUT")]
-    pub file: PathBuf,
+    /// Where to write the file (optional with --on-cluster)
+    #[arg(short = 'o', long = "output", env = "AIDOS_EXPORT_OUTPUT", required_unless_present = "on_cluster")]
+    pub file: Option<PathBuf>,
+    /// Run the export as an `export` job on a worker (stored and recorded on the version; `-o` then copies the
+    /// result from the blob store)
+    #[arg(long, env = "AIDOS_EXPORT_ON_CLUSTER", conflicts_with = "no_store")]
+    pub on_cluster: bool,
     /// Weight quantization: none, or int8 (per-channel symmetric weights, ~4x smaller)
     #[arg(long, env = "AIDOS_EXPORT_QUANTIZE", default_value = "none")]
     pub quantize: String,
@@ -66,6 +70,77 @@ pub fn artifact_key(q: aidos_kernels::onnx::Quantize) -> &'static str {
 }
 
 /// Exports a registry version to ONNX bytes (preprocessing baked in, registry identity in the metadata).
+/// `aidos model export --on-cluster`: an `export` job on a worker; waits for it, then copies the file if asked.
+async fn export_on_cluster(g: &Global, client: &mut Client, a: ExportArgs) -> anyhow::Result<()> {
+    anyhow::ensure!(a.format == "onnx", "--format {}: only onnx is supported", a.format);
+    let q: aidos_kernels::onnx::Quantize = a.quantize.parse()?;
+    let m = get_model(client, &a.model).await?; // fail early, by name, when the model does not exist
+    let spec = aidos_api::JobSpec {
+        name: format!("export-{}", m.name),
+        kind: aidos_api::JobKind::Export as i32,
+        resources: Some(aidos_api::Resources { cpu_millis: 1000, memory_bytes: 1 << 30, gpus: 0 }),
+        replicas: 1,
+        max_retries: 2,
+        payload: Some(aidos_api::job_spec::Payload::Export(aidos_api::ExportSpec {
+            model: format!("{}:{}", m.name, m.version),
+            quantize: a.quantize.clone(),
+        })),
+        ..Default::default()
+    };
+    aidos_api::spec::validate(&spec)?;
+    let req = aidos_api::SubmitRequest { spec: Some(spec), request_id: super::job::new_request_id() };
+    let id = client
+        .job(|mut c| {
+            let req = req.clone();
+            async move { c.submit(req).await.map(|r| r.into_inner().job_id) }
+        })
+        .await
+        .map_err(|e| status_error(e, ""))?;
+    eprintln!("export job {id} submitted");
+    super::job::wait(&Global { output: Output::Table, ..g.clone() }, client, &id, None).await?;
+    let m = get_model(client, &format!("{}:{}", m.name, m.version)).await?;
+    let key = artifact_key(q);
+    let blob = m.artifacts.get(key).ok_or_else(|| anyhow::anyhow!("job {id} succeeded but {}:{} has no `{key}` artifact", m.name, m.version))?;
+    if let Some(file) = &a.file {
+        let bytes = blob_store(g)?.get(&BlobId::parse(blob)?)?;
+        std::fs::write(file, &*bytes).map_err(|e| anyhow::anyhow!("writing {}: {e}", file.display()))?;
+    }
+    if g.output == Output::Json {
+        print_json(&json!({"model": format!("{}:{}", m.name, m.version), "job_id": id, "artifact": key, "blob": blob, "file": a.file}));
+    } else {
+        println!("exported {}:{} on the cluster (job {id}): artifact `{key}` = {blob}", m.name, m.version);
+    }
+    Ok(())
+}
+
+/// The task of an `export` job (`aidos export-run`, started by a worker): exports the version named by
+/// AIDOS_EXPORT_MODEL, stores the file and records it as an artifact of the version.
+pub async fn export_run() -> anyhow::Result<()> {
+    use aidos_api::contract::task_env;
+    let task = aidos_sdk::TaskEnv::from_env()?;
+    let model = std::env::var(task_env::EXPORT_MODEL).map_err(|_| anyhow::anyhow!("{} is not set", task_env::EXPORT_MODEL))?;
+    let quantize = std::env::var(task_env::EXPORT_QUANTIZE).unwrap_or_default();
+    let q: aidos_kernels::onnx::Quantize = if quantize.is_empty() { "none".parse()? } else { quantize.parse()? };
+    let mut client = Client::new(&task.schedulers)?;
+    let m = get_model(&mut client, &model).await?;
+    let store = aidos_blob::LocalDirStore::open(&task.blob_dir)
+        .map_err(|e| anyhow::anyhow!("opening the blob store at {}: {e}", task.blob_dir.display()))?;
+    let (mv, st) = (m.clone(), store.clone());
+    let t = std::time::Instant::now();
+    let bytes = tokio::task::spawn_blocking(move || export_onnx(&mv, &st, q)).await??;
+    let key = artifact_key(q);
+    let id = record_artifact(&mut client, &store, &m, key, &bytes).await?;
+    println!(
+        "exported {}:{} to ONNX (opset {}, {} bytes, {:.0} ms): artifact `{key}` = {id}",
+        m.name,
+        m.version,
+        aidos_kernels::onnx::OPSET,
+        bytes.len(),
+        t.elapsed().as_secs_f64() * 1000.0
+    );
+    Ok(())
+}
+
 /// Stores `bytes` in the blob store and records them as artifact `key` of the model version.
 pub async fn record_artifact(
     client: &mut Client,
@@ -288,14 +363,16 @@ pub async fn run(g: &Global, cmd: ModelCmd) -> anyhow::Result<()> {
             std::fs::write(a.dir.join("model.json"), serde_json::to_vec_pretty(&model_json(&m))?)?;
             println!("pulled {}:{} into {} (weights.bin, model.json)", m.name, m.version, a.dir.display());
         }
+        ModelCmd::Export(a) if a.on_cluster => export_on_cluster(g, &mut client, a).await?,
         ModelCmd::Export(a) => {
             anyhow::ensure!(a.format == "onnx", "--format {}: only onnx is supported", a.format);
             let q: aidos_kernels::onnx::Quantize = a.quantize.parse()?;
+            let file = a.file.clone().expect("clap requires -o without --on-cluster");
             let m = get_model(&mut client, &a.model).await?;
             let store = blob_store(g)?;
             let (mv, st) = (m.clone(), store.clone());
             let bytes = tokio::task::spawn_blocking(move || export_onnx(&mv, &st, q)).await??;
-            std::fs::write(&a.file, &bytes).map_err(|e| anyhow::anyhow!("writing {}: {e}", a.file.display()))?;
+            std::fs::write(&file, &bytes).map_err(|e| anyhow::anyhow!("writing {}: {e}", file.display()))?;
             let mut stored = String::new();
             if !a.no_store {
                 let key = artifact_key(q);
@@ -303,10 +380,10 @@ pub async fn run(g: &Global, cmd: ModelCmd) -> anyhow::Result<()> {
                 stored = format!("; recorded as artifact `{key}` of {}:{} ({id})", m.name, m.version);
             }
             if g.output == Output::Json {
-                print_json(&json!({"model": format!("{}:{}", m.name, m.version), "file": a.file, "bytes": bytes.len(),
+                print_json(&json!({"model": format!("{}:{}", m.name, m.version), "file": file, "bytes": bytes.len(),
                                    "quantize": a.quantize, "stored": !a.no_store}));
             } else {
-                println!("exported {}:{} to {} ({} bytes, ONNX opset {}){stored}", m.name, m.version, a.file.display(),
+                println!("exported {}:{} to {} ({} bytes, ONNX opset {}){stored}", m.name, m.version, file.display(),
                          bytes.len(), aidos_kernels::onnx::OPSET);
             }
         }

@@ -169,6 +169,7 @@ pub fn spec_json(s: &JobSpec) -> Value {
             "deployment": v.deployment, "model": v.model, "version": v.version, "runtime": v.runtime,
             "generation": v.generation, "max_batch": v.max_batch, "max_delay_us": v.max_delay_us,
         } }),
+        Some(job_spec::Payload::Export(e)) => json!({ "export": { "model": e.model, "quantize": e.quantize } }),
         None => Value::Null,
     };
     json!({

@@ -31,6 +31,9 @@ pub mod task_env {
     pub const SERVE_MAX_DELAY_US: &str = "AIDOS_SERVE_MAX_DELAY_US";
     pub const SERVE_INSTANCES: &str = "AIDOS_SERVE_INSTANCES";
     pub const SERVE_MAX_QUEUE: &str = "AIDOS_SERVE_MAX_QUEUE";
+    /// `export` jobs only (read by `aidos export-run`).
+    pub const EXPORT_MODEL: &str = "AIDOS_EXPORT_MODEL";
+    pub const EXPORT_QUANTIZE: &str = "AIDOS_EXPORT_QUANTIZE";
 }
 
 /// `host:port` → `http://host:port`; keeps an explicit scheme; strips a trailing `/`.

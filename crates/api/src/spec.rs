@@ -55,6 +55,15 @@ pub struct SpecFile {
     pub timeout_secs: Option<u64>,
     pub process: Option<ProcessFile>,
     pub train: Option<TrainFile>,
+    pub export: Option<ExportFile>,
+}
+
+/// `[export]`: export a registry model version to ONNX on a worker.
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct ExportFile {
+    pub model: String,
+    pub quantize: Option<String>,
 }
 
 /// `[train]`: the built-in trainer on a dataset version. `config` is the trainer's own configuration (model,
@@ -103,19 +112,26 @@ pub fn parse_toml(text: &str) -> Result<JobSpec, SpecError> {
 
 impl SpecFile {
     pub fn into_spec(self) -> Result<JobSpec, SpecError> {
-        let default_kind = if self.train.is_some() { "train" } else { "process" };
+        let default_kind = if self.train.is_some() {
+            "train"
+        } else if self.export.is_some() {
+            "export"
+        } else {
+            "process"
+        };
         let kind = match self.kind.as_deref().unwrap_or(default_kind) {
             "process" => JobKind::Process,
             "train" => JobKind::Train,
             "serve" => {
                 return Err(SpecError::new("kind", "`serve` replicas are created by deployments: use `aidos serve deploy`"));
             }
-            "sweep" | "export" => {
+            "export" => JobKind::Export,
+            "sweep" => {
                 let k = self.kind.unwrap_or_default();
                 return Err(SpecError::new("kind", format!("`{k}` jobs are not supported by this version yet")));
             }
             other => {
-                return Err(SpecError::new("kind", format!("unknown kind `{other}` (expected `process` or `train`)")));
+                return Err(SpecError::new("kind", format!("unknown kind `{other}` (expected `process`, `train` or `export`)")));
             }
         };
         let cpu_millis = match &self.resources.cpu {
@@ -138,7 +154,11 @@ impl SpecFile {
             .enumerate()
             .map(|(i, c)| parse_constraint(c).map_err(|r| SpecError::new(format!("constraints[{i}]"), r)))
             .collect::<Result<Vec<_>, _>>()?;
+        let export = self.export;
         let payload = match (kind, self.process, self.train) {
+            (JobKind::Export, _, _) => export.map(|e| {
+                v1::job_spec::Payload::Export(v1::ExportSpec { model: e.model, quantize: e.quantize.unwrap_or_default() })
+            }),
             (JobKind::Process, Some(p), _) => {
                 Some(v1::job_spec::Payload::Process(ProcessSpec { executable: p.executable, args: p.args, env: p.env }))
             }
@@ -304,7 +324,7 @@ pub fn validate(spec: &JobSpec) -> Result<(), SpecError> {
     let kind =
         JobKind::try_from(spec.kind).map_err(|_| SpecError::new("kind", format!("unknown kind {}", spec.kind)))?;
     match kind {
-        JobKind::Process | JobKind::Train => {}
+        JobKind::Process | JobKind::Train | JobKind::Export => {}
         JobKind::Unspecified => return Err(SpecError::new("kind", "missing (expected `process` or `train`)")),
         JobKind::Serve => {
             return Err(SpecError::new("kind", "`serve` replicas are created by deployments: use `aidos serve deploy`"));
@@ -377,6 +397,21 @@ pub fn validate(spec: &JobSpec) -> Result<(), SpecError> {
         None if kind == JobKind::Train => {
             return Err(SpecError::new("train", "a `train` job needs a [train] table with a dataset"));
         }
+        Some(v1::job_spec::Payload::Export(_)) if kind != JobKind::Export => {
+            return Err(SpecError::new("export", "only an `export` job takes an [export] table"));
+        }
+        Some(v1::job_spec::Payload::Export(e)) => {
+            if e.model.trim().is_empty() {
+                return Err(SpecError::new("export.model", "empty (expected NAME, NAME:VERSION or NAME@ALIAS)"));
+            }
+            check_str("export.model", &e.model)?;
+            if !matches!(e.quantize.as_str(), "" | "none" | "int8") {
+                return Err(SpecError::new("export.quantize", format!("`{}` (expected none or int8)", e.quantize)));
+            }
+        }
+        None if kind == JobKind::Export => {
+            return Err(SpecError::new("export", "an `export` job needs an [export] table with a model"));
+        }
         Some(v1::job_spec::Payload::Serve(_)) => {
             return Err(SpecError::new("serve", "serve replicas are created by deployments: use `aidos serve deploy`"));
         }
@@ -405,6 +440,16 @@ pub fn validate(spec: &JobSpec) -> Result<(), SpecError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn export_jobs_name_a_model_and_a_known_quantization() {
+        let spec = parse_toml("[export]\nmodel = \"mnist@production\"\nquantize = \"int8\"\n").unwrap();
+        assert_eq!(spec.kind, JobKind::Export as i32);
+        let e = parse_toml("kind = \"export\"\n[export]\nmodel = \"m\"\nquantize = \"int4\"\n").unwrap_err();
+        assert_eq!(e.field, "export.quantize");
+        let e = parse_toml("kind = \"export\"\n").unwrap_err();
+        assert_eq!(e.field, "export");
+    }
 
     #[test]
     fn parses_a_full_spec() {

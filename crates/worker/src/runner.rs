@@ -156,6 +156,9 @@ pub fn train_env(t: &TrainSpec, job_name: &str, job_id: &str) -> Vec<(String, St
     ]
 }
 
+/// Argument the shim executable takes to run an export job: `aidos export-run`.
+pub const EXPORT_RUN_ARG: &str = "export-run";
+
 /// Argument the shim executable takes to run one replica of a deployment: `aidos serve replica`.
 pub const SERVE_REPLICA_ARGS: [&str; 2] = ["serve", "replica"];
 
@@ -195,6 +198,10 @@ pub fn task_env(
             env.extend(train_env(t, name, &aref.job_id));
         }
         Some(job_spec::Payload::Serve(s)) => env.extend(serve_env(s)),
+        Some(job_spec::Payload::Export(e)) => env.extend([
+            (task_env::EXPORT_MODEL.to_string(), e.model.trim().to_string()),
+            (task_env::EXPORT_QUANTIZE.to_string(), e.quantize.clone()),
+        ]),
         None => {}
     }
     let mut extra: Vec<_> = a.env.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
@@ -282,6 +289,10 @@ async fn start_new(
         // The built-in trainer is the shim executable itself (the `aidos` binary): `aidos train-run`.
         Some(job_spec::Payload::Train(t)) if !t.dataset.trim().is_empty() => {
             (shared.shim_exe.to_string_lossy().into_owned(), vec![TRAIN_RUN_ARG.to_string()])
+        }
+        // An export is `aidos export-run`, configured by the AIDOS_EXPORT_* variables.
+        Some(job_spec::Payload::Export(_)) => {
+            (shared.shim_exe.to_string_lossy().into_owned(), vec![EXPORT_RUN_ARG.to_string()])
         }
         // A serve replica is `aidos serve replica`, configured by the AIDOS_SERVE_* variables.
         Some(job_spec::Payload::Serve(_)) => (
