@@ -6,7 +6,6 @@
 mod common;
 
 use std::net::SocketAddr;
-use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -15,36 +14,8 @@ use aidos_api::serve_service_client::ServeServiceClient;
 use aidos_api::v1::*;
 use common::*;
 
-const TRAIN: &str = r#"
-name = "digits"
-kind = "train"
-[resources]
-cpu = 1
-memory = "1Gi"
-[train]
-dataset = "mnist"
-register_as = "digits"
-[train.config]
-epochs = 1
-batch_size = 64
-seed = SEED
-[train.config.model]
-name = "mlp"
-layers = [784, 32, 10]
-activation = "relu"
-[train.config.optimizer]
-name = "adam"
-lr = 0.001
-"#;
-
 /// Load-generator threads (each with one request in flight at a time).
 const CLIENTS: usize = 4;
-
-fn repo() -> &'static Path {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-}
-
-/// One HTTP/1.1 request on a fresh connection: (status, body). Status 0: the connection failed.
 
 #[derive(Default)]
 struct Load {
@@ -136,18 +107,8 @@ async fn replicas_recover_from_sigkill_and_roll_over_without_failed_requests() {
     let mut c = start_cluster(1).await;
     c.start_worker("w1", "2", "");
     c.start_worker("w2", "2", "");
-    let mnist = repo().join("data/mnist10k");
-    let (code, _, err) = c.cli(&["dataset", "push", "mnist", mnist.to_str().unwrap(), "--split", "train=8000,test=2000"]);
-    assert_eq!(code, 0, "{err}");
     // Two versions of a small model.
-    for seed in ["1", "2"] {
-        let spec = c.path().join(format!("train-{seed}.toml"));
-        std::fs::write(&spec, TRAIN.replace("SEED", seed)).unwrap();
-        let (code, out, err) = c.cli(&["train", spec.to_str().unwrap()]);
-        assert_eq!(code, 0, "{err}");
-        let j = c.wait_job(out.trim(), Duration::from_secs(300), |j| JobState::try_from(j.state).unwrap().is_terminal()).await;
-        assert_eq!(state_of(&j), JobState::Succeeded, "{j:#?}");
-    }
+    c.train_digits(2).await;
 
     // Bad requests are refused by name and store nothing.
     for (args, needle) in [

@@ -7,35 +7,11 @@
 mod common;
 
 use std::net::SocketAddr;
-use std::path::Path;
 use std::time::{Duration, Instant};
 
 use aidos_api::edge_service_client::EdgeServiceClient;
 use aidos_api::v1::*;
 use common::*;
-
-const TRAIN: &str = r#"
-name = "digits"
-kind = "train"
-[resources]
-cpu = 1
-memory = "1Gi"
-[train]
-dataset = "mnist"
-register_as = "digits"
-[train.config]
-epochs = 1
-batch_size = 64
-seed = SEED
-[train.config.model]
-name = "mlp"
-layers = [784, 32, 10]
-activation = "relu"
-[train.config.optimizer]
-name = "adam"
-lr = 0.001
-"#;
-
 
 /// One inference on an agent: (HTTP status, model_version answered).
 fn infer(agent: SocketAddr) -> (u16, String) {
@@ -116,17 +92,8 @@ fn status(d: &EdgeDevice) -> EdgeStatus {
 async fn agents_run_signed_deployments_offline_and_roll_back_bad_ones() {
     let mut c = start_cluster(1).await;
     c.start_worker("w1", "2", "");
-    let mnist = Path::new(env!("CARGO_MANIFEST_DIR")).join("data/mnist10k");
-    let (code, _, err) = c.cli(&["dataset", "push", "mnist", mnist.to_str().unwrap(), "--split", "train=8000,test=2000"]);
-    assert_eq!(code, 0, "{err}");
-    for seed in ["1", "2"] {
-        let spec = c.path().join(format!("train-{seed}.toml"));
-        std::fs::write(&spec, TRAIN.replace("SEED", seed)).unwrap();
-        let (code, out, err) = c.cli(&["train", spec.to_str().unwrap()]);
-        assert_eq!(code, 0, "{err}");
-        let j = c.wait_job(out.trim(), Duration::from_secs(300), |j| JobState::try_from(j.state).unwrap().is_terminal()).await;
-        assert_eq!(state_of(&j), JobState::Succeeded, "{j:#?}");
-    }
+    // Two versions of a small model.
+    c.train_digits(2).await;
 
     // Export runs as an `export` job on the worker; the file is recorded on the version.
     let int8 = c.path().join("digits-2-int8.onnx");

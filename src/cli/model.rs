@@ -2,7 +2,7 @@
 
 use std::path::PathBuf;
 
-use aidos_api::{GetModelRequest, ListModelsRequest, ModelVersion, SetAliasRequest};
+use aidos_api::{ListModelsRequest, ModelVersion, SetAliasRequest};
 use aidos_blob::{BlobId, BlobStore};
 use aidos_kernels::builtin::Standardization;
 use clap::{Args, Subcommand};
@@ -220,21 +220,8 @@ pub struct EvalArgs {
 }
 
 /// Parses `NAME`, `NAME:VERSION` or `NAME@ALIAS`.
-pub fn parse_model_ref(s: &str) -> anyhow::Result<GetModelRequest> {
-    if let Some((n, a)) = s.split_once('@') {
-        anyhow::ensure!(!n.is_empty() && !a.is_empty(), "`{s}`: expected NAME@ALIAS");
-        return Ok(GetModelRequest { name: n.into(), version: 0, alias: a.into() });
-    }
-    if let Some((n, v)) = s.split_once(':') {
-        let version: u32 = v.parse().map_err(|_| anyhow::anyhow!("`{s}`: expected NAME:VERSION, e.g. mnist:3"))?;
-        anyhow::ensure!(version > 0, "`{s}`: versions start at 1");
-        return Ok(GetModelRequest { name: n.into(), version, alias: String::new() });
-    }
-    Ok(GetModelRequest { name: s.into(), version: 0, alias: String::new() })
-}
-
 pub async fn get_model(client: &mut Client, s: &str) -> anyhow::Result<ModelVersion> {
-    let req = parse_model_ref(s)?;
+    let req = aidos_api::parse_model_ref(s).map_err(anyhow::Error::msg)?;
     client
         .models(|mut c| {
             let req = req.clone();

@@ -278,6 +278,43 @@ impl Cluster {
         self.workers.insert(id.to_string(), Proc::spawn(&format!("worker-{id}"), args, log));
     }
 
+    /// Pushes data/mnist10k as `mnist@v1` and registers `versions` versions of a small MLP `digits` (784-32-10, one
+    /// epoch, seeds 1, 2, ...), each trained by a `train` job that must succeed.
+    pub async fn train_digits(&self, versions: u32) {
+        const TRAIN: &str = r#"
+name = "digits"
+kind = "train"
+[resources]
+cpu = 1
+memory = "1Gi"
+[train]
+dataset = "mnist"
+register_as = "digits"
+[train.config]
+epochs = 1
+batch_size = 64
+seed = SEED
+[train.config.model]
+name = "mlp"
+layers = [784, 32, 10]
+activation = "relu"
+[train.config.optimizer]
+name = "adam"
+lr = 0.001
+"#;
+        let mnist = Path::new(env!("CARGO_MANIFEST_DIR")).join("data/mnist10k");
+        let (code, _, err) = self.cli(&["dataset", "push", "mnist", mnist.to_str().unwrap(), "--split", "train=8000,test=2000"]);
+        assert_eq!(code, 0, "{err}");
+        for seed in 1..=versions {
+            let spec = self.path().join(format!("train-{seed}.toml"));
+            std::fs::write(&spec, TRAIN.replace("SEED", &seed.to_string())).unwrap();
+            let (code, out, err) = self.cli(&["train", spec.to_str().unwrap()]);
+            assert_eq!(code, 0, "{err}");
+            let j = self.wait_job(out.trim(), Duration::from_secs(300), |j| state_of(j).is_terminal()).await;
+            assert_eq!(state_of(&j), JobState::Succeeded, "{j:#?}");
+        }
+    }
+
     /// Starts another `aidos` process (`args` after the global flags naming this cluster), logged beside the rest.
     pub fn spawn_aidos(&self, name: &str, args: &[&str]) -> Proc {
         let mut all = vec!["--scheduler".to_string(), self.addrs().join(","), "--blob-dir".to_string()];

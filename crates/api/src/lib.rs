@@ -19,6 +19,27 @@ pub const LEADER_METADATA_KEY: &str = "aidos-leader";
 /// Default address of the embedded scheduler (`aidos up`).
 pub const DEFAULT_SCHEDULER_ADDR: &str = "127.0.0.1:7070";
 
+/// Parses a model reference: `NAME` (the latest version), `NAME:VERSION` (versions start at 1) or `NAME@ALIAS`.
+/// One parser for the CLI and the scheduler, so both accept and refuse the same references.
+pub fn parse_model_ref(s: &str) -> Result<GetModelRequest, String> {
+    let s = s.trim();
+    if let Some((n, a)) = s.split_once('@') {
+        if n.is_empty() || a.is_empty() {
+            return Err(format!("`{s}`: expected NAME@ALIAS"));
+        }
+        return Ok(GetModelRequest { name: n.into(), version: 0, alias: a.into() });
+    }
+    if let Some((n, v)) = s.split_once(':') {
+        let version: u32 =
+            v.parse().map_err(|_| format!("`{s}`: version `{v}` is not a number (expected NAME:VERSION, e.g. mnist:3)"))?;
+        if version == 0 {
+            return Err(format!("`{s}`: versions start at 1"));
+        }
+        return Ok(GetModelRequest { name: n.into(), version, alias: String::new() });
+    }
+    Ok(GetModelRequest { name: s.into(), version: 0, alias: String::new() })
+}
+
 /// Milliseconds since the Unix epoch.
 pub fn now_ms() -> i64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0)
@@ -44,5 +65,21 @@ impl TaskState {
     }
     pub fn is_terminal(self) -> bool {
         matches!(self, TaskState::Succeeded | TaskState::Failed | TaskState::Lost | TaskState::Cancelled)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn model_refs() {
+        let r = |n: &str, v: u32, a: &str| GetModelRequest { name: n.into(), version: v, alias: a.into() };
+        assert_eq!(parse_model_ref("m").unwrap(), r("m", 0, ""));
+        assert_eq!(parse_model_ref("m:3").unwrap(), r("m", 3, ""));
+        assert_eq!(parse_model_ref("m@prod").unwrap(), r("m", 0, "prod"));
+        assert!(parse_model_ref("m:x").unwrap_err().contains("not a number"));
+        assert!(parse_model_ref("m:0").unwrap_err().contains("versions start at 1"));
+        assert!(parse_model_ref("@prod").unwrap_err().contains("NAME@ALIAS"));
     }
 }

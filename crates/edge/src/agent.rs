@@ -178,7 +178,7 @@ impl ChunkSource for Grpc<'_> {
 }
 
 fn rejection_key(d: &EdgeDeployment) -> String {
-    let sig: String = d.signature.iter().take(8).map(|b| format!("{b:02x}")).collect();
+    let sig = hex(&d.signature[..d.signature.len().min(8)]);
     format!("{}:{}", d.artifact, sig)
 }
 
@@ -267,7 +267,7 @@ impl Agent {
                 agent_version: env!("CARGO_PKG_VERSION").into(),
             };
             let resp = c.enroll(r).await.map_err(cp)?.into_inner();
-            let key_hex: String = resp.signing_public_key.iter().map(|b| format!("{b:02x}")).collect();
+            let key_hex = hex(&resp.signing_public_key);
             match &self.state.pinned_key_hex {
                 None => {
                     self.state.pinned_key_hex = Some(key_hex.clone());
@@ -373,7 +373,7 @@ impl Agent {
             model: d.model.clone(),
             version: d.version,
             artifact: d.artifact.clone(),
-            signature_hex: d.signature.iter().map(|b| format!("{b:02x}")).collect(),
+            signature_hex: hex(&d.signature),
         };
         let rt = self.load_runtime(&m).await?;
         let before = self.running.take();
@@ -401,6 +401,11 @@ impl Agent {
         tracing::info!("now serving {} ({}:{})", d.name, d.model, d.version);
         Ok(())
     }
+}
+
+/// Lower-case hex of `bytes` (keys and signatures in the cache's state file).
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 fn hardware() -> String {

@@ -20,29 +20,13 @@ fn invalid(field: &str, why: impl std::fmt::Display) -> SchedulerError {
     SchedulerError::InvalidArgument(format!("{field}: {why}"))
 }
 
-/// `NAME`, `NAME:VERSION` or `NAME@ALIAS` to (name, version, alias).
-pub fn parse_model_ref(s: &str) -> Result<(String, u32, String), SchedulerError> {
-    let s = s.trim();
-    if let Some((n, a)) = s.split_once('@') {
-        return Ok((n.to_string(), 0, a.to_string()));
-    }
-    if let Some((n, v)) = s.split_once(':') {
-        let v: u32 = v
-            .trim_start_matches('v')
-            .parse()
-            .map_err(|_| invalid("model", format!("`{s}`: version `{v}` is not a number")))?;
-        return Ok((n.to_string(), v, String::new()));
-    }
-    Ok((s.to_string(), 0, String::new()))
-}
-
 impl LeaderHandler {
     pub async fn deploy(&self, r: DeployRequest) -> Result<Deployment, SchedulerError> {
         if r.model.trim().is_empty() {
             return Err(invalid("model", "empty (expected NAME, NAME:VERSION or NAME@ALIAS)"));
         }
-        let (model, version, alias) = parse_model_ref(&r.model)?;
-        let resolved = self.get_model(&GetModelRequest { name: model.clone(), version, alias })?;
+        let model_ref = aidos_api::parse_model_ref(&r.model).map_err(|e| invalid("model", e))?;
+        let resolved = self.get_model(&model_ref)?;
         let runtime = if r.runtime.is_empty() { "tract".to_string() } else { r.runtime.clone() };
         if !RUNTIMES.contains(&runtime.as_str()) {
             return Err(invalid("runtime", format!("`{runtime}` (expected one of {})", RUNTIMES.join(", "))));
@@ -111,18 +95,5 @@ impl LeaderHandler {
 
     pub async fn report_endpoint(&self, r: ReportEndpointRequest) -> Result<(), SchedulerError> {
         self.core.propose(Command::ReportEndpoint(r)).await.map(|_| ())
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn model_refs() {
-        assert_eq!(parse_model_ref("m").unwrap(), ("m".into(), 0, "".into()));
-        assert_eq!(parse_model_ref("m:3").unwrap(), ("m".into(), 3, "".into()));
-        assert_eq!(parse_model_ref("m@prod").unwrap(), ("m".into(), 0, "prod".into()));
-        assert!(parse_model_ref("m:x").unwrap_err().to_string().contains("not a number"));
     }
 }

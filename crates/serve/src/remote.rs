@@ -97,7 +97,8 @@ impl Pool {
                         version,
                         meta,
                         max_batch,
-                        endpoints: Mutex::new(vec![]),
+                        // The connection just made is kept (set_endpoints keeps endpoints it already has).
+                        endpoints: Mutex::new(vec![std::sync::Arc::new(ep)]),
                         next: AtomicUsize::new(0),
                     };
                     pool.set_endpoints(endpoints)?;
