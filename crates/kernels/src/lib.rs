@@ -6,20 +6,22 @@
 //! `train` jobs ([`builtin`]) reaches the cluster only through `aidos_sdk`.
 //!
 //! Backends: `cpu` (burn `flex`, always), `wgpu` / `cuda` behind the cargo features of the same
-//! name. Binaries should install a pooled allocator (`#[global_allocator] static A:
+//! name. On `cpu` the convolutions and poolings run our own kernels ([`cpu`]), plugged into
+//! burn's autodiff. Binaries should install a pooled allocator (`#[global_allocator] static A:
 //! mimalloc::MiMalloc = mimalloc::MiMalloc;`): it roughly doubles CPU training throughput.
 
 mod backend;
 pub mod builtin;
 pub mod checkpoint;
 pub mod config;
+pub mod cpu;
 pub mod data;
 mod error;
 pub mod eval;
 pub mod model;
 pub mod onnx;
-pub mod runtime;
 mod rng;
+pub mod runtime;
 pub mod train;
 
 pub use backend::{device_for, resolved_name};

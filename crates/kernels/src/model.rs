@@ -11,8 +11,7 @@
 
 use burn::module::{Module, Param};
 use burn::tensor::activation;
-use burn::tensor::module::{conv2d, linear, max_pool2d};
-use burn::tensor::ops::{ConvOptions, MaxPoolOptions};
+use burn::tensor::module::linear;
 use burn::tensor::{Device, Tensor, TensorData};
 
 use crate::config::{Activation, ModelConfig};
@@ -63,8 +62,7 @@ impl Conv {
     }
 
     fn forward(&self, x: Tensor<4>) -> Tensor<4> {
-        let p = self.padding;
-        conv2d(x, self.weight.val(), Some(self.bias.val()), ConvOptions::new([1, 1], [p, p], [1, 1], 1))
+        crate::cpu::conv2d(x, self.weight.val(), self.bias.val(), self.padding)
     }
 }
 
@@ -188,8 +186,7 @@ impl Model {
                 let [ch, h, w] = c.input;
                 let mut x: Tensor<4> = x.reshape([b, ch, h, w]);
                 for conv in &c.convs {
-                    x = activation::relu(conv.forward(x));
-                    x = max_pool2d(x, MaxPoolOptions::new([c.pool, c.pool]));
+                    x = crate::cpu::relu_max_pool2d(conv.forward(x), c.pool);
                 }
                 let mut x: Tensor<2> = x.flatten(1, 3);
                 for d in &c.dense {

@@ -1,15 +1,18 @@
 //! ONNX through tract (pure Rust): the default runtime of servers and edge agents.
 //!
-//! The graph is optimised once at load with its symbolic batch dimension kept symbolic, so one plan serves
-//! every batch size; each [`Instance`] owns a tract state (its scratch buffers are reused between batches).
+//! The graph is optimised twice at load: once with its symbolic batch dimension kept symbolic (one plan for every
+//! batch size) and once with the batch fixed at 1, the case edge agents and low-load servers live in. With every
+//! dimension known, tract picks direct convolution kernels and pre-packed weights that the symbolic plan cannot
+//! use (on the MNIST CNN: ~3x faster at batch 1). Each [`Instance`] owns a state of each plan (their scratch
+//! buffers are reused between batches) and runs the batch-1 plan whenever a batch has one row.
 
 use std::sync::Arc;
 
 use tract_onnx::prelude::{
     Framework, IntoTValue, TDim, TValue, TVec, Tensor as TractTensor, TypedFact, TypedModel, TypedOp, tvec,
 };
+use tract_onnx::prelude::{InferenceFact, InferenceModelExt, IntoRunnable};
 use tract_onnx::tract_core::plan::{SimplePlan, SimpleState};
-use tract_onnx::prelude::{InferenceModelExt, IntoRunnable};
 
 use crate::{DataType, Instance, ModelMetadata, ModelRuntime, Result, RuntimeError, Tensor, TensorSpec, check_inputs};
 
@@ -18,13 +21,16 @@ type Plan = SimplePlan<TypedFact, Box<dyn TypedOp>>;
 /// A model loaded by tract.
 pub struct TractModel {
     plan: Arc<Plan>,
+    /// The same graph with batch dimension 1; `None` when the model has no symbolic leading dimension.
+    plan1: Option<Arc<Plan>>,
     meta: ModelMetadata,
 }
 
 impl TractModel {
     /// Parses, type-checks and optimises an ONNX model.
     pub fn load(what: &str, bytes: &[u8]) -> Result<TractModel> {
-        let err = |e: tract_onnx::prelude::TractError| RuntimeError::Load { what: what.into(), reason: format!("{e:#}") };
+        let err =
+            |e: tract_onnx::prelude::TractError| RuntimeError::Load { what: what.into(), reason: format!("{e:#}") };
         let model = tract_onnx::onnx().model_for_read(&mut &*bytes).map_err(err)?;
         let typed: TypedModel = model.into_optimized().map_err(err)?;
         let meta = ModelMetadata {
@@ -32,9 +38,36 @@ impl TractModel {
             inputs: specs(&typed, typed.input_outlets().map_err(err)?, true).map_err(err)?,
             outputs: specs(&typed, typed.output_outlets().map_err(err)?, false).map_err(err)?,
         };
+        let plan1 = batch_one(bytes, &typed).map_err(err)?;
         let plan = typed.into_runnable().map_err(err)?;
-        Ok(TractModel { plan, meta })
+        Ok(TractModel { plan, plan1, meta })
     }
+}
+
+/// The plan with every input's symbolic leading dimension fixed at 1, if any input has one (and every other
+/// dimension is known).
+fn batch_one(bytes: &[u8], typed: &TypedModel) -> tract_onnx::prelude::TractResult<Option<Arc<Plan>>> {
+    let mut model = tract_onnx::onnx().model_for_read(&mut &*bytes)?;
+    let mut any = false;
+    for (ix, o) in typed.input_outlets()?.iter().enumerate() {
+        let fact = typed.outlet_fact(*o)?;
+        let mut dims = Vec::with_capacity(fact.rank());
+        for (i, d) in fact.shape.iter().enumerate() {
+            match d.to_i64() {
+                Ok(n) => dims.push(n as usize),
+                Err(_) if i == 0 => {
+                    any = true;
+                    dims.push(1)
+                }
+                Err(_) => return Ok(None),
+            }
+        }
+        model.set_input_fact(ix, InferenceFact::dt_shape(fact.datum_type, dims))?;
+    }
+    if !any {
+        return Ok(None);
+    }
+    Ok(Some(model.into_optimized()?.into_runnable()?))
 }
 
 fn specs(
@@ -52,7 +85,10 @@ fn specs(
                 m.outlet_label(*o).map(str::to_string).unwrap_or_else(|| m.node(o.node).name.clone())
             };
             if fact.datum_type != f32::datum_type() {
-                return Err(tract_onnx::prelude::TractError::msg(format!("tensor `{name}` is {:?}; aidos serves FP32 tensors only", fact.datum_type)));
+                return Err(tract_onnx::prelude::TractError::msg(format!(
+                    "tensor `{name}` is {:?}; aidos serves FP32 tensors only",
+                    fact.datum_type
+                )));
             }
             let shape = fact.shape.iter().map(|d: &TDim| d.to_i64().unwrap_or(-1)).collect();
             Ok(TensorSpec { name, datatype: DataType::Fp32, shape })
@@ -68,13 +104,16 @@ impl ModelRuntime for TractModel {
     }
 
     fn instance(&self) -> Result<Box<dyn Instance>> {
-        let state = self.plan.spawn().map_err(|e| RuntimeError::Run(format!("{e:#}")))?;
-        Ok(Box::new(TractInstance { state, meta: self.meta.clone() }))
+        let e = |e: tract_onnx::prelude::TractError| RuntimeError::Run(format!("{e:#}"));
+        let state = self.plan.spawn().map_err(e)?;
+        let state1 = self.plan1.as_ref().map(|p| p.spawn()).transpose().map_err(e)?;
+        Ok(Box::new(TractInstance { state, state1, meta: self.meta.clone() }))
     }
 }
 
 struct TractInstance {
     state: SimpleState<TypedFact, Box<dyn TypedOp>>,
+    state1: Option<SimpleState<TypedFact, Box<dyn TypedOp>>>,
     meta: ModelMetadata,
 }
 
@@ -87,7 +126,12 @@ impl Instance for TractInstance {
             .map(|t| TractTensor::from_shape(&t.shape, &t.data).map(|t| t.into_tvalue()))
             .collect::<tract_onnx::prelude::TractResult<_>>()
             .map_err(run)?;
-        let out = self.state.run(tv).map_err(run)?;
+        let one = inputs.iter().all(|t| t.shape.first() == Some(&1));
+        let out = match (&mut self.state1, one) {
+            (Some(s1), true) => s1.run(tv),
+            _ => self.state.run(tv),
+        }
+        .map_err(run)?;
         out.iter()
             .map(|v| {
                 let view = v.to_plain_array_view::<f32>().map_err(run)?;
