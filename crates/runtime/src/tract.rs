@@ -2,9 +2,9 @@
 //!
 //! The graph is optimised twice at load: once with its symbolic batch dimension kept symbolic (one plan for every
 //! batch size) and once with the batch fixed at 1, the case edge agents and low-load servers live in. With every
-//! dimension known, tract picks direct convolution kernels and pre-packed weights that the symbolic plan cannot
-//! use (on the MNIST CNN: ~3x faster at batch 1). Each [`Instance`] owns a state of each plan (their scratch
-//! buffers are reused between batches) and runs the batch-1 plan whenever a batch has one row.
+//! dimension known, tract can fold shapes and pick matrix-vector kernels at load time (measured at batch 1: the
+//! MNIST MLP 14.7 -> 10.5 us, the CNN 273 -> 252 us). Each [`Instance`] owns a state of each plan (their
+//! scratch buffers are reused between batches) and runs the batch-1 plan whenever a batch has one row.
 
 use std::sync::Arc;
 
