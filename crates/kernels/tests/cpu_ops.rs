@@ -17,7 +17,7 @@ fn data(dims: [usize; 4], seed: u32) -> TensorData {
 }
 
 fn vec(t: Tensor<4>) -> Vec<f32> {
-    t.into_data().to_vec::<f32>().unwrap()
+    t.into_data().try_to_vec::<f32>().unwrap()
 }
 
 fn close(what: &str, a: &[f32], b: &[f32]) {
@@ -57,7 +57,7 @@ fn forward_and_gradients_match_burn() {
             let grads = (y.clone() * g).sum().backward();
             let dx = x.grad(&grads).map(vec);
             let dw = vec(wt.grad(&grads).unwrap());
-            let db = b.grad(&grads).unwrap().into_data().to_vec::<f32>().unwrap();
+            let db = b.grad(&grads).unwrap().into_data().try_to_vec::<f32>().unwrap();
             (vec(y.inner()), dx, dw, db)
         };
         for input_grad in [true, false] {
