@@ -244,9 +244,9 @@ pub fn new_request_id() -> String {
     format!("{}-{}-{}-{}-{}", &h[0..8], &h[8..12], &h[12..16], &h[16..20], &h[20..32])
 }
 
-async fn submit(g: &Global, client: &mut Client, a: SubmitArgs) -> anyhow::Result<()> {
-    let spec = build_spec(&a)?;
-    let req = SubmitRequest { spec: Some(spec), request_id: a.request_id.clone().unwrap_or_else(new_request_id) };
+/// Submits one spec under `request_id` (a retry with the same id returns the earlier job).
+pub async fn submit_spec(client: &mut Client, spec: aidos_api::JobSpec, request_id: String) -> anyhow::Result<aidos_api::SubmitResponse> {
+    let req = SubmitRequest { spec: Some(spec), request_id };
     let resp = client
         .job(|mut c| {
             let req = req.clone();
@@ -254,15 +254,22 @@ async fn submit(g: &Global, client: &mut Client, a: SubmitArgs) -> anyhow::Resul
         })
         .await
         .map_err(|e| status_error(e, ""))?;
+    Ok(resp)
+}
+
+async fn submit(g: &Global, client: &mut Client, a: SubmitArgs) -> anyhow::Result<()> {
+    let spec = build_spec(&a)?;
+    let request_id = a.request_id.clone().unwrap_or_else(new_request_id);
+    let resp = submit_spec(client, spec, request_id.clone()).await?;
     match g.output {
         Output::Json if !a.wait => {
-            print_json(&json!({ "job_id": resp.job_id, "duplicate": resp.duplicate, "request_id": req.request_id }))
+            print_json(&json!({ "job_id": resp.job_id, "duplicate": resp.duplicate, "request_id": request_id }))
         }
         Output::Json => {}
         Output::Table => {
             println!("{}", resp.job_id);
             if resp.duplicate {
-                eprintln!("(request id {} was already submitted: this is the earlier job)", req.request_id);
+                eprintln!("(request id {request_id} was already submitted: this is the earlier job)");
             }
         }
     }

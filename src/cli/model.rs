@@ -88,14 +88,7 @@ async fn export_on_cluster(g: &Global, client: &mut Client, a: ExportArgs) -> an
         ..Default::default()
     };
     aidos_api::spec::validate(&spec)?;
-    let req = aidos_api::SubmitRequest { spec: Some(spec), request_id: super::job::new_request_id() };
-    let id = client
-        .job(|mut c| {
-            let req = req.clone();
-            async move { c.submit(req).await.map(|r| r.into_inner().job_id) }
-        })
-        .await
-        .map_err(|e| status_error(e, ""))?;
+    let id = super::job::submit_spec(client, spec, super::job::new_request_id()).await?.job_id;
     eprintln!("export job {id} submitted");
     super::job::wait(&Global { output: Output::Table, ..g.clone() }, client, &id, None).await?;
     let m = get_model(client, &format!("{}:{}", m.name, m.version)).await?;

@@ -4,10 +4,10 @@
 
 use std::path::PathBuf;
 
-use aidos_api::{SubmitRequest, job_spec};
+use aidos_api::job_spec;
 use clap::Args;
 
-use super::client::{Client, status_error};
+use super::client::Client;
 use super::job::{LogsArgs, logs, wait};
 use super::{Global, Output};
 
@@ -60,14 +60,7 @@ pub async fn run(g: &Global, a: TrainArgs) -> anyhow::Result<()> {
         spec.name = if t.register_as.is_empty() { manifest.name.clone() } else { t.register_as.clone() };
     }
     let request_id = a.request_id.unwrap_or_else(super::job::new_request_id);
-    let req = SubmitRequest { spec: Some(spec), request_id };
-    let id = client
-        .job(|mut c| {
-            let req = req.clone();
-            async move { c.submit(req).await.map(|r| r.into_inner().job_id) }
-        })
-        .await
-        .map_err(|e| status_error(e, ""))?;
+    let id = super::job::submit_spec(&mut client, spec, request_id).await?.job_id;
     if g.output == Output::Json {
         super::render::print_json(&serde_json::json!({"job_id": id}));
     } else {
