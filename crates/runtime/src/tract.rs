@@ -32,40 +32,37 @@ impl TractModel {
         let err =
             |e: tract_onnx::prelude::TractError| RuntimeError::Load { what: what.into(), reason: format!("{e:#}") };
         let model = tract_onnx::onnx().model_for_read(&mut &*bytes).map_err(err)?;
-        let typed: TypedModel = model.into_optimized().map_err(err)?;
+        let typed: TypedModel = model.clone().into_optimized().map_err(err)?;
         let meta = ModelMetadata {
             platform: "onnx_tract".into(),
             inputs: specs(&typed, typed.input_outlets().map_err(err)?, true).map_err(err)?,
             outputs: specs(&typed, typed.output_outlets().map_err(err)?, false).map_err(err)?,
         };
-        let plan1 = batch_one(bytes, &typed).map_err(err)?;
+        let plan1 = batch_one(model, &meta.inputs).map_err(err)?;
         let plan = typed.into_runnable().map_err(err)?;
         Ok(TractModel { plan, plan1, meta })
     }
 }
 
-/// The plan with every input's symbolic leading dimension fixed at 1, if any input has one (and every other
-/// dimension is known).
-fn batch_one(bytes: &[u8], typed: &TypedModel) -> tract_onnx::prelude::TractResult<Option<Arc<Plan>>> {
-    let mut model = tract_onnx::onnx().model_for_read(&mut &*bytes)?;
-    let mut any = false;
-    for (ix, o) in typed.input_outlets()?.iter().enumerate() {
-        let fact = typed.outlet_fact(*o)?;
-        let mut dims = Vec::with_capacity(fact.rank());
-        for (i, d) in fact.shape.iter().enumerate() {
-            match d.to_i64() {
-                Ok(n) => dims.push(n as usize),
-                Err(_) if i == 0 => {
-                    any = true;
-                    dims.push(1)
-                }
-                Err(_) => return Ok(None),
+/// The plan with every input's unknown leading dimension (-1 in `inputs`) fixed at 1, if any input has one and
+/// every other dimension is known.
+fn batch_one(
+    mut model: tract_onnx::prelude::InferenceModel,
+    inputs: &[TensorSpec],
+) -> tract_onnx::prelude::TractResult<Option<Arc<Plan>>> {
+    if !inputs.iter().any(|t| t.shape.first() == Some(&-1)) {
+        return Ok(None);
+    }
+    for (ix, t) in inputs.iter().enumerate() {
+        let mut dims = Vec::with_capacity(t.shape.len());
+        for (i, &d) in t.shape.iter().enumerate() {
+            match d {
+                -1 if i == 0 => dims.push(1),
+                d if d >= 0 => dims.push(d as usize),
+                _ => return Ok(None),
             }
         }
-        model.set_input_fact(ix, InferenceFact::dt_shape(fact.datum_type, dims))?;
-    }
-    if !any {
-        return Ok(None);
+        model.set_input_fact(ix, InferenceFact::dt_shape(f32::datum_type(), dims))?;
     }
     Ok(Some(model.into_optimized()?.into_runnable()?))
 }

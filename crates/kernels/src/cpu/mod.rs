@@ -30,14 +30,14 @@ use conv::ConvShape;
 
 type Ad = Autodiff<Flex, NoCheckpointing>;
 
-/// Which implementation [`conv2d`] takes for given operands.
+/// Which implementation [`conv2d`] and [`relu_max_pool2d`] take for given operands.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Path {
     /// Flex without autodiff (evaluation, export checks).
     Flex,
     /// Flex under autodiff (training).
     FlexAutodiff,
-    /// Anything else: burn's own convolution.
+    /// Anything else: burn's own operations.
     Burn,
 }
 
@@ -59,10 +59,11 @@ pub fn path(x: &Tensor<4>) -> Path {
 /// [`path`] for a convolution: both operands must qualify, and the kernel must be square.
 pub fn conv2d_path(x: &Tensor<4>, weight: &Tensor<4>) -> Path {
     let [_, _, kh, kw] = weight.dims();
-    if kh != kw || weight.device() != x.device() || path(weight) != path(x) {
+    let p = path(x);
+    if kh != kw || weight.device() != x.device() || path(weight) != p {
         return Path::Burn;
     }
-    path(x)
+    p
 }
 
 /// 2-D convolution, stride 1, dilation 1, one group, `padding` zeros on every side: `x` `[n, c_in, h, w]`,
@@ -116,9 +117,9 @@ pub fn relu_max_pool2d(x: Tensor<4>, k: usize) -> Tensor<4> {
             let x = x.try_into_primitive::<Ad>().expect("an autodiff flex tensor on an autodiff flex device");
             let out = match PoolBackward.prepare::<NoCheckpointing>([x.node()]).compute_bound().stateful() {
                 OpsKind::Tracked(prep) => {
-                    let (y, idx, shape) = pool_forward(x.primitive(), k, true);
-                    let [n, c, _, _] = x.primitive().layout().shape().dims::<4>();
-                    prep.finish(PoolState { shape, nc: [n, c], indices: Arc::new(idx.expect("kept")) }, y)
+                    let (y, idx) = pool_forward(x.primitive(), k, true);
+                    let x_dims = x.primitive().layout().shape().dims::<4>();
+                    prep.finish(PoolState { x_dims, k, indices: Arc::new(idx.expect("kept")) }, y)
                 }
                 OpsKind::UnTracked(prep) => prep.finish(pool_forward(x.primitive(), k, false).0),
             };
@@ -127,24 +128,30 @@ pub fn relu_max_pool2d(x: Tensor<4>, k: usize) -> Tensor<4> {
     }
 }
 
-fn pool_forward(x: &FlexTensor, k: usize, keep: bool) -> (FlexTensor, Option<Vec<u32>>, pool::PoolShape) {
-    let [n, c, h, w] = x.layout().shape().dims::<4>();
-    let shape = pool::PoolShape { planes: n * c, h, w, k };
-    let x = f32s(x);
-    let (y, idx) = pool::forward(slice(&x), &shape, keep);
-    (tensor(y, &[n, c, shape.ho(), shape.wo()]), idx, shape)
+/// The pooling geometry of an `[n, c, h, w]` input: one plane per (sample, channel).
+fn pool_shape([n, c, h, w]: [usize; 4], k: usize) -> pool::PoolShape {
+    pool::PoolShape { planes: n * c, h, w, k }
 }
 
+fn pool_forward(x: &FlexTensor, k: usize, keep: bool) -> (FlexTensor, Option<Vec<u32>>) {
+    let dims = x.layout().shape().dims::<4>();
+    let shape = pool_shape(dims, k);
+    let x = contiguous(x);
+    let (y, idx) = pool::forward(slice(&x), &shape, keep);
+    (tensor(y, &[dims[0], dims[1], shape.ho(), shape.wo()]), idx)
+}
+
+/// What the backward step keeps: the input's shape (the gradient has it) and the winners' indices.
 #[derive(Clone)]
 struct PoolState {
-    shape: pool::PoolShape,
-    nc: [usize; 2],
+    x_dims: [usize; 4],
+    k: usize,
     indices: Arc<Vec<u32>>,
 }
 
 impl std::fmt::Debug for PoolState {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "PoolState({:?})", self.shape)
+        write!(f, "PoolState({:?}, k={})", self.x_dims, self.k)
     }
 }
 
@@ -156,18 +163,15 @@ impl Backward<Flex, 1> for PoolBackward {
 
     fn backward(self, ops: Ops<PoolState, 1>, grads: &mut Gradients, _: &mut Checkpointer) {
         let [node_x] = ops.parents;
-        let dy = f32s(&grads.consume::<Flex>(&ops.node));
+        let dy = contiguous(&grads.consume::<Flex>(&ops.node));
         if let Some(node) = node_x {
-            let s = ops.state.shape;
-            let dx = pool::backward(&ops.state.indices, slice(&dy), &s);
-            // planes = n * c; the graph wants the input's 4-D shape back.
-            let [n, c] = ops.state.nc;
-            grads.register::<Flex>(node.id, tensor(dx, &[n, c, s.h, s.w]));
+            let dx = pool::backward(&ops.state.indices, slice(&dy), &pool_shape(ops.state.x_dims, ops.state.k));
+            grads.register::<Flex>(node.id, tensor(dx, &ops.state.x_dims));
         }
     }
 }
 
-fn f32s(t: &FlexTensor) -> FlexTensor {
+fn contiguous(t: &FlexTensor) -> FlexTensor {
     t.to_contiguous()
 }
 
@@ -189,7 +193,7 @@ fn forward(
     let [n, c_in, h, w] = x.layout().shape().dims::<4>();
     let [c_out, _, k, _] = weight.layout().shape().dims::<4>();
     let shape = ConvShape { n, c_in, h, w, c_out, k, pad };
-    let (x, weight, bias) = (f32s(x), f32s(weight), f32s(bias));
+    let (x, weight, bias) = (contiguous(x), contiguous(weight), contiguous(bias));
     let (y, cols) = conv::forward(slice(&x), slice(&weight), Some(slice(&bias)), &shape, keep_cols);
     (tensor(y, &[n, c_out, shape.ho(), shape.wo()]), cols, shape)
 }
@@ -219,7 +223,7 @@ impl Backward<Flex, 3> for ConvBackward {
         let [node_x, node_w, node_b] = ops.parents;
         let s = ops.state.shape;
         // `consume` may hand out a buffer shared with another consumer: only read it.
-        let dy = f32s(&grads.consume::<Flex>(&ops.node));
+        let dy = contiguous(&grads.consume::<Flex>(&ops.node));
         let dy = slice(&dy);
         if node_w.is_some() || node_b.is_some() {
             let (dw, db) = conv::backward_weight(&ops.state.cols, dy, &s);
@@ -231,7 +235,7 @@ impl Backward<Flex, 3> for ConvBackward {
             }
         }
         if let Some(node) = node_x {
-            let weight = f32s(&ops.state.weight);
+            let weight = contiguous(&ops.state.weight);
             let dx = conv::backward_input(slice(&weight), dy, &s);
             grads.register::<Flex>(node.id, tensor(dx, &[s.n, s.c_in, s.h, s.w]));
         }
