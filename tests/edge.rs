@@ -2,7 +2,8 @@
 //! selector runs only on the matching agent; with the control plane stopped, that agent restarts and still serves
 //! from its cache, and the telemetry it buffered meanwhile is uploaded when the control plane returns; a deployment
 //! signed by another key is refused, one that fails its health check is rolled back, and the agent keeps serving
-//! the last good model throughout; a good new version then replaces it.
+//! the last good model throughout; a good new version then replaces it. The control plane has an enrolment token:
+//! an agent without it cannot enrol, and nobody without cam-1's credential can enrol, sync or download as cam-1.
 
 mod common;
 
@@ -12,6 +13,8 @@ use std::time::{Duration, Instant};
 use aidos_api::edge_service_client::EdgeServiceClient;
 use aidos_api::v1::*;
 use common::*;
+
+const TOKEN: &str = "s3cret-enrolment-token";
 
 /// One inference on an agent: (HTTP status, model_version answered).
 fn infer(agent: SocketAddr) -> (u16, String) {
@@ -40,7 +43,7 @@ impl Agent {
             &[
                 "edge", "agent", "--server", &c.addrs().join(","), "--device", name, "--labels", labels, "--cache",
                 cache.to_str().unwrap(), "--listen", "127.0.0.1:0", "--sync-ms", "200", "--ready-file",
-                ready_file.to_str().unwrap(),
+                ready_file.to_str().unwrap(), "--enrollment-token", TOKEN,
             ],
         );
         Agent { proc, ready_file }
@@ -90,7 +93,7 @@ fn status(d: &EdgeDevice) -> EdgeStatus {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn agents_run_signed_deployments_offline_and_roll_back_bad_ones() {
-    let mut c = start_cluster(1).await;
+    let mut c = start_cluster_with(1, &["--edge-enrollment-token", TOKEN]).await;
     c.start_worker("w1", "2", "");
     // Two versions of a small model.
     c.train_digits(2).await;
@@ -120,6 +123,24 @@ async fn agents_run_signed_deployments_offline_and_roll_back_bad_ones() {
     })
     .await;
 
+    // Without the token nobody enrols; with a credential of its own nobody speaks for cam-1.
+    let mut e = EdgeServiceClient::new(c.any_channel().await);
+    let rogue = |device: &str, token: &str| EnrollRequest {
+        device: device.into(),
+        credential: vec![7; 32],
+        enrollment_token: token.into(),
+        ..Default::default()
+    };
+    let s = e.enroll(rogue("rogue-1", "")).await.unwrap_err();
+    assert_eq!(s.code(), tonic::Code::PermissionDenied, "{s:?}");
+    assert!(s.message().contains("enrolment token missing"), "{s:?}");
+    let s = e.enroll(rogue("cam-1", "guess")).await.unwrap_err();
+    assert!(s.message().contains("another credential"), "{s:?}");
+    let s = e.sync(EdgeSyncRequest { device: "cam-1".into(), credential: vec![7; 32], ..Default::default() }).await.unwrap_err();
+    assert_eq!(s.code(), tonic::Code::Unauthenticated, "{s:?}");
+    assert!(device(&c, "rogue-1").await.is_none());
+    assert!(device(&c, "cam-1").await.unwrap().credential_hash.is_empty(), "the credential hash is listed");
+
     // Deploy to one selector: only the matching agent runs it.
     let (code, out, err) = c.cli(&["edge", "deploy", "digits:1", "--selector", "fleet=cams"]);
     assert_eq!(code, 0, "{err}");
@@ -131,6 +152,12 @@ async fn agents_run_signed_deployments_offline_and_roll_back_bad_ones() {
     .await;
     assert_eq!(status(&d).model, "digits");
     assert_eq!(infer(door_addr).0, 404, "the other fleet runs it too");
+    let artifact1 = status(&d).artifact.clone();
+    let s = e
+        .download(DownloadRequest { device: "cam-1".into(), artifact: artifact1, max_bytes: 1024, ..Default::default() })
+        .await
+        .unwrap_err();
+    assert_eq!(s.code(), tonic::Code::Unauthenticated, "a download without the device's credential: {s:?}");
     let (code, out, _) = c.cli(&["edge", "list"]);
     assert_eq!(code, 0);
     assert!(out.contains("cam-1") && out.contains("digits (digits:1)") && out.contains("door-1"), "{out}");

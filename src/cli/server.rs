@@ -20,6 +20,10 @@ pub struct ServerArgs {
     /// the cluster the same file (default: <data-dir>/edge-signing.key)
     #[arg(long, env = "AIDOS_EDGE_SIGNING_KEY")]
     pub edge_signing_key: Option<std::path::PathBuf>,
+    /// Shared secret a new edge device must present to enrol (the agents' --enrollment-token); without it
+    /// enrolment is open, though a known device name still enrols again only with its own credential
+    #[arg(long, env = "AIDOS_EDGE_ENROLLMENT_TOKEN", hide_env_values = true)]
+    pub edge_enrollment_token: Option<String>,
     /// Address the gRPC server binds (loopback by default: jobs run arbitrary code)
     #[arg(long, env = "AIDOS_LISTEN", default_value = aidos_api::DEFAULT_SCHEDULER_ADDR)]
     pub listen: SocketAddr,
@@ -104,6 +108,7 @@ pub async fn run(g: &Global, a: ServerArgs) -> anyhow::Result<()> {
         },
         blob_dir: Some(g.blob_dir.clone()),
         edge_signing_key: a.edge_signing_key.clone(),
+        edge_enrollment_token: a.edge_enrollment_token.clone(),
     };
     let node = SchedulerNode::start(cfg).await.with_context(|| format!("starting scheduler node {}", a.id))?;
     println!("scheduler {} listening on {}", a.id, node.local_addr());

@@ -144,6 +144,11 @@ fn tail(s: &str, n: usize) -> String {
 
 /// Starts `n` scheduler nodes that form one cluster and waits until they agree on a leader.
 pub async fn start_cluster(n: u64) -> Cluster {
+    start_cluster_with(n, &[]).await
+}
+
+/// [`start_cluster`] with more `aidos server` flags for every node (kept across restarts).
+pub async fn start_cluster_with(n: u64, extra: &[&str]) -> Cluster {
     let dir = tempfile::tempdir().unwrap();
     let addrs: BTreeMap<u64, String> = (1..=n).map(|i| (i, format!("127.0.0.1:{}", free_port()))).collect();
     let peers = addrs.iter().map(|(i, a)| format!("{i}={a}")).collect::<Vec<_>>().join(",");
@@ -167,6 +172,7 @@ pub async fn start_cluster(n: u64) -> Cluster {
             "--blob-dir".into(),
             dir.path().join("blobs").display().to_string(),
         ];
+        let args: Vec<String> = args.into_iter().chain(extra.iter().map(|s| s.to_string())).collect();
         let log = dir.path().join(format!("node{id}.log"));
         nodes.insert(*id, (addr.clone(), Proc::spawn(&format!("node{id}"), args, log)));
     }

@@ -43,15 +43,25 @@ pub struct AgentConfig {
     pub tolerance: f32,
     /// Written once the local server listens: `{"http": ADDR}`.
     pub ready_file: Option<PathBuf>,
+    /// The control plane's enrolment token (needed for a new device when the control plane has one).
+    pub enrollment_token: String,
 }
 
-/// Runtimes this build can use.
+/// Runtimes this build can use on this machine: tract always; ort when compiled in and its library loads.
 pub fn available_runtimes() -> Vec<&'static str> {
     let mut v = vec!["tract"];
-    if cfg!(feature = "ort") && std::env::var_os("ORT_DYLIB_PATH").is_some() {
+    if ort_unavailable().is_none() {
         v.push("ort");
     }
     v
+}
+
+/// Why ONNX Runtime cannot be used here (`None`: it can).
+pub fn ort_unavailable() -> Option<String> {
+    #[cfg(feature = "ort")]
+    return aidos_runtime::ort::probe().err().map(|e| e.to_string());
+    #[cfg(not(feature = "ort"))]
+    Some("this agent was built without the `ort` feature".into())
 }
 
 struct Running {
@@ -71,12 +81,23 @@ struct Agent {
     client: Option<EdgeServiceClient<Channel>>,
     server_ix: usize,
     enrolled: bool,
+    /// This device's credential (see `State::credential_hex`).
+    credential: Vec<u8>,
 }
 
 /// Runs the agent until `shutdown` resolves.
 pub async fn run(cfg: AgentConfig, shutdown: impl std::future::Future<Output = ()> + Send + 'static) -> Result<(), EdgeError> {
     let cache = Cache::open(&cfg.cache_dir, cfg.cache_max_bytes)?;
-    let state = cache.load_state()?;
+    let mut state = cache.load_state()?;
+    let credential = match state.credential_hex.as_deref().map(unhex) {
+        Some(Some(c)) if c.len() == 32 => c,
+        _ => {
+            let c = random_credential()?;
+            state.credential_hex = Some(hex(&c));
+            cache.save_state(&state)?;
+            c
+        }
+    };
     let repo = Arc::new(Repository::new(Arc::new(Metrics::default())));
     let telemetry = Arc::new(Telemetry::new(cfg.cache_dir.join("telemetry.jsonl")));
     let mut agent = Agent {
@@ -91,6 +112,7 @@ pub async fn run(cfg: AgentConfig, shutdown: impl std::future::Future<Output = (
         client: None,
         server_ix: 0,
         enrolled: false,
+        credential,
     };
     // Serve from the cache before anything else: the control plane may be gone.
     if let Some(m) = agent.state.current.clone() {
@@ -166,13 +188,24 @@ async fn serve_local(
     Ok(addr)
 }
 
-struct Grpc<'a>(&'a mut EdgeServiceClient<Channel>, String);
+/// Downloads over gRPC as device `device` with its credential.
+struct Grpc<'a> {
+    client: &'a mut EdgeServiceClient<Channel>,
+    device: String,
+    credential: Vec<u8>,
+}
 
 #[tonic::async_trait]
 impl ChunkSource for Grpc<'_> {
     async fn chunk(&mut self, artifact: &str, offset: u64, max: u32) -> Result<(Vec<u8>, u64), EdgeError> {
-        let r = DownloadRequest { device: self.1.clone(), artifact: artifact.into(), offset, max_bytes: max };
-        let c = self.0.download(r).await.map_err(|s| EdgeError::ControlPlane(s.message().to_string()))?.into_inner();
+        let r = DownloadRequest {
+            device: self.device.clone(),
+            artifact: artifact.into(),
+            offset,
+            max_bytes: max,
+            credential: self.credential.clone(),
+        };
+        let c = self.client.download(r).await.map_err(control_plane)?.into_inner();
         Ok((c.data, c.total_size))
     }
 }
@@ -228,6 +261,12 @@ impl Agent {
         }
         let deployment = match self.sync().await {
             Ok(d) => d,
+            Err(e @ EdgeError::Refused(_)) => {
+                tracing::warn!("{e}; serving from the cache");
+                self.last_error = e.to_string();
+                self.drop_client();
+                return;
+            }
             Err(e) => {
                 tracing::debug!("control plane unreachable, serving from the cache: {e}");
                 self.drop_client();
@@ -257,7 +296,7 @@ impl Agent {
 
     async fn sync(&mut self) -> Result<Option<EdgeDeployment>, EdgeError> {
         let mut c = self.client()?;
-        let cp = |s: tonic::Status| EdgeError::ControlPlane(s.message().to_string());
+        let cp = control_plane;
         if !self.enrolled {
             let r = EnrollRequest {
                 device: self.cfg.device.clone(),
@@ -265,6 +304,9 @@ impl Agent {
                 hardware: hardware(),
                 runtimes: available_runtimes().iter().map(|s| s.to_string()).collect(),
                 agent_version: env!("CARGO_PKG_VERSION").into(),
+                enrollment_token: self.cfg.enrollment_token.clone(),
+                credential: self.credential.clone(),
+                credential_hash: vec![],
             };
             let resp = c.enroll(r).await.map_err(cp)?.into_inner();
             let key_hex = hex(&resp.signing_public_key);
@@ -287,6 +329,7 @@ impl Agent {
             device: self.cfg.device.clone(),
             status: Some(self.status()),
             telemetry: pending.iter().cloned().map(Into::into).collect(),
+            credential: self.credential.clone(),
         };
         let resp = c.sync(req).await.map_err(cp)?.into_inner();
         if resp.accepted_telemetry > 0
@@ -366,7 +409,7 @@ impl Agent {
         let keep: Vec<String> = [&self.state.current, &self.state.previous].iter().filter_map(|m| m.as_ref().map(|m| m.artifact.clone())).collect();
         let keep_refs: Vec<&str> = keep.iter().map(String::as_str).collect();
         let mut c = self.client()?;
-        let mut src = Grpc(&mut c, self.cfg.device.clone());
+        let mut src = Grpc { client: &mut c, device: self.cfg.device.clone(), credential: self.credential.clone() };
         fetch(&mut src, &self.cache, d, &key, &keep_refs).await?;
         let m = CachedModel {
             deployment: d.name.clone(),
@@ -406,6 +449,31 @@ impl Agent {
 /// Lower-case hex of `bytes` (keys and signatures in the cache's state file).
 fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+fn unhex(s: &str) -> Option<Vec<u8>> {
+    if !s.len().is_multiple_of(2) {
+        return None;
+    }
+    (0..s.len() / 2).map(|i| u8::from_str_radix(s.get(2 * i..2 * i + 2)?, 16).ok()).collect()
+}
+
+/// 32 bytes from the kernel's CSPRNG.
+fn random_credential() -> Result<Vec<u8>, EdgeError> {
+    use std::io::Read;
+    let mut c = vec![0u8; 32];
+    std::fs::File::open("/dev/urandom")
+        .and_then(|mut f| f.read_exact(&mut c))
+        .map_err(|e| EdgeError::Cache(format!("making the device credential from /dev/urandom: {e}")))?;
+    Ok(c)
+}
+
+/// A control-plane error: refusals (a wrong credential or enrolment token) are kept apart from outages.
+fn control_plane(s: tonic::Status) -> EdgeError {
+    match s.code() {
+        tonic::Code::PermissionDenied | tonic::Code::Unauthenticated => EdgeError::Refused(s.message().to_string()),
+        _ => EdgeError::ControlPlane(s.message().to_string()),
+    }
 }
 
 fn hardware() -> String {

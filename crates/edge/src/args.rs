@@ -29,7 +29,8 @@ pub struct AgentArgs {
     /// Local inference address (Open Inference Protocol over HTTP)
     #[arg(long, env = "AIDOS_EDGE_LISTEN", default_value = "127.0.0.1:9000")]
     pub listen: SocketAddr,
-    /// Runtime: tract (pure Rust), ort (ONNX Runtime from ORT_DYLIB_PATH; needs a build with it) or auto
+    /// Runtime: tract (pure Rust), ort (ONNX Runtime from ORT_DYLIB_PATH) or auto (ort when its library loads,
+    /// else tract)
     #[arg(long, env = "AIDOS_EDGE_RUNTIME", default_value = "auto")]
     pub runtime: String,
     /// How often to sync with the control plane, in milliseconds
@@ -38,6 +39,9 @@ pub struct AgentArgs {
     /// Health-check tolerance, relative: |out - expected| <= tol * (1 + |expected|)
     #[arg(long, env = "AIDOS_EDGE_TOLERANCE", default_value_t = 1e-4)]
     pub tolerance: f32,
+    /// The control plane's enrolment token (its --edge-enrollment-token), needed to enrol a new device there
+    #[arg(long, env = "AIDOS_EDGE_ENROLLMENT_TOKEN", default_value = "", hide_env_values = true)]
+    pub enrollment_token: String,
     /// Write `{"http": ADDR}` here once serving
     #[arg(long, env = "AIDOS_EDGE_READY_FILE")]
     pub ready_file: Option<PathBuf>,
@@ -51,8 +55,17 @@ impl AgentArgs {
             labels.insert(k.trim().to_string(), v.trim().to_string());
         }
         let runtime = match self.runtime.as_str() {
-            "auto" if crate::agent::available_runtimes().contains(&"ort") => aidos_runtime::RuntimeKind::Ort,
-            "auto" => aidos_runtime::RuntimeKind::Tract,
+            "auto" => match crate::agent::ort_unavailable() {
+                None => aidos_runtime::RuntimeKind::Ort,
+                Some(why) => {
+                    tracing::info!("runtime tract (ort not used: {why})");
+                    aidos_runtime::RuntimeKind::Tract
+                }
+            },
+            "ort" => match crate::agent::ort_unavailable() {
+                None => aidos_runtime::RuntimeKind::Ort,
+                Some(why) => return Err(format!("--runtime ort: {why}")),
+            },
             other => other.parse().map_err(|e| format!("--runtime: {e}"))?,
         };
         Ok(AgentConfig {
@@ -66,6 +79,7 @@ impl AgentArgs {
             sync_interval: Duration::from_millis(self.sync_ms.max(50)),
             tolerance: self.tolerance,
             ready_file: self.ready_file,
+            enrollment_token: self.enrollment_token,
         })
     }
 }

@@ -26,6 +26,10 @@ pub struct CachedModel {
 pub struct State {
     /// The control plane's public key, pinned at the first enrolment (hex).
     pub pinned_key_hex: Option<String>,
+    /// This device's credential (32 random bytes, hex), made at first start and presented on every call; the
+    /// control plane keeps only its hash. It is why `state.json` is written with mode 0600.
+    #[serde(default)]
+    pub credential_hex: Option<String>,
     pub current: Option<CachedModel>,
     /// The last good model before `current` (what a failed health check rolls back to).
     pub previous: Option<CachedModel>,
@@ -33,6 +37,10 @@ pub struct State {
     #[serde(default)]
     pub rejected: std::collections::BTreeMap<String, String>,
 }
+
+/// Bytes a download leaves free on the cache's filesystem, for `state.json` and the telemetry buffer: a model that
+/// would fill the disk to the last block is refused rather than starving the agent's own bookkeeping.
+pub const DISK_HEADROOM: u64 = 1 << 20;
 
 pub struct Cache {
     pub root: PathBuf,
@@ -44,11 +52,14 @@ fn io(path: &Path) -> impl FnOnce(std::io::Error) -> EdgeError + '_ {
     move |e| EdgeError::Cache(format!("{}: {e}", path.display()))
 }
 
-/// Writes `bytes` to `path` through a synced temporary file and a rename: readers see the old or the new file.
+/// Writes `bytes` to `path` (mode 0600) through a synced temporary file and a rename: readers see the old or the
+/// new file.
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), EdgeError> {
     use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
     let tmp = path.with_extension("tmp");
-    let mut f = std::fs::File::create(&tmp).map_err(io(&tmp))?;
+    let mut f =
+        std::fs::OpenOptions::new().write(true).create(true).truncate(true).mode(0o600).open(&tmp).map_err(io(&tmp))?;
     f.write_all(bytes).map_err(io(&tmp))?;
     f.sync_all().map_err(io(&tmp))?;
     std::fs::rename(&tmp, path).map_err(io(path))?;
@@ -102,12 +113,28 @@ impl Cache {
             .sum()
     }
 
-    /// Makes room for `need` more bytes: evicts cached models other than `keep`; refuses when that is not enough.
-    pub fn reserve(&self, need: u64, keep: &[&str]) -> Result<(), EdgeError> {
-        if self.max_bytes == 0 {
-            return Ok(());
+    /// Bytes the cache's filesystem still gives to an unprivileged writer.
+    pub fn disk_available(&self) -> Result<u64, EdgeError> {
+        let st = rustix::fs::statvfs(&self.root).map_err(|e| EdgeError::Cache(format!("{}: {e}", self.root.display())))?;
+        Ok(st.f_bavail.saturating_mul(st.f_frsize))
+    }
+
+    /// The error for a disk without `need` more bytes (plus [`DISK_HEADROOM`]).
+    pub fn disk_full(&self, need: u64) -> EdgeError {
+        EdgeError::DiskFull {
+            dir: self.root.display().to_string(),
+            need,
+            available: self.disk_available().unwrap_or(0),
+            headroom: DISK_HEADROOM,
         }
-        if self.used_bytes() + need > self.max_bytes {
+    }
+
+    /// Makes room for `need` more bytes, both under `max_bytes` and on the disk (keeping [`DISK_HEADROOM`] free):
+    /// evicts cached models other than `keep` when short; refuses when that is not enough. Nothing kept is touched.
+    pub fn reserve(&self, need: u64, keep: &[&str]) -> Result<(), EdgeError> {
+        let over_quota = || self.max_bytes > 0 && self.used_bytes() + need > self.max_bytes;
+        let short_on_disk = || -> Result<bool, EdgeError> { Ok(self.disk_available()? < need + DISK_HEADROOM) };
+        if over_quota() || short_on_disk()? {
             for e in std::fs::read_dir(self.root.join("models")).into_iter().flatten().flatten() {
                 let name = e.file_name().to_string_lossy().to_string();
                 if !keep.iter().any(|k| name.starts_with(k)) {
@@ -115,9 +142,11 @@ impl Cache {
                 }
             }
         }
-        let used = self.used_bytes();
-        if used + need > self.max_bytes {
-            return Err(EdgeError::CacheFull { need, used, max: self.max_bytes });
+        if over_quota() {
+            return Err(EdgeError::CacheFull { need, used: self.used_bytes(), max: self.max_bytes });
+        }
+        if short_on_disk()? {
+            return Err(self.disk_full(need));
         }
         Ok(())
     }

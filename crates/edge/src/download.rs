@@ -4,6 +4,9 @@
 //! dropped connection or an agent restart resumes where it stopped. Once complete, the bytes are checked against
 //! the artifact id (BLAKE3 of the content) and the deployment's ed25519 signature against the pinned key, then
 //! renamed into `models/`. A mismatch deletes the partial file and is reported; the running model is not touched.
+//! Space is checked before the first byte ([`Cache::reserve`]: the cache quota and the disk's free space); a disk
+//! that fills up during the download (another process took the space) deletes the partial file and reports
+//! [`EdgeError::DiskFull`].
 
 use std::io::Write;
 
@@ -63,10 +66,26 @@ pub async fn fetch(
         if data.is_empty() {
             return Err(dl(format!("truncated: no data at offset {offset} of {total}")));
         }
-        f.write_all(&data).map_err(|e| dl(format!("writing {}: {e}", part.display())))?;
+        if let Err(e) = f.write_all(&data) {
+            // A full disk: the partial file goes (it would hold the space the agent needs to keep running, and
+            // resuming it cannot succeed until space returns); other write errors keep it for a resume.
+            if e.kind() == std::io::ErrorKind::StorageFull {
+                drop(f);
+                let _ = std::fs::remove_file(&part);
+                return Err(cache.disk_full(d.size - offset));
+            }
+            return Err(dl(format!("writing {}: {e}", part.display())));
+        }
         offset += data.len() as u64;
     }
-    f.sync_all().map_err(|e| dl(e.to_string()))?;
+    if let Err(e) = f.sync_all() {
+        drop(f);
+        if e.kind() == std::io::ErrorKind::StorageFull {
+            let _ = std::fs::remove_file(&part);
+            return Err(cache.disk_full(d.size));
+        }
+        return Err(dl(e.to_string()));
+    }
     drop(f);
     let bytes = std::fs::read(&part).map_err(|e| dl(e.to_string()))?;
     let actual = blake3::hash(&bytes).to_hex().to_string();
@@ -174,5 +193,74 @@ mod tests {
         let err = fetch(&mut src, &cache, &d, &key.verifying_key(), &[]).await.unwrap_err();
         assert!(err.to_string().contains("cache full"), "{err}");
         assert_eq!(src.calls, 0);
+    }
+
+    /// The real thing, not the quota: the cache lives on a 4 MiB tmpfs (a private mount namespace made by
+    /// re-running this test under `unshare`), already holding the running model. A download too big for the disk is
+    /// refused before any byte is fetched; one the disk fills up under (another writer takes the space between two
+    /// chunks) stops with ENOSPC reported and its partial file deleted. The running model's file is intact after
+    /// both, and the cache can still save its state.
+    #[test]
+    fn a_full_disk_refuses_or_aborts_the_download_and_keeps_the_running_model() {
+        const INNER: &str = "AIDOS_TEST_TMPFS_CACHE";
+        let Ok(dir) = std::env::var(INNER) else {
+            let dir = tempfile::tempdir().unwrap();
+            let name = "download::tests::a_full_disk_refuses_or_aborts_the_download_and_keeps_the_running_model";
+            let out = std::process::Command::new("unshare")
+                .args(["--user", "--map-root-user", "--mount", "sh", "-c"])
+                .arg(r#"mount -t tmpfs -o size=4m aidos-test "$0" && exec "$1" --exact "$2" --nocapture --test-threads 1"#)
+                .arg(dir.path())
+                .arg(std::env::current_exe().unwrap())
+                .arg(name)
+                .env(INNER, dir.path())
+                .output()
+                .expect("run unshare (util-linux)");
+            let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+            assert!(out.status.success() && text.contains("1 passed"), "in a mount namespace: {text}");
+            return;
+        };
+        let root = std::path::Path::new(&dir);
+        let cache = Cache::open(root, 0).unwrap();
+        assert!(cache.disk_available().unwrap() <= 4 << 20, "not on the 4 MiB tmpfs");
+        let key = SigningKey::from_bytes(&[7; 32]);
+        let running: Vec<u8> = (0..(1 << 20)).map(|i| (i % 253) as u8).collect();
+        let running_id = blake3::hash(&running).to_hex().to_string();
+        std::fs::write(cache.model_path(&running_id), &running).unwrap();
+        let rt = tokio::runtime::Builder::new_current_thread().build().unwrap();
+
+        // 1. Bigger than the disk: refused up front, nothing asked, nothing written.
+        let big: Vec<u8> = (0..(3 << 20)).map(|i| (i % 241) as u8).collect();
+        let d = deployment(&big, &key);
+        let mut src = Flaky { data: big, fail_after: None, calls: 0, offsets: vec![] };
+        let err = rt.block_on(fetch(&mut src, &cache, &d, &key.verifying_key(), &[&running_id])).unwrap_err();
+        assert!(matches!(err, EdgeError::DiskFull { .. }), "{err}");
+        assert!(err.to_string().starts_with("disk full under"), "{err}");
+        assert_eq!(src.calls, 0);
+
+        // 2. Fits when it starts; the disk fills up after the first chunk.
+        struct FillsDisk(Flaky, std::path::PathBuf);
+        #[tonic::async_trait]
+        impl ChunkSource for FillsDisk {
+            async fn chunk(&mut self, a: &str, offset: u64, max: u32) -> Result<(Vec<u8>, u64), EdgeError> {
+                if self.0.calls == 1 {
+                    let mut f = std::fs::File::create(&self.1).unwrap();
+                    while f.write_all(&[0u8; 64 * 1024]).is_ok() {}
+                }
+                self.0.chunk(a, offset, max).await
+            }
+        }
+        let mid: Vec<u8> = (0..(CHUNK as usize * 4)).map(|i| (i % 239) as u8).collect();
+        let d = deployment(&mid, &key);
+        let filler = root.join("filler");
+        let mut src = FillsDisk(Flaky { data: mid, fail_after: None, calls: 0, offsets: vec![] }, filler.clone());
+        let err = rt.block_on(fetch(&mut src, &cache, &d, &key.verifying_key(), &[&running_id])).unwrap_err();
+        assert!(matches!(err, EdgeError::DiskFull { .. }), "{err}");
+        assert!(!cache.partial_path(&d.artifact).exists(), "the partial file still holds the space");
+        assert!(!cache.model_path(&d.artifact).exists());
+
+        // The running model is untouched; with the other writer gone the state can be saved again.
+        assert_eq!(std::fs::read(cache.model_path(&running_id)).unwrap(), running);
+        std::fs::remove_file(&filler).unwrap();
+        cache.save_state(&crate::cache::State::default()).unwrap();
     }
 }

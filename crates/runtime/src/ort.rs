@@ -31,6 +31,12 @@ fn environment() -> Result<&'static Environment> {
     .map_err(|e| RuntimeError::Unavailable { runtime: "ort", reason: e.clone() })
 }
 
+/// Whether ONNX Runtime can run here: the library named by `ORT_DYLIB_PATH` is set, exists and loads (once per
+/// process; the answer is kept). The error says which of the three failed.
+pub fn probe() -> Result<()> {
+    environment().map(|_| ())
+}
+
 fn session(what: &str, bytes: &[u8]) -> Result<Session> {
     let env = environment()?;
     let load = |e: String| RuntimeError::Load { what: what.into(), reason: e };

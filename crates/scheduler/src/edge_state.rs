@@ -68,6 +68,9 @@ impl ClusterState {
         d.hardware = r.hardware.chars().take(256).collect();
         d.runtimes = r.runtimes.iter().take(8).map(|s| s.chars().take(32).collect()).collect();
         d.agent_version = r.agent_version.chars().take(64).collect();
+        if !r.credential_hash.is_empty() {
+            d.credential_hash = r.credential_hash.clone();
+        }
         dirty.ml.push(device_key(&r.device));
         Ok(CommandResultV1::default())
     }

@@ -22,6 +22,12 @@ pub enum SchedulerError {
     NotLeader { leader: Option<String> },
     #[error("unavailable: {0}")]
     Unavailable(String),
+    /// The caller did not prove who it is (a device credential that does not match).
+    #[error("{0}")]
+    Unauthenticated(String),
+    /// The caller is known but may not do this (an enrolment without the right token).
+    #[error("{0}")]
+    PermissionDenied(String),
     #[error("io: {0}")]
     Io(#[from] std::io::Error),
     /// A call forwarded to the leader failed there: its status passes through unchanged.
@@ -67,6 +73,8 @@ impl From<SchedulerError> for tonic::Status {
                 s
             }
             SchedulerError::Unavailable(_) => Status::new(Code::Unavailable, msg),
+            SchedulerError::Unauthenticated(_) => Status::new(Code::Unauthenticated, msg),
+            SchedulerError::PermissionDenied(_) => Status::new(Code::PermissionDenied, msg),
             SchedulerError::Remote(s) => s,
         }
     }

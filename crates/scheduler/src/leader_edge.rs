@@ -6,7 +6,8 @@
 //! proposed, so the log holds signatures, never the key.
 //!
 //! Downloads are served by any node from its blob store (range reads in the blocking pool), only for artifacts of a
-//! current edge deployment and only to enrolled devices; one chunk is at most [`MAX_CHUNK`] bytes.
+//! current edge deployment and only to enrolled devices that present their credential; one chunk is at most
+//! [`MAX_CHUNK`] bytes. Enrolment and credentials: `edge_auth`.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -18,6 +19,7 @@ use aidos_blob::BlobStore;
 use ed25519_dalek::{Signer, SigningKey};
 
 use crate::core::Core;
+use crate::edge_auth;
 use crate::edge_state::desired_for;
 use crate::error::SchedulerError;
 use crate::leader::LeaderHandler;
@@ -27,17 +29,18 @@ pub const MAX_CHUNK: u32 = 4 << 20;
 /// How often agents should sync.
 pub const SYNC_INTERVAL_MS: u32 = 1000;
 
-/// The node's edge material: the signing key, the blob store artifacts are read from, and when each device was
-/// last heard from (leader memory).
+/// The node's edge material: the signing key, the enrolment token, the blob store artifacts are read from, and
+/// when each device was last heard from (leader memory).
 pub struct EdgeCore {
     key: SigningKey,
+    enrollment_token: Option<String>,
     blobs: Option<aidos_blob::LocalDirStore>,
     seen: Mutex<HashMap<String, i64>>,
 }
 
 impl EdgeCore {
     /// Loads the signing key from `key_file` (creating it when missing) and opens the blob store.
-    pub fn open(key_file: &Path, blob_dir: Option<&Path>) -> Result<EdgeCore, SchedulerError> {
+    pub fn open(key_file: &Path, blob_dir: Option<&Path>, enrollment_token: Option<String>) -> Result<EdgeCore, SchedulerError> {
         let key = load_or_create_key(key_file)?;
         let blobs = match blob_dir {
             Some(d) => Some(
@@ -46,7 +49,11 @@ impl EdgeCore {
             ),
             None => None,
         };
-        Ok(EdgeCore { key, blobs, seen: Mutex::new(HashMap::new()) })
+        let enrollment_token = enrollment_token.filter(|t| !t.is_empty());
+        if enrollment_token.is_none() {
+            tracing::info!("edge enrolment is open (no --edge-enrollment-token): any agent can enrol a new device name");
+        }
+        Ok(EdgeCore { key, enrollment_token, blobs, seen: Mutex::new(HashMap::new()) })
     }
 
     pub fn public_key(&self) -> [u8; 32] {
@@ -94,24 +101,25 @@ fn invalid(field: &str, why: impl std::fmt::Display) -> SchedulerError {
 
 impl LeaderHandler {
     pub async fn enroll(&self, r: EnrollRequest) -> Result<EnrollResponse, SchedulerError> {
-        self.core.propose(Command::EnrollDevice(r.clone())).await?;
+        let existing = self.read(|st| st.edge_devices.get(&r.device).cloned());
+        let credential_hash = edge_auth::admit(existing.as_ref(), self.core.edge.enrollment_token.as_deref(), &r)?;
+        // The log gets the hash only: never the credential, never the token.
+        let entry = EnrollRequest { enrollment_token: String::new(), credential: vec![], credential_hash, ..r.clone() };
+        self.core.propose(Command::EnrollDevice(entry)).await?;
         self.core.edge.saw(&r.device);
         Ok(EnrollResponse { signing_public_key: self.core.edge.public_key().to_vec(), sync_interval_ms: SYNC_INTERVAL_MS })
     }
 
     /// Records what changed (status, telemetry) and answers with the deployment the device should run.
     pub async fn edge_sync(&self, r: EdgeSyncRequest) -> Result<EdgeSyncResponse, SchedulerError> {
-        let (known, changed) = self.read(|st| match st.edge_devices.get(&r.device) {
-            None => (false, false),
-            Some(d) => (true, d.status != r.status),
-        });
-        if !known {
-            return Err(SchedulerError::NotFound(format!("device {} is not enrolled: enroll first", r.device)));
-        }
+        let changed = self.read(|st| {
+            let d = st.edge_devices.get(&r.device);
+            edge_auth::check(d, &r.device, &r.credential).map(|()| d.is_some_and(|d| d.status != r.status))
+        })?;
         self.core.edge.saw(&r.device);
         let accepted = r.telemetry.len() as u32;
         if changed || accepted > 0 {
-            self.core.propose(Command::EdgeReport(r.clone())).await?;
+            self.core.propose(Command::EdgeReport(EdgeSyncRequest { credential: vec![], ..r.clone() })).await?;
         }
         let deployment = self.read(|st| {
             let d = st.edge_devices.get(&r.device)?;
@@ -160,7 +168,11 @@ impl Core {
                 .edge_devices
                 .values()
                 .filter(|d| r.name.is_empty() || d.name == r.name)
-                .map(|d| EdgeDevice { last_seen_ms: seen.get(&d.name).copied().unwrap_or(0), ..d.clone() })
+                .map(|d| EdgeDevice {
+                    last_seen_ms: seen.get(&d.name).copied().unwrap_or(0),
+                    credential_hash: vec![],
+                    ..d.clone()
+                })
                 .collect(),
         }
     }
@@ -174,9 +186,7 @@ impl Core {
     pub async fn download(&self, r: DownloadRequest) -> Result<DownloadChunk, SchedulerError> {
         {
             let st = self.state.read().expect("state lock");
-            if !st.state.edge_devices.contains_key(&r.device) {
-                return Err(SchedulerError::NotFound(format!("device {} is not enrolled", r.device)));
-            }
+            edge_auth::check(st.state.edge_devices.get(&r.device), &r.device, &r.credential)?;
             if !st.state.edge_deployments.values().any(|d| d.artifact == r.artifact) {
                 return Err(SchedulerError::NotFound(format!("artifact {} belongs to no edge deployment", r.artifact)));
             }

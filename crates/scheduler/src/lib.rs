@@ -20,6 +20,7 @@ mod network;
 pub mod placement;
 mod raft_types;
 pub mod edge_state;
+mod edge_auth;
 mod leader_edge;
 pub mod reconcile;
 mod leader_serve;
@@ -73,6 +74,8 @@ pub struct SchedulerConfig {
     /// ed25519 key edge deployments are signed with (32-byte seed file; created when missing). Every node of a
     /// cluster needs the same file. None: `<data_dir>/edge-signing.key`.
     pub edge_signing_key: Option<PathBuf>,
+    /// Shared secret a new edge device must present to enrol (see `edge_auth`); None: enrolment is open.
+    pub edge_enrollment_token: Option<String>,
 }
 
 impl SchedulerConfig {
@@ -88,6 +91,7 @@ impl SchedulerConfig {
             default_strategy: Strategy::BinPack,
             blob_dir: None,
             edge_signing_key: None,
+            edge_enrollment_token: None,
         }
     }
 }
@@ -149,8 +153,8 @@ impl SchedulerNode {
         let logs = task_logs::TaskLogs::new(&cfg.data_dir.join("task-logs"))?;
         let (submit_tx, submit_rx) = mpsc::channel(16 * 1024);
         let key_file = cfg.edge_signing_key.clone().unwrap_or_else(|| leader_edge::default_key_file(&cfg.data_dir));
-        let (kf, bd) = (key_file.clone(), cfg.blob_dir.clone());
-        let edge = tokio::task::spawn_blocking(move || leader_edge::EdgeCore::open(&kf, bd.as_deref()))
+        let (kf, bd, token) = (key_file.clone(), cfg.blob_dir.clone(), cfg.edge_enrollment_token.clone());
+        let edge = tokio::task::spawn_blocking(move || leader_edge::EdgeCore::open(&kf, bd.as_deref(), token))
             .await
             .map_err(|e| SchedulerError::Storage(e.to_string()))??;
         let core = Arc::new(core::Core::new(raft.clone(), shared, version, cfg.clone(), submit_tx, logs, edge));
