@@ -15,6 +15,8 @@
 pub mod ort;
 #[cfg(feature = "tract")]
 pub mod tract;
+#[cfg(feature = "tract")]
+pub mod tract_ops;
 
 use std::fmt;
 
