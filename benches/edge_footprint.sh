@@ -69,31 +69,36 @@ def infer(sock):
         rest += sock.recv(65536)
     return head.split(b" ")[1] == b"200"
 
-ready = f"{w}/ready.json"
-t0 = time.perf_counter()
-p = subprocess.Popen([f"{w}/aidos-edge", "--server", "127.0.0.1:9", "--device", "bench", "--cache", f"{w}/cache",
-                      "--listen", "127.0.0.1:0", "--runtime", "tract", "--ready-file", ready],
-                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-try:
-    while True:
-        try:
-            addr = json.load(open(ready))["http"]
-            host, port = addr.rsplit(":", 1)
-            s = socket.create_connection((host, int(port)))
-            if infer(s):
-                break
-        except (OSError, ValueError, KeyError):
-            pass
-        time.sleep(0.001)
-    cold = (time.perf_counter() - t0) * 1000
-    lat = []
-    for _ in range(2000):
-        t = time.perf_counter()
-        assert infer(s)
-        lat.append((time.perf_counter() - t) * 1e6)
-    rss = int([l.split()[1] for l in open(f"/proc/{p.pid}/status") if l.startswith("VmRSS")][0]) / 1024
-finally:
-    p.terminate(); p.wait()
+def agent(runtime):
+    """Cold start (ms), resident memory (MB) and sorted per-request latencies (us) of the agent on `runtime`."""
+    ready = f"{w}/ready-{runtime}.json"
+    t0 = time.perf_counter()
+    p = subprocess.Popen([f"{w}/aidos-edge", "--server", "127.0.0.1:9", "--device", "bench", "--cache", f"{w}/cache",
+                          "--listen", "127.0.0.1:0", "--runtime", runtime, "--ready-file", ready],
+                         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        while True:
+            try:
+                addr = json.load(open(ready))["http"]
+                host, port = addr.rsplit(":", 1)
+                s = socket.create_connection((host, int(port)))
+                if infer(s):
+                    break
+            except (OSError, ValueError, KeyError):
+                pass
+            time.sleep(0.001)
+        cold = (time.perf_counter() - t0) * 1000
+        lat = []
+        for _ in range(2000):
+            t = time.perf_counter()
+            assert infer(s)
+            lat.append((time.perf_counter() - t) * 1e6)
+        rss = int([l.split()[1] for l in open(f"/proc/{p.pid}/status") if l.startswith("VmRSS")][0]) / 1024
+    finally:
+        p.terminate(); p.wait()
+    return cold, rss, sorted(lat)
+
+runs = {rt: agent(rt) for rt in (["tract", "ort"] if os.environ.get("ORT_DYLIB_PATH") else ["tract"])}
 so = ort.SessionOptions(); so.intra_op_num_threads = 1; so.inter_op_num_threads = 1
 sess = ort.InferenceSession(f"{w}/cnn.onnx", so, providers=["CPUExecutionProvider"])
 for _ in range(100):
@@ -101,11 +106,12 @@ for _ in range(100):
 olat = []
 for _ in range(2000):
     t = time.perf_counter(); sess.run(None, {"input": x}); olat.append((time.perf_counter() - t) * 1e6)
-lat.sort(); olat.sort()
+olat.sort()
 print(f"stripped binary: {size / 1e6:.1f} MB")
-print(f"cold start to first answered inference (cached CNN, control plane unreachable): {cold:.0f} ms")
-print(f"resident memory after 2000 inferences: {rss:.1f} MB")
-print(f"agent over HTTP/JSON, 1 connection: p50 {lat[1000]:.0f} us, p99 {lat[1980]:.0f} us")
+for rt, (cold, rss, lat) in runs.items():
+    print(f"agent --runtime {rt}: cold start to first answered inference (cached CNN, control plane unreachable) "
+          f"{cold:.0f} ms; resident memory after 2000 inferences {rss:.1f} MB; "
+          f"over HTTP/JSON, 1 connection: p50 {lat[1000]:.0f} us, p99 {lat[1980]:.0f} us")
 print(f"in-process runtime: {tract}")
 print(f"onnxruntime {ort.__version__} in-process, 1 thread: p50 {olat[1000]:.0f} us, p99 {olat[1980]:.0f} us")
 PY

@@ -142,9 +142,10 @@ async fn agents_run_signed_deployments_offline_and_roll_back_bad_ones() {
     assert!(device(&c, "cam-1").await.unwrap().credential_hash.is_empty(), "the credential hash is listed");
 
     // Deploy to one selector: only the matching agent runs it.
-    let (code, out, err) = c.cli(&["edge", "deploy", "digits:1", "--selector", "fleet=cams"]);
+    let (code, out, err) = c.cli(&["edge", "deploy", "digits:1", "--selector", "fleet=cams", "--export-on-cluster"]);
     assert_eq!(code, 0, "{err}");
     assert!(out.contains("signed"), "{out}");
+    assert!(err.contains("export job"), "digits:1 had no ONNX artifact: exported by a job: {err}");
     wait_for("serving v1 on cam-1", Duration::from_secs(30), async || (infer(cam_addr) == (200, "1".into())).then_some(())).await;
     let d = wait_for("cam-1 reported", Duration::from_secs(10), async || {
         device(&c, "cam-1").await.filter(|d| status(d).version == 1 && status(d).health == "ok")

@@ -43,6 +43,10 @@ pub struct DeployArgs {
     /// Deployment name (default: the model's name)
     #[arg(long, env = "AIDOS_EDGE_DEPLOYMENT")]
     pub name: Option<String>,
+    /// When the version has no ONNX artifact yet, export it in an `export` job on a worker (default: in this
+    /// process)
+    #[arg(long, env = "AIDOS_EDGE_EXPORT_ON_CLUSTER")]
+    pub export_on_cluster: bool,
 }
 
 pub async fn run(g: &Global, cmd: EdgeCmd) -> anyhow::Result<()> {
@@ -77,7 +81,10 @@ async fn deploy(g: &Global, a: DeployArgs) -> anyhow::Result<()> {
         selector.insert(k.trim().to_string(), v.trim().to_string());
     }
     let mut client = Client::new(&g.scheduler)?;
-    let m = super::model::get_model(&mut client, &a.model).await?;
+    let mut m = super::model::get_model(&mut client, &a.model).await?;
+    if a.export_on_cluster && !m.artifacts.contains_key("onnx") {
+        m = super::model::export_job(g, &mut client, &m, "none").await?.1;
+    }
     let store = blob_store(g)?;
     let (id, bytes) = super::model::onnx_artifact(&mut client, &store, &m).await?;
     // The health-check sample: what this very artifact answers for a fixed input (run with tract, as devices do).

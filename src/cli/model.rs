@@ -75,23 +75,7 @@ async fn export_on_cluster(g: &Global, client: &mut Client, a: ExportArgs) -> an
     anyhow::ensure!(a.format == "onnx", "--format {}: only onnx is supported", a.format);
     let q: aidos_kernels::onnx::Quantize = a.quantize.parse()?;
     let m = get_model(client, &a.model).await?; // fail early, by name, when the model does not exist
-    let spec = aidos_api::JobSpec {
-        name: format!("export-{}", m.name),
-        kind: aidos_api::JobKind::Export as i32,
-        resources: Some(aidos_api::Resources { cpu_millis: 1000, memory_bytes: 1 << 30, gpus: 0 }),
-        replicas: 1,
-        max_retries: 2,
-        payload: Some(aidos_api::job_spec::Payload::Export(aidos_api::ExportSpec {
-            model: format!("{}:{}", m.name, m.version),
-            quantize: a.quantize.clone(),
-        })),
-        ..Default::default()
-    };
-    aidos_api::spec::validate(&spec)?;
-    let id = super::job::submit_spec(client, spec, super::job::new_request_id()).await?.job_id;
-    eprintln!("export job {id} submitted");
-    super::job::wait(&Global { output: Output::Table, ..g.clone() }, client, &id, None).await?;
-    let m = get_model(client, &format!("{}:{}", m.name, m.version)).await?;
+    let (id, m) = export_job(g, client, &m, &a.quantize).await?;
     let key = artifact_key(q);
     let blob = m.artifacts.get(key).ok_or_else(|| anyhow::anyhow!("job {id} succeeded but {}:{} has no `{key}` artifact", m.name, m.version))?;
     if let Some(file) = &a.file {
@@ -104,6 +88,29 @@ async fn export_on_cluster(g: &Global, client: &mut Client, a: ExportArgs) -> an
         println!("exported {}:{} on the cluster (job {id}): artifact `{key}` = {blob}", m.name, m.version);
     }
     Ok(())
+}
+
+/// Runs an `export` job for version `m` on a worker and waits for it; returns the job id and the version as it
+/// is afterwards (with the artifact recorded).
+pub async fn export_job(g: &Global, client: &mut Client, m: &ModelVersion, quantize: &str) -> anyhow::Result<(String, ModelVersion)> {
+    let spec = aidos_api::JobSpec {
+        name: format!("export-{}", m.name),
+        kind: aidos_api::JobKind::Export as i32,
+        resources: Some(aidos_api::Resources { cpu_millis: 1000, memory_bytes: 1 << 30, gpus: 0 }),
+        replicas: 1,
+        max_retries: 2,
+        payload: Some(aidos_api::job_spec::Payload::Export(aidos_api::ExportSpec {
+            model: format!("{}:{}", m.name, m.version),
+            quantize: quantize.to_string(),
+        })),
+        ..Default::default()
+    };
+    aidos_api::spec::validate(&spec)?;
+    let id = super::job::submit_spec(client, spec, super::job::new_request_id()).await?.job_id;
+    eprintln!("export job {id} submitted");
+    super::job::wait(&Global { output: Output::Table, ..g.clone() }, client, &id, None).await?;
+    let m = get_model(client, &format!("{}:{}", m.name, m.version)).await?;
+    Ok((id, m))
 }
 
 /// The task of an `export` job (`aidos export-run`, started by a worker): exports the version named by

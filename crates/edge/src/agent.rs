@@ -47,16 +47,18 @@ pub struct AgentConfig {
     pub enrollment_token: String,
 }
 
-/// Runtimes this build can use on this machine: tract always; ort when compiled in and its library loads.
+/// Runtimes this build can use on this machine, as reported at enrolment: tract always; ort when compiled in and
+/// `ORT_DYLIB_PATH` names a file. The library is not loaded for this (it costs ~18 MB of resident memory): only
+/// [`ort_unavailable`], asked when ort is chosen, loads it.
 pub fn available_runtimes() -> Vec<&'static str> {
     let mut v = vec!["tract"];
-    if ort_unavailable().is_none() {
+    if cfg!(feature = "ort") && std::env::var_os("ORT_DYLIB_PATH").is_some_and(|p| std::path::Path::new(&p).is_file()) {
         v.push("ort");
     }
     v
 }
 
-/// Why ONNX Runtime cannot be used here (`None`: it can).
+/// Why ONNX Runtime cannot be used here (`None`: it can). Loads the library (once per process).
 pub fn ort_unavailable() -> Option<String> {
     #[cfg(feature = "ort")]
     return aidos_runtime::ort::probe().err().map(|e| e.to_string());

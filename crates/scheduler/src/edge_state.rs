@@ -7,7 +7,8 @@
 //!   except by a new deploy under the same name, which replaces it.
 //! - Which deployment a device runs is a pure function of its labels and the deployments ([`desired_for`]): the
 //!   newest deployment whose selector matches.
-//! - "Last seen" is leader memory (like worker heartbeats), never a log entry.
+//! - "Last seen" is leader memory (like worker heartbeats), never a log entry; ListDevices asks the leader and
+//!   falls back to when the device's last report was committed.
 
 use aidos_api::v1::{CommandResultV1, EdgeDeployment, EdgeDevice, EdgeSyncRequest, EnrollRequest};
 

@@ -127,6 +127,9 @@ impl Forwarder {
     pub async fn edge_sync(&self, r: EdgeSyncRequest) -> Result<EdgeSyncResponse, SchedulerError> {
         Ok(self.edge().sync(r).await.map_err(remote)?.into_inner())
     }
+    pub async fn list_devices(&self, r: ListDevicesRequest) -> Result<ListDevicesResponse, SchedulerError> {
+        Ok(self.edge().list_devices(r).await.map_err(remote)?.into_inner())
+    }
     pub async fn edge_deploy(&self, r: EdgeDeployRequest) -> Result<EdgeDeployment, SchedulerError> {
         Ok(self.edge().deploy(r).await.map_err(remote)?.into_inner())
     }

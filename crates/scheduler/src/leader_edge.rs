@@ -169,7 +169,8 @@ impl Core {
                 .values()
                 .filter(|d| r.name.is_empty() || d.name == r.name)
                 .map(|d| EdgeDevice {
-                    last_seen_ms: seen.get(&d.name).copied().unwrap_or(0),
+                    // Heard from since this node led, else at least when its last report was committed.
+                    last_seen_ms: seen.get(&d.name).copied().unwrap_or(0).max(d.status_at_ms),
                     credential_hash: vec![],
                     ..d.clone()
                 })

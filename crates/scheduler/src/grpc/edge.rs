@@ -36,7 +36,15 @@ impl EdgeService for Edge {
         })
     }
     async fn list_devices(&self, r: Request<ListDevicesRequest>) -> Res<ListDevicesResponse> {
-        ok(self.0.list_devices(&r.into_inner()))
+        // "Last seen" lives in the leader's memory (the agents' syncs reach the leader): ask it; with no leader, or
+        // the leader unreachable, answer from this node's replicated state.
+        let r = r.into_inner();
+        if let Ok(Route::Forward(f)) = self.0.route()
+            && let Ok(l) = f.list_devices(r.clone()).await
+        {
+            return ok(l);
+        }
+        ok(self.0.list_devices(&r))
     }
     async fn list_edge_deployments(&self, _: Request<ListEdgeDeploymentsRequest>) -> Res<ListEdgeDeploymentsResponse> {
         ok(self.0.list_edge_deployments())
