@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Edge agent footprint (issue #5): stripped binary size, resident memory while serving the MNIST CNN, cold start
 # (process start to first answered inference, model in the cache, control plane unreachable), and per-inference
-# latency against Python onnxruntime on the same ONNX file with one thread.
+# latency against Python onnxruntime on the same ONNX file with one thread; the agent runs on tract, and on ort too
+# when ORT_DYLIB_PATH names an ONNX Runtime library.
 #
 #   bash benches/edge_footprint.sh          # needs the test venv (bash scripts/test.sh creates .venv)
 #   ORT_DYLIB_PATH=$(ls .venv/lib/python3*/site-packages/onnxruntime/capi/libonnxruntime.so*) bash benches/edge_footprint.sh
