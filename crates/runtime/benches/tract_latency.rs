@@ -53,6 +53,9 @@ fn main() {
     let plain = TractModel::load_plain("cnn", &onnx).unwrap();
     for (name, m) in [("tract + aidos ops", &ours), ("tract alone", &plain)] {
         let (p50, p99) = measure(m, iters);
-        println!("{name:18} batch 1, {iters} inferences: p50 {p50:7.1} us  p99 {p99:7.1} us  ({} own nodes)", m.own_ops());
+        println!(
+            "{name:18} batch 1, {iters} inferences: p50 {p50:7.1} us  p99 {p99:7.1} us  ({} own nodes)",
+            m.own_ops()
+        );
     }
 }

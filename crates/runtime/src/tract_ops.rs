@@ -171,7 +171,14 @@ impl EvalOp for SmallConv2d {
         let x = args_1!(inputs);
         let g = self.geo;
         let n = x.shape()[0];
-        ensure!(x.shape() == [n, g.c, g.h, g.w], "AidosSmallConv2d: input {:?}, expected [N, {}, {}, {}]", x.shape(), g.c, g.h, g.w);
+        ensure!(
+            x.shape() == [n, g.c, g.h, g.w],
+            "AidosSmallConv2d: input {:?}, expected [N, {}, {}, {}]",
+            x.shape(),
+            g.c,
+            g.h,
+            g.w
+        );
         let mut out = Tensor::zero::<f32>(&[n, g.co, g.oh, g.ow])?;
         let mut dst = out.try_as_plain_ram_mut()?;
         conv_direct(&g, &self.weight, &self.bias, x.try_as_plain_ram()?.as_slice::<f32>()?, dst.as_slice_mut::<f32>()?);
@@ -273,7 +280,14 @@ impl EvalOp for PoolMax2d {
     fn eval(&self, _: &EvalContext, inputs: TVec<TValue>) -> TractResult<TVec<TValue>> {
         let x = args_1!(inputs);
         let n = x.shape()[0];
-        ensure!(x.shape() == [n, self.c, self.h, self.w], "AidosPoolMax2d: input {:?}, expected [N, {}, {}, {}]", x.shape(), self.c, self.h, self.w);
+        ensure!(
+            x.shape() == [n, self.c, self.h, self.w],
+            "AidosPoolMax2d: input {:?}, expected [N, {}, {}, {}]",
+            x.shape(),
+            self.c,
+            self.h,
+            self.w
+        );
         let (oh, ow) = (self.h / self.kh, self.w / self.kw);
         let mut out = Tensor::zero::<f32>(&[n, self.c, oh, ow])?;
         let mut dst_view = out.try_as_plain_ram_mut()?;

@@ -91,7 +91,11 @@ mod tests {
     }
 
     fn enrolled(cred: u8) -> EdgeDevice {
-        EdgeDevice { name: "cam".into(), credential_hash: credential_hash(&[cred; CREDENTIAL_LEN]), ..Default::default() }
+        EdgeDevice {
+            name: "cam".into(),
+            credential_hash: credential_hash(&[cred; CREDENTIAL_LEN]),
+            ..Default::default()
+        }
     }
 
     fn denied(r: Result<Vec<u8>, SchedulerError>) -> String {

@@ -117,4 +117,3 @@ impl Graph {
         .encode_to_vec()
     }
 }
-
