@@ -33,6 +33,11 @@ pub fn verify_signature(d: &EdgeDeployment, key: &VerifyingKey) -> Result<(), Ed
     key.verify(&aidos_api::edge::signed_bytes(d), &Signature::from_bytes(&sig)).map_err(|_| bad())
 }
 
+/// ENOSPC, or EDQUOT (a disk quota: the same to the agent).
+fn disk_full(e: &std::io::Error) -> bool {
+    matches!(e.kind(), std::io::ErrorKind::StorageFull | std::io::ErrorKind::QuotaExceeded)
+}
+
 /// Downloads (or resumes) `d`'s artifact and verifies it; returns the path of the verified model file. `keep`
 /// names artifacts the cache must not evict to make room.
 pub async fn fetch(
@@ -69,7 +74,7 @@ pub async fn fetch(
         if let Err(e) = f.write_all(&data) {
             // A full disk: the partial file goes (it would hold the space the agent needs to keep running, and
             // resuming it cannot succeed until space returns); other write errors keep it for a resume.
-            if e.kind() == std::io::ErrorKind::StorageFull {
+            if disk_full(&e) {
                 drop(f);
                 let _ = std::fs::remove_file(&part);
                 return Err(cache.disk_full(d.size - offset));
@@ -80,7 +85,7 @@ pub async fn fetch(
     }
     if let Err(e) = f.sync_all() {
         drop(f);
-        if e.kind() == std::io::ErrorKind::StorageFull {
+        if disk_full(&e) {
             let _ = std::fs::remove_file(&part);
             return Err(cache.disk_full(d.size));
         }

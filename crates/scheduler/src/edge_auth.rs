@@ -11,7 +11,8 @@
 //!   lets a second agent take over a device's name;
 //! - sync and download need the credential of an enrolled device.
 //!
-//! Devices enrolled before credentials existed (an empty hash) are accepted and get one at their next enrolment.
+//! Devices enrolled before credentials existed (an empty hash) pass every sync and download until their next
+//! enrolment, which is treated as a new name's and records the credential.
 //! Two agents enrolling the same new name at the same moment both pass [`admit`]; the later entry wins and the other
 //! agent's next call fails [`check`], so it never serves as that device. Credentials travel in the clear over
 //! plaintext gRPC, like everything else until the control plane speaks TLS.
