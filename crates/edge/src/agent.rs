@@ -264,7 +264,10 @@ impl Agent {
         let deployment = match self.sync().await {
             Ok(d) => d,
             Err(e @ EdgeError::Refused(_)) => {
-                tracing::warn!("{e}; serving from the cache");
+                // Retried every interval (the operator may fix the token): warned once per distinct refusal.
+                if self.last_error != e.to_string() {
+                    tracing::warn!("{e}; serving from the cache");
+                }
                 self.last_error = e.to_string();
                 self.drop_client();
                 return;

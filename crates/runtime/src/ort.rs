@@ -53,6 +53,9 @@ pub struct OrtModel {
     what: String,
     bytes: Vec<u8>,
     meta: ModelMetadata,
+    /// The session opened to read the metadata, handed to the first instance (a second session would hold a
+    /// second copy of the weights for nothing; an edge agent runs one instance).
+    first: std::sync::Mutex<Option<Session>>,
 }
 
 impl OrtModel {
@@ -74,7 +77,7 @@ impl OrtModel {
             inputs: s.inputs().iter().map(spec).collect::<Result<_>>()?,
             outputs: s.outputs().iter().map(spec).collect::<Result<_>>()?,
         };
-        Ok(OrtModel { what: what.into(), bytes: bytes.to_vec(), meta })
+        Ok(OrtModel { what: what.into(), bytes: bytes.to_vec(), meta, first: std::sync::Mutex::new(Some(s)) })
     }
 }
 
@@ -84,7 +87,12 @@ impl ModelRuntime for OrtModel {
     }
 
     fn instance(&self) -> Result<Box<dyn Instance>> {
-        Ok(Box::new(OrtInstance { session: session(&self.what, &self.bytes)?, meta: self.meta.clone() }))
+        let first = self.first.lock().unwrap_or_else(|p| p.into_inner()).take();
+        let session = match first {
+            Some(s) => s,
+            None => session(&self.what, &self.bytes)?,
+        };
+        Ok(Box::new(OrtInstance { session, meta: self.meta.clone() }))
     }
 }
 
