@@ -36,6 +36,15 @@ struct Agent {
 
 impl Agent {
     fn start(c: &Cluster, name: &str, labels: &str) -> Agent {
+        Self::start_with(c, name, labels, TOKEN)
+    }
+
+    /// An agent without an enrolment token (for a control plane without one).
+    fn start_open(c: &Cluster, name: &str, labels: &str) -> Agent {
+        Self::start_with(c, name, labels, "")
+    }
+
+    fn start_with(c: &Cluster, name: &str, labels: &str, token: &str) -> Agent {
         let cache = c.path().join(format!("cache-{name}"));
         let ready_file = c.path().join(format!("agent-{name}.json"));
         let proc = c.spawn_aidos(
@@ -43,7 +52,7 @@ impl Agent {
             &[
                 "edge", "agent", "--server", &c.addrs().join(","), "--device", name, "--labels", labels, "--cache",
                 cache.to_str().unwrap(), "--listen", "127.0.0.1:0", "--sync-ms", "200", "--ready-file",
-                ready_file.to_str().unwrap(), "--enrollment-token", TOKEN,
+                ready_file.to_str().unwrap(), "--enrollment-token", token,
             ],
         );
         Agent { proc, ready_file }
@@ -235,4 +244,26 @@ async fn agents_run_signed_deployments_offline_and_roll_back_bad_ones() {
     assert_eq!(infer(door_addr).0, 404);
     let d = device(&c, "door-1").await.unwrap();
     assert!(status(&d).model.is_empty(), "{d:?}");
+}
+
+/// "Last seen" is the leader's memory of the agents' syncs: every node answers it, followers by asking the leader.
+/// An idle agent commits nothing after its first report, so a recent `last_seen_ms` well past `status_at_ms` can
+/// only come from the leader.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_node_reports_when_a_device_was_last_seen() {
+    let c = start_cluster(3).await;
+    let mut cam = Agent::start_open(&c, "cam-9", "fleet=cams");
+    cam.addr().await;
+    let first = wait_for("cam-9 reported", Duration::from_secs(30), async || {
+        device(&c, "cam-9").await.filter(|d| d.status_at_ms > 0)
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    for addr in c.addrs() {
+        let mut e = EdgeServiceClient::new(channel(&addr).await.unwrap());
+        let d = e.list_devices(ListDevicesRequest { name: "cam-9".into() }).await.unwrap().into_inner().devices;
+        let d = d.first().unwrap_or_else(|| panic!("{addr}: no cam-9"));
+        assert_eq!(d.status_at_ms, first.status_at_ms, "an idle agent committed a report");
+        assert!(d.last_seen_ms >= d.status_at_ms + 1000, "{addr}: last seen {} vs report {}", d.last_seen_ms, d.status_at_ms);
+    }
 }
