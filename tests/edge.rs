@@ -161,6 +161,7 @@ async fn agents_run_signed_deployments_offline_and_roll_back_bad_ones() {
     })
     .await;
     assert_eq!(status(&d).model, "digits");
+    assert!(["tract", "ort"].contains(&status(&d).runtime.as_str()), "{d:?}");
     assert_eq!(infer(door_addr).0, 404, "the other fleet runs it too");
     let artifact1 = status(&d).artifact.clone();
     let s = e

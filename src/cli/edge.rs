@@ -142,7 +142,7 @@ async fn list(g: &Global) -> anyhow::Result<()> {
                 let s = d.status.clone().unwrap_or_default();
                 json!({"name": d.name, "labels": d.labels, "hardware": d.hardware, "runtimes": d.runtimes,
                        "deployment": s.deployment, "model": s.model, "version": s.version, "artifact": s.artifact,
-                       "health": s.health, "last_error": s.last_error, "last_seen_ms": d.last_seen_ms,
+                       "runtime": s.runtime, "health": s.health, "last_error": s.last_error, "last_seen_ms": d.last_seen_ms,
                        "enrolled_at_ms": d.enrolled_at_ms, "telemetry_records": d.telemetry.len()})
             })
             .collect();
@@ -159,13 +159,14 @@ async fn list(g: &Global) -> anyhow::Result<()> {
                 d.name.clone(),
                 labels.join(","),
                 if s.model.is_empty() { "-".into() } else { format!("{} ({}:{})", s.deployment, s.model, s.version) },
+                if s.runtime.is_empty() { "-".into() } else { s.runtime.clone() },
                 s.health.clone(),
                 if d.last_seen_ms > 0 { age(d.last_seen_ms) } else { "-".into() },
                 truncate(&s.last_error, 70),
             ]
         })
         .collect();
-    print_table(&["DEVICE", "LABELS", "RUNNING", "HEALTH", "LAST SEEN", "LAST ERROR"], &rows);
+    print_table(&["DEVICE", "LABELS", "RUNNING", "RUNTIME", "HEALTH", "LAST SEEN", "LAST ERROR"], &rows);
     Ok(())
 }
 

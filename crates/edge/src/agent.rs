@@ -231,6 +231,7 @@ impl Agent {
             artifact: m.as_ref().map(|m| m.artifact.clone()).unwrap_or_default(),
             health: self.health.clone(),
             last_error: self.last_error.clone(),
+            runtime: self.cfg.runtime.as_str().into(),
         }
     }
 
