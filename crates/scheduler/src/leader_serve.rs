@@ -78,14 +78,7 @@ impl LeaderHandler {
     }
 
     pub fn list_deployments(&self, r: &ListDeploymentsRequest) -> ListDeploymentsResponse {
-        self.read(|st| ListDeploymentsResponse {
-            deployments: st
-                .deployments
-                .keys()
-                .filter(|n| r.name.is_empty() || **n == r.name)
-                .filter_map(|n| st.deployment_view(n))
-                .collect(),
-        })
+        self.read(|st| ListDeploymentsResponse { deployments: st.deployment_views(&r.name) })
     }
 
     pub async fn delete_deployment(&self, r: DeleteDeploymentRequest) -> Result<Deployment, SchedulerError> {

@@ -86,6 +86,25 @@ impl ClusterState {
         ids.into_iter().filter_map(|(_, id)| self.jobs.get(id))
     }
 
+    /// Deployments (all, or the one named) with their live replicas filled in: one pass over the live jobs for all
+    /// of them, not one per deployment.
+    pub fn deployment_views(&self, name: &str) -> Vec<Deployment> {
+        let mut live: std::collections::HashMap<&str, Vec<Replica>> = std::collections::HashMap::new();
+        for j in self.running_or_pending() {
+            if let Some(s) = serve_payload(j)
+                && (name.is_empty() || s.deployment == name)
+                && let Some(r) = replica_of(j)
+            {
+                live.entry(s.deployment.as_str()).or_default().push(r);
+            }
+        }
+        self.deployments
+            .values()
+            .filter(|d| name.is_empty() || d.name == name)
+            .map(|d| Deployment { replica_status: live.remove(d.name.as_str()).unwrap_or_default(), ..d.clone() })
+            .collect()
+    }
+
     /// A deployment with its live replicas filled in.
     pub fn deployment_view(&self, name: &str) -> Option<Deployment> {
         let mut d = self.deployments.get(name)?.clone();
