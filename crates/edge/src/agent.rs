@@ -348,7 +348,7 @@ impl Agent {
 
     fn pinned_key(&self) -> Result<VerifyingKey, EdgeError> {
         let hex = self.state.pinned_key_hex.clone().ok_or_else(|| EdgeError::ControlPlane("not enrolled yet".into()))?;
-        let bytes: Vec<u8> = (0..hex.len() / 2).filter_map(|i| u8::from_str_radix(&hex[2 * i..2 * i + 2], 16).ok()).collect();
+        let bytes = unhex(&hex).unwrap_or_default();
         let arr: [u8; 32] = bytes.try_into().map_err(|_| EdgeError::Cache("pinned key is not 32 bytes".into()))?;
         VerifyingKey::from_bytes(&arr).map_err(|e| EdgeError::Cache(format!("pinned key: {e}")))
     }

@@ -34,7 +34,7 @@ pub fn verify_signature(d: &EdgeDeployment, key: &VerifyingKey) -> Result<(), Ed
 }
 
 /// ENOSPC, or EDQUOT (a disk quota: the same to the agent).
-fn disk_full(e: &std::io::Error) -> bool {
+fn is_disk_full(e: &std::io::Error) -> bool {
     matches!(e.kind(), std::io::ErrorKind::StorageFull | std::io::ErrorKind::QuotaExceeded)
 }
 
@@ -61,6 +61,16 @@ pub async fn fetch(
     }
     cache.reserve(d.size - have, keep)?;
     let dl = |why: String| EdgeError::Download { artifact: d.artifact.clone(), why };
+    // A full disk: the partial file goes (it would hold the space the agent needs to keep running, and resuming
+    // it cannot succeed until space returns); other write errors keep it for a resume.
+    let write_failed = |e: std::io::Error, need: u64| {
+        if is_disk_full(&e) {
+            let _ = std::fs::remove_file(&part);
+            cache.disk_full(need)
+        } else {
+            dl(format!("writing {}: {e}", part.display()))
+        }
+    };
     let mut f = std::fs::OpenOptions::new().create(true).append(true).open(&part).map_err(|e| dl(e.to_string()))?;
     let mut offset = have;
     while offset < d.size {
@@ -71,26 +81,10 @@ pub async fn fetch(
         if data.is_empty() {
             return Err(dl(format!("truncated: no data at offset {offset} of {total}")));
         }
-        if let Err(e) = f.write_all(&data) {
-            // A full disk: the partial file goes (it would hold the space the agent needs to keep running, and
-            // resuming it cannot succeed until space returns); other write errors keep it for a resume.
-            if disk_full(&e) {
-                drop(f);
-                let _ = std::fs::remove_file(&part);
-                return Err(cache.disk_full(d.size - offset));
-            }
-            return Err(dl(format!("writing {}: {e}", part.display())));
-        }
+        f.write_all(&data).map_err(|e| write_failed(e, d.size - offset))?;
         offset += data.len() as u64;
     }
-    if let Err(e) = f.sync_all() {
-        drop(f);
-        if disk_full(&e) {
-            let _ = std::fs::remove_file(&part);
-            return Err(cache.disk_full(d.size));
-        }
-        return Err(dl(e.to_string()));
-    }
+    f.sync_all().map_err(|e| write_failed(e, d.size))?;
     drop(f);
     let bytes = std::fs::read(&part).map_err(|e| dl(e.to_string()))?;
     let actual = blake3::hash(&bytes).to_hex().to_string();

@@ -101,8 +101,8 @@ fn invalid(field: &str, why: impl std::fmt::Display) -> SchedulerError {
 
 impl LeaderHandler {
     pub async fn enroll(&self, r: EnrollRequest) -> Result<EnrollResponse, SchedulerError> {
-        let existing = self.read(|st| st.edge_devices.get(&r.device).cloned());
-        let credential_hash = edge_auth::admit(existing.as_ref(), self.core.edge.enrollment_token.as_deref(), &r)?;
+        let token = self.core.edge.enrollment_token.as_deref();
+        let credential_hash = self.read(|st| edge_auth::admit(st.edge_devices.get(&r.device), token, &r))?;
         // The log gets the hash only: never the credential, never the token.
         let entry = EnrollRequest { enrollment_token: String::new(), credential: vec![], credential_hash, ..r.clone() };
         self.core.propose(Command::EnrollDevice(entry)).await?;

@@ -66,14 +66,6 @@ pub fn replica_of(j: &Job) -> Option<Replica> {
 }
 
 impl ClusterState {
-    /// The non-terminal replica jobs of `name`, oldest first.
-    pub fn live_replicas(&self, name: &str) -> Vec<Replica> {
-        self.running_or_pending()
-            .filter(|j| serve_payload(j).is_some_and(|s| s.deployment == name))
-            .filter_map(replica_of)
-            .collect()
-    }
-
     /// Jobs that are PENDING or RUNNING, in submission order.
     pub fn running_or_pending(&self) -> impl Iterator<Item = &Job> {
         let mut ids: Vec<(u64, &str)> = self
@@ -86,8 +78,8 @@ impl ClusterState {
         ids.into_iter().filter_map(|(_, id)| self.jobs.get(id))
     }
 
-    /// Deployments (all, or the one named) with their live replicas filled in: one pass over the live jobs for all
-    /// of them, not one per deployment.
+    /// Deployments (all, or the one named) with their live (non-terminal) replica jobs filled in, oldest first: one
+    /// pass over the live jobs for all of them, not one per deployment.
     pub fn deployment_views(&self, name: &str) -> Vec<Deployment> {
         let mut live: std::collections::HashMap<&str, Vec<Replica>> = std::collections::HashMap::new();
         for j in self.running_or_pending() {
@@ -107,9 +99,10 @@ impl ClusterState {
 
     /// A deployment with its live replicas filled in.
     pub fn deployment_view(&self, name: &str) -> Option<Deployment> {
-        let mut d = self.deployments.get(name)?.clone();
-        d.replica_status = self.live_replicas(name);
-        Some(d)
+        if name.is_empty() {
+            return None;
+        }
+        self.deployment_views(name).pop()
     }
 
     pub(crate) fn deploy(&mut self, r: &DeployV1, now: i64, dirty: &mut Dirty) -> Result<CommandResultV1, Refusal> {
