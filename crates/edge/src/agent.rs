@@ -45,6 +45,9 @@ pub struct AgentConfig {
     pub ready_file: Option<PathBuf>,
     /// The control plane's enrolment token (needed for a new device when the control plane has one).
     pub enrollment_token: String,
+    /// Keep the pages start-up and model loading touched resident (by default they are released after each
+    /// load: see [`crate::resident`]).
+    pub keep_startup_pages: bool,
 }
 
 /// Runtimes this build can use on this machine, as reported at enrolment: tract always; ort when compiled in and
@@ -362,13 +365,22 @@ impl Agent {
     async fn load_runtime(&self, m: &CachedModel) -> Result<Arc<dyn ModelRuntime>, EdgeError> {
         let path = self.cache.model_path(&m.artifact);
         let (kind, what, artifact) = (self.cfg.runtime, format!("{}:{}", m.model, m.version), m.artifact.clone());
+        let keep_pages = self.cfg.keep_startup_pages;
         let rt = tokio::task::spawn_blocking(move || {
             let bytes = std::fs::read(&path).map_err(|e| EdgeError::Cache(format!("{}: {e}", path.display())))?;
             let actual = blake3::hash(&bytes).to_hex().to_string();
             if actual != artifact {
                 return Err(EdgeError::HashMismatch { expected: artifact, actual, bytes: bytes.len() as u64 });
             }
-            aidos_runtime::load_onnx(kind, &what, &bytes).map_err(|e| EdgeError::Model { what, why: e.to_string() })
+            let rt = aidos_runtime::load_onnx(kind, &what, &bytes).map_err(|e| EdgeError::Model { what, why: e.to_string() });
+            drop(bytes);
+            if rt.is_ok() && !keep_pages {
+                match crate::resident::trim() {
+                    Ok(t) => tracing::debug!("released {} KiB of start-up pages in {} mappings", t.bytes >> 10, t.mappings),
+                    Err(e) => tracing::debug!("start-up pages kept: {e}"),
+                }
+            }
+            rt
         })
         .await
         .map_err(|e| EdgeError::Cache(e.to_string()))??;

@@ -42,6 +42,10 @@ pub struct AgentArgs {
     /// The control plane's enrolment token (its --edge-enrollment-token), needed to enrol a new device there
     #[arg(long, env = "AIDOS_EDGE_ENROLLMENT_TOKEN", default_value = "", hide_env_values = true)]
     pub enrollment_token: String,
+    /// Keep resident the pages that start-up and model loading touched (by default the agent releases its clean
+    /// code and read-only data pages after loading a model, so that resident memory counts what serving uses)
+    #[arg(long, env = "AIDOS_EDGE_KEEP_STARTUP_PAGES")]
+    pub keep_startup_pages: bool,
     /// Write `{"http": ADDR}` here once serving
     #[arg(long, env = "AIDOS_EDGE_READY_FILE")]
     pub ready_file: Option<PathBuf>,
@@ -78,6 +82,7 @@ impl AgentArgs {
             runtime,
             sync_interval: Duration::from_millis(self.sync_ms.max(50)),
             tolerance: self.tolerance,
+            keep_startup_pages: self.keep_startup_pages,
             ready_file: self.ready_file,
             enrollment_token: self.enrollment_token,
         })

@@ -8,6 +8,7 @@ pub mod args;
 pub mod cache;
 pub mod download;
 pub mod error;
+pub mod resident;
 pub mod telemetry;
 
 pub use agent::{AgentConfig, run};
