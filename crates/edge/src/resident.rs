@@ -109,12 +109,8 @@ fn releasable(smaps: &str) -> Vec<Mapping> {
             "Rss:" => m.rss = kb() * 1024,
             // Copy-on-write pages (relocations, breakpoints) are not in the file: never drop them.
             "Anonymous:" | "Private_Dirty:" | "Shared_Dirty:" if kb() != 0 => *ok = false,
-            "VmFlags:" => {
-                // Locked mappings are meant to stay resident.
-                if f.any(|fl| fl == "lo") {
-                    *ok = false;
-                }
-            }
+            // Locked mappings are meant to stay resident.
+            "VmFlags:" if f.any(|fl| fl == "lo") => *ok = false,
             _ => {}
         }
     }

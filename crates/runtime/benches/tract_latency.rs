@@ -2,7 +2,9 @@
 //! pool 2; dense 3136->128, relu; dense 128->10), with our operators (`aidos_runtime::tract_ops`) and with tract's
 //! own, one thread, in process. Weights are random: latency does not depend on them.
 //!
-//!   cargo bench -p aidos-runtime --bench tract_latency [-- ITERS]
+//!   cargo bench -p aidos-runtime --bench tract_latency [-- ITERS] [ours|portable|plain]   (one only, e.g. to profile)
+//!
+//! `ours` uses the best kernels this CPU runs (AVX-512 here), `portable` those of a CPU without AVX-512.
 //!
 //! Python onnxruntime on the same graph is the yardstick; `benches/edge_footprint.sh` measures it on the
 //! trained model.
@@ -50,8 +52,18 @@ fn main() {
     let iters = std::env::args().skip(1).find_map(|a| a.parse().ok()).unwrap_or(3000usize);
     let onnx = cnn();
     let ours = TractModel::load("cnn", &onnx).unwrap();
+    let portable = TractModel::load_portable("cnn", &onnx).unwrap();
     let plain = TractModel::load_plain("cnn", &onnx).unwrap();
-    for (name, m) in [("tract + aidos ops", &ours), ("tract alone", &plain)] {
+    let only = std::env::args().skip(1).find(|a| ["ours", "portable", "plain"].contains(&a.as_str()));
+    let runs = [
+        ("ours", "tract + aidos ops", &ours),
+        ("portable", "  portable only", &portable),
+        ("plain", "tract alone", &plain),
+    ];
+    for (key, name, m) in runs {
+        if only.as_deref().is_some_and(|o| o != key) {
+            continue;
+        }
         let (p50, p99) = measure(m, iters);
         println!(
             "{name:18} batch 1, {iters} inferences: p50 {p50:7.1} us  p99 {p99:7.1} us  ({} own nodes)",

@@ -18,6 +18,7 @@ use tract_onnx::prelude::{InferenceFact, InferenceModelExt, IntoRunnable};
 use tract_onnx::tract_core::plan::{SimplePlan, SimpleState};
 
 use crate::{DataType, Instance, ModelMetadata, ModelRuntime, Result, RuntimeError, Tensor, TensorSpec, check_inputs};
+use crate::tract_ops::Isa;
 
 type Plan = SimplePlan<TypedFact, Box<dyn TypedOp>>;
 
@@ -34,12 +35,17 @@ impl TractModel {
     /// Parses, type-checks and optimises an ONNX model, with our operators where they are faster
     /// ([`crate::tract_ops`]).
     pub fn load(what: &str, bytes: &[u8]) -> Result<TractModel> {
-        Self::load_with(what, bytes, true)
+        Self::load_with(what, bytes, Some(Isa::detect()))
     }
 
     /// [`TractModel::load`] with tract's own operators only (for comparisons: tests and benchmarks).
     pub fn load_plain(what: &str, bytes: &[u8]) -> Result<TractModel> {
-        Self::load_with(what, bytes, false)
+        Self::load_with(what, bytes, None)
+    }
+
+    /// [`TractModel::load`] with our portable operators only, as on a CPU without AVX-512 (tests, benchmarks).
+    pub fn load_portable(what: &str, bytes: &[u8]) -> Result<TractModel> {
+        Self::load_with(what, bytes, Some(Isa::Portable))
     }
 
     /// Nodes of the symbolic-batch plan that run our operators instead of tract's.
@@ -47,7 +53,7 @@ impl TractModel {
         self.own_ops
     }
 
-    fn load_with(what: &str, bytes: &[u8], own_ops: bool) -> Result<TractModel> {
+    fn load_with(what: &str, bytes: &[u8], own_ops: Option<Isa>) -> Result<TractModel> {
         let err =
             |e: tract_onnx::prelude::TractError| RuntimeError::Load { what: what.into(), reason: format!("{e:#}") };
         let model = tract_onnx::onnx().model_for_read(&mut &*bytes).map_err(err)?;
@@ -68,7 +74,7 @@ impl TractModel {
 fn batch_one(
     mut model: tract_onnx::prelude::InferenceModel,
     inputs: &[TensorSpec],
-    own_ops: bool,
+    own_ops: Option<Isa>,
 ) -> tract_onnx::prelude::TractResult<Option<Arc<Plan>>> {
     if !inputs.iter().any(|t| t.shape.first() == Some(&-1)) {
         return Ok(None);
@@ -87,14 +93,17 @@ fn batch_one(
     Ok(Some(optimize(model, own_ops)?.0.into_runnable()?))
 }
 
-/// tract's declutter, our operators where they are faster ([`crate::tract_ops`]) when `own_ops`, then tract's
-/// optimiser. Also returns how many nodes run our operators.
+/// tract's declutter, our operators where they are faster ([`crate::tract_ops`]) with the kernels `own_ops` allows
+/// (none: tract's only), then tract's optimiser. Also returns how many nodes run our operators.
 fn optimize(
     model: tract_onnx::prelude::InferenceModel,
-    own_ops: bool,
+    own_ops: Option<Isa>,
 ) -> tract_onnx::prelude::TractResult<(TypedModel, usize)> {
     let mut typed = model.into_typed()?.into_decluttered()?;
-    let n = if own_ops { crate::tract_ops::substitute(&mut typed)? } else { 0 };
+    let n = match own_ops {
+        Some(isa) => crate::tract_ops::substitute(&mut typed, isa)?,
+        None => 0,
+    };
     Ok((typed.into_optimized()?, n))
 }
 

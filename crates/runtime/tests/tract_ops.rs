@@ -1,21 +1,31 @@
 //! Our tract operators (`aidos_runtime::tract_ops`) against tract's own: the same ONNX graphs loaded both ways give
 //! the same outputs (up to summation order) at batch 1 and at a larger batch, on shapes chosen to hit the edges:
 //! odd sizes whose last pooling window is cut off, asymmetric and zero padding, several input channels,
-//! rectangular windows, and layers our operators must leave to tract (a wide convolution, an overlapping pool).
+//! rectangular windows, and layers our operators must leave to tract (an overlapping pool, a strided convolution;
+//! a wide convolution where the CPU has no AVX-512), and the ReLU and pooling the AVX-512 convolution takes into
+//! its own pass. Both our kernel sets are checked: the best this CPU runs (`load`) and the portable ones
+//! (`load_portable`).
 
 #![cfg(feature = "tract")]
 
 use aidos_runtime::tract::TractModel;
+use aidos_runtime::tract_ops::Isa;
 use aidos_runtime::{ModelRuntime, Tensor};
 
 mod support;
 use support::graph::{Graph, ints, values};
 
-/// Loads `onnx` both ways, checks how many nodes run our operators, and compares outputs at batch 1 and 4.
-fn same_as_tract(onnx: &[u8], chw: [usize; 3], own_ops: usize) {
-    let ours = TractModel::load("ours", onnx).unwrap();
+/// Loads `onnx` with our operators (portable ones only, then the best this CPU runs) and with tract's alone,
+/// checks how many nodes run ours (`portable`; `avx512` with AVX-512), and compares outputs at batch 1 and 4.
+fn same_as_tract(onnx: &[u8], chw: [usize; 3], portable: usize, avx512: usize) {
+    let native = if Isa::detect() == Isa::Avx512 { avx512 } else { portable };
+    same_outputs("portable", TractModel::load_portable("portable", onnx).unwrap(), onnx, chw, portable);
+    same_outputs("native", TractModel::load("ours", onnx).unwrap(), onnx, chw, native);
+}
+
+fn same_outputs(kernels: &str, ours: TractModel, onnx: &[u8], chw: [usize; 3], own_ops: usize) {
     let plain = TractModel::load_plain("plain", onnx).unwrap();
-    assert_eq!(ours.own_ops(), own_ops, "nodes running our operators");
+    assert_eq!(ours.own_ops(), own_ops, "{kernels} kernels: nodes running our operators");
     assert_eq!(plain.own_ops(), 0);
     assert_eq!(ours.metadata().outputs, plain.metadata().outputs);
     let (mut a, mut b) = (ours.instance().unwrap(), plain.instance().unwrap());
@@ -23,9 +33,12 @@ fn same_as_tract(onnx: &[u8], chw: [usize; 3], own_ops: usize) {
     for n in [1usize, 4] {
         let x = Tensor::new(vec![n, chw[0], chw[1], chw[2]], values(n * row, 99 + n as u64)).unwrap();
         let (ya, yb) = (a.run(std::slice::from_ref(&x)).unwrap(), b.run(&[x]).unwrap());
-        assert_eq!(ya[0].shape, yb[0].shape, "batch {n}");
+        assert_eq!(ya[0].shape, yb[0].shape, "{kernels} kernels, batch {n}");
         for (i, (p, q)) in ya[0].data.iter().zip(&yb[0].data).enumerate() {
-            assert!((p - q).abs() <= 1e-5 * (1.0 + q.abs()), "batch {n}, value {i}: ours {p}, tract {q}");
+            assert!(
+                (p - q).abs() <= 1e-5 * (1.0 + q.abs()),
+                "{kernels} kernels, batch {n}, value {i}: ours {p}, tract {q}"
+            );
         }
     }
 }
@@ -36,9 +49,9 @@ fn one_channel_conv_relu_and_pools_with_odd_sizes() {
     let x = g.conv("x", 1, 4, [3, 3], [1, 1, 1, 1]);
     let x = g.relu(&x);
     let x = g.pool(&x, [2, 2], [2, 2]); // 13x11 -> 6x5: the last row and column are dropped
-    let x = g.conv(&x, 4, 5, [3, 3], [1, 1, 1, 1]); // 4 x 9 = 36 inputs per output: tract's
+    let x = g.conv(&x, 4, 5, [3, 3], [1, 1, 1, 1]); // 4 x 9 = 36 inputs per output: tract's unless AVX-512
     g.pool(&x, [3, 3], [3, 3]); // 6x5 -> 2x1
-    same_as_tract(&g.onnx([1, 13, 11]), [1, 13, 11], 3);
+    same_as_tract(&g.onnx([1, 13, 11]), [1, 13, 11], 3, 3); // AVX-512: conv+relu+pool in one op
 }
 
 #[test]
@@ -48,7 +61,7 @@ fn several_channels_asymmetric_padding_and_rectangular_windows() {
     let x = g.pool(&x, [2, 3], [2, 3]);
     let x = g.conv(&x, 6, 2, [1, 1], [0, 0, 0, 0]); // 1x1: tract makes it a matrix product before we look
     g.relu(&x);
-    same_as_tract(&g.onnx([3, 8, 10]), [3, 8, 10], 2);
+    same_as_tract(&g.onnx([3, 8, 10]), [3, 8, 10], 2, 2);
 }
 
 #[test]
@@ -58,5 +71,44 @@ fn overlapping_pools_and_strided_convolutions_stay_with_tract() {
     let i = g.nodes.len();
     let (w, b) = (g.init(&format!("w{i}"), &[2, 1, 3, 3]), g.init(&format!("b{i}"), &[2]));
     g.node("Conv", &[x, w, b], vec![ints("kernel_shape", &[3, 3]), ints("strides", &[2, 2])]);
-    same_as_tract(&g.onnx([1, 15, 15]), [1, 15, 15], 0);
+    same_as_tract(&g.onnx([1, 15, 15]), [1, 15, 15], 0, 0);
+}
+
+/// Convolutions too wide for the portable kernel: the AVX-512 one takes them where the CPU has it. Shapes hit its
+/// edges: the zoo CNN's 32 -> 64 layer (14 chunks of 16 positions: tiles of 3 and a tail of 2), output channels
+/// that do not fill the last block of 8, wide rows spanning several chunks, asymmetric padding, a rectangular
+/// kernel, a single output row, a single chunk.
+#[test]
+fn wide_convolutions_match_tract() {
+    let mut g = Graph::default();
+    let x = g.conv("x", 32, 64, [3, 3], [1, 1, 1, 1]);
+    let x = g.relu(&x);
+    g.pool(&x, [2, 2], [2, 2]);
+    same_as_tract(&g.onnx([32, 14, 14]), [32, 14, 14], 1, 1); // AVX-512: one fused op
+
+    let mut g = Graph::default();
+    let x = g.conv("x", 5, 13, [3, 2], [1, 0, 2, 1]); // 5 x 6 = 30 inputs (portable too); 9x23 -> 10x23: rows of 24 positions, 13 = 8 + 5
+    g.conv(&x, 13, 3, [2, 2], [0, 0, 0, 0]); // 13 x 4 = 52 inputs, 3 outputs: one partial block
+    same_as_tract(&g.onnx([5, 9, 23]), [5, 9, 23], 1, 2);
+
+    let mut g = Graph::default();
+    let x = g.conv("x", 3, 8, [5, 5], [0, 0, 0, 0]); // 7x7 -> 3x3: 21 positions, 2 chunks
+    g.conv(&x, 8, 9, [3, 3], [0, 0, 0, 0]); // 3x3 -> 1x1: one row, one chunk
+    same_as_tract(&g.onnx([3, 7, 7]), [3, 7, 7], 0, 2);
+}
+
+/// What the AVX-512 convolution takes along: a 2x2 pool without a ReLU, over pooled rows longer than one vector
+/// (17 values) with an odd row and column dropped; and not a ReLU whose input is also used elsewhere.
+#[test]
+fn fused_relu_and_pool_match_tract() {
+    let mut g = Graph::default();
+    let x = g.conv("x", 2, 16, [3, 3], [1, 1, 1, 1]); // 2 x 9 = 18 inputs: the portable kernel takes it too
+    g.pool(&x, [2, 2], [2, 2]); // 5x35 -> 2x17
+    same_as_tract(&g.onnx([2, 5, 35]), [2, 5, 35], 2, 1);
+
+    let mut g = Graph::default();
+    let c = g.conv("x", 1, 8, [3, 3], [1, 1, 1, 1]);
+    let r = g.relu(&c);
+    g.node("Add", &[r, c], vec![]); // the convolution's output is read twice: the ReLU stays separate
+    same_as_tract(&g.onnx([1, 6, 6]), [1, 6, 6], 1, 1);
 }
