@@ -2,9 +2,10 @@
 //! pool 2; dense 3136->128, relu; dense 128->10), with our operators (`aidos_runtime::tract_ops`) and with tract's
 //! own, one thread, in process. Weights are random: latency does not depend on them.
 //!
-//!   cargo bench -p aidos-runtime --bench tract_latency [-- ITERS] [ours|portable|plain]   (one only, e.g. to profile)
+//!   cargo bench -p aidos-runtime --bench tract_latency [-- ITERS] [ours|avx2|portable|plain]   (one only, e.g. to profile)
 //!
-//! `ours` uses the best kernels this CPU runs (AVX-512 here), `portable` those of a CPU without AVX-512.
+//! `ours` uses the best kernels this CPU runs (AVX-512 here), `avx2` and `portable` those of CPUs with AVX2 + FMA
+//! only or with neither.
 //!
 //! Python onnxruntime on the same graph is the yardstick; `benches/edge_footprint.sh` measures it on the
 //! trained model.
@@ -52,14 +53,15 @@ fn main() {
     let iters = std::env::args().skip(1).find_map(|a| a.parse().ok()).unwrap_or(3000usize);
     let onnx = cnn();
     let ours = TractModel::load("cnn", &onnx).unwrap();
-    let portable = TractModel::load_portable("cnn", &onnx).unwrap();
+    let avx2 = TractModel::load_isa("cnn", &onnx, aidos_runtime::tract_ops::Isa::Avx2).ok();
+    let portable = TractModel::load_isa("cnn", &onnx, aidos_runtime::tract_ops::Isa::Portable).unwrap();
     let plain = TractModel::load_plain("cnn", &onnx).unwrap();
-    let only = std::env::args().skip(1).find(|a| ["ours", "portable", "plain"].contains(&a.as_str()));
-    let runs = [
-        ("ours", "tract + aidos ops", &ours),
-        ("portable", "  portable only", &portable),
-        ("plain", "tract alone", &plain),
-    ];
+    let only = std::env::args().skip(1).find(|a| ["ours", "avx2", "portable", "plain"].contains(&a.as_str()));
+    let mut runs = vec![("ours", "tract + aidos ops", &ours)];
+    if let Some(m) = &avx2 {
+        runs.push(("avx2", "  AVX2 kernels", m));
+    }
+    runs.extend([("portable", "  portable only", &portable), ("plain", "tract alone", &plain)]);
     for (key, name, m) in runs {
         if only.as_deref().is_some_and(|o| o != key) {
             continue;

@@ -43,9 +43,13 @@ impl TractModel {
         Self::load_with(what, bytes, None)
     }
 
-    /// [`TractModel::load`] with our portable operators only, as on a CPU without AVX-512 (tests, benchmarks).
-    pub fn load_portable(what: &str, bytes: &[u8]) -> Result<TractModel> {
-        Self::load_with(what, bytes, Some(Isa::Portable))
+    /// [`TractModel::load`] with the kernels of `isa`, as on a CPU that runs no better (tests, benchmarks). It must
+    /// not name more than this CPU runs ([`Isa::detect`]).
+    pub fn load_isa(what: &str, bytes: &[u8], isa: Isa) -> Result<TractModel> {
+        if isa > Isa::detect() {
+            return Err(RuntimeError::Load { what: what.into(), reason: format!("this CPU does not run {isa:?} kernels") });
+        }
+        Self::load_with(what, bytes, Some(isa))
     }
 
     /// Nodes of the symbolic-batch plan that run our operators instead of tract's.

@@ -2,9 +2,9 @@
 //! the same outputs (up to summation order) at batch 1 and at a larger batch, on shapes chosen to hit the edges:
 //! odd sizes whose last pooling window is cut off, asymmetric and zero padding, several input channels,
 //! rectangular windows, and layers our operators must leave to tract (an overlapping pool, a strided convolution;
-//! a wide convolution where the CPU has no AVX-512), and the ReLU and pooling the AVX-512 convolution takes into
-//! its own pass. Both our kernel sets are checked: the best this CPU runs (`load`) and the portable ones
-//! (`load_portable`).
+//! a wide convolution where the CPU has no AVX2 or AVX-512), and the ReLU and pooling the register-blocked
+//! convolutions take into their own pass. Every set of our kernels the CPU runs is checked (portable, AVX2,
+//! AVX-512).
 
 #![cfg(feature = "tract")]
 
@@ -15,12 +15,18 @@ use aidos_runtime::{ModelRuntime, Tensor};
 mod support;
 use support::graph::{Graph, ints, values};
 
-/// Loads `onnx` with our operators (portable ones only, then the best this CPU runs) and with tract's alone,
-/// checks how many nodes run ours (`portable`; `avx512` with AVX-512), and compares outputs at batch 1 and 4.
-fn same_as_tract(onnx: &[u8], chw: [usize; 3], portable: usize, avx512: usize) {
-    let native = if Isa::detect() == Isa::Avx512 { avx512 } else { portable };
-    same_outputs("portable", TractModel::load_portable("portable", onnx).unwrap(), onnx, chw, portable);
-    same_outputs("native", TractModel::load("ours", onnx).unwrap(), onnx, chw, native);
+/// Loads `onnx` with each set of our kernels this CPU runs and with tract's alone, checks how many nodes run ours
+/// (`portable` with the portable kernels, `blocked` with a register-blocked convolution), and compares outputs at
+/// batch 1 and 4.
+fn same_as_tract(onnx: &[u8], chw: [usize; 3], portable: usize, blocked: usize) {
+    for isa in Isa::supported() {
+        let own = if isa == Isa::Portable { portable } else { blocked };
+        same_outputs(&format!("{isa:?}"), TractModel::load_isa("ours", onnx, isa).unwrap(), onnx, chw, own);
+    }
+    assert_eq!(
+        TractModel::load("best", onnx).unwrap().own_ops(),
+        if Isa::detect() == Isa::Portable { portable } else { blocked }
+    );
 }
 
 fn same_outputs(kernels: &str, ours: TractModel, onnx: &[u8], chw: [usize; 3], own_ops: usize) {
@@ -49,9 +55,9 @@ fn one_channel_conv_relu_and_pools_with_odd_sizes() {
     let x = g.conv("x", 1, 4, [3, 3], [1, 1, 1, 1]);
     let x = g.relu(&x);
     let x = g.pool(&x, [2, 2], [2, 2]); // 13x11 -> 6x5: the last row and column are dropped
-    let x = g.conv(&x, 4, 5, [3, 3], [1, 1, 1, 1]); // 4 x 9 = 36 inputs per output: tract's unless AVX-512
+    let x = g.conv(&x, 4, 5, [3, 3], [1, 1, 1, 1]); // 4 x 9 = 36 inputs per output: too many for the portable kernel
     g.pool(&x, [3, 3], [3, 3]); // 6x5 -> 2x1
-    same_as_tract(&g.onnx([1, 13, 11]), [1, 13, 11], 3, 3); // AVX-512: conv+relu+pool in one op
+    same_as_tract(&g.onnx([1, 13, 11]), [1, 13, 11], 3, 3); // blocked: conv+relu+pool in one op
 }
 
 #[test]
@@ -74,7 +80,7 @@ fn overlapping_pools_and_strided_convolutions_stay_with_tract() {
     same_as_tract(&g.onnx([1, 15, 15]), [1, 15, 15], 0, 0);
 }
 
-/// Convolutions too wide for the portable kernel: the AVX-512 one takes them where the CPU has it. Shapes hit its
+/// Convolutions too wide for the portable kernel: the blocked ones take them where the CPU has AVX2 or AVX-512. Shapes hit its
 /// edges: the zoo CNN's 32 -> 64 layer (14 chunks of 16 positions: tiles of 3 and a tail of 2), output channels
 /// that do not fill the last block of 8, wide rows spanning several chunks, asymmetric padding, a rectangular
 /// kernel, a single output row, a single chunk.
@@ -84,7 +90,7 @@ fn wide_convolutions_match_tract() {
     let x = g.conv("x", 32, 64, [3, 3], [1, 1, 1, 1]);
     let x = g.relu(&x);
     g.pool(&x, [2, 2], [2, 2]);
-    same_as_tract(&g.onnx([32, 14, 14]), [32, 14, 14], 1, 1); // AVX-512: one fused op
+    same_as_tract(&g.onnx([32, 14, 14]), [32, 14, 14], 1, 1); // blocked: one fused op
 
     let mut g = Graph::default();
     let x = g.conv("x", 5, 13, [3, 2], [1, 0, 2, 1]); // 5 x 6 = 30 inputs (portable too); 9x23 -> 10x23: rows of 24 positions, 13 = 8 + 5
@@ -97,7 +103,7 @@ fn wide_convolutions_match_tract() {
     same_as_tract(&g.onnx([3, 7, 7]), [3, 7, 7], 0, 2);
 }
 
-/// What the AVX-512 convolution takes along: a 2x2 pool without a ReLU, over pooled rows longer than one vector
+/// What the blocked convolutions take along: a 2x2 pool without a ReLU, over pooled rows longer than one vector
 /// (17 values) with an odd row and column dropped; and not a ReLU whose input is also used elsewhere.
 #[test]
 fn fused_relu_and_pool_match_tract() {

@@ -3,9 +3,9 @@
 //! * [`Kernel::Rows`], portable: each weight scales the shifted input plane into the output plane, one contiguous
 //!   loop the compiler vectorises (AVX2+FMA where the CPU has it). It reads and writes the output once per weight,
 //!   so it is only used where `input channels x kernel area` is at most [`super::SMALL_CONV_MAX_K`].
-//! * [`Kernel::Avx512`], register-blocked (`conv_avx512`): 8 output channels x 48 positions accumulate in 24
-//!   registers over all `c x kh x kw` weights, so it runs near the FMA units' peak at any size, with no im2col
-//!   buffer.
+//! * [`Kernel::Blocked`], register-blocked, for AVX-512F or AVX2 + FMA (`conv_blocked.rs`): 8 output channels x
+//!   48 positions (AVX-512; 4 x 24 on AVX2) accumulate in registers over all `c x kh x kw` weights, so it runs near
+//!   the FMA units' peak at any size, with no im2col buffer.
 //!
 //! Both compute on "wide" planes: the input is copied once into zero-padded planes of width `wp = ow + kw - 1`,
 //! and the output is computed with that same row stride, so that one weight's contribution to a whole plane is a
@@ -14,6 +14,13 @@
 
 use tract_onnx::prelude::*;
 use tract_onnx::tract_core::internal::*;
+
+#[cfg(target_arch = "x86_64")]
+pub(super) use super::conv_blocked::Blocked;
+/// No blocked kernels elsewhere than on x86-64.
+#[cfg(not(target_arch = "x86_64"))]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub(super) enum Blocked {}
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub(super) struct ConvGeo {
@@ -82,11 +89,11 @@ pub(super) fn with_scratch<R>(len: usize, f: impl FnOnce(&mut [f32]) -> R) -> R 
 pub(super) enum Kernel {
     Rows,
     #[cfg(target_arch = "x86_64")]
-    Avx512(super::conv_avx512::Packed),
+    Blocked(super::conv_blocked::Blocked, super::conv_blocked::Packed),
 }
 
 /// Direct 2-D convolution (see the module docs), optionally followed, in the same pass, by a ReLU and (AVX-512
-/// kernel only) a 2x2 max-pool of stride 2. Weights `[co, c, kh, kw]`.
+/// kernels only) a 2x2 max-pool of stride 2. Weights `[co, c, kh, kw]`.
 #[derive(Debug, Clone, PartialEq)]
 pub struct DirectConv2d {
     geo: ConvGeo,
@@ -98,17 +105,18 @@ pub struct DirectConv2d {
 }
 
 impl DirectConv2d {
-    /// `avx512`: use the register-blocked kernel (the caller checked the CPU has AVX-512F).
-    pub(super) fn new(geo: ConvGeo, weight: Vec<f32>, bias: Vec<f32>, avx512: bool) -> DirectConv2d {
-        let kernel = match avx512 {
+    /// `blocked`: the register-blocked kernel to use (the caller checked the CPU has its extension); none: the
+    /// portable loop.
+    pub(super) fn new(geo: ConvGeo, weight: Vec<f32>, bias: Vec<f32>, blocked: Option<Blocked>) -> DirectConv2d {
+        let kernel = match blocked {
             #[cfg(target_arch = "x86_64")]
-            true => Kernel::Avx512(super::conv_avx512::Packed::new(&geo, &weight)),
+            Some(b) => Kernel::Blocked(b, super::conv_blocked::Packed::new(&geo, &weight, b)),
             _ => Kernel::Rows,
         };
         DirectConv2d { geo, weight, bias, relu: false, pool2: false, kernel }
     }
 
-    /// Whether this kernel can also do the 2x2 max-pool (only the AVX-512 one does).
+    /// Whether this kernel can also do the 2x2 max-pool (the blocked ones do).
     pub(super) fn can_pool(&self) -> bool {
         !matches!(self.kernel, Kernel::Rows) && self.geo.oh >= 2 && self.geo.ow >= 2
     }
@@ -127,14 +135,26 @@ impl DirectConv2d {
 impl Eq for DirectConv2d {}
 impl std::hash::Hash for DirectConv2d {
     fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
-        (self.geo, self.relu, self.pool2, matches!(self.kernel, Kernel::Rows)).hash(state);
+        (self.geo, self.relu, self.pool2, self.kernel_name()).hash(state);
         self.weight.iter().chain(&self.bias).for_each(|v| v.to_bits().hash(state));
+    }
+}
+
+impl DirectConv2d {
+    fn kernel_name(&self) -> &'static str {
+        match self.kernel {
+            Kernel::Rows => "",
+            #[cfg(target_arch = "x86_64")]
+            Kernel::Blocked(Blocked::Avx2, _) => "Avx2",
+            #[cfg(target_arch = "x86_64")]
+            Kernel::Blocked(Blocked::Avx512, _) => "Avx512",
+        }
     }
 }
 
 impl Op for DirectConv2d {
     fn name(&self) -> StaticName {
-        let kernel = if matches!(self.kernel, Kernel::Rows) { "" } else { "Avx512" };
+        let kernel = self.kernel_name();
         let relu = if self.relu { "+Relu" } else { "" };
         let pool = if self.pool2 { "+MaxPool2x2" } else { "" };
         format!("AidosDirectConv2d{kernel}{relu}{pool}").into()
@@ -165,13 +185,11 @@ impl EvalOp for DirectConv2d {
         let (src, dst_s) = (x.try_as_plain_ram()?.as_slice::<f32>()?, dst.as_slice_mut::<f32>()?);
         match &self.kernel {
             Kernel::Rows => conv_rows(&g, &self.weight, &self.bias, self.relu, src, dst_s),
-            // SAFETY: this kernel is only chosen when the CPU has AVX-512F (`Isa::detect`).
+            // SAFETY: a blocked kernel is only chosen when the CPU has its extension (`Isa::detect`), and its
+            // weights were packed for it (`new`).
             #[cfg(target_arch = "x86_64")]
-            Kernel::Avx512(packed) => unsafe {
-                super::conv_avx512::conv(&g, packed, &self.bias, self.relu, self.pool2, src, dst_s)
-            },
+            Kernel::Blocked(b, packed) => unsafe { b.conv(&g, packed, &self.bias, self.relu, self.pool2, src, dst_s) },
         }
-        drop(dst);
         Ok(tvec!(out.into_tvalue()))
     }
 }

@@ -4,10 +4,10 @@
 //! one input channel runs as a lazy im2col feeding a 40x2 matrix kernel with k = 9; and the 32 -> 64 convolution
 //! spends a third of its time gathering its lazy im2col panels.
 //!
-//! * [`DirectConv2d`] (`conv.rs`, `conv_avx512.rs`): a direct convolution (NCHW, f32, stride 1, no dilation, one
-//!   group). With AVX-512F (detected at load: the agent is built for baseline x86-64) a register-blocked kernel
-//!   takes convolutions of any size; without it a portable loop takes those whose `input channels x kernel area`
-//!   is at most [`SMALL_CONV_MAX_K`].
+//! * [`DirectConv2d`] (`conv.rs`, `conv_blocked.rs`): a direct convolution (NCHW, f32, stride 1, no dilation, one
+//!   group). With AVX-512F or AVX2 + FMA (detected at load: the agent is built for baseline x86-64) a
+//!   register-blocked kernel takes convolutions of any size, with a ReLU and a 2x2 max-pool that follow; without
+//!   them a portable loop takes those whose `input channels x kernel area` is at most [`SMALL_CONV_MAX_K`].
 //! * [`PoolMax2d`] (`pool.rs`): max-pooling whose window equals its stride (no overlap, no padding, no dilation),
 //!   NCHW, f32, windows that run past the edge dropped as ONNX's floor rounding does.
 //!
@@ -24,7 +24,7 @@ use tract_onnx::tract_core::ops::nn::DataFormat;
 
 mod conv;
 #[cfg(target_arch = "x86_64")]
-mod conv_avx512;
+mod conv_blocked;
 mod pool;
 
 use conv::ConvGeo;
@@ -35,12 +35,14 @@ pub use pool::PoolMax2d;
 /// matrix product wins.
 pub const SMALL_CONV_MAX_K: usize = 32;
 
-/// Which of our kernels may run.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// Which of our kernels may run (ordered: each runs on fewer CPUs than the one before).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub enum Isa {
     /// The portable kernels only (auto-vectorised loops, AVX2+FMA where present).
     Portable,
-    /// Also the AVX-512 register-blocked convolution.
+    /// Also the AVX2 + FMA register-blocked convolution.
+    Avx2,
+    /// Also the AVX-512F register-blocked convolution (instead of the AVX2 one).
     Avx512,
 }
 
@@ -48,10 +50,33 @@ impl Isa {
     /// The best this CPU runs.
     pub fn detect() -> Isa {
         #[cfg(target_arch = "x86_64")]
-        if std::arch::is_x86_feature_detected!("avx512f") {
-            return Isa::Avx512;
+        {
+            if std::arch::is_x86_feature_detected!("avx512f") {
+                return Isa::Avx512;
+            }
+            if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma") {
+                return Isa::Avx2;
+            }
         }
         Isa::Portable
+    }
+
+    /// Every kernel set this CPU runs, from the portable one up.
+    pub fn supported() -> Vec<Isa> {
+        [Isa::Portable, Isa::Avx2, Isa::Avx512].into_iter().filter(|i| *i <= Isa::detect()).collect()
+    }
+
+    /// The blocked convolution this set uses, if any.
+    fn blocked(self) -> Option<conv::Blocked> {
+        match self {
+            Isa::Portable => None,
+            #[cfg(target_arch = "x86_64")]
+            Isa::Avx2 => Some(conv::Blocked::Avx2),
+            #[cfg(target_arch = "x86_64")]
+            Isa::Avx512 => Some(conv::Blocked::Avx512),
+            #[cfg(not(target_arch = "x86_64"))]
+            _ => None,
+        }
     }
 }
 
@@ -174,8 +199,8 @@ fn direct_conv(model: &TypedModel, node: &TypedNode, conv: &Conv, isa: Isa) -> T
         return Ok(None);
     }
     let [kh, kw] = [spec.kernel_shape[0], spec.kernel_shape[1]];
-    let avx512 = cfg!(target_arch = "x86_64") && isa == Isa::Avx512;
-    if c * kh * kw > SMALL_CONV_MAX_K && !avx512 {
+    let blocked = isa.blocked();
+    if c * kh * kw > SMALL_CONV_MAX_K && blocked.is_none() {
         return Ok(None);
     }
     let (pad_h, pad_w) = match &spec.padding {
@@ -203,7 +228,7 @@ fn direct_conv(model: &TypedModel, node: &TypedNode, conv: &Conv, isa: Isa) -> T
     let bv = b.try_as_plain_ram()?.as_slice::<f32>()?.to_vec();
     let bias = if bv.len() == co { bv } else { vec![bv[0]; co] };
     let geo = ConvGeo { c, h, w, co, kh, kw, pad_top: pad_h.0, pad_left: pad_w.0, oh, ow };
-    Ok(Some(DirectConv2d::new(geo, k.try_as_plain_ram()?.as_slice::<f32>()?.to_vec(), bias, avx512)))
+    Ok(Some(DirectConv2d::new(geo, k.try_as_plain_ram()?.as_slice::<f32>()?.to_vec(), bias, blocked)))
 }
 
 fn pool_max(model: &TypedModel, node: &TypedNode, pool: &MaxPool) -> TractResult<Option<PoolMax2d>> {

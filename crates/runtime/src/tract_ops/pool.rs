@@ -60,7 +60,6 @@ impl EvalOp for PoolMax2d {
                 }
             }
         }
-        drop(dst_view);
         Ok(tvec!(out.into_tvalue()))
     }
 }
