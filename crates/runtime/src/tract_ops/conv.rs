@@ -184,11 +184,20 @@ impl EvalOp for DirectConv2d {
         let mut dst = out.try_as_plain_ram_mut()?;
         let (src, dst_s) = (x.try_as_plain_ram()?.as_slice::<f32>()?, dst.as_slice_mut::<f32>()?);
         match &self.kernel {
-            Kernel::Rows => conv_rows(&g, &self.weight, &self.bias, self.relu, src, dst_s),
+            Kernel::Rows => conv_rows(self, src, dst_s),
             // SAFETY: a blocked kernel is only chosen when the CPU has its extension (`Isa::detect`), and its
             // weights were packed for it (`new`).
             #[cfg(target_arch = "x86_64")]
-            Kernel::Blocked(b, packed) => unsafe { b.conv(&g, packed, &self.bias, self.relu, self.pool2, src, dst_s) },
+            Kernel::Blocked(b, packed) => unsafe {
+                let layer = super::conv_blocked::Layer {
+                    geo: &g,
+                    packed,
+                    bias: &self.bias,
+                    relu: self.relu,
+                    pool2: self.pool2,
+                };
+                b.conv(&layer, src, dst_s)
+            },
         }
         Ok(tvec!(out.into_tvalue()))
     }
@@ -207,86 +216,56 @@ impl TypedOp for DirectConv2d {
 /// `out[n, o, y, x] = bias[o] + sum over (i, ky, kx) of weight[o, i, ky, kx] * in[n, i, y + ky - pad_top, x + kx - pad_left]`
 /// (zero outside the input), then `max(0, .)` if `relu`, the portable way. Runs the AVX2+FMA build of the loop where the CPU has it (picked at
 /// run time: the agent is built for baseline x86-64), else the portable one.
-fn conv_rows(g: &ConvGeo, weight: &[f32], bias: &[f32], relu: bool, input: &[f32], out: &mut [f32]) {
+fn conv_rows(op: &DirectConv2d, input: &[f32], out: &mut [f32]) {
+    let g = &op.geo;
     let (hp, wp) = g.padded();
     let wide_len = (g.oh - 1) * wp + g.ow;
     with_scratch(g.c * hp * wp + wide_len, |scratch| {
         #[cfg(target_arch = "x86_64")]
         if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma") {
             // SAFETY: the CPU has the features the function is compiled for (checked just above).
-            return unsafe { conv_rows_avx2(g, weight, bias, relu, input, out, scratch) };
+            return unsafe { conv_rows_avx2(op, input, out, scratch) };
         }
-        conv_rows_body::<false>(g, weight, bias, relu, input, out, scratch)
+        conv_rows_body::<false>(op, input, out, scratch)
     })
 }
 
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
-fn conv_rows_avx2(
-    g: &ConvGeo,
-    weight: &[f32],
-    bias: &[f32],
-    relu: bool,
-    input: &[f32],
-    out: &mut [f32],
-    scratch: &mut [f32],
-) {
-    conv_rows_body::<true>(g, weight, bias, relu, input, out, scratch)
+fn conv_rows_avx2(op: &DirectConv2d, input: &[f32], out: &mut [f32], scratch: &mut [f32]) {
+    conv_rows_body::<true>(op, input, out, scratch)
 }
 
 /// The loop: for one weight the whole wide plane is a single contiguous multiply-add of the padded input plane
 /// shifted by `(ky, kx)`. `FMA`: fused multiply-add (only where the instruction exists; elsewhere `mul_add` would
 /// be a library call). No closures in here: they would not inherit the caller's target features.
 #[inline(always)]
-fn conv_rows_body<const FMA: bool>(
-    g: &ConvGeo,
-    weight: &[f32],
-    bias: &[f32],
-    relu: bool,
-    input: &[f32],
-    out: &mut [f32],
-    scratch: &mut [f32],
-) {
-    let (hp, wp) = g.padded();
-    let (padded, wide) = scratch.split_at_mut(g.c * hp * wp);
-    for (x, y) in input.chunks_exact(g.c * g.h * g.w).zip(out.chunks_exact_mut(g.co * g.oh * g.ow)) {
-        conv_rows_sample::<FMA>(g, weight, bias, relu, x, y, padded, wide);
-    }
-}
-
-#[allow(clippy::too_many_arguments)]
-#[inline(always)]
-fn conv_rows_sample<const FMA: bool>(
-    g: &ConvGeo,
-    weight: &[f32],
-    bias: &[f32],
-    relu: bool,
-    x: &[f32],
-    y: &mut [f32],
-    padded: &mut [f32],
-    wide: &mut [f32],
-) {
+fn conv_rows_body<const FMA: bool>(op: &DirectConv2d, input: &[f32], out: &mut [f32], scratch: &mut [f32]) {
+    let DirectConv2d { geo: g, weight, bias, relu, .. } = op;
     let (hp, wp) = g.padded();
     let (plane_pad, plane_out) = (hp * wp, g.oh * g.ow);
+    let (padded, wide) = scratch.split_at_mut(g.c * plane_pad);
     let wide_len = wide.len();
-    g.pad_into(x, padded);
-    for (o, yo) in y.chunks_exact_mut(plane_out).enumerate() {
-        wide.fill(bias[o]);
-        for (i, xi) in padded.chunks_exact(plane_pad).enumerate() {
-            for ky in 0..g.kh {
-                for kx in 0..g.kw {
-                    let wv = weight[((o * g.c + i) * g.kh + ky) * g.kw + kx];
-                    let src = &xi[ky * wp + kx..][..wide_len];
-                    for (d, s) in wide.iter_mut().zip(src) {
-                        *d = if FMA { wv.mul_add(*s, *d) } else { *d + wv * s };
+    for (x, y) in input.chunks_exact(g.c * g.h * g.w).zip(out.chunks_exact_mut(g.co * plane_out)) {
+        g.pad_into(x, padded);
+        for (o, yo) in y.chunks_exact_mut(plane_out).enumerate() {
+            wide.fill(bias[o]);
+            for (i, xi) in padded.chunks_exact(plane_pad).enumerate() {
+                for ky in 0..g.kh {
+                    for kx in 0..g.kw {
+                        let wv = weight[((o * g.c + i) * g.kh + ky) * g.kw + kx];
+                        let src = &xi[ky * wp + kx..][..wide_len];
+                        for (d, s) in wide.iter_mut().zip(src) {
+                            *d = if FMA { wv.mul_add(*s, *d) } else { *d + wv * s };
+                        }
                     }
                 }
             }
-        }
-        for (oy, row) in yo.chunks_exact_mut(g.ow).enumerate() {
-            row.copy_from_slice(&wide[oy * wp..][..g.ow]);
-            if relu {
-                row.iter_mut().for_each(|v| *v = v.max(0.0));
+            for (oy, row) in yo.chunks_exact_mut(g.ow).enumerate() {
+                row.copy_from_slice(&wide[oy * wp..][..g.ow]);
+                if *relu {
+                    row.iter_mut().for_each(|v| *v = v.max(0.0));
+                }
             }
         }
     }

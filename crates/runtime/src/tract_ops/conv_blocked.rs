@@ -46,18 +46,9 @@ impl Blocked {
     /// max-pool of stride 2 if `pool2`: `[n, co, oh, ow]`, or `[n, co, oh / 2, ow / 2]` pooled.
     ///
     /// # Safety
-    /// The CPU must have the extension (`Isa::detect`), and `p` must have been packed for `self`.
-    #[allow(clippy::too_many_arguments)]
-    pub unsafe fn conv(
-        self,
-        g: &ConvGeo,
-        p: &Packed,
-        bias: &[f32],
-        relu: bool,
-        pool2: bool,
-        input: &[f32],
-        out: &mut [f32],
-    ) {
+    /// The CPU must have the extension (`Isa::detect`), and `l.packed` must have been packed for `self`.
+    pub unsafe fn conv(self, l: &Layer, input: &[f32], out: &mut [f32]) {
+        let (g, p) = (l.geo, l.packed);
         let (hp, wp) = g.padded();
         let lanes = self.lanes();
         let chunks = (g.oh * wp).div_ceil(lanes);
@@ -67,12 +58,21 @@ impl Blocked {
             // SAFETY: the caller's.
             unsafe {
                 match self {
-                    Blocked::Avx2 => avx2::conv_in(g, p, bias, relu, pool2, input, out, padded, wide),
-                    Blocked::Avx512 => avx512::conv_in(g, p, bias, relu, pool2, input, out, padded, wide),
+                    Blocked::Avx2 => avx2::conv_in(l, input, out, padded, wide),
+                    Blocked::Avx512 => avx512::conv_in(l, input, out, padded, wide),
                 }
             }
         })
     }
+}
+
+/// A layer as the kernels see it: `out = max-pool2(relu(conv(input) + bias))`, each step where asked.
+pub(super) struct Layer<'a> {
+    pub geo: &'a ConvGeo,
+    pub packed: &'a Packed,
+    pub bias: &'a [f32],
+    pub relu: bool,
+    pub pool2: bool,
 }
 
 /// What a kernel needs of a layer, prepared at load: the weights as `[ceil(co / OB)][c * kh * kw][OB]` (the `OB`
@@ -184,24 +184,20 @@ macro_rules! blocked {
             pub(super) const LANES: usize = $lanes;
             /// Output channels per register tile.
             pub(super) const OB: usize = $ob;
-            /// Chunks of `LANES` positions per register tile.
+            /// Chunks of `LANES` positions per register tile (at most 3: `tile_r`).
             const RB: usize = $rb;
 
             /// [`Blocked::conv`] with its scratch: `padded` for the padded input planes and the reads past them, `wide` for one block
             /// of `OB` wide output planes. (No closures in here: they would not inherit the target feature.)
             #[target_feature(enable = $feat)]
-            #[allow(clippy::too_many_arguments)]
             pub(super) unsafe fn conv_in(
-                g: &ConvGeo,
-                p: &Packed,
-                bias: &[f32],
-                relu: bool,
-                pool2: bool,
+                l: &Layer,
                 input: &[f32],
                 out: &mut [f32],
                 padded: &mut [f32],
                 wide: &mut [f32],
             ) {
+                let Layer { geo: g, packed: p, bias, relu, pool2 } = *l;
                 let (hp, wp) = g.padded();
                 let k = g.c * g.kh * g.kw;
                 debug_assert_eq!(p.ob, OB, "weights packed for another kernel");
@@ -214,51 +210,17 @@ macro_rules! blocked {
                 for (x, y) in input.chunks_exact(g.c * g.h * g.w).zip(out.chunks_exact_mut(g.co * plane_out)) {
                     g.pad_into(x, padded);
                     for (b, w) in p.weights.chunks_exact(k * OB).enumerate() {
-                        let mut bias_b = [0f32; OB];
                         let real = OB.min(g.co - b * OB);
-                        bias_b[..real].copy_from_slice(&bias[b * OB..][..real]);
+                        let mut blk = Block { offsets: &p.offsets, w, bias: [0f32; OB], relu };
+                        blk.bias[..real].copy_from_slice(&bias[b * OB..][..real]);
                         let (src, dst) = (padded.as_ptr(), wide.as_mut_ptr());
                         let mut c0 = 0;
-                        // SAFETY (the three calls): reads stay below `padded.len()` and writes below `OB * stride` (`c0 + R <=
-                        // chunks`), see the module docs.
-                        while c0 + RB <= chunks {
-                            unsafe {
-                                tile::<RB>(
-                                    &p.offsets,
-                                    w,
-                                    &bias_b,
-                                    relu,
-                                    src.add(c0 * LANES),
-                                    dst.add(c0 * LANES),
-                                    stride,
-                                )
-                            };
-                            c0 += RB;
-                        }
-                        match chunks - c0 {
-                            2 => unsafe {
-                                tile::<2>(
-                                    &p.offsets,
-                                    w,
-                                    &bias_b,
-                                    relu,
-                                    src.add(c0 * LANES),
-                                    dst.add(c0 * LANES),
-                                    stride,
-                                )
-                            },
-                            1 => unsafe {
-                                tile::<1>(
-                                    &p.offsets,
-                                    w,
-                                    &bias_b,
-                                    relu,
-                                    src.add(c0 * LANES),
-                                    dst.add(c0 * LANES),
-                                    stride,
-                                )
-                            },
-                            _ => {}
+                        while c0 < chunks {
+                            let r = RB.min(chunks - c0);
+                            // SAFETY: reads stay below `padded.len()` and writes below `OB * stride` (`c0 + r <=
+                            // chunks`), see the module docs.
+                            unsafe { tile_r(r, &blk, src.add(c0 * LANES), dst.add(c0 * LANES), stride) };
+                            c0 += r;
                         }
                         for (o, plane) in y[b * OB * plane_out..].chunks_exact_mut(plane_out).take(real).enumerate() {
                             let wide_o = &wide[o * stride..][..g.oh * wp];
@@ -272,29 +234,46 @@ macro_rules! blocked {
                 }
             }
 
-            /// One register tile: `OB` output channels x `R` chunks of `LANES` positions starting at `x` (padded input) and `out`
-            /// (wide output, `stride` floats per channel); `max(0, .)` on the way out if `relu`.
+            /// [`tile`] for `r` chunks: `RB`, or fewer at the end of a plane.
+            ///
+            /// # Safety
+            /// As [`tile`]'s, for `R = r`.
+            #[target_feature(enable = $feat)]
+            #[inline]
+            unsafe fn tile_r(r: usize, b: &Block, x: *const f32, out: *mut f32, stride: usize) {
+                // SAFETY: the caller's.
+                unsafe {
+                    match r {
+                        3 => tile::<3>(b, x, out, stride),
+                        2 => tile::<2>(b, x, out, stride),
+                        _ => tile::<1>(b, x, out, stride),
+                    }
+                }
+            }
+
+            /// One block of `OB` output channels: each weight's input offset, the block's packed weights
+            /// (`[c * kh * kw][OB]`), its bias, and whether a ReLU follows.
+            struct Block<'a> {
+                offsets: &'a [usize],
+                w: &'a [f32],
+                bias: [f32; OB],
+                relu: bool,
+            }
+
+            /// One register tile: the `OB` output channels of `blk` x `R` chunks of `LANES` positions starting at `x`
+            /// (padded input) and `out` (wide output, `stride` floats per channel).
             ///
             /// # Safety
             /// The target features; `x + offsets[j] + R * LANES` stays inside the padded input for every `j`, and `out + (OB - 1) * stride +
-            /// R * 16` inside the wide output.
+            /// R * LANES` inside the wide output.
             #[target_feature(enable = $feat)]
             #[inline]
-            #[allow(clippy::too_many_arguments)]
-            unsafe fn tile<const R: usize>(
-                offsets: &[usize],
-                w: &[f32],
-                bias: &[f32; OB],
-                relu: bool,
-                x: *const f32,
-                out: *mut f32,
-                stride: usize,
-            ) {
+            unsafe fn tile<const R: usize>(blk: &Block, x: *const f32, out: *mut f32, stride: usize) {
                 let mut acc = [[$zero(); R]; OB];
-                for (a, &b) in acc.iter_mut().zip(bias) {
+                for (a, &b) in acc.iter_mut().zip(&blk.bias) {
                     *a = [$set1(b); R];
                 }
-                for (&off, wj) in offsets.iter().zip(w.chunks_exact(OB)) {
+                for (&off, wj) in blk.offsets.iter().zip(blk.w.chunks_exact(OB)) {
                     let mut xv = [$zero(); R];
                     for (r, v) in xv.iter_mut().enumerate() {
                         *v = unsafe { $loadu(x.add(off + r * LANES)) };
@@ -309,7 +288,7 @@ macro_rules! blocked {
                 let zero = $zero();
                 for (o, a) in acc.iter().enumerate() {
                     for (r, &v) in a.iter().enumerate() {
-                        let v = if relu { $max(v, zero) } else { v };
+                        let v = if blk.relu { $max(v, zero) } else { v };
                         unsafe { $storeu(out.add(o * stride + r * LANES), v) };
                     }
                 }
