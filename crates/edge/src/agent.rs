@@ -54,11 +54,11 @@ pub struct AgentConfig {
 /// `ORT_DYLIB_PATH` names a file. The library is not loaded for this (it costs ~18 MB of resident memory): only
 /// [`ort_unavailable`], asked when ort is chosen, loads it.
 pub fn available_runtimes() -> Vec<&'static str> {
-    let mut v = vec!["tract"];
-    if cfg!(feature = "ort") && std::env::var_os("ORT_DYLIB_PATH").is_some_and(|p| std::path::Path::new(&p).is_file()) {
-        v.push("ort");
+    #[cfg(feature = "ort")]
+    if aidos_runtime::ort::library().is_ok() {
+        return vec!["tract", "ort"];
     }
-    v
+    vec!["tract"]
 }
 
 /// Why ONNX Runtime cannot be used here (`None`: it can). Loads the library (once per process).

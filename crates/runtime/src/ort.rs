@@ -16,15 +16,21 @@ use crate::{DataType, Instance, ModelMetadata, ModelRuntime, Result, RuntimeErro
 
 static ENV: OnceLock<std::result::Result<Environment, String>> = OnceLock::new();
 
+/// The library `ORT_DYLIB_PATH` names, if it is set and names a file (not loaded: see [`probe`]).
+pub fn library() -> std::result::Result<String, String> {
+    let path = std::env::var("ORT_DYLIB_PATH").map_err(|_| {
+        "ORT_DYLIB_PATH is not set (point it at libonnxruntime.so, e.g. the onnxruntime wheel's onnxruntime/capi/)"
+            .to_string()
+    })?;
+    if !std::path::Path::new(&path).is_file() {
+        return Err(format!("ORT_DYLIB_PATH={path}: no such file"));
+    }
+    Ok(path)
+}
+
 fn environment() -> Result<&'static Environment> {
     ENV.get_or_init(|| {
-        let path = std::env::var("ORT_DYLIB_PATH").map_err(|_| {
-            "ORT_DYLIB_PATH is not set (point it at libonnxruntime.so, e.g. the onnxruntime wheel's onnxruntime/capi/)"
-                .to_string()
-        })?;
-        if !std::path::Path::new(&path).is_file() {
-            return Err(format!("ORT_DYLIB_PATH={path}: no such file"));
-        }
+        let path = library()?;
         ort::init_from(&path).map_err(|e| format!("{path}: {e}"))?.with_name("aidos").build().map_err(|e| e.to_string())
     })
     .as_ref()

@@ -4,7 +4,7 @@
 //!   loop the compiler vectorises (AVX2+FMA where the CPU has it). It reads and writes the output once per weight,
 //!   so it is only used where `input channels x kernel area` is at most [`super::SMALL_CONV_MAX_K`].
 //! * [`Kernel::Blocked`], register-blocked, for AVX-512F or AVX2 + FMA (`conv_blocked.rs`): 8 output channels x
-//!   48 positions (AVX-512; 4 x 24 on AVX2) accumulate in registers over all `c x kh x kw` weights, so it runs near
+//!   48 positions (AVX-512; 6 x 16 on AVX2) accumulate in registers over all `c x kh x kw` weights, so it runs near
 //!   the FMA units' peak at any size, with no im2col buffer.
 //!
 //! Both compute on "wide" planes: the input is copied once into zero-padded planes of width `wp = ow + kw - 1`,
@@ -84,20 +84,20 @@ pub(super) fn with_scratch<R>(len: usize, f: impl FnOnce(&mut [f32]) -> R) -> R 
     })
 }
 
-/// Which loop runs a [`DirectConv2d`] (fixed when the graph is loaded).
+/// Which loop runs a [`DirectConv2d`] (fixed when the graph is loaded), with the weights in the layout it reads.
 #[derive(Debug, Clone, PartialEq)]
 pub(super) enum Kernel {
-    Rows,
+    /// Weights `[co, c, kh, kw]`.
+    Rows(Vec<f32>),
     #[cfg(target_arch = "x86_64")]
     Blocked(super::conv_blocked::Blocked, super::conv_blocked::Packed),
 }
 
-/// Direct 2-D convolution (see the module docs), optionally followed, in the same pass, by a ReLU and (AVX-512
-/// kernels only) a 2x2 max-pool of stride 2. Weights `[co, c, kh, kw]`.
+/// Direct 2-D convolution (see the module docs), optionally followed, in the same pass, by a ReLU and (blocked
+/// kernels only) a 2x2 max-pool of stride 2.
 #[derive(Debug, Clone, PartialEq)]
 pub struct DirectConv2d {
     geo: ConvGeo,
-    weight: Vec<f32>,
     bias: Vec<f32>,
     relu: bool,
     pool2: bool,
@@ -105,20 +105,20 @@ pub struct DirectConv2d {
 }
 
 impl DirectConv2d {
-    /// `blocked`: the register-blocked kernel to use (the caller checked the CPU has its extension); none: the
-    /// portable loop.
+    /// Weights `[co, c, kh, kw]`. `blocked`: the register-blocked kernel to use (the caller checked the CPU has its
+    /// extension); none: the portable loop.
     pub(super) fn new(geo: ConvGeo, weight: Vec<f32>, bias: Vec<f32>, blocked: Option<Blocked>) -> DirectConv2d {
         let kernel = match blocked {
             #[cfg(target_arch = "x86_64")]
             Some(b) => Kernel::Blocked(b, super::conv_blocked::Packed::new(&geo, &weight, b)),
-            _ => Kernel::Rows,
+            _ => Kernel::Rows(weight),
         };
-        DirectConv2d { geo, weight, bias, relu: false, pool2: false, kernel }
+        DirectConv2d { geo, bias, relu: false, pool2: false, kernel }
     }
 
     /// Whether this kernel can also do the 2x2 max-pool (the blocked ones do).
     pub(super) fn can_pool(&self) -> bool {
-        !matches!(self.kernel, Kernel::Rows) && self.geo.oh >= 2 && self.geo.ow >= 2
+        !matches!(self.kernel, Kernel::Rows(_)) && self.geo.oh >= 2 && self.geo.ow >= 2
     }
 
     pub(super) fn with_relu(self) -> DirectConv2d {
@@ -131,19 +131,24 @@ impl DirectConv2d {
     }
 }
 
-// tract keys ops by equality; weights are compared bitwise (no NaN surprises). The packed copy follows from them.
+// tract keys ops by equality; weights are hashed bitwise.
 impl Eq for DirectConv2d {}
 impl std::hash::Hash for DirectConv2d {
     fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
         (self.geo, self.relu, self.pool2, self.kernel_name()).hash(state);
-        self.weight.iter().chain(&self.bias).for_each(|v| v.to_bits().hash(state));
+        let weights = match &self.kernel {
+            Kernel::Rows(w) => w.as_slice(),
+            #[cfg(target_arch = "x86_64")]
+            Kernel::Blocked(_, p) => p.weights(),
+        };
+        weights.iter().chain(&self.bias).for_each(|v| v.to_bits().hash(state));
     }
 }
 
 impl DirectConv2d {
     fn kernel_name(&self) -> &'static str {
         match self.kernel {
-            Kernel::Rows => "",
+            Kernel::Rows(_) => "",
             #[cfg(target_arch = "x86_64")]
             Kernel::Blocked(Blocked::Avx2, _) => "Avx2",
             #[cfg(target_arch = "x86_64")]
@@ -184,7 +189,7 @@ impl EvalOp for DirectConv2d {
         let mut dst = out.try_as_plain_ram_mut()?;
         let (src, dst_s) = (x.try_as_plain_ram()?.as_slice::<f32>()?, dst.as_slice_mut::<f32>()?);
         match &self.kernel {
-            Kernel::Rows => conv_rows(self, src, dst_s),
+            Kernel::Rows(weight) => conv_rows(self, weight, src, dst_s),
             // SAFETY: a blocked kernel is only chosen when the CPU has its extension (`Isa::detect`), and its
             // weights were packed for it (`new`).
             #[cfg(target_arch = "x86_64")]
@@ -216,7 +221,7 @@ impl TypedOp for DirectConv2d {
 /// `out[n, o, y, x] = bias[o] + sum over (i, ky, kx) of weight[o, i, ky, kx] * in[n, i, y + ky - pad_top, x + kx - pad_left]`
 /// (zero outside the input), then `max(0, .)` if `relu`, the portable way. Runs the AVX2+FMA build of the loop where the CPU has it (picked at
 /// run time: the agent is built for baseline x86-64), else the portable one.
-fn conv_rows(op: &DirectConv2d, input: &[f32], out: &mut [f32]) {
+fn conv_rows(op: &DirectConv2d, weight: &[f32], input: &[f32], out: &mut [f32]) {
     let g = &op.geo;
     let (hp, wp) = g.padded();
     let wide_len = (g.oh - 1) * wp + g.ow;
@@ -224,24 +229,30 @@ fn conv_rows(op: &DirectConv2d, input: &[f32], out: &mut [f32]) {
         #[cfg(target_arch = "x86_64")]
         if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma") {
             // SAFETY: the CPU has the features the function is compiled for (checked just above).
-            return unsafe { conv_rows_avx2(op, input, out, scratch) };
+            return unsafe { conv_rows_avx2(op, weight, input, out, scratch) };
         }
-        conv_rows_body::<false>(op, input, out, scratch)
+        conv_rows_body::<false>(op, weight, input, out, scratch)
     })
 }
 
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
-fn conv_rows_avx2(op: &DirectConv2d, input: &[f32], out: &mut [f32], scratch: &mut [f32]) {
-    conv_rows_body::<true>(op, input, out, scratch)
+fn conv_rows_avx2(op: &DirectConv2d, weight: &[f32], input: &[f32], out: &mut [f32], scratch: &mut [f32]) {
+    conv_rows_body::<true>(op, weight, input, out, scratch)
 }
 
 /// The loop: for one weight the whole wide plane is a single contiguous multiply-add of the padded input plane
 /// shifted by `(ky, kx)`. `FMA`: fused multiply-add (only where the instruction exists; elsewhere `mul_add` would
 /// be a library call). No closures in here: they would not inherit the caller's target features.
 #[inline(always)]
-fn conv_rows_body<const FMA: bool>(op: &DirectConv2d, input: &[f32], out: &mut [f32], scratch: &mut [f32]) {
-    let DirectConv2d { geo: g, weight, bias, relu, .. } = op;
+fn conv_rows_body<const FMA: bool>(
+    op: &DirectConv2d,
+    weight: &[f32],
+    input: &[f32],
+    out: &mut [f32],
+    scratch: &mut [f32],
+) {
+    let DirectConv2d { geo: g, bias, relu, .. } = op;
     let (hp, wp) = g.padded();
     let (plane_pad, plane_out) = (hp * wp, g.oh * g.ow);
     let (padded, wide) = scratch.split_at_mut(g.c * plane_pad);
@@ -261,12 +272,19 @@ fn conv_rows_body<const FMA: bool>(op: &DirectConv2d, input: &[f32], out: &mut [
                     }
                 }
             }
-            for (oy, row) in yo.chunks_exact_mut(g.ow).enumerate() {
-                row.copy_from_slice(&wide[oy * wp..][..g.ow]);
-                if *relu {
-                    row.iter_mut().for_each(|v| *v = v.max(0.0));
-                }
+            copy_wide(wide, wp, g.ow, yo);
+            if *relu {
+                yo.iter_mut().for_each(|v| *v = v.max(0.0));
             }
         }
+    }
+}
+
+/// Copies the `ow` real columns of each wide row (stride `wp`) into `plane` (`ow` floats per row). Also the copy-out
+/// of the blocked convolutions without AVX-512.
+#[inline(always)]
+pub(super) fn copy_wide(wide: &[f32], wp: usize, ow: usize, plane: &mut [f32]) {
+    for (src, row) in wide.chunks(wp).zip(plane.chunks_exact_mut(ow)) {
+        row.copy_from_slice(&src[..ow]);
     }
 }

@@ -2,10 +2,10 @@
 //! generated from one body by `blocked!`.
 //!
 //! The output of one sample is computed as `co` wide planes (see `conv.rs`) of `oh x wp` positions, cut into
-//! vector-sized chunks. A register tile is `OB` output channels x `RB` = 3 chunks, initialised with the bias: 8 x 3 =
-//! 24 of AVX-512's 32 registers, 4 x 3 = 12 of AVX2's 16. For each of the `c x kh x kw` weights the tile loads 3
+//! vector-sized chunks. A register tile is `OB` output channels x `RB` chunks, initialised with the bias: 8 x 3 = 24
+//! of AVX-512's 32 registers, 6 x 2 = 12 of AVX2's 16. For each of the `c x kh x kw` weights the tile loads `RB`
 //! input vectors (the padded input at the tile's positions shifted by that weight's offset: unaligned loads, no
-//! gather) and broadcasts `OB` weights, then does `OB x 3` FMAs, so the loop is bound by the FMA units rather than
+//! gather) and broadcasts `OB` weights, then does `OB x RB` FMAs, so the loop is bound by the FMA units rather than
 //! by loads. A block's weights (`OB x c x kh x kw` floats, 9 KiB for 32 -> 64 channels of 3x3 on AVX-512) and the
 //! padded input stay in L1/L2 while the tiles sweep the positions. A ReLU is applied on the registers; a 2x2
 //! max-pool while copying the wide planes out.
@@ -17,7 +17,8 @@
 
 use std::arch::x86_64::*;
 
-use super::conv::ConvGeo;
+use super::conv::{ConvGeo, copy_wide};
+use super::pool::max2x2;
 
 /// Which blocked kernel runs a layer.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -86,6 +87,11 @@ pub(super) struct Packed {
 }
 
 impl Packed {
+    /// The packed weights (what the op's equality and hash go by).
+    pub fn weights(&self) -> &[f32] {
+        &self.weights
+    }
+
     pub fn new(g: &ConvGeo, weight: &[f32], kernel: Blocked) -> Packed {
         let (k, ob) = (g.c * g.kh * g.kw, kernel.ob());
         let mut weights = vec![0f32; g.co.div_ceil(ob) * k * ob];
@@ -110,7 +116,7 @@ fn lanes(n: usize) -> __mmask16 {
     ((1u32 << n) - 1) as __mmask16
 }
 
-/// Copies the `ow` real columns of each wide row (stride `wp`) into `plane` (`ow` floats per row).
+/// [`copy_wide`] with masked AVX-512 moves.
 #[target_feature(enable = "avx512f")]
 fn copy_out_avx512(wide: &[f32], wp: usize, ow: usize, plane: &mut [f32]) {
     for (src, row) in wide.chunks(wp).zip(plane.chunks_exact_mut(ow)) {
@@ -125,8 +131,7 @@ fn copy_out_avx512(wide: &[f32], wp: usize, ow: usize, plane: &mut [f32]) {
     }
 }
 
-/// 2x2 max-pool of stride 2 of the wide plane (stride `wp`) into `plane` (`pw` floats per row); a last odd row or
-/// column is dropped, as ONNX's floor rounding does.
+/// [`max2x2`] with AVX-512: masked loads, and two permutes to pair the columns.
 #[target_feature(enable = "avx512f")]
 fn pool_out_avx512(wide: &[f32], wp: usize, pw: usize, plane: &mut [f32]) {
     let even = _mm512_set_epi32(30, 28, 26, 24, 22, 20, 18, 16, 14, 12, 10, 8, 6, 4, 2, 0);
@@ -152,28 +157,10 @@ fn pool_out_avx512(wide: &[f32], wp: usize, pw: usize, plane: &mut [f32]) {
     }
 }
 
-/// [`copy_out_avx512`] without AVX-512 (the compiler vectorises it for the caller's features).
-#[inline(always)]
-fn copy_out_rows(wide: &[f32], wp: usize, ow: usize, plane: &mut [f32]) {
-    for (src, row) in wide.chunks(wp).zip(plane.chunks_exact_mut(ow)) {
-        row.copy_from_slice(&src[..ow]);
-    }
-}
-
-/// [`pool_out_avx512`] without AVX-512.
-#[inline(always)]
-fn pool_out_rows(wide: &[f32], wp: usize, pw: usize, plane: &mut [f32]) {
-    for (py, row) in plane.chunks_exact_mut(pw).enumerate() {
-        let (r0, r1) = (&wide[2 * py * wp..][..2 * pw], &wide[(2 * py + 1) * wp..][..2 * pw]);
-        for ((o, a), b) in row.iter_mut().zip(r0.chunks_exact(2)).zip(r1.chunks_exact(2)) {
-            *o = a[0].max(a[1]).max(b[0].max(b[1]));
-        }
-    }
-}
-
 /// One kernel per vector extension, from the same body: `$feat` the target features, `$lanes` floats per vector,
 /// `$ob` output channels x `$rb` chunks per tile (within the register file: 24 of AVX-512's 32 registers, 12 of
-/// AVX2's 16, leaving room for the inputs and the broadcast weight), then the intrinsics and the copy-out functions (plain and 2x2-pooled).
+/// AVX2's 16, leaving room for the inputs and the broadcast weight), then the intrinsics and the copy-out functions
+/// (plain and 2x2-pooled).
 macro_rules! blocked {
     ($m:ident, $feat:literal, $lanes:expr, $ob:expr, $rb:expr, $zero:ident, $set1:ident, $loadu:ident, $storeu:ident,
      $fmadd:ident, $max:ident, $copy:path, $pool:path) => {
@@ -302,4 +289,4 @@ blocked!(avx512, "avx512f", 16, 8, 3, _mm512_setzero_ps, _mm512_set1_ps, _mm512_
          _mm512_fmadd_ps, _mm512_max_ps, copy_out_avx512, pool_out_avx512);
 #[rustfmt::skip]
 blocked!(avx2, "avx2,fma", 8, 6, 2, _mm256_setzero_ps, _mm256_set1_ps, _mm256_loadu_ps, _mm256_storeu_ps,
-         _mm256_fmadd_ps, _mm256_max_ps, copy_out_rows, pool_out_rows);
+         _mm256_fmadd_ps, _mm256_max_ps, copy_wide, max2x2);
