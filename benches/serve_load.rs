@@ -61,8 +61,12 @@ fn opts() -> Opts {
 
 fn model() -> (Vec<u8>, Vec<f32>) {
     let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("data/mnist10k");
-    let raw = Dataset::from_idx_files(dir.join("images-idx3-ubyte.gz"), dir.join("labels-idx1-ubyte.gz"), Normalization::None)
-        .unwrap();
+    let raw = Dataset::from_idx_files(
+        dir.join("images-idx3-ubyte.gz"),
+        dir.join("labels-idx1-ubyte.gz"),
+        Normalization::None,
+    )
+    .unwrap();
     let (tr, te) = raw.split_at(8_000).unwrap();
     let pre = Standardization::fit(&tr.features);
     let mut f = tr.features.clone();
@@ -142,7 +146,9 @@ fn cpu_us(pid: u32) -> f64 {
 
 fn report(label: &str, c: usize, mut lat_us: Vec<u32>, elapsed: Duration, errors: usize, server_cpu_us: f64) {
     lat_us.sort_unstable();
-    let q = |p: f64| lat_us.get(((lat_us.len() as f64 * p) as usize).min(lat_us.len().saturating_sub(1))).copied().unwrap_or(0);
+    let q = |p: f64| {
+        lat_us.get(((lat_us.len() as f64 * p) as usize).min(lat_us.len().saturating_sub(1))).copied().unwrap_or(0)
+    };
     let per_req = if lat_us.is_empty() { 0.0 } else { server_cpu_us / lat_us.len() as f64 };
     println!(
         "{label:<12} c={c:<3} {:>8.0} req/s  p50 {:>6.2} ms  p99 {:>6.2} ms  p99.9 {:>6.2} ms  errors {errors}  server CPU {per_req:>5.1} us/req",
@@ -207,7 +213,12 @@ async fn grpc_loop(addr: SocketAddr, x: Vec<f32>, until: Instant) -> (Vec<u32>, 
     while Instant::now() < until {
         let req = ModelInferRequest {
             model_name: "mnist".into(),
-            inputs: vec![InferInputTensor { name: "input".into(), datatype: "FP32".into(), shape: vec![1, 784], ..Default::default() }],
+            inputs: vec![InferInputTensor {
+                name: "input".into(),
+                datatype: "FP32".into(),
+                shape: vec![1, 784],
+                ..Default::default()
+            }],
             raw_input_contents: vec![raw.clone()],
             ..Default::default()
         };
@@ -234,10 +245,16 @@ async fn sweep(o: &Opts, srv: &Server, x: &[f32]) {
             req.push_str("\r\n");
             let mut req = req.into_bytes();
             req.extend_from_slice(&body);
-            run_clients(label, c, o.duration, srv.child.id(), |until| tokio::spawn(http_loop(srv.http, req.clone(), until))).await;
+            run_clients(label, c, o.duration, srv.child.id(), |until| {
+                tokio::spawn(http_loop(srv.http, req.clone(), until))
+            })
+            .await;
         }
         let xs = x.to_vec();
-        run_clients("grpc", c, o.duration, srv.child.id(), |until| tokio::spawn(grpc_loop(srv.grpc, xs.clone(), until))).await;
+        run_clients("grpc", c, o.duration, srv.child.id(), |until| {
+            tokio::spawn(grpc_loop(srv.grpc, xs.clone(), until))
+        })
+        .await;
     }
 }
 

@@ -29,7 +29,8 @@ struct Load {
 fn start_load(gateway: SocketAddr) -> (Arc<Load>, Vec<std::thread::JoinHandle<()>>) {
     let load = Arc::new(Load::default());
     let row: Vec<String> = (0..784).map(|i| format!("{:.3}", (i % 17) as f32 / 17.0)).collect();
-    let body = format!(r#"{{"inputs":[{{"name":"input","datatype":"FP32","shape":[1,784],"data":[{}]}}]}}"#, row.join(","));
+    let body =
+        format!(r#"{{"inputs":[{{"name":"input","datatype":"FP32","shape":[1,784],"data":[{}]}}]}}"#, row.join(","));
     let threads = (0..CLIENTS)
         .map(|_| {
             let (load, body) = (load.clone(), body.clone());
@@ -60,7 +61,13 @@ async fn deployment(c: &Cluster, name: &str) -> Option<Deployment> {
 }
 
 /// Polls the deployment until `pred` holds.
-async fn wait_deployment(c: &Cluster, name: &str, within: Duration, what: &str, pred: impl Fn(&Deployment) -> bool) -> Deployment {
+async fn wait_deployment(
+    c: &Cluster,
+    name: &str,
+    within: Duration,
+    what: &str,
+    pred: impl Fn(&Deployment) -> bool,
+) -> Deployment {
     let deadline = Instant::now() + within;
     loop {
         if let Some(d) = deployment(c, name).await
@@ -127,7 +134,16 @@ async fn replicas_recover_from_sigkill_and_roll_over_without_failed_requests() {
     let ready_file = c.path().join("gateway.json");
     let mut gateway_proc = c.spawn_aidos(
         "gateway",
-        &["serve", "gateway", "--http", "127.0.0.1:0", "--grpc", "127.0.0.1:0", "--ready-file", ready_file.to_str().unwrap()],
+        &[
+            "serve",
+            "gateway",
+            "--http",
+            "127.0.0.1:0",
+            "--grpc",
+            "127.0.0.1:0",
+            "--ready-file",
+            ready_file.to_str().unwrap(),
+        ],
     );
     let deadline = Instant::now() + Duration::from_secs(30);
     while !ready_file.exists() {
@@ -138,8 +154,19 @@ async fn replicas_recover_from_sigkill_and_roll_over_without_failed_requests() {
     let gateway: SocketAddr = addrs["http"].as_str().unwrap().parse().unwrap();
 
     let (code, out, err) = c.cli(&[
-        "serve", "deploy", "digits:1", "--replicas", "2", "--cpus", "500m", "--memory", "256Mi", "--max-delay-us", "200",
-        "--wait-secs", "120",
+        "serve",
+        "deploy",
+        "digits:1",
+        "--replicas",
+        "2",
+        "--cpus",
+        "500m",
+        "--memory",
+        "256Mi",
+        "--max-delay-us",
+        "200",
+        "--wait-secs",
+        "120",
     ]);
     if code != 0 {
         dump_logs(&c);
@@ -194,8 +221,23 @@ async fn replicas_recover_from_sigkill_and_roll_over_without_failed_requests() {
     eprintln!("after SIGKILL: {failed_on_kill} failed; replacement {restarted:?}");
 
     // Roll over to version 2 under the same load: no request fails.
-    let (code, out, err) = c.cli(&["serve", "deploy", "digits:2", "--name", "digits", "--replicas", "2", "--cpus", "500m",
-        "--memory", "256Mi", "--max-delay-us", "200", "--wait-secs", "180"]);
+    let (code, out, err) = c.cli(&[
+        "serve",
+        "deploy",
+        "digits:2",
+        "--name",
+        "digits",
+        "--replicas",
+        "2",
+        "--cpus",
+        "500m",
+        "--memory",
+        "256Mi",
+        "--max-delay-us",
+        "200",
+        "--wait-secs",
+        "180",
+    ]);
     if code != 0 {
         dump_logs(&c);
     }
@@ -218,14 +260,19 @@ async fn replicas_recover_from_sigkill_and_roll_over_without_failed_requests() {
     assert_eq!(failed_in_rollout, 0, "requests failed during the rollout: {:?}", first(&load.errors.lock().unwrap()));
     let versions = load.versions.lock().unwrap().clone();
     assert!(versions.get("1").is_some_and(|n| *n > 0) && versions.get("2").is_some_and(|n| *n > 0), "{versions:?}");
-    eprintln!("served {} requests ({versions:?}); replicas now {:?}", load.ok.load(Ordering::Relaxed), d.replica_status);
+    eprintln!(
+        "served {} requests ({versions:?}); replicas now {:?}",
+        load.ok.load(Ordering::Relaxed),
+        d.replica_status
+    );
 
     // Delete: every replica stops and the gateway stops routing the name.
     let (code, _, err) = c.cli(&["serve", "delete", "digits"]);
     assert_eq!(code, 0, "{err}");
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
-        let live = c.list_all().await.into_iter().filter(|j| j.spec.as_ref().is_some_and(|s| s.kind == JobKind::Serve as i32));
+        let live =
+            c.list_all().await.into_iter().filter(|j| j.spec.as_ref().is_some_and(|s| s.kind == JobKind::Serve as i32));
         let live = live.filter(|j| !state_of(j).is_terminal()).count();
         let (status, _) = http(gateway, "GET", "/v2/models/digits", "");
         if live == 0 && status == 404 {

@@ -19,7 +19,8 @@ const TOKEN: &str = "s3cret-enrolment-token";
 /// One inference on an agent: (HTTP status, model_version answered).
 fn infer(agent: SocketAddr) -> (u16, String) {
     let row: Vec<String> = (0..784).map(|i| format!("{:.3}", (i % 13) as f32 / 13.0)).collect();
-    let body = format!(r#"{{"inputs":[{{"name":"input","datatype":"FP32","shape":[1,784],"data":[{}]}}]}}"#, row.join(","));
+    let body =
+        format!(r#"{{"inputs":[{{"name":"input","datatype":"FP32","shape":[1,784],"data":[{}]}}]}}"#, row.join(","));
     let (status, resp) = http(agent, "POST", "/v2/models/digits/infer", &body);
     if status != 200 {
         return (status, resp);
@@ -50,9 +51,24 @@ impl Agent {
         let proc = c.spawn_aidos(
             &format!("agent-{name}"),
             &[
-                "edge", "agent", "--server", &c.addrs().join(","), "--device", name, "--labels", labels, "--cache",
-                cache.to_str().unwrap(), "--listen", "127.0.0.1:0", "--sync-ms", "200", "--ready-file",
-                ready_file.to_str().unwrap(), "--enrollment-token", token,
+                "edge",
+                "agent",
+                "--server",
+                &c.addrs().join(","),
+                "--device",
+                name,
+                "--labels",
+                labels,
+                "--cache",
+                cache.to_str().unwrap(),
+                "--listen",
+                "127.0.0.1:0",
+                "--sync-ms",
+                "200",
+                "--ready-file",
+                ready_file.to_str().unwrap(),
+                "--enrollment-token",
+                token,
             ],
         );
         Agent { proc, ready_file }
@@ -73,7 +89,12 @@ impl Agent {
             {
                 return v["http"].as_str().unwrap().parse().unwrap();
             }
-            assert!(Instant::now() < deadline, "agent not serving ({}): {}", self.proc.exit_status(), self.proc.output());
+            assert!(
+                Instant::now() < deadline,
+                "agent not serving ({}): {}",
+                self.proc.exit_status(),
+                self.proc.output()
+            );
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
     }
@@ -120,7 +141,8 @@ async fn agents_run_signed_deployments_offline_and_roll_back_bad_ones() {
     assert_ne!(code, 0);
     assert!(err.contains("nosuch"), "{err}");
     let jobs = c.list_all().await;
-    let exports: Vec<_> = jobs.iter().filter(|j| j.spec.as_ref().is_some_and(|s| s.kind == JobKind::Export as i32)).collect();
+    let exports: Vec<_> =
+        jobs.iter().filter(|j| j.spec.as_ref().is_some_and(|s| s.kind == JobKind::Export as i32)).collect();
     assert_eq!(exports.len(), 2, "{exports:#?}");
     assert!(exports.iter().all(|j| state_of(j) == JobState::Succeeded), "{exports:#?}");
 
@@ -145,7 +167,10 @@ async fn agents_run_signed_deployments_offline_and_roll_back_bad_ones() {
     assert!(s.message().contains("enrolment token missing"), "{s:?}");
     let s = e.enroll(rogue("cam-1", "guess")).await.unwrap_err();
     assert!(s.message().contains("another credential"), "{s:?}");
-    let s = e.sync(EdgeSyncRequest { device: "cam-1".into(), credential: vec![7; 32], ..Default::default() }).await.unwrap_err();
+    let s = e
+        .sync(EdgeSyncRequest { device: "cam-1".into(), credential: vec![7; 32], ..Default::default() })
+        .await
+        .unwrap_err();
     assert_eq!(s.code(), tonic::Code::Unauthenticated, "{s:?}");
     assert!(device(&c, "rogue-1").await.is_none());
     assert!(device(&c, "cam-1").await.unwrap().credential_hash.is_empty(), "the credential hash is listed");
@@ -155,7 +180,10 @@ async fn agents_run_signed_deployments_offline_and_roll_back_bad_ones() {
     assert_eq!(code, 0, "{err}");
     assert!(out.contains("signed"), "{out}");
     assert!(err.contains("export job"), "digits:1 had no ONNX artifact: exported by a job: {err}");
-    wait_for("serving v1 on cam-1", Duration::from_secs(30), async || (infer(cam_addr) == (200, "1".into())).then_some(())).await;
+    wait_for("serving v1 on cam-1", Duration::from_secs(30), async || {
+        (infer(cam_addr) == (200, "1".into())).then_some(())
+    })
+    .await;
     let d = wait_for("cam-1 reported", Duration::from_secs(10), async || {
         device(&c, "cam-1").await.filter(|d| status(d).version == 1 && status(d).health == "ok")
     })
@@ -165,7 +193,12 @@ async fn agents_run_signed_deployments_offline_and_roll_back_bad_ones() {
     assert_eq!(infer(door_addr).0, 404, "the other fleet runs it too");
     let artifact1 = status(&d).artifact.clone();
     let s = e
-        .download(DownloadRequest { device: "cam-1".into(), artifact: artifact1, max_bytes: 1024, ..Default::default() })
+        .download(DownloadRequest {
+            device: "cam-1".into(),
+            artifact: artifact1,
+            max_bytes: 1024,
+            ..Default::default()
+        })
         .await
         .unwrap_err();
     assert_eq!(s.code(), tonic::Code::Unauthenticated, "a download without the device's credential: {s:?}");
@@ -177,7 +210,8 @@ async fn agents_run_signed_deployments_offline_and_roll_back_bad_ones() {
     c.kill_node(1);
     cams.restart();
     let cam_addr = cams.addr().await;
-    wait_for("serving from the cache", Duration::from_secs(20), async || (infer(cam_addr).0 == 200).then_some(())).await;
+    wait_for("serving from the cache", Duration::from_secs(20), async || (infer(cam_addr).0 == 200).then_some(()))
+        .await;
     for _ in 0..20 {
         assert_eq!(infer(cam_addr), (200, "1".into()));
     }
@@ -241,7 +275,8 @@ async fn agents_run_signed_deployments_offline_and_roll_back_bad_ones() {
     // A good deployment of version 2 replaces version 1.
     let (code, _, err) = c.cli(&["edge", "deploy", "digits:2", "--selector", "fleet=cams"]);
     assert_eq!(code, 0, "{err}");
-    wait_for("serving v2", Duration::from_secs(30), async || (infer(cam_addr) == (200, "2".into())).then_some(())).await;
+    wait_for("serving v2", Duration::from_secs(30), async || (infer(cam_addr) == (200, "2".into())).then_some(()))
+        .await;
     assert_eq!(infer(door_addr).0, 404);
     let d = device(&c, "door-1").await.unwrap();
     assert!(status(&d).model.is_empty(), "{d:?}");
@@ -265,6 +300,11 @@ async fn every_node_reports_when_a_device_was_last_seen() {
         let d = e.list_devices(ListDevicesRequest { name: "cam-9".into() }).await.unwrap().into_inner().devices;
         let d = d.first().unwrap_or_else(|| panic!("{addr}: no cam-9"));
         assert_eq!(d.status_at_ms, first.status_at_ms, "an idle agent committed a report");
-        assert!(d.last_seen_ms >= d.status_at_ms + 1000, "{addr}: last seen {} vs report {}", d.last_seen_ms, d.status_at_ms);
+        assert!(
+            d.last_seen_ms >= d.status_at_ms + 1000,
+            "{addr}: last seen {} vs report {}",
+            d.last_seen_ms,
+            d.status_at_ms
+        );
     }
 }

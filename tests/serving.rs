@@ -43,8 +43,12 @@ struct Fixture {
 
 fn fixture() -> Fixture {
     let dir = repo_root().join("data/mnist10k");
-    let raw = Dataset::from_idx_files(dir.join("images-idx3-ubyte.gz"), dir.join("labels-idx1-ubyte.gz"), Normalization::None)
-        .unwrap();
+    let raw = Dataset::from_idx_files(
+        dir.join("images-idx3-ubyte.gz"),
+        dir.join("labels-idx1-ubyte.gz"),
+        Normalization::None,
+    )
+    .unwrap();
     let (train_raw, test_raw) = raw.split_at(3_000).unwrap();
     let pre = Standardization::fit(&train_raw.features);
     let mut f = train_raw.features.clone();
@@ -83,8 +87,7 @@ async fn start_server(fx: &Fixture, limits: Limits) -> (RunningServer, Vec<Strin
         }
     }
     let cfg = ServerConfig { http: "127.0.0.1:0".parse().unwrap(), grpc: "127.0.0.1:0".parse().unwrap() };
-    let state =
-        Arc::new(ServerState { repo, limits, name: "aidos".into(), model_dir: None, defaults: batch });
+    let state = Arc::new(ServerState { repo, limits, name: "aidos".into(), model_dir: None, defaults: batch });
     (aidos_serve::start(&cfg, state).await.unwrap(), names)
 }
 
@@ -117,7 +120,8 @@ async fn tritonclient_http_and_grpc_match_in_process_outputs_on_every_runtime() 
 /// One HTTP/1.1 request on a fresh connection; returns (status, body).
 fn http(addr: SocketAddr, method: &str, path: &str, headers: &[(&str, String)], body: &[u8]) -> (u16, String) {
     let mut s = std::net::TcpStream::connect(addr).unwrap();
-    let mut req = format!("{method} {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\nContent-Length: {}\r\n", body.len());
+    let mut req =
+        format!("{method} {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\nContent-Length: {}\r\n", body.len());
     for (k, v) in headers {
         req.push_str(&format!("{k}: {v}\r\n"));
     }
@@ -151,9 +155,24 @@ async fn bad_input_is_refused_by_name_and_the_server_keeps_serving() {
         ("wrong datatype", 400, "datatype INT64 does not match the model's FP32", json_req(&[1, 784], "INT64", &row)),
         ("too large", 413, "exceed the limit", json_req(&[65, 784], "FP32", &vec![0.5; 65 * 784])),
         ("malformed JSON", 400, "malformed JSON request", b"{\"inputs\": [".to_vec()),
-        ("NaN literal", 400, "NaN is not valid JSON", b"{\"inputs\":[{\"name\":\"input\",\"shape\":[1,1],\"datatype\":\"FP32\",\"data\":[NaN]}]}".to_vec()),
-        ("unknown input", 400, "unknown input `pixels`", br#"{"inputs":[{"name":"pixels","shape":[1,784],"datatype":"FP32","data":[]}]}"#.to_vec()),
-        ("string data", 400, "data[0] is not a number", br#"{"inputs":[{"name":"input","shape":[1,1],"datatype":"FP32","data":["a"]}]}"#.to_vec()),
+        (
+            "NaN literal",
+            400,
+            "NaN is not valid JSON",
+            b"{\"inputs\":[{\"name\":\"input\",\"shape\":[1,1],\"datatype\":\"FP32\",\"data\":[NaN]}]}".to_vec(),
+        ),
+        (
+            "unknown input",
+            400,
+            "unknown input `pixels`",
+            br#"{"inputs":[{"name":"pixels","shape":[1,784],"datatype":"FP32","data":[]}]}"#.to_vec(),
+        ),
+        (
+            "string data",
+            400,
+            "data[0] is not a number",
+            br#"{"inputs":[{"name":"input","shape":[1,1],"datatype":"FP32","data":["a"]}]}"#.to_vec(),
+        ),
     ];
     for (what, status, needle, body) in cases {
         let (code, text) = http(h, "POST", "/v2/models/mnist-tract/infer", &[], &body);
@@ -163,16 +182,24 @@ async fn bad_input_is_refused_by_name_and_the_server_keeps_serving() {
     // NaN through the binary extension (JSON cannot carry it).
     let mut nan = row.clone();
     nan[3] = f32::NAN;
-    let head = br#"{"inputs":[{"name":"input","shape":[1,784],"datatype":"FP32","parameters":{"binary_data_size":3136}}]}"#;
+    let head =
+        br#"{"inputs":[{"name":"input","shape":[1,784],"datatype":"FP32","parameters":{"binary_data_size":3136}}]}"#;
     let mut body = head.to_vec();
     body.extend(nan.iter().flat_map(|v| v.to_le_bytes()));
-    let (code, text) = http(h, "POST", "/v2/models/mnist-tract/infer", &[("Inference-Header-Content-Length", head.len().to_string())], &body);
+    let (code, text) = http(
+        h,
+        "POST",
+        "/v2/models/mnist-tract/infer",
+        &[("Inference-Header-Content-Length", head.len().to_string())],
+        &body,
+    );
     assert_eq!(code, 400, "{text}");
     assert!(text.contains("value #3 is NaN"), "{text}");
     // Unknown model / version.
     let (code, text) = http(h, "POST", "/v2/models/nope/infer", &[], &json_req(&[1, 784], "FP32", &row));
     assert_eq!((code, text.contains("unknown model `nope`")), (404, true), "{text}");
-    let (code, text) = http(h, "POST", "/v2/models/mnist-tract/versions/9/infer", &[], &json_req(&[1, 784], "FP32", &row));
+    let (code, text) =
+        http(h, "POST", "/v2/models/mnist-tract/versions/9/infer", &[], &json_req(&[1, 784], "FP32", &row));
     assert_eq!((code, text.contains("no version `9`")), (404, true), "{text}");
     let (code, _) = http(h, "GET", "/v2/models/nope/ready", &[], b"");
     assert_eq!(code, 404);
@@ -208,7 +235,8 @@ async fn bad_input_is_refused_by_name_and_the_server_keeps_serving() {
     let (code, text) = http(h, "POST", "/v2/models/mnist-tract/infer", &[], &json_req(&[1, 784], "FP32", &row));
     assert_eq!(code, 200, "{text}");
     let v: serde_json::Value = serde_json::from_str(&text).unwrap();
-    let got: Vec<f32> = v["outputs"][0]["data"].as_array().unwrap().iter().map(|x| x.as_f64().unwrap() as f32).collect();
+    let got: Vec<f32> =
+        v["outputs"][0]["data"].as_array().unwrap().iter().map(|x| x.as_f64().unwrap() as f32).collect();
     let worst = got.iter().zip(&fx.expected[..10]).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
     assert!(worst < 1e-4, "served {got:?} vs {:?}", &fx.expected[..10]);
     let ok = g.model_infer(req("mnist-burn", vec![1, 784], "FP32", row)).await.unwrap().into_inner();
@@ -216,6 +244,9 @@ async fn bad_input_is_refused_by_name_and_the_server_keeps_serving() {
     // Metrics saw failures and successes.
     let (code, text) = http(h, "GET", "/metrics", &[], b"");
     assert_eq!(code, 200);
-    assert!(text.contains("aidos_inference_requests_total{model=\"mnist-tract\",version=\"1\",outcome=\"success\"}"), "{text}");
+    assert!(
+        text.contains("aidos_inference_requests_total{model=\"mnist-tract\",version=\"1\",outcome=\"success\"}"),
+        "{text}"
+    );
     server.shutdown().await;
 }

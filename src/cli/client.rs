@@ -153,8 +153,10 @@ impl Client {
         F: FnMut(aidos_api::serve_service_client::ServeServiceClient<Channel>) -> Fut,
         Fut: Future<Output = Result<T, Status>>,
     {
-        self.call(|ch| f(aidos_api::serve_service_client::ServeServiceClient::new(ch).max_decoding_message_size(MAX_MESSAGE)))
-            .await
+        self.call(|ch| {
+            f(aidos_api::serve_service_client::ServeServiceClient::new(ch).max_decoding_message_size(MAX_MESSAGE))
+        })
+        .await
     }
 
     fn use_addr(&mut self, addr: String) {

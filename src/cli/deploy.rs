@@ -8,7 +8,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use aidos_api::contract::task_env;
-use aidos_api::v1::{DeleteDeploymentRequest, DeployRequest, Deployment, ListDeploymentsRequest, ReportEndpointRequest};
+use aidos_api::v1::{
+    DeleteDeploymentRequest, DeployRequest, Deployment, ListDeploymentsRequest, ReportEndpointRequest,
+};
 use aidos_runtime::RuntimeKind;
 use aidos_serve::remote::RemoteModel;
 use aidos_serve::{Limits, Metrics, Repository, ServerConfig, ServerState};
@@ -85,7 +87,12 @@ pub async fn deploy(g: &Global, a: DeployArgs) -> anyhow::Result<()> {
         max_queue: a.max_queue,
         resources: Some(aidos_api::v1::Resources { cpu_millis: a.cpus, memory_bytes: a.memory, gpus: 0 }),
     };
-    let d = c.serve(|mut s| { let r = req.clone(); async move { s.deploy(r).await } }).await
+    let d = c
+        .serve(|mut s| {
+            let r = req.clone();
+            async move { s.deploy(r).await }
+        })
+        .await
         .map_err(|s| status_error(s, ""))?
         .into_inner();
     let spec = d.spec.clone().unwrap_or_default();
@@ -119,7 +126,12 @@ pub async fn deploy(g: &Global, a: DeployArgs) -> anyhow::Result<()> {
 
 async fn get(c: &mut Client, name: &str) -> anyhow::Result<Deployment> {
     let req = ListDeploymentsRequest { name: name.to_string() };
-    let l = c.serve(|mut s| { let r = req.clone(); async move { s.list(r).await } }).await
+    let l = c
+        .serve(|mut s| {
+            let r = req.clone();
+            async move { s.list(r).await }
+        })
+        .await
         .map_err(|s| status_error(s, ""))?
         .into_inner();
     l.deployments.into_iter().next().ok_or_else(|| anyhow::anyhow!("deployment {name} not found"))
@@ -127,7 +139,9 @@ async fn get(c: &mut Client, name: &str) -> anyhow::Result<Deployment> {
 
 pub async fn list(g: &Global) -> anyhow::Result<()> {
     let mut c = Client::new(&g.scheduler)?;
-    let l = c.serve(|mut s| async move { s.list(ListDeploymentsRequest::default()).await }).await
+    let l = c
+        .serve(|mut s| async move { s.list(ListDeploymentsRequest::default()).await })
+        .await
         .map_err(|s| status_error(s, ""))?
         .into_inner();
     if g.output == Output::Json {
@@ -161,7 +175,10 @@ pub async fn list(g: &Global) -> anyhow::Result<()> {
             ]);
         }
     }
-    render::print_table(&["DEPLOYMENT / REPLICA", "MODEL", "GEN", "READY", "RUNTIME / WORKER", "ENDPOINTS", "STATUS"], &rows);
+    render::print_table(
+        &["DEPLOYMENT / REPLICA", "MODEL", "GEN", "READY", "RUNTIME / WORKER", "ENDPOINTS", "STATUS"],
+        &rows,
+    );
     Ok(())
 }
 
@@ -192,8 +209,12 @@ fn deployment_json(d: &Deployment) -> serde_json::Value {
 pub async fn delete(g: &Global, name: &str) -> anyhow::Result<()> {
     let mut c = Client::new(&g.scheduler)?;
     let req = DeleteDeploymentRequest { name: name.to_string() };
-    c.serve(|mut s| { let r = req.clone(); async move { s.delete(r).await } }).await
-        .map_err(|s| status_error(s, ""))?;
+    c.serve(|mut s| {
+        let r = req.clone();
+        async move { s.delete(r).await }
+    })
+    .await
+    .map_err(|s| status_error(s, ""))?;
     println!("deployment {name} deleted; its replicas are stopping");
     Ok(())
 }
@@ -202,7 +223,8 @@ pub async fn delete(g: &Global, name: &str) -> anyhow::Result<()> {
 const DRAIN_DELAY: Duration = Duration::from_millis(1000);
 
 fn env(var: &str) -> anyhow::Result<String> {
-    std::env::var(var).map_err(|_| anyhow::anyhow!("{var} is not set: `aidos serve replica` runs as a deployment's task"))
+    std::env::var(var)
+        .map_err(|_| anyhow::anyhow!("{var} is not set: `aidos serve replica` runs as a deployment's task"))
 }
 
 /// One replica of a deployment, started by a worker with the task environment (AIDOS_* and AIDOS_SERVE_*): loads
@@ -234,7 +256,12 @@ pub async fn replica(batch: BatchArgs) -> anyhow::Result<()> {
     });
     let server = aidos_serve::start(&server_cfg, state).await.context("binding the replica's listeners")?;
     let (http, grpc) = (format!("{host}:{}", server.http.port()), format!("{host}:{}", server.grpc.port()));
-    println!("replica of {deployment} ({}:{} on {}) serving: HTTP {http} gRPC {grpc}", m.name, m.version, kind.as_str());
+    println!(
+        "replica of {deployment} ({}:{} on {}) serving: HTTP {http} gRPC {grpc}",
+        m.name,
+        m.version,
+        kind.as_str()
+    );
     let report = ReportEndpointRequest {
         worker_id: task.worker_id.clone(),
         attempt: Some(task.attempt_ref()),
@@ -246,7 +273,13 @@ pub async fn replica(batch: BatchArgs) -> anyhow::Result<()> {
     let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
     loop {
         let r = report.clone();
-        match client.serve(|mut s| { let r = r.clone(); async move { s.report_endpoint(r).await } }).await {
+        match client
+            .serve(|mut s| {
+                let r = r.clone();
+                async move { s.report_endpoint(r).await }
+            })
+            .await
+        {
             Ok(_) => break,
             Err(s) if tokio::time::Instant::now() < deadline && super::client::is_retryable(&s) => {
                 tokio::time::sleep(Duration::from_millis(500)).await;

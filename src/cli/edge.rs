@@ -66,7 +66,10 @@ where
     F: Fn(EdgeServiceClient<tonic::transport::Channel>) -> Fut,
     Fut: std::future::Future<Output = Result<tonic::Response<T>, tonic::Status>>,
 {
-    Ok(c.call(|ch| f(EdgeServiceClient::new(ch).max_decoding_message_size(64 << 20))).await.map_err(|s| status_error(s, ""))?.into_inner())
+    Ok(c.call(|ch| f(EdgeServiceClient::new(ch).max_decoding_message_size(64 << 20)))
+        .await
+        .map_err(|s| status_error(s, ""))?
+        .into_inner())
 }
 
 /// A deterministic sample row in [0, 1) for the health check.
@@ -185,9 +188,11 @@ async fn telemetry(g: &Global, device: &str, last: usize) -> anyhow::Result<()> 
     if g.output == Output::Json {
         let v: Vec<_> = recs
             .iter()
-            .map(|r| json!({"start_ms": r.start_ms, "end_ms": r.end_ms, "model": r.model, "version": r.version,
+            .map(|r| {
+                json!({"start_ms": r.start_ms, "end_ms": r.end_ms, "model": r.model, "version": r.version,
                             "requests": r.requests, "errors": r.errors, "latency_buckets": r.latency_buckets,
-                            "latency_sum_ms": r.latency_sum_ms}))
+                            "latency_sum_ms": r.latency_sum_ms})
+            })
             .collect();
         print_json(&json!({"device": d.name, "requests": total, "errors": errors, "records": v}));
         return Ok(());
@@ -206,7 +211,10 @@ async fn telemetry(g: &Global, device: &str, last: usize) -> anyhow::Result<()> 
             ]
         })
         .collect();
-    print_table(&["ENDED", "MODEL", "REQUESTS", "ERRORS", "MEAN MS", "LATENCY BUCKETS (<=1 2 5 10 25 50 100 250 ms, more)"], &rows);
+    print_table(
+        &["ENDED", "MODEL", "REQUESTS", "ERRORS", "MEAN MS", "LATENCY BUCKETS (<=1 2 5 10 25 50 100 250 ms, more)"],
+        &rows,
+    );
     println!("{} requests, {} errors in {} intervals", total, errors, d.telemetry.len());
     Ok(())
 }

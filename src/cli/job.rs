@@ -245,7 +245,11 @@ pub fn new_request_id() -> String {
 }
 
 /// Submits one spec under `request_id` (a retry with the same id returns the earlier job).
-pub async fn submit_spec(client: &mut Client, spec: aidos_api::JobSpec, request_id: String) -> anyhow::Result<aidos_api::SubmitResponse> {
+pub async fn submit_spec(
+    client: &mut Client,
+    spec: aidos_api::JobSpec,
+    request_id: String,
+) -> anyhow::Result<aidos_api::SubmitResponse> {
     let req = SubmitRequest { spec: Some(spec), request_id };
     let resp = client
         .job(|mut c| {

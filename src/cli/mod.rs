@@ -122,7 +122,11 @@ impl Command {
     pub fn is_daemon(&self) -> bool {
         matches!(
             self,
-            Command::Up(_) | Command::Server(_) | Command::Worker(_) | Command::Serve(_) | Command::Edge(edge::EdgeCmd::Agent(_))
+            Command::Up(_)
+                | Command::Server(_)
+                | Command::Worker(_)
+                | Command::Serve(_)
+                | Command::Edge(edge::EdgeCmd::Agent(_))
         )
     }
 }

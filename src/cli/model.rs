@@ -77,13 +77,18 @@ async fn export_on_cluster(g: &Global, client: &mut Client, a: ExportArgs) -> an
     let m = get_model(client, &a.model).await?; // fail early, by name, when the model does not exist
     let (id, m) = export_job(g, client, &m, &a.quantize).await?;
     let key = artifact_key(q);
-    let blob = m.artifacts.get(key).ok_or_else(|| anyhow::anyhow!("job {id} succeeded but {}:{} has no `{key}` artifact", m.name, m.version))?;
+    let blob = m
+        .artifacts
+        .get(key)
+        .ok_or_else(|| anyhow::anyhow!("job {id} succeeded but {}:{} has no `{key}` artifact", m.name, m.version))?;
     if let Some(file) = &a.file {
         let bytes = blob_store(g)?.get(&BlobId::parse(blob)?)?;
         std::fs::write(file, &*bytes).map_err(|e| anyhow::anyhow!("writing {}: {e}", file.display()))?;
     }
     if g.output == Output::Json {
-        print_json(&json!({"model": format!("{}:{}", m.name, m.version), "job_id": id, "artifact": key, "blob": blob, "file": a.file}));
+        print_json(
+            &json!({"model": format!("{}:{}", m.name, m.version), "job_id": id, "artifact": key, "blob": blob, "file": a.file}),
+        );
     } else {
         println!("exported {}:{} on the cluster (job {id}): artifact `{key}` = {blob}", m.name, m.version);
     }
@@ -92,7 +97,12 @@ async fn export_on_cluster(g: &Global, client: &mut Client, a: ExportArgs) -> an
 
 /// Runs an `export` job for version `m` on a worker and waits for it; returns the job id and the version as it
 /// is afterwards (with the artifact recorded).
-pub async fn export_job(g: &Global, client: &mut Client, m: &ModelVersion, quantize: &str) -> anyhow::Result<(String, ModelVersion)> {
+pub async fn export_job(
+    g: &Global,
+    client: &mut Client,
+    m: &ModelVersion,
+    quantize: &str,
+) -> anyhow::Result<(String, ModelVersion)> {
     let spec = aidos_api::JobSpec {
         name: format!("export-{}", m.name),
         kind: aidos_api::JobKind::Export as i32,
@@ -118,7 +128,8 @@ pub async fn export_job(g: &Global, client: &mut Client, m: &ModelVersion, quant
 pub async fn export_run() -> anyhow::Result<()> {
     use aidos_api::contract::task_env;
     let task = aidos_sdk::TaskEnv::from_env()?;
-    let model = std::env::var(task_env::EXPORT_MODEL).map_err(|_| anyhow::anyhow!("{} is not set", task_env::EXPORT_MODEL))?;
+    let model =
+        std::env::var(task_env::EXPORT_MODEL).map_err(|_| anyhow::anyhow!("{} is not set", task_env::EXPORT_MODEL))?;
     let quantize = std::env::var(task_env::EXPORT_QUANTIZE).unwrap_or_default();
     let q: aidos_kernels::onnx::Quantize = if quantize.is_empty() { "none".parse()? } else { quantize.parse()? };
     let mut client = Client::new(&task.schedulers)?;
@@ -177,12 +188,17 @@ pub async fn onnx_artifact(
         return Ok((id, bytes));
     }
     let (mv, st) = (m.clone(), store.clone());
-    let bytes = tokio::task::spawn_blocking(move || export_onnx(&mv, &st, aidos_kernels::onnx::Quantize::None)).await??;
+    let bytes =
+        tokio::task::spawn_blocking(move || export_onnx(&mv, &st, aidos_kernels::onnx::Quantize::None)).await??;
     let id = record_artifact(client, store, m, "onnx", &bytes).await?;
     Ok((id, bytes))
 }
 
-pub fn export_onnx(m: &ModelVersion, store: &dyn BlobStore, q: aidos_kernels::onnx::Quantize) -> anyhow::Result<Vec<u8>> {
+pub fn export_onnx(
+    m: &ModelVersion,
+    store: &dyn BlobStore,
+    q: aidos_kernels::onnx::Quantize,
+) -> anyhow::Result<Vec<u8>> {
     let loaded = load(m, store)?;
     let cfg: serde_json::Value = serde_json::from_str(&m.config).unwrap_or_default();
     let opts = aidos_kernels::onnx::ExportOptions {
@@ -370,8 +386,14 @@ pub async fn run(g: &Global, cmd: ModelCmd) -> anyhow::Result<()> {
                 print_json(&json!({"model": format!("{}:{}", m.name, m.version), "file": file, "bytes": bytes.len(),
                                    "quantize": a.quantize, "stored": !a.no_store}));
             } else {
-                println!("exported {}:{} to {} ({} bytes, ONNX opset {}){stored}", m.name, m.version, file.display(),
-                         bytes.len(), aidos_kernels::onnx::OPSET);
+                println!(
+                    "exported {}:{} to {} ({} bytes, ONNX opset {}){stored}",
+                    m.name,
+                    m.version,
+                    file.display(),
+                    bytes.len(),
+                    aidos_kernels::onnx::OPSET
+                );
             }
         }
         ModelCmd::Eval(a) => {

@@ -137,21 +137,28 @@ pub async fn run(g: &Global, cmd: ServeCmd) -> anyhow::Result<()> {
 
 /// Loads a registry version with `kind`: burn from its weights; tract/ort from its stored ONNX artifact, exported
 /// on the fly when it has none.
-pub fn registry_runtime(m: &ModelVersion, store: &dyn BlobStore, kind: RuntimeKind) -> anyhow::Result<Arc<dyn ModelRuntime>> {
+pub fn registry_runtime(
+    m: &ModelVersion,
+    store: &dyn BlobStore,
+    kind: RuntimeKind,
+) -> anyhow::Result<Arc<dyn ModelRuntime>> {
     let what = format!("{}:{}", m.name, m.version);
     if kind == RuntimeKind::Burn {
         let l = super::model::load(m, store)?;
         return Ok(Arc::new(aidos_kernels::runtime::BurnRuntime::new(l.model, Some(l.normalization))));
     }
     let bytes = match m.artifacts.get("onnx") {
-        Some(id) => store.get(&BlobId::parse(id)?).with_context(|| format!("{what}: reading its ONNX artifact"))?.to_vec(),
+        Some(id) => {
+            store.get(&BlobId::parse(id)?).with_context(|| format!("{what}: reading its ONNX artifact"))?.to_vec()
+        }
         None => super::model::export_onnx(m, store, aidos_kernels::onnx::Quantize::None)?,
     };
     Ok(Arc::from(aidos_runtime::load_onnx(kind, &what, &bytes)?))
 }
 
 fn parse_file_model(s: &str) -> anyhow::Result<(String, u64, PathBuf)> {
-    let (lhs, path) = s.split_once('=').ok_or_else(|| anyhow::anyhow!("--model `{s}`: expected NAME=PATH or NAME:VERSION=PATH"))?;
+    let (lhs, path) =
+        s.split_once('=').ok_or_else(|| anyhow::anyhow!("--model `{s}`: expected NAME=PATH or NAME:VERSION=PATH"))?;
     let (name, version) = match lhs.split_once(':') {
         Some((n, v)) => (n, v.parse().map_err(|_| anyhow::anyhow!("--model `{s}`: version `{v}` is not a number"))?),
         None => (lhs, 1),
@@ -229,7 +236,9 @@ pub async fn infer(g: &Global, a: InferArgs) -> anyhow::Result<()> {
     let body = if v.get("inputs").is_some() {
         v
     } else {
-        let rows = v.as_array().ok_or_else(|| anyhow::anyhow!("{}: expected a request or an array of rows", a.input.display()))?;
+        let rows = v
+            .as_array()
+            .ok_or_else(|| anyhow::anyhow!("{}: expected a request or an array of rows", a.input.display()))?;
         let width = rows.first().and_then(|r| r.as_array()).map(|r| r.len()).unwrap_or(0);
         anyhow::ensure!(width > 0, "{}: rows must be non-empty arrays of numbers", a.input.display());
         let name = input_name(&a).await?;
@@ -246,9 +255,16 @@ pub async fn infer(g: &Global, a: InferArgs) -> anyhow::Result<()> {
         return Ok(());
     }
     for o in resp["outputs"].as_array().into_iter().flatten() {
-        let shape: Vec<usize> = o["shape"].as_array().into_iter().flatten().filter_map(|d| d.as_u64()).map(|d| d as usize).collect();
+        let shape: Vec<usize> =
+            o["shape"].as_array().into_iter().flatten().filter_map(|d| d.as_u64()).map(|d| d as usize).collect();
         let data: Vec<f64> = o["data"].as_array().into_iter().flatten().filter_map(|d| d.as_f64()).collect();
-        println!("{} {:?} (model {} version {})", o["name"].as_str().unwrap_or("?"), shape, resp["model_name"], resp["model_version"]);
+        println!(
+            "{} {:?} (model {} version {})",
+            o["name"].as_str().unwrap_or("?"),
+            shape,
+            resp["model_name"],
+            resp["model_version"]
+        );
         let w = shape.get(1).copied().unwrap_or(1).max(1);
         for (i, row) in data.chunks(w).enumerate() {
             let best = row.iter().enumerate().max_by(|x, y| x.1.total_cmp(y.1)).map(|(j, _)| j).unwrap_or(0);
@@ -266,7 +282,12 @@ async fn input_name(a: &InferArgs) -> anyhow::Result<String> {
 }
 
 /// Minimal HTTP/1.1 JSON request over a plain TCP connection (the CLI needs no HTTP client library for this).
-async fn http_json(method: &str, base: &str, path: &str, body: Option<String>) -> anyhow::Result<(u16, serde_json::Value)> {
+async fn http_json(
+    method: &str,
+    base: &str,
+    path: &str,
+    body: Option<String>,
+) -> anyhow::Result<(u16, serde_json::Value)> {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let hostport = base.strip_prefix("http://").unwrap_or(base).trim_end_matches('/');
     let mut s = tokio::net::TcpStream::connect(hostport).await.with_context(|| format!("connecting to {base}"))?;
@@ -283,7 +304,11 @@ async fn http_json(method: &str, base: &str, path: &str, body: Option<String>) -
     let status: u16 = head.split_whitespace().nth(1).and_then(|c| c.parse().ok()).unwrap_or(0);
     let chunked = head.to_ascii_lowercase().contains("transfer-encoding: chunked");
     let body = if chunked { dechunk(rest) } else { rest.to_string() };
-    let v = if body.trim().is_empty() { serde_json::Value::Null } else { serde_json::from_str(&body).unwrap_or(serde_json::Value::String(body)) };
+    let v = if body.trim().is_empty() {
+        serde_json::Value::Null
+    } else {
+        serde_json::from_str(&body).unwrap_or(serde_json::Value::String(body))
+    };
     Ok((status, v))
 }
 

@@ -50,9 +50,8 @@ pub async fn run(_g: &Global, a: UpArgs) -> anyhow::Result<()> {
 
     let mut sched_cfg = SchedulerConfig::single_node(a.listen, sched_dir);
     sched_cfg.blob_dir = Some(a.data_dir.join("blobs"));
-    let node = SchedulerNode::start(sched_cfg)
-        .await
-        .with_context(|| format!("starting the scheduler on {}", a.listen))?;
+    let node =
+        SchedulerNode::start(sched_cfg).await.with_context(|| format!("starting the scheduler on {}", a.listen))?;
     let addr = node.local_addr();
     println!("scheduler listening on {addr}");
     let gateway = if a.no_gateway {

@@ -309,7 +309,8 @@ name = "adam"
 lr = 0.001
 "#;
         let mnist = Path::new(env!("CARGO_MANIFEST_DIR")).join("data/mnist10k");
-        let (code, _, err) = self.cli(&["dataset", "push", "mnist", mnist.to_str().unwrap(), "--split", "train=8000,test=2000"]);
+        let (code, _, err) =
+            self.cli(&["dataset", "push", "mnist", mnist.to_str().unwrap(), "--split", "train=8000,test=2000"]);
         assert_eq!(code, 0, "{err}");
         for seed in 1..=versions {
             let spec = self.path().join(format!("train-{seed}.toml"));

@@ -30,8 +30,9 @@ pub fn parse_model_ref(s: &str) -> Result<GetModelRequest, String> {
         return Ok(GetModelRequest { name: n.into(), version: 0, alias: a.into() });
     }
     if let Some((n, v)) = s.split_once(':') {
-        let version: u32 =
-            v.parse().map_err(|_| format!("`{s}`: version `{v}` is not a number (expected NAME:VERSION, e.g. mnist:3)"))?;
+        let version: u32 = v
+            .parse()
+            .map_err(|_| format!("`{s}`: version `{v}` is not a number (expected NAME:VERSION, e.g. mnist:3)"))?;
         if version == 0 {
             return Err(format!("`{s}`: versions start at 1"));
         }

@@ -123,7 +123,10 @@ impl SpecFile {
             "process" => JobKind::Process,
             "train" => JobKind::Train,
             "serve" => {
-                return Err(SpecError::new("kind", "`serve` replicas are created by deployments: use `aidos serve deploy`"));
+                return Err(SpecError::new(
+                    "kind",
+                    "`serve` replicas are created by deployments: use `aidos serve deploy`",
+                ));
             }
             "export" => JobKind::Export,
             "sweep" => {
@@ -131,7 +134,10 @@ impl SpecFile {
                 return Err(SpecError::new("kind", format!("`{k}` jobs are not supported by this version yet")));
             }
             other => {
-                return Err(SpecError::new("kind", format!("unknown kind `{other}` (expected `process`, `train` or `export`)")));
+                return Err(SpecError::new(
+                    "kind",
+                    format!("unknown kind `{other}` (expected `process`, `train` or `export`)"),
+                ));
             }
         };
         let cpu_millis = match &self.resources.cpu {
@@ -157,7 +163,10 @@ impl SpecFile {
         let export = self.export;
         let payload = match (kind, self.process, self.train) {
             (JobKind::Export, _, _) => export.map(|e| {
-                v1::job_spec::Payload::Export(v1::ExportSpec { model: e.model, quantize: e.quantize.unwrap_or_default() })
+                v1::job_spec::Payload::Export(v1::ExportSpec {
+                    model: e.model,
+                    quantize: e.quantize.unwrap_or_default(),
+                })
             }),
             (JobKind::Process, Some(p), _) => {
                 Some(v1::job_spec::Payload::Process(ProcessSpec { executable: p.executable, args: p.args, env: p.env }))
@@ -327,7 +336,10 @@ pub fn validate(spec: &JobSpec) -> Result<(), SpecError> {
         JobKind::Process | JobKind::Train | JobKind::Export => {}
         JobKind::Unspecified => return Err(SpecError::new("kind", "missing (expected `process` or `train`)")),
         JobKind::Serve => {
-            return Err(SpecError::new("kind", "`serve` replicas are created by deployments: use `aidos serve deploy`"));
+            return Err(SpecError::new(
+                "kind",
+                "`serve` replicas are created by deployments: use `aidos serve deploy`",
+            ));
         }
         other => {
             return Err(SpecError::new(

@@ -91,7 +91,10 @@ struct Agent {
 }
 
 /// Runs the agent until `shutdown` resolves.
-pub async fn run(cfg: AgentConfig, shutdown: impl std::future::Future<Output = ()> + Send + 'static) -> Result<(), EdgeError> {
+pub async fn run(
+    cfg: AgentConfig,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> Result<(), EdgeError> {
     let cache = Cache::open(&cfg.cache_dir, cfg.cache_max_bytes)?;
     let mut state = cache.load_state()?;
     let credential = match state.credential_hex.as_deref().map(unhex) {
@@ -283,7 +286,8 @@ impl Agent {
             }
         };
         let Some(d) = deployment else { return };
-        let same = self.running.as_ref().is_some_and(|r| r.model.artifact == d.artifact && r.model.deployment == d.name);
+        let same =
+            self.running.as_ref().is_some_and(|r| r.model.artifact == d.artifact && r.model.deployment == d.name);
         if same || self.state.rejected.contains_key(&rejection_key(&d)) {
             return;
         }
@@ -292,7 +296,10 @@ impl Agent {
             self.last_error = format!("{} ({}:{}): {e}", d.name, d.model, d.version);
             let permanent = matches!(
                 e,
-                EdgeError::HashMismatch { .. } | EdgeError::BadSignature { .. } | EdgeError::Model { .. } | EdgeError::HealthCheck { .. }
+                EdgeError::HashMismatch { .. }
+                    | EdgeError::BadSignature { .. }
+                    | EdgeError::Model { .. }
+                    | EdgeError::HealthCheck { .. }
             );
             if permanent {
                 self.state.rejected.insert(rejection_key(&d), e.to_string());
@@ -326,7 +333,9 @@ impl Agent {
                     tracing::info!("enrolled as {}; pinned the control plane's key {key_hex}", self.cfg.device);
                 }
                 Some(pinned) if *pinned != key_hex => {
-                    tracing::warn!("the control plane now signs with {key_hex}, not the pinned {pinned}: keeping the pinned key");
+                    tracing::warn!(
+                        "the control plane now signs with {key_hex}, not the pinned {pinned}: keeping the pinned key"
+                    );
                 }
                 Some(_) => tracing::info!("enrolled as {}", self.cfg.device),
             }
@@ -350,7 +359,8 @@ impl Agent {
     }
 
     fn pinned_key(&self) -> Result<VerifyingKey, EdgeError> {
-        let hex = self.state.pinned_key_hex.clone().ok_or_else(|| EdgeError::ControlPlane("not enrolled yet".into()))?;
+        let hex =
+            self.state.pinned_key_hex.clone().ok_or_else(|| EdgeError::ControlPlane("not enrolled yet".into()))?;
         let bytes = unhex(&hex).unwrap_or_default();
         let arr: [u8; 32] = bytes.try_into().map_err(|_| EdgeError::Cache("pinned key is not 32 bytes".into()))?;
         VerifyingKey::from_bytes(&arr).map_err(|e| EdgeError::Cache(format!("pinned key: {e}")))
@@ -372,11 +382,14 @@ impl Agent {
             if actual != artifact {
                 return Err(EdgeError::HashMismatch { expected: artifact, actual, bytes: bytes.len() as u64 });
             }
-            let rt = aidos_runtime::load_onnx(kind, &what, &bytes).map_err(|e| EdgeError::Model { what, why: e.to_string() });
+            let rt = aidos_runtime::load_onnx(kind, &what, &bytes)
+                .map_err(|e| EdgeError::Model { what, why: e.to_string() });
             drop(bytes);
             if rt.is_ok() && !keep_pages {
                 match crate::resident::trim() {
-                    Ok(t) => tracing::debug!("released {} KiB of start-up pages in {} mappings", t.bytes >> 10, t.mappings),
+                    Ok(t) => {
+                        tracing::debug!("released {} KiB of start-up pages in {} mappings", t.bytes >> 10, t.mappings)
+                    }
                     Err(e) => tracing::debug!("start-up pages kept: {e}"),
                 }
             }
@@ -389,7 +402,8 @@ impl Agent {
 
     /// Serves `m` (replacing whatever was served).
     fn swap_in(&mut self, m: CachedModel, rt: Arc<dyn ModelRuntime>) -> Result<(), EdgeError> {
-        let model_err = |e: aidos_serve::ServeError| EdgeError::Model { what: m.deployment.clone(), why: e.to_string() };
+        let model_err =
+            |e: aidos_serve::ServeError| EdgeError::Model { what: m.deployment.clone(), why: e.to_string() };
         // No batching delay: a device serves few concurrent callers, and each one should not wait for others.
         let batch = BatchConfig { max_queue_delay: Duration::ZERO, ..BatchConfig::default() };
         self.repo.load(&m.deployment, m.version as u64, self.cfg.runtime, rt.clone(), batch).map_err(model_err)?;
@@ -424,7 +438,10 @@ impl Agent {
     async fn apply(&mut self, d: &EdgeDeployment) -> Result<(), EdgeError> {
         tracing::info!("applying deployment {} ({}:{}, {} bytes)", d.name, d.model, d.version, d.size);
         let key = self.pinned_key()?;
-        let keep: Vec<String> = [&self.state.current, &self.state.previous].iter().filter_map(|m| m.as_ref().map(|m| m.artifact.clone())).collect();
+        let keep: Vec<String> = [&self.state.current, &self.state.previous]
+            .iter()
+            .filter_map(|m| m.as_ref().map(|m| m.artifact.clone()))
+            .collect();
         let keep_refs: Vec<&str> = keep.iter().map(String::as_str).collect();
         let mut c = self.client()?;
         let mut src = Grpc { client: &mut c, device: self.cfg.device.clone(), credential: self.credential.clone() };

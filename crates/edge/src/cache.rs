@@ -115,7 +115,8 @@ impl Cache {
 
     /// Bytes the cache's filesystem still gives to an unprivileged writer.
     pub fn disk_available(&self) -> Result<u64, EdgeError> {
-        let st = rustix::fs::statvfs(&self.root).map_err(|e| EdgeError::Cache(format!("{}: {e}", self.root.display())))?;
+        let st =
+            rustix::fs::statvfs(&self.root).map_err(|e| EdgeError::Cache(format!("{}: {e}", self.root.display())))?;
         Ok(st.f_bavail.saturating_mul(st.f_frsize))
     }
 

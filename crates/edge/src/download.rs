@@ -57,7 +57,10 @@ pub async fn fetch(
     let have = std::fs::metadata(&part).map(|m| m.len()).unwrap_or(0);
     if have > d.size {
         let _ = std::fs::remove_file(&part);
-        return Err(EdgeError::Download { artifact: d.artifact.clone(), why: format!("partial file larger than {} bytes", d.size) });
+        return Err(EdgeError::Download {
+            artifact: d.artifact.clone(),
+            why: format!("partial file larger than {} bytes", d.size),
+        });
     }
     cache.reserve(d.size - have, keep)?;
     let dl = |why: String| EdgeError::Download { artifact: d.artifact.clone(), why };

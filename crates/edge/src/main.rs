@@ -3,7 +3,11 @@
 use clap::Parser;
 
 #[derive(Parser, Debug)]
-#[command(name = "aidos-edge", version, about = "aidos edge agent: runs signed ONNX deployments on a device, offline too")]
+#[command(
+    name = "aidos-edge",
+    version,
+    about = "aidos edge agent: runs signed ONNX deployments on a device, offline too"
+)]
 struct Cli {
     #[command(flatten)]
     agent: aidos_edge::args::AgentArgs,
@@ -12,7 +16,10 @@ struct Cli {
 fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
     // RUST_LOG=debug|info|warn|error (a plain level: the agent carries no filter-expression engine).
-    let level = std::env::var("RUST_LOG").ok().and_then(|l| l.parse().ok()).unwrap_or(tracing_subscriber::filter::LevelFilter::INFO);
+    let level = std::env::var("RUST_LOG")
+        .ok()
+        .and_then(|l| l.parse().ok())
+        .unwrap_or(tracing_subscriber::filter::LevelFilter::INFO);
     tracing_subscriber::fmt().with_max_level(level).with_writer(std::io::stderr).init();
     let cfg = match cli.agent.config() {
         Ok(c) => c,

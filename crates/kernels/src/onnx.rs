@@ -207,8 +207,11 @@ impl Graph {
             max[idx(i)] = max[idx(i)].max(v.abs());
         }
         let scale: Vec<f32> = max.iter().map(|m| if *m > 0.0 { m / 127.0 } else { 1.0 }).collect();
-        let q: Vec<u8> =
-            data.iter().enumerate().map(|(i, v)| ((v / scale[idx(i)]).round().clamp(-127.0, 127.0) as i8) as u8).collect();
+        let q: Vec<u8> = data
+            .iter()
+            .enumerate()
+            .map(|(i, v)| ((v / scale[idx(i)]).round().clamp(-127.0, 127.0) as i8) as u8)
+            .collect();
         let qname = format!("{name}.int8");
         self.inits.push(TensorProto {
             dims: dims.to_vec(),
@@ -273,11 +276,21 @@ fn values<const D: usize>(t: burn::tensor::Tensor<D>) -> Result<Vec<f32>> {
 }
 
 fn ints(name: &str, v: &[i64]) -> AttributeProto {
-    AttributeProto { name: Some(name.into()), ints: v.to_vec(), r#type: Some(AttributeType::Ints as i32), ..Default::default() }
+    AttributeProto {
+        name: Some(name.into()),
+        ints: v.to_vec(),
+        r#type: Some(AttributeType::Ints as i32),
+        ..Default::default()
+    }
 }
 
 fn int(name: &str, v: i64) -> AttributeProto {
-    AttributeProto { name: Some(name.into()), i: Some(v), r#type: Some(AttributeType::Int as i32), ..Default::default() }
+    AttributeProto {
+        name: Some(name.into()),
+        i: Some(v),
+        r#type: Some(AttributeType::Int as i32),
+        ..Default::default()
+    }
 }
 
 fn kv(k: &str, v: &str) -> StringStringEntryProto {
@@ -320,7 +333,10 @@ mod tests {
         assert_eq!(g.input[0].name.as_deref(), Some(INPUT_NAME));
         assert_eq!(g.node.last().unwrap().output, vec![OUTPUT_NAME.to_string()]);
         let ops: Vec<&str> = g.node.iter().map(|n| n.op_type.as_deref().unwrap()).collect();
-        assert_eq!(ops, ["Reshape", "Conv", "Relu", "MaxPool", "Conv", "Relu", "MaxPool", "Flatten", "Gemm", "Relu", "Gemm"]);
+        assert_eq!(
+            ops,
+            ["Reshape", "Conv", "Relu", "MaxPool", "Conv", "Relu", "MaxPool", "Flatten", "Gemm", "Relu", "Gemm"]
+        );
         let params: usize = g
             .initializer
             .iter()

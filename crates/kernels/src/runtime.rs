@@ -18,7 +18,11 @@ pub struct BurnRuntime {
 impl BurnRuntime {
     pub fn new(model: TrainedModel, preprocess: Option<Standardization>) -> BurnRuntime {
         let cfg = model.config();
-        let spec = |name: &str, w: usize| TensorSpec { name: name.into(), datatype: DataType::Fp32, shape: vec![-1, w as i64] };
+        let spec = |name: &str, w: usize| TensorSpec {
+            name: name.into(),
+            datatype: DataType::Fp32,
+            shape: vec![-1, w as i64],
+        };
         let meta = ModelMetadata {
             platform: "burn".into(),
             inputs: vec![spec(INPUT_NAME, cfg.input_size())],

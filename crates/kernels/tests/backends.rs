@@ -39,7 +39,10 @@ const EPOCHS: u32 = 8;
 fn cnn(backend: BackendKind) -> TrainConfig {
     let model = ModelConfig::Cnn(CnnConfig {
         input: [1, 8, 8],
-        conv: vec![ConvLayerConfig { channels: 4, kernel: 3, padding: None }, ConvLayerConfig { channels: 8, kernel: 3, padding: Some(1) }],
+        conv: vec![
+            ConvLayerConfig { channels: 4, kernel: 3, padding: None },
+            ConvLayerConfig { channels: 8, kernel: 3, padding: Some(1) },
+        ],
         pool: 2,
         dense: vec![16],
         classes: 3,

@@ -36,8 +36,12 @@ fn write_f32(path: &Path, v: &[f32]) {
 #[test]
 fn exported_models_match_burn_in_onnxruntime() {
     let dir = repo().join("data/mnist10k");
-    let raw = Dataset::from_idx_files(dir.join("images-idx3-ubyte.gz"), dir.join("labels-idx1-ubyte.gz"), Normalization::None)
-        .unwrap();
+    let raw = Dataset::from_idx_files(
+        dir.join("images-idx3-ubyte.gz"),
+        dir.join("labels-idx1-ubyte.gz"),
+        Normalization::None,
+    )
+    .unwrap();
     let (train_raw, rest) = raw.split_at(8_000).unwrap();
     let (test_raw, _) = rest.split_at(1_000).unwrap();
     // The registry's preprocessing: one scalar mean/std over the raw training values.
@@ -51,7 +55,8 @@ fn exported_models_match_burn_in_onnxruntime() {
 
     let out = tempfile::tempdir().unwrap();
     write_f32(&out.path().join("test_x.f32"), &test_raw.features);
-    std::fs::write(out.path().join("test_y.u8"), test_raw.labels.iter().map(|l| *l as u8).collect::<Vec<u8>>()).unwrap();
+    std::fs::write(out.path().join("test_y.u8"), test_raw.labels.iter().map(|l| *l as u8).collect::<Vec<u8>>())
+        .unwrap();
 
     for (name, model, epochs) in [("mlp", ModelConfig::reference_mlp(), 2), ("cnn", ModelConfig::reference_cnn(), 1)] {
         let mut cfg = TrainConfig::new(model, OptimizerConfig::adam(1e-3), epochs, 64);

@@ -69,9 +69,11 @@ impl OrtModel {
         let s = session(what, bytes)?;
         let spec = |o: &ort::value::Outlet| -> Result<TensorSpec> {
             match o.dtype() {
-                ValueType::Tensor { ty: TensorElementType::Float32, shape, .. } => {
-                    Ok(TensorSpec { name: o.name().to_string(), datatype: DataType::Fp32, shape: shape.iter().copied().collect() })
-                }
+                ValueType::Tensor { ty: TensorElementType::Float32, shape, .. } => Ok(TensorSpec {
+                    name: o.name().to_string(),
+                    datatype: DataType::Fp32,
+                    shape: shape.iter().copied().collect(),
+                }),
                 other => Err(RuntimeError::Load {
                     what: what.into(),
                     reason: format!("tensor `{}` is {other:?}; aidos serves FP32 tensors only", o.name()),

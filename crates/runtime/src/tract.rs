@@ -17,8 +17,8 @@ use tract_onnx::prelude::{
 use tract_onnx::prelude::{InferenceFact, InferenceModelExt, IntoRunnable};
 use tract_onnx::tract_core::plan::{SimplePlan, SimpleState};
 
-use crate::{DataType, Instance, ModelMetadata, ModelRuntime, Result, RuntimeError, Tensor, TensorSpec, check_inputs};
 use crate::tract_ops::Isa;
+use crate::{DataType, Instance, ModelMetadata, ModelRuntime, Result, RuntimeError, Tensor, TensorSpec, check_inputs};
 
 type Plan = SimplePlan<TypedFact, Box<dyn TypedOp>>;
 
@@ -47,7 +47,10 @@ impl TractModel {
     /// not name more than this CPU runs ([`Isa::detect`]).
     pub fn load_isa(what: &str, bytes: &[u8], isa: Isa) -> Result<TractModel> {
         if isa > Isa::detect() {
-            return Err(RuntimeError::Load { what: what.into(), reason: format!("this CPU does not run {isa:?} kernels") });
+            return Err(RuntimeError::Load {
+                what: what.into(),
+                reason: format!("this CPU does not run {isa:?} kernels"),
+            });
         }
         Self::load_with(what, bytes, Some(isa))
     }

@@ -40,7 +40,10 @@ fn check_labels(field: &str, l: &std::collections::BTreeMap<String, String>) -> 
     }
     for (k, v) in l {
         if k.is_empty() || k.len() > MAX_LABEL_LEN || v.len() > MAX_LABEL_LEN {
-            return Err(bad(field, format!("label {k:?}={v:?}: keys 1-{MAX_LABEL_LEN} bytes, values up to {MAX_LABEL_LEN}")));
+            return Err(bad(
+                field,
+                format!("label {k:?}={v:?}: keys 1-{MAX_LABEL_LEN} bytes, values up to {MAX_LABEL_LEN}"),
+            ));
         }
     }
     Ok(())
@@ -57,7 +60,12 @@ pub fn desired_for<'a>(
 }
 
 impl ClusterState {
-    pub(crate) fn enroll_device(&mut self, r: &EnrollRequest, now: i64, dirty: &mut Dirty) -> Result<CommandResultV1, Refusal> {
+    pub(crate) fn enroll_device(
+        &mut self,
+        r: &EnrollRequest,
+        now: i64,
+        dirty: &mut Dirty,
+    ) -> Result<CommandResultV1, Refusal> {
         check_name("device", &r.device)?;
         check_labels("labels", &r.labels)?;
         let d = self.edge_devices.entry(r.device.clone()).or_insert_with(|| EdgeDevice {
@@ -76,7 +84,12 @@ impl ClusterState {
         Ok(CommandResultV1::default())
     }
 
-    pub(crate) fn edge_deploy(&mut self, d: &EdgeDeployment, now: i64, dirty: &mut Dirty) -> Result<CommandResultV1, Refusal> {
+    pub(crate) fn edge_deploy(
+        &mut self,
+        d: &EdgeDeployment,
+        now: i64,
+        dirty: &mut Dirty,
+    ) -> Result<CommandResultV1, Refusal> {
         check_name("name", &d.name)?;
         check_name("model", &d.model)?;
         check_labels("selector", &d.selector)?;
@@ -96,13 +109,21 @@ impl ClusterState {
         Ok(CommandResultV1 { edge_deployment: Some(d), ..Default::default() })
     }
 
-    pub(crate) fn edge_report(&mut self, r: &EdgeSyncRequest, now: i64, dirty: &mut Dirty) -> Result<CommandResultV1, Refusal> {
-        let d = self
-            .edge_devices
-            .get_mut(&r.device)
-            .ok_or_else(|| Refusal { code: tonic::Code::NotFound, message: format!("device {} is not enrolled", r.device) })?;
+    pub(crate) fn edge_report(
+        &mut self,
+        r: &EdgeSyncRequest,
+        now: i64,
+        dirty: &mut Dirty,
+    ) -> Result<CommandResultV1, Refusal> {
+        let d = self.edge_devices.get_mut(&r.device).ok_or_else(|| Refusal {
+            code: tonic::Code::NotFound,
+            message: format!("device {} is not enrolled", r.device),
+        })?;
         if r.telemetry.len() > MAX_TELEMETRY_PER_REPORT {
-            return Err(bad("telemetry", format!("{} records in one report, at most {MAX_TELEMETRY_PER_REPORT}", r.telemetry.len())));
+            return Err(bad(
+                "telemetry",
+                format!("{} records in one report, at most {MAX_TELEMETRY_PER_REPORT}", r.telemetry.len()),
+            ));
         }
         if let Some(s) = &r.status {
             let mut s = s.clone();
@@ -136,10 +157,17 @@ mod tests {
     #[test]
     fn a_device_runs_the_newest_matching_deployment() {
         let dev = EdgeDevice {
-            labels: [("fleet", "cams"), ("site", "paris")].iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
+            labels: [("fleet", "cams"), ("site", "paris")]
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
             ..Default::default()
         };
-        let ds = [dep("a", &[("fleet", "cams")], 1), dep("b", &[("fleet", "cams"), ("site", "paris")], 2), dep("c", &[("fleet", "doors")], 3)];
+        let ds = [
+            dep("a", &[("fleet", "cams")], 1),
+            dep("b", &[("fleet", "cams"), ("site", "paris")], 2),
+            dep("c", &[("fleet", "doors")], 3),
+        ];
         assert_eq!(desired_for(&dev, ds.iter()).unwrap().name, "b");
         let other = EdgeDevice { labels: [("fleet".to_string(), "doors".to_string())].into(), ..Default::default() };
         assert_eq!(desired_for(&other, ds.iter()).unwrap().name, "c");

@@ -93,7 +93,10 @@ impl LeaderHandler {
     }
 
     pub async fn cancel(&self, id: &str) -> Result<Job, SchedulerError> {
-        let r = self.core.propose(Command::CancelJob(CancelJobV1 { job_id: id.to_string(), reason: String::new() })).await?;
+        let r = self
+            .core
+            .propose(Command::CancelJob(CancelJobV1 { job_id: id.to_string(), reason: String::new() }))
+            .await?;
         r.job.ok_or_else(|| SchedulerError::NotFound(format!("job {id} not found")))
     }
 

@@ -40,7 +40,11 @@ pub struct EdgeCore {
 
 impl EdgeCore {
     /// Loads the signing key from `key_file` (creating it when missing) and opens the blob store.
-    pub fn open(key_file: &Path, blob_dir: Option<&Path>, enrollment_token: Option<String>) -> Result<EdgeCore, SchedulerError> {
+    pub fn open(
+        key_file: &Path,
+        blob_dir: Option<&Path>,
+        enrollment_token: Option<String>,
+    ) -> Result<EdgeCore, SchedulerError> {
         let key = load_or_create_key(key_file)?;
         let blobs = match blob_dir {
             Some(d) => Some(
@@ -51,7 +55,9 @@ impl EdgeCore {
         };
         let enrollment_token = enrollment_token.filter(|t| !t.is_empty());
         if enrollment_token.is_none() {
-            tracing::info!("edge enrolment is open (no --edge-enrollment-token): any agent can enrol a new device name");
+            tracing::info!(
+                "edge enrolment is open (no --edge-enrollment-token): any agent can enrol a new device name"
+            );
         }
         Ok(EdgeCore { key, enrollment_token, blobs, seen: Mutex::new(HashMap::new()) })
     }
@@ -84,7 +90,13 @@ fn load_or_create_key(path: &Path) -> Result<SigningKey, SchedulerError> {
             use std::os::unix::fs::OpenOptionsExt;
             let seed: [u8; 32] = rand::random();
             let tmp = path.with_extension("tmp");
-            let mut f = std::fs::OpenOptions::new().write(true).create(true).truncate(true).mode(0o600).open(&tmp).map_err(io)?;
+            let mut f = std::fs::OpenOptions::new()
+                .write(true)
+                .create(true)
+                .truncate(true)
+                .mode(0o600)
+                .open(&tmp)
+                .map_err(io)?;
             f.write_all(&seed).map_err(io)?;
             f.sync_all().map_err(io)?;
             std::fs::rename(&tmp, path).map_err(io)?;
@@ -107,7 +119,10 @@ impl LeaderHandler {
         let entry = EnrollRequest { enrollment_token: String::new(), credential: vec![], credential_hash, ..r.clone() };
         self.core.propose(Command::EnrollDevice(entry)).await?;
         self.core.edge.saw(&r.device);
-        Ok(EnrollResponse { signing_public_key: self.core.edge.public_key().to_vec(), sync_interval_ms: SYNC_INTERVAL_MS })
+        Ok(EnrollResponse {
+            signing_public_key: self.core.edge.public_key().to_vec(),
+            sync_interval_ms: SYNC_INTERVAL_MS,
+        })
     }
 
     /// Records what changed (status, telemetry) and answers with the deployment the device should run.
@@ -129,7 +144,8 @@ impl LeaderHandler {
     }
 
     pub async fn edge_deploy(&self, r: EdgeDeployRequest) -> Result<EdgeDeployment, SchedulerError> {
-        let model = self.get_model(&GetModelRequest { name: r.model.clone(), version: r.version, alias: String::new() })?;
+        let model =
+            self.get_model(&GetModelRequest { name: r.model.clone(), version: r.version, alias: String::new() })?;
         let blobs = self.core.edge.blobs.clone().ok_or_else(|| {
             SchedulerError::Unavailable("this control plane has no blob store configured (--blob-dir)".into())
         })?;
@@ -201,8 +217,9 @@ impl Core {
         // A range read, not `get`: verifying the whole artifact on every chunk would cost O(size) per chunk. The
         // agent verifies the hash of what it assembled, and `edge_deploy` verified the artifact when it signed.
         tokio::task::spawn_blocking(move || {
-            let (data, total) =
-                blobs.read_range(&id, offset, max).map_err(|e| SchedulerError::NotFound(format!("artifact {id}: {e}")))?;
+            let (data, total) = blobs
+                .read_range(&id, offset, max)
+                .map_err(|e| SchedulerError::NotFound(format!("artifact {id}: {e}")))?;
             if offset > total {
                 return Err(invalid("offset", format!("{offset} is past the end ({total} bytes)")));
             }

@@ -8,22 +8,22 @@
 //! liveness (leader memory, never the log).
 
 mod core;
+mod edge_auth;
+pub mod edge_state;
 mod error;
 mod forwarder;
 mod grpc;
 mod leader;
+mod leader_edge;
 mod leader_ml;
+mod leader_serve;
 mod leader_workers;
 mod loops;
 mod ml_state;
 mod network;
 pub mod placement;
 mod raft_types;
-pub mod edge_state;
-mod edge_auth;
-mod leader_edge;
 pub mod reconcile;
-mod leader_serve;
 pub mod serve_state;
 pub mod state;
 mod store;

@@ -17,9 +17,7 @@
 
 use std::collections::BTreeMap;
 
-use aidos_api::v1::{
-    Deployment, JobKind, JobSpec, JobState, PlacementStrategy, Replica, Resources, job_spec::Payload,
-};
+use aidos_api::v1::{Deployment, JobKind, JobSpec, JobState, PlacementStrategy, Replica, Resources, job_spec::Payload};
 
 use crate::serve_state::{replica_of, serve_payload};
 use crate::state::ClusterState;
@@ -128,7 +126,10 @@ fn plan(d: &Deployment, reps: &[Replica], crash_loop: bool, now_ms: i64) -> Vec<
     if cur.len() > want {
         cur.sort_by_key(|r| r.ready);
         for r in cur.drain(..cur.len() - want) {
-            out.push(Action::Cancel { job_id: r.job_id.clone(), why: format!("deployment {} scaled to {want}", d.name) });
+            out.push(Action::Cancel {
+                job_id: r.job_id.clone(),
+                why: format!("deployment {} scaled to {want}", d.name),
+            });
         }
     }
     let cur_ready = cur.iter().filter(|r| r.ready && now_ms - r.ready_at_ms >= MIN_READY_MS).count();

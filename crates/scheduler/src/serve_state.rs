@@ -10,7 +10,7 @@
 //!   attempt (or on a lost worker) cannot advertise itself. An attempt that is no longer RUNNING is never ready.
 
 use aidos_api::v1::{
-    CommandResultV1, Deployment, DeployV1, Job, JobKind, JobState, Replica, ReportEndpointRequest, TaskState,
+    CommandResultV1, DeployV1, Deployment, Job, JobKind, JobState, Replica, ReportEndpointRequest, TaskState,
     job_spec::Payload,
 };
 
@@ -170,7 +170,8 @@ impl ClusterState {
     ) -> Result<CommandResultV1, Refusal> {
         let a = r.attempt.clone().ok_or_else(|| bad("attempt", "missing"))?;
         for (f, v) in [("http", &r.http), ("grpc", &r.grpc)] {
-            if v.is_empty() || v.len() > MAX_ENDPOINT || v.parse::<std::net::SocketAddr>().is_err() && !v.contains(':') {
+            if v.is_empty() || v.len() > MAX_ENDPOINT || v.parse::<std::net::SocketAddr>().is_err() && !v.contains(':')
+            {
                 return Err(bad(f, format!("{v:?} is not a host:port")));
             }
         }

@@ -650,13 +650,19 @@ mod tests {
         place(&mut st, &a, &["w1"]);
         place(&mut st, &b, &["w1"]);
         assert_eq!(st.jobs[&b].state, JobState::Pending as i32, "over capacity must be skipped");
-        let r = st.apply(&cmd(Command::CancelJob(CancelJobV1 { job_id: a.clone(), reason: String::new() })), &mut Dirty::default());
+        let r = st.apply(
+            &cmd(Command::CancelJob(CancelJobV1 { job_id: a.clone(), reason: String::new() })),
+            &mut Dirty::default(),
+        );
         assert_eq!(r.job.unwrap().state, JobState::Cancelled as i32);
         place(&mut st, &b, &["w1"]);
         assert_eq!(st.jobs[&b].state, JobState::Running as i32);
         assert_eq!(st.running.iter().collect::<Vec<_>>(), vec![&b]);
         assert!(st.pending.is_empty());
-        let r = st.apply(&cmd(Command::CancelJob(CancelJobV1 { job_id: "job-999".into(), reason: String::new() })), &mut Dirty::default());
+        let r = st.apply(
+            &cmd(Command::CancelJob(CancelJobV1 { job_id: "job-999".into(), reason: String::new() })),
+            &mut Dirty::default(),
+        );
         assert_eq!(r.error_code, tonic::Code::NotFound as u32);
     }
 

@@ -73,7 +73,8 @@ impl Batcher {
         let (work_tx, work_rx) = std_mpsc::sync_channel::<Job>(cfg.instances);
         let work_rx = Arc::new(Mutex::new(work_rx));
         let (idle_tx, idle_rx) = std_mpsc::channel::<()>();
-        let spawn_err = |e: std::io::Error| ServeError::Unavailable(model.into(), format!("cannot start a thread: {e}"));
+        let spawn_err =
+            |e: std::io::Error| ServeError::Unavailable(model.into(), format!("cannot start a thread: {e}"));
         for i in 0..cfg.instances {
             let instance = runtime.instance()?;
             let (rx, idle, m) = (work_rx.clone(), idle_tx.clone(), metrics.clone());
@@ -268,11 +269,8 @@ fn executor(
         }
         let rows: usize = batch.iter().map(|r| r.rows).sum();
         let started = Instant::now();
-        let result = if batch.len() == 1 {
-            instance.run(&batch[0].inputs)
-        } else {
-            instance.run(&concat(&batch, rows))
-        };
+        let result =
+            if batch.len() == 1 { instance.run(&batch[0].inputs) } else { instance.run(&concat(&batch, rows)) };
         metrics.compute.observe(started.elapsed().as_secs_f64());
         metrics.batch.observe(rows as f64);
         match result {

@@ -42,9 +42,9 @@ impl ServeError {
             ServeError::QueueFull { .. } => 429,
             ServeError::Timeout { .. } => 504,
             ServeError::Runtime(RuntimeError::Input(_)) => 400,
-            ServeError::Runtime(RuntimeError::Load { .. } | RuntimeError::Run(_) | RuntimeError::Unavailable { .. }) => {
-                500
-            }
+            ServeError::Runtime(
+                RuntimeError::Load { .. } | RuntimeError::Run(_) | RuntimeError::Unavailable { .. },
+            ) => 500,
             ServeError::Unavailable(..) => 503,
             ServeError::Replica { status, .. } => match status.code() {
                 tonic::Code::InvalidArgument | tonic::Code::OutOfRange => 400,
@@ -67,9 +67,9 @@ impl From<ServeError> for tonic::Status {
             ServeError::QueueFull { .. } => tonic::Status::resource_exhausted(msg),
             ServeError::Timeout { .. } => tonic::Status::deadline_exceeded(msg),
             ServeError::Runtime(RuntimeError::Input(_)) => tonic::Status::invalid_argument(msg),
-            ServeError::Runtime(RuntimeError::Load { .. } | RuntimeError::Run(_) | RuntimeError::Unavailable { .. }) => {
-                tonic::Status::internal(msg)
-            }
+            ServeError::Runtime(
+                RuntimeError::Load { .. } | RuntimeError::Run(_) | RuntimeError::Unavailable { .. },
+            ) => tonic::Status::internal(msg),
             ServeError::Unavailable(..) => tonic::Status::unavailable(msg),
             ServeError::Replica { status, .. } => tonic::Status::new(status.code(), msg),
         }

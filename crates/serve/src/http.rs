@@ -67,7 +67,10 @@ fn metadata_json(s: &ServerState, model: &str, version: &str) -> Result<Value, S
     let v = s.repo.resolve(model, version)?;
     let m = v.backend.metadata();
     let t = |specs: &[aidos_runtime::TensorSpec]| {
-        specs.iter().map(|t| json!({"name": t.name, "datatype": t.datatype.as_str(), "shape": t.shape})).collect::<Vec<_>>()
+        specs
+            .iter()
+            .map(|t| json!({"name": t.name, "datatype": t.datatype.as_str(), "shape": t.shape}))
+            .collect::<Vec<_>>()
     };
     Ok(json!({
         "name": model,
@@ -83,7 +86,10 @@ async fn model_metadata(State(s): S, Path(model): Path<String>) -> Result<axum::
     metadata_json(&s, &model, "").map(axum::Json)
 }
 
-async fn model_metadata_v(State(s): S, Path((model, version)): Path<(String, String)>) -> Result<axum::Json<Value>, ServeError> {
+async fn model_metadata_v(
+    State(s): S,
+    Path((model, version)): Path<(String, String)>,
+) -> Result<axum::Json<Value>, ServeError> {
     metadata_json(&s, &model, &version).map(axum::Json)
 }
 
@@ -134,7 +140,12 @@ async fn infer(State(s): S, Path(model): Path<String>, headers: HeaderMap, body:
     run_infer(s, model, String::new(), headers, body).await.unwrap_or_else(IntoResponse::into_response)
 }
 
-async fn infer_v(State(s): S, Path((model, version)): Path<(String, String)>, headers: HeaderMap, body: Bytes) -> Response {
+async fn infer_v(
+    State(s): S,
+    Path((model, version)): Path<(String, String)>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
     run_infer(s, model, version, headers, body).await.unwrap_or_else(IntoResponse::into_response)
 }
 
@@ -248,17 +259,14 @@ async fn run_infer(
     let v = s.repo.resolve(&model, &version)?;
     let header_len = match headers.get(HEADER_LEN) {
         None => body.len(),
-        Some(h) => h
-            .to_str()
-            .ok()
-            .and_then(|h| h.parse::<usize>().ok())
-            .filter(|n| *n <= body.len())
-            .ok_or_else(|| {
+        Some(h) => {
+            h.to_str().ok().and_then(|h| h.parse::<usize>().ok()).filter(|n| *n <= body.len()).ok_or_else(|| {
                 ServeError::InvalidInput(format!(
                     "header Inference-Header-Content-Length: {h:?} is not a length within the {}-byte body",
                     body.len()
                 ))
-            })?,
+            })?
+        }
     };
     let req: InferRequest = serde_json::from_slice(&body[..header_len]).map_err(|e| {
         let hint = if body[..header_len].windows(3).any(|w| w == b"NaN") { " (NaN is not valid JSON)" } else { "" };
@@ -297,7 +305,10 @@ async fn run_infer(
         inputs.push(InputTensor { name: i.name, datatype: i.datatype, shape: i.shape, data });
     }
     if !binary.is_empty() {
-        return Err(ServeError::InvalidInput(format!("{} bytes of binary data are not claimed by any input", binary.len())));
+        return Err(ServeError::InvalidInput(format!(
+            "{} bytes of binary data are not claimed by any input",
+            binary.len()
+        )));
     }
     let meta = v.backend.metadata();
     let tensors = protocol::prepare(meta, inputs, &s.limits)?;

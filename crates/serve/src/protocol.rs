@@ -49,7 +49,11 @@ pub fn prepare(meta: &ModelMetadata, inputs: Vec<InputTensor>, limits: &Limits) 
     for t in inputs {
         let Some(ix) = meta.inputs.iter().position(|s| s.name == t.name) else {
             let known: Vec<&str> = meta.inputs.iter().map(|s| s.name.as_str()).collect();
-            return Err(ServeError::InvalidInput(format!("unknown input `{}` (model inputs: {})", t.name, known.join(", "))));
+            return Err(ServeError::InvalidInput(format!(
+                "unknown input `{}` (model inputs: {})",
+                t.name,
+                known.join(", ")
+            )));
         };
         let spec = &meta.inputs[ix];
         if slots[ix].is_some() {
@@ -62,8 +66,8 @@ pub fn prepare(meta: &ModelMetadata, inputs: Vec<InputTensor>, limits: &Limits) 
             )));
         }
         let n = element_count(&t.name, &t.shape, limits.max_tensor_bytes, 4)?;
-        let fits = t.shape.len() == spec.shape.len()
-            && spec.shape.iter().zip(&t.shape).skip(1).all(|(s, d)| *s < 0 || s == d);
+        let fits =
+            t.shape.len() == spec.shape.len() && spec.shape.iter().zip(&t.shape).skip(1).all(|(s, d)| *s < 0 || s == d);
         if !fits {
             return Err(ServeError::InvalidInput(format!(
                 "input `{}`: shape {:?} does not match the model's {:?} (-1: any size)",

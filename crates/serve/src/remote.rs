@@ -84,7 +84,12 @@ fn retryable(s: &tonic::Status) -> bool {
 
 impl Pool {
     /// Connects to the first of `endpoints` that answers and reads the model's metadata from it.
-    pub async fn connect(model: &str, version: u64, max_batch: usize, endpoints: &[String]) -> Result<Pool, ServeError> {
+    pub async fn connect(
+        model: &str,
+        version: u64,
+        max_batch: usize,
+        endpoints: &[String],
+    ) -> Result<Pool, ServeError> {
         let mut last = None;
         for addr in endpoints {
             let mut ep = Endpoint::new(addr)?;
@@ -194,7 +199,11 @@ impl Pool {
         Err(match last {
             Some(ServeError::Replica { replica, status }) => ServeError::Unavailable(
                 self.model.clone(),
-                format!("no replica could run the request (tried {}; last, {replica}: {})", tried.join(", "), status.message()),
+                format!(
+                    "no replica could run the request (tried {}; last, {replica}: {})",
+                    tried.join(", "),
+                    status.message()
+                ),
             ),
             _ => ServeError::Unavailable(self.model.clone(), "no ready replica".into()),
         })
@@ -219,7 +228,11 @@ fn outputs_from(addr: &str, r: pb::ModelInferResponse) -> Result<Vec<Tensor>, Se
     if r.raw_output_contents.len() != r.outputs.len() {
         return Err(ServeError::Unavailable(
             r.model_name,
-            format!("replica {addr} answered {} raw outputs for {} tensors", r.raw_output_contents.len(), r.outputs.len()),
+            format!(
+                "replica {addr} answered {} raw outputs for {} tensors",
+                r.raw_output_contents.len(),
+                r.outputs.len()
+            ),
         ));
     }
     r.outputs
@@ -231,7 +244,12 @@ fn outputs_from(addr: &str, r: pb::ModelInferResponse) -> Result<Vec<Tensor>, Se
             if shape.iter().product::<usize>() != data.len() {
                 return Err(ServeError::Unavailable(
                     r.model_name.clone(),
-                    format!("replica {addr}: output `{}` shape {:?} does not hold {} values", o.name, o.shape, data.len()),
+                    format!(
+                        "replica {addr}: output `{}` shape {:?} does not hold {} values",
+                        o.name,
+                        o.shape,
+                        data.len()
+                    ),
                 ));
             }
             Ok(Tensor { shape, data })
@@ -270,7 +288,9 @@ pub async fn sync(repo: &crate::Repository, want: &[RemoteModel]) -> Vec<String>
             Some(Backend::Local(_)) => {}
             None => match Pool::connect(&w.name, w.version, w.max_batch, &w.endpoints).await {
                 Ok(pool) => match repo.load_remote(&w.name, w.version, w.runtime, pool) {
-                    Ok(()) => changes.push(format!("{}:{} added, replicas {}", w.name, w.version, w.endpoints.join(","))),
+                    Ok(()) => {
+                        changes.push(format!("{}:{} added, replicas {}", w.name, w.version, w.endpoints.join(",")))
+                    }
                     Err(e) => tracing::warn!("{}:{}: {e}", w.name, w.version),
                 },
                 Err(e) => tracing::debug!("{}:{} not reachable yet: {e}", w.name, w.version),

@@ -37,9 +37,12 @@ impl std::str::FromStr for VersionPolicy {
             None if s == "all" => Ok(VersionPolicy::All),
             None if s == "latest" => Ok(VersionPolicy::Latest(1)),
             Some(("latest", n)) => n.parse().ok().filter(|n| *n > 0).map(VersionPolicy::Latest).ok_or_else(bad),
-            Some(("specific", v)) => {
-                v.split(',').map(|x| x.trim().parse::<u64>()).collect::<Result<_, _>>().map(VersionPolicy::Specific).map_err(|_| bad())
-            }
+            Some(("specific", v)) => v
+                .split(',')
+                .map(|x| x.trim().parse::<u64>())
+                .collect::<Result<_, _>>()
+                .map(VersionPolicy::Specific)
+                .map_err(|_| bad()),
             _ => Err(bad()),
         }
     }
@@ -140,7 +143,13 @@ impl Repository {
     }
 
     /// Puts a model version in front of remote replicas (replacing the same version if loaded).
-    pub fn load_remote(&self, name: &str, version: u64, kind: RuntimeKind, pool: crate::remote::Pool) -> Result<(), ServeError> {
+    pub fn load_remote(
+        &self,
+        name: &str,
+        version: u64,
+        kind: RuntimeKind,
+        pool: crate::remote::Pool,
+    ) -> Result<(), ServeError> {
         validate_name(name)?;
         let v = Arc::new(LoadedVersion { name: name.into(), version, runtime: kind, backend: Backend::Remote(pool) });
         self.models.write().unwrap().entry(name.into()).or_default().insert(version, v);
@@ -195,11 +204,7 @@ impl Repository {
         models
             .values()
             .flat_map(|vs| vs.values())
-            .map(|v| IndexEntry {
-                name: v.name.clone(),
-                version: v.version,
-                runtime: v.runtime.as_str(),
-            })
+            .map(|v| IndexEntry { name: v.name.clone(), version: v.version, runtime: v.runtime.as_str() })
             .collect()
     }
 
@@ -221,7 +226,12 @@ impl Repository {
 
     /// Loads the versions of `ROOT/<name>` its version policy selects; unloads loaded versions it no longer
     /// selects (after the new ones are up).
-    pub fn load_model_dir(&self, root: &Path, name: &str, defaults: &BatchConfig) -> Result<Vec<(String, u64)>, String> {
+    pub fn load_model_dir(
+        &self,
+        root: &Path,
+        name: &str,
+        defaults: &BatchConfig,
+    ) -> Result<Vec<(String, u64)>, String> {
         validate_name(name).map_err(|e| e.to_string())?;
         let dir = root.join(name);
         let (cfg, kind, policy) = dir_config(&dir.join("config.toml"), defaults)?;
@@ -289,6 +299,7 @@ fn dir_config(path: &Path, d: &BatchConfig) -> Result<(BatchConfig, RuntimeKind,
     };
     cfg.validate().map_err(|e| format!("{}: {e}", path.display()))?;
     let kind = c.runtime.as_deref().unwrap_or("tract").parse().map_err(|e| format!("{}: {e}", path.display()))?;
-    let policy = c.version_policy.as_deref().unwrap_or("latest:1").parse().map_err(|e| format!("{}: {e}", path.display()))?;
+    let policy =
+        c.version_policy.as_deref().unwrap_or("latest:1").parse().map_err(|e| format!("{}: {e}", path.display()))?;
     Ok((cfg, kind, policy))
 }

@@ -127,6 +127,11 @@ async fn requests_whose_caller_left_are_not_computed() {
     first.await.unwrap().unwrap();
     b.infer(row(2)).await.unwrap();
     tokio::time::sleep(Duration::from_millis(50)).await;
-    assert_eq!(rt.rows_run.load(Ordering::SeqCst), 2, "abandoned requests were computed: {:?}", rt.batches.lock().unwrap());
+    assert_eq!(
+        rt.rows_run.load(Ordering::SeqCst),
+        2,
+        "abandoned requests were computed: {:?}",
+        rt.batches.lock().unwrap()
+    );
     assert_eq!(b.queue_depth(), 0);
 }

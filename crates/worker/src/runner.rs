@@ -295,10 +295,9 @@ async fn start_new(
             (shared.shim_exe.to_string_lossy().into_owned(), vec![EXPORT_RUN_ARG.to_string()])
         }
         // A serve replica is `aidos serve replica`, configured by the AIDOS_SERVE_* variables.
-        Some(job_spec::Payload::Serve(_)) => (
-            shared.shim_exe.to_string_lossy().into_owned(),
-            SERVE_REPLICA_ARGS.iter().map(|s| s.to_string()).collect(),
-        ),
+        Some(job_spec::Payload::Serve(_)) => {
+            (shared.shim_exe.to_string_lossy().into_owned(), SERVE_REPLICA_ARGS.iter().map(|s| s.to_string()).collect())
+        }
         Some(job_spec::Payload::Train(_)) => {
             let msg = "train job names no dataset".to_string();
             record.start_error = Some(msg.clone());
