@@ -40,7 +40,7 @@ fn pending(n: usize, seed: &mut u64) -> Vec<PendingJob> {
                     memory_bytes: (1 + lcg(seed) % 8) << 30,
                     gpus: if r < 10 { 1 } else { 0 },
                 },
-                constraints: if r % 7 == 0 { vec![zone.clone()] } else { vec![] },
+                constraints: if r.is_multiple_of(7) { vec![zone.clone()] } else { vec![] },
                 strategy: None,
             }
         })

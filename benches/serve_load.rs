@@ -16,12 +16,12 @@ use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use aidos_kernels::builtin::Standardization;
-use aidos_kernels::onnx::{ExportOptions, export};
-use aidos_kernels::*;
 use aidos_runtime::{RuntimeKind, Tensor};
 use aidos_serve::grpc::pb::grpc_inference_service_client::GrpcInferenceServiceClient;
 use aidos_serve::grpc::pb::{ModelInferRequest, model_infer_request::InferInputTensor};
+use aidos_train::builtin::Standardization;
+use aidos_train::onnx::{ExportOptions, export};
+use aidos_train::*;
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 
 #[global_allocator]

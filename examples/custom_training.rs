@@ -25,8 +25,8 @@ use std::collections::BTreeMap;
 use std::io::Write;
 
 // The burn derive macros expand to `burn::...` paths: bring the exact burn aidos is built on into scope.
-use aidos_kernels::burn;
 use aidos_sdk::{Context, NewModel, SdkError};
+use aidos_train::burn;
 use burn::module::{Module, Param};
 use burn::optim::{AdamConfig, GradientsParams, ModuleOptimizer};
 use burn::store::ModuleRecord;

@@ -23,6 +23,11 @@ ORT_DYLIB_PATH="$(ls "$PWD"/.venv/lib/python3*/site-packages/onnxruntime/capi/li
 export ORT_DYLIB_PATH
 # -----------------------------------------------------------------------------------------------------------------
 
+# ---- Gates: formatting and lints (a lint is allowed only with an #[allow] and a comment that says why) ----------
+cargo fmt --all --check
+cargo clippy --workspace --all-targets -- -D warnings
+# -----------------------------------------------------------------------------------------------------------------
+
 cargo build --bin aidos
 cargo test --workspace --all-targets
 # The serving conformance suite once more with the ONNX Runtime backend compiled in (it then must pass on ort too).

@@ -20,9 +20,9 @@ fn main() -> ExitCode {
         std::process::exit(cli::task_shim(raw[2..].to_vec()));
     }
     // Hidden: the built-in trainer of a train job, started by the worker through the shim (`aidos train-run`),
-    // configured entirely by the environment (see aidos_kernels::builtin and aidos_sdk).
+    // configured entirely by the environment (see aidos_train::builtin and aidos_sdk).
     if raw.get(1).is_some_and(|a| a == "train-run") {
-        return match aidos_kernels::builtin::run_from_env() {
+        return match aidos_train::builtin::run_from_env() {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
                 eprintln!("error: {e}");

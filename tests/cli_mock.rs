@@ -8,6 +8,7 @@ use std::sync::{Arc, Mutex};
 
 use aidos_api::cluster_service_server::{ClusterService, ClusterServiceServer};
 use aidos_api::job_service_server::{JobService, JobServiceServer};
+use aidos_api::run_service_server::{RunService, RunServiceServer};
 use aidos_api::*;
 use futures::Stream;
 use tonic::{Request, Response, Status};
@@ -176,6 +177,41 @@ impl ClusterService for Mock {
     }
 }
 
+/// One run, `job-1.1`, with two points each of `train_loss` and `val_accuracy`.
+#[tonic::async_trait]
+impl RunService for Mock {
+    async fn report_metrics(&self, _r: Request<ReportMetricsRequest>) -> Result<Response<ReportAck>, Status> {
+        Err(Status::unimplemented("mock"))
+    }
+    async fn record_checkpoint(&self, _r: Request<RecordCheckpointRequest>) -> Result<Response<ReportAck>, Status> {
+        Err(Status::unimplemented("mock"))
+    }
+    async fn latest_checkpoint(
+        &self,
+        _r: Request<LatestCheckpointRequest>,
+    ) -> Result<Response<LatestCheckpointResponse>, Status> {
+        Err(Status::unimplemented("mock"))
+    }
+    async fn list(&self, _r: Request<ListRunsRequest>) -> Result<Response<ListRunsResponse>, Status> {
+        Err(Status::unimplemented("mock"))
+    }
+    async fn get(&self, r: Request<GetRunRequest>) -> Result<Response<Run>, Status> {
+        self.check()?;
+        let id = r.into_inner().run_id;
+        if id != "job-1.1" {
+            return Err(Status::not_found(format!("run {id}")));
+        }
+        let point = |step, name: &str, value| MetricPoint { step, epoch: 1, name: name.into(), value, time_ms: 0 };
+        let metrics = vec![
+            point(1, "train_loss", 2.0),
+            point(1, "val_accuracy", 0.5),
+            point(2, "train_loss", 1.0),
+            point(2, "val_accuracy", 0.75),
+        ];
+        Ok(Response::new(Run { id, job_id: "job-1".into(), attempt: 1, metrics, ..Default::default() }))
+    }
+}
+
 async fn serve(down: bool) -> SocketAddr {
     let mock = Mock { down, state: Default::default() };
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -183,7 +219,8 @@ async fn serve(down: bool) -> SocketAddr {
     tokio::spawn(
         tonic::transport::Server::builder()
             .add_service(JobServiceServer::new(mock.clone()))
-            .add_service(ClusterServiceServer::new(mock))
+            .add_service(ClusterServiceServer::new(mock.clone()))
+            .add_service(RunServiceServer::new(mock))
             .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener)),
     );
     addr
@@ -298,4 +335,31 @@ async fn invalid_specs_are_refused_before_sending() {
     let o = aidos("127.0.0.1:1", &["job", "submit"]).await;
     assert_eq!(o.code, 1);
     assert!(o.stderr.contains("nothing to run"), "{}", o.stderr);
+}
+
+#[tokio::test]
+async fn run_metrics_json_honours_the_metric_filter() {
+    let s = serve(false).await.to_string();
+    let names = |o: &Out| -> Vec<String> {
+        let v: serde_json::Value = serde_json::from_str(&o.stdout).unwrap();
+        v["metrics"].as_array().unwrap().iter().map(|p| p["name"].as_str().unwrap().to_string()).collect()
+    };
+    let o = aidos(&s, &["-o", "json", "run", "metrics", "job-1.1", "--metric", "val_accuracy"]).await;
+    assert_eq!(o.code, 0, "{}", o.stderr);
+    assert_eq!(names(&o), ["val_accuracy", "val_accuracy"]);
+    let o = aidos(&s, &["-o", "json", "run", "metrics", "job-1.1"]).await;
+    assert_eq!(o.code, 0, "{}", o.stderr);
+    assert_eq!(names(&o).len(), 4, "without --metric: every point");
+    // The table shows the same metrics.
+    let o = aidos(&s, &["run", "metrics", "job-1.1", "--metric", "val_accuracy"]).await;
+    assert_eq!(o.code, 0, "{}", o.stderr);
+    assert!(o.stdout.contains("val_accuracy (job-1.1)") && !o.stdout.contains("train_loss"), "{}", o.stdout);
+    // A filter that matches nothing is the same error in both formats.
+    for args in [&["-o", "json"][..], &[][..]] {
+        let mut a = args.to_vec();
+        a.extend(["run", "metrics", "job-1.1", "--metric", "nope"]);
+        let o = aidos(&s, &a).await;
+        assert_eq!(o.code, 1, "{a:?}: {}", o.stdout);
+        assert!(o.stderr.contains("run job-1.1 has no metric points named nope"), "{a:?}: {}", o.stderr);
+    }
 }

@@ -101,7 +101,8 @@ async fn leader_sigkilled_mid_submission_loses_nothing_and_runs_each_job_once() 
         }
         if Instant::now() > deadline {
             dump_logs(&c);
-            panic!("only {done} of {} jobs succeeded", jobs.len());
+            let stuck: Vec<_> = jobs.iter().filter(|j| state_of(j) != JobState::Succeeded).take(5).collect();
+            panic!("only {done} of {} jobs succeeded; some that did not: {stuck:#?}", jobs.len());
         }
         tokio::time::sleep(Duration::from_millis(500)).await;
     };

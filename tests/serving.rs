@@ -11,13 +11,13 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use aidos_kernels::builtin::Standardization;
-use aidos_kernels::onnx::{ExportOptions, export};
-use aidos_kernels::*;
 use aidos_runtime::{ModelRuntime, RuntimeKind};
 use aidos_serve::grpc::pb::grpc_inference_service_client::GrpcInferenceServiceClient;
 use aidos_serve::grpc::pb::{InferTensorContents, ModelInferRequest, model_infer_request::InferInputTensor};
 use aidos_serve::{BatchConfig, Limits, Metrics, Repository, RunningServer, ServerConfig, ServerState};
+use aidos_train::builtin::Standardization;
+use aidos_train::onnx::{ExportOptions, export};
+use aidos_train::*;
 
 const ROWS: usize = 32; // = the default max_batch_size
 
@@ -62,7 +62,7 @@ fn fixture() -> Fixture {
     pre.apply(&mut xs);
     let expected = model.predict(&xs, ROWS).unwrap();
     let onnx = export(&model, &ExportOptions { preprocess: Some(pre), ..Default::default() }).unwrap();
-    let burn: Arc<dyn ModelRuntime> = Arc::new(aidos_kernels::runtime::BurnRuntime::new(model, Some(pre)));
+    let burn: Arc<dyn ModelRuntime> = Arc::new(aidos_train::runtime::BurnRuntime::new(model, Some(pre)));
     Fixture { onnx, burn, x, expected }
 }
 

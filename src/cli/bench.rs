@@ -9,9 +9,9 @@ use anyhow::Context;
 use clap::{Args, Subcommand};
 use serde_json::json;
 
+use super::args::{Global, Output};
 use super::client::{Client, status_error};
 use super::render::{print_json, print_table};
-use super::{Global, Output};
 
 #[derive(Subcommand, Debug)]
 pub enum BenchCmd {
@@ -24,13 +24,13 @@ pub enum BenchCmd {
 #[derive(Args, Debug)]
 pub struct RuntimeBench {
     /// ONNX file
-    #[arg(long)]
+    #[arg(long, env = "AIDOS_BENCH_MODEL")]
     pub model: std::path::PathBuf,
     /// tract or ort
-    #[arg(long, default_value = "tract")]
+    #[arg(long, env = "AIDOS_BENCH_RUNTIME", default_value = "tract")]
     pub runtime: String,
     /// Timed inferences (after 100 warm-up ones)
-    #[arg(long, default_value_t = 2000)]
+    #[arg(long, env = "AIDOS_BENCH_ITERS", default_value_t = 2000)]
     pub iters: usize,
 }
 
@@ -120,7 +120,7 @@ pub async fn run(g: &Global, cmd: BenchCmd) -> anyhow::Result<()> {
     // Connect every submitter before the clock starts.
     let mut clients = Vec::with_capacity(a.concurrency);
     for _ in 0..a.concurrency {
-        let mut c = Client::new(&g.scheduler)?;
+        let c = Client::new(&g.scheduler)?;
         c.call(|_ch| async { Ok(()) }).await.map_err(|e| status_error(e, ""))?;
         clients.push(c);
     }
@@ -129,7 +129,7 @@ pub async fn run(g: &Global, cmd: BenchCmd) -> anyhow::Result<()> {
     let next = Arc::new(AtomicU64::new(0));
     let t0 = Instant::now();
     let mut handles = Vec::new();
-    for mut client in clients {
+    for client in clients {
         let (next, spec, run_id) = (next.clone(), spec.clone(), run_id.clone());
         let (jobs, batch, rate) = (a.jobs, a.batch, a.rate);
         handles.push(tokio::spawn(async move {

@@ -4,9 +4,9 @@ use aidos_api::{AddNodeRequest, ClusterStatus, ClusterStatusRequest, ListWorkers
 use clap::{Args, Subcommand};
 use serde_json::json;
 
+use super::args::{Global, Output};
 use super::client::{Client, status_error};
 use super::render::{self, print_json, print_table};
-use super::{Global, Output};
 
 #[derive(Subcommand, Debug)]
 pub enum ClusterCmd {
@@ -41,7 +41,7 @@ pub struct RemoveNodeArgs {
 }
 
 pub async fn run(g: &Global, cmd: ClusterCmd) -> anyhow::Result<()> {
-    let mut client = Client::new(&g.scheduler)?;
+    let client = Client::new(&g.scheduler)?;
     match cmd {
         ClusterCmd::Status => {
             let st = client

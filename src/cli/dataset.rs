@@ -6,9 +6,9 @@ use aidos_api::{CommitDatasetRequest, DatasetManifest, GetDatasetRequest, ListDa
 use clap::{Args, Subcommand};
 use serde_json::json;
 
+use super::args::{Global, Output, blob_store, parse_dataset_ref};
 use super::client::{Client, status_error};
 use super::render::{age, print_json, print_table};
-use super::{Global, Output, blob_store, parse_dataset_ref};
 
 #[derive(Subcommand, Debug)]
 pub enum DatasetCmd {

@@ -1,26 +1,24 @@
-//! `aidos serve deploy | list | delete` (deployments through the scheduler), `aidos serve replica` (what a worker
-//! runs for each replica) and `aidos serve gateway` (the front that routes to the replicas). Wiring only: the
-//! reconciler is in the scheduler, the server and its remote pool in `aidos-serve`.
+//! `aidos serve deploy | list | delete` (deployments through the scheduler) and `aidos serve gateway` (the front
+//! that routes to the replicas; `aidos up` starts one too). Wiring only: the reconciler is in the scheduler, the
+//! gateway and its remote pools in `aidos-serve` (`aidos_serve::gateway`); a replica is `aidos serve replica`
+//! (`serve.rs`).
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
-use std::sync::Arc;
 use std::time::Duration;
 
-use aidos_api::contract::task_env;
-use aidos_api::v1::{
-    DeleteDeploymentRequest, DeployRequest, Deployment, ListDeploymentsRequest, ReportEndpointRequest,
-};
+use aidos_api::v1::{DeleteDeploymentRequest, DeployRequest, Deployment, ListDeploymentsRequest};
 use aidos_runtime::RuntimeKind;
-use aidos_serve::remote::RemoteModel;
-use aidos_serve::{Limits, Metrics, Repository, ServerConfig, ServerState};
+use aidos_serve::ServerConfig;
+use aidos_serve::gateway::{GatewayConfig, RemoteModel, RouteSource};
 use anyhow::Context;
 use clap::Args;
 use serde_json::json;
 
+use super::args::{Global, Output, parse_bytes, parse_cpu};
 use super::client::{Client, status_error};
-use super::serve::BatchArgs;
-use super::{Global, Output, render, shutdown_signal};
+use super::process::shutdown_signal;
+use super::render;
 
 #[derive(Args, Debug)]
 pub struct DeployArgs {
@@ -48,10 +46,10 @@ pub struct DeployArgs {
     #[arg(long, env = "AIDOS_DEPLOY_MAX_QUEUE", default_value_t = 1024)]
     pub max_queue: u32,
     /// CPU per replica, in cores (`1`) or millicores (`500m`)
-    #[arg(long, env = "AIDOS_DEPLOY_CPUS", value_parser = super::parse_cpu, default_value = "1")]
+    #[arg(long, env = "AIDOS_DEPLOY_CPUS", value_parser = parse_cpu, default_value = "1")]
     pub cpus: u64,
     /// Memory per replica (`512Mi`, `2Gi`)
-    #[arg(long, env = "AIDOS_DEPLOY_MEMORY", value_parser = super::parse_bytes, default_value = "512Mi")]
+    #[arg(long, env = "AIDOS_DEPLOY_MEMORY", value_parser = parse_bytes, default_value = "512Mi")]
     pub memory: u64,
     /// Wait until every replica of the new generation is ready (at most this many seconds; 0: do not wait)
     #[arg(long, env = "AIDOS_DEPLOY_WAIT_SECS", default_value_t = 0)]
@@ -138,7 +136,7 @@ async fn get(c: &mut Client, name: &str) -> anyhow::Result<Deployment> {
 }
 
 pub async fn list(g: &Global) -> anyhow::Result<()> {
-    let mut c = Client::new(&g.scheduler)?;
+    let c = Client::new(&g.scheduler)?;
     let l = c
         .serve(|mut s| async move { s.list(ListDeploymentsRequest::default()).await })
         .await
@@ -207,7 +205,7 @@ fn deployment_json(d: &Deployment) -> serde_json::Value {
 }
 
 pub async fn delete(g: &Global, name: &str) -> anyhow::Result<()> {
-    let mut c = Client::new(&g.scheduler)?;
+    let c = Client::new(&g.scheduler)?;
     let req = DeleteDeploymentRequest { name: name.to_string() };
     c.serve(|mut s| {
         let r = req.clone();
@@ -219,94 +217,14 @@ pub async fn delete(g: &Global, name: &str) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// How long a replica keeps serving after SIGTERM before it drains (well under the worker's stop grace of 5 s).
-const DRAIN_DELAY: Duration = Duration::from_millis(1000);
-
-fn env(var: &str) -> anyhow::Result<String> {
-    std::env::var(var)
-        .map_err(|_| anyhow::anyhow!("{var} is not set: `aidos serve replica` runs as a deployment's task"))
-}
-
-/// One replica of a deployment, started by a worker with the task environment (AIDOS_* and AIDOS_SERVE_*): loads
-/// the registry model, serves it under the deployment's name, reports its endpoint, and drains on SIGTERM.
-pub async fn replica(batch: BatchArgs) -> anyhow::Result<()> {
-    let task = aidos_sdk::TaskEnv::from_env()?;
-    let deployment = env(task_env::SERVE_DEPLOYMENT)?;
-    let model = env(task_env::SERVE_MODEL)?;
-    let kind: RuntimeKind = env(task_env::SERVE_RUNTIME)?.parse()?;
-    let host = std::env::var(task_env::ADVERTISE_HOST).unwrap_or_else(|_| "127.0.0.1".into());
-    let cfg = batch.config()?;
-    let mut client = Client::new(&task.schedulers)?;
-    let m = super::model::get_model(&mut client, &model).await?;
-    let store = aidos_blob::LocalDirStore::open(&task.blob_dir)
-        .map_err(|e| anyhow::anyhow!("opening the blob store at {}: {e}", task.blob_dir.display()))?;
-    let mv = m.clone();
-    let rt = tokio::task::spawn_blocking(move || super::serve::registry_runtime(&mv, &store, kind)).await??;
-    let repo = Arc::new(Repository::new(Arc::new(Metrics::default())));
-    repo.load(&deployment, m.version as u64, kind, rt, cfg.clone())?;
-    let loopback = host == "127.0.0.1" || host == "localhost";
-    let bind: std::net::IpAddr = if loopback { [127, 0, 0, 1].into() } else { [0, 0, 0, 0].into() };
-    let server_cfg = ServerConfig { http: SocketAddr::new(bind, 0), grpc: SocketAddr::new(bind, 0) };
-    let state = Arc::new(ServerState {
-        repo,
-        limits: Limits::default(),
-        name: format!("aidos-replica-{deployment}"),
-        model_dir: None,
-        defaults: cfg,
-    });
-    let server = aidos_serve::start(&server_cfg, state).await.context("binding the replica's listeners")?;
-    let (http, grpc) = (format!("{host}:{}", server.http.port()), format!("{host}:{}", server.grpc.port()));
-    println!(
-        "replica of {deployment} ({}:{} on {}) serving: HTTP {http} gRPC {grpc}",
-        m.name,
-        m.version,
-        kind.as_str()
-    );
-    let report = ReportEndpointRequest {
-        worker_id: task.worker_id.clone(),
-        attempt: Some(task.attempt_ref()),
-        http,
-        grpc,
-        pid: std::process::id(),
-    };
-    // The scheduler may be electing a leader: retry for a while; a refusal (stale attempt) is final.
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
-    loop {
-        let r = report.clone();
-        match client
-            .serve(|mut s| {
-                let r = r.clone();
-                async move { s.report_endpoint(r).await }
-            })
-            .await
-        {
-            Ok(_) => break,
-            Err(s) if tokio::time::Instant::now() < deadline && super::client::is_retryable(&s) => {
-                tokio::time::sleep(Duration::from_millis(500)).await;
-            }
-            Err(s) => {
-                server.shutdown().await;
-                return Err(status_error(s, "reporting the replica's endpoint"));
-            }
-        }
-    }
-    shutdown_signal().await;
-    // Keep answering for a moment: gateways learn from the scheduler (every 250 ms) that this replica is going
-    // and stop sending to it; then stop accepting and let in-flight requests finish.
-    println!("replica of {deployment}: stopping in {} ms, then draining", DRAIN_DELAY.as_millis());
-    tokio::time::sleep(DRAIN_DELAY).await;
-    server.shutdown().await;
-    Ok(())
-}
-
 /// The gateway: an Open Inference Protocol front whose models are the cluster's deployments, each routed to its
-/// ready replicas (see `aidos_serve::remote`). It keeps routing to the replicas it knows when the scheduler
+/// ready replicas (see `aidos_serve::gateway`). It keeps routing to the replicas it knows when the scheduler
 /// cannot be reached.
 pub async fn gateway(g: &Global, a: GatewayArgs) -> anyhow::Result<()> {
     let server = start_gateway(g.scheduler.clone(), a.http, a.grpc, Duration::from_millis(a.refresh_ms)).await?;
     println!("gateway serving deployments: HTTP http://{}  gRPC {}", server.http, server.grpc);
     if let Some(f) = &a.ready_file {
-        super::serve::write_ready_file(f, server.http, server.grpc)?;
+        server.write_ready_file(f).with_context(|| format!("writing {}", f.display()))?;
     }
     shutdown_signal().await;
     server.shutdown().await;
@@ -320,33 +238,23 @@ pub async fn start_gateway(
     grpc: SocketAddr,
     refresh: Duration,
 ) -> anyhow::Result<aidos_serve::RunningServer> {
-    let repo = Arc::new(Repository::new(Arc::new(Metrics::default())));
-    let state = Arc::new(ServerState {
-        repo: repo.clone(),
-        limits: Limits::default(),
-        name: "aidos-gateway".into(),
-        model_dir: None,
-        defaults: aidos_serve::BatchConfig::default(),
-    });
-    let server = aidos_serve::start(&ServerConfig { http, grpc }, state)
-        .await
-        .with_context(|| format!("binding the gateway on {http} / {grpc}"))?;
-    let mut client = Client::new(&schedulers)?;
-    tokio::spawn(async move {
-        loop {
-            match client.serve(|mut s| async move { s.list(ListDeploymentsRequest::default()).await }).await {
-                Ok(l) => {
-                    let want = routes(&l.into_inner().deployments);
-                    for change in aidos_serve::remote::sync(&repo, &want).await {
-                        tracing::info!("gateway: {change}");
-                    }
-                }
-                Err(s) => tracing::debug!("gateway: reading deployments: {}", s.message()),
-            }
-            tokio::time::sleep(refresh).await;
-        }
-    });
-    Ok(server)
+    let source = DeploymentRoutes(Client::new(&schedulers)?);
+    let cfg = GatewayConfig { server: ServerConfig { http, grpc }, refresh };
+    aidos_serve::gateway::start(&cfg, source).await.with_context(|| format!("binding the gateway on {http} / {grpc}"))
+}
+
+/// The gateway's routes: the scheduler's deployments.
+struct DeploymentRoutes(Client);
+
+impl RouteSource for DeploymentRoutes {
+    async fn routes(&mut self) -> Result<Vec<RemoteModel>, String> {
+        let l = self
+            .0
+            .serve(|mut s| async move { s.list(ListDeploymentsRequest::default()).await })
+            .await
+            .map_err(|s| format!("reading deployments: {}", s.message()))?;
+        Ok(routes(&l.into_inner().deployments))
+    }
 }
 
 /// Ready replicas of every deployment, grouped by the model version they serve.

@@ -10,9 +10,9 @@ use anyhow::Context;
 use clap::{Args, Subcommand};
 use serde_json::json;
 
+use super::args::{Global, Output, blob_store};
 use super::client::{Client, status_error};
 use super::render::{age, print_json, print_table, truncate};
-use super::{Global, Output, blob_store};
 
 #[derive(Subcommand, Debug)]
 pub enum EdgeCmd {
@@ -26,7 +26,7 @@ pub enum EdgeCmd {
         /// Device name
         device: String,
         /// Show at most this many of the newest intervals
-        #[arg(long, default_value_t = 20)]
+        #[arg(long, env = "AIDOS_EDGE_TELEMETRY_LAST", default_value_t = 20)]
         last: usize,
     },
     /// Run the edge agent on this machine (the same as the `aidos-edge` binary)
@@ -56,7 +56,7 @@ pub async fn run(g: &Global, cmd: EdgeCmd) -> anyhow::Result<()> {
         EdgeCmd::Telemetry { device, last } => telemetry(g, &device, last).await,
         EdgeCmd::Agent(a) => {
             let cfg = a.config().map_err(anyhow::Error::msg)?;
-            aidos_edge::run(cfg, super::shutdown_signal()).await.context("edge agent")
+            aidos_edge::run(cfg, super::process::shutdown_signal()).await.context("edge agent")
         }
     }
 }

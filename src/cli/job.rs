@@ -13,10 +13,10 @@ use anyhow::Context;
 use clap::{Args, Subcommand};
 use serde_json::json;
 
+use super::args::{Global, Output, PlacementArg, parse_bytes, parse_cpu, parse_kv};
 use super::client::{Client, is_final, status_error};
+use super::process::Exit;
 use super::render::{self, print_json, print_table};
-use super::server::PlacementArg;
-use super::{Exit, Global, Output, parse_bytes, parse_cpu, parse_kv};
 
 #[derive(Subcommand, Debug)]
 pub enum JobCmd {

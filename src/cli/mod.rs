@@ -1,14 +1,29 @@
-//! The `aidos` command line: argument parsing and dispatch. Each command group lives in its own module.
+//! The `aidos` command line: argument parsing and dispatch. Each command group lives in its own module; the logic
+//! behind them lives in the library crates (`aidos-serve`, `aidos-worker`, `aidos-scheduler`, ...).
+//!
+//! Layering: every module uses only modules on a lower layer (or its own layer's leaves), so the modules form a
+//! DAG. This file (dispatch) sits above them all.
+//! 1. Leaves, using no other CLI module: [`args`] (global flags, shared flag groups, value parsers),
+//!    [`process`] (exit codes, the shutdown signal), [`client`] (the scheduler client), [`render`], [`plot`],
+//!    [`progress`].
+//! 2. Commands on the leaves only: [`cluster`], [`dataset`], [`job`], [`run`], [`server`], [`worker`],
+//!    [`deploy`] (deployments and the gateway), [`infer`].
+//! 3. Commands on other commands: [`bench`] → job; [`train`] → job, dataset; [`model`] → job, dataset;
+//!    [`edge`] → model; [`serve`] → model, deploy.
+//! 4. [`up`] (a scheduler, a worker and the gateway in one process) → server, deploy.
 
+pub mod args;
 pub mod bench;
 pub mod client;
 pub mod cluster;
 pub mod dataset;
 pub mod deploy;
 pub mod edge;
+pub mod infer;
 pub mod job;
 pub mod model;
 pub mod plot;
+pub mod process;
 pub mod progress;
 pub mod render;
 pub mod run;
@@ -18,10 +33,12 @@ pub mod train;
 pub mod up;
 pub mod worker;
 
-use std::collections::BTreeMap;
 use std::ffi::OsString;
 
-use clap::{Args, Parser, Subcommand, ValueEnum};
+use clap::{Parser, Subcommand};
+
+pub use args::Global;
+pub use process::Exit;
 
 #[derive(Parser, Debug)]
 #[command(name = "aidos", version, about = "aidos: a distributed training and inference compute engine")]
@@ -30,43 +47,6 @@ pub struct Cli {
     pub global: Global,
     #[command(subcommand)]
     pub command: Command,
-}
-
-/// Flags every command accepts.
-#[derive(Args, Debug, Clone)]
-pub struct Global {
-    /// Scheduler addresses, comma-separated; any node of the cluster, tried in order
-    #[arg(
-        long,
-        env = "AIDOS_SCHEDULER",
-        global = true,
-        help_heading = "Global options",
-        value_delimiter = ',',
-        default_value = aidos_api::DEFAULT_SCHEDULER_ADDR
-    )]
-    pub scheduler: Vec<String>,
-    /// Output format: aligned columns for people, or one JSON document (before the command: `aidos -o json job list`)
-    #[arg(short, long, env = "AIDOS_OUTPUT", help_heading = "Global options", value_enum, default_value_t = Output::Table)]
-    pub output: Output,
-    /// Log filter, e.g. `info`, `debug` or `aidos_scheduler=debug` (default: RUST_LOG, else info for servers and
-    /// warn for client commands)
-    #[arg(long, env = "AIDOS_LOG_LEVEL", global = true, help_heading = "Global options")]
-    pub log_level: Option<String>,
-    /// Blob store directory (datasets, checkpoints, model weights); `aidos up` keeps it at <data-dir>/blobs
-    #[arg(
-        long,
-        env = "AIDOS_BLOB_DIR",
-        global = true,
-        help_heading = "Global options",
-        default_value = ".aidos/blobs"
-    )]
-    pub blob_dir: std::path::PathBuf,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-pub enum Output {
-    Table,
-    Json,
 }
 
 #[derive(Subcommand, Debug)]
@@ -98,7 +78,7 @@ pub enum Command {
     #[command(subcommand)]
     Serve(serve::ServeCmd),
     /// Send one inference request to a model server's HTTP front and print the outputs
-    Infer(serve::InferArgs),
+    Infer(infer::InferArgs),
     /// Edge devices: the fleet, signed ONNX deployments, telemetry, and the agent itself
     #[command(subcommand)]
     Edge(edge::EdgeCmd),
@@ -131,21 +111,6 @@ impl Command {
     }
 }
 
-/// A deliberate exit with a code (and a message for stderr, possibly empty), e.g. `job wait` on a failed job.
-#[derive(Debug)]
-pub struct Exit {
-    pub code: u8,
-    pub msg: String,
-}
-
-impl std::fmt::Display for Exit {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(&self.msg)
-    }
-}
-
-impl std::error::Error for Exit {}
-
 pub async fn run(cli: Cli) -> anyhow::Result<()> {
     let g = cli.global;
     match cli.command {
@@ -160,9 +125,9 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Run(c) => run::run(&g, c).await,
         Command::Model(c) => model::run(&g, c).await,
         Command::Serve(c) => serve::run(&g, c).await,
-        Command::Infer(a) => serve::infer(&g, a).await,
+        Command::Infer(a) => infer::run(&g, a).await,
         Command::Edge(c) => edge::run(&g, c).await,
-        Command::ExportRun => model::export_run().await,
+        Command::ExportRun => Ok(aidos_train::export_job::run().await?),
         // Dispatched in main before any runtime starts; reaching here means it was not first on the line.
         Command::TaskShim { .. } => anyhow::bail!("task-shim must be the first argument"),
     }
@@ -171,70 +136,4 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
 /// The hidden `aidos task-shim ...`: runs synchronously, outside any tokio runtime.
 pub fn task_shim(args: Vec<OsString>) -> i32 {
     aidos_worker::shim_main(args)
-}
-
-/// The blob store named by `--blob-dir`.
-pub fn blob_store(g: &Global) -> anyhow::Result<aidos_blob::LocalDirStore> {
-    aidos_blob::LocalDirStore::open(&g.blob_dir)
-        .map_err(|e| anyhow::anyhow!("opening the blob store at {}: {e}", g.blob_dir.display()))
-}
-
-/// Splits `NAME@vN` / `NAME` into (name, version; 0 = latest).
-pub fn parse_dataset_ref(s: &str) -> anyhow::Result<(String, u32)> {
-    match s.split_once('@') {
-        None => Ok((s.to_string(), 0)),
-        Some((n, v)) => {
-            let num = v.strip_prefix('v').unwrap_or(v);
-            let v: u32 = num.parse().map_err(|_| anyhow::anyhow!("`{s}`: expected NAME@vN, e.g. mnist@v1"))?;
-            anyhow::ensure!(v > 0, "`{s}`: versions start at v1");
-            Ok((n.to_string(), v))
-        }
-    }
-}
-
-/// `k=v` for clap.
-pub fn parse_kv(s: &str) -> Result<(String, String), String> {
-    match s.split_once('=') {
-        Some((k, v)) if !k.trim().is_empty() => Ok((k.trim().to_string(), v.trim().to_string())),
-        _ => Err(format!("`{s}` is not key=value")),
-    }
-}
-
-pub fn kv_map(pairs: Vec<(String, String)>) -> BTreeMap<String, String> {
-    pairs.into_iter().collect()
-}
-
-/// Cores (`2`, `0.5`, `500m`) to millicores, for clap.
-pub fn parse_cpu(s: &str) -> Result<u64, String> {
-    aidos_api::spec::parse_cpu_str(s)
-}
-
-/// Bytes with an optional unit (`4Gi`, `512Mi`, `1000000`), for clap.
-pub fn parse_bytes(s: &str) -> Result<u64, String> {
-    aidos_api::spec::parse_bytes_str(s)
-}
-
-/// Resolves on Ctrl-C or SIGTERM.
-pub async fn shutdown_signal() {
-    #[cfg(unix)]
-    {
-        use tokio::signal::unix::{SignalKind, signal};
-        match signal(SignalKind::terminate()) {
-            Ok(mut term) => {
-                tokio::select! {
-                    _ = tokio::signal::ctrl_c() => {}
-                    _ = term.recv() => {}
-                }
-            }
-            Err(e) => {
-                tracing::warn!("cannot listen for SIGTERM: {e}");
-                let _ = tokio::signal::ctrl_c().await;
-            }
-        }
-    }
-    #[cfg(not(unix))]
-    {
-        let _ = tokio::signal::ctrl_c().await;
-    }
-    tracing::info!("shutting down");
 }

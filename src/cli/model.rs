@@ -4,13 +4,12 @@ use std::path::PathBuf;
 
 use aidos_api::{ListModelsRequest, ModelVersion, SetAliasRequest};
 use aidos_blob::{BlobId, BlobStore};
-use aidos_kernels::builtin::Standardization;
 use clap::{Args, Subcommand};
 use serde_json::json;
 
+use super::args::{Global, Output, blob_store};
 use super::client::{Client, status_error};
 use super::render::{age, print_json, print_table};
-use super::{Global, Output, blob_store};
 
 #[derive(Subcommand, Debug)]
 pub enum ModelCmd {
@@ -61,19 +60,13 @@ pub struct ExportArgs {
     pub no_store: bool,
 }
 
-/// Artifact key of an export (`onnx`, `onnx-int8`).
-pub fn artifact_key(q: aidos_kernels::onnx::Quantize) -> &'static str {
-    match q {
-        aidos_kernels::onnx::Quantize::None => "onnx",
-        aidos_kernels::onnx::Quantize::Int8 => "onnx-int8",
-    }
-}
+pub use aidos_train::export_job::artifact_key;
 
 /// Exports a registry version to ONNX bytes (preprocessing baked in, registry identity in the metadata).
 /// `aidos model export --on-cluster`: an `export` job on a worker; waits for it, then copies the file if asked.
 async fn export_on_cluster(g: &Global, client: &mut Client, a: ExportArgs) -> anyhow::Result<()> {
     anyhow::ensure!(a.format == "onnx", "--format {}: only onnx is supported", a.format);
-    let q: aidos_kernels::onnx::Quantize = a.quantize.parse()?;
+    let q: aidos_train::onnx::Quantize = a.quantize.parse()?;
     let m = get_model(client, &a.model).await?; // fail early, by name, when the model does not exist
     let (id, m) = export_job(g, client, &m, &a.quantize).await?;
     let key = artifact_key(q);
@@ -123,35 +116,6 @@ pub async fn export_job(
     Ok((id, m))
 }
 
-/// The task of an `export` job (`aidos export-run`, started by a worker): exports the version named by
-/// AIDOS_EXPORT_MODEL, stores the file and records it as an artifact of the version.
-pub async fn export_run() -> anyhow::Result<()> {
-    use aidos_api::contract::task_env;
-    let task = aidos_sdk::TaskEnv::from_env()?;
-    let model =
-        std::env::var(task_env::EXPORT_MODEL).map_err(|_| anyhow::anyhow!("{} is not set", task_env::EXPORT_MODEL))?;
-    let quantize = std::env::var(task_env::EXPORT_QUANTIZE).unwrap_or_default();
-    let q: aidos_kernels::onnx::Quantize = if quantize.is_empty() { "none".parse()? } else { quantize.parse()? };
-    let mut client = Client::new(&task.schedulers)?;
-    let m = get_model(&mut client, &model).await?;
-    let store = aidos_blob::LocalDirStore::open(&task.blob_dir)
-        .map_err(|e| anyhow::anyhow!("opening the blob store at {}: {e}", task.blob_dir.display()))?;
-    let (mv, st) = (m.clone(), store.clone());
-    let t = std::time::Instant::now();
-    let bytes = tokio::task::spawn_blocking(move || export_onnx(&mv, &st, q)).await??;
-    let key = artifact_key(q);
-    let id = record_artifact(&mut client, &store, &m, key, &bytes).await?;
-    println!(
-        "exported {}:{} to ONNX (opset {}, {} bytes, {:.0} ms): artifact `{key}` = {id}",
-        m.name,
-        m.version,
-        aidos_kernels::onnx::OPSET,
-        bytes.len(),
-        t.elapsed().as_secs_f64() * 1000.0
-    );
-    Ok(())
-}
-
 /// Stores `bytes` in the blob store and records them as artifact `key` of the model version.
 pub async fn record_artifact(
     client: &mut Client,
@@ -188,30 +152,13 @@ pub async fn onnx_artifact(
         return Ok((id, bytes));
     }
     let (mv, st) = (m.clone(), store.clone());
-    let bytes =
-        tokio::task::spawn_blocking(move || export_onnx(&mv, &st, aidos_kernels::onnx::Quantize::None)).await??;
+    let bytes = tokio::task::spawn_blocking(move || export_onnx(&mv, &st, aidos_train::onnx::Quantize::None)).await??;
     let id = record_artifact(client, store, m, "onnx", &bytes).await?;
     Ok((id, bytes))
 }
 
-pub fn export_onnx(
-    m: &ModelVersion,
-    store: &dyn BlobStore,
-    q: aidos_kernels::onnx::Quantize,
-) -> anyhow::Result<Vec<u8>> {
-    let loaded = load(m, store)?;
-    let cfg: serde_json::Value = serde_json::from_str(&m.config).unwrap_or_default();
-    let opts = aidos_kernels::onnx::ExportOptions {
-        preprocess: Some(loaded.normalization),
-        quantize: q,
-        graph_name: m.name.clone(),
-        metadata: vec![
-            ("aidos.model".into(), format!("{}:{}", m.name, m.version)),
-            ("aidos.weights_blob".into(), m.weights_blob.clone()),
-            ("aidos.input_shape".into(), cfg["input_shape"].to_string()),
-        ],
-    };
-    Ok(aidos_kernels::onnx::export(&loaded.model, &opts)?)
+pub fn export_onnx(m: &ModelVersion, store: &dyn BlobStore, q: aidos_train::onnx::Quantize) -> anyhow::Result<Vec<u8>> {
+    Ok(aidos_train::export_job::export_version(m, store, q)?)
 }
 
 #[derive(Args, Debug)]
@@ -258,24 +205,10 @@ fn model_json(m: &ModelVersion) -> serde_json::Value {
     })
 }
 
-/// The model's preprocessing and network, as the trainer recorded them in the registered config.
-pub struct LoadedModel {
-    pub model: aidos_kernels::TrainedModel,
-    /// As recorded (f64): export and serving apply it with the trainer's own arithmetic.
-    pub normalization: Standardization,
-}
+pub use aidos_train::export_job::LoadedModel;
 
 pub fn load(m: &ModelVersion, store: &dyn BlobStore) -> anyhow::Result<LoadedModel> {
-    let cfg: serde_json::Value = serde_json::from_str(&m.config)
-        .map_err(|e| anyhow::anyhow!("model {}:{} has an unreadable config: {e}", m.name, m.version))?;
-    let model_cfg: aidos_kernels::ModelConfig = serde_json::from_value(cfg["model"].clone())
-        .map_err(|e| anyhow::anyhow!("model {}:{}: config.model: {e}", m.name, m.version))?;
-    let norm = &cfg["normalization"];
-    let normalization =
-        Standardization { mean: norm["mean"].as_f64().unwrap_or(0.0), std: norm["std"].as_f64().unwrap_or(1.0) };
-    let weights = store.get(&BlobId::parse(&m.weights_blob)?)?;
-    let model = aidos_kernels::load_model(&model_cfg, &weights)?;
-    Ok(LoadedModel { model, normalization })
+    Ok(aidos_train::export_job::load_version(m, store)?)
 }
 
 pub async fn run(g: &Global, cmd: ModelCmd) -> anyhow::Result<()> {
@@ -369,7 +302,7 @@ pub async fn run(g: &Global, cmd: ModelCmd) -> anyhow::Result<()> {
         ModelCmd::Export(a) if a.on_cluster => export_on_cluster(g, &mut client, a).await?,
         ModelCmd::Export(a) => {
             anyhow::ensure!(a.format == "onnx", "--format {}: only onnx is supported", a.format);
-            let q: aidos_kernels::onnx::Quantize = a.quantize.parse()?;
+            let q: aidos_train::onnx::Quantize = a.quantize.parse()?;
             let file = a.file.clone().expect("clap requires -o without --on-cluster");
             let m = get_model(&mut client, &a.model).await?;
             let store = blob_store(g)?;
@@ -392,7 +325,7 @@ pub async fn run(g: &Global, cmd: ModelCmd) -> anyhow::Result<()> {
                     m.version,
                     file.display(),
                     bytes.len(),
-                    aidos_kernels::onnx::OPSET
+                    aidos_train::onnx::OPSET
                 );
             }
         }
@@ -401,15 +334,15 @@ pub async fn run(g: &Global, cmd: ModelCmd) -> anyhow::Result<()> {
             let manifest = super::dataset::get_manifest(&mut client, &a.dataset).await?;
             let store = blob_store(g)?;
             let split = a.split.clone();
-            let report = tokio::task::spawn_blocking(move || -> anyhow::Result<aidos_kernels::EvalReport> {
+            let report = tokio::task::spawn_blocking(move || -> anyhow::Result<aidos_train::EvalReport> {
                 let loaded = load(&m, &store)?;
                 let data = aidos_datasets::load_split(&manifest, &split, &store)?;
                 let shape: Vec<usize> = data.row_shape.iter().map(|d| *d as usize).collect();
                 let mut features = data.features;
                 let (mean, std) = (loaded.normalization.mean as f32, loaded.normalization.std as f32);
                 features.iter_mut().for_each(|x| *x = (*x - mean) / std);
-                let ds = aidos_kernels::Dataset::new(features, data.labels, shape)?;
-                Ok(aidos_kernels::evaluate(&loaded.model, &ds)?)
+                let ds = aidos_train::Dataset::new(features, data.labels, shape)?;
+                Ok(aidos_train::evaluate(&loaded.model, &ds)?)
             })
             .await??;
             if g.output == Output::Json {

@@ -7,10 +7,10 @@ use aidos_api::{GetRunRequest, ListRunsRequest, MetricPoint, Run};
 use clap::{Args, Subcommand};
 use serde_json::json;
 
+use super::args::{Global, Output};
 use super::client::{Client, status_error};
 use super::plot::{png_chart, series_by_name, text_chart};
 use super::render::{age, print_json, print_table};
-use super::{Global, Output};
 
 #[derive(Subcommand, Debug)]
 pub enum RunCmd {
@@ -100,7 +100,7 @@ pub async fn run(g: &Global, cmd: RunCmd) -> anyhow::Result<()> {
                 })
                 .await
                 .map_err(|e| status_error(e, ""))?;
-            runs.sort_by(|a, b| b.created_at_ms.cmp(&a.created_at_ms));
+            runs.sort_by_key(|r| std::cmp::Reverse(r.created_at_ms));
             if g.output == Output::Json {
                 print_json(&json!({"runs": runs.iter().map(|r| {
                     let mut v = run_json(r);
@@ -167,17 +167,29 @@ pub async fn run(g: &Global, cmd: RunCmd) -> anyhow::Result<()> {
         }
         RunCmd::Metrics(a) => {
             let r = get_run(&mut client, &a.run).await?;
+            // Both formats show the same points: those of the metrics asked for (all without --metric).
+            let points: Vec<MetricPoint> =
+                r.metrics.iter().filter(|p| a.metric.is_empty() || a.metric.contains(&p.name)).cloned().collect();
+            let none = || {
+                anyhow::anyhow!(
+                    "run {} has no metric points{}",
+                    r.id,
+                    if a.metric.is_empty() { String::new() } else { format!(" named {}", a.metric.join(", ")) }
+                )
+            };
             if g.output == Output::Json {
-                print_json(&json!({"run": r.id, "metrics": points_json(&r.metrics)}));
+                // A run without any points yet is an empty list (scripts poll runs that are starting); a filter
+                // that matches nothing is the same error as the table's.
+                if points.is_empty() && !a.metric.is_empty() {
+                    return Err(none());
+                }
+                print_json(&json!({"run": r.id, "metrics": points_json(&points)}));
                 return Ok(());
             }
-            let series = series_by_name(&r.metrics, &a.metric);
-            anyhow::ensure!(
-                !series.is_empty(),
-                "run {} has no metric points{}",
-                r.id,
-                if a.metric.is_empty() { String::new() } else { format!(" named {}", a.metric.join(", ")) }
-            );
+            let series = series_by_name(&points, &[]);
+            if series.is_empty() {
+                return Err(none());
+            }
             if let Some(path) = &a.png {
                 let bytes = png_chart(&format!("run {}", r.id), "step", &series)?;
                 std::fs::write(path, bytes).map_err(|e| anyhow::anyhow!("writing {}: {e}", path.display()))?;

@@ -7,9 +7,10 @@ use std::time::Duration;
 
 use aidos_scheduler::{SchedulerConfig, SchedulerNode, Strategy};
 use anyhow::Context;
-use clap::{Args, ValueEnum};
+use clap::Args;
 
-use super::{Global, shutdown_signal};
+use super::args::{Global, PlacementArg};
+use super::process::shutdown_signal;
 
 #[derive(Args, Debug)]
 pub struct ServerArgs {
@@ -47,14 +48,6 @@ pub struct ServerArgs {
     pub placement: PlacementArg,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-pub enum PlacementArg {
-    /// Pack replicas onto as few workers as possible
-    Binpack,
-    /// Spread replicas across as many workers as possible
-    Spread,
-}
-
 fn parse_peer(s: &str) -> Result<(u64, String), String> {
     let (id, addr) = s.split_once('=').ok_or_else(|| format!("`{s}` is not id=addr"))?;
     let id: u64 = id.trim().parse().map_err(|_| format!("`{id}` in `{s}` is not a node id"))?;
@@ -85,7 +78,7 @@ pub async fn run(g: &Global, a: ServerArgs) -> anyhow::Result<()> {
     }
     let advertise = a.advertise.or_else(|| members.get(&a.id).cloned()).unwrap_or_default();
     if !members.is_empty() && !members.contains_key(&a.id) {
-        let me = if advertise.is_empty() { super::up::dial_addr(a.listen) } else { advertise.clone() };
+        let me = if advertise.is_empty() { dial_addr(a.listen) } else { advertise.clone() };
         tracing::warn!("--peers does not name this node ({}); adding {}={me}", a.id, a.id);
         members.insert(a.id, me);
     }
@@ -115,4 +108,14 @@ pub async fn run(g: &Global, a: ServerArgs) -> anyhow::Result<()> {
     shutdown_signal().await;
     node.shutdown().await;
     Ok(())
+}
+
+/// The address a local client dials to reach a listener (a wildcard bind is reached through loopback).
+pub fn dial_addr(addr: SocketAddr) -> String {
+    let ip = match addr.ip() {
+        std::net::IpAddr::V4(v4) if v4.is_unspecified() => std::net::Ipv4Addr::LOCALHOST.into(),
+        std::net::IpAddr::V6(v6) if v6.is_unspecified() => std::net::Ipv6Addr::LOCALHOST.into(),
+        ip => ip,
+    };
+    SocketAddr::new(ip, addr.port()).to_string()
 }

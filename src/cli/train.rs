@@ -7,9 +7,9 @@ use std::path::PathBuf;
 use aidos_api::job_spec;
 use clap::Args;
 
+use super::args::{Global, Output};
 use super::client::Client;
 use super::job::{LogsArgs, logs, wait};
-use super::{Global, Output};
 
 #[derive(Args, Debug)]
 pub struct TrainArgs {
@@ -29,7 +29,7 @@ pub struct TrainArgs {
 
 /// Checks a trainer config (JSON) with the trainer's own validation.
 pub fn check_train_config(config_json: &str) -> anyhow::Result<()> {
-    aidos_kernels::TrainConfig::from_json(config_json)
+    aidos_train::TrainConfig::from_json(config_json)
         .map_err(|e| anyhow::anyhow!("invalid job spec: train.config: {e}"))?;
     Ok(())
 }

@@ -1,4 +1,5 @@
-//! `aidos up`: a one-node scheduler plus an in-process worker, for a laptop or a single machine.
+//! `aidos up`: a one-node scheduler plus an in-process worker and the serving gateway, for a laptop or a single
+//! machine. The top of the CLI's layering: it wires the other commands' pieces in one process.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -7,7 +8,9 @@ use aidos_scheduler::{SchedulerConfig, SchedulerNode};
 use anyhow::Context;
 use clap::Args;
 
-use super::{Global, shutdown_signal, worker::WorkerResources};
+use super::args::{Global, WorkerResources, parse_bytes, parse_cpu, parse_kv};
+use super::process::shutdown_signal;
+use super::server::dial_addr;
 
 #[derive(Args, Debug)]
 pub struct UpArgs {
@@ -21,13 +24,13 @@ pub struct UpArgs {
     #[arg(long, env = "AIDOS_NO_WORKER")]
     pub no_worker: bool,
     /// Labels of the in-process worker as k=v, comma-separated
-    #[arg(long, env = "AIDOS_WORKER_LABELS", value_delimiter = ',', value_parser = super::parse_kv)]
+    #[arg(long, env = "AIDOS_WORKER_LABELS", value_delimiter = ',', value_parser = parse_kv)]
     pub worker_labels: Vec<(String, String)>,
     /// CPU the in-process worker offers, in cores (`2`) or millicores (`500m`); default: detected
-    #[arg(long, env = "AIDOS_WORKER_CPUS", value_parser = super::parse_cpu)]
+    #[arg(long, env = "AIDOS_WORKER_CPUS", value_parser = parse_cpu)]
     pub worker_cpus: Option<u64>,
     /// Memory the in-process worker offers (`4Gi`, `512Mi`); default: detected
-    #[arg(long, env = "AIDOS_WORKER_MEMORY", value_parser = super::parse_bytes)]
+    #[arg(long, env = "AIDOS_WORKER_MEMORY", value_parser = parse_bytes)]
     pub worker_memory: Option<u64>,
     /// GPUs the in-process worker offers; default: detected
     #[arg(long, env = "AIDOS_WORKER_GPUS")]
@@ -104,14 +107,4 @@ pub async fn run(_g: &Global, a: UpArgs) -> anyhow::Result<()> {
     }
     node.shutdown().await;
     result
-}
-
-/// The address a local client dials to reach a listener (a wildcard bind is reached through loopback).
-pub fn dial_addr(addr: SocketAddr) -> String {
-    let ip = match addr.ip() {
-        std::net::IpAddr::V4(v4) if v4.is_unspecified() => std::net::Ipv4Addr::LOCALHOST.into(),
-        std::net::IpAddr::V6(v6) if v6.is_unspecified() => std::net::Ipv6Addr::LOCALHOST.into(),
-        ip => ip,
-    };
-    SocketAddr::new(ip, addr.port()).to_string()
 }

@@ -1,6 +1,6 @@
 //! Contracts shared by the processes that must agree on them: the task environment a worker gives every task
-//! (and the SDK / built-in trainer read), and how a scheduler client treats addresses and failures. One
-//! definition here, so the setting and the reading side cannot drift apart.
+//! (and the SDK / built-in trainer read), and the one spelling of a scheduler address. One definition here, so the
+//! setting and the reading side cannot drift apart. (How a scheduler client treats failures is [`crate::client`].)
 
 /// The environment variables of every task (set by the worker, read by `aidos-sdk`).
 pub mod task_env {
@@ -40,22 +40,4 @@ pub mod task_env {
 pub fn normalize_addr(addr: &str) -> String {
     let a = addr.trim().trim_end_matches('/');
     if a.starts_with("http://") || a.starts_with("https://") { a.to_string() } else { format!("http://{a}") }
-}
-
-/// Whether retrying a scheduler call (possibly on another node) may help: everything but answers that name a
-/// problem with the request itself.
-pub fn is_retryable(code: tonic::Code) -> bool {
-    use tonic::Code;
-    !matches!(
-        code,
-        Code::FailedPrecondition
-            | Code::NotFound
-            | Code::InvalidArgument
-            | Code::AlreadyExists
-            | Code::PermissionDenied
-            | Code::Unauthenticated
-            | Code::Unimplemented
-            | Code::OutOfRange
-            | Code::Ok
-    )
 }

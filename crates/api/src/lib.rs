@@ -1,6 +1,8 @@
 //! The aidos wire protocol, compiled once from `proto/`, plus the spec format users write (TOML) and its
-//! validation. Every process talks to every other through these types.
+//! validation, and the one leader-following scheduler client ([`client`]). Every process talks to every other
+//! through these types.
 
+pub mod client;
 pub mod contract;
 pub mod edge;
 pub mod spec;

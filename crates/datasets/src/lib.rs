@@ -41,7 +41,7 @@ pub use crate::csv::read_csv;
 pub use crate::describe::describe;
 pub use crate::diff::{DiffReport, diff};
 pub use crate::error::{DatasetError, Result};
-pub use crate::idx::read_idx;
+pub use crate::idx::{Idx, IdxProblem, parse_idx, read_idx};
 pub use crate::ingest::{
     DEFAULT_CHUNK_ROWS, IngestOptions, ROW_HASH_BYTES, content_hash, ingest, ingest_table, row_hash, valid_name,
     validate_name,

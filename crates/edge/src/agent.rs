@@ -428,7 +428,8 @@ impl Agent {
         }
         let tol = self.cfg.tolerance;
         let worst = got.iter().zip(&d.sample_output).map(|(g, e)| (g - e).abs() / (1.0 + e.abs())).fold(0f32, f32::max);
-        if !(worst <= tol) {
+        // Within tolerance only when comparable: a NaN (in the output or the tolerance) fails the check.
+        if !matches!(worst.partial_cmp(&tol), Some(std::cmp::Ordering::Less | std::cmp::Ordering::Equal)) {
             return Err(fail(format!("the sample's output is off by {worst:.3e} (tolerance {tol:.0e})")));
         }
         Ok(())

@@ -5,7 +5,7 @@
 //! * [`Instance`]: one executor that runs a batch at a time on the calling thread (blocking, CPU-bound: call it from
 //!   a dedicated thread, never from an async task). A server runs N instances in parallel.
 //! * Implementations: [`tract`] (pure Rust, feature `tract`, the default), [`ort`] (ONNX Runtime loaded from a
-//!   shared library at run time, feature `ort`), and the burn-native runtime in `aidos-kernels`.
+//!   shared library at run time, feature `ort`), and the burn-native runtime in `aidos-train`.
 //!
 //! Tensors are `f32` rows: every model in the aidos zoo takes `FP32[N, features]` and returns `FP32[N, classes]`;
 //! the metadata says so and servers refuse other datatypes with an error naming the tensor.

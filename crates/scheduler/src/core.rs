@@ -1,19 +1,23 @@
-//! The node's shared core: Raft handle, applied state, leader memory, and the routing decision that splits
-//! every client call into the leader path ([`LeaderHandler`]) or the forwarding path ([`Forwarder`]).
+//! The node's shared core: Raft handle, applied state, leader memory, channels to other nodes, and `propose`.
+//! It knows nothing of the paths built on it: the leader path (`leader`), the forwarding layer (`forward`), the
+//! gRPC adapters (`grpc`) and the leader's loops (`loops`) all hold an `Arc<Core>`.
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::sync::Mutex;
 use std::time::Instant;
 
-use aidos_api::v1::{CommandResultV1, CommandV1, SubmitRequest, SubmitResponse, command_v1::Command};
+use aidos_api::v1::{
+    ClusterStatus, CommandResultV1, CommandV1, SchedulerNode, SubmitRequest, SubmitResponse, WorkerState,
+    command_v1::Command,
+};
 use tokio::sync::{mpsc, oneshot, watch};
 use tonic::transport::Channel;
 
 use crate::SchedulerConfig;
+use crate::edge_keys::EdgeCore;
 use crate::error::SchedulerError;
-use crate::forwarder::Forwarder;
-use crate::leader::LeaderHandler;
 use crate::network::lazy_channel;
+use crate::queries;
 use crate::raft_types::{NodeId, Raft};
 use crate::store::state_machine::SharedState;
 use crate::task_logs::TaskLogs;
@@ -34,15 +38,9 @@ pub struct Core {
     pub liveness: Mutex<HashMap<String, Instant>>,
     pub submits: mpsc::Sender<SubmitItem>,
     pub logs: TaskLogs,
-    /// Edge signing key, artifact store and device liveness (see `leader_edge`).
-    pub edge: crate::leader_edge::EdgeCore,
+    /// Edge signing key, artifact store and device liveness (see `edge_keys`).
+    pub edge: EdgeCore,
     channels: Mutex<HashMap<String, Channel>>,
-}
-
-/// Where a client call goes: handled here (this node leads) or forwarded to the leader.
-pub enum Route {
-    Leader(LeaderHandler),
-    Forward(Forwarder),
 }
 
 impl Core {
@@ -53,7 +51,7 @@ impl Core {
         cfg: SchedulerConfig,
         submits: mpsc::Sender<SubmitItem>,
         logs: TaskLogs,
-        edge: crate::leader_edge::EdgeCore,
+        edge: EdgeCore,
     ) -> Self {
         Self {
             id: cfg.node_id,
@@ -99,24 +97,29 @@ impl Core {
         Ok(c)
     }
 
-    /// Picks the path for a client call.
-    pub fn route(self: &Arc<Self>) -> Result<Route, SchedulerError> {
-        match self.leader_id() {
-            Some(id) if id == self.id => Ok(Route::Leader(LeaderHandler::new(self.clone()))),
-            Some(id) => {
-                let addr = self.addr_of(id).ok_or(SchedulerError::NotLeader { leader: None })?;
-                Ok(Route::Forward(Forwarder::new(self.channel(&addr)?)))
-            }
-            None => Err(SchedulerError::NotLeader { leader: None }),
-        }
-    }
-
-    /// For leader-only services (workers): this node's leader handler, or NotLeader naming the leader.
-    pub fn require_leader(self: &Arc<Self>) -> Result<LeaderHandler, SchedulerError> {
-        if self.is_leader() {
-            Ok(LeaderHandler::new(self.clone()))
-        } else {
-            Err(SchedulerError::NotLeader { leader: self.leader_addr() })
+    /// This node's view of the cluster: membership and Raft progress, worker and job counts.
+    pub fn status(&self) -> ClusterStatus {
+        let m = self.raft.metrics().borrow().clone();
+        let mem = m.membership_config.membership();
+        let voters: std::collections::BTreeSet<u64> = mem.voter_ids().collect();
+        let members = mem
+            .nodes()
+            .map(|(id, n)| SchedulerNode { id: *id, addr: n.addr.clone(), voter: voters.contains(id) })
+            .collect();
+        let a = self.state.read().expect("state lock");
+        ClusterStatus {
+            node_id: self.id,
+            leader_id: m.current_leader.unwrap_or(0),
+            leader_addr: m.current_leader.and_then(|l| mem.get_node(&l)).map(|n| n.addr.clone()).unwrap_or_default(),
+            term: m.current_term,
+            last_log_index: m.last_log_index.unwrap_or(0),
+            last_applied: m.last_applied.map(|l| l.index).unwrap_or(0),
+            members,
+            state: format!("{:?}", m.state),
+            workers_ready: queries::count_workers(&a.state, WorkerState::Ready),
+            workers_lost: queries::count_workers(&a.state, WorkerState::Lost),
+            jobs_total: a.state.jobs.by_id.len() as u64,
+            jobs_active: (a.state.jobs.pending.len() + a.state.jobs.running.len()) as u64,
         }
     }
 

@@ -1,30 +1,44 @@
 //! aidos control plane: a Raft-replicated scheduler (openraft + redb) with placement, worker tracking and the
-//! gRPC services (jobs, workers, cluster, raft) on one port.
+//! gRPC services (jobs, workers, cluster, datasets, runs, models, serving, edge, raft) on one port.
 //!
-//! Paths through the code: a client call enters `grpc::*`, [`core::Core::route`] sends it to the leader path
-//! (`leader::LeaderHandler`) or the forwarding path (`forwarder::Forwarder`); the leader validates, proposes a
-//! `CommandV1`, openraft replicates and fsyncs it on a quorum (`store`), and `state::ClusterState::apply`
-//! applies it on every node. `loops` places pending work with the pure `placement::schedule` and watches worker
-//! liveness (leader memory, never the log).
+//! # Layout (each layer uses only the ones below it)
+//! - `state` — the replicated state, one module per domain (jobs and workers, registry, serving, edge), each owning
+//!   its rows, snapshot part and `apply` arms; `ClusterState` composes them. Pure: no I/O, no locks.
+//! - `placement`, `reconcile` — pure planners: `schedule(pending, &view)`, `reconcile(&state, now)`.
+//! - `queries` — every read over `&ClusterState`, as pure functions.
+//! - `store` — openraft's log and state-machine storage in redb, and snapshots built from the stored rows.
+//! - `core` — the node's shared core: Raft handle, applied state, leader memory, `propose`.
+//! - `leader` — the leader path: validate, propose, read (one module per domain).
+//! - `loops` — what the leader does on its own: placement, worker liveness, the serving reconciler.
+//! - `grpc` — thin tonic adapters onto `leader` and `queries`, one per service.
+//! - `forward` — the forwarding path: one tower layer relays leader-bound calls from followers, unchanged.
+//!
+//! # Paths through the code
+//! A client call reaches any node; `forward` relays it to the leader unless the node leads (or the method is
+//! answered locally, see `forward::policy`). On the leader, the `grpc` adapter calls the leader path, which
+//! validates and proposes a `CommandV1`; openraft replicates and fsyncs it on a quorum (`store`), and
+//! `ClusterState::apply` applies it on every node. `loops` places pending work with the pure
+//! `placement::schedule` and watches worker liveness (leader memory, never the log).
+//!
+//! # How to add a replicated domain
+//! The recipe is in the `state` module's documentation: one new module in `state/` and one registration line in
+//! its `domains!` list; storage, snapshots and command dispatch follow from the domain's `Rows` and `Domain`
+//! implementations. A new RPC is its adapter in `grpc/` and its leader method in `leader/`: forwarding needs no
+//! code (a method answered by every node adds one line to `forward::policy`).
 
 mod core;
 mod edge_auth;
-pub mod edge_state;
+mod edge_keys;
 mod error;
-mod forwarder;
+mod forward;
 mod grpc;
 mod leader;
-mod leader_edge;
-mod leader_ml;
-mod leader_serve;
-mod leader_workers;
 mod loops;
-mod ml_state;
 mod network;
 pub mod placement;
+pub mod queries;
 mod raft_types;
 pub mod reconcile;
-pub mod serve_state;
 pub mod state;
 mod store;
 mod task_logs;
@@ -152,9 +166,9 @@ impl SchedulerNode {
         }
         let logs = task_logs::TaskLogs::new(&cfg.data_dir.join("task-logs"))?;
         let (submit_tx, submit_rx) = mpsc::channel(16 * 1024);
-        let key_file = cfg.edge_signing_key.clone().unwrap_or_else(|| leader_edge::default_key_file(&cfg.data_dir));
+        let key_file = cfg.edge_signing_key.clone().unwrap_or_else(|| edge_keys::default_key_file(&cfg.data_dir));
         let (kf, bd, token) = (key_file.clone(), cfg.blob_dir.clone(), cfg.edge_enrollment_token.clone());
-        let edge = tokio::task::spawn_blocking(move || leader_edge::EdgeCore::open(&kf, bd.as_deref(), token))
+        let edge = tokio::task::spawn_blocking(move || edge_keys::EdgeCore::open(&kf, bd.as_deref(), token))
             .await
             .map_err(|e| SchedulerError::Storage(e.to_string()))??;
         let core = Arc::new(core::Core::new(raft.clone(), shared, version, cfg.clone(), submit_tx, logs, edge));
@@ -173,13 +187,15 @@ impl SchedulerNode {
             // heartbeats and status reports. hyper's default of 200 concurrent streams per connection let a busy
             // worker's log streams starve its heartbeats (it was then declared lost).
             .max_concurrent_streams(MAX_STREAMS_PER_CONNECTION)
+            // In front of every service: relays leader-bound calls from a follower to the leader (`forward`).
+            .layer(forward::ForwardLayer::new(core.clone()))
             .add_service(RaftServiceServer::new(grpc::raft::RaftRpc(core.clone())).max_decoding_message_size(big))
             .add_service(JobServiceServer::new(grpc::jobs::Jobs(core.clone())).max_decoding_message_size(16 << 20))
             .add_service(WorkerServiceServer::new(grpc::workers::Workers(core.clone())))
             .add_service(ClusterServiceServer::new(grpc::cluster::Cluster(core.clone())))
             .add_service(
                 DatasetServiceServer::new(grpc::ml::Datasets(core.clone()))
-                    .max_decoding_message_size(leader_ml::MAX_MANIFEST_BYTES + 4096),
+                    .max_decoding_message_size(leader::registry::MAX_MANIFEST_BYTES + 4096),
             )
             .add_service(RunServiceServer::new(grpc::ml::Runs(core.clone())).max_decoding_message_size(16 << 20))
             .add_service(ModelServiceServer::new(grpc::ml::Models(core.clone())))

@@ -4,14 +4,12 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use aidos_api::v1::command_v1::Command;
-use aidos_api::v1::{
-    AssignV1, JobReasonV1, PlacementStrategy, PlacementV1, SetJobReasonsV1, WorkerLostV1, WorkerState,
-};
+use aidos_api::v1::{AssignV1, JobReasonV1, PlacementV1, SetJobReasonsV1, WorkerLostV1, WorkerState};
 use tokio::sync::watch;
 
 use crate::core::Core;
-use crate::placement::{ClusterView, PendingJob, Strategy, WorkerView, schedule};
-use crate::state::ClusterState;
+use crate::placement::{ClusterView, schedule};
+use crate::queries;
 
 const WAITING: &str = "waiting for free resources";
 /// After a leader change, workers get this many heartbeat timeouts before they can be declared lost.
@@ -20,62 +18,6 @@ pub const TAKEOVER_GRACE_TIMEOUTS: u32 = 3;
 const MIN_ROUND_GAP: Duration = Duration::from_millis(50);
 /// Bounds one reasons command (and so one Raft entry).
 const MAX_REASONS_PER_ROUND: usize = 2000;
-
-/// The ready workers that the leader has heard from in time, with their free resources.
-pub fn cluster_view(st: &ClusterState, live: &dyn Fn(&str) -> bool, default: Strategy) -> ClusterView {
-    let alloc = st.allocated();
-    let mut tasks_on: std::collections::HashMap<&str, u32> = std::collections::HashMap::new();
-    for j in st.running_jobs() {
-        for t in &j.tasks {
-            if let Some(a) = t.attempts.last() {
-                *tasks_on.entry(a.worker_id.as_str()).or_default() += 1;
-            }
-        }
-    }
-    let workers = st
-        .workers
-        .values()
-        .filter(|w| w.state == WorkerState::Ready as i32 && live(&w.id))
-        .map(|w| {
-            let cap = w.capacity.unwrap_or_default();
-            let used = alloc.get(&w.id).copied().unwrap_or_default();
-            WorkerView {
-                id: w.id.clone(),
-                capacity: cap,
-                free: aidos_api::v1::Resources {
-                    cpu_millis: cap.cpu_millis.saturating_sub(used.cpu_millis),
-                    memory_bytes: cap.memory_bytes.saturating_sub(used.memory_bytes),
-                    gpus: cap.gpus.saturating_sub(used.gpus),
-                },
-                labels: w.labels.clone(),
-                tasks: tasks_on.get(w.id.as_str()).copied().unwrap_or(0),
-            }
-        })
-        .collect();
-    ClusterView { workers, default_strategy: default }
-}
-
-/// The pending jobs submitted after `after_seq`, as placement sees them.
-pub fn pending_inputs(st: &ClusterState, after_seq: u64) -> Vec<PendingJob> {
-    st.pending_jobs(after_seq)
-        .map(|j| {
-            let spec = j.spec.as_ref().cloned().unwrap_or_default();
-            PendingJob {
-                id: j.id.clone(),
-                priority: spec.priority,
-                seq: j.seq,
-                replicas: spec.replicas.max(1),
-                resources: spec.resources.unwrap_or_default(),
-                constraints: spec.constraints,
-                strategy: match PlacementStrategy::try_from(spec.placement) {
-                    Ok(PlacementStrategy::Binpack) => Some(Strategy::BinPack),
-                    Ok(PlacementStrategy::Spread) => Some(Strategy::Spread),
-                    _ => None,
-                },
-            }
-        })
-        .collect()
-}
 
 /// Makes placement incremental. A job that could not be placed stays unplaceable for as long as the workers'
 /// free resources, labels and liveness are unchanged (placing other jobs only takes resources away), so such
@@ -137,11 +79,13 @@ pub async fn run_placement(core: Arc<Core>, mut stop: watch::Receiver<bool>) {
             let a = core.state.read().expect("state lock");
             let live_map = core.liveness.lock().expect("liveness lock");
             let live = |id: &str| live_map.get(id).is_some_and(|t| t.elapsed() < timeout);
-            let v = cluster_view(&a.state, &live, core.cfg.default_strategy);
+            let v = queries::placement_view(&a.state, &live, core.cfg.default_strategy);
             memo.reset_if_changed(&v);
-            let p = pending_inputs(&a.state, memo.tried_up_to);
-            let reasons: std::collections::HashMap<String, String> =
-                p.iter().filter_map(|j| a.state.jobs.get(&j.id).map(|x| (j.id.clone(), x.reason.clone()))).collect();
+            let p = queries::pending_for_placement(&a.state, memo.tried_up_to);
+            let reasons: std::collections::HashMap<String, String> = p
+                .iter()
+                .filter_map(|j| a.state.jobs.by_id.get(&j.id).map(|x| (j.id.clone(), x.reason.clone())))
+                .collect();
             (p, v, reasons)
         };
         if pending.is_empty() {
@@ -228,11 +172,12 @@ pub async fn run_liveness(core: Arc<Core>, mut stop: watch::Receiver<bool>) {
                 leading = true;
                 live.clear();
                 let extra = core.cfg.worker_timeout * (TAKEOVER_GRACE_TIMEOUTS - 1);
-                for w in a.state.workers.values().filter(|w| w.state == WorkerState::Ready as i32) {
+                for w in a.state.jobs.workers.values().filter(|w| w.state == WorkerState::Ready as i32) {
                     live.insert(w.id.clone(), now + extra);
                 }
             }
             a.state
+                .jobs
                 .workers
                 .values()
                 .filter(|w| w.state == WorkerState::Ready as i32)
@@ -278,7 +223,7 @@ pub async fn run_reconciler(core: Arc<Core>, mut stop: watch::Receiver<bool>) {
         for action in actions {
             let res = match action {
                 Action::Submit(spec) => {
-                    submits.push(SubmitRequest { spec: Some(spec), request_id: String::new() });
+                    submits.push(SubmitRequest { spec: Some(*spec), request_id: String::new() });
                     continue;
                 }
                 Action::Cancel { job_id, why } => {

@@ -188,7 +188,7 @@ pub fn unschedulable_reason(job: &PendingJob, workers: &[WorkerView]) -> Option<
     // How many replicas would the whole idle cluster hold?
     let per_worker = |w: &&WorkerView| -> u64 {
         let c = &w.capacity;
-        let d = |have: u64, want: u64| if want == 0 { u64::MAX } else { have / want };
+        let d = |have: u64, want: u64| have.checked_div(want).unwrap_or(u64::MAX);
         d(c.cpu_millis, need.cpu_millis)
             .min(d(c.memory_bytes, need.memory_bytes))
             .min(d(c.gpus as u64, need.gpus as u64))

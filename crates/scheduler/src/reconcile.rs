@@ -19,8 +19,9 @@ use std::collections::BTreeMap;
 
 use aidos_api::v1::{Deployment, JobKind, JobSpec, JobState, PlacementStrategy, Replica, Resources, job_spec::Payload};
 
-use crate::serve_state::{replica_of, serve_payload};
 use crate::state::ClusterState;
+use crate::state::jobs::serve_spec;
+use crate::state::serving::replica_of;
 
 /// Restarts of one replica job (in place or on another worker) before it counts as failed and is replaced.
 pub const REPLICA_RESTARTS: u32 = 3;
@@ -35,9 +36,16 @@ pub const DEPLOYMENT_LABEL: &str = "aidos.deployment";
 
 #[derive(Debug, Clone, PartialEq)]
 pub enum Action {
-    Submit(JobSpec),
-    Cancel { job_id: String, why: String },
-    SetStatus { name: String, status: String },
+    /// Boxed: a spec is large, and most actions are small.
+    Submit(Box<JobSpec>),
+    Cancel {
+        job_id: String,
+        why: String,
+    },
+    SetStatus {
+        name: String,
+        status: String,
+    },
 }
 
 /// Default per-replica resources: one core, 512 MiB.
@@ -69,9 +77,9 @@ pub fn replica_spec(d: &Deployment) -> JobSpec {
 pub fn reconcile(st: &ClusterState, now_ms: i64) -> Vec<Action> {
     let mut live: BTreeMap<&str, Vec<Replica>> = BTreeMap::new();
     let mut out = Vec::new();
-    for j in st.running_or_pending() {
-        let Some(s) = serve_payload(j) else { continue };
-        if !st.deployments.contains_key(&s.deployment) {
+    for j in st.jobs.running_or_pending() {
+        let Some(s) = serve_spec(j) else { continue };
+        if !st.serving.deployments.contains_key(&s.deployment) {
             out.push(Action::Cancel { job_id: j.id.clone(), why: format!("deployment {} deleted", s.deployment) });
             continue;
         }
@@ -79,22 +87,22 @@ pub fn reconcile(st: &ClusterState, now_ms: i64) -> Vec<Action> {
             live.entry(s.deployment.as_str()).or_default().push(r);
         }
     }
-    if st.deployments.is_empty() {
+    if st.serving.deployments.is_empty() {
         return out;
     }
     // Failed replica jobs per (deployment, generation), with the last reason.
     let mut failed: BTreeMap<(&str, u64), (usize, &str)> = BTreeMap::new();
-    for j in st.jobs.values() {
+    for j in st.jobs.by_id.values() {
         if j.state != JobState::Failed as i32 {
             continue;
         }
-        if let Some(s) = serve_payload(j) {
+        if let Some(s) = serve_spec(j) {
             let e = failed.entry((s.deployment.as_str(), s.generation)).or_default();
             e.0 += 1;
             e.1 = j.reason.as_str();
         }
     }
-    for d in st.deployments.values() {
+    for d in st.serving.deployments.values() {
         let reps = live.remove(d.name.as_str()).unwrap_or_default();
         let (fails, last) = failed.get(&(d.name.as_str(), d.generation)).copied().unwrap_or((0, ""));
         let crash_loop = fails >= CRASH_LOOP_JOBS;
@@ -151,7 +159,7 @@ fn plan(d: &Deployment, reps: &[Replica], crash_loop: bool, now_ms: i64) -> Vec<
     let limit = if old.is_empty() { want } else { want + 1 };
     let mut n = cur.len();
     while n < want && n + old.len() < limit {
-        out.push(Action::Submit(replica_spec(d)));
+        out.push(Action::Submit(Box::new(replica_spec(d))));
         n += 1;
     }
     out

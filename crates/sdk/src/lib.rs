@@ -41,7 +41,7 @@
 //! | `AIDOS_BLOB_DIR`      | root of the local-directory blob store (datasets, checkpoints, model weights)     |
 //!
 //! The built-in trainer (`JobKind::Train`) additionally gets `AIDOS_TRAIN_DATASET`, `AIDOS_TRAIN_CONFIG`,
-//! `AIDOS_TRAIN_REGISTER_AS`, `AIDOS_TRAIN_SPLIT` and `AIDOS_EVAL_SPLIT` (see `aidos_kernels::builtin`).
+//! `AIDOS_TRAIN_REGISTER_AS`, `AIDOS_TRAIN_SPLIT` and `AIDOS_EVAL_SPLIT` (see `aidos_train::builtin`).
 //!
 //! # Runs, fencing and resumption
 //!
@@ -171,7 +171,7 @@ impl Context {
         let store = LocalDirStore::open(&env.blob_dir)
             .map_err(|source| SdkError::Blob { root: env.blob_dir.clone(), source })?;
         let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().map_err(SdkError::Runtime)?;
-        let conn = rpc::Conn::new(&env.schedulers);
+        let conn = rpc::Conn::new(&env.schedulers)?;
         Ok(Context { env, store, rt, inner: Mutex::new(Inner { conn, pending: Pending::default() }) })
     }
 
@@ -203,7 +203,7 @@ impl Context {
     pub fn dataset(&self, reference: &str) -> Result<DatasetManifest> {
         let r = DatasetRef::parse(reference)?;
         let req = GetDatasetRequest { name: r.name.clone(), version: r.version };
-        let mut inner = self.lock();
+        let inner = self.lock();
         let res = self.rt.block_on(inner.conn.call("DatasetService.Get", |ch| {
             let req = req.clone();
             async move { DatasetServiceClient::new(ch).get(req).await }
@@ -338,7 +338,7 @@ impl Context {
     pub fn latest_checkpoint(&self) -> Result<Option<(CheckpointRef, Vec<u8>)>> {
         let req = LatestCheckpointRequest { job_id: self.env.job_id.clone() };
         let res = {
-            let mut inner = self.lock();
+            let inner = self.lock();
             self.rt.block_on(inner.conn.call("RunService.LatestCheckpoint", |ch| {
                 let req = req.clone();
                 async move { RunServiceClient::new(ch).latest_checkpoint(req).await }

@@ -5,137 +5,9 @@ use std::collections::BTreeMap;
 use std::path::Path;
 use std::sync::{Arc, Mutex};
 
-use aidos_api::dataset_service_server::{DatasetService, DatasetServiceServer};
-use aidos_api::model_service_server::{ModelService, ModelServiceServer};
-use aidos_api::run_service_server::{RunService, RunServiceServer};
 use aidos_api::v1::*;
 use aidos_sdk::{BlobStore, Context, LocalDirStore, NewModel, SdkError, TaskEnv};
-use tonic::{Request, Response, Status};
-
-#[derive(Default)]
-struct State {
-    manifest: DatasetManifest,
-    reports: Vec<ReportMetricsRequest>,
-    checkpoints: Vec<RecordCheckpointRequest>,
-    registers: Vec<RegisterModelRequest>,
-    fenced: bool,
-    unavailable_left: usize,
-    calls: usize,
-}
-
-#[derive(Clone)]
-struct Mock(Arc<Mutex<State>>);
-
-impl Mock {
-    fn gate(&self, fenced_write: bool) -> Result<(), Status> {
-        let mut s = self.0.lock().unwrap();
-        s.calls += 1;
-        if s.unavailable_left > 0 {
-            s.unavailable_left -= 1;
-            return Err(Status::unavailable("no leader (election in progress)"));
-        }
-        if fenced_write && s.fenced {
-            return Err(Status::failed_precondition("stale report refused for job-1/0#2"));
-        }
-        Ok(())
-    }
-}
-
-type Res<T> = Result<Response<T>, Status>;
-
-#[tonic::async_trait]
-impl DatasetService for Mock {
-    async fn commit(&self, _: Request<CommitDatasetRequest>) -> Res<DatasetManifest> {
-        Err(Status::unimplemented("mock"))
-    }
-    async fn list(&self, _: Request<ListDatasetsRequest>) -> Res<ListDatasetsResponse> {
-        Err(Status::unimplemented("mock"))
-    }
-    async fn get(&self, r: Request<GetDatasetRequest>) -> Res<DatasetManifest> {
-        self.gate(false)?;
-        let r = r.into_inner();
-        let m = self.0.lock().unwrap().manifest.clone();
-        if r.name == m.name && (r.version == 0 || r.version == m.version) {
-            Ok(Response::new(m))
-        } else {
-            Err(Status::not_found(format!("dataset {} has no version {}", r.name, r.version)))
-        }
-    }
-}
-
-#[tonic::async_trait]
-impl RunService for Mock {
-    async fn report_metrics(&self, r: Request<ReportMetricsRequest>) -> Res<ReportAck> {
-        self.gate(true)?;
-        self.0.lock().unwrap().reports.push(r.into_inner());
-        Ok(Response::new(ReportAck {}))
-    }
-    async fn record_checkpoint(&self, r: Request<RecordCheckpointRequest>) -> Res<ReportAck> {
-        self.gate(true)?;
-        self.0.lock().unwrap().checkpoints.push(r.into_inner());
-        Ok(Response::new(ReportAck {}))
-    }
-    async fn latest_checkpoint(&self, _: Request<LatestCheckpointRequest>) -> Res<LatestCheckpointResponse> {
-        self.gate(false)?;
-        let s = self.0.lock().unwrap();
-        Ok(Response::new(LatestCheckpointResponse {
-            checkpoint: s.checkpoints.last().and_then(|c| c.checkpoint.clone()),
-            run_id: "job-1.1".into(),
-        }))
-    }
-    async fn list(&self, _: Request<ListRunsRequest>) -> Res<ListRunsResponse> {
-        Err(Status::unimplemented("mock"))
-    }
-    async fn get(&self, _: Request<GetRunRequest>) -> Res<Run> {
-        Err(Status::unimplemented("mock"))
-    }
-}
-
-#[tonic::async_trait]
-impl ModelService for Mock {
-    async fn register(&self, r: Request<RegisterModelRequest>) -> Res<ModelVersion> {
-        self.gate(true)?;
-        let r = r.into_inner();
-        let mut m = r.model.clone().unwrap();
-        let mut s = self.0.lock().unwrap();
-        s.registers.push(r);
-        m.version = s.registers.len() as u32;
-        Ok(Response::new(m))
-    }
-    async fn list(&self, _: Request<ListModelsRequest>) -> Res<ListModelsResponse> {
-        Err(Status::unimplemented("mock"))
-    }
-    async fn get(&self, _: Request<GetModelRequest>) -> Res<ModelVersion> {
-        Err(Status::unimplemented("mock"))
-    }
-    async fn set_alias(&self, _: Request<SetAliasRequest>) -> Res<ModelVersion> {
-        Err(Status::unimplemented("mock"))
-    }
-    async fn set_artifact(&self, _: Request<SetArtifactRequest>) -> Res<ModelVersion> {
-        Err(Status::unimplemented("mock"))
-    }
-}
-
-/// Starts the mock on its own thread and runtime; returns its address.
-fn serve(mock: Mock) -> String {
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    listener.set_nonblocking(true).unwrap();
-    let addr = listener.local_addr().unwrap().to_string();
-    std::thread::spawn(move || {
-        let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().unwrap();
-        rt.block_on(async move {
-            let l = tokio::net::TcpListener::from_std(listener).unwrap();
-            tonic::transport::Server::builder()
-                .add_service(DatasetServiceServer::new(mock.clone()))
-                .add_service(RunServiceServer::new(mock.clone()))
-                .add_service(ModelServiceServer::new(mock))
-                .serve_with_incoming(tonic::transport::server::TcpIncoming::from(l))
-                .await
-                .unwrap();
-        });
-    });
-    addr
-}
+use aidos_testkit::{MockScheduler, MockState};
 
 fn toy_manifest(store: &LocalDirStore) -> DatasetManifest {
     let feats: Vec<u8> = (0..4).flat_map(|r| [r as f32, -(r as f32)]).flat_map(f32::to_le_bytes).collect();
@@ -174,8 +46,8 @@ fn env(blobs: &Path, schedulers: Vec<String>) -> TaskEnv {
 fn context_end_to_end_against_a_mock_scheduler() {
     let dir = tempfile::tempdir().unwrap();
     let store = LocalDirStore::open(dir.path()).unwrap();
-    let state = Arc::new(Mutex::new(State { manifest: toy_manifest(&store), ..Default::default() }));
-    let addr = serve(Mock(state.clone()));
+    let state = Arc::new(Mutex::new(MockState { manifest: toy_manifest(&store), ..Default::default() }));
+    let addr = MockScheduler(state.clone()).serve();
     // The first address is dead: every call must fail over to the mock.
     let dead = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().to_string();
     let ctx = Context::new(env(dir.path(), vec![dead, addr])).unwrap();

@@ -32,6 +32,7 @@ use std::time::Instant;
 use aidos_runtime::{Instance, ModelMetadata, ModelRuntime, Tensor};
 use tokio::sync::oneshot;
 
+use crate::backend::Backend;
 use crate::config::BatchConfig;
 use crate::error::ServeError;
 use crate::metrics::ModelMetrics;
@@ -145,6 +146,20 @@ impl Batcher {
             Err(_) => self.metrics.failure.inc(),
         };
         out
+    }
+}
+
+impl Backend for Batcher {
+    fn metadata(&self) -> &ModelMetadata {
+        &self.meta
+    }
+
+    fn max_batch_size(&self) -> usize {
+        self.cfg.max_batch_size
+    }
+
+    fn infer(&self, inputs: Vec<Tensor>) -> futures::future::BoxFuture<'_, Result<Vec<Tensor>, ServeError>> {
+        Box::pin(Batcher::infer(self, inputs))
     }
 }
 

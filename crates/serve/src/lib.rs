@@ -1,30 +1,35 @@
 //! aidos-serve: the model server.
 //!
-//! * [`repository::Repository`]: the loaded model versions, each behind a [`batcher::Batcher`] (dynamic
-//!   batching actor + N executor threads running a runtime [`aidos_runtime::Instance`]).
-//! * [`remote::Pool`]: a model version served by remote replicas instead (the gateway in front of a
-//!   deployment), kept in step by [`remote::sync`].
+//! * [`repository::Repository`]: the loaded model versions, each behind a [`backend::Backend`]: a
+//!   [`batcher::Batcher`] (dynamic batching actor + N executor threads running a runtime
+//!   [`aidos_runtime::Instance`]) or a [`remote::Pool`] (remote replicas, the gateway in front of a deployment).
+//! * [`replica`]: one replica of a deployment (a serve job's task); [`gateway`]: the front that routes every
+//!   deployment to its replicas, kept in step with the scheduler by a sync loop.
 //! * Fronts: Open Inference Protocol v2 over HTTP ([`http`], axum) and gRPC ([`grpc`], tonic), both checking
 //!   requests with [`protocol::prepare`]; Prometheus metrics ([`metrics`]).
 //! * [`start`] binds both listeners and serves until the returned handle is shut down.
 //!
 //! Runtimes are chosen by the caller (the binary wires tract, ort and the burn-native runtime of
-//! `aidos-kernels`); this crate links no burn and no scheduler.
+//! `aidos-train`); this crate links no burn and no scheduler.
 
+pub mod backend;
 pub mod batcher;
 pub mod config;
 pub mod error;
+pub mod gateway;
 pub mod grpc;
 pub mod http;
 pub mod metrics;
 pub mod protocol;
 pub mod remote;
+pub mod replica;
 pub mod repository;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
 
+pub use backend::Backend;
 pub use config::{BatchConfig, Limits, ServerConfig};
 pub use error::ServeError;
 pub use metrics::Metrics;
@@ -56,6 +61,15 @@ impl RunningServer {
         for t in self.tasks {
             let _ = t.await;
         }
+    }
+
+    /// Writes `{"http": ADDR, "grpc": ADDR}` to `path` atomically (a reader never sees half of it), for
+    /// supervisors and tests.
+    pub fn write_ready_file(&self, path: &std::path::Path) -> std::io::Result<()> {
+        let j = serde_json::json!({"http": self.http.to_string(), "grpc": self.grpc.to_string()});
+        let tmp = path.with_extension("tmp");
+        std::fs::write(&tmp, j.to_string())?;
+        std::fs::rename(&tmp, path)
     }
 }
 

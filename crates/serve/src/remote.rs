@@ -7,8 +7,9 @@
 //! effects, so a retry is safe. At most [`MAX_TRIES`] replicas are tried. Any other answer (a refused input, a
 //! full queue) is the client's answer and is passed on as is.
 //!
-//! The endpoint list is replaced by [`Pool::set_endpoints`] (the gateway's sync loop follows the scheduler);
-//! connections to endpoints that stay are kept.
+//! The endpoint list is replaced by [`Pool::set_endpoints`] (the gateway's sync loop, [`crate::gateway`], follows
+//! the scheduler); connections to endpoints that stay are kept. A pool is a [`Backend`]: the repository holds it
+//! like any other, and this module knows nothing of the repository.
 
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -17,6 +18,7 @@ use std::time::{Duration, Instant};
 use aidos_runtime::{DataType, ModelMetadata, Tensor, TensorSpec};
 use tonic::transport::Channel;
 
+use crate::backend::Backend;
 use crate::error::ServeError;
 use crate::grpc::pb::grpc_inference_service_client::GrpcInferenceServiceClient;
 use crate::grpc::pb::{self, model_infer_request::InferInputTensor};
@@ -210,6 +212,20 @@ impl Pool {
     }
 }
 
+impl Backend for Pool {
+    fn metadata(&self) -> &ModelMetadata {
+        &self.meta
+    }
+
+    fn max_batch_size(&self) -> usize {
+        self.max_batch
+    }
+
+    fn infer(&self, inputs: Vec<Tensor>) -> futures::future::BoxFuture<'_, Result<Vec<Tensor>, ServeError>> {
+        Box::pin(Pool::infer(self, inputs))
+    }
+}
+
 fn metadata_from(r: pb::ModelMetadataResponse) -> Result<ModelMetadata, ServeError> {
     let spec = |t: pb::model_metadata_response::TensorMetadata| -> Result<TensorSpec, ServeError> {
         if t.datatype != "FP32" {
@@ -255,53 +271,4 @@ fn outputs_from(addr: &str, r: pb::ModelInferResponse) -> Result<Vec<Tensor>, Se
             Ok(Tensor { shape, data })
         })
         .collect()
-}
-
-/// A model version the gateway should route, with its replicas' gRPC endpoints.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct RemoteModel {
-    pub name: String,
-    pub version: u64,
-    pub runtime: aidos_runtime::RuntimeKind,
-    pub max_batch: usize,
-    pub endpoints: Vec<String>,
-}
-
-/// Makes the repository's remote entries match `want`: new versions are added (once one of their replicas
-/// answers), endpoint lists replaced, versions no longer wanted (or left without endpoints) removed. Local
-/// models are not touched. Returns what changed, for logging.
-pub async fn sync(repo: &crate::Repository, want: &[RemoteModel]) -> Vec<String> {
-    use crate::repository::Backend;
-    let mut changes = Vec::new();
-    let have = repo.all();
-    for w in want.iter().filter(|w| !w.endpoints.is_empty()) {
-        let existing = have.iter().find(|v| v.name == w.name && v.version == w.version);
-        match existing.map(|v| &v.backend) {
-            Some(Backend::Remote(p)) => {
-                if p.endpoints() != w.endpoints {
-                    match p.set_endpoints(&w.endpoints) {
-                        Ok(()) => changes.push(format!("{}:{} replicas {}", w.name, w.version, w.endpoints.join(","))),
-                        Err(e) => tracing::warn!("{}:{}: {e}", w.name, w.version),
-                    }
-                }
-            }
-            Some(Backend::Local(_)) => {}
-            None => match Pool::connect(&w.name, w.version, w.max_batch, &w.endpoints).await {
-                Ok(pool) => match repo.load_remote(&w.name, w.version, w.runtime, pool) {
-                    Ok(()) => {
-                        changes.push(format!("{}:{} added, replicas {}", w.name, w.version, w.endpoints.join(",")))
-                    }
-                    Err(e) => tracing::warn!("{}:{}: {e}", w.name, w.version),
-                },
-                Err(e) => tracing::debug!("{}:{} not reachable yet: {e}", w.name, w.version),
-            },
-        }
-    }
-    for v in have {
-        let wanted = want.iter().any(|w| w.name == v.name && w.version == v.version && !w.endpoints.is_empty());
-        if matches!(v.backend, Backend::Remote(_)) && !wanted && repo.unload(&v.name, Some(v.version)).is_ok() {
-            changes.push(format!("{}:{} removed", v.name, v.version));
-        }
-    }
-    changes
 }

@@ -1,4 +1,6 @@
-//! The model repository: which model versions this server holds, each behind its own [`Batcher`].
+//! The model repository: which model versions this server holds, each behind its own [`Backend`]: a local
+//! [`Batcher`] ([`Repository::load`]) or anything else the caller built ([`Repository::load_backend`], e.g. the
+//! gateway's remote pools).
 //!
 //! Versions of a model live side by side; a request without a version goes to the highest loaded version
 //! (the default "latest" policy). A [`VersionPolicy`] decides which versions of a model directory are loaded.
@@ -16,6 +18,7 @@ use std::time::Duration;
 
 use aidos_runtime::{ModelRuntime, RuntimeKind};
 
+use crate::backend::Backend;
 use crate::batcher::Batcher;
 use crate::config::BatchConfig;
 use crate::error::ServeError;
@@ -61,44 +64,13 @@ impl VersionPolicy {
     }
 }
 
-/// What runs a model version's requests.
-pub enum Backend {
-    /// In this process: a batching actor in front of runtime instances.
-    Local(Batcher),
-    /// On remote replicas (the gateway).
-    Remote(crate::remote::Pool),
-}
-
-impl Backend {
-    pub fn metadata(&self) -> &aidos_runtime::ModelMetadata {
-        match self {
-            Backend::Local(b) => b.metadata(),
-            Backend::Remote(p) => p.metadata(),
-        }
-    }
-
-    pub fn max_batch_size(&self) -> usize {
-        match self {
-            Backend::Local(b) => b.config().max_batch_size,
-            Backend::Remote(p) => p.max_batch_size(),
-        }
-    }
-
-    /// Runs inputs already checked against [`Backend::metadata`].
-    pub async fn infer(&self, inputs: Vec<aidos_runtime::Tensor>) -> Result<Vec<aidos_runtime::Tensor>, ServeError> {
-        match self {
-            Backend::Local(b) => b.infer(inputs).await,
-            Backend::Remote(p) => p.infer(inputs).await,
-        }
-    }
-}
-
 /// One loaded model version.
 pub struct LoadedVersion {
     pub name: String,
     pub version: u64,
     pub runtime: RuntimeKind,
-    pub backend: Backend,
+    /// Shared so that whoever added it (the gateway) can tell its own entry from a replacement.
+    pub backend: Arc<dyn Backend>,
 }
 
 /// Thread-safe set of loaded models.
@@ -136,25 +108,29 @@ impl Repository {
         validate_name(name)?;
         let metrics = self.metrics.model(name, &version.to_string());
         let batcher = Batcher::start(name, runtime, cfg, metrics)?;
-        let v = Arc::new(LoadedVersion { name: name.into(), version, runtime: kind, backend: Backend::Local(batcher) });
-        self.models.write().unwrap().entry(name.into()).or_default().insert(version, v);
+        self.insert(name, version, kind, Arc::new(batcher));
         tracing::info!(model = name, version, runtime = kind.as_str(), "model version loaded");
         Ok(())
     }
 
-    /// Puts a model version in front of remote replicas (replacing the same version if loaded).
-    pub fn load_remote(
+    /// Puts a model version in front of any other backend, e.g. remote replicas (replacing the same version if
+    /// loaded).
+    pub fn load_backend(
         &self,
         name: &str,
         version: u64,
         kind: RuntimeKind,
-        pool: crate::remote::Pool,
+        backend: Arc<dyn Backend>,
     ) -> Result<(), ServeError> {
         validate_name(name)?;
-        let v = Arc::new(LoadedVersion { name: name.into(), version, runtime: kind, backend: Backend::Remote(pool) });
-        self.models.write().unwrap().entry(name.into()).or_default().insert(version, v);
-        tracing::info!(model = name, version, "remote model version added");
+        self.insert(name, version, kind, backend);
+        tracing::info!(model = name, version, "model version added");
         Ok(())
+    }
+
+    fn insert(&self, name: &str, version: u64, runtime: RuntimeKind, backend: Arc<dyn Backend>) {
+        let v = Arc::new(LoadedVersion { name: name.into(), version, runtime, backend });
+        self.models.write().unwrap().entry(name.into()).or_default().insert(version, v);
     }
 
     /// Every loaded version.
@@ -192,6 +168,11 @@ impl Repository {
         }
         let v: u64 = version.parse().map_err(|_| not_found())?;
         versions.get(&v).cloned().ok_or_else(not_found)
+    }
+
+    /// One loaded version, by number.
+    pub fn get(&self, name: &str, version: u64) -> Option<Arc<LoadedVersion>> {
+        self.models.read().unwrap().get(name)?.get(&version).cloned()
     }
 
     /// Versions loaded for a model (ascending).

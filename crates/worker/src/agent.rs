@@ -23,7 +23,7 @@ use tokio::sync::{Notify, watch};
 use tokio::task::JoinSet;
 use tonic::Code;
 
-use crate::connection::{Backoff, Connection, Failure, request};
+use crate::connection::{Connection, Failure, request};
 use crate::records::{Outcome, Reconcile, StopReason, attempt_name, read_exit_code, read_shim_pid_file, same_attempt};
 use crate::resources::Capacity;
 use crate::runner::{Launch, supervise};
@@ -186,7 +186,7 @@ async fn reconcile_records(shared: &Arc<Shared>) -> Result<(), WorkerError> {
 
 /// Registers (retrying across leader changes). Errors only for answers that retrying cannot fix.
 async fn register(shared: &Arc<Shared>) -> Result<Duration, WorkerError> {
-    let mut backoff = Backoff::default();
+    let mut backoff = crate::connection::backoff();
     loop {
         let req = RegisterWorkerRequest {
             worker_id: shared.worker_id.clone(),
@@ -280,7 +280,7 @@ async fn assignments_loop(shared: Arc<Shared>, mut registered: watch::Receiver<b
     if registered.wait_for(|r| *r).await.is_err() {
         return;
     }
-    let mut backoff = Backoff::default();
+    let mut backoff = crate::connection::backoff();
     loop {
         let (addr, mut client) = shared.conn.client();
         let req = AssignmentsRequest { worker_id: shared.worker_id.clone() };

@@ -131,7 +131,7 @@ pub async fn ship_logs(
     let mut saved = off;
     let mut last_save = Instant::now();
     let mut session: Option<Session> = None;
-    let mut backoff = Backoff::default();
+    let mut backoff = crate::connection::backoff();
     let mut finishing = *finish.borrow();
     let mut deadline: Option<Instant> = None;
     let mut turn = 0usize;

@@ -173,7 +173,7 @@ pub fn list_records(data_dir: &Path) -> Result<Vec<AttemptRecord>, WorkerError> 
             Err(e) => tracing::warn!("skipping unreadable attempt record: {e}"),
         }
     }
-    out.sort_by(|a, b| a.name().cmp(&b.name()));
+    out.sort_by_key(|r| r.name());
     Ok(out)
 }
 

@@ -142,7 +142,7 @@ fn log_refusal(name: &str, what: &str, st: &Status) {
 /// Argument the shim executable (the `aidos` binary) takes to run the built-in trainer of a train job.
 pub const TRAIN_RUN_ARG: &str = "train-run";
 
-/// The built-in trainer's variables for a train job (see `aidos_kernels::builtin`): register_as defaults to the
+/// The built-in trainer's variables for a train job (see `aidos_train::builtin`): register_as defaults to the
 /// job's name (its id when unnamed), the splits to `train` / `test`.
 pub fn train_env(t: &TrainSpec, job_name: &str, job_id: &str) -> Vec<(String, String)> {
     let or = |v: &str, d: &str| if v.trim().is_empty() { d.to_string() } else { v.trim().to_string() };

@@ -1,9 +1,9 @@
 //! Hand-written CPU kernels for burn's `flex` backend, plugged into burn's autodiff as custom operations.
 //!
-//! [`conv2d`] and [`relu_max_pool2d`] are what the model zoo calls. On a flex device (with or without autodiff, no gradient
-//! checkpointing) with f32 tensors it runs [`conv`]'s kernels and registers its own backward step; on any other
-//! device (wgpu, cuda) it is burn's `conv2d` (and `relu` + `max_pool2d`), unchanged. Both compute the same
-//! function: `tests/cpu_ops.rs` checks values and gradients against burn's own operations.
+//! [`conv2d`] and [`relu_max_pool2d`] are what the model zoo (`aidos-train`) calls. On a flex device (with or without
+//! autodiff, no gradient checkpointing) with f32 tensors it runs [`conv`]'s kernels and registers its own backward
+//! step; on any other device (wgpu, cuda) it is burn's `conv2d` (and `relu` + `max_pool2d`), unchanged. Both
+//! compute the same function: `tests/cpu_ops.rs` checks values and gradients against burn's own operations.
 //!
 //! How the op meets burn (burn 0.22, feature `extension`): the tensors are taken apart into
 //! `Autodiff<Flex>` primitives (`Tensor::try_into_primitive`), a [`Backward`] step is prepared on their graph

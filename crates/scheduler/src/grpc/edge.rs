@@ -4,49 +4,43 @@ use aidos_api::edge_service_server::EdgeService;
 use aidos_api::v1::*;
 use tonic::Request;
 
-use super::{Res, ok};
-use crate::core::{Core, Route};
+use super::{Res, leader, ok};
+use crate::core::Core;
+use crate::error::SchedulerError;
+use crate::{edge_auth, queries};
 
 pub struct Edge(pub Arc<Core>);
 
 #[tonic::async_trait]
 impl EdgeService for Edge {
     async fn enroll(&self, r: Request<EnrollRequest>) -> Res<EnrollResponse> {
-        let r = r.into_inner();
-        ok(match self.0.route()? {
-            Route::Leader(l) => l.enroll(r).await?,
-            Route::Forward(f) => f.enroll(r).await?,
-        })
+        ok(leader(&self.0)?.enroll(r.into_inner()).await?)
     }
     async fn sync(&self, r: Request<EdgeSyncRequest>) -> Res<EdgeSyncResponse> {
-        let r = r.into_inner();
-        ok(match self.0.route()? {
-            Route::Leader(l) => l.edge_sync(r).await?,
-            Route::Forward(f) => f.edge_sync(r).await?,
-        })
+        ok(leader(&self.0)?.edge_sync(r.into_inner()).await?)
     }
+    /// One chunk of an artifact that some current edge deployment names, for an enrolled device (any node).
     async fn download(&self, r: Request<DownloadRequest>) -> Res<DownloadChunk> {
-        ok(self.0.download(r.into_inner()).await?)
+        let r = r.into_inner();
+        {
+            let st = &self.0.state.read().expect("state lock").state;
+            edge_auth::check(st.edge.devices.get(&r.device), &r.device, &r.credential)?;
+            if !queries::is_edge_artifact(st, &r.artifact) {
+                let e = SchedulerError::NotFound(format!("artifact {} belongs to no edge deployment", r.artifact));
+                return Err(e.into());
+            }
+        }
+        ok(self.0.edge.read_chunk(&r.artifact, r.offset, r.max_bytes).await?)
     }
     async fn deploy(&self, r: Request<EdgeDeployRequest>) -> Res<EdgeDeployment> {
-        let r = r.into_inner();
-        ok(match self.0.route()? {
-            Route::Leader(l) => l.edge_deploy(r).await?,
-            Route::Forward(f) => f.edge_deploy(r).await?,
-        })
+        ok(leader(&self.0)?.edge_deploy(r.into_inner()).await?)
     }
+    /// Answered by the leader (its memory of "last seen") or, when it cannot be reached, from this node's state.
     async fn list_devices(&self, r: Request<ListDevicesRequest>) -> Res<ListDevicesResponse> {
-        // "Last seen" lives in the leader's memory (the agents' syncs reach the leader): ask it; with no leader, or
-        // the leader unreachable, answer from this node's replicated state.
-        let r = r.into_inner();
-        if let Ok(Route::Forward(f)) = self.0.route()
-            && let Ok(l) = f.list_devices(r.clone()).await
-        {
-            return ok(l);
-        }
-        ok(self.0.list_devices(&r))
+        let seen = self.0.edge.seen();
+        ok(queries::list_devices(&self.0.state.read().expect("state lock").state, r.get_ref(), &seen))
     }
     async fn list_edge_deployments(&self, _: Request<ListEdgeDeploymentsRequest>) -> Res<ListEdgeDeploymentsResponse> {
-        ok(self.0.list_edge_deployments())
+        ok(queries::list_edge_deployments(&self.0.state.read().expect("state lock").state))
     }
 }

@@ -2,72 +2,44 @@ use std::sync::Arc;
 
 use aidos_api::job_service_server::JobService;
 use aidos_api::v1::*;
-use tonic::{Request, Status};
+use tonic::Request;
 
-use super::{Res, ok};
-use crate::core::{Core, Route};
+use super::{Res, leader, ok};
+use crate::core::Core;
 use crate::leader::BoxStream;
+use crate::queries;
 
 pub struct Jobs(pub Arc<Core>);
 
 #[tonic::async_trait]
 impl JobService for Jobs {
     async fn submit(&self, r: Request<SubmitRequest>) -> Res<SubmitResponse> {
-        let r = r.into_inner();
-        ok(match self.0.route()? {
-            Route::Leader(l) => l.submit(r).await?,
-            Route::Forward(f) => f.submit(r).await?,
-        })
+        ok(leader(&self.0)?.submit(r.into_inner()).await?)
     }
 
     async fn submit_batch(&self, r: Request<SubmitBatchRequest>) -> Res<SubmitBatchResponse> {
-        let r = r.into_inner();
-        let responses = match self.0.route()? {
-            Route::Leader(l) => l.submit_batch(r.requests).await?,
-            Route::Forward(f) => f.submit_batch(r).await?,
-        };
-        ok(SubmitBatchResponse { responses })
+        ok(SubmitBatchResponse { responses: leader(&self.0)?.submit_batch(r.into_inner().requests).await? })
     }
 
     async fn get(&self, r: Request<GetJobRequest>) -> Res<Job> {
-        let id = r.into_inner().job_id;
-        ok(match self.0.route()? {
-            Route::Leader(l) => l.get(&id)?,
-            Route::Forward(f) => f.get(id).await?,
-        })
+        ok(leader(&self.0)?.read(|st| queries::job(st, &r.get_ref().job_id))?)
     }
 
     async fn list(&self, r: Request<ListJobsRequest>) -> Res<ListJobsResponse> {
-        let r = r.into_inner();
-        ok(match self.0.route()? {
-            Route::Leader(l) => l.list(&r),
-            Route::Forward(f) => f.list(r).await?,
-        })
+        ok(leader(&self.0)?.read(|st| queries::list_jobs(st, r.get_ref())))
     }
 
     async fn cancel(&self, r: Request<CancelJobRequest>) -> Res<Job> {
-        let id = r.into_inner().job_id;
-        ok(match self.0.route()? {
-            Route::Leader(l) => l.cancel(&id).await?,
-            Route::Forward(f) => f.cancel(id).await?,
-        })
+        ok(leader(&self.0)?.cancel(&r.get_ref().job_id).await?)
     }
 
     type WatchStream = BoxStream<Job>;
     async fn watch(&self, r: Request<WatchJobRequest>) -> Res<Self::WatchStream> {
-        let id = r.into_inner().job_id;
-        ok(match self.0.route()? {
-            Route::Leader(l) => l.watch(&id)?,
-            Route::Forward(f) => f.watch(id).await?,
-        })
+        ok(leader(&self.0)?.watch(&r.get_ref().job_id)?)
     }
 
     type LogsStream = BoxStream<LogChunk>;
     async fn logs(&self, r: Request<LogsRequest>) -> Res<Self::LogsStream> {
-        let r = r.into_inner();
-        ok(match self.0.route().map_err(Status::from)? {
-            Route::Leader(l) => l.logs(r)?,
-            Route::Forward(f) => f.logs(r).await?,
-        })
+        ok(leader(&self.0)?.logs(r.into_inner())?)
     }
 }

@@ -1,5 +1,7 @@
-//! gRPC front: thin adapters from tonic services to the leader path or the forwarder. Authentication will plug
-//! in here, as one interceptor applied to every client-facing service in `crate::node::serve`.
+//! gRPC front: thin adapters from tonic services to the leader path (`crate::leader`) or a read
+//! (`crate::queries`). Which node answers a call is decided in front of these, by the forwarding layer
+//! (`crate::forward`): an adapter written here is the whole RPC. Authentication will plug in the same way, as one
+//! layer applied to every client-facing service.
 
 pub mod cluster;
 pub mod edge;
@@ -9,8 +11,19 @@ pub mod raft;
 pub mod serve;
 pub mod workers;
 
+use std::sync::Arc;
+
+use crate::core::Core;
+use crate::error::SchedulerError;
+use crate::leader::LeaderHandler;
+
 pub(crate) type Res<T> = Result<tonic::Response<T>, tonic::Status>;
 
 pub(crate) fn ok<T>(t: T) -> Res<T> {
     Ok(tonic::Response::new(t))
+}
+
+/// The leader path of this node (the forwarding layer sent the call here because this node leads).
+pub(crate) fn leader(core: &Arc<Core>) -> Result<LeaderHandler, SchedulerError> {
+    LeaderHandler::require(core)
 }

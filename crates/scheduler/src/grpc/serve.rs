@@ -4,40 +4,26 @@ use aidos_api::serve_service_server::ServeService;
 use aidos_api::v1::*;
 use tonic::Request;
 
-use super::{Res, ok};
-use crate::core::{Core, Route};
+use super::{Res, leader, ok};
+use crate::core::Core;
+use crate::queries;
 
 pub struct Serve(pub Arc<Core>);
 
 #[tonic::async_trait]
 impl ServeService for Serve {
     async fn deploy(&self, r: Request<DeployRequest>) -> Res<Deployment> {
-        let r = r.into_inner();
-        ok(match self.0.route()? {
-            Route::Leader(l) => l.deploy(r).await?,
-            Route::Forward(f) => f.deploy(r).await?,
-        })
+        ok(leader(&self.0)?.deploy(r.into_inner()).await?)
     }
     async fn list(&self, r: Request<ListDeploymentsRequest>) -> Res<ListDeploymentsResponse> {
-        let r = r.into_inner();
-        ok(match self.0.route()? {
-            Route::Leader(l) => l.list_deployments(&r),
-            Route::Forward(f) => f.list_deployments(r).await?,
-        })
+        let name = &r.get_ref().name;
+        ok(ListDeploymentsResponse { deployments: leader(&self.0)?.read(|st| queries::deployment_views(st, name)) })
     }
     async fn delete(&self, r: Request<DeleteDeploymentRequest>) -> Res<Deployment> {
-        let r = r.into_inner();
-        ok(match self.0.route()? {
-            Route::Leader(l) => l.delete_deployment(r).await?,
-            Route::Forward(f) => f.delete_deployment(r).await?,
-        })
+        ok(leader(&self.0)?.delete_deployment(r.into_inner()).await?)
     }
     async fn report_endpoint(&self, r: Request<ReportEndpointRequest>) -> Res<ReportAck> {
-        let r = r.into_inner();
-        match self.0.route()? {
-            Route::Leader(l) => l.report_endpoint(r).await?,
-            Route::Forward(f) => f.report_endpoint(r).await?,
-        }
+        leader(&self.0)?.report_endpoint(r.into_inner()).await?;
         ok(ReportAck {})
     }
 }

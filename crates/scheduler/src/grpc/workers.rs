@@ -4,7 +4,7 @@ use aidos_api::v1::*;
 use aidos_api::worker_service_server::WorkerService;
 use tonic::{Request, Streaming};
 
-use super::{Res, ok};
+use super::{Res, leader, ok};
 use crate::core::Core;
 use crate::leader::BoxStream;
 
@@ -14,25 +14,25 @@ pub struct Workers(pub Arc<Core>);
 #[tonic::async_trait]
 impl WorkerService for Workers {
     async fn register(&self, r: Request<RegisterWorkerRequest>) -> Res<RegisterWorkerResponse> {
-        ok(self.0.require_leader()?.register_worker(r.into_inner()).await?)
+        ok(leader(&self.0)?.register_worker(r.into_inner()).await?)
     }
 
     async fn heartbeat(&self, r: Request<HeartbeatRequest>) -> Res<HeartbeatResponse> {
-        ok(self.0.require_leader()?.heartbeat(r.into_inner())?)
+        ok(leader(&self.0)?.heartbeat(r.into_inner())?)
     }
 
     type AssignmentsStream = BoxStream<WorkerCommand>;
     async fn assignments(&self, r: Request<AssignmentsRequest>) -> Res<Self::AssignmentsStream> {
-        ok(self.0.require_leader()?.assignments(r.into_inner().worker_id)?)
+        ok(leader(&self.0)?.assignments(r.into_inner().worker_id)?)
     }
 
     async fn report_status(&self, r: Request<TaskStatusReport>) -> Res<ReportAck> {
-        self.0.require_leader()?.report_status(r.into_inner()).await?;
+        leader(&self.0)?.report_status(r.into_inner()).await?;
         ok(ReportAck {})
     }
 
     async fn report_logs(&self, r: Request<Streaming<LogReport>>) -> Res<ReportAck> {
-        self.0.require_leader()?.report_logs(r.into_inner()).await?;
+        leader(&self.0)?.report_logs(r.into_inner()).await?;
         ok(ReportAck {})
     }
 }

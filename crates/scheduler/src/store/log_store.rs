@@ -1,5 +1,9 @@
 //! The Raft log, vote and committed index in redb (see the durability contract in `store`).
 
+// openraft's `StorageError` is large (~224 bytes), and it is the error type openraft's storage traits require of
+// us: boxing it would only add a conversion at every trait boundary.
+#![allow(clippy::result_large_err)]
+
 use std::fmt::Debug;
 use std::ops::{Bound, RangeBounds};
 use std::sync::Arc;

@@ -21,6 +21,8 @@ use std::sync::Arc;
 use openraft::AnyError;
 use redb::{Database, TableDefinition};
 
+use crate::state::Table;
+
 /// Log entries by index, each an encoded `EntryV1`.
 pub(crate) const LOG: TableDefinition<u64, &[u8]> = TableDefinition::new("raft_log_v1");
 /// Raft metadata: `vote` (VoteV1), `committed` and `purged` (LogIdV1).
@@ -32,12 +34,25 @@ pub(crate) const SM_META: TableDefinition<&str, &[u8]> = TableDefinition::new("s
 pub(crate) const JOBS: TableDefinition<&str, &[u8]> = TableDefinition::new("sm_jobs_v1");
 /// Workers by id, each an encoded `Worker`.
 pub(crate) const WORKERS: TableDefinition<&str, &[u8]> = TableDefinition::new("sm_workers_v1");
-/// Dataset versions, runs and model versions (keys in `ml_state`), each its encoded message.
-pub(crate) const ML: TableDefinition<&str, &[u8]> = TableDefinition::new("sm_ml_v1");
+/// The rows of every other domain (datasets, runs, models, deployments, edge devices and deployments, ...), keyed
+/// `<prefix>/...` with a prefix per row kind (see `state::RowKind`), each its encoded message.
+pub(crate) const ROWS: TableDefinition<&str, &[u8]> = TableDefinition::new("sm_ml_v1");
+
+/// The state tables, in the order they are written and read.
+pub(crate) const TABLES: [Table; 3] = [Table::Jobs, Table::Workers, Table::Rows];
+
+/// The redb table a state table is stored in.
+pub(crate) fn table_def(t: Table) -> TableDefinition<'static, &'static str, &'static [u8]> {
+    match t {
+        Table::Jobs => JOBS,
+        Table::Workers => WORKERS,
+        Table::Rows => ROWS,
+    }
+}
 
 /// Opens (or creates) the node's redb file and makes sure every table exists.
 pub fn open_db(dir: &Path) -> Result<Arc<Database>, redb::Error> {
-    std::fs::create_dir_all(dir).map_err(|e| redb::Error::Io(e))?;
+    std::fs::create_dir_all(dir).map_err(redb::Error::Io)?;
     let db = Database::create(dir.join("raft.redb"))?;
     let tx = db.begin_write()?;
     tx.open_table(LOG)?;
@@ -45,7 +60,7 @@ pub fn open_db(dir: &Path) -> Result<Arc<Database>, redb::Error> {
     tx.open_table(SM_META)?;
     tx.open_table(JOBS)?;
     tx.open_table(WORKERS)?;
-    tx.open_table(ML)?;
+    tx.open_table(ROWS)?;
     tx.commit()?;
     Ok(Arc::new(db))
 }

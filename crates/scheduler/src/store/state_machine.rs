@@ -12,12 +12,12 @@ use prost::Message;
 use redb::{Database, Durability, ReadableDatabase, ReadableTable};
 use tokio::sync::watch;
 
-use super::{JOBS, ML, SM_META, WORKERS, any, blocking};
+use super::{SM_META, TABLES, any, blocking, table_def};
 use crate::raft_types::{
     NodeId, SnapshotMeta, StorageError, TypeConfig, opt_log_id_from_pb, opt_log_id_to_pb, snapshot_meta_from_pb,
     snapshot_meta_to_pb, stored_membership_from_pb, stored_membership_to_pb,
 };
-use crate::state::{ClusterState, Dirty};
+use crate::state::{ClusterState, Dirty, Table};
 
 /// What has been applied, under one lock so that a snapshot sees state and `last_applied` together.
 #[derive(Debug, Default)]
@@ -38,21 +38,20 @@ pub struct StateMachineStore {
     version: watch::Sender<u64>,
 }
 
-/// One write of the state machine: rows to upsert and the metadata, encoded outside the blocking pool.
+/// One write of the state machine: rows to upsert or delete and the metadata, encoded outside the blocking pool.
 #[derive(Default)]
-struct Rows {
-    jobs: Vec<(String, Vec<u8>)>,
-    workers: Vec<(String, Vec<u8>)>,
-    /// `None`: the row was deleted (a deployment removed).
-    ml: Vec<(String, Option<Vec<u8>>)>,
+struct RowWrites {
+    /// `None`: the row was deleted (a deployment removed, say).
+    rows: Vec<(Table, String, Option<Vec<u8>>)>,
     meta: Vec<(&'static str, Vec<u8>)>,
+    /// Clear every state table first (a snapshot install).
     replace_all: bool,
 }
 
 fn meta_rows(a: &Applied) -> Vec<(&'static str, Vec<u8>)> {
     let counters = pb::StateSnapshotV1 {
-        next_job_seq: a.state.next_job_seq,
-        next_fencing_token: a.state.next_fencing_token,
+        next_job_seq: a.state.jobs.next_job_seq,
+        next_fencing_token: a.state.jobs.next_fencing_token,
         ..Default::default()
     };
     let mut v = vec![
@@ -65,36 +64,28 @@ fn meta_rows(a: &Applied) -> Vec<(&'static str, Vec<u8>)> {
     v
 }
 
-fn write_rows(db: &Database, rows: Rows, durability: Durability) -> Result<(), redb::Error> {
+fn write_rows(db: &Database, w: RowWrites, durability: Durability) -> Result<(), redb::Error> {
     let mut tx = db.begin_write()?;
     tx.set_durability(durability).map_err(|e| redb::Error::Corrupted(e.to_string()))?;
     {
-        let mut jobs = tx.open_table(JOBS)?;
-        let mut workers = tx.open_table(WORKERS)?;
-        let mut ml = tx.open_table(ML)?;
-        if rows.replace_all {
-            jobs.retain(|_, _| false)?;
-            workers.retain(|_, _| false)?;
-            ml.retain(|_, _| false)?;
-        }
-        for (k, v) in &rows.ml {
-            match v {
-                Some(v) => {
-                    ml.insert(k.as_str(), v.as_slice())?;
-                }
-                None => {
-                    ml.remove(k.as_str())?;
+        for t in TABLES {
+            let mut table = tx.open_table(table_def(t))?;
+            if w.replace_all {
+                table.retain(|_, _| false)?;
+            }
+            for (_, k, v) in w.rows.iter().filter(|(rt, _, _)| *rt == t) {
+                match v {
+                    Some(v) => {
+                        table.insert(k.as_str(), v.as_slice())?;
+                    }
+                    None => {
+                        table.remove(k.as_str())?;
+                    }
                 }
             }
         }
-        for (k, v) in &rows.jobs {
-            jobs.insert(k.as_str(), v.as_slice())?;
-        }
-        for (k, v) in &rows.workers {
-            workers.insert(k.as_str(), v.as_slice())?;
-        }
         let mut meta = tx.open_table(SM_META)?;
-        for (k, v) in &rows.meta {
+        for (k, v) in &w.meta {
             meta.insert(*k, v.as_slice())?;
         }
     }
@@ -102,18 +93,9 @@ fn write_rows(db: &Database, rows: Rows, durability: Durability) -> Result<(), r
     Ok(())
 }
 
-/// Every ML row of the state (after installing a snapshot).
-fn all_ml_rows(st: &ClusterState) -> Vec<(String, Option<Vec<u8>>)> {
-    use crate::ml_state::{dataset_key, model_key, run_key};
-    use crate::serve_state::deployment_key;
-    let mut keys: Vec<String> = Vec::new();
-    keys.extend(st.datasets.values().flatten().map(|d| dataset_key(&d.name, d.version)));
-    keys.extend(st.models.values().flatten().map(|m| model_key(&m.name, m.version)));
-    keys.extend(st.runs.keys().map(|r| run_key(r)));
-    keys.extend(st.deployments.keys().map(|d| deployment_key(d)));
-    keys.extend(st.edge_devices.keys().map(|d| crate::edge_state::device_key(d)));
-    keys.extend(st.edge_deployments.keys().map(|d| crate::edge_state::edge_deployment_key(d)));
-    keys.into_iter().filter_map(|k| st.ml_row(&k).map(|b| (k, Some(b)))).collect()
+/// Every row of the state, encoded (after installing a snapshot).
+fn all_rows(st: &ClusterState) -> Vec<(Table, String, Option<Vec<u8>>)> {
+    st.keys().into_iter().filter_map(|(t, k)| st.row(t, &k).map(|b| (t, k, Some(b)))).collect()
 }
 
 /// Snapshots live in files beside the redb file (`<data_dir>/snapshots/<id>.snap`, an encoded `StateSnapshotV1`);
@@ -183,14 +165,6 @@ fn image_from_tables(db: &Database) -> Result<(SnapshotMeta, Vec<u8>), redb::Err
     if let Some(b) = &membership_raw {
         field(&mut out, 2, b);
     }
-    for r in tx.open_table(JOBS)?.iter()? {
-        let (_, v) = r?;
-        field(&mut out, 3, v.value());
-    }
-    for r in tx.open_table(WORKERS)?.iter()? {
-        let (_, v) = r?;
-        field(&mut out, 4, v.value());
-    }
     if let Some(v) = meta_t.get("counters")? {
         let c = pb::StateSnapshotV1::decode(v.value()).map_err(corrupt("counters"))?;
         encode_key(5, WireType::Varint, &mut out);
@@ -198,15 +172,15 @@ fn image_from_tables(db: &Database) -> Result<(SnapshotMeta, Vec<u8>), redb::Err
         encode_key(6, WireType::Varint, &mut out);
         encode_varint(c.next_fencing_token, &mut out);
     }
-    for r in tx.open_table(ML)?.iter()? {
-        let (k, v) = r?;
-        let tag = match k.value().as_bytes().first() {
-            Some(b'd') => 7,
-            Some(b'r') => 8,
-            Some(b'm') => 9,
-            _ => continue,
-        };
-        field(&mut out, tag, v.value());
+    // Each row kind of each domain becomes its own repeated field (`state::RowKind::snapshot_field`).
+    let kinds = ClusterState::row_kinds();
+    for t in TABLES {
+        for r in tx.open_table(table_def(t))?.iter()? {
+            let (k, v) = r?;
+            if let Some(kind) = kinds.iter().find(|kind| kind.owns(t, k.value())) {
+                field(&mut out, kind.snapshot_field, v.value());
+            }
+        }
     }
     let snapshot_id = match &last_log_id {
         Some(l) => format!("{}-{}-{}", l.leader_id.term, l.leader_id.node_id, l.index),
@@ -225,8 +199,8 @@ impl StateMachineStore {
             let corrupt = |what: &str, e: prost::DecodeError| redb::Error::Corrupted(format!("{what}: {e}"));
             if let Some(v) = meta.get("counters")? {
                 let c = pb::StateSnapshotV1::decode(v.value()).map_err(|e| corrupt("counters", e))?;
-                a.state.next_job_seq = c.next_job_seq;
-                a.state.next_fencing_token = c.next_fencing_token;
+                a.state.jobs.next_job_seq = c.next_job_seq;
+                a.state.jobs.next_fencing_token = c.next_fencing_token;
             }
             if let Some(v) = meta.get("membership")? {
                 let m = pb::StoredMembershipV1::decode(v.value()).map_err(|e| corrupt("membership", e))?;
@@ -236,18 +210,11 @@ impl StateMachineStore {
                 let l = pb::LogIdV1::decode(v.value()).map_err(|e| corrupt("applied", e))?;
                 a.last_applied = opt_log_id_from_pb(&Some(l)).map_err(|e| redb::Error::Corrupted(e.to_string()))?;
             }
-            for r in tx.open_table(JOBS)?.iter()? {
-                let (_, v) = r?;
-                a.state.insert_job(pb::Job::decode(v.value()).map_err(|e| corrupt("job", e))?);
-            }
-            for r in tx.open_table(WORKERS)?.iter()? {
-                let (_, v) = r?;
-                let w = pb::Worker::decode(v.value()).map_err(|e| corrupt("worker", e))?;
-                a.state.workers.insert(w.id.clone(), w);
-            }
-            for r in tx.open_table(ML)?.iter()? {
-                let (k, v) = r?;
-                a.state.load_ml_row(k.value(), v.value()).map_err(|e| corrupt("ml row", e))?;
+            for t in TABLES {
+                for r in tx.open_table(table_def(t))?.iter()? {
+                    let (k, v) = r?;
+                    a.state.load_row(t, k.value(), v.value()).map_err(|e| corrupt("state row", e))?;
+                }
             }
         }
         Ok(Self { db, snap_dir, applied: Arc::new(RwLock::new(a)), version: watch::channel(0).0 })
@@ -316,24 +283,10 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
                     }
                 }
             }
-            dirty.jobs.sort_unstable();
-            dirty.jobs.dedup();
-            dirty.workers.sort_unstable();
-            dirty.workers.dedup();
-            dirty.ml.sort_unstable();
-            dirty.ml.dedup();
-            Rows {
-                jobs: dirty
-                    .jobs
-                    .iter()
-                    .filter_map(|id| a.state.jobs.get(id).map(|j| (id.clone(), j.encode_to_vec())))
-                    .collect(),
-                workers: dirty
-                    .workers
-                    .iter()
-                    .filter_map(|id| a.state.workers.get(id).map(|w| (id.clone(), w.encode_to_vec())))
-                    .collect(),
-                ml: dirty.ml.iter().map(|k| (k.clone(), a.state.ml_row(k))).collect(),
+            dirty.rows.sort_unstable();
+            dirty.rows.dedup();
+            RowWrites {
+                rows: dirty.rows.into_iter().map(|(t, k)| (t, k.clone(), a.state.row(t, &k))).collect(),
                 meta: meta_rows(&a),
                 replace_all: false,
             }
@@ -365,13 +318,7 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
             a.state = ClusterState::from_snapshot(img);
             a.last_applied = meta.last_log_id;
             a.membership = meta.last_membership.clone();
-            Rows {
-                jobs: a.state.jobs.iter().map(|(k, j)| (k.clone(), j.encode_to_vec())).collect(),
-                workers: a.state.workers.iter().map(|(k, w)| (k.clone(), w.encode_to_vec())).collect(),
-                ml: all_ml_rows(&a.state),
-                meta: meta_rows(&a),
-                replace_all: true,
-            }
+            RowWrites { rows: all_rows(&a.state), meta: meta_rows(&a), replace_all: true }
         };
         let (db, dir, meta2) = (self.db.clone(), self.snap_dir.clone(), meta.clone());
         blocking(move || {
@@ -436,16 +383,38 @@ mod tests {
         let mut a = StateMachineStore::open(db, d.path().join("a/snapshots")).unwrap();
         let worker = pb::Worker { id: "w1".into(), ..Default::default() };
         let ds = pb::DatasetManifest { name: "mnist".into(), ..Default::default() };
+        let deployment = pb::Deployment {
+            name: "digits".into(),
+            replicas: 2,
+            spec: Some(pb::ServeSpec { model: "mnist-mlp".into(), version: 1, ..Default::default() }),
+            ..Default::default()
+        };
+        let edge_deployment = pb::EdgeDeployment {
+            name: "cams".into(),
+            model: "mnist-mlp".into(),
+            signature: vec![1; 64],
+            sample_input: vec![0.5],
+            sample_output: vec![1.0],
+            ..Default::default()
+        };
         a.apply(vec![
             entry(1, submit("x")),
             entry(2, submit("y")),
             entry(3, Command::RegisterWorker(pb::RegisterWorkerV1 { worker: Some(worker) })),
             entry(4, Command::CommitDataset(pb::CommitDatasetRequest { manifest: Some(ds) })),
+            entry(5, Command::Deploy(pb::DeployV1 { deployment: Some(deployment) })),
+            entry(6, Command::EnrollDevice(pb::EnrollRequest { device: "cam-1".into(), ..Default::default() })),
+            entry(7, Command::EdgeDeploy(edge_deployment)),
         ])
         .await
         .unwrap();
+        {
+            let sa = a.applied.read().unwrap();
+            assert_eq!(sa.state.serving.deployments.len(), 1, "the deploy applied");
+            assert_eq!((sa.state.edge.devices.len(), sa.state.edge.deployments.len()), (1, 1), "the edge rows applied");
+        }
         let snap = a.get_snapshot_builder().await.build_snapshot().await.unwrap();
-        assert_eq!(snap.meta.last_log_id.unwrap().index, 4);
+        assert_eq!(snap.meta.last_log_id.unwrap().index, 7);
         assert_eq!(a.get_current_snapshot().await.unwrap().unwrap().meta.snapshot_id, snap.meta.snapshot_id);
 
         let db2 = crate::store::open_db(&d.path().join("b")).unwrap();
@@ -453,16 +422,22 @@ mod tests {
         b.install_snapshot(&snap.meta, snap.snapshot).await.unwrap();
         {
             let (sa, sb) = (a.applied.read().unwrap(), b.applied.read().unwrap());
-            assert_eq!(sa.state.jobs, sb.state.jobs);
-            assert_eq!(sa.state.workers, sb.state.workers);
-            assert_eq!(sa.state.datasets, sb.state.datasets);
-            assert_eq!(sa.state.next_job_seq, sb.state.next_job_seq);
+            assert_eq!(sa.state.jobs.by_id, sb.state.jobs.by_id);
+            assert_eq!(sa.state.jobs.workers, sb.state.jobs.workers);
+            assert_eq!(sa.state.registry.datasets, sb.state.registry.datasets);
+            assert_eq!(sa.state.jobs.next_job_seq, sb.state.jobs.next_job_seq);
             assert_eq!(sb.last_applied, sa.last_applied);
-            assert_eq!(sb.state.request_ids.len(), 2);
+            assert_eq!(sb.state.jobs.request_ids.len(), 2);
+            // Every domain's rows travel in the image (deployments and edge rows were once left out).
+            assert_eq!(sa.state.serving.deployments, sb.state.serving.deployments);
+            assert_eq!(sa.state.edge.devices, sb.state.edge.devices);
+            assert_eq!(sa.state.edge.deployments, sb.state.edge.deployments);
         }
         // And the installed state survives a reopen from disk.
         drop(b);
         let c = StateMachineStore::open(db2, d.path().join("b/snapshots")).unwrap();
-        assert_eq!(c.applied.read().unwrap().state.jobs.len(), 2);
+        let sc = &c.applied.read().unwrap().state;
+        assert_eq!(sc.jobs.by_id.len(), 2);
+        assert_eq!((sc.serving.deployments.len(), sc.edge.devices.len(), sc.edge.deployments.len()), (1, 1, 1));
     }
 }

@@ -1,0 +1,89 @@
+//! The leader path for deployments: requests are validated and resolved (an alias becomes the version it names
+//! now, so a later alias move does not silently change a running deployment) before anything is proposed.
+
+use aidos_api::v1::command_v1::Command;
+use aidos_api::v1::*;
+
+use super::LeaderHandler;
+use crate::error::SchedulerError;
+use crate::queries;
+use crate::reconcile::default_resources;
+use crate::state::serving::MAX_DEPLOYMENT_REPLICAS;
+
+/// Runtimes a replica can use.
+pub const RUNTIMES: [&str; 3] = ["tract", "ort", "burn"];
+/// Largest accepted batch and queue, per replica.
+const MAX_BATCH: u32 = 4096;
+const MAX_QUEUE: u32 = 1 << 20;
+const MAX_INSTANCES: u32 = 64;
+
+fn invalid(field: &str, why: impl std::fmt::Display) -> SchedulerError {
+    SchedulerError::InvalidArgument(format!("{field}: {why}"))
+}
+
+impl LeaderHandler {
+    pub async fn deploy(&self, r: DeployRequest) -> Result<Deployment, SchedulerError> {
+        if r.model.trim().is_empty() {
+            return Err(invalid("model", "empty (expected NAME, NAME:VERSION or NAME@ALIAS)"));
+        }
+        let model_ref = aidos_api::parse_model_ref(&r.model).map_err(|e| invalid("model", e))?;
+        let resolved = self.read(|st| queries::get_model(st, &model_ref))?;
+        let runtime = if r.runtime.is_empty() { "tract".to_string() } else { r.runtime.clone() };
+        if !RUNTIMES.contains(&runtime.as_str()) {
+            return Err(invalid("runtime", format!("`{runtime}` (expected one of {})", RUNTIMES.join(", "))));
+        }
+        let replicas = r.replicas.max(1);
+        if replicas > MAX_DEPLOYMENT_REPLICAS {
+            return Err(invalid("replicas", format!("{replicas}, at most {MAX_DEPLOYMENT_REPLICAS}")));
+        }
+        let or = |v: u32, d: u32| if v == 0 { d } else { v };
+        let spec = ServeSpec {
+            deployment: String::new(),
+            model: resolved.name.clone(),
+            version: resolved.version,
+            runtime,
+            max_batch: or(r.max_batch, 32),
+            max_delay_us: if r.max_delay_us == 0 { 500 } else { r.max_delay_us },
+            instances: or(r.instances, 1),
+            max_queue: or(r.max_queue, 1024),
+            generation: 0,
+        };
+        if spec.max_batch > MAX_BATCH {
+            return Err(invalid("max_batch", format!("{}, at most {MAX_BATCH}", spec.max_batch)));
+        }
+        if spec.max_queue > MAX_QUEUE {
+            return Err(invalid("max_queue", format!("{}, at most {MAX_QUEUE}", spec.max_queue)));
+        }
+        if spec.instances > MAX_INSTANCES {
+            return Err(invalid("instances", format!("{}, at most {MAX_INSTANCES}", spec.instances)));
+        }
+        if spec.max_delay_us > 10_000_000 {
+            return Err(invalid("max_delay_us", format!("{} µs, at most 10 s", spec.max_delay_us)));
+        }
+        let resources = r.resources.unwrap_or_else(default_resources);
+        if resources.cpu_millis == 0 && resources.memory_bytes == 0 {
+            return Err(invalid("resources", "asks for nothing: set cpu or memory"));
+        }
+        let name = if r.name.is_empty() { resolved.name.clone() } else { r.name.clone() };
+        let d = Deployment {
+            name,
+            spec: Some(spec),
+            replicas,
+            resources: Some(resources),
+            requested: r.model.trim().to_string(),
+            ..Default::default()
+        };
+        let res = self.core.propose(Command::Deploy(DeployV1 { deployment: Some(d) })).await?;
+        let d = res.deployment.ok_or_else(|| SchedulerError::Raft("deploy answered without a deployment".into()))?;
+        Ok(self.read(|st| queries::deployment_view(st, &d.name)).unwrap_or(d))
+    }
+
+    pub async fn delete_deployment(&self, r: DeleteDeploymentRequest) -> Result<Deployment, SchedulerError> {
+        let res = self.core.propose(Command::DeleteDeployment(r)).await?;
+        res.deployment.ok_or_else(|| SchedulerError::Raft("delete answered without a deployment".into()))
+    }
+
+    pub async fn report_endpoint(&self, r: ReportEndpointRequest) -> Result<(), SchedulerError> {
+        self.core.propose(Command::ReportEndpoint(r)).await.map(|_| ())
+    }
+}

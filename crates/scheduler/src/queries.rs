@@ -1,0 +1,287 @@
+//! Every read over the applied state: pure functions of `&ClusterState` (plus, where a read needs it, leader
+//! memory passed in), answering the leader path, the gRPC adapters and the leader's loops. Nothing here locks,
+//! proposes or does I/O; callers hold the state lock for the duration of one call only.
+//!
+//! Reads that span domains (a deployment with its replica jobs, a run looked up by its job) are here and only here.
+
+use std::collections::HashMap;
+
+use aidos_api::v1::*;
+
+use crate::error::SchedulerError;
+use crate::placement::{ClusterView, PendingJob, Strategy, WorkerView};
+use crate::state::registry::run_id;
+use crate::state::serving::replica_of;
+use crate::state::{ClusterState, add, jobs::serve_spec};
+
+// ---- jobs and workers ------------------------------------------------------------------------------------------
+
+pub fn job(st: &ClusterState, id: &str) -> Result<Job, SchedulerError> {
+    st.jobs.by_id.get(id).cloned().ok_or_else(|| SchedulerError::NotFound(format!("job {id} not found")))
+}
+
+/// Jobs matching the request's filters, newest first, at most `limit` (0: all).
+pub fn list_jobs(st: &ClusterState, req: &ListJobsRequest) -> ListJobsResponse {
+    let mut jobs: Vec<&Job> = st
+        .jobs
+        .by_id
+        .values()
+        .filter(|j| req.states.is_empty() || req.states.contains(&j.state))
+        .filter(|j| j.spec.as_ref().is_some_and(|s| s.name.starts_with(&req.name_prefix)))
+        .filter(|j| {
+            let labels = j.spec.as_ref().map(|s| &s.labels);
+            req.labels.iter().all(|(k, v)| labels.and_then(|l| l.get(k)) == Some(v))
+        })
+        .collect();
+    jobs.sort_by_key(|j| std::cmp::Reverse(j.seq));
+    if req.limit > 0 {
+        jobs.truncate(req.limit as usize);
+    }
+    ListJobsResponse { jobs: jobs.into_iter().cloned().collect() }
+}
+
+/// True when the job is gone or has ended.
+pub fn job_ended(st: &ClusterState, id: &str) -> bool {
+    st.jobs.by_id.get(id).is_none_or(|j| JobState::try_from(j.state).is_ok_and(|s| s.is_terminal()))
+}
+
+/// Every worker with what is allocated on it now.
+pub fn list_workers(st: &ClusterState) -> ListWorkersResponse {
+    let alloc = st.jobs.allocated();
+    let workers = st
+        .jobs
+        .workers
+        .values()
+        .map(|w| {
+            let mut w = w.clone();
+            let mut r = Resources::default();
+            if let Some(x) = alloc.get(&w.id) {
+                add(&mut r, x);
+            }
+            w.allocated = Some(r);
+            w
+        })
+        .collect();
+    ListWorkersResponse { workers }
+}
+
+/// Workers in a given state.
+pub fn count_workers(st: &ClusterState, s: WorkerState) -> u32 {
+    st.jobs.workers.values().filter(|w| w.state == s as i32).count() as u32
+}
+
+/// Attempts a worker claims to run that the cluster no longer wants on it.
+pub fn unwanted(st: &ClusterState, worker_id: &str, running: &[AttemptRef]) -> Vec<AttemptRef> {
+    running.iter().filter(|r| st.jobs.check_current(worker_id, r).is_err()).cloned().collect()
+}
+
+/// The attempts the state assigns to `worker_id` that are active now, with what the worker needs to run them.
+pub fn active_for(st: &ClusterState, worker_id: &str) -> Vec<TaskAssignment> {
+    let mut out = Vec::new();
+    for j in st.jobs.running_jobs() {
+        for t in &j.tasks {
+            let Some(a) = t.attempts.last() else { continue };
+            if a.worker_id != worker_id || !TaskState::try_from(a.state).is_ok_and(|s| s.is_active()) {
+                continue;
+            }
+            let spec = j.spec.clone().unwrap_or_default();
+            let env = [("AIDOS_JOB_NAME".to_string(), spec.name.clone())].into();
+            out.push(TaskAssignment {
+                attempt: Some(AttemptRef {
+                    job_id: j.id.clone(),
+                    rank: t.rank,
+                    attempt: a.attempt,
+                    fencing_token: a.fencing_token,
+                }),
+                world_size: j.tasks.len() as u32,
+                spec: Some(spec),
+                env,
+            });
+        }
+    }
+    out
+}
+
+/// Whether `worker_id` ever ran the attempt a log chunk names (chunks for anything else are dropped).
+pub fn ran_attempt(st: &ClusterState, worker_id: &str, r: &AttemptRef) -> bool {
+    st.jobs
+        .by_id
+        .get(&r.job_id)
+        .and_then(|j| j.tasks.get(r.rank as usize))
+        .is_some_and(|t| t.attempts.iter().any(|x| x.fencing_token == r.fencing_token && x.worker_id == worker_id))
+}
+
+/// The ready workers that the leader has heard from in time, with their free resources, as placement sees them.
+pub fn placement_view(st: &ClusterState, live: &dyn Fn(&str) -> bool, default: Strategy) -> ClusterView {
+    let alloc = st.jobs.allocated();
+    let mut tasks_on: HashMap<&str, u32> = HashMap::new();
+    for j in st.jobs.running_jobs() {
+        for t in &j.tasks {
+            if let Some(a) = t.attempts.last() {
+                *tasks_on.entry(a.worker_id.as_str()).or_default() += 1;
+            }
+        }
+    }
+    let workers = st
+        .jobs
+        .workers
+        .values()
+        .filter(|w| w.state == WorkerState::Ready as i32 && live(&w.id))
+        .map(|w| {
+            let cap = w.capacity.unwrap_or_default();
+            let used = alloc.get(&w.id).copied().unwrap_or_default();
+            WorkerView {
+                id: w.id.clone(),
+                capacity: cap,
+                free: Resources {
+                    cpu_millis: cap.cpu_millis.saturating_sub(used.cpu_millis),
+                    memory_bytes: cap.memory_bytes.saturating_sub(used.memory_bytes),
+                    gpus: cap.gpus.saturating_sub(used.gpus),
+                },
+                labels: w.labels.clone(),
+                tasks: tasks_on.get(w.id.as_str()).copied().unwrap_or(0),
+            }
+        })
+        .collect();
+    ClusterView { workers, default_strategy: default }
+}
+
+/// The pending jobs submitted after `after_seq`, as placement sees them.
+pub fn pending_for_placement(st: &ClusterState, after_seq: u64) -> Vec<PendingJob> {
+    st.jobs
+        .pending_jobs(after_seq)
+        .map(|j| {
+            let spec = j.spec.as_ref().cloned().unwrap_or_default();
+            PendingJob {
+                id: j.id.clone(),
+                priority: spec.priority,
+                seq: j.seq,
+                replicas: spec.replicas.max(1),
+                resources: spec.resources.unwrap_or_default(),
+                constraints: spec.constraints,
+                strategy: match PlacementStrategy::try_from(spec.placement) {
+                    Ok(PlacementStrategy::Binpack) => Some(Strategy::BinPack),
+                    Ok(PlacementStrategy::Spread) => Some(Strategy::Spread),
+                    _ => None,
+                },
+            }
+        })
+        .collect()
+}
+
+// ---- datasets, runs, models ------------------------------------------------------------------------------------
+
+pub fn list_datasets(st: &ClusterState, r: &ListDatasetsRequest) -> ListDatasetsResponse {
+    let named = st.registry.datasets.iter().filter(|(n, _)| r.name.is_empty() || **n == r.name);
+    ListDatasetsResponse { datasets: named.flat_map(|(_, vs)| vs.iter().cloned()).collect() }
+}
+
+pub fn get_dataset(st: &ClusterState, r: &GetDatasetRequest) -> Result<DatasetManifest, SchedulerError> {
+    st.registry.dataset(&r.name, r.version).cloned().ok_or_else(|| {
+        let have = st.registry.datasets.get(&r.name).map(|v| v.len()).unwrap_or(0);
+        SchedulerError::NotFound(match (have, r.version) {
+            (0, _) => format!("dataset {} not found", r.name),
+            (n, v) => format!("dataset {}@v{v} not found (latest is v{n})", r.name),
+        })
+    })
+}
+
+pub fn latest_checkpoint(st: &ClusterState, job_id: &str) -> LatestCheckpointResponse {
+    match st.registry.latest_checkpoint(job_id) {
+        Some((run_id, ck)) => LatestCheckpointResponse { checkpoint: Some(ck), run_id },
+        None => LatestCheckpointResponse::default(),
+    }
+}
+
+pub fn list_runs(st: &ClusterState, r: &ListRunsRequest) -> ListRunsResponse {
+    let runs = st.registry.runs.values().filter(|x| r.job_id.is_empty() || x.job_id == r.job_id);
+    ListRunsResponse { runs: runs.cloned().collect() }
+}
+
+/// A run by id (`job-3.1`), or by job id (`job-3`: its latest attempt's run).
+pub fn get_run(st: &ClusterState, id: &str) -> Result<Run, SchedulerError> {
+    if let Some(r) = st.registry.runs.get(id) {
+        return Ok(r.clone());
+    }
+    let latest = st.jobs.by_id.get(id).map(|j| run_id(id, j.attempt)).and_then(|rid| st.registry.runs.get(&rid));
+    latest.cloned().ok_or_else(|| SchedulerError::NotFound(format!("run {id} not found")))
+}
+
+pub fn list_models(st: &ClusterState, r: &ListModelsRequest) -> ListModelsResponse {
+    let named = st.registry.models.iter().filter(|(n, _)| r.name.is_empty() || **n == r.name);
+    ListModelsResponse { models: named.flat_map(|(_, vs)| vs.iter().cloned()).collect() }
+}
+
+pub fn get_model(st: &ClusterState, r: &GetModelRequest) -> Result<ModelVersion, SchedulerError> {
+    st.registry.model(&r.name, r.version, &r.alias).cloned().ok_or_else(|| {
+        SchedulerError::NotFound(if !st.registry.models.contains_key(&r.name) {
+            format!("model {} not found", r.name)
+        } else if !r.alias.is_empty() {
+            format!("model {} has no alias @{}", r.name, r.alias)
+        } else {
+            format!("model {} has no version {}", r.name, r.version)
+        })
+    })
+}
+
+// ---- deployments -----------------------------------------------------------------------------------------------
+
+/// Deployments (all, or the one named) with their live (non-terminal) replica jobs filled in, oldest first: one
+/// pass over the live jobs for all of them, not one per deployment.
+pub fn deployment_views(st: &ClusterState, name: &str) -> Vec<Deployment> {
+    let mut live: HashMap<&str, Vec<Replica>> = HashMap::new();
+    for j in st.jobs.running_or_pending() {
+        if let Some(s) = serve_spec(j)
+            && (name.is_empty() || s.deployment == name)
+            && let Some(r) = replica_of(j)
+        {
+            live.entry(s.deployment.as_str()).or_default().push(r);
+        }
+    }
+    st.serving
+        .deployments
+        .values()
+        .filter(|d| name.is_empty() || d.name == name)
+        .map(|d| Deployment { replica_status: live.remove(d.name.as_str()).unwrap_or_default(), ..d.clone() })
+        .collect()
+}
+
+/// A deployment with its live replicas filled in.
+pub fn deployment_view(st: &ClusterState, name: &str) -> Option<Deployment> {
+    if name.is_empty() {
+        return None;
+    }
+    deployment_views(st, name).pop()
+}
+
+// ---- edge ------------------------------------------------------------------------------------------------------
+
+/// Devices (all, or the one named) without their credential hashes. `seen` is the leader's memory of when each
+/// device last synced; a device not in it shows when its last report was committed.
+pub fn list_devices(st: &ClusterState, r: &ListDevicesRequest, seen: &HashMap<String, i64>) -> ListDevicesResponse {
+    let devices = st.edge.devices.values().filter(|d| r.name.is_empty() || d.name == r.name);
+    ListDevicesResponse {
+        devices: devices
+            .map(|d| EdgeDevice {
+                last_seen_ms: seen.get(&d.name).copied().unwrap_or(0).max(d.status_at_ms),
+                credential_hash: vec![],
+                ..d.clone()
+            })
+            .collect(),
+    }
+}
+
+pub fn list_edge_deployments(st: &ClusterState) -> ListEdgeDeploymentsResponse {
+    ListEdgeDeploymentsResponse { deployments: st.edge.deployments.values().cloned().collect() }
+}
+
+/// The deployment an enrolled device should run now, if any.
+pub fn desired_edge_deployment(st: &ClusterState, device: &str) -> Option<EdgeDeployment> {
+    let d = st.edge.devices.get(device)?;
+    crate::state::edge::desired_for(d, st.edge.deployments.values()).cloned()
+}
+
+/// Whether some current edge deployment names `artifact` (only those are served to devices).
+pub fn is_edge_artifact(st: &ClusterState, artifact: &str) -> bool {
+    st.edge.deployments.values().any(|d| d.artifact == artifact)
+}

@@ -1,0 +1,160 @@
+//! The serving domain: model deployments (table `Rows`, `s/<name>`), and how a replica job looks to clients.
+//! The endpoints replicas report are attempt data of the jobs domain (`jobs::JobsState::report_endpoint`); a
+//! deployment together with its replica jobs is a cross-domain read (`crate::queries::deployment_views`).
+//!
+//! Invariants:
+//! - A deployment's `generation` changes exactly when what a replica runs changes (model version, runtime,
+//!   batching, resources); a change of the replica count alone keeps it, so scaling never restarts replicas.
+//! - Replicas are ordinary jobs of kind SERVE (one task each) whose payload names the deployment and generation;
+//!   the leader's reconciler (`reconcile.rs`) is the only thing that submits or cancels them.
+//! - An attempt that is no longer RUNNING is never ready, whatever endpoint it reported.
+
+use std::collections::BTreeMap;
+
+use aidos_api::v1::command_v1::Command;
+use aidos_api::v1::{CommandResultV1, DeployV1, Deployment, Job, JobState, Replica, StateSnapshotV1, TaskState};
+use prost::Message;
+
+use super::jobs::serve_spec;
+use super::{Dirty, Domain, JobsState, Refusal, RowKind, Rows, Table, bad, check_name, not_found};
+
+/// Most replicas one deployment may ask for.
+pub const MAX_DEPLOYMENT_REPLICAS: u32 = 64;
+const DEPLOYMENT_ROWS: RowKind = RowKind { table: Table::Rows, prefix: "s/", snapshot_field: 10 };
+
+pub fn deployment_key(name: &str) -> String {
+    format!("s/{name}")
+}
+
+/// One replica job as clients and the reconciler see it.
+pub fn replica_of(j: &Job) -> Option<Replica> {
+    let s = serve_spec(j)?;
+    let task = j.tasks.first()?;
+    let a = task.attempts.last().cloned().unwrap_or_default();
+    let running = j.state == JobState::Running as i32 && a.state == TaskState::Running as i32;
+    let ready = running && !a.endpoint_grpc.is_empty() && !a.endpoint_http.is_empty();
+    Some(Replica {
+        job_id: j.id.clone(),
+        generation: s.generation,
+        version: s.version,
+        state: if j.state == JobState::Pending as i32 { TaskState::Pending as i32 } else { task.state },
+        worker_id: a.worker_id.clone(),
+        http: if ready { a.endpoint_http.clone() } else { String::new() },
+        grpc: if ready { a.endpoint_grpc.clone() } else { String::new() },
+        ready,
+        attempt: a.attempt,
+        pid: if running { a.pid } else { 0 },
+        reason: j.reason.clone(),
+        ready_at_ms: if ready { a.ready_at_ms } else { 0 },
+    })
+}
+
+/// Deployments by name.
+#[derive(Debug, Default, Clone)]
+pub struct ServingState {
+    pub deployments: BTreeMap<String, Deployment>,
+}
+
+impl Rows for ServingState {
+    const ROWS: &'static [RowKind] = &[DEPLOYMENT_ROWS];
+
+    fn row(&self, _table: Table, key: &str) -> Option<Vec<u8>> {
+        self.deployments.get(key.strip_prefix(DEPLOYMENT_ROWS.prefix)?).map(|d| d.encode_to_vec())
+    }
+
+    fn load_row(&mut self, _table: Table, _key: &str, bytes: &[u8]) -> Result<(), prost::DecodeError> {
+        let d = Deployment::decode(bytes)?;
+        self.deployments.insert(d.name.clone(), d);
+        Ok(())
+    }
+
+    fn keys(&self) -> Vec<(Table, String)> {
+        self.deployments.keys().map(|d| (Table::Rows, deployment_key(d))).collect()
+    }
+
+    fn snapshot(&self, out: &mut StateSnapshotV1) {
+        out.deployments = self.deployments.values().cloned().collect();
+    }
+
+    fn restore(&mut self, s: &mut StateSnapshotV1) {
+        for d in std::mem::take(&mut s.deployments) {
+            self.deployments.insert(d.name.clone(), d);
+        }
+    }
+}
+
+impl Domain for ServingState {
+    fn apply(
+        &mut self,
+        cmd: &Command,
+        now: i64,
+        _jobs: &JobsState,
+        dirty: &mut Dirty,
+    ) -> Option<Result<CommandResultV1, Refusal>> {
+        Some(match cmd {
+            Command::Deploy(r) => self.deploy(r, now, dirty),
+            Command::DeleteDeployment(r) => self.delete_deployment(&r.name, dirty),
+            Command::SetDeploymentStatus(r) => {
+                self.set_deployment_status(&r.name, &r.status, dirty);
+                Ok(CommandResultV1::default())
+            }
+            _ => return None,
+        })
+    }
+}
+
+impl ServingState {
+    fn deploy(&mut self, r: &DeployV1, now: i64, dirty: &mut Dirty) -> Result<CommandResultV1, Refusal> {
+        let mut d = r.deployment.clone().ok_or_else(|| bad("deployment", "missing"))?;
+        check_name("name", &d.name)?;
+        let spec = d.spec.as_mut().ok_or_else(|| bad("spec", "missing"))?;
+        check_name("model", &spec.model)?;
+        if spec.version == 0 {
+            return Err(bad("version", "missing (the leader resolves it before proposing)"));
+        }
+        if d.replicas == 0 || d.replicas > MAX_DEPLOYMENT_REPLICAS {
+            return Err(bad("replicas", format!("{} (expected 1..={MAX_DEPLOYMENT_REPLICAS})", d.replicas)));
+        }
+        spec.deployment = d.name.clone();
+        d.replica_status.clear();
+        d.status.clear();
+        match self.deployments.get(&d.name) {
+            Some(old) => {
+                let same_spec = {
+                    let mut a = old.spec.clone().unwrap_or_default();
+                    let mut b = d.spec.clone().unwrap_or_default();
+                    a.generation = 0;
+                    b.generation = 0;
+                    a == b && old.resources == d.resources
+                };
+                d.generation = if same_spec { old.generation } else { old.generation + 1 };
+                d.created_at_ms = old.created_at_ms;
+            }
+            None => {
+                d.generation = 1;
+                d.created_at_ms = now;
+            }
+        }
+        d.spec.as_mut().expect("checked").generation = d.generation;
+        d.updated_at_ms = now;
+        dirty.mark(Table::Rows, deployment_key(&d.name));
+        self.deployments.insert(d.name.clone(), d.clone());
+        Ok(CommandResultV1 { deployment: Some(d), ..Default::default() })
+    }
+
+    fn delete_deployment(&mut self, name: &str, dirty: &mut Dirty) -> Result<CommandResultV1, Refusal> {
+        let d = self.deployments.remove(name).ok_or_else(|| not_found(format!("deployment {name} not found")))?;
+        dirty.mark(Table::Rows, deployment_key(name));
+        Ok(CommandResultV1 { deployment: Some(d), ..Default::default() })
+    }
+
+    /// Sets why a deployment does not converge (`""`: it does). Written only when it changes.
+    fn set_deployment_status(&mut self, name: &str, status: &str, dirty: &mut Dirty) {
+        if let Some(d) = self.deployments.get_mut(name)
+            && d.status != status
+        {
+            d.status = status.to_string();
+            dirty.mark(Table::Rows, deployment_key(name));
+        }
+    }
+}
