@@ -4,6 +4,7 @@
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
 use aidos_serve::BatchConfig;
@@ -31,15 +32,11 @@ pub struct Global {
     /// warn for client commands)
     #[arg(long, env = "AIDOS_LOG_LEVEL", global = true, help_heading = "Global options")]
     pub log_level: Option<String>,
-    /// Blob store directory (datasets, checkpoints, model weights); `aidos up` keeps it at <data-dir>/blobs
-    #[arg(
-        long,
-        env = "AIDOS_BLOB_DIR",
-        global = true,
-        help_heading = "Global options",
-        default_value = ".aidos/blobs"
-    )]
-    pub blob_dir: PathBuf,
+    /// A blob store directory shared with the cluster (datasets, checkpoints, model weights). Unset: client
+    /// commands reach the cluster's blob store through the scheduler (--scheduler is enough, from any machine);
+    /// `aidos server` keeps blobs in <data-dir>/blobs; `aidos worker` keeps a bounded cache in <data-dir>/blob-cache
+    #[arg(long, env = "AIDOS_BLOB_DIR", global = true, help_heading = "Global options")]
+    pub blob_dir: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -49,9 +46,17 @@ pub enum Output {
 }
 
 /// The blob store named by `--blob-dir`.
-pub fn blob_store(g: &Global) -> anyhow::Result<aidos_blob::LocalDirStore> {
-    aidos_blob::LocalDirStore::open(&g.blob_dir)
-        .map_err(|e| anyhow::anyhow!("opening the blob store at {}: {e}", g.blob_dir.display()))
+pub fn blob_store(g: &Global) -> anyhow::Result<Arc<dyn aidos_blob::BlobStore>> {
+    Ok(match &g.blob_dir {
+        Some(dir) => Arc::new(
+            aidos_blob::LocalDirStore::open(dir)
+                .map_err(|e| anyhow::anyhow!("opening the blob store at {}: {e}", dir.display()))?,
+        ),
+        None => Arc::new(
+            aidos_blob::ServiceStore::connect(&g.scheduler)
+                .map_err(|e| anyhow::anyhow!("reaching the cluster's blob store: {e}"))?,
+        ),
+    })
 }
 
 /// Splits `NAME@vN` / `NAME` into (name, version; 0 = latest).
@@ -153,6 +158,9 @@ pub struct WorkerResources {
     /// Host or IP other machines reach this worker at; serve replicas advertise their endpoints with it
     #[arg(long, env = "AIDOS_WORKER_ADVERTISE_HOST", default_value = "127.0.0.1")]
     pub advertise_host: String,
+    /// Without --blob-dir: most bytes the worker's blob cache (<data-dir>/blob-cache) keeps, e.g. 10Gi
+    #[arg(long, env = "AIDOS_WORKER_CACHE_MAX_BYTES", value_parser = parse_bytes, default_value = "10Gi")]
+    pub cache_max_bytes: u64,
 }
 
 impl WorkerResources {
@@ -174,6 +182,7 @@ impl WorkerResources {
             gpus: self.gpus,
             shim_exe,
             blob_dir,
+            blob_cache_max_bytes: self.cache_max_bytes,
             advertise_host: self.advertise_host,
         })
     }

@@ -119,7 +119,7 @@ pub async fn export_job(
 /// Stores `bytes` in the blob store and records them as artifact `key` of the model version.
 pub async fn record_artifact(
     client: &mut Client,
-    store: &aidos_blob::LocalDirStore,
+    store: &dyn BlobStore,
     m: &ModelVersion,
     key: &str,
     bytes: &[u8],
@@ -143,7 +143,7 @@ pub async fn record_artifact(
 /// The version's float ONNX artifact, exported and recorded now when it has none: (blob id, bytes).
 pub async fn onnx_artifact(
     client: &mut Client,
-    store: &aidos_blob::LocalDirStore,
+    store: &std::sync::Arc<dyn BlobStore>,
     m: &ModelVersion,
 ) -> anyhow::Result<(BlobId, Vec<u8>)> {
     if let Some(id) = m.artifacts.get("onnx") {
@@ -153,7 +153,7 @@ pub async fn onnx_artifact(
     }
     let (mv, st) = (m.clone(), store.clone());
     let bytes = tokio::task::spawn_blocking(move || export_onnx(&mv, &st, aidos_train::onnx::Quantize::None)).await??;
-    let id = record_artifact(client, store, m, "onnx", &bytes).await?;
+    let id = record_artifact(client, &**store, m, "onnx", &bytes).await?;
     Ok((id, bytes))
 }
 

@@ -187,7 +187,8 @@ async fn run_replica(batch: BatchArgs) -> anyhow::Result<()> {
     let batch = batch.config()?;
     let mut client = Client::new(&task.schedulers)?;
     let m = super::model::get_model(&mut client, &model).await?;
-    let store = aidos_blob::LocalDirStore::open(&task.blob_dir)
+    let store = task
+        .open_blob_store()
         .map_err(|e| anyhow::anyhow!("opening the blob store at {}: {e}", task.blob_dir.display()))?;
     let mv = m.clone();
     let rt = tokio::task::spawn_blocking(move || registry_runtime(&mv, &store, kind)).await??;

@@ -25,6 +25,10 @@ pub struct ServerArgs {
     /// enrolment is open, though a known device name still enrols again only with its own credential
     #[arg(long, env = "AIDOS_EDGE_ENROLLMENT_TOKEN", hide_env_values = true)]
     pub edge_enrollment_token: Option<String>,
+    /// Largest blob one upload through this node's blob service may carry (it is held in memory until its hash is
+    /// verified), e.g. 2Gi
+    #[arg(long, env = "AIDOS_MAX_BLOB_BYTES", value_parser = super::args::parse_bytes, default_value = "2Gi")]
+    pub max_blob_bytes: u64,
     /// Address the gRPC server binds (loopback by default: jobs run arbitrary code)
     #[arg(long, env = "AIDOS_LISTEN", default_value = aidos_api::DEFAULT_SCHEDULER_ADDR)]
     pub listen: SocketAddr,
@@ -87,6 +91,7 @@ pub async fn run(g: &Global, a: ServerArgs) -> anyhow::Result<()> {
     }
     std::fs::create_dir_all(&a.data_dir).with_context(|| format!("creating {}", a.data_dir.display()))?;
 
+    let blob_dir = g.blob_dir.clone().unwrap_or_else(|| a.data_dir.join("blobs"));
     let cfg = SchedulerConfig {
         node_id: a.id,
         listen: a.listen,
@@ -99,9 +104,10 @@ pub async fn run(g: &Global, a: ServerArgs) -> anyhow::Result<()> {
             PlacementArg::Binpack => Strategy::BinPack,
             PlacementArg::Spread => Strategy::Spread,
         },
-        blob_dir: Some(g.blob_dir.clone()),
+        blob_dir: Some(blob_dir),
         edge_signing_key: a.edge_signing_key.clone(),
         edge_enrollment_token: a.edge_enrollment_token.clone(),
+        max_blob_bytes: a.max_blob_bytes,
     };
     let node = SchedulerNode::start(cfg).await.with_context(|| format!("starting scheduler node {}", a.id))?;
     println!("scheduler {} listening on {}", a.id, node.local_addr());

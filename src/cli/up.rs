@@ -82,10 +82,11 @@ pub async fn run(_g: &Global, a: UpArgs) -> anyhow::Result<()> {
         memory_bytes: a.worker_memory,
         gpus: a.worker_gpus,
         advertise_host: "127.0.0.1".into(),
+        cache_max_bytes: 0,
     };
     let cfg = resources.into_config(vec![dial_addr(addr)], worker_dir.clone(), None, a.data_dir.join("blobs"))?;
     println!("worker started (data dir {})", worker_dir.display());
-    println!("blob store at {} (for CLI commands: export AIDOS_BLOB_DIR={0})", a.data_dir.join("blobs").display());
+    println!("blob store at {} (CLI commands reach it through the scheduler)", a.data_dir.join("blobs").display());
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
     let worker = aidos_worker::run(cfg, async move {
         let _ = stop_rx.await;

@@ -95,6 +95,9 @@ pub struct Cluster {
     pub dir: tempfile::TempDir,
     pub nodes: BTreeMap<u64, (String, Proc)>,
     pub workers: BTreeMap<String, Proc>,
+    /// True (the default): the CLI and workers are given the nodes' blob directory (one machine, one shared
+    /// directory). False: they get none, as on other machines, and reach blobs through the blob service.
+    pub shared_blob_dir: bool,
 }
 
 /// SIGKILLs every task process (and task shim) the cluster's workers started: tasks run in their own sessions so
@@ -176,7 +179,7 @@ pub async fn start_cluster_with(n: u64, extra: &[&str]) -> Cluster {
         let log = dir.path().join(format!("node{id}.log"));
         nodes.insert(*id, (addr.clone(), Proc::spawn(&format!("node{id}"), args, log)));
     }
-    let c = Cluster { dir, nodes, workers: BTreeMap::new() };
+    let c = Cluster { dir, nodes, workers: BTreeMap::new(), shared_blob_dir: true };
     c.wait_leader(Duration::from_secs(30)).await;
     c
 }
@@ -198,16 +201,18 @@ impl Cluster {
         self.dir.path().join("blobs")
     }
 
+    /// The global flags naming this cluster: its addresses and, when shared, its blob directory.
+    fn cluster_flags(&self) -> Vec<String> {
+        let mut v = vec!["--scheduler".to_string(), self.addrs().join(",")];
+        if self.shared_blob_dir {
+            v.extend(["--blob-dir".to_string(), self.blob_dir().display().to_string()]);
+        }
+        v
+    }
+
     /// Runs the `aidos` CLI against this cluster; returns (exit code, stdout, stderr).
     pub fn cli(&self, args: &[&str]) -> (i32, String, String) {
-        let out = Command::new(BIN)
-            .arg("--scheduler")
-            .arg(self.addrs().join(","))
-            .arg("--blob-dir")
-            .arg(self.blob_dir())
-            .args(args)
-            .output()
-            .unwrap();
+        let out = Command::new(BIN).args(self.cluster_flags()).args(args).output().unwrap();
         (
             out.status.code().unwrap_or(-1),
             String::from_utf8_lossy(&out.stdout).into(),
@@ -273,9 +278,10 @@ impl Cluster {
             cpus.into(),
             "--memory".into(),
             "8Gi".into(),
-            "--blob-dir".into(),
-            self.blob_dir().display().to_string(),
         ];
+        if self.shared_blob_dir {
+            args.extend(["--blob-dir".into(), self.blob_dir().display().to_string()]);
+        }
         if !labels.is_empty() {
             args.push("--labels".into());
             args.push(labels.into());
@@ -324,8 +330,7 @@ lr = 0.001
 
     /// Starts another `aidos` process (`args` after the global flags naming this cluster), logged beside the rest.
     pub fn spawn_aidos(&self, name: &str, args: &[&str]) -> Proc {
-        let mut all = vec!["--scheduler".to_string(), self.addrs().join(","), "--blob-dir".to_string()];
-        all.push(self.blob_dir().display().to_string());
+        let mut all = self.cluster_flags();
         all.extend(args.iter().map(|s| s.to_string()));
         Proc::spawn(name, all, self.dir.path().join(format!("{name}.log")))
     }

@@ -387,7 +387,7 @@ impl Client {
 }
 
 /// `e` and its sources, each once (tonic's connect errors nest the useful part: "connection refused").
-fn error_chain(e: &dyn std::error::Error) -> String {
+pub fn error_chain(e: &dyn std::error::Error) -> String {
     let mut s = e.to_string();
     let mut cur = e.source();
     while let Some(c) = cur {

@@ -14,6 +14,9 @@ pub mod task_env {
     pub const SCHEDULER: &str = "AIDOS_SCHEDULER";
     pub const WORK_DIR: &str = "AIDOS_WORK_DIR";
     pub const BLOB_DIR: &str = "AIDOS_BLOB_DIR";
+    /// Set (to a byte count) when `BLOB_DIR` is the worker's bounded cache in front of the cluster's blob service
+    /// (reached at `SCHEDULER`) rather than the cluster's store itself (a directory shared with the scheduler).
+    pub const BLOB_CACHE_MAX_BYTES: &str = "AIDOS_BLOB_CACHE_MAX_BYTES";
     /// `train` jobs only (read by the built-in trainer).
     pub const TRAIN_DATASET: &str = "AIDOS_TRAIN_DATASET";
     pub const TRAIN_CONFIG: &str = "AIDOS_TRAIN_CONFIG";

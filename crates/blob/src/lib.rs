@@ -1,12 +1,23 @@
 //! The blob store contract: immutable, content-addressed blobs named by the BLAKE3 hash of their bytes.
 //!
 //! Implementations: [`LocalDirStore`] (a directory shared by the processes of one machine: the embedded default and
-//! single-machine clusters). An S3-compatible store implements the same trait later; nothing outside this crate
-//! knows where bytes live.
+//! single-machine clusters) and [`S3Store`] (an S3-compatible bucket on the `object_store` crate: AWS S3 or a
+//! self-hosted store such as SeaweedFS, path-style over plain HTTP where asked; configured by [`S3Config`], from
+//! flags or the usual AWS environment variables); nothing outside this crate knows where bytes live.
+//! `tests/conformance.rs` runs one suite of behaviours against every implementation.
 //!
 //! Invariants: a blob is visible under its id only once it is completely written and fsynced (write to a temp
 //! file, fsync, rename, fsync the directory), so a crash never leaves a half-written blob under a valid name;
 //! reads verify the hash, so a corrupted blob is reported instead of returned.
+
+pub mod cache;
+pub mod service;
+
+pub use cache::CachedStore;
+pub use service::ServiceStore;
+
+pub mod s3;
+pub use s3::{S3Config, S3Store};
 
 use std::fs;
 use std::io::Write;
@@ -52,6 +63,9 @@ pub enum BlobError {
     BadId(String),
     #[error("blob store io at {path}: {source}")]
     Io { path: PathBuf, source: std::io::Error },
+    /// A store reached over the network (the blob service, S3) failed; `store` names it, `message` the problem.
+    #[error("blob store {store}: {message}")]
+    Remote { store: String, message: String },
 }
 
 /// Bytes of a blob: memory-mapped where the store can, owned otherwise.
@@ -82,6 +96,28 @@ pub trait BlobStore: Send + Sync {
     fn read_range(&self, id: &BlobId, offset: u64, len: u64) -> Result<(Vec<u8>, u64), BlobError>;
 }
 
+/// A shared or borrowed store is a store (callers hold `Arc<dyn BlobStore>` and pass `&store` where `&dyn BlobStore`
+/// is expected).
+macro_rules! forward_store {
+    ($($t:ty),*) => {$(
+        impl<T: BlobStore + ?Sized> BlobStore for $t {
+            fn put(&self, data: &[u8]) -> Result<BlobId, BlobError> {
+                (**self).put(data)
+            }
+            fn get(&self, id: &BlobId) -> Result<BlobBytes, BlobError> {
+                (**self).get(id)
+            }
+            fn contains(&self, id: &BlobId) -> Result<bool, BlobError> {
+                (**self).contains(id)
+            }
+            fn read_range(&self, id: &BlobId, offset: u64, len: u64) -> Result<(Vec<u8>, u64), BlobError> {
+                (**self).read_range(id, offset, len)
+            }
+        }
+    )*};
+}
+forward_store!(std::sync::Arc<T>, &T);
+
 /// Blobs as files under one directory: `<root>/<id[0..2]>/<id>`.
 #[derive(Debug, Clone)]
 pub struct LocalDirStore {
@@ -103,7 +139,7 @@ impl LocalDirStore {
         &self.root
     }
 
-    fn path(&self, id: &BlobId) -> PathBuf {
+    pub(crate) fn path(&self, id: &BlobId) -> PathBuf {
         self.root.join(&id.0[..2]).join(&id.0)
     }
 }

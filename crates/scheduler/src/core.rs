@@ -3,7 +3,7 @@
 //! gRPC adapters (`grpc`) and the leader's loops (`loops`) all hold an `Arc<Core>`.
 
 use std::collections::HashMap;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use aidos_api::v1::{
@@ -40,6 +40,8 @@ pub struct Core {
     pub logs: TaskLogs,
     /// Edge signing key, artifact store and device liveness (see `edge_keys`).
     pub edge: EdgeCore,
+    /// The blob store this node serves (`BlobService`, edge downloads); None: none configured.
+    pub blobs: Option<Arc<dyn aidos_blob::BlobStore>>,
     channels: Mutex<HashMap<String, Channel>>,
 }
 
@@ -63,8 +65,15 @@ impl Core {
             submits,
             logs,
             edge,
+            blobs: None,
             channels: Mutex::new(HashMap::new()),
         }
+    }
+
+    /// Serves `blobs` (the node's blob store: `BlobService`, edge downloads).
+    pub fn with_blobs(mut self, blobs: Option<Arc<dyn aidos_blob::BlobStore>>) -> Self {
+        self.blobs = blobs;
+        self
     }
 
     pub fn leader_id(&self) -> Option<NodeId> {

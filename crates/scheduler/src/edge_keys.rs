@@ -12,7 +12,7 @@
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
 use aidos_api::v1::{DownloadChunk, EdgeDeployment};
 use aidos_blob::BlobStore;
@@ -28,7 +28,7 @@ pub const MAX_CHUNK: u32 = 4 << 20;
 pub struct EdgeCore {
     key: SigningKey,
     pub(crate) enrollment_token: Option<String>,
-    blobs: Option<aidos_blob::LocalDirStore>,
+    blobs: Option<Arc<dyn BlobStore>>,
     seen: Mutex<HashMap<String, i64>>,
 }
 
@@ -36,17 +36,10 @@ impl EdgeCore {
     /// Loads the signing key from `key_file` (creating it when missing) and opens the blob store.
     pub fn open(
         key_file: &Path,
-        blob_dir: Option<&Path>,
+        blobs: Option<Arc<dyn BlobStore>>,
         enrollment_token: Option<String>,
     ) -> Result<EdgeCore, SchedulerError> {
         let key = load_or_create_key(key_file)?;
-        let blobs = match blob_dir {
-            Some(d) => Some(
-                aidos_blob::LocalDirStore::open(d)
-                    .map_err(|e| SchedulerError::Storage(format!("blob store {}: {e}", d.display())))?,
-            ),
-            None => None,
-        };
         let enrollment_token = enrollment_token.filter(|t| !t.is_empty());
         if enrollment_token.is_none() {
             tracing::info!(
@@ -112,7 +105,7 @@ impl EdgeCore {
         self.key.sign(&aidos_api::edge::signed_bytes(d)).to_bytes().to_vec()
     }
 
-    fn blobs(&self) -> Result<aidos_blob::LocalDirStore, SchedulerError> {
+    fn blobs(&self) -> Result<Arc<dyn BlobStore>, SchedulerError> {
         self.blobs.clone().ok_or_else(|| {
             SchedulerError::Unavailable("this control plane has no blob store configured (--blob-dir)".into())
         })

@@ -25,6 +25,8 @@ use tonic::codegen::http::{self, HeaderValue};
 use tower_layer::Layer;
 use tower_service::Service;
 
+use aidos_api::client::error_chain;
+
 use crate::core::Core;
 use crate::error::SchedulerError;
 use crate::raft_types::NodeId;
@@ -54,6 +56,8 @@ pub fn policy(path: &str) -> Policy {
         // Workers follow the leader's address in the refusal themselves (`LeaderHandler::require`).
         (aidos_api::worker_service_server::SERVICE_NAME, _) => Policy::Local,
         (aidos_api::cluster_service_server::SERVICE_NAME, "Status" | "ListWorkers") => Policy::Local,
+        // Every node serves the cluster's blob store (S3 or a shared directory behind each).
+        (aidos_api::blob_service_server::SERVICE_NAME, _) => Policy::Local,
         // Any node serves artifact chunks from its blob store, and its replicated view of edge deployments.
         (aidos_api::edge_service_server::SERVICE_NAME, "Download" | "ListEdgeDeployments") => Policy::Local,
         // "Last seen" is the leader's memory; without a leader, the committed reports still answer.
@@ -186,17 +190,6 @@ fn status_response(s: tonic::Status) -> Response {
     s.into_http()
 }
 
-fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut s = e.to_string();
-    let mut src = e.source();
-    while let Some(c) = src {
-        s.push_str(": ");
-        s.push_str(&c.to_string());
-        src = c.source();
-    }
-    s
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -210,6 +203,7 @@ mod tests {
         assert_eq!(policy("/aidos.v1.WorkerService/Heartbeat"), Policy::Local);
         assert_eq!(policy("/aidos.v1.RaftService/Vote"), Policy::Local);
         assert_eq!(policy("/aidos.v1.EdgeService/Download"), Policy::Local);
+        assert_eq!(policy("/aidos.v1.BlobService/Upload"), Policy::Local);
         assert_eq!(policy("/aidos.v1.EdgeService/ListDevices"), Policy::LeaderOrLocal);
         assert_eq!(policy("garbage"), Policy::Leader);
     }

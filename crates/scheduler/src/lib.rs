@@ -90,7 +90,12 @@ pub struct SchedulerConfig {
     pub edge_signing_key: Option<PathBuf>,
     /// Shared secret a new edge device must present to enrol (see `edge_auth`); None: enrolment is open.
     pub edge_enrollment_token: Option<String>,
+    /// Largest blob one upload to this node's `BlobService` may carry (it is held in memory until verified).
+    pub max_blob_bytes: u64,
 }
+
+/// Default of [`SchedulerConfig::max_blob_bytes`]: 2 GiB.
+pub const DEFAULT_MAX_BLOB_BYTES: u64 = 2 << 30;
 
 impl SchedulerConfig {
     pub fn single_node(listen: SocketAddr, data_dir: PathBuf) -> Self {
@@ -106,6 +111,7 @@ impl SchedulerConfig {
             blob_dir: None,
             edge_signing_key: None,
             edge_enrollment_token: None,
+            max_blob_bytes: DEFAULT_MAX_BLOB_BYTES,
         }
     }
 }
@@ -167,11 +173,20 @@ impl SchedulerNode {
         let logs = task_logs::TaskLogs::new(&cfg.data_dir.join("task-logs"))?;
         let (submit_tx, submit_rx) = mpsc::channel(16 * 1024);
         let key_file = cfg.edge_signing_key.clone().unwrap_or_else(|| edge_keys::default_key_file(&cfg.data_dir));
-        let (kf, bd, token) = (key_file.clone(), cfg.blob_dir.clone(), cfg.edge_enrollment_token.clone());
-        let edge = tokio::task::spawn_blocking(move || edge_keys::EdgeCore::open(&kf, bd.as_deref(), token))
+        let blobs: Option<Arc<dyn aidos_blob::BlobStore>> = match &cfg.blob_dir {
+            Some(d) => Some(Arc::new(
+                aidos_blob::LocalDirStore::open(d)
+                    .map_err(|e| SchedulerError::Storage(format!("blob store {}: {e}", d.display())))?,
+            )),
+            None => None,
+        };
+        let (kf, bs, token) = (key_file.clone(), blobs.clone(), cfg.edge_enrollment_token.clone());
+        let edge = tokio::task::spawn_blocking(move || edge_keys::EdgeCore::open(&kf, bs, token))
             .await
             .map_err(|e| SchedulerError::Storage(e.to_string()))??;
-        let core = Arc::new(core::Core::new(raft.clone(), shared, version, cfg.clone(), submit_tx, logs, edge));
+        let core = Arc::new(
+            core::Core::new(raft.clone(), shared, version, cfg.clone(), submit_tx, logs, edge).with_blobs(blobs),
+        );
         let (stop, stop_rx) = watch::channel(false);
 
         let mut tasks = vec![
@@ -199,6 +214,10 @@ impl SchedulerNode {
             )
             .add_service(RunServiceServer::new(grpc::ml::Runs(core.clone())).max_decoding_message_size(16 << 20))
             .add_service(ModelServiceServer::new(grpc::ml::Models(core.clone())))
+            .add_service(
+                aidos_api::blob_service_server::BlobServiceServer::new(grpc::blob::Blobs(core.clone()))
+                    .max_decoding_message_size(8 << 20),
+            )
             .add_service(aidos_api::serve_service_server::ServeServiceServer::new(grpc::serve::Serve(core.clone())))
             .add_service(
                 aidos_api::edge_service_server::EdgeServiceServer::new(grpc::edge::Edge(core.clone()))

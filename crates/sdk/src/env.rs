@@ -1,6 +1,9 @@
 //! The task environment contract (see the crate docs for the table) and dataset references.
 
 use std::path::PathBuf;
+use std::sync::Arc;
+
+use aidos_blob::{BlobError, BlobStore, CachedStore, LocalDirStore, ServiceStore};
 
 use aidos_api::contract::task_env;
 use aidos_api::v1::AttemptRef;
@@ -16,6 +19,7 @@ pub const ENV_WORKER_ID: &str = task_env::WORKER_ID;
 pub const ENV_SCHEDULER: &str = task_env::SCHEDULER;
 pub const ENV_WORK_DIR: &str = task_env::WORK_DIR;
 pub const ENV_BLOB_DIR: &str = task_env::BLOB_DIR;
+pub const ENV_BLOB_CACHE_MAX_BYTES: &str = task_env::BLOB_CACHE_MAX_BYTES;
 
 /// The parsed task environment: who this process is (job, rank, attempt, fencing token, worker) and where the
 /// cluster is (schedulers, blob store, working directory).
@@ -30,11 +34,24 @@ pub struct TaskEnv {
     /// Scheduler addresses (`host:port` or `http://host:port`), any node of the cluster.
     pub schedulers: Vec<String>,
     pub work_dir: PathBuf,
-    /// Root of the local-directory blob store shared with the cluster.
+    /// Root of the local-directory blob store shared with the cluster or, with `blob_cache_max_bytes`, of this
+    /// worker's cache in front of the cluster's blob service.
     pub blob_dir: PathBuf,
+    /// `Some(bytes)`: `blob_dir` is a cache of at most this size, and blobs come from the scheduler's blob service.
+    pub blob_cache_max_bytes: Option<u64>,
 }
 
 impl TaskEnv {
+    /// The cluster's blob store as this task sees it: the directory shared with the cluster, or this worker's
+    /// bounded cache in front of the scheduler's blob service (when `blob_cache_max_bytes` is set).
+    pub fn open_blob_store(&self) -> std::result::Result<Arc<dyn BlobStore>, BlobError> {
+        let local = LocalDirStore::open(&self.blob_dir)?;
+        Ok(match self.blob_cache_max_bytes {
+            None => Arc::new(local),
+            Some(max) => Arc::new(CachedStore::new(local, Arc::new(ServiceStore::connect(&self.schedulers)?), max)),
+        })
+    }
+
     /// Reads the contract from the process environment.
     pub fn from_env() -> Result<TaskEnv> {
         TaskEnv::from_lookup(|k| std::env::var(k).ok())
@@ -98,7 +115,26 @@ impl TaskEnv {
         }
         let work_dir = PathBuf::from(req(ENV_WORK_DIR)?);
         let blob_dir = PathBuf::from(req(ENV_BLOB_DIR)?);
-        Ok(TaskEnv { job_id, rank, world_size, attempt, fencing_token, worker_id, schedulers, work_dir, blob_dir })
+        let blob_cache_max_bytes = match get(ENV_BLOB_CACHE_MAX_BYTES).filter(|v| !v.is_empty()) {
+            None => None,
+            Some(v) => Some(v.parse::<u64>().map_err(|_| SdkError::BadEnv {
+                var: ENV_BLOB_CACHE_MAX_BYTES,
+                value: v.clone(),
+                problem: "not a byte count".into(),
+            })?),
+        };
+        Ok(TaskEnv {
+            job_id,
+            rank,
+            world_size,
+            attempt,
+            fencing_token,
+            worker_id,
+            schedulers,
+            work_dir,
+            blob_dir,
+            blob_cache_max_bytes,
+        })
     }
 
     /// This attempt, as the scheduler names it in fenced reports.

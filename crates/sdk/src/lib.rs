@@ -39,6 +39,7 @@
 //! | `AIDOS_SCHEDULER`     | comma-separated scheduler addresses (`host:port`), any node of the cluster        |
 //! | `AIDOS_WORK_DIR`      | the task's private working directory (also its cwd)                               |
 //! | `AIDOS_BLOB_DIR`      | root of the local-directory blob store (datasets, checkpoints, model weights)     |
+//! | `AIDOS_BLOB_CACHE_MAX_BYTES` | set: `AIDOS_BLOB_DIR` is a bounded cache, blobs come from the blob service |
 //!
 //! The built-in trainer (`JobKind::Train`) additionally gets `AIDOS_TRAIN_DATASET`, `AIDOS_TRAIN_CONFIG`,
 //! `AIDOS_TRAIN_REGISTER_AS`, `AIDOS_TRAIN_SPLIT` and `AIDOS_EVAL_SPLIT` (see `aidos_train::builtin`).
@@ -63,7 +64,7 @@ mod error;
 mod rpc;
 
 use std::collections::BTreeMap;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use aidos_api::dataset_service_client::DatasetServiceClient;
@@ -75,7 +76,7 @@ use aidos_api::v1::{
 };
 
 pub use aidos_api::v1::{CheckpointRef, DatasetManifest, ModelVersion};
-pub use aidos_blob::{BlobError, BlobId, BlobStore, LocalDirStore};
+pub use aidos_blob::{BlobError, BlobId, BlobStore, CachedStore, LocalDirStore, ServiceStore};
 pub use data::{LoadedSplit, load_split, manifest_ref};
 pub use env::{
     DatasetRef, ENV_ATTEMPT, ENV_BLOB_DIR, ENV_FENCING_TOKEN, ENV_JOB_ID, ENV_RANK, ENV_SCHEDULER, ENV_WORK_DIR,
@@ -155,7 +156,7 @@ struct Inner {
 /// threads are serialised.
 pub struct Context {
     env: TaskEnv,
-    store: LocalDirStore,
+    store: Arc<dyn BlobStore>,
     rt: tokio::runtime::Runtime,
     inner: Mutex<Inner>,
 }
@@ -168,8 +169,7 @@ impl Context {
 
     /// A context for an explicit environment (tests, tools).
     pub fn new(env: TaskEnv) -> Result<Context> {
-        let store = LocalDirStore::open(&env.blob_dir)
-            .map_err(|source| SdkError::Blob { root: env.blob_dir.clone(), source })?;
+        let store = env.open_blob_store().map_err(|source| SdkError::Blob { root: env.blob_dir.clone(), source })?;
         let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().map_err(SdkError::Runtime)?;
         let conn = rpc::Conn::new(&env.schedulers)?;
         Ok(Context { env, store, rt, inner: Mutex::new(Inner { conn, pending: Pending::default() }) })
@@ -184,9 +184,9 @@ impl Context {
         self.env.run_id()
     }
 
-    /// The blob store shared with the cluster.
-    pub fn blob_store(&self) -> &LocalDirStore {
-        &self.store
+    /// The cluster's blob store (see [`TaskEnv::open_blob_store`]).
+    pub fn blob_store(&self) -> &dyn BlobStore {
+        &*self.store
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
@@ -219,7 +219,7 @@ impl Context {
 
     /// The rows of split `split` (e.g. `train`, `test`) of a dataset version, read from the blob store.
     pub fn load_split(&self, manifest: &DatasetManifest, split: &str) -> Result<LoadedSplit> {
-        load_split(manifest, split, &self.store)
+        load_split(manifest, split, &*self.store)
     }
 
     // ---- run reports

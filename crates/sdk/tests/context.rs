@@ -39,6 +39,7 @@ fn env(blobs: &Path, schedulers: Vec<String>) -> TaskEnv {
         schedulers,
         work_dir: blobs.to_path_buf(),
         blob_dir: blobs.to_path_buf(),
+        blob_cache_max_bytes: None,
     }
 }
 

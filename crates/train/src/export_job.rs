@@ -19,7 +19,7 @@ use std::time::{Duration, Instant};
 use aidos_api::client::{Client, ClientError, Config};
 use aidos_api::contract::task_env;
 use aidos_api::model_service_client::ModelServiceClient;
-use aidos_sdk::{BlobError, BlobId, BlobStore, LocalDirStore, ModelVersion, SdkError, TaskEnv};
+use aidos_sdk::{BlobError, BlobId, BlobStore, ModelVersion, SdkError, TaskEnv};
 use tonic::transport::Channel;
 use tonic::{Code, Status};
 
@@ -150,13 +150,15 @@ pub async fn run() -> Result<(), ExportError> {
         })
         .await
         .map_err(ExportError::Rpc)?;
-    let store = LocalDirStore::open(&task.blob_dir)
+    let store = task
+        .open_blob_store()
         .map_err(|source| ExportError::OpenStore { dir: task.blob_dir.display().to_string(), source })?;
     let (mv, st) = (m.clone(), store.clone());
     let t = Instant::now();
-    let bytes = tokio::task::spawn_blocking(move || export_version(&mv, &st, q)).await??;
+    let bytes = tokio::task::spawn_blocking(move || export_version(&mv, &*st, q)).await??;
     let key = artifact_key(q);
-    let id = store.put(&bytes)?;
+    let (st, len) = (store.clone(), bytes.len());
+    let id = tokio::task::spawn_blocking(move || st.put(&bytes)).await??;
     let req = aidos_api::SetArtifactRequest {
         name: m.name.clone(),
         version: m.version,
@@ -175,7 +177,7 @@ pub async fn run() -> Result<(), ExportError> {
         m.name,
         m.version,
         onnx::OPSET,
-        bytes.len(),
+        len,
         t.elapsed().as_secs_f64() * 1000.0
     );
     Ok(())

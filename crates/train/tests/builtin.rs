@@ -62,6 +62,7 @@ fn env(blobs: &Path, addr: &str, attempt: u32) -> TaskEnv {
         schedulers: vec![addr.to_string()],
         work_dir: blobs.to_path_buf(),
         blob_dir: blobs.to_path_buf(),
+        blob_cache_max_bytes: None,
     }
 }
 

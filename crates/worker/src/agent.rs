@@ -45,8 +45,9 @@ pub struct Shared {
     pub data_dir: PathBuf,
     pub tasks_dir: PathBuf,
     pub shim_exe: PathBuf,
-    /// Absolute root of the blob store, given to tasks as AIDOS_BLOB_DIR.
-    pub blob_dir: PathBuf,
+    /// Where tasks find blobs (absolute directory, and whether it is a cache), given to tasks as AIDOS_BLOB_DIR
+    /// (and AIDOS_BLOB_CACHE_MAX_BYTES).
+    pub blobs: crate::runner::BlobAccess,
     /// Comma-separated scheduler addresses, as given to tasks in AIDOS_SCHEDULER.
     pub schedulers_env: String,
     /// Given to tasks as AIDOS_ADVERTISE_HOST.
@@ -340,7 +341,12 @@ pub async fn run(cfg: WorkerConfig, shutdown: impl Future<Output = ()> + Send) -
         if cfg.data_dir.as_os_str().is_empty() { PathBuf::from("aidos-worker-data") } else { cfg.data_dir.clone() };
     let tasks_dir = crate::records::tasks_dir(&data_dir);
     let attempts_dir = crate::records::attempts_dir(&data_dir);
-    let blob_dir = if cfg.blob_dir.as_os_str().is_empty() { data_dir.join("blobs") } else { cfg.blob_dir.clone() };
+    // No shared directory given: the worker keeps a bounded cache and fetches through the blob service.
+    let (blob_dir, cache_max_bytes) = if cfg.blob_dir.as_os_str().is_empty() {
+        (data_dir.join("blob-cache"), Some(cfg.blob_cache_max_bytes))
+    } else {
+        (cfg.blob_dir.clone(), None)
+    };
     let (data_dir, tasks_dir, worker_id, capacity, blob_dir) = {
         let cfg = cfg.clone();
         tokio::task::spawn_blocking(move || -> Result<_, WorkerError> {
@@ -371,7 +377,7 @@ pub async fn run(cfg: WorkerConfig, shutdown: impl Future<Output = ()> + Send) -
         data_dir,
         tasks_dir,
         shim_exe,
-        blob_dir,
+        blobs: crate::runner::BlobAccess { dir: blob_dir, cache_max_bytes },
         schedulers_env: cfg.schedulers.join(","),
         advertise_host: if cfg.advertise_host.is_empty() { "127.0.0.1".into() } else { cfg.advertise_host.clone() },
         labels: cfg.labels.clone(),

@@ -39,9 +39,13 @@ pub struct WorkerConfig {
     /// The executable used as the per-task shim (`<exe> task-shim ...`); normally the `aidos` binary
     /// itself. Empty (the default): the current executable. Train jobs run `<shim_exe> train-run`.
     pub shim_exe: PathBuf,
-    /// Root of the local-directory blob store shared with the cluster (datasets, checkpoints, model weights),
-    /// given to every task as `AIDOS_BLOB_DIR`. Empty (the default): `<data_dir>/blobs`.
+    /// Root of a local-directory blob store shared with the cluster (datasets, checkpoints, model weights; NFS,
+    /// or the same machine as the scheduler), given to every task as `AIDOS_BLOB_DIR`. Empty (the default): the
+    /// worker keeps a cache of at most `blob_cache_max_bytes` in `<data_dir>/blob-cache`, and its tasks fetch
+    /// blobs through the scheduler's blob service.
     pub blob_dir: PathBuf,
+    /// Size bound of that cache (least recently used blobs are evicted first).
+    pub blob_cache_max_bytes: u64,
     /// Host other machines reach this worker's tasks at (serve replicas advertise `host:port` with it), given to
     /// tasks as `AIDOS_ADVERTISE_HOST`. Empty (the default): `127.0.0.1`.
     pub advertise_host: String,

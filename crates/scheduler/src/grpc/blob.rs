@@ -1,0 +1,141 @@
+//! `aidos.v1.BlobService`: this node's blob store for clients and workers on other machines (any node answers;
+//! see `forward::policy`).
+//!
+//! Invariants and limits:
+//! - An upload becomes visible only after its bytes hash to the id it was announced with; a truncated stream, a
+//!   hash mismatch or a size over [`crate::SchedulerConfig::max_blob_bytes`] stores nothing and says which.
+//!   The upload is held in memory until verified (bounded by that limit), then written by the store's `put`,
+//!   which is itself atomic (write, fsync, rename).
+//! - A download streams [`DOWNLOAD_CHUNK`]-byte messages from the requested offset, always at least one message
+//!   (carrying the total size); it stops when the client goes away.
+
+use std::sync::Arc;
+
+use aidos_api::blob_service_server::BlobService;
+use aidos_api::v1::*;
+use aidos_blob::{BlobError, BlobId, BlobStore};
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::{Request, Status, Streaming};
+
+use super::{Res, ok};
+use crate::core::Core;
+use crate::leader::BoxStream;
+
+/// Bytes per download message.
+pub const DOWNLOAD_CHUNK: u64 = 1 << 20;
+/// Most ids one `Has` call may ask about.
+pub const MAX_HAS: usize = 1000;
+
+pub struct Blobs(pub Arc<Core>);
+
+fn store(core: &Core) -> Result<Arc<dyn BlobStore>, Status> {
+    core.blobs.clone().ok_or_else(|| {
+        Status::failed_precondition("this scheduler node has no blob store configured (aidos server --blob-dir)")
+    })
+}
+
+fn blob_status(e: BlobError) -> Status {
+    match e {
+        BlobError::NotFound(id) => Status::not_found(format!("blob {id} not found")),
+        BlobError::BadId(_) => Status::invalid_argument(e.to_string()),
+        e => Status::internal(e.to_string()),
+    }
+}
+
+async fn blocking<T: Send + 'static>(f: impl FnOnce() -> Result<T, Status> + Send + 'static) -> Result<T, Status> {
+    tokio::task::spawn_blocking(f).await.map_err(|e| Status::internal(format!("blob store task: {e}")))?
+}
+
+#[tonic::async_trait]
+impl BlobService for Blobs {
+    async fn upload(&self, r: Request<Streaming<BlobUploadChunk>>) -> Res<BlobRef> {
+        let store = store(&self.0)?;
+        let max = self.0.cfg.max_blob_bytes;
+        let mut chunks = r.into_inner();
+        let first = chunks.message().await?.ok_or_else(|| Status::invalid_argument("upload: empty stream"))?;
+        let id = BlobId::parse(&first.id).map_err(|e| Status::invalid_argument(format!("upload.id: {e}")))?;
+        let size = first.size;
+        if size > max {
+            return Err(Status::invalid_argument(format!(
+                "upload: blob {id} is {size} bytes, over this node's limit of {max} bytes (--max-blob-bytes)"
+            )));
+        }
+        let (s2, id2) = (store.clone(), id.clone());
+        if blocking(move || s2.contains(&id2).map_err(blob_status)).await? {
+            return ok(BlobRef { id: id.to_string(), size, existed: true });
+        }
+        let mut buf = Vec::with_capacity(size.min(64 << 20) as usize);
+        buf.extend_from_slice(&first.data);
+        while buf.len() as u64 <= size {
+            match chunks.message().await? {
+                Some(c) => buf.extend_from_slice(&c.data),
+                None => break,
+            }
+        }
+        if buf.len() as u64 != size {
+            let got = buf.len();
+            let what = if got as u64 > size { "more bytes than" } else { "fewer bytes than" };
+            return Err(Status::invalid_argument(format!(
+                "upload: blob {id} sent {what} the {size} it announced ({got}); nothing was stored"
+            )));
+        }
+        let id2 = id.clone();
+        blocking(move || {
+            let actual = BlobId::of(&buf);
+            if actual != id2 {
+                return Err(Status::invalid_argument(format!(
+                    "upload: the bytes hash to {actual}, not to {id2} (corrupted in transit?); nothing was stored"
+                )));
+            }
+            store.put(&buf).map_err(blob_status)
+        })
+        .await?;
+        ok(BlobRef { id: id.to_string(), size, existed: false })
+    }
+
+    type DownloadStream = BoxStream<BlobData>;
+    async fn download(&self, r: Request<BlobDownloadRequest>) -> Res<Self::DownloadStream> {
+        let store = store(&self.0)?;
+        let r = r.into_inner();
+        let id = BlobId::parse(&r.id).map_err(|e| Status::invalid_argument(format!("download.id: {e}")))?;
+        // The first chunk is read before answering, so a missing blob is an error status, not a broken stream.
+        let (s2, id2, offset) = (store.clone(), id.clone(), r.offset);
+        let (data, total) = blocking(move || s2.read_range(&id2, offset, DOWNLOAD_CHUNK).map_err(blob_status)).await?;
+        let (tx, rx) = mpsc::channel(4);
+        tokio::spawn(async move {
+            let mut next = offset + data.len() as u64;
+            if tx.send(Ok(BlobData { data, total_size: total })).await.is_err() {
+                return;
+            }
+            while next < total {
+                let (s2, id2) = (store.clone(), id.clone());
+                let chunk = blocking(move || s2.read_range(&id2, next, DOWNLOAD_CHUNK).map_err(blob_status)).await;
+                let msg = chunk.map(|(data, total_size)| {
+                    next += data.len() as u64;
+                    BlobData { data, total_size }
+                });
+                let stop = msg.is_err();
+                if tx.send(msg).await.is_err() || stop {
+                    return;
+                }
+            }
+        });
+        ok(Box::pin(ReceiverStream::new(rx)))
+    }
+
+    async fn has(&self, r: Request<HasBlobsRequest>) -> Res<HasBlobsResponse> {
+        let store = store(&self.0)?;
+        let ids = r.into_inner().ids;
+        if ids.len() > MAX_HAS {
+            return Err(Status::invalid_argument(format!("ids: {} in one call, at most {MAX_HAS}", ids.len())));
+        }
+        let ids = ids
+            .iter()
+            .enumerate()
+            .map(|(i, s)| BlobId::parse(s).map_err(|e| Status::invalid_argument(format!("ids[{i}]: {e}"))))
+            .collect::<Result<Vec<_>, _>>()?;
+        let present = blocking(move || ids.iter().map(|id| store.contains(id).map_err(blob_status)).collect()).await?;
+        ok(HasBlobsResponse { present })
+    }
+}

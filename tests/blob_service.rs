@@ -1,0 +1,95 @@
+//! Issue #14: blobs through the control plane. A client and a worker that do not share the scheduler's blob
+//! directory (as on other machines) push a dataset, train, and pull the model, through the blob service; and the
+//! service's answers to bad uploads name the problem and store nothing.
+
+mod common;
+
+use aidos_api::blob_service_client::BlobServiceClient;
+use aidos_api::v1::*;
+use common::*;
+
+fn files_under(dir: &std::path::Path) -> usize {
+    let Ok(rd) = std::fs::read_dir(dir) else { return 0 };
+    rd.flatten().map(|e| if e.path().is_dir() { files_under(&e.path()) } else { 1 }).sum()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_and_a_worker_without_the_blob_dir_push_train_and_pull_through_the_service() {
+    let mut c = start_cluster(1).await;
+    c.shared_blob_dir = false;
+    c.start_worker("w1", "4", "");
+    // Push (client -> service), train (the task reads the dataset through its worker's cache and writes
+    // checkpoints and weights through the service), register.
+    c.train_digits(1).await;
+    let cache = c.path().join("worker-w1/blob-cache");
+    assert!(files_under(&cache) > 0, "the worker's cache was filled from the service");
+    assert!(files_under(&c.blob_dir()) > files_under(&cache), "the cluster's store holds what tasks wrote");
+    // Pull (service -> client).
+    let out = c.path().join("pulled");
+    let (code, _, err) = c.cli(&["model", "pull", "digits:1", "--dir", out.to_str().unwrap()]);
+    assert_eq!(code, 0, "{err}");
+    assert!(std::fs::metadata(out.join("weights.bin")).unwrap().len() > 0);
+    // A client that names an unreachable scheduler gets an error that says so, and nothing is half-pushed.
+    let mnist = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("data/mnist10k");
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_aidos"))
+        .args(["--scheduler", &format!("127.0.0.1:{}", free_port()), "dataset", "push", "other"])
+        .arg(&mnist)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("127.0.0.1"), "the error names the unreachable scheduler: {err}");
+}
+
+fn chunk(id: &str, size: u64, data: &[u8]) -> BlobUploadChunk {
+    BlobUploadChunk { id: id.into(), size, data: data.to_vec() }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_uploads_are_refused_by_name_and_leave_nothing_behind() {
+    let c = start_cluster_with(1, &["--max-blob-bytes", "4096"]).await;
+    let mut api = BlobServiceClient::new(c.any_channel().await);
+    let data = vec![7u8; 3000];
+    let id = aidos_blob::BlobId::of(&data).to_string();
+    let has = |api: &mut BlobServiceClient<_>, id: &str| {
+        let mut api = api.clone();
+        let id = id.to_string();
+        async move { api.has(HasBlobsRequest { ids: vec![id] }).await.unwrap().into_inner().present[0] }
+    };
+
+    // Truncated: fewer bytes than announced.
+    let e = api.upload(tokio_stream::iter(vec![chunk(&id, 3000, &data[..1000])])).await.unwrap_err();
+    assert_eq!(e.code(), tonic::Code::InvalidArgument);
+    assert!(e.message().contains("fewer bytes"), "{}", e.message());
+    // Corrupted: the bytes do not hash to the id.
+    let mut bad = data.clone();
+    bad[10] = 8;
+    let e = api.upload(tokio_stream::iter(vec![chunk(&id, 3000, &bad)])).await.unwrap_err();
+    assert!(e.message().contains("hash"), "{}", e.message());
+    assert!(!has(&mut api, &id).await, "nothing half-visible after refused uploads");
+    // Over the node's limit.
+    let big = vec![1u8; 5000];
+    let big_id = aidos_blob::BlobId::of(&big).to_string();
+    let e = api.upload(tokio_stream::iter(vec![chunk(&big_id, 5000, &big)])).await.unwrap_err();
+    assert!(e.message().contains("limit of 4096"), "{}", e.message());
+    // A bad id.
+    let e = api.upload(tokio_stream::iter(vec![chunk("../etc", 3, b"abc")])).await.unwrap_err();
+    assert!(e.message().contains("upload.id"), "{}", e.message());
+
+    // A good upload in two chunks; a second one is a no-op; downloads resume from an offset.
+    let two = vec![chunk(&id, 3000, &data[..1500]), chunk("", 0, &data[1500..])];
+    let r = api.upload(tokio_stream::iter(two)).await.unwrap().into_inner();
+    assert!(!r.existed && r.size == 3000);
+    assert!(api.upload(tokio_stream::iter(vec![chunk(&id, 3000, &data)])).await.unwrap().into_inner().existed);
+    assert!(has(&mut api, &id).await);
+    let mut s = api.download(BlobDownloadRequest { id: id.clone(), offset: 2900 }).await.unwrap().into_inner();
+    let mut tail = Vec::new();
+    while let Some(m) = s.message().await.unwrap() {
+        assert_eq!(m.total_size, 3000);
+        tail.extend(m.data);
+    }
+    assert_eq!(tail, data[2900..]);
+    let missing = aidos_blob::BlobId::of(b"missing").to_string();
+    let e = api.download(BlobDownloadRequest { id: missing, offset: 0 }).await.unwrap_err();
+    assert_eq!(e.code(), tonic::Code::NotFound);
+}
