@@ -33,11 +33,12 @@ impl CachedStore {
         &self.local
     }
 
-    fn keep(&self, data: &[u8]) {
+    /// Caches `data`, whose id the store behind computed or verified.
+    fn keep(&self, id: &BlobId, data: &[u8]) {
         if data.len() as u64 > self.max_bytes {
             return;
         }
-        match self.local.put(data) {
+        match self.local.put_as(id, data) {
             Ok(_) => {
                 if let Err(e) = self.evict() {
                     eprintln!("aidos: blob cache {}: eviction failed: {e}", self.local.root().display());
@@ -87,7 +88,7 @@ impl CachedStore {
 impl BlobStore for CachedStore {
     fn put(&self, data: &[u8]) -> Result<BlobId, BlobError> {
         let id = self.behind.put(data)?;
-        self.keep(data);
+        self.keep(&id, data);
         Ok(id)
     }
 
@@ -107,7 +108,7 @@ impl BlobStore for CachedStore {
             Err(e) => return Err(e),
         }
         let bytes = self.behind.get(id)?;
-        self.keep(&bytes);
+        self.keep(id, &bytes);
         Ok(bytes)
     }
 

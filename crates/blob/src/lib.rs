@@ -10,6 +10,7 @@
 //! file, fsync, rename, fsync the directory), so a crash never leaves a half-written blob under a valid name;
 //! reads verify the hash, so a corrupted blob is reported instead of returned.
 
+mod blocking;
 pub mod cache;
 pub mod service;
 
@@ -139,17 +140,12 @@ impl LocalDirStore {
         &self.root
     }
 
-    pub(crate) fn path(&self, id: &BlobId) -> PathBuf {
-        self.root.join(&id.0[..2]).join(&id.0)
-    }
-}
-
-impl BlobStore for LocalDirStore {
-    fn put(&self, data: &[u8]) -> Result<BlobId, BlobError> {
-        let id = BlobId::of(data);
-        let path = self.path(&id);
+    /// Stores `data` under `id`, which the caller computed from it (or verified against it): `put` without a
+    /// second hash, for the cache in front of another store.
+    pub(crate) fn put_as(&self, id: &BlobId, data: &[u8]) -> Result<(), BlobError> {
+        let path = self.path(id);
         if path.exists() {
-            return Ok(id);
+            return Ok(());
         }
         let dir = path.parent().expect("blob paths have a parent");
         fs::create_dir_all(dir).map_err(io(dir))?;
@@ -160,6 +156,18 @@ impl BlobStore for LocalDirStore {
         drop(f);
         fs::rename(&tmp, &path).map_err(io(&path))?;
         fs::File::open(dir).and_then(|d| d.sync_all()).map_err(io(dir))?;
+        Ok(())
+    }
+
+    pub(crate) fn path(&self, id: &BlobId) -> PathBuf {
+        self.root.join(&id.0[..2]).join(&id.0)
+    }
+}
+
+impl BlobStore for LocalDirStore {
+    fn put(&self, data: &[u8]) -> Result<BlobId, BlobError> {
+        let id = BlobId::of(data);
+        self.put_as(&id, data)?;
         Ok(id)
     }
 

@@ -26,6 +26,7 @@ use object_store::aws::{AmazonS3, AmazonS3Builder};
 use object_store::path::Path as ObjectPath;
 use object_store::{BackoffConfig, ClientOptions, ObjectStore, ObjectStoreExt, PutPayload, RetryConfig};
 
+use crate::blocking::BlockingRuntime;
 use crate::{BlobBytes, BlobError, BlobId, BlobStore};
 
 /// Default multipart part size (and threshold): 16 MiB.
@@ -181,21 +182,12 @@ pub struct S3Store {
     config: S3Config,
     store: Arc<dyn ObjectStore>,
     prefix: String,
-    /// `Some` until drop (taken there to shut down without blocking).
-    runtime: Option<tokio::runtime::Runtime>,
+    runtime: BlockingRuntime,
 }
 
 impl std::fmt::Debug for S3Store {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("S3Store").field("config", &self.config).finish_non_exhaustive()
-    }
-}
-
-impl Drop for S3Store {
-    fn drop(&mut self) {
-        if let Some(rt) = self.runtime.take() {
-            rt.shutdown_background();
-        }
     }
 }
 
@@ -224,17 +216,12 @@ impl S3Store {
     /// with an error that names it.
     pub fn open(config: S3Config) -> Result<Self, BlobError> {
         let store: Arc<dyn ObjectStore> = Arc::new(config.build_object_store()?);
-        let runtime = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(2)
-            .thread_name("aidos-s3")
-            .enable_all()
-            .build()
-            .map_err(|e| BlobError::Remote {
-                store: format!("S3 store for {}", config.describe()),
-                message: format!("cannot start its I/O runtime: {e}"),
-            })?;
+        let runtime = BlockingRuntime::new(2, "aidos-s3").map_err(|e| BlobError::Remote {
+            store: format!("S3 store for {}", config.describe()),
+            message: format!("cannot start its I/O runtime: {e}"),
+        })?;
         let prefix = config.prefix.trim_matches('/').to_string();
-        Ok(Self { config, store, prefix, runtime: Some(runtime) })
+        Ok(Self { config, store, prefix, runtime })
     }
 
     pub fn config(&self) -> &S3Config {
@@ -253,11 +240,7 @@ impl S3Store {
 
     /// Runs `fut` on the store's runtime and waits for it on this (non-runtime) thread. See the module docs.
     fn wait<T: Send + 'static>(&self, fut: impl Future<Output = T> + Send + 'static) -> T {
-        let (tx, rx) = std::sync::mpsc::sync_channel(1);
-        self.runtime.as_ref().expect("runtime lives until drop").spawn(async move {
-            let _ = tx.send(fut.await);
-        });
-        rx.recv().expect("the S3 store's runtime dropped a request (it was shut down?)")
+        self.runtime.wait(fut).expect("the S3 store's runtime dropped a request (it was shut down?)")
     }
 
     /// A `BlobError` for an `object_store` error of `op` on `id`, naming the problem.

@@ -9,9 +9,8 @@
 //!   [`ServiceStore::with_budget`]'s budget (default [`DEFAULT_BUDGET`]) with the last failure, which names the
 //!   node and the problem.
 //!
-//! Blocking, like every [`BlobStore`]: the store owns a small tokio runtime and waits for it, so it works from
-//! plain threads and from `spawn_blocking` threads of another runtime. Calling it on an async worker thread blocks
-//! that thread (the trait's rule: call it from a blocking context).
+//! Blocking, like every [`BlobStore`]: the store drives its gRPC client on its own small runtime
+//! ([`crate::blocking::BlockingRuntime`], which says from where it may be called).
 
 use std::future::Future;
 use std::sync::Arc;
@@ -23,6 +22,7 @@ use aidos_api::v1::{BlobDownloadRequest, BlobUploadChunk, HasBlobsRequest};
 use tonic::Status;
 use tonic::transport::Channel;
 
+use crate::blocking::BlockingRuntime;
 use crate::{BlobBytes, BlobError, BlobId, BlobStore};
 
 /// Bytes per upload chunk and per download message.
@@ -36,17 +36,7 @@ const MAX_MESSAGE: usize = CHUNK + (64 << 10);
 pub struct ServiceStore {
     client: Arc<Client>,
     budget: Duration,
-    /// `Some` until dropped: shut down in the background, since a runtime may not block while being dropped
-    /// inside another runtime.
-    rt: Option<tokio::runtime::Runtime>,
-}
-
-impl Drop for ServiceStore {
-    fn drop(&mut self) {
-        if let Some(rt) = self.rt.take() {
-            rt.shutdown_background();
-        }
-    }
+    rt: BlockingRuntime,
 }
 
 fn remote(store: &str, message: impl std::fmt::Display) -> BlobError {
@@ -65,13 +55,9 @@ impl ServiceStore {
     pub fn connect(schedulers: &[String]) -> Result<ServiceStore, BlobError> {
         let cfg = Config { max_message: MAX_MESSAGE, budget: None, ..Config::default() };
         let client = Client::new(schedulers, cfg).map_err(|e| remote("blob service", e))?;
-        let rt = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(1)
-            .thread_name("aidos-blob-client")
-            .enable_all()
-            .build()
+        let rt = BlockingRuntime::new(1, "aidos-blob-client")
             .map_err(|e| remote("blob service", format!("starting its runtime: {e}")))?;
-        Ok(ServiceStore { client: Arc::new(client), budget: DEFAULT_BUDGET, rt: Some(rt) })
+        Ok(ServiceStore { client: Arc::new(client), budget: DEFAULT_BUDGET, rt })
     }
 
     /// Sets how long one operation keeps trying before it gives up.
@@ -85,11 +71,7 @@ impl ServiceStore {
         &self,
         f: impl Future<Output = Result<T, BlobError>> + Send + 'static,
     ) -> Result<T, BlobError> {
-        let (tx, rx) = std::sync::mpsc::sync_channel(1);
-        self.rt.as_ref().expect("runtime until drop").spawn(async move {
-            let _ = tx.send(f.await);
-        });
-        rx.recv().map_err(|_| remote("blob service", "the client's runtime stopped"))?
+        self.rt.wait(f).ok_or_else(|| remote("blob service", "the client's runtime stopped"))?
     }
 
     fn has(&self, ids: Vec<String>) -> Result<Vec<bool>, BlobError> {

@@ -105,8 +105,7 @@ impl LeaderHandler {
             let mut version = core.version.clone();
             let mut last: Option<Job> = None;
             loop {
-                let job = core.state.read().expect("state lock").state.jobs.by_id.get(&id).cloned();
-                let Some(job) = job else { break };
+                let Ok(job) = queries::job(&core.state.read().expect("state lock").state, &id) else { break };
                 let done = JobState::try_from(job.state).is_ok_and(|s| s.is_terminal());
                 if last.as_ref() != Some(&job) {
                     if tx.send(Ok(job.clone())).await.is_err() {

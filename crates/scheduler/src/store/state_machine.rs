@@ -286,7 +286,14 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
             dirty.rows.sort_unstable();
             dirty.rows.dedup();
             RowWrites {
-                rows: dirty.rows.into_iter().map(|(t, k)| (t, k.clone(), a.state.row(t, &k))).collect(),
+                rows: dirty
+                    .rows
+                    .into_iter()
+                    .map(|(t, k)| {
+                        let row = a.state.row(t, &k);
+                        (t, k, row)
+                    })
+                    .collect(),
                 meta: meta_rows(&a),
                 replace_all: false,
             }
