@@ -28,7 +28,6 @@ cargo fmt --all --check
 cargo clippy --workspace --all-targets -- -D warnings
 # -----------------------------------------------------------------------------------------------------------------
 
-cargo build --bin aidos
+# One build: the integration tests build the `aidos` binary themselves, and ONNX Runtime is a default feature, so the
+# serving conformance suite (tests/serving.rs) runs on tract, burn and ort in this one pass (ORT_DYLIB_PATH above).
 cargo test --workspace --all-targets
-# The serving conformance suite once more with the ONNX Runtime backend compiled in (it then must pass on ort too).
-cargo test --features ort --test serving

@@ -54,7 +54,7 @@ async fn bad_uploads_are_refused_by_name_and_leave_nothing_behind() {
     let has = |api: &mut BlobServiceClient<_>, id: &str| {
         let mut api = api.clone();
         let id = id.to_string();
-        async move { api.has(HasBlobsRequest { ids: vec![id] }).await.unwrap().into_inner().present[0] }
+        async move { api.has(HasBlobsRequest { ids: vec![id], refresh: false }).await.unwrap().into_inner().present[0] }
     };
 
     // Truncated: fewer bytes than announced.

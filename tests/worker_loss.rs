@@ -58,6 +58,7 @@ async fn killed_worker_task_is_requeued_and_its_late_report_refused() {
             state: TaskState::Succeeded as i32,
             exit_code: 0,
             message: String::new(),
+            log_blob: String::new(),
         })
         .await
         .unwrap_err();

@@ -35,8 +35,32 @@ pub struct Global {
     /// A blob store directory shared with the cluster (datasets, checkpoints, model weights). Unset: client
     /// commands reach the cluster's blob store through the scheduler (--scheduler is enough, from any machine);
     /// `aidos server` keeps blobs in <data-dir>/blobs; `aidos worker` keeps a bounded cache in <data-dir>/blob-cache
-    #[arg(long, env = "AIDOS_BLOB_DIR", global = true, help_heading = "Global options")]
+    #[arg(long, env = "AIDOS_BLOB_DIR", global = true, help_heading = "Blob store options")]
     pub blob_dir: Option<PathBuf>,
+    /// Declares --blob-dir a directory every node of the cluster mounts (NFS, a cluster filesystem): required for
+    /// a directory store in a cluster of more than one scheduler node
+    #[arg(long, env = "AIDOS_BLOB_DIR_SHARED", global = true, help_heading = "Blob store options")]
+    pub blob_dir_shared: bool,
+    /// Keep blobs in this S3-compatible bucket (the store for multi-node clusters). Credentials come from
+    /// AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY (/ AWS_SESSION_TOKEN), else the default AWS chain. Workers given it
+    /// read blobs straight from the bucket into their cache; client commands given it use the bucket directly
+    #[arg(long, env = "AIDOS_S3_BUCKET", global = true, help_heading = "Blob store options")]
+    pub s3_bucket: Option<String>,
+    /// S3 endpoint URL for a self-hosted store, e.g. http://10.0.0.5:8333 (path-style; http:// allowed); default:
+    /// AWS S3 in --s3-region
+    #[arg(long, env = "AWS_ENDPOINT_URL", global = true, help_heading = "Blob store options")]
+    pub s3_endpoint: Option<String>,
+    /// S3 region (default: AWS_REGION / AWS_DEFAULT_REGION, else us-east-1)
+    #[arg(long, env = "AWS_REGION", global = true, help_heading = "Blob store options")]
+    pub s3_region: Option<String>,
+    /// Key prefix inside the bucket, so several clusters can share one bucket
+    #[arg(long, env = "AIDOS_S3_PREFIX", global = true, help_heading = "Blob store options")]
+    pub s3_prefix: Option<String>,
+    /// A put of a blob the bucket already holds re-uploads it once the object is older than this many seconds, so
+    /// garbage collection sees it as fresh (S3 cannot touch an object in place); must stay below the scheduler's
+    /// --blob-gc-grace-secs
+    #[arg(long, env = "AIDOS_S3_REFRESH_AFTER_SECS", global = true, help_heading = "Blob store options")]
+    pub s3_refresh_after_secs: Option<f64>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -45,13 +69,59 @@ pub enum Output {
     Json,
 }
 
-/// The blob store named by `--blob-dir`.
-pub fn blob_store(g: &Global) -> anyhow::Result<Arc<dyn aidos_blob::BlobStore>> {
-    Ok(match &g.blob_dir {
-        Some(dir) => Arc::new(
-            aidos_blob::LocalDirStore::open(dir)
-                .map_err(|e| anyhow::anyhow!("opening the blob store at {}: {e}", dir.display()))?,
+/// The store the blob flags name: an S3 bucket (`--s3-bucket`), a directory (`--blob-dir`), or None.
+pub fn store_config(g: &Global) -> anyhow::Result<Option<aidos_blob::StoreConfig>> {
+    use aidos_blob::{S3Config, StoreConfig};
+    match (&g.blob_dir, &g.s3_bucket) {
+        (Some(dir), Some(bucket)) => anyhow::bail!(
+            "both --blob-dir ({}) and --s3-bucket ({bucket}) are given: blobs live in one store, give one of them",
+            dir.display()
         ),
+        (Some(dir), None) => Ok(Some(StoreConfig::Dir { path: dir.clone(), shared: g.blob_dir_shared })),
+        (None, Some(bucket)) => {
+            anyhow::ensure!(!g.blob_dir_shared, "--blob-dir-shared declares a --blob-dir shared; none is given");
+            // Credentials and the other AWS variables from the environment; the flags win over it. The bucket is
+            // looked up as given by the flag: `from_lookup` reads nothing (credentials included) without one, and
+            // `--s3-bucket` does not set AIDOS_S3_BUCKET.
+            let mut c = S3Config::from_lookup(|k| {
+                if k == aidos_blob::s3::ENV_BUCKET { Some(bucket.clone()) } else { std::env::var(k).ok() }
+            })
+            .map_err(|e| anyhow::anyhow!("S3 configuration: {e}"))?
+            .unwrap_or_else(|| S3Config::new(bucket.clone()));
+            c.bucket = bucket.trim().to_string();
+            anyhow::ensure!(!c.bucket.is_empty(), "--s3-bucket is empty");
+            if let Some(e) = g.s3_endpoint.as_deref().map(str::trim).filter(|e| !e.is_empty()) {
+                anyhow::ensure!(
+                    e.starts_with("http://") || e.starts_with("https://"),
+                    "--s3-endpoint `{e}` is not an http:// or https:// URL"
+                );
+                c.endpoint = Some(e.to_string());
+                c.allow_http = e.starts_with("http://");
+            }
+            if let Some(r) = g.s3_region.as_deref().map(str::trim).filter(|r| !r.is_empty()) {
+                c.region = r.to_string();
+            }
+            if let Some(p) = &g.s3_prefix {
+                c.prefix = p.trim().to_string();
+            }
+            if let Some(s) = g.s3_refresh_after_secs {
+                anyhow::ensure!(s.is_finite() && s >= 0.0, "--s3-refresh-after-secs must be a number of seconds >= 0");
+                c.refresh_after = std::time::Duration::from_secs_f64(s);
+            }
+            Ok(Some(StoreConfig::S3(c)))
+        }
+        (None, None) => {
+            anyhow::ensure!(!g.blob_dir_shared, "--blob-dir-shared declares a --blob-dir shared; none is given");
+            Ok(None)
+        }
+    }
+}
+
+/// The blob store a client command uses: the one the blob flags name, else the cluster's blob service through
+/// --scheduler (from any machine).
+pub fn blob_store(g: &Global) -> anyhow::Result<Arc<dyn aidos_blob::BlobStore>> {
+    Ok(match store_config(g)? {
+        Some(c) => c.open().map_err(|e| anyhow::anyhow!("opening the blob store ({}): {e}", c.describe()))?,
         None => Arc::new(
             aidos_blob::ServiceStore::connect(&g.scheduler)
                 .map_err(|e| anyhow::anyhow!("reaching the cluster's blob store: {e}"))?,
@@ -158,9 +228,15 @@ pub struct WorkerResources {
     /// Host or IP other machines reach this worker at; serve replicas advertise their endpoints with it
     #[arg(long, env = "AIDOS_WORKER_ADVERTISE_HOST", default_value = "127.0.0.1")]
     pub advertise_host: String,
-    /// Without --blob-dir: most bytes the worker's blob cache (<data-dir>/blob-cache) keeps, e.g. 10Gi
+    /// Without --blob-dir: most bytes the worker's blob cache (<data-dir>/blob-cache) keeps, e.g. 10Gi (filled from
+    /// --s3-bucket when given, else through the scheduler's blob service)
     #[arg(long, env = "AIDOS_WORKER_CACHE_MAX_BYTES", value_parser = parse_bytes, default_value = "10Gi")]
     pub cache_max_bytes: u64,
+    /// Keep each task's working directory (<data-dir>/tasks/<attempt>/: its files, stdout.log, stderr.log) after
+    /// the attempt ended, for debugging; by default it is removed once the scheduler acknowledged the final status
+    /// (the output stays available through `aidos job logs`)
+    #[arg(long, env = "AIDOS_WORKER_KEEP_TASK_DIRS")]
+    pub keep_task_dirs: bool,
 }
 
 impl WorkerResources {
@@ -170,6 +246,7 @@ impl WorkerResources {
         data_dir: PathBuf,
         worker_id: Option<String>,
         blob_dir: PathBuf,
+        s3: Option<aidos_blob::S3Config>,
     ) -> anyhow::Result<WorkerConfig> {
         let shim_exe = std::env::current_exe().context("finding the aidos executable (the task shim)")?;
         Ok(WorkerConfig {
@@ -182,7 +259,9 @@ impl WorkerResources {
             gpus: self.gpus,
             shim_exe,
             blob_dir,
+            s3,
             blob_cache_max_bytes: self.cache_max_bytes,
+            keep_task_dirs: self.keep_task_dirs,
             advertise_host: self.advertise_host,
         })
     }

@@ -50,6 +50,59 @@ pub struct ServerArgs {
     /// Placement strategy for jobs that do not choose one
     #[arg(long, env = "AIDOS_PLACEMENT", value_enum, default_value_t = PlacementArg::Binpack)]
     pub placement: PlacementArg,
+    /// Keep at most this many finished (succeeded, failed, cancelled) jobs: older ones are compacted out of the
+    /// cluster state (their runs, metrics and models stay)
+    #[arg(
+        long,
+        env = "AIDOS_RETAIN_FINISHED_JOBS",
+        help_heading = "Retention and blob GC",
+        default_value_t = aidos_scheduler::retention::DEFAULT_MAX_FINISHED_JOBS
+    )]
+    pub retain_finished_jobs: usize,
+    /// Compact a finished job this many seconds after it finished, however few there are (default: 7 days)
+    #[arg(
+        long,
+        env = "AIDOS_RETAIN_FINISHED_FOR_SECS",
+        help_heading = "Retention and blob GC",
+        value_parser = parse_secs,
+        default_value = "604800"
+    )]
+    pub retain_finished_for_secs: Duration,
+    /// How often the leader applies the retention policy, in seconds (0: never)
+    #[arg(
+        long,
+        env = "AIDOS_RETENTION_INTERVAL_SECS",
+        help_heading = "Retention and blob GC",
+        value_parser = parse_secs,
+        default_value = "30"
+    )]
+    pub retention_interval_secs: Duration,
+    /// How often the leader deletes unreferenced blobs from the blob store, in seconds (fractions allowed; 0: never)
+    #[arg(
+        long,
+        env = "AIDOS_BLOB_GC_INTERVAL_SECS",
+        help_heading = "Retention and blob GC",
+        value_parser = parse_secs,
+        default_value = "600"
+    )]
+    pub blob_gc_interval_secs: Duration,
+    /// An unreferenced blob is deleted only once its last upload is this many seconds old (at least 1, and longer
+    /// than the S3 store's refresh interval): whatever uploads blobs must reference them (commit the dataset,
+    /// record the checkpoint, register the model) within this time
+    #[arg(
+        long,
+        env = "AIDOS_BLOB_GC_GRACE_SECS",
+        help_heading = "Retention and blob GC",
+        value_parser = parse_secs,
+        default_value = "3600"
+    )]
+    pub blob_gc_grace_secs: Duration,
+}
+
+/// Seconds, fractions allowed (`0.2`, `30`), for clap.
+fn parse_secs(s: &str) -> Result<Duration, String> {
+    let secs: f64 = s.trim().parse().map_err(|_| format!("`{s}` is not a number of seconds"))?;
+    Duration::try_from_secs_f64(secs).map_err(|_| format!("`{s}`: seconds must be zero or positive"))
 }
 
 fn parse_peer(s: &str) -> Result<(u64, String), String> {
@@ -91,7 +144,13 @@ pub async fn run(g: &Global, a: ServerArgs) -> anyhow::Result<()> {
     }
     std::fs::create_dir_all(&a.data_dir).with_context(|| format!("creating {}", a.data_dir.display()))?;
 
-    let blob_dir = g.blob_dir.clone().unwrap_or_else(|| a.data_dir.join("blobs"));
+    // Blobs: the flags' store, else a private directory (fine for one node; a multi-node cluster refuses it).
+    let blobs = super::args::store_config(g)?
+        .unwrap_or_else(|| aidos_blob::StoreConfig::Dir { path: a.data_dir.join("blobs"), shared: false });
+    if let Err(why) = blobs.check_cluster(&members) {
+        anyhow::bail!("{why}");
+    }
+    println!("blob store: {}", blobs.describe());
     let cfg = SchedulerConfig {
         node_id: a.id,
         listen: a.listen,
@@ -104,10 +163,17 @@ pub async fn run(g: &Global, a: ServerArgs) -> anyhow::Result<()> {
             PlacementArg::Binpack => Strategy::BinPack,
             PlacementArg::Spread => Strategy::Spread,
         },
-        blob_dir: Some(blob_dir),
+        blobs: Some(blobs),
         edge_signing_key: a.edge_signing_key.clone(),
         edge_enrollment_token: a.edge_enrollment_token.clone(),
         max_blob_bytes: a.max_blob_bytes,
+        retention: aidos_scheduler::retention::RetentionPolicy {
+            max_finished_jobs: a.retain_finished_jobs,
+            max_age: a.retain_finished_for_secs,
+        },
+        retention_interval: a.retention_interval_secs,
+        blob_gc_interval: a.blob_gc_interval_secs,
+        blob_gc_grace: a.blob_gc_grace_secs,
     };
     let node = SchedulerNode::start(cfg).await.with_context(|| format!("starting scheduler node {}", a.id))?;
     println!("scheduler {} listening on {}", a.id, node.local_addr());

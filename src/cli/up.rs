@@ -46,13 +46,16 @@ pub struct UpArgs {
     pub no_gateway: bool,
 }
 
-pub async fn run(_g: &Global, a: UpArgs) -> anyhow::Result<()> {
+pub async fn run(g: &Global, a: UpArgs) -> anyhow::Result<()> {
     let sched_dir = a.data_dir.join("scheduler");
     let worker_dir = a.data_dir.join("worker");
     std::fs::create_dir_all(&sched_dir).with_context(|| format!("creating {}", sched_dir.display()))?;
 
     let mut sched_cfg = SchedulerConfig::single_node(a.listen, sched_dir);
-    sched_cfg.blob_dir = Some(a.data_dir.join("blobs"));
+    // The blob flags' store (an S3 bucket, a directory), else <data-dir>/blobs; the in-process worker uses the same.
+    let blobs = super::args::store_config(g)?
+        .unwrap_or_else(|| aidos_blob::StoreConfig::Dir { path: a.data_dir.join("blobs"), shared: false });
+    sched_cfg.blobs = Some(blobs.clone());
     let node =
         SchedulerNode::start(sched_cfg).await.with_context(|| format!("starting the scheduler on {}", a.listen))?;
     let addr = node.local_addr();
@@ -82,11 +85,16 @@ pub async fn run(_g: &Global, a: UpArgs) -> anyhow::Result<()> {
         memory_bytes: a.worker_memory,
         gpus: a.worker_gpus,
         advertise_host: "127.0.0.1".into(),
-        cache_max_bytes: 0,
+        cache_max_bytes: 10 << 30,
+        keep_task_dirs: false,
     };
-    let cfg = resources.into_config(vec![dial_addr(addr)], worker_dir.clone(), None, a.data_dir.join("blobs"))?;
+    let (blob_dir, s3) = match &blobs {
+        aidos_blob::StoreConfig::Dir { path, .. } => (path.clone(), None),
+        aidos_blob::StoreConfig::S3(c) => (PathBuf::new(), Some(c.clone())),
+    };
+    let cfg = resources.into_config(vec![dial_addr(addr)], worker_dir.clone(), None, blob_dir, s3)?;
     println!("worker started (data dir {})", worker_dir.display());
-    println!("blob store at {} (CLI commands reach it through the scheduler)", a.data_dir.join("blobs").display());
+    println!("blob store: {} (CLI commands reach it through the scheduler)", blobs.describe());
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
     let worker = aidos_worker::run(cfg, async move {
         let _ = stop_rx.await;

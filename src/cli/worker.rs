@@ -24,7 +24,12 @@ pub async fn run(g: &Global, a: WorkerArgs) -> anyhow::Result<()> {
     let schedulers: Vec<String> = g.scheduler.iter().map(|s| s.trim().to_string()).filter(|s| !s.is_empty()).collect();
     anyhow::ensure!(!schedulers.is_empty(), "no scheduler address given (--scheduler)");
     std::fs::create_dir_all(&a.data_dir).with_context(|| format!("creating {}", a.data_dir.display()))?;
-    let cfg = a.resources.into_config(schedulers.clone(), a.data_dir, a.id, g.blob_dir.clone().unwrap_or_default())?;
+    let (blob_dir, s3) = match super::args::store_config(g)? {
+        None => (PathBuf::new(), None),
+        Some(aidos_blob::StoreConfig::Dir { path, .. }) => (path, None),
+        Some(aidos_blob::StoreConfig::S3(c)) => (PathBuf::new(), Some(c)),
+    };
+    let cfg = a.resources.into_config(schedulers.clone(), a.data_dir, a.id, blob_dir, s3)?;
     println!("worker starting (schedulers {})", schedulers.join(","));
     aidos_worker::run(cfg, shutdown_signal()).await.context("worker")?;
     Ok(())

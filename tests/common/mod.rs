@@ -174,6 +174,8 @@ pub async fn start_cluster_with(n: u64, extra: &[&str]) -> Cluster {
             "250".into(),
             "--blob-dir".into(),
             dir.path().join("blobs").display().to_string(),
+            // Every node runs on this machine and uses the one directory: it is shared, as the flag declares.
+            "--blob-dir-shared".into(),
         ];
         let args: Vec<String> = args.into_iter().chain(extra.iter().map(|s| s.to_string())).collect();
         let log = dir.path().join(format!("node{id}.log"));

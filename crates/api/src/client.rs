@@ -248,7 +248,9 @@ impl Client {
         let mut ep = Endpoint::from_shared(addr.to_string())
             .expect("validated when added")
             .connect_timeout(self.cfg.connect_timeout)
-            .tcp_nodelay(true);
+            .tcp_nodelay(true)
+            .initial_stream_window_size(crate::HTTP2_STREAM_WINDOW)
+            .initial_connection_window_size(crate::HTTP2_CONNECTION_WINDOW);
         if let Some(k) = self.cfg.keep_alive {
             ep = ep.http2_keep_alive_interval(k).keep_alive_timeout(k).keep_alive_while_idle(true);
         }

@@ -5,6 +5,7 @@
 pub mod client;
 pub mod contract;
 pub mod edge;
+pub mod logframe;
 pub mod spec;
 
 /// Generated protobuf and tonic types for `aidos.v1`.
@@ -20,6 +21,14 @@ pub const LEADER_METADATA_KEY: &str = "aidos-leader";
 
 /// Default address of the embedded scheduler (`aidos up`).
 pub const DEFAULT_SCHEDULER_ADDR: &str = "127.0.0.1:7070";
+
+/// HTTP/2 flow-control windows of every aidos gRPC connection, client and server side. h2's default of 64 KiB lets
+/// a stream carry 64 KiB per round trip of WINDOW_UPDATEs: on a loaded 2-core machine that capped a blob download
+/// through the blob service far below the store behind it. The windows are credit, not buffers: a reader that keeps
+/// up holds nothing; one that does not holds at most the connection window.
+pub const HTTP2_STREAM_WINDOW: u32 = 4 << 20;
+/// See [`HTTP2_STREAM_WINDOW`]: the whole connection's window (its streams share it).
+pub const HTTP2_CONNECTION_WINDOW: u32 = 16 << 20;
 
 /// Parses a model reference: `NAME` (the latest version), `NAME:VERSION` (versions start at 1) or `NAME@ALIAS`.
 /// One parser for the CLI and the scheduler, so both accept and refuse the same references.

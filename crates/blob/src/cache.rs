@@ -8,12 +8,14 @@
 //!   say) is skipped with a warning: the blob is still returned, and a task never fails because of its cache.
 //! - `put` writes through: the blob is durable behind before it is cached, so a worker's loss loses nothing.
 //! - Eviction deletes files that a task may still have mapped: on Linux a mapping outlives its file's name.
+//! - Garbage collection (`touch`, `list`, `delete`, `delete_if_older`) is the store behind's: a delete there also
+//!   drops the cached copy. The cache's own modified times are its LRU clock, never the collector's.
 
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::SystemTime;
 
-use crate::{BlobBytes, BlobError, BlobId, BlobStore, LocalDirStore};
+use crate::{BlobBytes, BlobError, BlobId, BlobInfo, BlobStore, LocalDirStore};
 
 pub struct CachedStore {
     local: LocalDirStore,
@@ -122,6 +124,27 @@ impl BlobStore for CachedStore {
         }
         self.behind.read_range(id, offset, len)
     }
+
+    fn touch(&self, id: &BlobId) -> Result<bool, BlobError> {
+        self.behind.touch(id)
+    }
+
+    fn list(&self) -> Result<Vec<BlobInfo>, BlobError> {
+        self.behind.list()
+    }
+
+    fn delete(&self, id: &BlobId) -> Result<(), BlobError> {
+        self.behind.delete(id)?;
+        self.local.delete(id)
+    }
+
+    fn delete_if_older(&self, id: &BlobId, cutoff: SystemTime) -> Result<bool, BlobError> {
+        let deleted = self.behind.delete_if_older(id, cutoff)?;
+        if deleted {
+            self.local.delete(id)?;
+        }
+        Ok(deleted)
+    }
 }
 
 #[cfg(test)]
@@ -155,5 +178,14 @@ mod tests {
         assert_eq!(cache.get(&big).unwrap().len(), 1000);
         // Missing everywhere: NotFound.
         assert!(matches!(cache.get(&BlobId::of(b"none")), Err(BlobError::NotFound(_))));
+        // Collection is the store behind's; a delete drops the cached copy too.
+        assert_eq!(cache.list().unwrap(), behind.list().unwrap());
+        assert!(cache.touch(&ids[0]).unwrap());
+        cache.delete(&ids[0]).unwrap();
+        assert!(!behind.contains(&ids[0]).unwrap() && !cache.local().contains(&ids[0]).unwrap());
+        assert!(matches!(cache.get(&ids[0]), Err(BlobError::NotFound(_))));
+        let future = SystemTime::now() + std::time::Duration::from_secs(60);
+        assert!(cache.delete_if_older(&ids[2], future).unwrap());
+        assert!(!behind.contains(&ids[2]).unwrap() && !cache.local().contains(&ids[2]).unwrap());
     }
 }

@@ -9,9 +9,22 @@
 //! Invariants: a blob is visible under its id only once it is completely written and fsynced (write to a temp
 //! file, fsync, rename, fsync the directory), so a crash never leaves a half-written blob under a valid name;
 //! reads verify the hash, so a corrupted blob is reported instead of returned.
+//!
+//! # Garbage collection and the refresh rule
+//! The control plane deletes blobs that nothing references (`aidos_scheduler`'s `gc` module) with
+//! [`BlobStore::list`] and [`BlobStore::delete_if_older`], and only blobs whose modified time is older than a grace
+//! period. A blob's modified time is its last *put* (or [`BlobStore::touch`]): a put of bytes the store already
+//! holds is not a no-op, it refreshes the modified time, so re-pushing an old, unreferenced blob cannot be
+//! collected before it is referenced. Stores that cannot touch in place refresh at most every `refresh_after`
+//! ([`S3Config::refresh_after`]; 0 for [`LocalDirStore`]), which gives the rule every writer follows:
+//!
+//! **a blob must be referenced (committed in a manifest, checkpoint, model version, ...) within
+//! `grace - refresh_after` of its last put.**
 
 mod blocking;
 pub mod cache;
+pub mod config;
+pub use config::{StoreConfig, open_worker_store};
 pub mod service;
 
 pub use cache::CachedStore;
@@ -23,6 +36,7 @@ pub use s3::{S3Config, S3Store};
 use std::fs;
 use std::io::Write;
 use std::path::{Path, PathBuf};
+use std::time::SystemTime;
 
 /// A blob's name: the lowercase hex BLAKE3 hash of its bytes (64 characters).
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -95,6 +109,27 @@ pub trait BlobStore: Send + Sync {
     /// Up to `len` bytes of the blob from `offset`, and its total size. *Not* verified against the id (that needs
     /// the whole content): for chunked transfers whose receiver verifies what it assembled (edge downloads).
     fn read_range(&self, id: &BlobId, offset: u64, len: u64) -> Result<(Vec<u8>, u64), BlobError>;
+    /// Refreshes the blob's modified time as a put of its bytes would (see the module docs' refresh rule). `true`:
+    /// the store holds the blob and it is refreshed; `false`: it does not hold it, or cannot refresh it without its
+    /// bytes — put them.
+    fn touch(&self, id: &BlobId) -> Result<bool, BlobError>;
+    /// Every blob the store holds, for the garbage collector. What is not a blob under the store's root (temp
+    /// files of writes in progress, foreign keys) is left out.
+    fn list(&self) -> Result<Vec<BlobInfo>, BlobError>;
+    /// Deletes the blob. Deleting a blob the store does not hold is Ok.
+    fn delete(&self, id: &BlobId) -> Result<(), BlobError>;
+    /// Deletes the blob only if its modified time (last put or touch) is before `cutoff`; `true` when it was
+    /// deleted. The collector's delete: each store documents how it orders against a concurrent put.
+    fn delete_if_older(&self, id: &BlobId, cutoff: SystemTime) -> Result<bool, BlobError>;
+}
+
+/// One stored blob, as [`BlobStore::list`] reports it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BlobInfo {
+    pub id: BlobId,
+    pub size: u64,
+    /// The blob's last put or touch (the store's clock: an S3 server's, a file system's).
+    pub modified: SystemTime,
 }
 
 /// A shared or borrowed store is a store (callers hold `Arc<dyn BlobStore>` and pass `&store` where `&dyn BlobStore`
@@ -114,12 +149,32 @@ macro_rules! forward_store {
             fn read_range(&self, id: &BlobId, offset: u64, len: u64) -> Result<(Vec<u8>, u64), BlobError> {
                 (**self).read_range(id, offset, len)
             }
+            fn touch(&self, id: &BlobId) -> Result<bool, BlobError> {
+                (**self).touch(id)
+            }
+            fn list(&self) -> Result<Vec<BlobInfo>, BlobError> {
+                (**self).list()
+            }
+            fn delete(&self, id: &BlobId) -> Result<(), BlobError> {
+                (**self).delete(id)
+            }
+            fn delete_if_older(&self, id: &BlobId, cutoff: SystemTime) -> Result<bool, BlobError> {
+                (**self).delete_if_older(id, cutoff)
+            }
         }
     )*};
 }
 forward_store!(std::sync::Arc<T>, &T);
 
 /// Blobs as files under one directory: `<root>/<id[0..2]>/<id>`.
+///
+/// Puts and the collector's deletes order through the file's inode, so a put never returns while its blob is being
+/// deleted: a put of a blob that exists touches the file (its modified time becomes now) and then checks that the
+/// same file is still in place, writing a fresh copy otherwise; [`BlobStore::delete_if_older`] first renames the
+/// file out of the way (atomic), then reads the modified time of what it moved: refreshed since `cutoff` → moved
+/// back, older → deleted. So a racing put either refreshed the blob before the rename (it stays) or finds it gone
+/// and writes it again (it is back). A reader in the microseconds between that rename and the move back sees the
+/// blob missing; only blobs that were unreferenced and older than the grace period ever go through it.
 #[derive(Debug, Clone)]
 pub struct LocalDirStore {
     root: PathBuf,
@@ -144,12 +199,12 @@ impl LocalDirStore {
     /// second hash, for the cache in front of another store.
     pub(crate) fn put_as(&self, id: &BlobId, data: &[u8]) -> Result<(), BlobError> {
         let path = self.path(id);
-        if path.exists() {
+        if refresh(&path) {
             return Ok(());
         }
         let dir = path.parent().expect("blob paths have a parent");
         fs::create_dir_all(dir).map_err(io(dir))?;
-        let tmp = dir.join(format!(".{}.tmp.{}", id.0, std::process::id()));
+        let tmp = dir.join(format!(".{}.tmp.{}.{}", id.0, std::process::id(), unique()));
         let mut f = fs::File::create(&tmp).map_err(io(&tmp))?;
         f.write_all(data).map_err(io(&tmp))?;
         f.sync_all().map_err(io(&tmp))?;
@@ -162,6 +217,34 @@ impl LocalDirStore {
     pub(crate) fn path(&self, id: &BlobId) -> PathBuf {
         self.root.join(&id.0[..2]).join(&id.0)
     }
+}
+
+/// A number no other call in this process got: temp and tombstone names of concurrent writers never collide.
+pub(crate) fn unique() -> u64 {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static N: AtomicU64 = AtomicU64::new(0);
+    N.fetch_add(1, Ordering::Relaxed)
+}
+
+/// Touches the blob file at `path` and checks it is still in place afterwards: `true` when the blob there now
+/// has a fresh modified time. `false` when there is none, it was moved away meanwhile (a collector's delete), or it
+/// cannot be touched (permissions): the caller writes a fresh copy, which refreshes it as well.
+fn refresh(path: &Path) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    let Ok(f) = fs::File::options().append(true).open(path) else {
+        return false;
+    };
+    if f.set_modified(SystemTime::now()).is_err() {
+        return false;
+    }
+    match (f.metadata(), fs::metadata(path)) {
+        (Ok(a), Ok(b)) => a.dev() == b.dev() && a.ino() == b.ino(),
+        _ => false,
+    }
+}
+
+fn fsync_dir(dir: &Path) -> Result<(), BlobError> {
+    fs::File::open(dir).and_then(|d| d.sync_all()).map_err(io(dir))
 }
 
 impl BlobStore for LocalDirStore {
@@ -211,6 +294,81 @@ impl BlobStore for LocalDirStore {
         f.take(len).read_to_end(&mut buf).map_err(io(&path))?;
         Ok((buf, total))
     }
+
+    fn touch(&self, id: &BlobId) -> Result<bool, BlobError> {
+        Ok(refresh(&self.path(id)))
+    }
+
+    fn list(&self) -> Result<Vec<BlobInfo>, BlobError> {
+        let not_found = |e: &std::io::Error| e.kind() == std::io::ErrorKind::NotFound;
+        let mut out = Vec::new();
+        for shard in fs::read_dir(&self.root).map_err(io(&self.root))? {
+            let shard = shard.map_err(io(&self.root))?;
+            let name = shard.file_name();
+            let Some(prefix) = name.to_str().filter(|n| n.len() == 2).map(str::to_string) else { continue };
+            let dir = shard.path();
+            let entries = match fs::read_dir(&dir) {
+                Ok(e) => e,
+                Err(e) if not_found(&e) || e.kind() == std::io::ErrorKind::NotADirectory => continue,
+                Err(e) => return Err(io(&dir)(e)),
+            };
+            for e in entries {
+                let e = e.map_err(io(&dir))?;
+                // Temp files (`.<id>.tmp.*`) and tombstones (`.<id>.gc.*`) are not blob ids and are left out.
+                let Some(id) = e.file_name().to_str().and_then(|n| BlobId::parse(n).ok()) else { continue };
+                if id.0[..2] != prefix {
+                    continue;
+                }
+                let path = e.path();
+                let m = match e.metadata() {
+                    Ok(m) => m,
+                    Err(err) if not_found(&err) => continue,
+                    Err(err) => return Err(io(&path)(err)),
+                };
+                if m.is_file() {
+                    let modified = m.modified().map_err(io(&path))?;
+                    out.push(BlobInfo { id, size: m.len(), modified });
+                }
+            }
+        }
+        out.sort_by(|a, b| a.id.cmp(&b.id));
+        Ok(out)
+    }
+
+    fn delete(&self, id: &BlobId) -> Result<(), BlobError> {
+        let path = self.path(id);
+        match fs::remove_file(&path) {
+            Ok(()) => fsync_dir(path.parent().expect("blob paths have a parent")),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(io(&path)(e)),
+        }
+    }
+
+    /// Rename away, check, then delete or move back (see the type's docs). A crash between the rename and the
+    /// delete leaves a `.<id>.gc.*` file that nothing lists or reads.
+    fn delete_if_older(&self, id: &BlobId, cutoff: SystemTime) -> Result<bool, BlobError> {
+        let path = self.path(id);
+        let dir = path.parent().expect("blob paths have a parent");
+        let tomb = dir.join(format!(".{}.gc.{}.{}", id.0, std::process::id(), unique()));
+        match fs::rename(&path, &tomb) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(false),
+            Err(e) => return Err(io(&path)(e)),
+        }
+        match fs::metadata(&tomb).and_then(|m| m.modified()) {
+            Ok(modified) if modified < cutoff => {
+                fs::remove_file(&tomb).map_err(io(&tomb))?;
+                fsync_dir(dir)?;
+                Ok(true)
+            }
+            // Refreshed by a put since the cutoff (or unreadable): it stays. A copy a put wrote meanwhile holds
+            // the same bytes, so replacing it is harmless.
+            _ => {
+                fs::rename(&tomb, &path).map_err(io(&tomb))?;
+                Ok(false)
+            }
+        }
+    }
 }
 
 #[cfg(test)]
@@ -234,5 +392,63 @@ mod tests {
         assert!(matches!(s.get(&id), Err(BlobError::Corrupt { .. })));
         assert!(BlobId::parse("../etc/passwd").is_err());
         assert!(BlobId::parse(id.as_str()).is_ok());
+    }
+
+    /// Sets a blob file's modified time `ago` in the past, as if it had been put then.
+    fn age(s: &LocalDirStore, id: &BlobId, ago: std::time::Duration) {
+        let f = std::fs::File::options().append(true).open(s.path(id)).unwrap();
+        f.set_modified(SystemTime::now() - ago).unwrap();
+    }
+
+    fn modified(s: &LocalDirStore, id: &BlobId) -> SystemTime {
+        s.list().unwrap().into_iter().find(|b| &b.id == id).expect("listed").modified
+    }
+
+    #[test]
+    fn puts_and_touches_refresh_and_the_collectors_delete_spares_refreshed_blobs() {
+        use std::time::Duration;
+        let hour = Duration::from_secs(3600);
+        let d = tempfile::tempdir().unwrap();
+        let s = LocalDirStore::open(d.path()).unwrap();
+        let id = s.put(b"old bytes").unwrap();
+        let other = s.put(b"other").unwrap();
+        // Files that are not blobs (a write in progress, a crashed delete) are not listed.
+        std::fs::write(s.path(&id).with_file_name(format!(".{id}.tmp.1.2")), b"partial").unwrap();
+        std::fs::write(d.path().join("README"), b"not a blob").unwrap();
+        let listed: Vec<BlobId> = s.list().unwrap().into_iter().map(|b| b.id).collect();
+        let mut want = vec![id.clone(), other.clone()];
+        want.sort();
+        assert_eq!(listed, want);
+
+        // A re-put of old bytes makes them young again; so does a touch.
+        age(&s, &id, 2 * hour);
+        assert!(modified(&s, &id) < SystemTime::now() - hour);
+        assert_eq!(s.put(b"old bytes").unwrap(), id);
+        assert!(modified(&s, &id) > SystemTime::now() - Duration::from_secs(60));
+        age(&s, &id, 2 * hour);
+        assert!(s.touch(&id).unwrap());
+        assert!(modified(&s, &id) > SystemTime::now() - Duration::from_secs(60));
+        assert!(!s.touch(&BlobId::of(b"never stored")).unwrap());
+
+        // The collector's delete: a fresh blob stays (and is readable), an old one goes.
+        let cutoff = SystemTime::now() - hour;
+        assert!(!s.delete_if_older(&id, cutoff).unwrap());
+        assert_eq!(&*s.get(&id).unwrap(), b"old bytes");
+        age(&s, &id, 2 * hour);
+        assert!(s.delete_if_older(&id, cutoff).unwrap());
+        assert!(matches!(s.get(&id), Err(BlobError::NotFound(_))));
+        assert!(!s.delete_if_older(&id, cutoff).unwrap(), "already gone");
+        // Nothing is left behind but the temp file planted above.
+        let left: Vec<String> = std::fs::read_dir(s.path(&id).parent().unwrap())
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        assert!(left.iter().all(|n| n.contains(".tmp.") || n == other.as_str()), "{left:?}");
+        // A put after the delete writes it again.
+        assert_eq!(s.put(b"old bytes").unwrap(), id);
+        assert_eq!(&*s.get(&id).unwrap(), b"old bytes");
+        s.delete(&id).unwrap();
+        s.delete(&id).unwrap();
+        assert!(!s.contains(&id).unwrap());
     }
 }

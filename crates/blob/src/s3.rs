@@ -8,6 +8,14 @@
 //! `CompleteMultipartUpload` publishes the whole object at once (a failed upload is aborted, and never leaves an
 //! object behind). Nothing is ever written under a final key except the complete bytes of that blob.
 //!
+//! Refresh and collection (see the crate docs' refresh rule): S3 cannot touch an object in place, so a put of a blob
+//! that exists re-uploads it when its `last_modified` is older than [`S3Config::refresh_after`], and `touch`
+//! (no bytes at hand) copies the object out and back (server-side copies, objects under 5 GiB; larger ones answer
+//! `false` so the caller puts the bytes). `delete_if_older` is a `HEAD` then a `DELETE`: a refresh that lands between
+//! the two is lost, so the scheduler, which runs the collector, also refuses to commit a reference to a blob it
+//! has just deleted (`aidos_scheduler`'s `gc::RefGate`). The comparison uses the S3 server's clock against the
+//! collector's: their skew must be far below the grace period.
+//!
 //! Blocking over async: [`BlobStore`] is blocking and `object_store` is async, so every [`S3Store`] owns a small
 //! multi-threaded tokio runtime (2 worker threads) that runs its requests. A call spawns its request onto that
 //! runtime and waits for the result on a `std::sync::mpsc` channel; the calling thread never enters the runtime. So a
@@ -19,22 +27,35 @@
 use std::collections::VecDeque;
 use std::future::Future;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use aidos_api::client::error_chain;
 use object_store::aws::{AmazonS3, AmazonS3Builder};
 use object_store::path::Path as ObjectPath;
-use object_store::{BackoffConfig, ClientOptions, ObjectStore, ObjectStoreExt, PutPayload, RetryConfig};
+use object_store::{
+    BackoffConfig, ClientOptions, GetOptions, ObjectMeta, ObjectStore, ObjectStoreExt, PutPayload, RetryConfig,
+};
 
 use crate::blocking::BlockingRuntime;
-use crate::{BlobBytes, BlobError, BlobId, BlobStore};
+use crate::{BlobBytes, BlobError, BlobId, BlobInfo, BlobStore};
+
+/// The bucket variable: set, it selects an S3 store ([`S3Config::from_lookup`]).
+pub const ENV_BUCKET: &str = "AIDOS_S3_BUCKET";
+/// The key prefix variable.
+pub const ENV_PREFIX: &str = "AIDOS_S3_PREFIX";
+/// [`S3Config::refresh_after`] in seconds.
+pub const ENV_REFRESH_AFTER_SECS: &str = "AIDOS_S3_REFRESH_AFTER_SECS";
 
 /// Default multipart part size (and threshold): 16 MiB.
 pub const DEFAULT_PART_SIZE: usize = 16 * 1024 * 1024;
+/// Default of [`S3Config::refresh_after`]: 10 minutes.
+pub const DEFAULT_REFRESH_AFTER: Duration = Duration::from_secs(600);
+/// Largest object one server-side copy (`CopyObject`) may copy: `touch` of a larger blob answers `false`.
+const MAX_COPY: u64 = 5 << 30;
 
 /// Where and how to reach an S3-compatible bucket. A plain struct: fill it from flags, or start from
 /// [`S3Config::from_env`].
-#[derive(Clone)]
+#[derive(Clone, PartialEq, Eq)]
 pub struct S3Config {
     /// Endpoint URL, e.g. `http://127.0.0.1:8333` for a self-hosted store; `None` means AWS S3 for `region`.
     pub endpoint: Option<String>,
@@ -65,6 +86,10 @@ pub struct S3Config {
     pub connect_timeout: Duration,
     /// Whole-request timeout.
     pub request_timeout: Duration,
+    /// A put (or touch) of a blob that exists refreshes it (uploads it again) only when it is older than this: the
+    /// `refresh_after` of the crate docs' rule (a blob must be referenced within `grace - refresh_after` of its
+    /// last put), so it must stay well below the collector's grace period. 0: every put refreshes.
+    pub refresh_after: Duration,
 }
 
 impl std::fmt::Debug for S3Config {
@@ -79,6 +104,7 @@ impl std::fmt::Debug for S3Config {
             .field("secret_access_key", &self.secret_access_key.as_ref().map(|_| "<redacted>"))
             .field("allow_http", &self.allow_http)
             .field("virtual_hosted_style", &self.virtual_hosted_style)
+            .field("refresh_after", &self.refresh_after)
             .finish_non_exhaustive()
     }
 }
@@ -104,6 +130,7 @@ impl S3Config {
             retry_timeout: Duration::from_secs(30),
             connect_timeout: Duration::from_secs(5),
             request_timeout: Duration::from_secs(300),
+            refresh_after: DEFAULT_REFRESH_AFTER,
         }
     }
 
@@ -111,22 +138,57 @@ impl S3Config {
     /// `AWS_DEFAULT_REGION`), `AWS_ACCESS_KEY_ID`, `AWS_SECRET_ACCESS_KEY`, `AWS_SESSION_TOKEN`, plus
     /// `AIDOS_S3_BUCKET` (required) and `AIDOS_S3_PREFIX`. An `http://` endpoint turns on `allow_http`.
     pub fn from_env() -> Result<Self, BlobError> {
-        let var = |k: &str| std::env::var(k).ok().filter(|v| !v.is_empty());
-        let bucket = var("AIDOS_S3_BUCKET").ok_or_else(|| BlobError::Remote {
+        Self::from_lookup(|k| std::env::var(k).ok())?.ok_or_else(|| BlobError::Remote {
             store: "S3 configuration".to_string(),
-            message: "AIDOS_S3_BUCKET is not set (the bucket that holds blobs)".to_string(),
-        })?;
+            message: format!("{ENV_BUCKET} is not set (the bucket that holds blobs)"),
+        })
+    }
+
+    /// [`S3Config::from_env`] through `get` (a variable's value, None when unset). `Ok(None)`: no bucket is named,
+    /// so no S3 store is configured (a worker's tasks then reach blobs through the blob service).
+    pub fn from_lookup(get: impl Fn(&str) -> Option<String>) -> Result<Option<Self>, BlobError> {
+        let var = |k: &str| get(k).map(|v| v.trim().to_string()).filter(|v| !v.is_empty());
+        let Some(bucket) = var(ENV_BUCKET) else {
+            return Ok(None);
+        };
         let mut c = Self::new(bucket);
         c.endpoint = var("AWS_ENDPOINT_URL");
         c.allow_http = c.endpoint.as_deref().is_some_and(|e| e.starts_with("http://"));
         if let Some(r) = var("AWS_REGION").or_else(|| var("AWS_DEFAULT_REGION")) {
             c.region = r;
         }
-        c.prefix = var("AIDOS_S3_PREFIX").unwrap_or_default();
+        c.prefix = var(ENV_PREFIX).unwrap_or_default();
         c.access_key_id = var("AWS_ACCESS_KEY_ID");
         c.secret_access_key = var("AWS_SECRET_ACCESS_KEY");
         c.session_token = var("AWS_SESSION_TOKEN");
-        Ok(c)
+        if let Some(v) = var(ENV_REFRESH_AFTER_SECS) {
+            let secs: f64 =
+                v.parse().ok().filter(|s: &f64| s.is_finite() && *s >= 0.0).ok_or_else(|| BlobError::Remote {
+                    store: "S3 configuration".to_string(),
+                    message: format!("{ENV_REFRESH_AFTER_SECS}={v} is not a number of seconds"),
+                })?;
+            c.refresh_after = Duration::from_secs_f64(secs);
+        }
+        Ok(Some(c))
+    }
+
+    /// The variables [`S3Config::from_lookup`] reads back into this config (endpoint, region, bucket, prefix and
+    /// static credentials): how a worker hands its store to its tasks. Tuning fields keep their defaults.
+    pub fn to_env(&self) -> Vec<(String, String)> {
+        let mut env = vec![
+            (ENV_BUCKET.to_string(), self.bucket.clone()),
+            (ENV_PREFIX.to_string(), self.prefix.clone()),
+            ("AWS_REGION".to_string(), self.region.clone()),
+            (ENV_REFRESH_AFTER_SECS.to_string(), self.refresh_after.as_secs_f64().to_string()),
+        ];
+        let opt = [
+            ("AWS_ENDPOINT_URL", &self.endpoint),
+            ("AWS_ACCESS_KEY_ID", &self.access_key_id),
+            ("AWS_SECRET_ACCESS_KEY", &self.secret_access_key),
+            ("AWS_SESSION_TOKEN", &self.session_token),
+        ];
+        env.extend(opt.into_iter().filter_map(|(k, v)| v.clone().map(|v| (k.to_string(), v))));
+        env
     }
 
     /// Where this config points, for messages: `s3://bucket/prefix at endpoint`.
@@ -142,6 +204,9 @@ impl S3Config {
 
     /// The `object_store` client for this config (also handy for tests and tools that need raw access).
     pub fn build_object_store(&self) -> Result<AmazonS3, BlobError> {
+        // reqwest is built without a crypto provider (Cargo.toml: ring instead of aws-lc-rs) and takes the
+        // process default; installing fails only when one is installed already, which is as good.
+        let _ = rustls::crypto::ring::default_provider().install_default();
         let mut b = AmazonS3Builder::new()
             .with_bucket_name(&self.bucket)
             .with_region(&self.region)
@@ -198,6 +263,9 @@ enum Op {
     Get,
     Head,
     Range,
+    Touch,
+    List,
+    Delete,
 }
 
 impl Op {
@@ -207,6 +275,9 @@ impl Op {
             Op::Get => "get",
             Op::Head => "existence check",
             Op::Range => "ranged get",
+            Op::Touch => "refresh",
+            Op::List => "listing",
+            Op::Delete => "delete",
         }
     }
 }
@@ -245,9 +316,13 @@ impl S3Store {
 
     /// A `BlobError` for an `object_store` error of `op` on `id`, naming the problem.
     fn remote(&self, op: Op, id: &BlobId, e: object_store::Error) -> BlobError {
+        self.remote_at(format!("S3 {} of blob {id} in {}", op.name(), self.config.describe()), op, e)
+    }
+
+    /// A `BlobError` for an `object_store` error of `op`, `what` naming the request.
+    fn remote_at(&self, what: String, op: Op, e: object_store::Error) -> BlobError {
         let chain = error_chain(&e);
         let endpoint = self.config.endpoint.clone().unwrap_or_else(|| format!("AWS S3 ({})", self.config.region));
-        let what = format!("S3 {} of blob {id} in {}", op.name(), self.config.describe());
         let message = if chain.contains("NoSuchBucket")
             || matches!((op, &e), (Op::Put, object_store::Error::NotFound { .. }))
         {
@@ -286,17 +361,23 @@ impl S3Store {
         }
     }
 
-    /// The blob's size, `None` when absent. `op` names the caller's operation in errors.
-    fn head(&self, op: Op, id: &BlobId) -> Result<Option<u64>, BlobError> {
+    /// The blob's object metadata, `None` when absent. `op` names the caller's operation in errors.
+    fn head(&self, op: Op, id: &BlobId) -> Result<Option<ObjectMeta>, BlobError> {
         let store = self.store.clone();
         let key = self.key(id);
         match self.wait(async move { store.head(&key).await }) {
-            Ok(meta) => Ok(Some(meta.size)),
+            Ok(meta) => Ok(Some(meta)),
             Err(e) => match self.not_found_or_remote(op, id, e) {
                 BlobError::NotFound(_) => Ok(None),
                 other => Err(other),
             },
         }
+    }
+
+    /// Whether an object was written within `refresh_after` (then a put or touch leaves it alone).
+    fn fresh(&self, meta: &ObjectMeta) -> bool {
+        let modified = SystemTime::from(meta.last_modified);
+        !self.config.refresh_after.is_zero() && SystemTime::now() < modified + self.config.refresh_after
     }
 }
 
@@ -318,7 +399,8 @@ fn is_unreachable(chain: &str) -> bool {
 impl BlobStore for S3Store {
     fn put(&self, data: &[u8]) -> Result<BlobId, BlobError> {
         let id = BlobId::of(data);
-        if self.head(Op::Put, &id)?.is_some() {
+        // An existing blob is uploaded again only to refresh it (S3 cannot touch in place; see the module docs).
+        if self.head(Op::Put, &id)?.is_some_and(|m| self.fresh(&m)) {
             return Ok(id);
         }
         let store = self.store.clone();
@@ -384,7 +466,26 @@ impl BlobStore for S3Store {
     }
 
     fn read_range(&self, id: &BlobId, offset: u64, len: u64) -> Result<(Vec<u8>, u64), BlobError> {
-        let total = self.head(Op::Range, id)?.ok_or_else(|| BlobError::NotFound(id.clone()))?;
+        // One ranged GET answers both the bytes and the object's total size (Content-Range). A range S3 cannot
+        // serve (an empty object, an offset at or past the end) falls back to HEAD, then a GET of what is left.
+        if len > 0 {
+            let store = self.store.clone();
+            let key = self.key(id);
+            let range = offset..offset.saturating_add(len);
+            let got = self.wait(async move {
+                let r = store.get_opts(&key, GetOptions::new().with_range(Some(range))).await?;
+                let total = r.meta.size;
+                Ok::<_, object_store::Error>((r.bytes().await?, total))
+            });
+            match got {
+                Ok((bytes, total)) => return Ok((Vec::from(bytes), total)),
+                Err(e @ object_store::Error::NotFound { .. }) => {
+                    return Err(self.not_found_or_remote(Op::Range, id, e));
+                }
+                Err(_) => {} // e.g. 416 Range Not Satisfiable: decided below with the object's size
+            }
+        }
+        let total = self.head(Op::Range, id)?.ok_or_else(|| BlobError::NotFound(id.clone()))?.size;
         let start = offset.min(total);
         let end = start.saturating_add(len).min(total);
         if start == end {
@@ -396,5 +497,113 @@ impl BlobStore for S3Store {
             .wait(async move { store.get_range(&key, start..end).await })
             .map_err(|e| self.not_found_or_remote(Op::Range, id, e))?;
         Ok((Vec::from(bytes), total))
+    }
+
+    /// Copies the object to a temporary key and back (two server-side copies: a fresh `last_modified`, no bytes
+    /// through this host), then deletes the temporary key, which `list` never reports (not a blob id).
+    fn touch(&self, id: &BlobId) -> Result<bool, BlobError> {
+        let Some(meta) = self.head(Op::Touch, id)? else { return Ok(false) };
+        if self.fresh(&meta) {
+            return Ok(true);
+        }
+        if meta.size > MAX_COPY {
+            return Ok(false);
+        }
+        let store = self.store.clone();
+        let key = self.key(id);
+        let tmp = ObjectPath::from(format!("{key}.touch-{}-{}", std::process::id(), crate::unique()));
+        let copied = self.wait(async move {
+            store.copy(&key, &tmp).await?;
+            let back = store.copy(&tmp, &key).await;
+            let _ = store.delete(&tmp).await;
+            back
+        });
+        match copied {
+            Ok(()) => Ok(true),
+            Err(e) => match self.not_found_or_remote(Op::Touch, id, e) {
+                BlobError::NotFound(_) => Ok(false),
+                other => Err(other),
+            },
+        }
+    }
+
+    fn list(&self) -> Result<Vec<BlobInfo>, BlobError> {
+        use tokio_stream::StreamExt;
+        let store = self.store.clone();
+        let prefix = (!self.prefix.is_empty()).then(|| ObjectPath::from(self.prefix.as_str()));
+        let metas = self.wait(async move {
+            let mut out = Vec::new();
+            let mut stream = store.list(prefix.as_ref());
+            while let Some(m) = stream.next().await {
+                out.push(m?);
+            }
+            Ok::<_, object_store::Error>(out)
+        });
+        let metas = metas
+            .map_err(|e| self.remote_at(format!("S3 listing of blobs in {}", self.config.describe()), Op::List, e))?;
+        let mut out: Vec<BlobInfo> = metas
+            .into_iter()
+            .filter_map(|m| {
+                // Only `<prefix>/<id[0..2]>/<id>`: temporary keys and foreign objects are left out.
+                let id = BlobId::parse(m.location.filename()?).ok()?;
+                (m.location == self.key(&id)).then(|| BlobInfo {
+                    id,
+                    size: m.size,
+                    modified: SystemTime::from(m.last_modified),
+                })
+            })
+            .collect();
+        out.sort_by(|a, b| a.id.cmp(&b.id));
+        Ok(out)
+    }
+
+    fn delete(&self, id: &BlobId) -> Result<(), BlobError> {
+        let store = self.store.clone();
+        let key = self.key(id);
+        match self.wait(async move { store.delete(&key).await }) {
+            Ok(()) => Ok(()),
+            Err(e) => match self.not_found_or_remote(Op::Delete, id, e) {
+                BlobError::NotFound(_) => Ok(()),
+                other => Err(other),
+            },
+        }
+    }
+
+    /// `HEAD`, then `DELETE` when older than `cutoff` (see the module docs for the window between the two).
+    fn delete_if_older(&self, id: &BlobId, cutoff: SystemTime) -> Result<bool, BlobError> {
+        match self.head(Op::Delete, id)? {
+            Some(m) if SystemTime::from(m.last_modified) < cutoff => {
+                self.delete(id)?;
+                Ok(true)
+            }
+            _ => Ok(false),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn env_roundtrip_and_no_bucket_means_no_s3() {
+        let mut c = S3Config::new("models");
+        c.endpoint = Some("http://192.0.2.10:8333".into());
+        c.region = "eu-1".into();
+        c.prefix = "team-a".into();
+        c.access_key_id = Some("AK".into());
+        c.secret_access_key = Some("SK".into());
+        c.refresh_after = Duration::from_millis(1500);
+        let env: std::collections::HashMap<_, _> = c.to_env().into_iter().collect();
+        let back = S3Config::from_lookup(|k| env.get(k).cloned()).unwrap().unwrap();
+        assert_eq!(back.bucket, "models");
+        assert_eq!(back.endpoint.as_deref(), Some("http://192.0.2.10:8333"));
+        assert!(back.allow_http);
+        assert_eq!((back.region.as_str(), back.prefix.as_str()), ("eu-1", "team-a"));
+        assert_eq!((back.access_key_id.as_deref(), back.secret_access_key.as_deref()), (Some("AK"), Some("SK")));
+        assert!(back.session_token.is_none());
+        assert_eq!(back.refresh_after, Duration::from_millis(1500));
+        assert!(S3Config::from_lookup(|_| None).unwrap().is_none());
+        assert!(S3Config::from_lookup(|k| (k == ENV_BUCKET).then(|| " ".to_string())).unwrap().is_none());
     }
 }

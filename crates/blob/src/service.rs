@@ -1,8 +1,11 @@
 //! [`ServiceStore`]: the blob store of a cluster as a client sees it, through any scheduler node's
 //! `aidos.v1.BlobService`, so a process on another machine needs only scheduler addresses (no shared directory).
 //!
-//! - `put` asks first whether the cluster already has the blob, and uploads it in [`CHUNK`]-byte chunks otherwise;
-//!   the node verifies the id before the blob becomes visible.
+//! - `put` asks first whether the cluster already has the blob (`Has` with `refresh`: a blob the node reports
+//!   present is refreshed there, as a put would, so the garbage collector cannot take it before it is referenced),
+//!   and uploads it in [`CHUNK`]-byte chunks otherwise; the node verifies the id before the blob becomes visible.
+//! - Garbage collection runs on scheduler nodes against their backing store: `list` and the deletes are refused
+//!   here; `touch` is `Has` with `refresh`.
 //! - `get` downloads and verifies the hash of what it assembled (`Corrupt` otherwise). A download that breaks
 //!   (node gone, connection reset) resumes from the bytes already received, on the next node.
 //! - Failover follows the one scheduler client's rule ([`aidos_api::client`]); a call gives up after
@@ -14,7 +17,7 @@
 
 use std::future::Future;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 use aidos_api::blob_service_client::BlobServiceClient;
 use aidos_api::client::{Client, Config, Failure};
@@ -23,7 +26,7 @@ use tonic::Status;
 use tonic::transport::Channel;
 
 use crate::blocking::BlockingRuntime;
-use crate::{BlobBytes, BlobError, BlobId, BlobStore};
+use crate::{BlobBytes, BlobError, BlobId, BlobInfo, BlobStore};
 
 /// Bytes per upload chunk and per download message.
 pub const CHUNK: usize = 1 << 20;
@@ -74,12 +77,13 @@ impl ServiceStore {
         self.rt.wait(f).ok_or_else(|| remote("blob service", "the client's runtime stopped"))?
     }
 
-    fn has(&self, ids: Vec<String>) -> Result<Vec<bool>, BlobError> {
+    /// Which of `ids` the cluster holds; `refresh`: refresh the present ones (see `HasBlobsRequest.refresh`).
+    fn has(&self, ids: Vec<String>, refresh: bool) -> Result<Vec<bool>, BlobError> {
         let (client, deadline) = (self.client.clone(), Instant::now() + self.budget);
         self.run(async move {
             let n = ids.len();
             let r = retrying(&client, deadline, None, |ch| {
-                let req = HasBlobsRequest { ids: ids.clone() };
+                let req = HasBlobsRequest { ids: ids.clone(), refresh };
                 async move { BlobServiceClient::new(ch).has(req).await.map(|r| r.into_inner().present) }
             })
             .await?;
@@ -177,7 +181,7 @@ where
 impl BlobStore for ServiceStore {
     fn put(&self, data: &[u8]) -> Result<BlobId, BlobError> {
         let id = BlobId::of(data);
-        if self.has(vec![id.to_string()])?[0] {
+        if self.has(vec![id.to_string()], true)?[0] {
             return Ok(id);
         }
         let data = Arc::new(data.to_vec());
@@ -212,10 +216,37 @@ impl BlobStore for ServiceStore {
     }
 
     fn contains(&self, id: &BlobId) -> Result<bool, BlobError> {
-        Ok(self.has(vec![id.to_string()])?[0])
+        Ok(self.has(vec![id.to_string()], false)?[0])
     }
 
     fn read_range(&self, id: &BlobId, offset: u64, len: u64) -> Result<(Vec<u8>, u64), BlobError> {
         self.download(id, offset, len)
     }
+
+    fn touch(&self, id: &BlobId) -> Result<bool, BlobError> {
+        Ok(self.has(vec![id.to_string()], true)?[0])
+    }
+
+    fn list(&self) -> Result<Vec<BlobInfo>, BlobError> {
+        Err(not_here("listing"))
+    }
+
+    fn delete(&self, _id: &BlobId) -> Result<(), BlobError> {
+        Err(not_here("deleting"))
+    }
+
+    fn delete_if_older(&self, _id: &BlobId, _cutoff: SystemTime) -> Result<bool, BlobError> {
+        Err(not_here("deleting"))
+    }
+}
+
+/// Listing and deleting are the garbage collector's, which runs on scheduler nodes against their backing store.
+fn not_here(what: &str) -> BlobError {
+    remote(
+        "blob service",
+        format!(
+            "{what} blobs is not supported through the blob service: garbage collection runs on the scheduler \
+             nodes, against the cluster's backing store"
+        ),
+    )
 }

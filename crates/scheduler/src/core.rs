@@ -42,6 +42,8 @@ pub struct Core {
     pub edge: EdgeCore,
     /// The blob store this node serves (`BlobService`, edge downloads); None: none configured.
     pub blobs: Option<Arc<dyn aidos_blob::BlobStore>>,
+    /// Leader memory: orders the blob collector's deletes against commits of new references (see `gc`).
+    pub gc: crate::gc::RefGate,
     channels: Mutex<HashMap<String, Channel>>,
 }
 
@@ -66,6 +68,7 @@ impl Core {
             logs,
             edge,
             blobs: None,
+            gc: crate::gc::RefGate::default(),
             channels: Mutex::new(HashMap::new()),
         }
     }

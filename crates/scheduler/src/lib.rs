@@ -9,7 +9,8 @@
 //! - `store` — openraft's log and state-machine storage in redb, and snapshots built from the stored rows.
 //! - `core` — the node's shared core: Raft handle, applied state, leader memory, `propose`.
 //! - `leader` — the leader path: validate, propose, read (one module per domain).
-//! - `loops` — what the leader does on its own: placement, worker liveness, the serving reconciler.
+//! - `loops` — what the leader does on its own: placement, worker liveness, the serving reconciler, retention of
+//!   finished jobs (`retention`) and garbage collection of unreferenced blobs (`gc`).
 //! - `grpc` — thin tonic adapters onto `leader` and `queries`, one per service.
 //! - `forward` — the forwarding path: one tower layer relays leader-bound calls from followers, unchanged.
 //!
@@ -31,6 +32,7 @@ mod edge_auth;
 mod edge_keys;
 mod error;
 mod forward;
+pub mod gc;
 mod grpc;
 mod leader;
 mod loops;
@@ -39,6 +41,7 @@ pub mod placement;
 pub mod queries;
 mod raft_types;
 pub mod reconcile;
+pub mod retention;
 pub mod state;
 mod store;
 mod task_logs;
@@ -82,9 +85,11 @@ pub struct SchedulerConfig {
     /// How often workers should heartbeat.
     pub heartbeat_interval: Duration,
     pub default_strategy: Strategy,
-    /// Blob store artifacts are served to edge agents from (the cluster's shared blob directory); None: edge
-    /// deployments and downloads are refused.
-    pub blob_dir: Option<PathBuf>,
+    /// Where this node keeps the cluster's blobs (its blob service, edge downloads); None: blob uploads, edge
+    /// deployments and downloads are refused. A cluster of more than one node needs a shared store (S3, or a
+    /// directory declared shared): [`SchedulerNode::start`] refuses a private directory
+    /// ([`aidos_blob::StoreConfig::check_cluster`]).
+    pub blobs: Option<aidos_blob::StoreConfig>,
     /// ed25519 key edge deployments are signed with (32-byte seed file; created when missing). Every node of a
     /// cluster needs the same file. None: `<data_dir>/edge-signing.key`.
     pub edge_signing_key: Option<PathBuf>,
@@ -92,7 +97,20 @@ pub struct SchedulerConfig {
     pub edge_enrollment_token: Option<String>,
     /// Largest blob one upload to this node's `BlobService` may carry (it is held in memory until verified).
     pub max_blob_bytes: u64,
+    /// How many finished jobs the state keeps, and for how long (see `retention`).
+    pub retention: retention::RetentionPolicy,
+    /// How often the leader compacts finished jobs beyond `retention` (and every node drops their task logs);
+    /// zero: never.
+    pub retention_interval: Duration,
+    /// How often the leader collects unreferenced blobs from its blob store (see `gc`); zero: never.
+    pub blob_gc_interval: Duration,
+    /// An unreferenced blob is collected only once its last put is this old: writers must reference a blob within
+    /// this (less the S3 store's `refresh_after`) of uploading it.
+    pub blob_gc_grace: Duration,
 }
+
+/// Default of [`SchedulerConfig::retention_interval`]: 30 s.
+pub const DEFAULT_RETENTION_INTERVAL: Duration = Duration::from_secs(30);
 
 /// Default of [`SchedulerConfig::max_blob_bytes`]: 2 GiB.
 pub const DEFAULT_MAX_BLOB_BYTES: u64 = 2 << 30;
@@ -108,10 +126,14 @@ impl SchedulerConfig {
             worker_timeout: Duration::from_secs(5),
             heartbeat_interval: Duration::from_millis(500),
             default_strategy: Strategy::BinPack,
-            blob_dir: None,
+            blobs: None,
             edge_signing_key: None,
             edge_enrollment_token: None,
             max_blob_bytes: DEFAULT_MAX_BLOB_BYTES,
+            retention: retention::RetentionPolicy::default(),
+            retention_interval: DEFAULT_RETENTION_INTERVAL,
+            blob_gc_interval: gc::DEFAULT_INTERVAL,
+            blob_gc_grace: gc::DEFAULT_GRACE,
         }
     }
 }
@@ -149,6 +171,16 @@ impl SchedulerNode {
         if cfg.node_id == 0 {
             return Err(SchedulerError::InvalidArgument("node id must be > 0".into()));
         }
+        if let Some(blobs) = &cfg.blobs {
+            blobs.check_cluster(&cfg.initial_members).map_err(SchedulerError::InvalidArgument)?;
+        }
+        if !cfg.blob_gc_interval.is_zero() {
+            let refresh_after = match &cfg.blobs {
+                Some(aidos_blob::StoreConfig::S3(c)) => Some(c.refresh_after),
+                _ => None,
+            };
+            gc::check_grace(cfg.blob_gc_grace, refresh_after).map_err(SchedulerError::InvalidArgument)?;
+        }
         let dir = cfg.data_dir.clone();
         let db = tokio::task::spawn_blocking(move || store::open_db(&dir))
             .await
@@ -173,11 +205,10 @@ impl SchedulerNode {
         let logs = task_logs::TaskLogs::new(&cfg.data_dir.join("task-logs"))?;
         let (submit_tx, submit_rx) = mpsc::channel(16 * 1024);
         let key_file = cfg.edge_signing_key.clone().unwrap_or_else(|| edge_keys::default_key_file(&cfg.data_dir));
-        let blobs: Option<Arc<dyn aidos_blob::BlobStore>> = match &cfg.blob_dir {
-            Some(d) => Some(Arc::new(
-                aidos_blob::LocalDirStore::open(d)
-                    .map_err(|e| SchedulerError::Storage(format!("blob store {}: {e}", d.display())))?,
-            )),
+        let blobs: Option<Arc<dyn aidos_blob::BlobStore>> = match &cfg.blobs {
+            Some(c) => {
+                Some(c.open().map_err(|e| SchedulerError::Storage(format!("blob store {}: {e}", c.describe())))?)
+            }
             None => None,
         };
         let (kf, bs, token) = (key_file.clone(), blobs.clone(), cfg.edge_enrollment_token.clone());
@@ -194,6 +225,8 @@ impl SchedulerNode {
             tokio::spawn(loops::run_placement(core.clone(), stop_rx.clone())),
             tokio::spawn(loops::run_liveness(core.clone(), stop_rx.clone())),
             tokio::spawn(loops::run_reconciler(core.clone(), stop_rx.clone())),
+            tokio::spawn(loops::run_retention(core.clone(), stop_rx.clone())),
+            tokio::spawn(loops::run_blob_gc(core.clone(), stop_rx.clone())),
         ];
         let big = network::MAX_RAFT_MESSAGE;
         let server = tonic::transport::Server::builder()
@@ -202,6 +235,8 @@ impl SchedulerNode {
             // heartbeats and status reports. hyper's default of 200 concurrent streams per connection let a busy
             // worker's log streams starve its heartbeats (it was then declared lost).
             .max_concurrent_streams(MAX_STREAMS_PER_CONNECTION)
+            .initial_stream_window_size(Some(aidos_api::HTTP2_STREAM_WINDOW))
+            .initial_connection_window_size(Some(aidos_api::HTTP2_CONNECTION_WINDOW))
             // In front of every service: relays leader-bound calls from a follower to the leader (`forward`).
             .layer(forward::ForwardLayer::new(core.clone()))
             .add_service(RaftServiceServer::new(grpc::raft::RaftRpc(core.clone())).max_decoding_message_size(big))

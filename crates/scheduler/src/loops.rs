@@ -1,4 +1,5 @@
-//! Background loops that act only while this node leads: placement and worker liveness.
+//! Background loops that act only while this node leads: placement, worker liveness, the serving reconciler,
+//! retention of finished jobs and garbage collection of unreferenced blobs.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -248,4 +249,195 @@ pub async fn run_reconciler(core: Arc<Core>, mut stop: watch::Receiver<bool>) {
             }
         }
     }
+}
+
+/// Every `retention_interval`: while this node leads, compacts the finished jobs `retention::select` chooses (in
+/// commands of at most `retention::MAX_IDS_PER_COMMAND` ids); on every node, deletes the task log files of jobs that
+/// are gone (see `retention`).
+pub async fn run_retention(core: Arc<Core>, mut stop: watch::Receiver<bool>) {
+    use crate::retention::{MAX_IDS_PER_COMMAND, select};
+    use aidos_api::v1::CompactJobsV1;
+    let interval = core.cfg.retention_interval;
+    if interval.is_zero() {
+        return;
+    }
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep(interval) => {},
+            _ = stop.changed() => return,
+        }
+        if core.is_leader() {
+            let ids = {
+                let a = core.state.read().expect("state lock");
+                select(&queries::finished_jobs(&a.state), aidos_api::now_ms(), &core.cfg.retention)
+            };
+            let mut compacted = 0;
+            for batch in ids.chunks(MAX_IDS_PER_COMMAND) {
+                match core.propose(Command::CompactJobs(CompactJobsV1 { job_ids: batch.to_vec() })).await {
+                    Ok(_) => compacted += batch.len(),
+                    Err(e) => {
+                        tracing::warn!("proposing job compaction: {e}");
+                        break;
+                    }
+                }
+            }
+            if compacted > 0 {
+                let p = &core.cfg.retention;
+                tracing::info!(
+                    "retention: compacted {compacted} finished job(s) (keeping at most {} finished jobs, for at most {}s)",
+                    p.max_finished_jobs,
+                    p.max_age.as_secs()
+                );
+            }
+        }
+        if let Err(e) = drop_task_logs_of_compacted_jobs(&core).await {
+            tracing::warn!("retention: removing task logs of compacted jobs: {e}");
+        }
+    }
+}
+
+/// Deletes this node's task log files (`<data_dir>/task-logs/<job>.log`, the layout of `task_logs::TaskLogs`) whose
+/// job is gone from the applied state; returns how many.
+async fn drop_task_logs_of_compacted_jobs(core: &Core) -> std::io::Result<usize> {
+    let dir = core.cfg.data_dir.join("task-logs");
+    let d = dir.clone();
+    let names = tokio::task::spawn_blocking(move || -> std::io::Result<Vec<String>> {
+        let entries = match std::fs::read_dir(&d) {
+            Ok(e) => e,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+            Err(e) => return Err(e),
+        };
+        Ok(entries.filter_map(|e| e.ok()?.file_name().into_string().ok()).collect())
+    })
+    .await
+    .map_err(std::io::Error::other)??;
+    let stale = {
+        let a = core.state.read().expect("state lock");
+        let jobs = &a.state.jobs;
+        crate::retention::stale_log_files(names.iter().map(String::as_str), jobs.next_job_seq, |id| {
+            jobs.by_id.contains_key(id)
+        })
+    };
+    if stale.is_empty() {
+        return Ok(0);
+    }
+    tokio::task::spawn_blocking(move || {
+        let mut n = 0;
+        for name in stale {
+            match std::fs::remove_file(dir.join(&name)) {
+                Ok(()) => n += 1,
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(n)
+    })
+    .await
+    .map_err(std::io::Error::other)?
+}
+
+/// Every `blob_gc_interval`, while this node leads and has a blob store: deletes the blobs nothing references whose
+/// last put is older than `blob_gc_grace` (see `gc` for the round and why it never deletes a referenced blob).
+pub async fn run_blob_gc(core: Arc<Core>, mut stop: watch::Receiver<bool>) {
+    let interval = core.cfg.blob_gc_interval;
+    let Some(store) = core.blobs.clone().filter(|_| !interval.is_zero()) else { return };
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep(interval) => {},
+            _ = stop.changed() => return,
+        }
+        if !core.is_leader() {
+            continue;
+        }
+        match blob_gc_round(&core, &store).await {
+            Ok((ids, _)) if ids.is_empty() => {}
+            Ok((ids, bytes)) => {
+                let shown: Vec<String> = ids.iter().take(10).map(|id| id.to_string()).collect();
+                let more = if ids.len() > shown.len() {
+                    format!(" and {} more", ids.len() - shown.len())
+                } else {
+                    String::new()
+                };
+                tracing::info!(
+                    "blob gc: deleted {} unreferenced blob(s), {bytes} bytes: {}{more}",
+                    ids.len(),
+                    shown.join(", ")
+                );
+            }
+            Err(e) => tracing::warn!("blob gc: {e}"),
+        }
+    }
+}
+
+/// One collection round (see `gc`): returns the blobs it deleted, and their bytes.
+async fn blob_gc_round(
+    core: &Core,
+    store: &Arc<dyn aidos_blob::BlobStore>,
+) -> Result<(Vec<aidos_blob::BlobId>, u64), String> {
+    use std::time::SystemTime;
+    let grace = core.cfg.blob_gc_grace;
+    let s = store.clone();
+    let listed = tokio::task::spawn_blocking(move || s.list())
+        .await
+        .map_err(|e| format!("listing task: {e}"))?
+        .map_err(|e| format!("listing the blob store: {e}"))?;
+    // `now` before the state is read: a reference committed after the read names a blob put after now - grace.
+    let now = SystemTime::now();
+    let referenced = {
+        let a = core.state.read().expect("state lock");
+        queries::referenced_blobs(&a.state)
+    };
+    let candidates = crate::gc::collectable(&listed, &referenced, now, grace);
+    let Some(cutoff) = now.checked_sub(grace) else { return Ok((Vec::new(), 0)) };
+    let sizes: std::collections::HashMap<&aidos_blob::BlobId, u64> = listed.iter().map(|b| (&b.id, b.size)).collect();
+    let (mut all_deleted, mut bytes, mut failures) = (Vec::new(), 0, Vec::new());
+    for batch in candidates.chunks(crate::gc::BATCH) {
+        if !core.is_leader() {
+            break;
+        }
+        let claimed = core.gc.claim(batch);
+        // Read again after claiming: a commit that applied since the first read is seen now; one in flight pinned
+        // its blobs (not claimed); a later one waits for the release below.
+        let doomed: Vec<aidos_blob::BlobId> = {
+            let a = core.state.read().expect("state lock");
+            let referenced = queries::referenced_blobs(&a.state);
+            claimed.iter().filter(|id| !referenced.contains(id.as_str())).cloned().collect()
+        };
+        let s = store.clone();
+        let done = tokio::task::spawn_blocking(move || {
+            let mut deleted = Vec::new();
+            let mut failed = Vec::new();
+            for id in doomed {
+                match s.delete_if_older(&id, cutoff) {
+                    Ok(true) => deleted.push(id),
+                    Ok(false) => {}
+                    Err(e) => failed.push(e.to_string()),
+                }
+            }
+            (deleted, failed)
+        })
+        .await;
+        let (deleted, failed) = match done {
+            Ok(d) => d,
+            Err(e) => {
+                core.gc.release(&claimed, &[], grace);
+                return Err(format!("delete task: {e}"));
+            }
+        };
+        core.gc.release(&claimed, &deleted, grace);
+        for id in &deleted {
+            tracing::debug!(blob = %id, "blob gc: deleted");
+            bytes += sizes.get(id).copied().unwrap_or(0);
+        }
+        all_deleted.extend(deleted);
+        failures.extend(failed);
+    }
+    if let Some(first) = failures.first() {
+        return Err(format!(
+            "deleted {} blob(s), {} delete(s) failed, first: {first}",
+            all_deleted.len(),
+            failures.len()
+        ));
+    }
+    Ok((all_deleted, bytes))
 }

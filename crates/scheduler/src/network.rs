@@ -33,6 +33,8 @@ pub fn lazy_channel(addr: &str) -> Result<Channel, tonic::transport::Error> {
     Ok(Endpoint::from_shared(uri)?
         .connect_timeout(Duration::from_secs(1))
         .tcp_nodelay(true)
+        .initial_stream_window_size(aidos_api::HTTP2_STREAM_WINDOW)
+        .initial_connection_window_size(aidos_api::HTTP2_CONNECTION_WINDOW)
         .http2_keep_alive_interval(Duration::from_secs(5))
         .connect_lazy())
 }

@@ -65,6 +65,23 @@ pub fn list_workers(st: &ClusterState) -> ListWorkersResponse {
     ListWorkersResponse { workers }
 }
 
+/// Finished jobs that retention may compact (`retention::select`): every succeeded, failed or cancelled job, except
+/// the failed replicas of a deployment's current generation (the reconciler's crash-loop evidence).
+pub fn finished_jobs(st: &ClusterState) -> Vec<crate::retention::FinishedJob> {
+    let pinned = |j: &Job| {
+        j.state == JobState::Failed as i32
+            && serve_spec(j).is_some_and(|s| {
+                st.serving.deployments.get(&s.deployment).is_some_and(|d| d.generation == s.generation)
+            })
+    };
+    st.jobs
+        .by_id
+        .values()
+        .filter(|j| JobState::try_from(j.state).is_ok_and(|s| s.is_terminal()) && !pinned(j))
+        .map(|j| crate::retention::FinishedJob { id: j.id.clone(), seq: j.seq, ended_ms: j.updated_at_ms })
+        .collect()
+}
+
 /// Workers in a given state.
 pub fn count_workers(st: &ClusterState, s: WorkerState) -> u32 {
     st.jobs.workers.values().filter(|w| w.state == s as i32).count() as u32
@@ -222,6 +239,49 @@ pub fn get_model(st: &ClusterState, r: &GetModelRequest) -> Result<ModelVersion,
             format!("model {} has no version {}", r.name, r.version)
         })
     })
+}
+
+// ---- blobs ---------------------------------------------------------------------------------------------------
+
+/// Every blob id the state references, which the blob collector (`gc`) must never delete: every blob a dataset
+/// version's manifest names (feature and label chunks, row hashes); the checkpoints of every run (runs are never
+/// compacted; a run keeps its newest `MAX_CHECKPOINTS_PER_RUN`); every model version's weights and artifacts
+/// (ONNX, ...); every edge deployment's artifact and the artifact each device reports running; the output blob of
+/// every attempt of a retained job; and any blob id a retained job's spec names (process arguments and
+/// environment, the trainer's config), found conservatively as any 64-hex-digit token.
+pub fn referenced_blobs(st: &ClusterState) -> std::collections::HashSet<String> {
+    let mut out = std::collections::HashSet::new();
+    let mut add = |s: &str| {
+        if !s.is_empty() {
+            out.insert(s.to_string());
+        }
+    };
+    for d in st.registry.datasets.values().flatten() {
+        d.feature_chunks.iter().chain(&d.label_chunks).for_each(|c| add(&c.blob));
+        add(&d.row_hashes_blob);
+    }
+    for r in st.registry.runs.values() {
+        r.checkpoints.iter().for_each(|c| add(&c.blob));
+    }
+    for m in st.registry.models.values().flatten() {
+        add(&m.weights_blob);
+        m.artifacts.values().for_each(|b| add(b));
+    }
+    st.edge.deployments.values().for_each(|d| add(&d.artifact));
+    st.edge.devices.values().filter_map(|d| d.status.as_ref()).for_each(|s| add(&s.artifact));
+    for j in st.jobs.by_id.values() {
+        for a in j.tasks.iter().flat_map(|t| &t.attempts) {
+            add(&a.log_blob);
+        }
+        match j.spec.as_ref().and_then(|s| s.payload.as_ref()) {
+            Some(job_spec::Payload::Process(p)) => {
+                p.args.iter().chain(p.env.values()).flat_map(|s| crate::gc::blob_ids_in(s)).for_each(&mut add);
+            }
+            Some(job_spec::Payload::Train(t)) => crate::gc::blob_ids_in(&t.config_json).for_each(&mut add),
+            _ => {}
+        }
+    }
+    out
 }
 
 // ---- deployments -----------------------------------------------------------------------------------------------

@@ -3,7 +3,7 @@
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use aidos_blob::{BlobError, BlobStore, CachedStore, LocalDirStore, ServiceStore};
+use aidos_blob::{BlobError, BlobStore, S3Config};
 
 use aidos_api::contract::task_env;
 use aidos_api::v1::AttemptRef;
@@ -20,6 +20,7 @@ pub const ENV_SCHEDULER: &str = task_env::SCHEDULER;
 pub const ENV_WORK_DIR: &str = task_env::WORK_DIR;
 pub const ENV_BLOB_DIR: &str = task_env::BLOB_DIR;
 pub const ENV_BLOB_CACHE_MAX_BYTES: &str = task_env::BLOB_CACHE_MAX_BYTES;
+pub const ENV_S3_BUCKET: &str = aidos_blob::s3::ENV_BUCKET;
 
 /// The parsed task environment: who this process is (job, rank, attempt, fencing token, worker) and where the
 /// cluster is (schedulers, blob store, working directory).
@@ -37,19 +38,19 @@ pub struct TaskEnv {
     /// Root of the local-directory blob store shared with the cluster or, with `blob_cache_max_bytes`, of this
     /// worker's cache in front of the cluster's blob service.
     pub blob_dir: PathBuf,
-    /// `Some(bytes)`: `blob_dir` is a cache of at most this size, and blobs come from the scheduler's blob service.
+    /// `Some(bytes)`: `blob_dir` is a cache of at most this size, and blobs come from `s3` when set, else from the
+    /// scheduler's blob service.
     pub blob_cache_max_bytes: Option<u64>,
+    /// The S3-compatible bucket behind the cache (`AIDOS_S3_BUCKET` and the `AWS_*` variables; see
+    /// [`aidos_blob::S3Config::from_lookup`]).
+    pub s3: Option<S3Config>,
 }
 
 impl TaskEnv {
     /// The cluster's blob store as this task sees it: the directory shared with the cluster, or this worker's
-    /// bounded cache in front of the scheduler's blob service (when `blob_cache_max_bytes` is set).
+    /// bounded cache in front of the S3 bucket or the scheduler's blob service (when `blob_cache_max_bytes` is set).
     pub fn open_blob_store(&self) -> std::result::Result<Arc<dyn BlobStore>, BlobError> {
-        let local = LocalDirStore::open(&self.blob_dir)?;
-        Ok(match self.blob_cache_max_bytes {
-            None => Arc::new(local),
-            Some(max) => Arc::new(CachedStore::new(local, Arc::new(ServiceStore::connect(&self.schedulers)?), max)),
-        })
+        aidos_blob::open_worker_store(&self.blob_dir, self.blob_cache_max_bytes, self.s3.as_ref(), &self.schedulers)
     }
 
     /// Reads the contract from the process environment.
@@ -123,7 +124,17 @@ impl TaskEnv {
                 problem: "not a byte count".into(),
             })?),
         };
+        // Only a cache has a store behind it; a shared directory is the store itself.
+        let s3 = match blob_cache_max_bytes {
+            Some(_) => S3Config::from_lookup(&get).map_err(|e| SdkError::BadEnv {
+                var: ENV_S3_BUCKET,
+                value: String::new(),
+                problem: e.to_string(),
+            })?,
+            None => None,
+        };
         Ok(TaskEnv {
+            s3,
             job_id,
             rank,
             world_size,

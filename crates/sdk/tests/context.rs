@@ -40,6 +40,7 @@ fn env(blobs: &Path, schedulers: Vec<String>) -> TaskEnv {
         work_dir: blobs.to_path_buf(),
         blob_dir: blobs.to_path_buf(),
         blob_cache_max_bytes: None,
+        s3: None,
     }
 }
 

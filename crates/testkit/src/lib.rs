@@ -5,6 +5,11 @@
 //! `unavailable_left` calls answer UNAVAILABLE (an election), and while `fenced` is set every attempt-fenced write
 //! (metrics, checkpoints, registration) answers FAILED_PRECONDITION (a stale attempt). It holds one dataset
 //! manifest; calls a task never makes answer UNIMPLEMENTED.
+//!
+//! [`weed`]: a real S3-compatible server (SeaweedFS) for the blob-store conformance suite, the multi-host test and
+//! the blob benchmarks.
+
+pub mod weed;
 
 use std::sync::{Arc, Mutex};
 

@@ -5,8 +5,9 @@
 //!   accepted (or found on disk at start-up) until its final status was acknowledged or refused. It is
 //!   what `running` lists in Register/Heartbeat: that includes an attempt whose process just exited
 //!   while its final report is still in flight, so that the leader never mistakes it for lost.
-//! - Dedup: an assignment is started only if its name is not in the table *and* its working directory
-//!   does not exist yet (see `records`); the leader re-sends all assignments on every connect.
+//! - Dedup: an assignment is started only if its name is not in the table *and* neither its working directory
+//!   nor its tombstone (left when that directory is cleaned up) exists yet (see `records`); the leader re-sends
+//!   all assignments on every connect.
 //! - Nothing in here ever kills a task on shutdown: supervisors are aborted, processes keep running and
 //!   are adopted by the next worker run.
 
@@ -48,6 +49,10 @@ pub struct Shared {
     /// Where tasks find blobs (absolute directory, and whether it is a cache), given to tasks as AIDOS_BLOB_DIR
     /// (and AIDOS_BLOB_CACHE_MAX_BYTES).
     pub blobs: crate::runner::BlobAccess,
+    /// The store `blobs` opens ([`crate::runner::BlobAccess::open_store`]), once opened for a log blob.
+    pub blob_store: std::sync::OnceLock<Arc<dyn aidos_blob::BlobStore>>,
+    /// Keep working directories of ended attempts (`WorkerConfig::keep_task_dirs`).
+    pub keep_task_dirs: bool,
     /// Comma-separated scheduler addresses, as given to tasks in AIDOS_SCHEDULER.
     pub schedulers_env: String,
     /// Given to tasks as AIDOS_ADVERTISE_HOST.
@@ -334,6 +339,26 @@ fn dispatch(shared: &Arc<Shared>, cmd: WorkerCommand) {
     }
 }
 
+/// How often `tasks/` is swept (`records::sweep_tasks_dir`); the first sweep runs at start-up.
+const SWEEP_EVERY: Duration = Duration::from_secs(3600);
+
+/// Prunes old tombstones and directories left by a crash during clean-up, now and every [`SWEEP_EVERY`].
+async fn sweep_loop(data_dir: PathBuf) {
+    loop {
+        let dir = data_dir.clone();
+        let swept = tokio::task::spawn_blocking(move || {
+            crate::records::sweep_tasks_dir(&dir, std::time::SystemTime::now(), crate::records::TOMBSTONE_TTL)
+        })
+        .await;
+        if let Ok(n) = swept
+            && n > 0
+        {
+            tracing::info!("removed {n} old task tombstone(s) or left-over task directories");
+        }
+        tokio::time::sleep(SWEEP_EVERY).await;
+    }
+}
+
 /// Prepares the worker's state and runs it until `shutdown` resolves (see [`crate::run`]).
 pub async fn run(cfg: WorkerConfig, shutdown: impl Future<Output = ()> + Send) -> Result<(), WorkerError> {
     let conn = Arc::new(Connection::new(&cfg.schedulers)?);
@@ -341,7 +366,7 @@ pub async fn run(cfg: WorkerConfig, shutdown: impl Future<Output = ()> + Send) -
         if cfg.data_dir.as_os_str().is_empty() { PathBuf::from("aidos-worker-data") } else { cfg.data_dir.clone() };
     let tasks_dir = crate::records::tasks_dir(&data_dir);
     let attempts_dir = crate::records::attempts_dir(&data_dir);
-    // No shared directory given: the worker keeps a bounded cache and fetches through the blob service.
+    // No shared directory given: the worker keeps a bounded cache filled from S3 (`cfg.s3`) or the blob service.
     let (blob_dir, cache_max_bytes) = if cfg.blob_dir.as_os_str().is_empty() {
         (data_dir.join("blob-cache"), Some(cfg.blob_cache_max_bytes))
     } else {
@@ -377,7 +402,9 @@ pub async fn run(cfg: WorkerConfig, shutdown: impl Future<Output = ()> + Send) -
         data_dir,
         tasks_dir,
         shim_exe,
-        blobs: crate::runner::BlobAccess { dir: blob_dir, cache_max_bytes },
+        blobs: crate::runner::BlobAccess { dir: blob_dir, cache_max_bytes, s3: cfg.s3.clone() },
+        blob_store: std::sync::OnceLock::new(),
+        keep_task_dirs: cfg.keep_task_dirs,
         schedulers_env: cfg.schedulers.join(","),
         advertise_host: if cfg.advertise_host.is_empty() { "127.0.0.1".into() } else { cfg.advertise_host.clone() },
         labels: cfg.labels.clone(),
@@ -402,11 +429,13 @@ pub async fn run(cfg: WorkerConfig, shutdown: impl Future<Output = ()> + Send) -
 
     let (registered_tx, registered_rx) = watch::channel(false);
     let assignments = tokio::spawn(assignments_loop(shared.clone(), registered_rx));
+    let sweeper = tokio::spawn(sweep_loop(shared.data_dir.clone()));
     let result = tokio::select! {
         r = control_loop(shared.clone(), registered_tx) => r,
         _ = shutdown => Ok(()),
     };
     assignments.abort();
+    sweeper.abort();
     let n = shared.abort_supervisors();
     match &result {
         Ok(()) => tracing::info!("worker stopping; {n} attempt(s) keep running and will be adopted on restart"),

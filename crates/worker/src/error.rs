@@ -34,6 +34,9 @@ pub enum WorkerError {
     /// Starting a task (or its shim) failed.
     #[error("cannot start task {attempt}: {reason}")]
     Spawn { attempt: String, reason: String },
+    /// The cluster's blob store failed (writing an attempt's log blob).
+    #[error("blob store: {0}")]
+    Blob(#[from] aidos_blob::BlobError),
     /// A blocking helper task panicked or was cancelled.
     #[error("internal error: {0}")]
     Internal(String),

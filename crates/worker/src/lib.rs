@@ -4,8 +4,9 @@
 //!
 //! Modules: [`resources`] (capacity detection), [`identity`] (worker id), [`connection`] (leader
 //! following), [`agent`] (register / heartbeat / assignments), [`runner`] (one supervisor per attempt),
-//! [`logs`] (log shipping), [`records`] (on-disk attempt records, reconciliation), [`shim`] (the
-//! `aidos task-shim` process), [`process`] (process groups and signals).
+//! [`logs`] (log shipping), [`logblob`] (an ended attempt's output as a blob), [`records`] (on-disk attempt
+//! records, reconciliation, task directory cleanup), [`shim`] (the `aidos task-shim` process), [`process`]
+//! (process groups and signals).
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 
@@ -13,6 +14,7 @@ pub mod agent;
 pub mod connection;
 mod error;
 pub mod identity;
+pub mod logblob;
 pub mod logs;
 pub mod process;
 pub mod records;
@@ -44,8 +46,14 @@ pub struct WorkerConfig {
     /// worker keeps a cache of at most `blob_cache_max_bytes` in `<data_dir>/blob-cache`, and its tasks fetch
     /// blobs through the scheduler's blob service.
     pub blob_dir: PathBuf,
+    /// An S3-compatible bucket holding the cluster's blobs: with it (and an empty `blob_dir`), the cache fills
+    /// straight from the bucket instead of through the blob service; tasks get it as `AIDOS_S3_*` / `AWS_*`.
+    pub s3: Option<aidos_blob::S3Config>,
     /// Size bound of that cache (least recently used blobs are evicted first).
     pub blob_cache_max_bytes: u64,
+    /// Keep an attempt's working directory (`<data_dir>/tasks/<attempt>/`: its files, `stdout.log`, `stderr.log`)
+    /// after its final status was acknowledged, for debugging. False (the default): it is removed then.
+    pub keep_task_dirs: bool,
     /// Host other machines reach this worker's tasks at (serve replicas advertise `host:port` with it), given to
     /// tasks as `AIDOS_ADVERTISE_HOST`. Empty (the default): `127.0.0.1`.
     pub advertise_host: String,

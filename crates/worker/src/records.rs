@@ -9,6 +9,14 @@
 //!   `exit`, `shim.pid`, `log_offsets.json`). Created with `create_dir` (not `_all`) when an attempt
 //!   starts, so its existence is the "this attempt was already started here" guard: an attempt is never
 //!   started twice, even after its record was removed.
+//! - `tasks/<name>.done`: the tombstone that takes over that guard when the working directory is cleaned up
+//!   ([`end_attempt_dir`]). Once the final status was acknowledged (or refused) and the log blob written, nothing
+//!   in the directory is needed any more, so (unless the worker keeps task directories) the tombstone is written,
+//!   then the record removed, then the directory. An assignment still in flight (or re-sent by a leader whose
+//!   applied state lags its commits) therefore never starts the attempt again, and a crash at any point leaves
+//!   either the record (the attempt is reconciled and reported again, which the scheduler refuses as stale) or
+//!   the tombstone (a left-over directory is removed by [`sweep_tasks_dir`]). Tombstones are pruned after
+//!   [`TOMBSTONE_TTL`], far longer than any stale assignment lives.
 //!
 //! `<name>` is `<job_id>-r<rank>-a<attempt>` (job id sanitized to a file-name-safe form).
 
@@ -96,6 +104,68 @@ pub fn tasks_dir(data_dir: &Path) -> PathBuf {
 }
 pub fn record_path(data_dir: &Path, name: &str) -> PathBuf {
     attempts_dir(data_dir).join(format!("{name}.json"))
+}
+
+/// `tasks/<name>.done`: the tombstone of an attempt whose working directory was cleaned up.
+pub fn tombstone_path(data_dir: &Path, name: &str) -> PathBuf {
+    tasks_dir(data_dir).join(format!("{name}{TOMBSTONE_SUFFIX}"))
+}
+pub const TOMBSTONE_SUFFIX: &str = ".done";
+/// How long a tombstone guards against a stale assignment.
+pub const TOMBSTONE_TTL: std::time::Duration = std::time::Duration::from_secs(24 * 3600);
+
+/// Whether the attempt `name` ran here and its working directory was cleaned up since.
+pub fn has_tombstone(data_dir: &Path, name: &str) -> bool {
+    tombstone_path(data_dir, name).exists()
+}
+
+/// The attempt `name` is over for this worker (final status acknowledged or refused): removes its record and,
+/// unless `keep_dir`, its working directory `workdir`, leaving a tombstone first (see the module doc). A `workdir`
+/// outside `tasks/` (a record edited by hand) is never removed.
+pub fn end_attempt_dir(data_dir: &Path, name: &str, workdir: &Path, keep_dir: bool) -> Result<(), WorkerError> {
+    let remove_dir = !keep_dir && workdir.parent() == Some(tasks_dir(data_dir).as_path());
+    if remove_dir {
+        let t = tombstone_path(data_dir, name);
+        write_atomic(&t, b"").map_err(|e| WorkerError::io("write", &t, e))?;
+    }
+    delete_record(data_dir, name)?;
+    if remove_dir {
+        match std::fs::remove_dir_all(workdir) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(WorkerError::io("remove", workdir, e)),
+        }
+    }
+    Ok(())
+}
+
+/// Housekeeping of `tasks/`: removes tombstones older than `ttl` (by modification time, at `now`), and working
+/// directories left behind by a crash during [`end_attempt_dir`] (a tombstone and no record). Returns how many
+/// entries it removed; failures on single entries are logged and skipped.
+pub fn sweep_tasks_dir(data_dir: &Path, now: std::time::SystemTime, ttl: std::time::Duration) -> usize {
+    let dir = tasks_dir(data_dir);
+    let Ok(entries) = std::fs::read_dir(&dir) else { return 0 };
+    let mut removed = 0;
+    for entry in entries.flatten() {
+        let path = entry.path();
+        let file_name = entry.file_name().to_string_lossy().into_owned();
+        let res = if file_name.ends_with(TOMBSTONE_SUFFIX) {
+            let modified = entry.metadata().and_then(|m| m.modified());
+            if !modified.is_ok_and(|m| now.duration_since(m).is_ok_and(|age| age > ttl)) {
+                continue;
+            }
+            std::fs::remove_file(&path)
+        } else if path.is_dir() && has_tombstone(data_dir, &file_name) && !record_path(data_dir, &file_name).exists() {
+            std::fs::remove_dir_all(&path)
+        } else {
+            continue;
+        };
+        match res {
+            Ok(()) => removed += 1,
+            Err(e) => tracing::warn!("cannot remove {}: {e}", path.display()),
+        }
+    }
+    removed
 }
 
 /// Files inside an attempt's working directory.
@@ -319,6 +389,51 @@ mod tests {
         assert_eq!(attempt_name(&a), "a_b_c-r0-a1");
         let a = AttemptRef { job_id: "..".into(), rank: 0, attempt: 1, fencing_token: 7 };
         assert_eq!(attempt_name(&a), "_..-r0-a1");
+    }
+
+    #[test]
+    fn ended_attempts_leave_a_tombstone_and_sweeping_cleans_up() {
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path();
+        let r = rec(d);
+        std::fs::create_dir_all(r.workdir.join("sub")).unwrap();
+        std::fs::write(r.workdir.join(STDOUT_FILE), b"x").unwrap();
+        write_record(d, &r).unwrap();
+        end_attempt_dir(d, &r.name(), &r.workdir, false).unwrap();
+        assert!(!r.workdir.exists() && has_tombstone(d, &r.name()));
+        assert!(list_records(d).unwrap().is_empty());
+        // Again (a retried end) is fine.
+        end_attempt_dir(d, &r.name(), &r.workdir, false).unwrap();
+
+        // Kept for debugging: record gone, directory stays (it is the guard), no tombstone.
+        let mut k = rec(d);
+        k.attempt = 4;
+        k.workdir = tasks_dir(d).join(k.name());
+        std::fs::create_dir_all(&k.workdir).unwrap();
+        write_record(d, &k).unwrap();
+        end_attempt_dir(d, &k.name(), &k.workdir, true).unwrap();
+        assert!(k.workdir.exists() && !has_tombstone(d, &k.name()) && list_records(d).unwrap().is_empty());
+
+        // A directory outside tasks/ is never removed.
+        let outside = d.join("elsewhere");
+        std::fs::create_dir_all(&outside).unwrap();
+        end_attempt_dir(d, "x-r0-a1", &outside, false).unwrap();
+        assert!(outside.exists());
+
+        // A crash between tombstone and removal: the sweep removes the directory, unless a record still exists.
+        std::fs::create_dir_all(&r.workdir).unwrap();
+        let mut pending = rec(d);
+        pending.attempt = 5;
+        pending.workdir = tasks_dir(d).join(pending.name());
+        std::fs::create_dir_all(&pending.workdir).unwrap();
+        write_atomic(&tombstone_path(d, &pending.name()), b"").unwrap();
+        write_record(d, &pending).unwrap();
+        let now = std::time::SystemTime::now();
+        assert_eq!(sweep_tasks_dir(d, now, TOMBSTONE_TTL), 1);
+        assert!(!r.workdir.exists() && pending.workdir.exists() && k.workdir.exists());
+        // Tombstones go after their time to live.
+        assert_eq!(sweep_tasks_dir(d, now + TOMBSTONE_TTL * 2, TOMBSTONE_TTL), 2);
+        assert!(!has_tombstone(d, &r.name()) && !has_tombstone(d, &pending.name()));
     }
 
     #[test]

@@ -6,8 +6,10 @@
 //!    `Adopt` (after a worker restart, shim alive) and `Finished` (exit status or nothing left) skip this.
 //! 2. Report RUNNING (unless already acknowledged), retrying across leader changes; meanwhile poll every
 //!    100 ms for `exit`, a dead shim, the timeout and stop requests; ship logs in a sibling task.
-//! 3. When the process ended: let the log shipper drain, then report SUCCEEDED/FAILED until the leader
-//!    acknowledges it. Only then (or when the leader refuses it) delete the record.
+//! 3. When the process ended: let the log shipper drain, write the complete output as a log blob (`logblob`),
+//!    then report SUCCEEDED/FAILED naming it until the leader acknowledges it. Only then (or when the leader
+//!    refuses it) delete the record and, unless `keep_task_dirs`, the working directory, leaving a tombstone
+//!    that keeps guarding against a second start (`records::end_attempt_dir`).
 //!
 //! A refusal (`FAILED_PRECONDITION`: stale fencing token, `NOT_FOUND`: unknown attempt) ends the
 //! attempt for good: it is stopped if still running and its record deleted; nothing is reported again.
@@ -24,6 +26,7 @@ use std::time::Duration;
 
 use aidos_api::contract::task_env;
 use aidos_api::{AttemptRef, TaskAssignment, TaskState, TaskStatusReport, TrainSpec, job_spec};
+use aidos_blob::{BlobError, BlobStore};
 use tokio::sync::watch;
 use tokio::time::Instant;
 use tonic::Status;
@@ -33,8 +36,8 @@ use crate::connection::request;
 use crate::logs::ship_logs;
 use crate::process::{ShimCommand, read_child_pgid, shim_alive, signal_group};
 use crate::records::{
-    AttemptRecord, FinalStatus, Outcome, STDERR_FILE, StopReason, delete_record, final_status, read_exit_code,
-    write_record,
+    AttemptRecord, FinalStatus, Outcome, STDERR_FILE, StopReason, end_attempt_dir, final_status, has_tombstone,
+    read_exit_code, write_record,
 };
 
 pub const POLL: Duration = Duration::from_millis(100);
@@ -97,22 +100,27 @@ async fn persist(shared: &Shared, record: &AttemptRecord) {
     }
 }
 
-async fn remove_record(shared: &Shared, name: &str) {
-    let dir = shared.data_dir.clone();
-    let name = name.to_string();
-    if let Ok(Err(e)) = tokio::task::spawn_blocking(move || delete_record(&dir, &name)).await {
-        tracing::error!("cannot delete attempt record: {e}");
+/// The attempt is over for this worker: its record goes and (unless kept) its working directory, leaving a
+/// tombstone (`records::end_attempt_dir`).
+async fn end_attempt(shared: &Shared, name: &str, workdir: &Path) {
+    let (dir, name, wd, keep) =
+        (shared.data_dir.clone(), name.to_string(), workdir.to_path_buf(), shared.keep_task_dirs);
+    match tokio::task::spawn_blocking(move || end_attempt_dir(&dir, &name, &wd, keep)).await {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => tracing::error!("cannot clean up after an attempt: {e}"),
+        Err(e) => tracing::error!("cannot clean up after an attempt: {e}"),
     }
 }
 
 /// Sends one status report, retrying (and following the leader) until it is acknowledged; returns the
-/// refusal otherwise.
+/// refusal otherwise. `log_blob`: the attempt's output blob (final reports), or empty.
 pub async fn report_status(
     shared: &Shared,
     aref: &AttemptRef,
     state: TaskState,
     exit_code: i32,
     message: &str,
+    log_blob: &str,
 ) -> Result<(), Status> {
     let report = TaskStatusReport {
         worker_id: shared.worker_id.clone(),
@@ -120,6 +128,7 @@ pub async fn report_status(
         state: state as i32,
         exit_code,
         message: message.to_string(),
+        log_blob: log_blob.to_string(),
     };
     shared
         .conn
@@ -178,16 +187,23 @@ pub fn serve_env(s: &aidos_api::v1::ServeSpec) -> Vec<(String, String)> {
 /// The environment of a task: spec env (a process job's env, a train job's AIDOS_TRAIN_* variables), then
 /// assignment env, then the AIDOS_* variables of the task contract (see `aidos_sdk`).
 /// Where a worker's tasks find the cluster's blobs: a directory shared with the cluster (`cache_max_bytes` None),
-/// or the worker's bounded cache in front of the scheduler's blob service.
+/// or the worker's bounded cache in front of the S3 bucket (`s3`) or else the scheduler's blob service.
 #[derive(Debug, Clone)]
 pub struct BlobAccess {
     pub dir: PathBuf,
     pub cache_max_bytes: Option<u64>,
+    pub s3: Option<aidos_blob::S3Config>,
 }
 
 impl BlobAccess {
     pub fn shared(dir: impl Into<PathBuf>) -> BlobAccess {
-        BlobAccess { dir: dir.into(), cache_max_bytes: None }
+        BlobAccess { dir: dir.into(), cache_max_bytes: None, s3: None }
+    }
+
+    /// The cluster's blob store as this worker (and its tasks, `aidos_sdk::TaskEnv::open_blob_store`) sees it.
+    /// Blocking (the stores are): call it, and use the store, from a blocking context.
+    pub fn open_store(&self, schedulers: &[String]) -> Result<Arc<dyn BlobStore>, BlobError> {
+        aidos_blob::open_worker_store(&self.dir, self.cache_max_bytes, self.s3.as_ref(), schedulers)
     }
 }
 
@@ -235,6 +251,10 @@ pub fn task_env(
     ]);
     if let Some(max) = blobs.cache_max_bytes {
         env.push((task_env::BLOB_CACHE_MAX_BYTES.to_string(), max.to_string()));
+        // The bucket behind the cache (else the blob service); the SDK reads it back with S3Config::from_lookup.
+        if let Some(s3) = &blobs.s3 {
+            env.extend(s3.to_env());
+        }
     }
     env
 }
@@ -262,7 +282,16 @@ async fn start_new(
     let aref = a.attempt.clone().unwrap_or_default();
     let workdir: PathBuf = shared.tasks_dir.join(name);
     let wd = workdir.clone();
-    let created = tokio::task::spawn_blocking(move || std::fs::create_dir(&wd)).await;
+    let data_dir = shared.data_dir.clone();
+    let name_ = name.to_string();
+    let created = tokio::task::spawn_blocking(move || {
+        // Its directory may be gone already: cleaned up after it ended here (the tombstone says so).
+        if has_tombstone(&data_dir, &name_) {
+            return Err(std::io::Error::from(std::io::ErrorKind::AlreadyExists));
+        }
+        std::fs::create_dir(&wd)
+    })
+    .await;
     match created {
         Ok(Ok(())) => {}
         Ok(Err(e)) if e.kind() == std::io::ErrorKind::AlreadyExists => {
@@ -422,7 +451,7 @@ async fn run_attempt(
     let mut running_report: Option<ReportFuture<'_>> = if record.running_acked || record.start_error.is_some() {
         None
     } else {
-        Some(Box::pin(report_status(shared, &aref, TaskState::Running, 0, "")))
+        Some(Box::pin(report_status(shared, &aref, TaskState::Running, 0, "", "")))
     };
     let mut stopping: Option<Stopping> = None;
     let mut stop_open = true;
@@ -530,14 +559,16 @@ async fn run_attempt(
             _ => None,
         };
         let FinalStatus { state, exit_code, message } = final_status(&outcome, record.stop.as_ref(), detail.as_deref());
-        match report_status(shared, &aref, state, exit_code, &message).await {
+        // The complete output first, so that the report can name it (see `logblob`).
+        let log_blob = crate::logblob::write_log_blob(shared, &record).await;
+        match report_status(shared, &aref, state, exit_code, &message, &log_blob).await {
             Ok(()) => {
                 tracing::info!("finished {label}: {} ({message})", state.as_str_name());
             }
             Err(st) => log_refusal(&label, state.as_str_name(), &st),
         }
     }
-    remove_record(shared, name).await;
+    end_attempt(shared, name, &workdir).await;
 }
 
 fn begin_stop(proc: &Proc, workdir: &Path) -> Stopping {

@@ -164,8 +164,27 @@ fn config(data_dir: &Path, scheduler: &str) -> aidos_worker::WorkerConfig {
         memory_bytes: Some(1 << 30),
         gpus: Some(0),
         shim_exe: std::env::current_exe().unwrap(),
+        // A shared blob directory (the mock has no blob service): log blobs land here.
+        blob_dir: data_dir.join("blobs"),
         ..Default::default()
     }
+}
+
+/// The output a final report's log blob holds, per stream: (stdout, stderr).
+fn blob_output(data_dir: &Path, report: &TaskStatusReport) -> (Vec<u8>, Vec<u8>) {
+    use aidos_blob::BlobStore;
+    assert!(!report.log_blob.is_empty(), "no log blob in {report:?}");
+    let store = aidos_blob::LocalDirStore::open(data_dir.join("blobs")).unwrap();
+    let bytes = store.get(&aidos_blob::BlobId::parse(&report.log_blob).unwrap()).unwrap();
+    let (chunks, used) = aidos_api::logframe::decode_chunks(&bytes);
+    assert_eq!(used, bytes.len());
+    let a = report.attempt.as_ref().unwrap();
+    let mut out = (Vec::new(), Vec::new());
+    for c in chunks {
+        assert_eq!((c.rank, c.attempt), (a.rank, a.attempt));
+        if c.stream == LogStream::Stderr as i32 { &mut out.1 } else { &mut out.0 }.extend_from_slice(&c.data);
+    }
+    out
 }
 
 fn final_report(state: &Mutex<State>, job: &str) -> Option<TaskStatusReport> {
@@ -233,6 +252,10 @@ async fn runs_reports_and_follows_leader() {
     let ok = final_report(&state, "ok").unwrap();
     assert_eq!(ok.state(), TaskState::Succeeded, "{ok:?}");
     assert_eq!(reports_of(&state, "ok")[0].0, TaskState::Running);
+    // The final report names the complete output; then the working directory goes, a tombstone stays.
+    assert_eq!(blob_output(dir.path(), &ok), (b"hello yes 0\n".to_vec(), b"oops\n".to_vec()));
+    wait_for("ok's working directory to be removed", 5, || !workdir(dir.path(), "ok").exists()).await;
+    assert!(dir.path().join("tasks/ok-r0-a1.done").exists());
     wait_for("ok's logs", 5, || {
         let s = state.lock().unwrap();
         s.logs.get(&("ok".into(), LogStream::Stdout as i32)).is_some_and(|d| d == b"hello yes 0\n")
@@ -262,23 +285,40 @@ async fn runs_reports_and_follows_leader() {
     assert_eq!(c.state(), TaskState::Failed);
     assert!(c.message.contains("stopped on scheduler request"), "{c:?}");
 
-    // Refused RUNNING: the task is killed and its record dropped, nothing reported.
+    // Refused RUNNING: the task is killed and its record dropped, nothing reported. Its directory goes only once
+    // the task ended (the supervisor waits for its exit status), leaving the tombstone.
     wait_for("stale to be killed and dropped", 10, || {
-        workdir(dir.path(), "stale").join("exit").exists() && !dir.path().join("attempts/stale-r0-a1.json").exists()
+        dir.path().join("tasks/stale-r0-a1.done").exists()
+            && !workdir(dir.path(), "stale").exists()
+            && !dir.path().join("attempts/stale-r0-a1.json").exists()
     })
     .await;
     assert!(reports_of(&state, "stale").is_empty());
 
-    // Re-sent assignments are not started again.
+    // Re-sent assignments are not started again, although their working directory is gone (the tombstone).
     let again = state.lock().unwrap().assignments[0].clone();
     cmds.send(WorkerCommand { command: Some(worker_command::Command::Start(again)) }).unwrap();
     tokio::time::sleep(Duration::from_millis(500)).await;
-    assert_eq!(std::fs::read_to_string(workdir(dir.path(), "ok").join("stdout.log")).unwrap(), "hello yes 0\n");
+    assert!(!workdir(dir.path(), "ok").exists());
     assert_eq!(reports_of(&state, "ok").len(), 2);
 
-    // All acknowledged attempts are forgotten.
+    // All acknowledged attempts are forgotten, and their working directories cleaned up.
     wait_for("records to be deleted", 5, || std::fs::read_dir(dir.path().join("attempts")).unwrap().next().is_none())
         .await;
+    wait_for("working directories to be removed", 5, || {
+        std::fs::read_dir(dir.path().join("tasks"))
+            .unwrap()
+            .all(|e| e.unwrap().path().extension().is_some_and(|x| x == "done"))
+    })
+    .await;
+    for job in ["fail", "missing", "slow", "cancel"] {
+        let r = final_report(&state, job).unwrap();
+        assert!(dir.path().join(format!("tasks/{job}-r0-a1.done")).exists(), "{job}");
+        if job == "missing" {
+            // The shim's explanation is the output.
+            assert!(String::from_utf8_lossy(&blob_output(dir.path(), &r).1).contains("cannot run"), "{r:?}");
+        }
+    }
     assert!(state.lock().unwrap().heartbeats > 0);
     stop.send(()).unwrap();
     handle.await.unwrap();
@@ -288,7 +328,9 @@ async fn adopts_after_restart() {
     let (state, _cmds, follower) = cluster().await;
     state.lock().unwrap().assignments.push(assignment("long", "echo start; sleep 2; echo done", 0));
     let dir = tempfile::tempdir().unwrap();
-    let (stop, handle) = start_worker(config(dir.path(), &follower));
+    // Working directories are kept here (`--keep-task-dirs`).
+    let cfg = aidos_worker::WorkerConfig { keep_task_dirs: true, ..config(dir.path(), &follower) };
+    let (stop, handle) = start_worker(cfg.clone());
     wait_for("long to run", 10, || !reports_of(&state, "long").is_empty()).await;
     stop.send(()).unwrap();
     handle.await.unwrap();
@@ -312,14 +354,19 @@ async fn adopts_after_restart() {
     std::fs::create_dir_all(&ghost.workdir).unwrap();
     aidos_worker::records::write_record(dir.path(), &ghost).unwrap();
 
-    let (stop, handle) = start_worker(config(dir.path(), &follower));
+    let (stop, handle) = start_worker(cfg);
     wait_for("re-registration listing the adopted attempt", 10, || {
         state.lock().unwrap().registers.last().is_some_and(|r| r.running.iter().any(|a| a.job_id == "long"))
     })
     .await;
     wait_for("long to finish", 10, || final_report(&state, "long").is_some()).await;
     assert_eq!(final_report(&state, "long").unwrap().state(), TaskState::Succeeded);
+    // The blob holds the whole output, also what was written before the restart.
+    let long = final_report(&state, "long").unwrap();
+    assert_eq!(blob_output(dir.path(), &long), (b"start\ndone\n".to_vec(), vec![]));
+    wait_for("long's record to be deleted", 5, || !dir.path().join("attempts/long-r0-a1.json").exists()).await;
     assert_eq!(std::fs::read_to_string(workdir(dir.path(), "long").join("stdout.log")).unwrap(), "start\ndone\n");
+    assert!(!dir.path().join("tasks/long-r0-a1.done").exists());
     wait_for("ghost to be reported", 10, || final_report(&state, "ghost").is_some()).await;
     let g = final_report(&state, "ghost").unwrap();
     assert_eq!((g.state(), g.message.as_str()), (TaskState::Failed, "worker restarted and the task process is gone"));

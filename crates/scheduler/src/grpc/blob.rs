@@ -7,7 +7,11 @@
 //!   The upload is held in memory until verified (bounded by that limit), then written by the store's `put`,
 //!   which is itself atomic (write, fsync, rename).
 //! - A download streams [`DOWNLOAD_CHUNK`]-byte messages from the requested offset, always at least one message
-//!   (carrying the total size); it stops when the client goes away.
+//!   (carrying the total size); it stops when the client goes away. It reads the store in larger pieces
+//!   (`DOWNLOAD_READ`, one request to S3) ahead of the client, with a bounded buffer (`DOWNLOAD_BUFFERED`).
+//! - Whoever skips an upload because the node has the blob refreshes it (the blob collector's refresh rule, see
+//!   `gc`): an `Upload` of a blob the store holds touches it, and `Has` with `refresh` touches each blob it
+//!   reports present. A blob the store cannot touch without its bytes is treated as absent, and is uploaded.
 
 use std::sync::Arc;
 
@@ -24,6 +28,11 @@ use crate::leader::BoxStream;
 
 /// Bytes per download message.
 pub const DOWNLOAD_CHUNK: u64 = 1 << 20;
+/// Bytes one read from the store fetches for a download (one ranged GET on S3), sent as several messages.
+const DOWNLOAD_READ: u64 = 8 * DOWNLOAD_CHUNK;
+/// Messages a download buffers ahead of its client: the next read overlaps the sending of the last one, so one
+/// download holds at most about DOWNLOAD_READ + DOWNLOAD_BUFFERED * DOWNLOAD_CHUNK bytes (24 MiB).
+const DOWNLOAD_BUFFERED: usize = 16;
 /// Most ids one `Has` call may ask about.
 pub const MAX_HAS: usize = 1000;
 
@@ -62,7 +71,7 @@ impl BlobService for Blobs {
             )));
         }
         let (s2, id2) = (store.clone(), id.clone());
-        if blocking(move || s2.contains(&id2).map_err(blob_status)).await? {
+        if blocking(move || s2.touch(&id2).map_err(blob_status)).await? {
             return ok(BlobRef { id: id.to_string(), size, existed: true });
         }
         let mut buf = Vec::with_capacity(size.min(64 << 20) as usize);
@@ -101,23 +110,40 @@ impl BlobService for Blobs {
         let id = BlobId::parse(&r.id).map_err(|e| Status::invalid_argument(format!("download.id: {e}")))?;
         // The first chunk is read before answering, so a missing blob is an error status, not a broken stream.
         let (s2, id2, offset) = (store.clone(), id.clone(), r.offset);
-        let (data, total) = blocking(move || s2.read_range(&id2, offset, DOWNLOAD_CHUNK).map_err(blob_status)).await?;
-        let (tx, rx) = mpsc::channel(4);
+        let (data, total) = blocking(move || s2.read_range(&id2, offset, DOWNLOAD_READ).map_err(blob_status)).await?;
+        let (tx, rx) = mpsc::channel(DOWNLOAD_BUFFERED);
         tokio::spawn(async move {
+            // Sends one read as DOWNLOAD_CHUNK-byte messages (at least one, which carries the total size).
+            async fn send_all(tx: &mpsc::Sender<Result<BlobData, Status>>, data: Vec<u8>, total: u64) -> bool {
+                if data.is_empty() {
+                    return tx.send(Ok(BlobData { data, total_size: total })).await.is_ok();
+                }
+                for piece in data.chunks(DOWNLOAD_CHUNK as usize) {
+                    if tx.send(Ok(BlobData { data: piece.to_vec(), total_size: total })).await.is_err() {
+                        return false;
+                    }
+                }
+                true
+            }
             let mut next = offset + data.len() as u64;
-            if tx.send(Ok(BlobData { data, total_size: total })).await.is_err() {
+            if !send_all(&tx, data, total).await {
                 return;
             }
             while next < total {
                 let (s2, id2) = (store.clone(), id.clone());
-                let chunk = blocking(move || s2.read_range(&id2, next, DOWNLOAD_CHUNK).map_err(blob_status)).await;
-                let msg = chunk.map(|(data, total_size)| {
-                    next += data.len() as u64;
-                    BlobData { data, total_size }
-                });
-                let stop = msg.is_err();
-                if tx.send(msg).await.is_err() || stop {
-                    return;
+                match blocking(move || s2.read_range(&id2, next, DOWNLOAD_READ).map_err(blob_status)).await {
+                    // The store has less than it said: the client sees a short stream, which fails its hash check.
+                    Ok((data, _)) if data.is_empty() => return,
+                    Ok((data, total_size)) => {
+                        next += data.len() as u64;
+                        if !send_all(&tx, data, total_size).await {
+                            return;
+                        }
+                    }
+                    Err(e) => {
+                        let _ = tx.send(Err(e)).await;
+                        return;
+                    }
                 }
             }
         });
@@ -126,7 +152,7 @@ impl BlobService for Blobs {
 
     async fn has(&self, r: Request<HasBlobsRequest>) -> Res<HasBlobsResponse> {
         let store = store(&self.0)?;
-        let ids = r.into_inner().ids;
+        let HasBlobsRequest { ids, refresh } = r.into_inner();
         if ids.len() > MAX_HAS {
             return Err(Status::invalid_argument(format!("ids: {} in one call, at most {MAX_HAS}", ids.len())));
         }
@@ -135,7 +161,11 @@ impl BlobService for Blobs {
             .enumerate()
             .map(|(i, s)| BlobId::parse(s).map_err(|e| Status::invalid_argument(format!("ids[{i}]: {e}"))))
             .collect::<Result<Vec<_>, _>>()?;
-        let present = blocking(move || ids.iter().map(|id| store.contains(id).map_err(blob_status)).collect()).await?;
+        let present = blocking(move || {
+            let check = |id: &BlobId| if refresh { store.touch(id) } else { store.contains(id) };
+            ids.iter().map(|id| check(id).map_err(blob_status)).collect()
+        })
+        .await?;
         ok(HasBlobsResponse { present })
     }
 }

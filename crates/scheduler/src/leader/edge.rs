@@ -44,6 +44,8 @@ impl LeaderHandler {
     pub async fn edge_deploy(&self, r: EdgeDeployRequest) -> Result<EdgeDeployment, SchedulerError> {
         let req = GetModelRequest { name: r.model.clone(), version: r.version, alias: String::new() };
         let model = self.read(|st| queries::get_model(st, &req))?;
+        // Held from before the artifact is checked until the deployment applied (see `gc::RefGate`).
+        let _pin = self.core.gc.pin([r.artifact.as_str()], self.core.blobs.as_ref()).await?;
         let size = self.core.edge.verified_size(&r.artifact).await?;
         let mut d = EdgeDeployment {
             name: if r.name.is_empty() { model.name.clone() } else { r.name.clone() },

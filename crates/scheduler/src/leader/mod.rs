@@ -13,6 +13,7 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
+use aidos_api::logframe;
 use aidos_api::v1::command_v1::Command;
 use aidos_api::v1::{
     AddNodeRequest, CancelJobV1, ClusterStatus, Job, JobState, LogChunk, LogsRequest, SubmitJobsV1, SubmitRequest,
@@ -26,6 +27,16 @@ use crate::core::{Core, SubmitItem};
 use crate::error::SchedulerError;
 use crate::queries;
 use crate::state::ClusterState;
+use crate::task_logs::LogCursor;
+
+/// The bytes of an attempt's log blob from this node's blob store (read on a blocking thread).
+async fn read_log_blob(core: &Core, id: &str) -> Result<aidos_blob::BlobBytes, String> {
+    let store = core.blobs.clone().ok_or("this node has no blob store configured")?;
+    let id = aidos_blob::BlobId::parse(id).map_err(|e| e.to_string())?;
+    tokio::task::spawn_blocking(move || store.get(&id).map_err(|e| e.to_string()))
+        .await
+        .map_err(|e| format!("blob read task: {e}"))?
+}
 
 pub type BoxStream<T> = Pin<Box<dyn Stream<Item = Result<T, tonic::Status>> + Send>>;
 
@@ -130,38 +141,74 @@ impl LeaderHandler {
         Ok(Box::pin(ReceiverStream::new(rx)))
     }
 
-    /// Stored output of a job; with `follow`, keeps streaming until the job ends and its output is drained.
+    /// Stored output of a job (see `crate::task_logs`): attempts with a log blob from the blob store, the others
+    /// from this node's task-log file. With `follow`, keeps streaming until the job ended and its output is
+    /// drained; without, sends what there is now.
     pub fn logs(&self, req: LogsRequest) -> Result<BoxStream<LogChunk>, SchedulerError> {
         self.read(|st| queries::job(st, &req.job_id))?;
         let (tx, rx) = mpsc::channel(16);
         let core = self.core.clone();
         tokio::spawn(async move {
-            let mut offset = 0u64;
+            let mut cursor = LogCursor::new(req.rank);
             let mut idle_after_end = 0;
             loop {
-                let (chunks, next) = match core.logs.read_from(&req.job_id, offset).await {
-                    Ok(x) => x,
-                    Err(e) => {
-                        let _ = tx.send(Err(tonic::Status::internal(format!("reading logs: {e}")))).await;
-                        return;
-                    }
+                let Ok(job) = queries::job(&core.state.read().expect("state lock").state, &req.job_id) else {
+                    return;
                 };
-                let got = !chunks.is_empty();
-                offset = next;
-                for c in chunks {
-                    if req.rank.is_some_and(|r| r != c.rank) {
-                        continue;
+                let ended = JobState::try_from(job.state).is_ok_and(|s| s.is_terminal());
+                let mut got = false;
+                // Finished attempts first, from their blobs (each once; see `LogCursor`).
+                for (rank, attempt, blob) in cursor.blobs_due(&job) {
+                    let bytes = match read_log_blob(&core, &blob).await {
+                        Ok(b) => b,
+                        Err(e) => {
+                            tracing::warn!(job = %req.job_id, rank, attempt, "log blob {blob} unreadable: {e}");
+                            cursor.blob_unreadable(rank, attempt);
+                            continue;
+                        }
+                    };
+                    cursor.begin_blob(rank, attempt);
+                    let mut pos = 0;
+                    while let Some((c, n)) = logframe::decode_chunk(&bytes[pos..]) {
+                        pos += n;
+                        // The attempt's identity is the job's, whatever the frames say.
+                        let Some(c) = cursor.blob_chunk(LogChunk { rank, attempt, ..c }) else { continue };
+                        got = true;
+                        if tx.send(Ok(c)).await.is_err() {
+                            return;
+                        }
                     }
-                    if tx.send(Ok(c)).await.is_err() {
-                        return;
+                }
+                // Then whatever the local file has of the others.
+                loop {
+                    let (chunks, next) = match core.logs.read_from(&req.job_id, cursor.offset).await {
+                        Ok(x) => x,
+                        Err(e) => {
+                            let _ = tx.send(Err(tonic::Status::internal(format!("reading logs: {e}")))).await;
+                            return;
+                        }
+                    };
+                    if next == cursor.offset {
+                        break;
+                    }
+                    cursor.offset = next;
+                    for c in chunks {
+                        let Some(c) = cursor.local_chunk(c) else { continue };
+                        got = true;
+                        if tx.send(Ok(c)).await.is_err() {
+                            return;
+                        }
                     }
                 }
                 if !req.follow {
                     return;
                 }
-                let ended = queries::job_ended(&core.state.read().expect("state lock").state, &req.job_id);
-                // After the job ends, wait briefly for the last chunks still in flight from workers.
+                // After the job ends, wait briefly for the last chunks still in flight from workers, unless every
+                // attempt was served from its blob (complete by construction).
                 if ended && !got {
+                    if cursor.all_from_blobs(&job) {
+                        return;
+                    }
                     idle_after_end += 1;
                     if idle_after_end > 10 {
                         return;
@@ -181,6 +228,14 @@ impl LeaderHandler {
             return Err(SchedulerError::InvalidArgument("id and addr are required".into()));
         }
         let raft = &self.core.raft;
+        // A node that joins must see the same blobs (the rule of aidos_blob::config): checked against this
+        // node's store; the joining node checks its own when it starts with --peers.
+        if let Some(blobs) = &self.core.cfg.blobs {
+            let mut members: std::collections::BTreeMap<u64, String> =
+                raft.metrics().borrow().membership_config.nodes().map(|(id, n)| (*id, n.addr.clone())).collect();
+            members.insert(req.id, req.addr.clone());
+            blobs.check_cluster(&members).map_err(SchedulerError::InvalidArgument)?;
+        }
         raft.add_learner(req.id, openraft::BasicNode::new(&req.addr), true)
             .await
             .map_err(|e| SchedulerError::Raft(format!("adding learner {}: {e}", req.id)))?;

@@ -126,26 +126,58 @@ impl LeaderHandler {
         check_worker_id(&req.worker_id)?;
         let attempt = req.attempt.ok_or_else(|| SchedulerError::InvalidArgument("attempt: missing".into()))?;
         let to = TaskState::try_from(req.state).unwrap_or(TaskState::Unspecified);
+        // A log blob is only for final reports, and must name a blob; anything else is dropped, never refused (the
+        // report itself is what matters).
+        let mut log_blob = req.log_blob;
+        if !log_blob.is_empty() {
+            let problem = if matches!(to, TaskState::Succeeded | TaskState::Failed) {
+                aidos_blob::BlobId::parse(&log_blob).err().map(|e| e.to_string())
+            } else {
+                Some("only a final report carries one".to_string())
+            };
+            if let Some(p) = problem {
+                tracing::warn!(worker = %req.worker_id, "ignoring the log blob of {}: {p}", attempt.display());
+                log_blob.clear();
+            }
+        }
         {
             // Refuse stale reports before they cost a Raft write; apply checks again.
             let a = self.core.state.read().expect("state lock");
-            let (_, cur) = a.state.jobs.check_current(&req.worker_id, &attempt).map_err(|r| {
-                tracing::warn!(worker = %req.worker_id, "refused report: {}", r.message);
-                SchedulerError::from_refusal(r.code as u32, r.message)
-            })?;
-            if to == TaskState::Running && cur.state == TaskState::Running as i32 {
-                return Ok(());
+            match a.state.jobs.check_current(&req.worker_id, &attempt) {
+                Ok((_, cur)) => {
+                    if to == TaskState::Running && cur.state == TaskState::Running as i32 {
+                        return Ok(());
+                    }
+                }
+                // A cancelled attempt's log blob is still recorded (see `crate::task_logs`).
+                Err(_) if a.state.jobs.late_log_target(&req.worker_id, &attempt, req.state, &log_blob).is_some() => {}
+                Err(r) => {
+                    tracing::warn!(worker = %req.worker_id, "refused report: {}", r.message);
+                    return Err(SchedulerError::from_refusal(r.code as u32, r.message));
+                }
             }
         }
         self.touch(&req.worker_id);
+        // The log blob is held in the blob collector's gate until the report applied (see `gc::RefGate`); one the
+        // collector already deleted is dropped, like any other unusable log blob.
+        let pin = match self.core.gc.pin([log_blob.as_str()], self.core.blobs.as_ref()).await {
+            Ok(p) => Some(p),
+            Err(e) => {
+                tracing::warn!(worker = %req.worker_id, "ignoring the log blob of {}: {e}", attempt.display());
+                log_blob.clear();
+                None
+            }
+        };
         let t = TaskTransitionV1 {
             worker_id: req.worker_id,
             attempt: Some(attempt),
             state: req.state,
             exit_code: req.exit_code,
             message: req.message.chars().take(4096).collect(),
+            log_blob,
         };
         self.core.propose(Command::TaskTransition(t)).await?;
+        drop(pin);
         Ok(())
     }
 

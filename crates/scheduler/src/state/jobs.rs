@@ -13,6 +13,11 @@
 //!   apply); placement reads only these.
 //! - An endpoint is recorded on the reporting attempt only, fenced like a status report: a replica from an older
 //!   attempt (or on a lost worker) cannot advertise itself.
+//! - Retention ([`JobsState::compact`], command `CompactJobs`): only finished jobs (succeeded, failed, cancelled)
+//!   are ever removed, with their tasks, attempts and idempotency key; unknown and unfinished ids are skipped, so a
+//!   replayed or duplicated command changes nothing. Job ids are never reused (`next_job_seq` only grows), so a
+//!   removed id stays unknown. A submission retried with the request id of a removed job makes a new job: request
+//!   ids are remembered for as long as their job is retained. Runs and models (registry domain) are not touched.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
@@ -197,6 +202,10 @@ impl JobsState {
                 Ok(CommandResultV1::default())
             }
             Command::ReportEndpoint(r) => self.report_endpoint(r, now, dirty),
+            Command::CompactJobs(c) => {
+                self.compact(&c.job_ids, dirty);
+                Ok(CommandResultV1::default())
+            }
             _ => return None,
         })
     }
@@ -356,9 +365,39 @@ impl JobsState {
         Ok((job, cur))
     }
 
+    /// The attempt a final report with a log blob may still record it on although the report is otherwise stale:
+    /// `r` names it exactly (worker, attempt, token), the cluster cancelled it (its worker stopped it on request,
+    /// which is how such an attempt ends) and it has no log blob yet. See `crate::task_logs`.
+    pub fn late_log_target(&self, worker_id: &str, r: &AttemptRef, t_state: i32, log_blob: &str) -> Option<&Attempt> {
+        let final_report = matches!(TaskState::try_from(t_state), Ok(TaskState::Succeeded | TaskState::Failed));
+        if !final_report || log_blob.is_empty() {
+            return None;
+        }
+        let task = self.by_id.get(&r.job_id)?.tasks.get(r.rank as usize)?;
+        task.attempts.iter().find(|a| {
+            a.attempt == r.attempt
+                && a.fencing_token == r.fencing_token
+                && a.worker_id == worker_id
+                && a.state == TaskState::Cancelled as i32
+                && a.log_blob.is_empty()
+        })
+    }
+
     fn transition(&mut self, t: &TaskTransitionV1, now: i64, dirty: &mut Dirty) -> Result<Job, Refusal> {
         let r = t.attempt.clone().unwrap_or_default();
-        self.check_current(&t.worker_id, &r)?;
+        if let Err(stale) = self.check_current(&t.worker_id, &r) {
+            // Only the log blob of a cancelled attempt is still recorded; its state stays.
+            self.late_log_target(&t.worker_id, &r, t.state, &t.log_blob).ok_or(stale)?;
+            let job = self.by_id.get_mut(&r.job_id).expect("checked");
+            let a = job.tasks[r.rank as usize]
+                .attempts
+                .iter_mut()
+                .find(|a| a.attempt == r.attempt && a.fencing_token == r.fencing_token)
+                .expect("checked");
+            a.log_blob = t.log_blob.clone();
+            dirty.mark(Table::Jobs, r.job_id.clone());
+            return Ok(job.clone());
+        }
         let to = TaskState::try_from(t.state).unwrap_or(TaskState::Unspecified);
         let job = self.by_id.get_mut(&r.job_id).expect("checked");
         let task = &mut job.tasks[r.rank as usize];
@@ -376,6 +415,7 @@ impl JobsState {
                 a.exit_code = t.exit_code;
                 a.finished_at_ms = now;
                 a.message = t.message.clone();
+                a.log_blob = t.log_blob.clone();
                 task.state = to as i32;
             }
             other => {
@@ -453,6 +493,30 @@ impl JobsState {
 }
 
 impl JobsState {
+    /// Removes the finished jobs among `ids` (see the module docs); returns how many were removed.
+    pub fn compact(&mut self, ids: &[String], dirty: &mut Dirty) -> usize {
+        let mut removed = 0;
+        for id in ids {
+            let finished =
+                self.by_id.get(id).is_some_and(|j| JobState::try_from(j.state).is_ok_and(|s| s.is_terminal()));
+            if !finished {
+                continue;
+            }
+            let Some(j) = self.by_id.remove(id) else { continue };
+            if !j.request_id.is_empty() && self.request_ids.get(&j.request_id) == Some(&j.id) {
+                self.request_ids.remove(&j.request_id);
+            }
+            // A finished job is in neither index; kept in step all the same.
+            if self.pending.get(&j.seq) == Some(&j.id) {
+                self.pending.remove(&j.seq);
+            }
+            self.running.remove(id);
+            dirty.mark(Table::Jobs, id.clone());
+            removed += 1;
+        }
+        removed
+    }
+
     /// A serving replica advertises where it answers: recorded on its current attempt only.
     fn report_endpoint(
         &mut self,
@@ -590,6 +654,7 @@ mod tests {
                 state: state as i32,
                 exit_code: if state == TaskState::Failed { 1 } else { 0 },
                 message: String::new(),
+                log_blob: format!("log-{rank}-{state:?}"),
             })),
             &mut Dirty::default(),
         )
@@ -660,6 +725,43 @@ mod tests {
     }
 
     #[test]
+    fn final_reports_record_the_log_blob_and_cancelled_attempts_still_take_theirs() {
+        let mut st = ClusterState::default();
+        st.apply(&cmd(worker("w1", 4)), &mut Dirty::default());
+        let id = submit(&mut st, spec(2, 0), "").job_id;
+        place(&mut st, &id, &["w1", "w1"]);
+        assert!(report(&mut st, "w1", &id, 0, TaskState::Running).error.is_empty());
+        // RUNNING carries no blob; the final report's is recorded.
+        assert_eq!(st.jobs.by_id[&id].tasks[0].attempts[0].log_blob, "");
+        assert!(report(&mut st, "w1", &id, 0, TaskState::Failed).error.is_empty());
+        let j = &st.jobs.by_id[&id];
+        assert_eq!(j.tasks[0].attempts[0].log_blob, "log-0-Failed");
+        // The gang fault cancelled rank 1; its worker's final report after stopping it records only its blob.
+        assert_eq!(j.tasks[1].attempts[0].state, TaskState::Cancelled as i32);
+        let before = st.jobs.by_id[&id].clone();
+        assert!(report(&mut st, "w1", &id, 1, TaskState::Failed).error.is_empty());
+        let after = &st.jobs.by_id[&id];
+        assert_eq!(after.tasks[1].attempts[0].log_blob, "log-1-Failed");
+        assert_eq!(after.tasks[1].attempts[0].state, TaskState::Cancelled as i32);
+        assert_eq!((after.state, &after.reason), (before.state, &before.reason));
+        // Once: a second report is stale again, and so is one from another worker or without a blob.
+        assert!(!report(&mut st, "w1", &id, 1, TaskState::Failed).error.is_empty());
+        let r = st.jobs.by_id[&id].tasks[1].attempts[0].clone();
+        let aref = AttemptRef { job_id: id.clone(), rank: 1, attempt: r.attempt, fencing_token: r.fencing_token };
+        assert!(st.jobs.late_log_target("w2", &aref, TaskState::Failed as i32, "b").is_none());
+        let mut st2 = ClusterState::default();
+        st2.apply(&cmd(worker("w1", 4)), &mut Dirty::default());
+        let id2 = submit(&mut st2, spec(2, 0), "").job_id;
+        place(&mut st2, &id2, &["w1", "w1"]);
+        report(&mut st2, "w1", &id2, 0, TaskState::Failed);
+        let r = st2.jobs.by_id[&id2].tasks[1].attempts[0].clone();
+        let aref = AttemptRef { job_id: id2.clone(), rank: 1, attempt: r.attempt, fencing_token: r.fencing_token };
+        assert!(st2.jobs.late_log_target("w1", &aref, TaskState::Failed as i32, "").is_none());
+        assert!(st2.jobs.late_log_target("w1", &aref, TaskState::Running as i32, "b").is_none());
+        assert!(st2.jobs.late_log_target("w1", &aref, TaskState::Succeeded as i32, "b").is_some());
+    }
+
+    #[test]
     fn assign_rechecks_capacity_and_cancel_frees() {
         let mut st = ClusterState::default();
         st.apply(&cmd(worker("w1", 1)), &mut Dirty::default());
@@ -682,6 +784,41 @@ mod tests {
             &mut Dirty::default(),
         );
         assert_eq!(r.error_code, tonic::Code::NotFound as u32);
+    }
+
+    #[test]
+    fn compaction_removes_only_finished_jobs_and_is_idempotent() {
+        let mut st = ClusterState::default();
+        st.apply(&cmd(worker("w1", 1)), &mut Dirty::default());
+        let done = submit(&mut st, spec(1, 0), "r-done").job_id;
+        let running = submit(&mut st, spec(1, 0), "r-running").job_id;
+        let pending = submit(&mut st, spec(1, 0), "r-pending").job_id;
+        st.apply(
+            &cmd(Command::CancelJob(CancelJobV1 { job_id: done.clone(), reason: String::new() })),
+            &mut Dirty::default(),
+        );
+        place(&mut st, &running, &["w1"]);
+        let compact = |ids: &[&str]| {
+            cmd(Command::CompactJobs(aidos_api::v1::CompactJobsV1 {
+                job_ids: ids.iter().map(|s| s.to_string()).collect(),
+            }))
+        };
+        let mut dirty = Dirty::default();
+        let r = st.apply(&compact(&[&done, &running, &pending, "job-999"]), &mut dirty);
+        assert!(r.error.is_empty(), "{r:?}");
+        assert_eq!(dirty.rows, vec![(Table::Jobs, done.clone())], "only the finished job's row changes");
+        assert!(!st.jobs.by_id.contains_key(&done));
+        assert!(!st.jobs.request_ids.contains_key("r-done"));
+        assert_eq!(st.jobs.by_id.len(), 2);
+        assert_eq!(st.jobs.running.iter().collect::<Vec<_>>(), vec![&running]);
+        assert_eq!(st.jobs.pending.values().collect::<Vec<_>>(), vec![&pending]);
+        // Again: nothing changes.
+        let mut dirty = Dirty::default();
+        st.apply(&compact(&[&done]), &mut dirty);
+        assert!(dirty.rows.is_empty());
+        // The id is never reused, and the request id is free again.
+        let again = submit(&mut st, spec(1, 0), "r-done");
+        assert!(!again.duplicate && again.job_id != done);
     }
 
     #[test]

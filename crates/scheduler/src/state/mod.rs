@@ -4,7 +4,7 @@
 //!
 //! | domain | module | rows (table, key prefix) | snapshot fields | commands |
 //! |---|---|---|---|---|
-//! | jobs and workers | [`jobs`] | `Jobs` (job id), `Workers` (worker id), counters in the meta table | 3–6 | submit, cancel, assign, task transitions, worker registration and loss, job reasons, replica endpoints |
+//! | jobs and workers | [`jobs`] | `Jobs` (job id), `Workers` (worker id), counters in the meta table | 3–6 | submit, cancel, assign, task transitions, worker registration and loss, job reasons, replica endpoints, compaction of finished jobs (retention) |
 //! | datasets, runs, models | [`registry`] | `Rows` `d/`, `r/`, `m/` | 7–9 | commit dataset, metrics, checkpoints, register model, alias, artifact |
 //! | model deployments | [`serving`] | `Rows` `s/` | 10 | deploy, delete, deployment status |
 //! | edge devices and deployments | [`edge`] | `Rows` `e/`, `x/` | 11–12 | enrol, edge deploy, edge report |

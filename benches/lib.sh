@@ -1,0 +1,38 @@
+# Shared by the benchmark scripts: `source benches/lib.sh` after `cd` to the repository root.
+#   aidos_bin                     sets AIDOS (AIDOS_BIN, else builds the release binary)
+#   bench_dir                     sets DIR (a temp dir) and PIDS, and kills PIDS and removes DIR on exit
+#   port                          prints a free loopback port
+#   start_aidos_cluster [FLAGS]   3 `aidos server` nodes on loopback sharing one blob directory, with FLAGS each;
+#                                 exports AIDOS_SCHEDULER and waits for a leader; sets LEADER
+
+aidos_bin() {
+    if [[ -n "${AIDOS_BIN:-}" ]]; then AIDOS="$AIDOS_BIN"; else cargo build --release --bin aidos; AIDOS=target/release/aidos; fi
+}
+
+bench_dir() {
+    DIR="$(mktemp -d)"
+    PIDS=()
+    trap 'for p in "${PIDS[@]}"; do kill -9 "$p" 2>/dev/null || true; done; rm -rf "$DIR"' EXIT
+}
+
+port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+
+start_aidos_cluster() {
+    local p1 p2 p3 peers i p deadline
+    p1=$(port); p2=$(port); p3=$(port)
+    peers="1=127.0.0.1:$p1,2=127.0.0.1:$p2,3=127.0.0.1:$p3"
+    for i in 1 2 3; do
+        p=p$i
+        # One machine: the nodes share one blob directory, as --blob-dir-shared declares.
+        RUST_LOG="${NODE_LOG:-warn}" "$AIDOS" server --id $i --listen "127.0.0.1:${!p}" --peers "$peers" \
+            --data-dir "$DIR/n$i" --blob-dir "$DIR/blobs" --blob-dir-shared "$@" >"$DIR/n$i.log" 2>&1 &
+        PIDS+=($!); disown $!
+    done
+    export AIDOS_SCHEDULER="127.0.0.1:$p1,127.0.0.1:$p2,127.0.0.1:$p3"
+    deadline=$((SECONDS + 60))
+    until "$AIDOS" cluster status 2>/dev/null | grep -q '^leader: *[1-3]'; do
+        (( SECONDS < deadline )) || { echo "no leader"; cat "$DIR"/n*.log; exit 1; }
+        sleep 0.3
+    done
+    LEADER=$("$AIDOS" cluster status | awk '/^leader:/ {print $2}')
+}
