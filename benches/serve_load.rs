@@ -3,7 +3,7 @@
 //! in-process (no server) at batch 1 and 32, for the server's overhead.
 //!
 //!   cargo bench --bench serve_load                       # tract
-//!   ORT_DYLIB_PATH=... cargo bench --features ort --bench serve_load -- --runtime ort
+//!   ORT_DYLIB_PATH=... cargo bench --bench serve_load -- --runtime ort
 //!
 //! Options (after `--`): --runtime tract|ort, --instances N, --max-delay-us N, --duration-s N,
 //! --concurrency 1,8,32,64. The model is the reference MNIST MLP (784-256-128-10), trained for one epoch on

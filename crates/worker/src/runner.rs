@@ -371,7 +371,12 @@ async fn start_new(
         args: args.clone(),
         env: task_env(a, &shared.worker_id, &shared.schedulers_env, &shared.advertise_host, &workdir, &shared.blobs),
     };
-    match cmd.spawn() {
+    // fork+exec of this (large, many-threaded) process takes milliseconds: on a runtime worker thread, hundreds of
+    // starts at once starve the runtime's timers, and with them the heartbeats (the worker was declared lost).
+    let spawned = tokio::task::spawn_blocking(move || cmd.spawn())
+        .await
+        .unwrap_or_else(|e| Err(std::io::Error::other(format!("spawn task: {e}"))));
+    match spawned {
         Ok(child) => {
             record.shim_pid = child.id();
             persist(shared, &record).await;
