@@ -296,21 +296,10 @@ pub async fn run_retention(core: Arc<Core>, mut stop: watch::Receiver<bool>) {
     }
 }
 
-/// Deletes this node's task log files (`<data_dir>/task-logs/<job>.log`, the layout of `task_logs::TaskLogs`) whose
-/// job is gone from the applied state; returns how many.
+/// Deletes this node's task log files ([`crate::task_logs::TaskLogs`]) whose job is gone from the applied state;
+/// returns how many.
 async fn drop_task_logs_of_compacted_jobs(core: &Core) -> std::io::Result<usize> {
-    let dir = core.cfg.data_dir.join("task-logs");
-    let d = dir.clone();
-    let names = tokio::task::spawn_blocking(move || -> std::io::Result<Vec<String>> {
-        let entries = match std::fs::read_dir(&d) {
-            Ok(e) => e,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
-            Err(e) => return Err(e),
-        };
-        Ok(entries.filter_map(|e| e.ok()?.file_name().into_string().ok()).collect())
-    })
-    .await
-    .map_err(std::io::Error::other)??;
+    let names = core.logs.file_names().await?;
     let stale = {
         let a = core.state.read().expect("state lock");
         let jobs = &a.state.jobs;
@@ -321,19 +310,7 @@ async fn drop_task_logs_of_compacted_jobs(core: &Core) -> std::io::Result<usize>
     if stale.is_empty() {
         return Ok(0);
     }
-    tokio::task::spawn_blocking(move || {
-        let mut n = 0;
-        for name in stale {
-            match std::fs::remove_file(dir.join(&name)) {
-                Ok(()) => n += 1,
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-                Err(e) => return Err(e),
-            }
-        }
-        Ok(n)
-    })
-    .await
-    .map_err(std::io::Error::other)?
+    core.logs.remove_files(stale).await
 }
 
 /// Every `blob_gc_interval`, while this node leads and has a blob store: deletes the blobs nothing references whose

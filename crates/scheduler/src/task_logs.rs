@@ -48,6 +48,39 @@ impl TaskLogs {
         Ok(Self { dir: dir.to_path_buf() })
     }
 
+    /// The names of the files this node holds (`<job>.log`, and anything else found there).
+    pub async fn file_names(&self) -> std::io::Result<Vec<String>> {
+        let dir = self.dir.clone();
+        tokio::task::spawn_blocking(move || {
+            let entries = match std::fs::read_dir(&dir) {
+                Ok(e) => e,
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+                Err(e) => return Err(e),
+            };
+            Ok(entries.filter_map(|e| e.ok()?.file_name().into_string().ok()).collect())
+        })
+        .await
+        .map_err(std::io::Error::other)?
+    }
+
+    /// Deletes these files (names from [`TaskLogs::file_names`]); returns how many were there.
+    pub async fn remove_files(&self, names: Vec<String>) -> std::io::Result<usize> {
+        let dir = self.dir.clone();
+        tokio::task::spawn_blocking(move || {
+            let mut n = 0;
+            for name in names {
+                match std::fs::remove_file(dir.join(&name)) {
+                    Ok(()) => n += 1,
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                    Err(e) => return Err(e),
+                }
+            }
+            Ok(n)
+        })
+        .await
+        .map_err(std::io::Error::other)?
+    }
+
     /// Job ids come from the state machine (`job-N`); anything else never names a file.
     fn path(&self, job_id: &str) -> Option<PathBuf> {
         let ok = !job_id.is_empty() && job_id.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_');
