@@ -30,11 +30,13 @@ fn pending(n: usize, seed: &mut u64) -> Vec<PendingJob> {
     (0..n)
         .map(|i| {
             let r = lcg(seed) % 100;
+            let replicas = if r < 5 { 4 } else { 1 };
             PendingJob {
                 id: format!("job-{i}"),
                 priority: (lcg(seed) % 3) as i32,
                 seq: i as u64,
-                replicas: if r < 5 { 4 } else { 1 },
+                replicas,
+                min_ranks: replicas,
                 resources: Resources {
                     cpu_millis: 500 * (1 + lcg(seed) % 8),
                     memory_bytes: (1 + lcg(seed) % 8) << 30,

@@ -94,7 +94,7 @@ def main():
         if wanted and not any(w in name for w in wanted):
             continue
         sps = bench(ctor(), steps, x, y)
-        print(f"{name:<6} {BATCH:>6} {THREADS:>8} {steps:>7} {sps:>12.0}   (torch {torch.__version__})")
+        print(f"{name:<6} {BATCH:>6} {THREADS:>8} {steps:>7} {sps:>12.0f}   (torch {torch.__version__})")
 
 
 if __name__ == "__main__":

@@ -17,6 +17,11 @@
 //! (default 5), `HIDDEN` (default 128), `LR` (default 0.001), `BATCH` (default 64). On the 10k MNIST subset the
 //! defaults reach ~94.8% test accuracy.
 //!
+//! Data parallel: submitted with `--replicas N`, the N ranks join one ring (`Context::join_ring`, after the
+//! scheduler's rendezvous), rank 0 broadcasts its starting point, each rank trains on its part of every global
+//! batch of `BATCH` samples and the gradients are summed with `all_reduce_sum`, so the N ranks train the same model
+//! one rank would; rank 0 checkpoints and registers it.
+//!
 //! Retries: every epoch ends with a checkpoint recorded on the run; a retried attempt (after a lost worker, say)
 //! resumes from the newest checkpoint of any earlier attempt. If the scheduler refuses a report
 //! ([`SdkError::Fenced`]) this attempt is stale and the program exits at once.
@@ -25,7 +30,7 @@ use std::collections::BTreeMap;
 use std::io::Write;
 
 // The burn derive macros expand to `burn::...` paths: bring the exact burn aidos is built on into scope.
-use aidos_sdk::{Context, NewModel, SdkError};
+use aidos_sdk::{Collective, Context, NewModel, RingOptions, SdkError};
 use aidos_train::burn;
 use burn::module::{Module, Param};
 use burn::optim::{AdamConfig, GradientsParams, ModuleOptimizer};
@@ -95,6 +100,33 @@ fn encode_checkpoint(epochs_done: u64, step: u64, model: &TinyMlp, optim: &Modul
     Ok(out)
 }
 
+/// Sums every parameter's gradient across the ranks (each rank's loss was already scaled by its share of the
+/// global batch, so the sum is the global batch's gradient).
+fn all_reduce_grads(
+    comm: &mut dyn Collective,
+    model: &TinyMlp,
+    grads: &mut GradientsParams,
+    device: &Device,
+) -> Result<(), Box<dyn std::error::Error>> {
+    macro_rules! reduce {
+        ($p:expr, $d:literal) => {{
+            let id = $p.id;
+            let shape = $p.val().dims();
+            let mut v: Vec<f32> = match grads.remove::<$d>(id) {
+                Some(g) => g.into_data().try_into_vec_as::<f32>().map_err(|e| format!("{e:?}"))?,
+                None => vec![0.0; shape.iter().product()],
+            };
+            comm.all_reduce_sum(&mut v)?;
+            grads.register(id, Tensor::<$d>::from_data(TensorData::new(v, shape), device));
+        }};
+    }
+    reduce!(model.w1, 2);
+    reduce!(model.b1, 1);
+    reduce!(model.w2, 2);
+    reduce!(model.b2, 1);
+    Ok(())
+}
+
 fn load_weights(model: TinyMlp, bytes: &[u8]) -> Result<TinyMlp, String> {
     let record = ModuleRecord::from_bytes(Bytes::from_bytes_vec(bytes.to_vec())).map_err(|e| format!("{e}"))?;
     model.try_load_record(record).map_err(|e| format!("weights do not fit: {e}"))
@@ -152,15 +184,33 @@ fn run() -> Result<(), Box<dyn std::error::Error>> {
     .into_iter()
     .map(|(k, v)| (k.to_string(), v))
     .collect();
-    ctx.log_params(&params)?;
-    ctx.log_dataset(&manifest)?;
+    // The ring of a data-parallel gang (a no-op for one rank). The signature names the model's shapes: ranks that
+    // would build different models are refused at the rendezvous.
+    let mut comm =
+        ctx.join_ring(&format!("tiny-mlp:{d}x{hidden},{hidden},{hidden}x{k},{k}"), RingOptions::default())?;
+    let (rank, world) = (comm.rank(), comm.world_size());
+    if rank == 0 {
+        ctx.log_params(&params)?;
+        ctx.log_dataset(&manifest)?;
+    }
 
-    // 2. Model and optimizer, resumed from the newest checkpoint of an earlier attempt if there is one.
+    // 2. Model and optimizer, resumed from the newest checkpoint of an earlier attempt if there is one; rank 0's
+    //    starting point is broadcast so that every rank starts identical.
     let device = Device::flex().autodiff();
     let mut model = TinyMlp::init(d, hidden, k, &device);
     let mut optim: ModuleOptimizer = AdamConfig::new().with_epsilon(1e-8).init();
     let (mut first_epoch, mut step) = (0u64, 0u64);
-    if let Some((ck, bytes)) = ctx.latest_checkpoint()? {
+    let mut latest = if rank == 0 { ctx.latest_checkpoint()? } else { None };
+    if world > 1 {
+        let mut bytes = match (rank, latest.take()) {
+            (0, Some((_, b))) => b,
+            (0, None) => encode_checkpoint(0, 0, &model, &optim)?,
+            _ => Vec::new(),
+        };
+        comm.broadcast(0, &mut bytes)?;
+        latest = Some((Default::default(), bytes));
+    }
+    if let Some((ck, bytes)) = latest {
         let word = |i: usize| u64::from_le_bytes(bytes[i * 8..i * 8 + 8].try_into().unwrap());
         if bytes.len() < 24 || 24 + word(2) as usize > bytes.len() {
             return Err(format!("checkpoint {} is not one of this program's", ck.blob).into());
@@ -169,8 +219,12 @@ fn run() -> Result<(), Box<dyn std::error::Error>> {
         model = load_weights(model, &bytes[24..m_end])?;
         optim = optim.from_bytes(Bytes::from_bytes_vec(bytes[m_end..].to_vec())).map_err(|e| format!("{e}"))?;
         (first_epoch, step) = (word(0), word(1));
-        println!("resuming after epoch {first_epoch} (step {step})");
-        ctx.log_resumed_from(step)?;
+        if step > 0 {
+            println!("resuming after epoch {first_epoch} (step {step})");
+            if rank == 0 {
+                ctx.log_resumed_from(step)?;
+            }
+        }
     }
 
     // 3. Train: metrics every 50 steps and at epoch ends, a checkpoint per epoch.
@@ -183,28 +237,50 @@ fn run() -> Result<(), Box<dyn std::error::Error>> {
             order.swap(i, rng.next() as usize % (i + 1));
         }
         let (mut sum, mut count) = (0.0, 0usize);
-        for idx in order.chunks(batch) {
+        for global in order.chunks(batch) {
+            // This rank's contiguous part of the global batch; its loss counts for its share of the batch.
+            let idx = &global[rank * global.len() / world..(rank + 1) * global.len() / world];
             let b = idx.len();
-            let x: Vec<f32> = idx.iter().flat_map(|&i| train.row(i).to_vec()).collect();
-            let y: Vec<i64> = idx.iter().map(|&i| train.labels[i] as i64).collect();
-            let x = Tensor::<2>::from_data(TensorData::new(x, [b, d]), &device);
-            let y = Tensor::<1, Int>::from_data(TensorData::new(y, [b]), &device);
-            let loss = cross_entropy(model.forward(x), y);
-            let grads = GradientsParams::from_grads(loss.backward(), &model);
+            let (mut grads, mut l) = (GradientsParams::new(), 0.0f32);
+            if b > 0 {
+                let x: Vec<f32> = idx.iter().flat_map(|&i| train.row(i).to_vec()).collect();
+                let y: Vec<i64> = idx.iter().map(|&i| train.labels[i] as i64).collect();
+                let x = Tensor::<2>::from_data(TensorData::new(x, [b, d]), &device);
+                let y = Tensor::<1, Int>::from_data(TensorData::new(y, [b]), &device);
+                let loss = cross_entropy(model.forward(x), y).mul_scalar(b as f32 / global.len() as f32);
+                grads = GradientsParams::from_grads(loss.backward(), &model);
+                l = loss.into_scalar::<f32>();
+            }
+            if world > 1 {
+                all_reduce_grads(comm.as_mut(), &model, &mut grads, &Device::flex())?;
+                let mut total = [l];
+                comm.all_reduce_sum(&mut total)?;
+                l = total[0];
+            }
             model = optim.step(lr, model, grads);
             step += 1;
-            let l = loss.into_scalar::<f32>() as f64;
+            let l = l as f64;
             (sum, count) = (sum + l, count + 1);
-            if step.is_multiple_of(50) {
+            if rank == 0 && step.is_multiple_of(50) {
                 ctx.log_metrics(step, epoch as u32, &[("train_loss", l)])?;
             }
         }
         last_loss = sum / count.max(1) as f64;
+        if rank != 0 {
+            continue;
+        }
         let acc = accuracy(&model, &test.features, &test.labels, d, k);
         ctx.log_metrics(step, epoch as u32, &[("epoch_train_loss", last_loss), ("val_accuracy", acc)])?;
         ctx.save_checkpoint(step, epoch as u32 + 1, &encode_checkpoint(epoch + 1, step, &model, &optim)?)?;
         println!("epoch {}/{epochs} step {step} loss {last_loss:.4} val_accuracy {acc:.4}", epoch + 1);
         std::io::stdout().flush()?;
+    }
+
+    // Every rank holds the same model: rank 0 registers it.
+    comm.barrier()?;
+    if rank != 0 {
+        println!("rank {rank} of {world} done at step {step}");
+        return Ok(());
     }
 
     // 4. Register the model: weights, the config needed to rebuild it and its preprocessing, metrics, lineage.

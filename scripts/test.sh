@@ -26,6 +26,10 @@ export ORT_DYLIB_PATH
 # ---- Gates: formatting and lints (a lint is allowed only with an #[allow] and a comment that says why) ----------
 cargo fmt --all --check
 cargo clippy --workspace --all-targets -- -D warnings
+# NCCL (cudarc, dynamic loading) is a feature no default build enables: it must still build and pass its lints; its
+# probe test runs here (a machine without libnccl refuses cleanly) and on a GPU machine when one is lent.
+cargo clippy -p aidos-sdk --features nccl --lib --tests -- -D warnings
+cargo test -p aidos-sdk --features nccl --lib nccl
 # -----------------------------------------------------------------------------------------------------------------
 
 # One build: the integration tests build the `aidos` binary themselves, and ONNX Runtime is a default feature, so the

@@ -88,6 +88,9 @@ impl JobService for Mock {
         self.check()?;
         self.job(&r.into_inner().job_id).map(Response::new)
     }
+    async fn join_ring(&self, _r: Request<JoinRingRequest>) -> Result<Response<JoinRingResponse>, Status> {
+        Err(Status::unimplemented("mock"))
+    }
     async fn list(&self, _r: Request<ListJobsRequest>) -> Result<Response<ListJobsResponse>, Status> {
         self.check()?;
         let jobs = self.state.lock().unwrap().jobs.values().cloned().collect();
@@ -278,7 +281,7 @@ async fn job_commands_against_a_mock_scheduler() {
     let o = aidos(&s, &["job", "status", &id]).await;
     assert!(o.stdout.contains("command:     echo hi"), "{}", o.stdout);
     let row = o.stdout.lines().find(|l| l.starts_with("0 ")).unwrap_or_default();
-    assert_eq!(row.split_whitespace().collect::<Vec<_>>(), ["0", "1", "RUNNING", "w-1", "-", "7"], "{}", o.stdout);
+    assert_eq!(row.split_whitespace().collect::<Vec<_>>(), ["0", "1", "RUNNING", "w-1", "-", "7", "-"], "{}", o.stdout);
 
     let o = aidos(&s, &["job", "wait", &id]).await;
     assert_eq!(o.code, 0, "{}", o.stderr);

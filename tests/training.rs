@@ -5,7 +5,7 @@
 mod common;
 
 use std::path::Path;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use aidos_api::run_service_client::RunServiceClient;
 use aidos_api::v1::*;
@@ -56,28 +56,11 @@ async fn killed_training_resumes_from_its_checkpoint_and_reaches_the_target() {
     assert_eq!(code, 0, "{err}");
     assert!(out.contains("mnist@v1") && out.contains("10000 rows"), "{out}");
 
-    let spec = c.path().join("train.toml");
-    std::fs::write(&spec, SPEC).unwrap();
-    let (code, out, err) = c.cli(&["train", spec.to_str().unwrap()]);
-    assert_eq!(code, 0, "{err}");
-    let job = out.trim().to_string();
+    let job = c.submit_train(SPEC);
 
     // Wait for the first periodic checkpoint, then kill the worker with its trainer.
+    let ck_step = c.wait_checkpoint(&job, 100, Duration::from_secs(240)).await;
     let mut runs = RunServiceClient::new(c.any_channel().await);
-    let deadline = Instant::now() + Duration::from_secs(240);
-    let ck_step = loop {
-        let r = runs.latest_checkpoint(LatestCheckpointRequest { job_id: job.clone() }).await.unwrap().into_inner();
-        if let Some(ck) = r.checkpoint
-            && ck.step >= 100
-        {
-            break ck.step;
-        }
-        if Instant::now() > deadline {
-            dump_logs(&c);
-            panic!("no checkpoint past step 100");
-        }
-        tokio::time::sleep(Duration::from_millis(30)).await;
-    };
     kill_worker_and_tasks(&mut c, "w1");
     c.start_worker("w2", "2", "");
 

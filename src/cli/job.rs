@@ -146,7 +146,15 @@ pub async fn run(g: &Global, cmd: JobCmd) -> anyhow::Result<()> {
         JobCmd::List(a) => list(g, &mut client, a).await,
         JobCmd::Status { id } => {
             let job = get(&mut client, &id).await?;
-            show_job(g.output, &job);
+            // Data-parallel ranks report their own throughput on the attempt's run.
+            let is_train = job.spec.as_ref().is_some_and(|s| s.kind == aidos_api::JobKind::Train as i32);
+            let throughput = if is_train && job.attempt > 0 {
+                let run = crate::cli::run::get_run(&mut client, &format!("{}.{}", job.id, job.attempt)).await.ok();
+                run.map(|r| rank_throughput(&r)).unwrap_or_default()
+            } else {
+                HashMap::new()
+            };
+            show_job(g.output, &job, &throughput);
             Ok(())
         }
         JobCmd::Logs(a) => logs(&mut client, a).await,
@@ -333,9 +341,30 @@ async fn get(client: &mut Client, id: &str) -> anyhow::Result<Job> {
         .map_err(|e| status_error(e, &format!("job {id}")))
 }
 
-fn show_job(out: Output, j: &Job) {
+/// The latest `rank<R>.samples_per_sec` of each rank in a run.
+fn rank_throughput(r: &aidos_api::Run) -> HashMap<u32, f64> {
+    let mut best: HashMap<u32, (u64, f64)> = HashMap::new();
+    for p in &r.metrics {
+        let Some(rank) = p.name.strip_prefix("rank").and_then(|s| s.strip_suffix(".samples_per_sec")) else {
+            continue;
+        };
+        let Ok(rank) = rank.parse::<u32>() else { continue };
+        let e = best.entry(rank).or_insert((p.step, p.value));
+        if p.step >= e.0 {
+            *e = (p.step, p.value);
+        }
+    }
+    best.into_iter().map(|(k, (_, v))| (k, v)).collect()
+}
+
+fn show_job(out: Output, j: &Job, throughput: &HashMap<u32, f64>) {
     if out == Output::Json {
-        print_json(&render::job_json(j));
+        let mut v = render::job_json(j);
+        if !throughput.is_empty() {
+            v["rank_samples_per_sec"] =
+                throughput.iter().map(|(k, v)| (format!("rank{k}"), serde_json::json!(v))).collect();
+        }
+        print_json(&v);
         return;
     }
     let spec = j.spec.clone().unwrap_or_default();
@@ -374,10 +403,14 @@ fn show_job(out: Output, j: &Job) {
     for t in &j.tasks {
         if t.attempts.is_empty() {
             let row = [t.rank.to_string(), "-".into(), render::task_state(t.state).into()];
-            rows.push(row.into_iter().chain(std::iter::repeat_n(String::new(), 4)).collect());
+            rows.push(row.into_iter().chain(std::iter::repeat_n(String::new(), 5)).collect());
         }
         for at in &t.attempts {
             let finished = aidos_api::TaskState::try_from(at.state).is_ok_and(|s| s.is_terminal());
+            let sps = match throughput.get(&t.rank) {
+                Some(v) if at.attempt == j.attempt => format!("{v:.0} samples/s"),
+                _ => "-".into(),
+            };
             rows.push(vec![
                 t.rank.to_string(),
                 at.attempt.to_string(),
@@ -385,11 +418,12 @@ fn show_job(out: Output, j: &Job) {
                 if at.worker_id.is_empty() { "-".into() } else { at.worker_id.clone() },
                 if finished { at.exit_code.to_string() } else { "-".into() },
                 at.fencing_token.to_string(),
+                sps,
                 render::truncate(&at.message, 60),
             ]);
         }
     }
-    print_table(&["RANK", "ATTEMPT", "STATE", "WORKER", "EXIT", "TOKEN", "MESSAGE"], &rows);
+    print_table(&["RANK", "ATTEMPT", "STATE", "WORKER", "EXIT", "TOKEN", "THROUGHPUT", "MESSAGE"], &rows);
 }
 
 pub async fn logs(client: &mut Client, a: LogsArgs) -> anyhow::Result<()> {

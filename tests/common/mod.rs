@@ -351,6 +351,35 @@ lr = 0.001
         }
     }
 
+    /// Submits the `train` spec `spec` (TOML text) with the CLI and returns the job id.
+    pub fn submit_train(&self, spec: &str) -> String {
+        let path = self.path().join(format!("train-{}.toml", std::process::id()));
+        std::fs::write(&path, spec).unwrap();
+        let (code, out, err) = self.cli(&["train", path.to_str().unwrap()]);
+        assert_eq!(code, 0, "{err}");
+        out.trim().to_string()
+    }
+
+    /// Waits for a checkpoint of `job` at step `min_step` or later and returns its step (dumps the logs and panics
+    /// after `within`).
+    pub async fn wait_checkpoint(&self, job: &str, min_step: u64, within: Duration) -> u64 {
+        let mut runs = aidos_api::run_service_client::RunServiceClient::new(self.any_channel().await);
+        let deadline = Instant::now() + within;
+        loop {
+            let req = LatestCheckpointRequest { job_id: job.to_string() };
+            if let Some(ck) = runs.latest_checkpoint(req).await.unwrap().into_inner().checkpoint
+                && ck.step >= min_step
+            {
+                return ck.step;
+            }
+            if Instant::now() > deadline {
+                dump_logs(self);
+                panic!("no checkpoint of {job} at step {min_step} or later within {within:?}");
+            }
+            tokio::time::sleep(Duration::from_millis(30)).await;
+        }
+    }
+
     pub async fn jobs(&self) -> JobServiceClient<Channel> {
         JobServiceClient::new(self.any_channel().await)
     }

@@ -44,6 +44,8 @@ pub struct SpecFile {
     #[serde(default)]
     pub resources: ResourcesFile,
     pub replicas: Option<u32>,
+    /// A data-parallel gang may restart with fewer ranks, down to this many (default: exactly `replicas`).
+    pub min_replicas: Option<u32>,
     pub priority: Option<i32>,
     pub max_retries: Option<u32>,
     #[serde(default)]
@@ -112,6 +114,12 @@ pub fn parse_toml(text: &str) -> Result<JobSpec, SpecError> {
 
 impl SpecFile {
     pub fn into_spec(self) -> Result<JobSpec, SpecError> {
+        if self.replicas == Some(0) {
+            return Err(SpecError::new("replicas", "0: a job needs at least 1 replica (omit it for 1)"));
+        }
+        if self.min_replicas == Some(0) {
+            return Err(SpecError::new("min_replicas", "0: at least 1 rank must run (omit it to keep every rank)"));
+        }
         let default_kind = if self.train.is_some() {
             "train"
         } else if self.export.is_some() {
@@ -190,6 +198,7 @@ impl SpecFile {
             kind: kind as i32,
             resources: Some(Resources { cpu_millis, memory_bytes, gpus: self.resources.gpus.unwrap_or(0) }),
             replicas: self.replicas.unwrap_or(1),
+            min_replicas: self.min_replicas.unwrap_or(0),
             priority: self.priority.unwrap_or(0),
             max_retries: self.max_retries.unwrap_or(0),
             labels: self.labels,
@@ -357,6 +366,12 @@ pub fn validate(spec: &JobSpec) -> Result<(), SpecError> {
     }
     if spec.replicas > MAX_REPLICAS {
         return Err(SpecError::new("replicas", format!("{} replicas, at most {MAX_REPLICAS}", spec.replicas)));
+    }
+    if spec.min_replicas > spec.replicas.max(1) {
+        return Err(SpecError::new(
+            "min_replicas",
+            format!("{} is more than replicas ({})", spec.min_replicas, spec.replicas.max(1)),
+        ));
     }
     if spec.max_retries > MAX_RETRIES {
         return Err(SpecError::new("max_retries", format!("{}, at most {MAX_RETRIES}", spec.max_retries)));

@@ -6,7 +6,8 @@
 //! - Queue order is priority (higher first), then age (lower submission seq first).
 //! - Greedy with backfill: a job that does not fit now is skipped and later jobs may still be placed.
 //! - A gang (replicas > 1) is placed all at once or not at all: ranks are placed on a scratch copy of the
-//!   free resources, and the copy is kept only if every rank found a worker.
+//!   free resources, and the copy is kept only if every rank found a worker. An elastic gang being restarted
+//!   (`min_ranks` < `replicas`) takes as many ranks as fit, from `replicas` down to `min_ranks`.
 //! - Filter: ready workers whose labels satisfy every constraint and whose free resources hold the request.
 //!   Score: bin-pack picks the feasible worker left fullest after placing (fewer, fuller machines); spread picks
 //!   the emptiest (and the fewest tasks), which also spreads a gang's ranks across machines.
@@ -41,6 +42,8 @@ pub struct PendingJob {
     pub priority: i32,
     pub seq: u64,
     pub replicas: u32,
+    /// Fewest ranks the gang may run with now (= `replicas` unless it is an elastic gang being restarted).
+    pub min_ranks: u32,
     pub resources: Resources,
     pub constraints: Vec<Constraint>,
     pub strategy: Option<Strategy>,
@@ -133,7 +136,7 @@ pub fn schedule(pending: &[PendingJob], cluster: &ClusterView) -> Schedule {
             workers[i].tasks += 1;
             chosen.push(i);
         }
-        if chosen.len() == job.replicas.max(1) as usize {
+        if chosen.len() >= job.min_ranks.clamp(1, job.replicas.max(1)) as usize {
             let ids = chosen.iter().map(|&i| workers[i].id.clone()).collect();
             out.assignments.push(Assignment { job_id: job.id.clone(), workers: ids });
         } else {
@@ -194,10 +197,10 @@ pub fn unschedulable_reason(job: &PendingJob, workers: &[WorkerView]) -> Option<
             .min(d(c.gpus as u64, need.gpus as u64))
     };
     let total: u64 = eligible.iter().map(per_worker).fold(0u64, |a, b| a.saturating_add(b));
-    if total < job.replicas.max(1) as u64 {
+    let least = job.min_ranks.clamp(1, job.replicas.max(1));
+    if total < least as u64 {
         return Some(format!(
-            "unschedulable: a gang of {} replicas does not fit; the whole cluster holds at most {total}",
-            job.replicas
+            "unschedulable: a gang of {least} replicas does not fit; the whole cluster holds at most {total}"
         ));
     }
     None
@@ -223,6 +226,7 @@ mod tests {
             priority: prio,
             seq,
             replicas,
+            min_ranks: replicas,
             resources: Resources { cpu_millis: cpus * 1000, memory_bytes: 1 << 20, gpus: 0 },
             constraints: vec![],
             strategy: None,

@@ -110,7 +110,7 @@ pub fn active_for(st: &ClusterState, worker_id: &str) -> Vec<TaskAssignment> {
                     attempt: a.attempt,
                     fencing_token: a.fencing_token,
                 }),
-                world_size: j.tasks.len() as u32,
+                world_size: crate::state::jobs::generation(j).count() as u32,
                 spec: Some(spec),
                 env,
             });
@@ -174,6 +174,7 @@ pub fn pending_for_placement(st: &ClusterState, after_seq: u64) -> Vec<PendingJo
                 priority: spec.priority,
                 seq: j.seq,
                 replicas: spec.replicas.max(1),
+                min_ranks: crate::state::jobs::min_ranks(j),
                 resources: spec.resources.unwrap_or_default(),
                 constraints: spec.constraints,
                 strategy: match PlacementStrategy::try_from(spec.placement) {

@@ -63,6 +63,7 @@ pub fn replica_spec(d: &Deployment) -> JobSpec {
         kind: JobKind::Serve as i32,
         resources: Some(d.resources.unwrap_or_else(default_resources)),
         replicas: 1,
+        min_replicas: 0,
         priority: REPLICA_PRIORITY,
         max_retries: REPLICA_RESTARTS,
         labels: BTreeMap::from([(DEPLOYMENT_LABEL.to_string(), d.name.clone())]),

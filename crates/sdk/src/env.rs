@@ -18,6 +18,7 @@ pub const ENV_FENCING_TOKEN: &str = task_env::FENCING_TOKEN;
 pub const ENV_WORKER_ID: &str = task_env::WORKER_ID;
 pub const ENV_SCHEDULER: &str = task_env::SCHEDULER;
 pub const ENV_WORK_DIR: &str = task_env::WORK_DIR;
+pub const ENV_ADVERTISE_HOST: &str = task_env::ADVERTISE_HOST;
 pub const ENV_BLOB_DIR: &str = task_env::BLOB_DIR;
 pub const ENV_BLOB_CACHE_MAX_BYTES: &str = task_env::BLOB_CACHE_MAX_BYTES;
 pub const ENV_S3_BUCKET: &str = aidos_blob::s3::ENV_BUCKET;
@@ -44,6 +45,9 @@ pub struct TaskEnv {
     /// The S3-compatible bucket behind the cache (`AIDOS_S3_BUCKET` and the `AWS_*` variables; see
     /// [`aidos_blob::S3Config::from_lookup`]).
     pub s3: Option<S3Config>,
+    /// Host other machines reach this task at (`AIDOS_ADVERTISE_HOST`; default `127.0.0.1`): a data-parallel
+    /// rank accepts its ring connection there.
+    pub advertise_host: String,
 }
 
 impl TaskEnv {
@@ -133,7 +137,12 @@ impl TaskEnv {
             })?,
             None => None,
         };
+        let advertise_host = get(ENV_ADVERTISE_HOST)
+            .map(|h| h.trim().to_string())
+            .filter(|h| !h.is_empty())
+            .unwrap_or_else(|| "127.0.0.1".to_string());
         Ok(TaskEnv {
+            advertise_host,
             s3,
             job_id,
             rank,

@@ -48,6 +48,14 @@ pub enum SdkError {
         source: BlobError,
     },
 
+    /// A collective of the data-parallel ring failed (a peer died, timed out or disagreed); the gang restarts.
+    #[error("{0}")]
+    Collective(#[from] crate::collective::CollectiveError),
+
+    /// The ranks of the gang did not all reach the rendezvous in time.
+    #[error("rendezvous of job {job} (generation {generation}): {problem}")]
+    Rendezvous { job: String, generation: u32, problem: String },
+
     /// The SDK's internal runtime could not be started.
     #[error("cannot start the SDK runtime: {0}")]
     Runtime(std::io::Error),

@@ -40,6 +40,7 @@
 //! | `AIDOS_WORK_DIR`      | the task's private working directory (also its cwd)                               |
 //! | `AIDOS_BLOB_DIR`      | root of the local-directory blob store (datasets, checkpoints, model weights)     |
 //! | `AIDOS_BLOB_CACHE_MAX_BYTES` | set: `AIDOS_BLOB_DIR` is a bounded cache, blobs come from the blob service |
+//! | `AIDOS_ADVERTISE_HOST` | where other machines reach this task (default `127.0.0.1`): a rank's ring listens there |
 //!
 //! The built-in trainer (`JobKind::Train`) additionally gets `AIDOS_TRAIN_DATASET`, `AIDOS_TRAIN_CONFIG`,
 //! `AIDOS_TRAIN_REGISTER_AS`, `AIDOS_TRAIN_SPLIT` and `AIDOS_EVAL_SPLIT` (see `aidos_train::builtin`).
@@ -52,15 +53,25 @@
 //! the program should stop. [`Context::latest_checkpoint`] returns the newest checkpoint of *any* attempt of the
 //! job, which is where a retried attempt resumes.
 //!
+//! # Data parallelism
+//!
+//! [`Context::join_ring`] runs the scheduler's rendezvous for a gang of `AIDOS_WORLD_SIZE` ranks and returns a
+//! [`Collective`] ([`collective`]): `all_reduce_sum`, `broadcast`, `barrier` over a ring of TCP connections between
+//! the ranks, for the generation (attempt) this process belongs to. A dead or silent peer ends every rank's call
+//! with an error instead of a hang; the program should exit, and the scheduler restarts the gang.
+//!
 //! # Robustness
 //!
 //! RPCs go to any scheduler node (followers forward writes to the leader); on UNAVAILABLE or a connection error
 //! the SDK tries the next address with backoff for up to 30 s, long enough for a leader failover.
 //! Metric points are buffered and sent every second or every 500 points, on [`Context::flush`] and on drop.
 
+pub mod collective;
 mod data;
 mod env;
 mod error;
+#[cfg(feature = "nccl")]
+pub mod nccl;
 mod rpc;
 
 use std::collections::BTreeMap;
@@ -68,15 +79,17 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use aidos_api::dataset_service_client::DatasetServiceClient;
+use aidos_api::job_service_client::JobServiceClient;
 use aidos_api::model_service_client::ModelServiceClient;
 use aidos_api::run_service_client::RunServiceClient;
 use aidos_api::v1::{
-    GetDatasetRequest, LatestCheckpointRequest, Lineage, MetricPoint, RecordCheckpointRequest, RegisterModelRequest,
-    ReportMetricsRequest,
+    GetDatasetRequest, JoinRingRequest, LatestCheckpointRequest, Lineage, MetricPoint, RecordCheckpointRequest,
+    RegisterModelRequest, ReportMetricsRequest,
 };
 
 pub use aidos_api::v1::{CheckpointRef, DatasetManifest, ModelVersion};
 pub use aidos_blob::{BlobError, BlobId, BlobStore, CachedStore, LocalDirStore, ServiceStore};
+pub use collective::{Collective, CollectiveError, Compression, RingOptions, SingleRank, TcpRing, Transport};
 pub use data::{LoadedSplit, load_split, manifest_ref};
 pub use env::{
     DatasetRef, ENV_ATTEMPT, ENV_BLOB_DIR, ENV_FENCING_TOKEN, ENV_JOB_ID, ENV_RANK, ENV_SCHEDULER, ENV_WORK_DIR,
@@ -331,6 +344,84 @@ impl Context {
             }))
             .map_err(fenced_if_gone)?;
         Ok(id)
+    }
+
+    // ---- data parallelism
+
+    /// Joins this attempt's data-parallel ring: publishes where this rank accepts its ring connection and the
+    /// `signature` of its model (e.g. its parameter shapes, which every rank must share: a mismatch is refused by
+    /// the scheduler with an error naming both), waits until every rank of the generation joined, and connects.
+    /// A gang of one gets a [`SingleRank`] without any call. Waits at most `opts.rendezvous_timeout` for the other
+    /// ranks; a stale attempt gets [`SdkError::Fenced`].
+    pub fn join_ring(&self, signature: &str, opts: RingOptions) -> Result<Box<dyn Collective>> {
+        if self.env.world_size <= 1 {
+            return Ok(Box::new(SingleRank { generation: self.env.attempt as u64 }));
+        }
+        let listener = collective::bind_ring_listener(&self.env.advertise_host).map_err(|e| SdkError::Rendezvous {
+            job: self.env.job_id.clone(),
+            generation: self.env.attempt,
+            problem: format!("cannot listen on {}: {e}", self.env.advertise_host),
+        })?;
+        let port = listener.local_addr().map_err(SdkError::Runtime)?.port();
+        let host = &self.env.advertise_host;
+        let address = if host.contains(':') { format!("[{host}]:{port}") } else { format!("{host}:{port}") };
+        let req = JoinRingRequest {
+            worker_id: self.env.worker_id.clone(),
+            attempt: Some(self.env.attempt_ref()),
+            address,
+            signature: signature.to_string(),
+        };
+        let deadline = Instant::now() + opts.rendezvous_timeout;
+        let view = loop {
+            let res = {
+                let inner = self.lock();
+                self.rt.block_on(inner.conn.call("JobService.JoinRing", |ch| {
+                    let req = req.clone();
+                    async move { JobServiceClient::new(ch).join_ring(req).await }
+                }))?
+            };
+            if res.complete {
+                break res;
+            }
+            if Instant::now() >= deadline {
+                let missing: Vec<String> =
+                    res.peers.iter().enumerate().filter(|(_, p)| p.is_empty()).map(|(r, _)| r.to_string()).collect();
+                return Err(SdkError::Rendezvous {
+                    job: self.env.job_id.clone(),
+                    generation: res.generation,
+                    problem: format!(
+                        "ranks {} did not join within {}s",
+                        missing.join(", "),
+                        opts.rendezvous_timeout.as_secs()
+                    ),
+                });
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        };
+        let id = collective::RingId {
+            job: self.env.job_id.clone(),
+            generation: view.generation as u64,
+            rank: self.env.rank as usize,
+            world: view.world_size as usize,
+        };
+        if view.world_size <= 1 {
+            return Ok(Box::new(SingleRank { generation: view.generation as u64 }));
+        }
+        #[allow(unused_mut)]
+        let mut ring = TcpRing::connect(id, &listener, &view.peers, opts)?;
+        // NCCL only when every rank can use it (device 0 of what the worker lets the task see).
+        #[cfg(feature = "nccl")]
+        if nccl::choose(&mut ring, opts.transport, 0)? {
+            return Ok(Box::new(nccl::NcclRing::new(ring, 0)?));
+        }
+        #[cfg(not(feature = "nccl"))]
+        if opts.transport == collective::Transport::Nccl {
+            return Err(collective::CollectiveError::Connect(
+                "NCCL was asked for but this build has no NCCL (build aidos-sdk with --features nccl)".into(),
+            )
+            .into());
+        }
+        Ok(Box::new(ring))
     }
 
     /// The newest checkpoint of any attempt of this job (where a retried attempt resumes) and its bytes, or

@@ -30,6 +30,7 @@ fn toy_manifest(store: &LocalDirStore) -> DatasetManifest {
 
 fn env(blobs: &Path, schedulers: Vec<String>) -> TaskEnv {
     TaskEnv {
+        advertise_host: "127.0.0.1".into(),
         job_id: "job-1".into(),
         rank: 0,
         world_size: 1,

@@ -36,7 +36,7 @@ use crate::config::{ModelConfig, TrainConfig};
 use crate::data::Dataset;
 use crate::error::TrainError;
 use crate::eval::{evaluate, load_model};
-use crate::train::{TrainHooks, train};
+use crate::train::{TrainHooks, train_with};
 
 pub const ENV_TRAIN_DATASET: &str = aidos_api::contract::task_env::TRAIN_DATASET;
 pub const ENV_TRAIN_CONFIG: &str = aidos_api::contract::task_env::TRAIN_CONFIG;
@@ -164,7 +164,8 @@ pub struct ModelConfigRecord {
 /// What a built-in training run produced.
 #[derive(Debug, Clone)]
 pub struct BuiltinOutcome {
-    pub model: ModelVersion,
+    /// The registered model; None on the ranks other than 0 of a data-parallel gang (rank 0 registers it).
+    pub model: Option<ModelVersion>,
     pub test_accuracy: f64,
     pub test_loss: f64,
     pub train_loss: Option<f64>,
@@ -232,6 +233,9 @@ fn json_num(v: Option<f64>) -> String {
 
 struct Hooks<'a> {
     ctx: &'a Context,
+    /// This task's rank in a data-parallel gang: only rank 0 reports the (global) metrics and checkpoints; every
+    /// rank reports its own throughput as `rank<R>.samples_per_sec`.
+    rank: u32,
     out: &'a mut dyn Write,
     resume: Option<Checkpoint>,
     epochs: u32,
@@ -275,8 +279,20 @@ impl Hooks<'_> {
 
 impl TrainHooks for Hooks<'_> {
     fn on_metrics(&mut self, step: u64, epoch: u32, metrics: &[(&str, f64)]) {
-        if let Err(e) = self.ctx.log_metrics(step, epoch, metrics) {
+        let rank_key = format!("rank{}.samples_per_sec", self.rank);
+        let mut mine: Vec<(&str, f64)> = Vec::with_capacity(metrics.len());
+        for &(k, v) in metrics {
+            match k {
+                "rank_samples_per_sec" => mine.push((rank_key.as_str(), v)),
+                _ if self.rank == 0 => mine.push((k, v)),
+                _ => {}
+            }
+        }
+        if let Err(e) = self.ctx.log_metrics(step, epoch, &mine) {
             self.sdk_failed("reporting metrics", e);
+        }
+        if self.rank != 0 {
+            return;
         }
         let get = |k: &str| metrics.iter().find(|(n, _)| *n == k).map(|(_, v)| *v);
         if let Some(l) = get("epoch_train_loss") {
@@ -288,6 +304,9 @@ impl TrainHooks for Hooks<'_> {
     }
 
     fn on_checkpoint(&mut self, ck: &Checkpoint) -> crate::Result<()> {
+        if self.rank != 0 {
+            return Ok(());
+        }
         if self.fatal.is_some() {
             return Err(TrainError::Hook("the attempt is stale".into()));
         }
@@ -348,13 +367,17 @@ pub fn run(ctx: &Context, job: &TrainJob, out: &mut dyn Write) -> Result<Builtin
     params.insert("eval_split".into(), job.eval_split.clone());
     params.insert("normalization.mean".into(), norm.mean.to_string());
     params.insert("normalization.std".into(), norm.std.to_string());
-    ctx.log_params(&params)?;
-    ctx.log_dataset(&manifest)?;
+    let rank = ctx.env().rank;
+    if rank == 0 {
+        ctx.log_params(&params)?;
+        ctx.log_dataset(&manifest)?;
+    }
 
-    // Resume from the newest checkpoint of any attempt of this job.
+    // Resume from the newest checkpoint of any attempt of this job (rank 0 reads it and hands it to the others).
     let mut resume = None;
     let mut resumed_from_step = None;
-    if let Some((ck_ref, bytes)) = ctx.latest_checkpoint()? {
+    let latest = if rank == 0 { ctx.latest_checkpoint()? } else { None };
+    if let Some((ck_ref, bytes)) = latest {
         let ck = Checkpoint { bytes };
         let meta = ck.meta().map_err(|source| BuiltinError::Resume {
             blob: ck_ref.blob.clone(),
@@ -382,8 +405,26 @@ pub fn run(ctx: &Context, job: &TrainJob, out: &mut dyn Write) -> Result<Builtin
         cfg.batch_size
     );
     let _ = out.flush();
+    // The data-parallel ring (a gang of one gets a no-op collective without any call).
+    let opts = aidos_sdk::RingOptions { compression: cfg.gradient_compression, ..Default::default() };
+    let mut comm = ctx.join_ring(&crate::train::param_signature(&cfg.model), opts)?;
+    if comm.world_size() > 1 {
+        let _ = writeln!(
+            out,
+            "rank {} of {} (generation {}): {} samples per global batch of {}",
+            comm.rank(),
+            comm.world_size(),
+            comm.generation(),
+            {
+                let (lo, hi) = crate::train::shard(cfg.batch_size, comm.world_size(), comm.rank());
+                hi - lo
+            },
+            cfg.batch_size
+        );
+    }
     let mut hooks = Hooks {
         ctx,
+        rank,
         out,
         resume,
         epochs: cfg.epochs,
@@ -391,7 +432,7 @@ pub fn run(ctx: &Context, job: &TrainJob, out: &mut dyn Write) -> Result<Builtin
         fatal: None,
         last_epoch_loss: None,
     };
-    let result = train(cfg, &train_ds, Some(&eval_ds), &mut hooks);
+    let result = train_with(cfg, &train_ds, Some(&eval_ds), &mut hooks, comm.as_mut());
     if let Some(e) = hooks.fatal.take() {
         return Err(e.into());
     }
@@ -405,6 +446,19 @@ pub fn run(ctx: &Context, job: &TrainJob, out: &mut dyn Write) -> Result<Builtin
     })?;
     let train_loss = hooks.last_epoch_loss.or_else(|| outcome.history.last().map(|h| h.train_loss));
     let out = hooks.out;
+    if rank != 0 {
+        ctx.flush()?;
+        let _ = writeln!(out, "rank {rank} finished at step {} (rank 0 registers the model)", outcome.global_step);
+        let _ = out.flush();
+        return Ok(BuiltinOutcome {
+            model: None,
+            test_accuracy: f64::NAN,
+            test_loss: f64::NAN,
+            train_loss,
+            resumed_from_step,
+            global_step: outcome.global_step,
+        });
+    }
 
     let eval_err = |source| BuiltinError::Eval { split: job.eval_split.clone(), source };
     let model = load_model(&cfg.model, &outcome.weights).map_err(eval_err)?;
@@ -440,7 +494,7 @@ pub fn run(ctx: &Context, job: &TrainJob, out: &mut dyn Write) -> Result<Builtin
     let _ = writeln!(out, "registered model {}:{} test_accuracy={:.4}", mv.name, mv.version, report.accuracy);
     let _ = out.flush();
     Ok(BuiltinOutcome {
-        model: mv,
+        model: Some(mv),
         test_accuracy: report.accuracy,
         test_loss: report.loss,
         train_loss,

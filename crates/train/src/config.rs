@@ -441,6 +441,26 @@ pub struct TrainConfig {
     pub log_every_steps: u64,
     #[serde(default)]
     pub backend: BackendKind,
+    /// How data-parallel ranks send gradients: `none` (f32) or `bf16` (half the bytes).
+    #[serde(default, with = "compression_serde")]
+    pub gradient_compression: aidos_sdk::Compression,
+}
+
+/// `gradient_compression` as `"none"` / `"bf16"`.
+mod compression_serde {
+    use aidos_sdk::Compression;
+    use serde::{Deserialize, Deserializer, Serializer, de::Error};
+
+    pub fn serialize<S: Serializer>(c: &Compression, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(match c {
+            Compression::None => "none",
+            Compression::Bf16 => "bf16",
+        })
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Compression, D::Error> {
+        String::deserialize(d)?.parse().map_err(D::Error::custom)
+    }
 }
 
 fn default_log_every() -> u64 {
@@ -461,6 +481,7 @@ impl TrainConfig {
             checkpoint_every_steps: 0,
             log_every_steps: default_log_every(),
             backend: BackendKind::Cpu,
+            gradient_compression: aidos_sdk::Compression::None,
         }
     }
 

@@ -48,6 +48,10 @@ pub enum TrainError {
     /// A training hook failed (e.g. the checkpoint could not be persisted).
     #[error("hook: {0}")]
     Hook(String),
+
+    /// A collective of data-parallel training failed (a rank died, timed out or disagreed).
+    #[error("data-parallel training: {0}")]
+    Collective(#[from] aidos_sdk::CollectiveError),
 }
 
 /// Convenience alias.

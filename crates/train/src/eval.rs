@@ -82,6 +82,19 @@ impl TrainedModel {
         &self.config
     }
 
+    /// Every parameter's values, flattened in module order (for comparing two models).
+    pub fn parameters(&self) -> Vec<f32> {
+        struct Values(Vec<f32>);
+        impl burn::module::ModuleVisitor for Values {
+            fn visit_float<const D: usize>(&mut self, p: &burn::module::Param<Tensor<D>>) {
+                self.0.extend(p.val().into_data().iter::<f32>());
+            }
+        }
+        let mut v = Values(Vec::new());
+        self.model.visit(&mut v);
+        v.0
+    }
+
     /// Serialised weights (burnpack), loadable with [`load_model`].
     pub fn weights(&self) -> Result<Vec<u8>> {
         model_to_bytes(&self.model)

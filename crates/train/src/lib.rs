@@ -37,7 +37,7 @@ pub use data::{Dataset, IdxArray, Normalization, epoch_order};
 pub use error::{Result, TrainError};
 pub use eval::{ClassStats, EvalReport, TrainedModel, evaluate, load_model, load_model_on};
 pub use model::Model;
-pub use train::{EpochSummary, NoHooks, TrainHooks, TrainOutcome, train};
+pub use train::{EpochSummary, NoHooks, TrainHooks, TrainOutcome, param_signature, shard, train, train_with};
 
 /// Re-export of the exact burn version this crate is built on.
 pub use burn;

@@ -10,10 +10,25 @@
 //!   epoch, which gets the epoch-end one instead), at each epoch end, and when `should_stop`
 //!   ends training early — so a cancelled job can be resumed where it stopped.
 //! * `hooks.resume()` is asked exactly once, before the first step.
+//!
+//! Data parallelism ([`train_with`] and a [`Collective`] of N ranks):
+//! * `batch_size` is the global batch. Step `g`'s global batch (the same indices as with one rank) is split into N
+//!   contiguous parts ([`shard`]); rank `r` computes `sum of its samples' losses / global batch size`, and the
+//!   gradients are summed across ranks, so every rank applies exactly the gradient of the global batch's mean loss:
+//!   N ranks train the same model as one rank (up to floating-point summation order), and the gang may restart
+//!   with another N (elastic) without changing the math or the checkpoint.
+//! * Before the first step rank 0 broadcasts its starting point (its resumed checkpoint, or its fresh model), so
+//!   every rank starts from identical weights and optimizer state; after that every rank applies the same
+//!   gradients, so they stay identical. Only rank 0 evaluates, checkpoints and has a result worth registering.
+//! * Gradients travel as one flat buffer (parameters in module order, then the batch loss), all-reduced in
+//!   buckets of at most [`BUCKET_VALUES`] values; burn's backward pass is one call, so there is no overlap of
+//!   communication with it.
+//! * Dropout masks use the stream `(seed, DROPOUT, g * N + r)` (with one rank: `g`, as before).
 
 use std::time::Instant;
 
-use burn::module::Module;
+use aidos_sdk::{Collective, SingleRank};
+use burn::module::{Module, ModuleVisitor, Param, ParamId};
 use burn::optim::decay::WeightDecayConfig;
 use burn::optim::momentum::MomentumConfig;
 use burn::optim::{AdamConfig, AdamWConfig, GradientsParams, ModuleOptimizer, SgdConfig};
@@ -186,12 +201,114 @@ fn make_checkpoint(
     Checkpoint::encode(&meta, &model_to_bytes(model)?, &optim)
 }
 
+/// Most values all-reduced in one call (16 MiB of f32).
+pub const BUCKET_VALUES: usize = 4 << 20;
+
+/// The part `lo..hi` of a global batch of `len` samples that `rank` of `world` trains on: contiguous, disjoint,
+/// covering the batch, sizes differing by at most one.
+pub fn shard(len: usize, world: usize, rank: usize) -> (usize, usize) {
+    (rank * len / world, (rank + 1) * len / world)
+}
+
+/// The model's parameters in module order, with their shapes.
+struct ParamList(Vec<(ParamId, Vec<usize>)>);
+
+impl ModuleVisitor for ParamList {
+    fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {
+        self.0.push((param.id, param.lazy_shape().dims::<D>().to_vec()));
+    }
+}
+
+fn param_list(model: &Model) -> Vec<(ParamId, Vec<usize>)> {
+    let mut v = ParamList(Vec::new());
+    model.visit(&mut v);
+    v.0
+}
+
+/// The signature data-parallel ranks compare at rendezvous: the model family and every parameter's shape, in
+/// module order (`mlp:784x256,256,256x128,...`).
+pub fn param_signature(cfg: &crate::config::ModelConfig) -> String {
+    let model = Model::init(cfg, 0, &burn::tensor::Device::default());
+    let shapes: Vec<String> =
+        param_list(&model).iter().map(|(_, s)| s.iter().map(|d| d.to_string()).collect::<Vec<_>>().join("x")).collect();
+    format!("{}:{}", cfg.name(), shapes.join(","))
+}
+
+/// Moves every parameter's gradient (zeros where it has none) into one flat buffer, in `params` order.
+fn flatten_grads(grads: &mut GradientsParams, params: &[(ParamId, Vec<usize>)], out: &mut Vec<f32>) -> Result<()> {
+    out.clear();
+    for (id, shape) in params {
+        let n: usize = shape.iter().product();
+        let data = match shape.len() {
+            1 => grads.remove::<1>(*id).map(|t| t.into_data()),
+            2 => grads.remove::<2>(*id).map(|t| t.into_data()),
+            3 => grads.remove::<3>(*id).map(|t| t.into_data()),
+            4 => grads.remove::<4>(*id).map(|t| t.into_data()),
+            d => return Err(TrainError::Backend(format!("parameters of rank {d} are not supported"))),
+        };
+        match data {
+            Some(d) => out.extend(
+                d.try_into_vec::<f32>().map_err(|e| TrainError::Backend(format!("gradient is not f32: {e:?}")))?,
+            ),
+            None => out.resize(out.len() + n, 0.0),
+        }
+    }
+    Ok(())
+}
+
+/// The inverse of [`flatten_grads`]: registers each parameter's slice of `flat` as its gradient.
+fn unflatten_grads(flat: &[f32], params: &[(ParamId, Vec<usize>)], device: &burn::tensor::Device) -> GradientsParams {
+    let mut grads = GradientsParams::new();
+    let mut at = 0;
+    for (id, shape) in params {
+        let n: usize = shape.iter().product();
+        let data = TensorData::new(flat[at..at + n].to_vec(), shape.clone());
+        at += n;
+        match shape.len() {
+            1 => grads.register(*id, Tensor::<1>::from_data(data, device)),
+            2 => grads.register(*id, Tensor::<2>::from_data(data, device)),
+            3 => grads.register(*id, Tensor::<3>::from_data(data, device)),
+            _ => grads.register(*id, Tensor::<4>::from_data(data, device)),
+        }
+    }
+    grads
+}
+
+fn all_reduce_buckets(comm: &mut dyn Collective, flat: &mut [f32]) -> Result<()> {
+    for bucket in flat.chunks_mut(BUCKET_VALUES) {
+        comm.all_reduce_sum(bucket)?;
+    }
+    Ok(())
+}
+
+/// The inputs and labels of the samples `idx` on `device`.
+fn batch(ds: &Dataset, idx: &[u32], d: usize, device: &burn::tensor::Device) -> (Tensor<2>, Tensor<1, Int>) {
+    let b = idx.len();
+    let (feats, labels) = ds.gather(idx);
+    let labels: Vec<i64> = labels.into_iter().map(i64::from).collect();
+    (
+        Tensor::<2>::from_data(TensorData::new(feats, [b, d]), device),
+        Tensor::<1, Int>::from_data(TensorData::new(labels, [b]), device),
+    )
+}
+
 /// Train `cfg.model` on `train_ds`, evaluating on `val_ds` at each epoch end.
 pub fn train(
     cfg: &TrainConfig,
     train_ds: &Dataset,
     val_ds: Option<&Dataset>,
     hooks: &mut dyn TrainHooks,
+) -> Result<TrainOutcome> {
+    train_with(cfg, train_ds, val_ds, hooks, &mut SingleRank::default())
+}
+
+/// [`train`] as one rank of a data-parallel gang (see the module docs); with a [`SingleRank`] it is [`train`].
+pub fn train_with(
+    cfg: &TrainConfig,
+    train_ds: &Dataset,
+    val_ds: Option<&Dataset>,
+    hooks: &mut dyn TrainHooks,
+    comm: &mut dyn Collective,
 ) -> Result<TrainOutcome> {
     cfg.validate()?;
     if train_ds.is_empty() {
@@ -216,7 +333,19 @@ pub fn train(
 
     let mut pos = Position { epoch: 0, step_in_epoch: 0, global_step: 0 };
     let mut resumed_from_step = None;
-    if let Some(ck) = hooks.resume() {
+    let (world, rank) = (comm.world_size(), comm.rank());
+    let mut start = hooks.resume();
+    if world > 1 {
+        // Every rank starts from rank 0's starting point: its resumed checkpoint, or its fresh model.
+        let mut bytes = match (rank, start.take()) {
+            (0, Some(ck)) => ck.bytes,
+            (0, None) => make_checkpoint(cfg, &model, &optim, &pos, n)?.bytes,
+            _ => Vec::new(),
+        };
+        comm.broadcast(0, &mut bytes)?;
+        start = Some(Checkpoint { bytes });
+    }
+    if let Some(ck) = start {
         let (meta, model_bytes, optim_bytes) = ck.decode()?;
         check_resume(cfg, &meta, n)?;
         model = load_weights(model, model_bytes)?;
@@ -232,8 +361,12 @@ pub fn train(
             )));
         }
         pos = Position { epoch: meta.epoch, step_in_epoch: meta.step_in_epoch, global_step: meta.global_step };
-        resumed_from_step = Some(meta.global_step);
+        if world == 1 || meta.global_step > 0 {
+            resumed_from_step = Some(meta.global_step);
+        }
     }
+    let params = if world > 1 { param_list(&model) } else { Vec::new() };
+    let mut flat: Vec<f32> = Vec::new();
 
     let mut history = Vec::new();
     let mut stopped_early = false;
@@ -244,30 +377,63 @@ pub fn train(
         let (mut epoch_loss, mut epoch_steps, mut epoch_samples) = (0f64, 0u64, 0usize);
         let mut window: Option<Tensor<1>> = None;
         let (mut window_steps, mut window_samples, mut window_start) = (0u64, 0usize, Instant::now());
+        let mut rank_window_samples = 0usize;
         let mut lr = base_lr;
 
         for idx in order.chunks(bs).skip(pos.step_in_epoch as usize) {
             if hooks.should_stop() {
                 stopped_early = true;
-                hooks.on_checkpoint(&make_checkpoint(cfg, &model, &optim, &pos, n)?)?;
+                if rank == 0 {
+                    hooks.on_checkpoint(&make_checkpoint(cfg, &model, &optim, &pos, n)?)?;
+                }
                 break 'epochs;
             }
             lr = cfg.schedule.lr_at(base_lr, pos.global_step, total_steps);
-            let b = idx.len();
-            let (feats, labels) = train_ds.gather(idx);
-            let labels: Vec<i64> = labels.into_iter().map(i64::from).collect();
-            let x = Tensor::<2>::from_data(TensorData::new(feats, [b, d]), &device);
-            let y = Tensor::<1, Int>::from_data(TensorData::new(labels, [b]), &device);
-            let mut drop_rng = SplitMix64::stream(cfg.seed, rng::DROPOUT, pos.global_step);
-            let loss = cross_entropy(model.forward_train(x, Some(&mut drop_rng)), y);
-            let grads = GradientsParams::from_grads(loss.backward(), &model);
-            model = optim.step(lr, model, grads);
-            let l = loss.detach();
-            window = Some(match window.take() {
-                Some(w) => w + l,
-                None => l,
-            });
-
+            let global_b = idx.len();
+            let (lo, hi) = shard(global_b, world, rank);
+            let mine = &idx[lo..hi];
+            let b = mine.len();
+            let stream = pos.global_step * world as u64 + rank as u64;
+            if world == 1 {
+                let (x, y) = batch(train_ds, mine, d, &device);
+                let mut drop_rng = SplitMix64::stream(cfg.seed, rng::DROPOUT, stream);
+                let loss = cross_entropy(model.forward_train(x, Some(&mut drop_rng)), y);
+                let grads = GradientsParams::from_grads(loss.backward(), &model);
+                model = optim.step(lr, model, grads);
+                let l = loss.detach();
+                window = Some(match window.take() {
+                    Some(w) => w + l,
+                    None => l,
+                });
+            } else {
+                // This rank's share of the global batch's mean loss; the sum over ranks is the mean.
+                let mut local_loss = 0f32;
+                let mut grads = if b > 0 {
+                    let (x, y) = batch(train_ds, mine, d, &device);
+                    let mut drop_rng = SplitMix64::stream(cfg.seed, rng::DROPOUT, stream);
+                    let loss = cross_entropy(model.forward_train(x, Some(&mut drop_rng)), y)
+                        .mul_scalar(b as f32 / global_b as f32);
+                    let grads = GradientsParams::from_grads(loss.backward(), &model);
+                    local_loss = loss.detach().into_scalar::<f32>();
+                    grads
+                } else {
+                    GradientsParams::new()
+                };
+                flatten_grads(&mut grads, &params, &mut flat)?;
+                flat.push(local_loss);
+                all_reduce_buckets(comm, &mut flat)?;
+                let global_loss = flat.pop().unwrap_or(0.0);
+                let grads = unflatten_grads(&flat, &params, &base_device);
+                model = optim.step(lr, model, grads);
+                let l = Tensor::<1>::from_data(TensorData::new(vec![global_loss], [1]), &base_device);
+                window = Some(match window.take() {
+                    Some(w) => w + l,
+                    None => l,
+                });
+            }
+            let rank_samples = b;
+            let b = global_b;
+            rank_window_samples += rank_samples;
             pos.global_step += 1;
             pos.step_in_epoch += 1;
             window_steps += 1;
@@ -286,11 +452,14 @@ pub fn train(
                         ("train_loss", sum / window_steps as f64),
                         ("lr", lr),
                         ("samples_per_sec", window_samples as f64 / secs),
+                        ("rank_samples_per_sec", rank_window_samples as f64 / secs),
                     ],
                 );
                 (window_steps, window_samples, window_start) = (0, 0, Instant::now());
+                rank_window_samples = 0;
             }
-            if cfg.checkpoint_every_steps > 0
+            if rank == 0
+                && cfg.checkpoint_every_steps > 0
                 && pos.global_step.is_multiple_of(cfg.checkpoint_every_steps)
                 && pos.step_in_epoch < steps_per_epoch
             {
@@ -307,8 +476,8 @@ pub fn train(
         pos.epoch += 1;
         pos.step_in_epoch = 0;
         let val = match val_ds {
-            Some(v) => Some(evaluate_model(&model.valid(), &base_device, &cfg.model, v)?),
-            None => None,
+            Some(v) if rank == 0 => Some(evaluate_model(&model.valid(), &base_device, &cfg.model, v)?),
+            _ => None,
         };
         let train_loss = if epoch_steps > 0 { epoch_loss / epoch_steps as f64 } else { f64::NAN };
         let sps = epoch_samples as f64 / secs;
@@ -319,7 +488,9 @@ pub fn train(
         }
         hooks.on_metrics(pos.global_step, finished_epoch, &metrics);
         history.push(EpochSummary { epoch: finished_epoch, train_loss, samples_per_sec: sps, val });
-        hooks.on_checkpoint(&make_checkpoint(cfg, &model, &optim, &pos, n)?)?;
+        if rank == 0 {
+            hooks.on_checkpoint(&make_checkpoint(cfg, &model, &optim, &pos, n)?)?;
+        }
     }
 
     Ok(TrainOutcome {

@@ -53,6 +53,7 @@ fn blobs_manifest(store: &LocalDirStore) -> DatasetManifest {
 
 fn env(blobs: &Path, addr: &str, attempt: u32) -> TaskEnv {
     TaskEnv {
+        advertise_host: "127.0.0.1".into(),
         job_id: "job-9".into(),
         rank: 0,
         world_size: 1,
@@ -135,7 +136,7 @@ fn builtin_trainer_end_to_end() {
     drop(ctx);
     assert_eq!(o.resumed_from_step, Some(30));
     assert_eq!(o.global_step, 45);
-    assert_eq!(o.model.version, 2);
+    assert_eq!(o.model.as_ref().unwrap().version, 2);
     assert!(state.lock().unwrap().reports.iter().any(|r| r.resumed_from_step == 30));
 
     // A fenced attempt stops with the scheduler's refusal.

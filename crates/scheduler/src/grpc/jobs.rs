@@ -38,6 +38,10 @@ impl JobService for Jobs {
         ok(leader(&self.0)?.watch(&r.get_ref().job_id)?)
     }
 
+    async fn join_ring(&self, r: Request<JoinRingRequest>) -> Res<JoinRingResponse> {
+        ok(leader(&self.0)?.join_ring(r.into_inner()).await?)
+    }
+
     type LogsStream = BoxStream<LogChunk>;
     async fn logs(&self, r: Request<LogsRequest>) -> Res<Self::LogsStream> {
         ok(leader(&self.0)?.logs(r.into_inner())?)

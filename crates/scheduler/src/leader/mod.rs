@@ -16,8 +16,8 @@ use std::time::Duration;
 use aidos_api::logframe;
 use aidos_api::v1::command_v1::Command;
 use aidos_api::v1::{
-    AddNodeRequest, CancelJobV1, ClusterStatus, Job, JobState, LogChunk, LogsRequest, SubmitJobsV1, SubmitRequest,
-    SubmitResponse,
+    AddNodeRequest, CancelJobV1, ClusterStatus, Job, JobState, JoinRingRequest, JoinRingResponse, LogChunk,
+    LogsRequest, SubmitJobsV1, SubmitRequest, SubmitResponse,
 };
 use futures::Stream;
 use tokio::sync::{mpsc, oneshot};
@@ -71,6 +71,28 @@ impl LeaderHandler {
     /// Runs a read (see `queries`) over the applied state. Holds the state lock for the call only.
     pub fn read<T>(&self, f: impl FnOnce(&ClusterState) -> T) -> T {
         f(&self.core.state.read().expect("state lock").state)
+    }
+
+    /// The rendezvous of a data-parallel gang (see `JobService.JoinRing`): records the rank's ring address once
+    /// (a repeated call with the same address costs no write), then answers the generation's peers.
+    pub async fn join_ring(&self, r: JoinRingRequest) -> Result<JoinRingResponse, SchedulerError> {
+        let a = r.attempt.clone().unwrap_or_default();
+        let joined = self.read(|st| {
+            st.jobs
+                .check_current(&r.worker_id, &a)
+                .map(|(_, at)| at.ring_addr == r.address && at.ring_signature == r.signature)
+        });
+        match joined {
+            Ok(true) => {}
+            Ok(false) => {
+                self.core.propose(Command::JoinRing(r.clone())).await?;
+            }
+            Err(refusal) => return Err(SchedulerError::from_refusal(refusal.code as u32, refusal.message)),
+        }
+        self.read(|st| match st.jobs.check_current(&r.worker_id, &a) {
+            Ok((job, _)) => Ok(crate::state::jobs::ring_view(job)),
+            Err(refusal) => Err(SchedulerError::from_refusal(refusal.code as u32, refusal.message)),
+        })
     }
 
     pub async fn submit(&self, req: SubmitRequest) -> Result<SubmitResponse, SchedulerError> {

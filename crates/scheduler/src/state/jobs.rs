@@ -23,8 +23,9 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use aidos_api::v1::command_v1::Command;
 use aidos_api::v1::{
-    Attempt, AttemptRef, CommandResultV1, Job, JobKind, JobState, ReportEndpointRequest, Resources, ServeSpec,
-    StateSnapshotV1, SubmitResponse, Task, TaskState, TaskTransitionV1, Worker, WorkerState, job_spec::Payload,
+    Attempt, AttemptRef, CommandResultV1, Job, JobKind, JobState, JoinRingRequest, JoinRingResponse,
+    ReportEndpointRequest, Resources, ServeSpec, StateSnapshotV1, SubmitResponse, Task, TaskState, TaskTransitionV1,
+    Worker, WorkerState, job_spec::Payload,
 };
 use prost::Message;
 
@@ -202,6 +203,7 @@ impl JobsState {
                 Ok(CommandResultV1::default())
             }
             Command::ReportEndpoint(r) => self.report_endpoint(r, now, dirty),
+            Command::JoinRing(r) => self.join_ring(r, dirty),
             Command::CompactJobs(c) => {
                 self.compact(&c.job_ids, dirty);
                 Ok(CommandResultV1::default())
@@ -292,7 +294,8 @@ impl JobsState {
 
     fn assign(&mut self, job_id: &str, workers: &[String], now: i64, dirty: &mut Dirty) -> Result<(), Refusal> {
         let job = self.by_id.get(job_id).ok_or_else(|| refuse(tonic::Code::NotFound, "job gone"))?;
-        if job.state != JobState::Pending as i32 || workers.len() != job.tasks.len() {
+        let k = workers.len();
+        if job.state != JobState::Pending as i32 || k > job.tasks.len() || k < min_ranks(job) as usize || k == 0 {
             return Err(refuse(tonic::Code::FailedPrecondition, "job not pending or wrong gang size"));
         }
         // Re-check capacity deterministically: the placement was computed on an older view.
@@ -313,6 +316,7 @@ impl JobsState {
         let mut token = self.next_fencing_token;
         let job = self.by_id.get_mut(job_id).expect("checked above");
         job.attempt += 1;
+        let n = job.tasks.len();
         for (t, w) in job.tasks.iter_mut().zip(workers) {
             token += 1;
             t.state = TaskState::Assigned as i32;
@@ -327,7 +331,11 @@ impl JobsState {
         }
         self.next_fencing_token = token;
         job.state = JobState::Running as i32;
-        job.reason.clear();
+        job.reason = if k < n {
+            format!("elastic: generation {} runs {k} of {n} ranks (the cluster holds no more now)", job.attempt)
+        } else {
+            String::new()
+        };
         job.updated_at_ms = now;
         dirty.mark(Table::Jobs, job_id.to_string());
         Ok(())
@@ -426,7 +434,7 @@ impl JobsState {
             }
         }
         match to {
-            TaskState::Succeeded if job.tasks.iter().all(|t| t.state == TaskState::Succeeded as i32) => {
+            TaskState::Succeeded if generation(job).all(|(_, a)| a.state == TaskState::Succeeded as i32) => {
                 job.state = JobState::Succeeded as i32;
                 job.reason.clear();
             }
@@ -543,6 +551,84 @@ impl JobsState {
         at.ready_at_ms = now;
         dirty.mark(Table::Jobs, a.job_id.clone());
         Ok(CommandResultV1::default())
+    }
+}
+
+/// Longest ring signature (a model's parameter shapes) a rank may publish.
+pub const MAX_RING_SIGNATURE: usize = 64 << 10;
+
+impl JobsState {
+    /// A data-parallel rank publishes its ring address and parameter signature on its current attempt (fenced
+    /// like a report). Refused when another rank of the same generation published a different signature: the
+    /// ranks would build different models, and the ring must not form.
+    fn join_ring(&mut self, r: &JoinRingRequest, dirty: &mut Dirty) -> Result<CommandResultV1, Refusal> {
+        let a = r.attempt.clone().ok_or_else(|| bad("attempt", "missing"))?;
+        if r.address.is_empty() || r.address.len() > MAX_ENDPOINT || !r.address.contains(':') {
+            return Err(bad("address", format!("{:?} is not a host:port", r.address)));
+        }
+        if r.signature.is_empty() || r.signature.len() > MAX_RING_SIGNATURE {
+            return Err(bad("signature", format!("{} bytes (expected 1 to {MAX_RING_SIGNATURE})", r.signature.len())));
+        }
+        let (job, _) = self.check_current(&r.worker_id, &a)?;
+        if let Some((rank, other)) = generation(job)
+            .find(|(rank, at)| *rank != a.rank && !at.ring_signature.is_empty() && at.ring_signature != r.signature)
+        {
+            return Err(refuse(
+                tonic::Code::InvalidArgument,
+                format!(
+                    "rank {}'s model does not match rank {rank}'s: parameters {} vs {}",
+                    a.rank,
+                    short(&r.signature),
+                    short(&other.ring_signature)
+                ),
+            ));
+        }
+        let job = self.by_id.get_mut(&a.job_id).expect("checked");
+        let at = job.tasks[a.rank as usize].attempts.last_mut().expect("checked");
+        at.ring_addr = r.address.clone();
+        at.ring_signature = r.signature.clone();
+        dirty.mark(Table::Jobs, a.job_id.clone());
+        Ok(CommandResultV1::default())
+    }
+}
+
+fn short(s: &str) -> String {
+    if s.len() <= 200 {
+        return s.to_string();
+    }
+    let mut end = 200;
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}... ({} bytes)", &s[..end], s.len())
+}
+
+/// The ranks of the job's current generation (placed in attempt `job.attempt`), with their attempts, by rank.
+/// With `min_replicas` a generation may hold fewer ranks than the job has tasks; they are always ranks `0..k`.
+pub fn generation(job: &Job) -> impl Iterator<Item = (u32, &Attempt)> {
+    job.tasks.iter().filter_map(move |t| {
+        let a = t.attempts.last()?;
+        (job.attempt > 0 && a.attempt == job.attempt).then_some((t.rank, a))
+    })
+}
+
+/// Fewest ranks the job may be placed with now: every rank on its first placement; on a restart, down to
+/// `min_replicas` when the spec sets it (an elastic data-parallel gang).
+pub fn min_ranks(job: &Job) -> u32 {
+    let spec = job.spec.as_ref();
+    let replicas = spec.map(|s| s.replicas).unwrap_or(1).max(1);
+    let min = spec.map(|s| s.min_replicas).unwrap_or(0);
+    if job.attempt == 0 || min == 0 { replicas } else { min.min(replicas) }
+}
+
+/// What a rank learns at the rendezvous: its generation, the world size and every rank's ring address.
+pub fn ring_view(job: &Job) -> JoinRingResponse {
+    let peers: Vec<String> = generation(job).map(|(_, a)| a.ring_addr.clone()).collect();
+    JoinRingResponse {
+        generation: job.attempt,
+        world_size: peers.len() as u32,
+        complete: !peers.is_empty() && peers.iter().all(|p| !p.is_empty()),
+        peers,
     }
 }
 
@@ -707,6 +793,91 @@ mod tests {
         assert_eq!(st.jobs.by_id[&id].state, JobState::Succeeded as i32);
         // A report after the end is stale too.
         assert!(!report(&mut st, "w2", &id, 0, TaskState::Failed).error.is_empty());
+    }
+
+    fn join(st: &mut ClusterState, w: &str, job: &str, rank: u32, addr: &str, sig: &str) -> CommandResultV1 {
+        let a = st.jobs.by_id[job].tasks[rank as usize].attempts.last().unwrap().clone();
+        st.apply(
+            &cmd(Command::JoinRing(JoinRingRequest {
+                worker_id: w.into(),
+                attempt: Some(AttemptRef {
+                    job_id: job.into(),
+                    rank,
+                    attempt: a.attempt,
+                    fencing_token: a.fencing_token,
+                }),
+                address: addr.into(),
+                signature: sig.into(),
+            })),
+            &mut Dirty::default(),
+        )
+    }
+
+    #[test]
+    fn the_rendezvous_collects_one_generation_and_refuses_a_mismatched_model() {
+        let mut st = ClusterState::default();
+        st.apply(&cmd(worker("w1", 4)), &mut Dirty::default());
+        let id = submit(&mut st, spec(2, 1), "").job_id;
+        place(&mut st, &id, &["w1", "w1"]);
+        assert!(join(&mut st, "w1", &id, 0, "10.0.0.1:5000", "mlp:4x2,2").error.is_empty());
+        let v = ring_view(&st.jobs.by_id[&id]);
+        assert_eq!((v.generation, v.world_size, v.complete), (1, 2, false));
+        assert_eq!(v.peers, vec!["10.0.0.1:5000".to_string(), String::new()]);
+        let bad = join(&mut st, "w1", &id, 1, "10.0.0.2:5000", "mlp:4x3,3");
+        assert_eq!(bad.error_code, tonic::Code::InvalidArgument as u32, "{bad:?}");
+        assert!(bad.error.contains("rank 1") && bad.error.contains("mlp:4x3,3") && bad.error.contains("mlp:4x2,2"));
+        assert!(join(&mut st, "w1", &id, 1, "nonsense", "mlp:4x2,2").error.contains("address"));
+        assert!(join(&mut st, "w1", &id, 1, "10.0.0.2:5000", "mlp:4x2,2").error.is_empty());
+        let v = ring_view(&st.jobs.by_id[&id]);
+        assert!(v.complete);
+        // A restart is a new generation: the old addresses do not count, the old attempts are fenced.
+        let old = st.jobs.by_id[&id].tasks[0].attempts[0].clone();
+        report(&mut st, "w1", &id, 1, TaskState::Failed);
+        place(&mut st, &id, &["w1", "w1"]);
+        let v = ring_view(&st.jobs.by_id[&id]);
+        assert_eq!((v.generation, v.complete), (2, false));
+        assert_eq!(v.peers, vec![String::new(), String::new()]);
+        let stale = st.apply(
+            &cmd(Command::JoinRing(JoinRingRequest {
+                worker_id: "w1".into(),
+                attempt: Some(AttemptRef { job_id: id.clone(), rank: 0, attempt: 1, fencing_token: old.fencing_token }),
+                address: "10.0.0.1:5000".into(),
+                signature: "mlp:4x2,2".into(),
+            })),
+            &mut Dirty::default(),
+        );
+        assert_eq!(stale.error_code, tonic::Code::FailedPrecondition as u32);
+    }
+
+    #[test]
+    fn an_elastic_gang_restarts_with_fewer_ranks_and_succeeds_with_them() {
+        let mut st = ClusterState::default();
+        st.apply(&cmd(worker("w1", 4)), &mut Dirty::default());
+        let mut s = spec(3, 1);
+        s.min_replicas = 2;
+        let id = submit(&mut st, s, "").job_id;
+        // The first placement needs every rank.
+        assert_eq!(min_ranks(&st.jobs.by_id[&id]), 3);
+        place(&mut st, &id, &["w1", "w1"]);
+        assert_eq!(st.jobs.by_id[&id].state, JobState::Pending as i32);
+        place(&mut st, &id, &["w1", "w1", "w1"]);
+        assert_eq!(st.jobs.by_id[&id].state, JobState::Running as i32);
+        report(&mut st, "w1", &id, 2, TaskState::Failed);
+        // The restart may take 2 (not 1).
+        assert_eq!(min_ranks(&st.jobs.by_id[&id]), 2);
+        place(&mut st, &id, &["w1"]);
+        assert_eq!(st.jobs.by_id[&id].state, JobState::Pending as i32);
+        place(&mut st, &id, &["w1", "w1"]);
+        let j = &st.jobs.by_id[&id];
+        assert_eq!(j.state, JobState::Running as i32);
+        assert!(j.reason.contains("2 of 3"), "{}", j.reason);
+        assert_eq!(generation(j).count(), 2);
+        assert_eq!(ring_view(j).world_size, 2);
+        assert_eq!(crate::queries::active_for(&st, "w1")[0].world_size, 2);
+        report(&mut st, "w1", &id, 0, TaskState::Succeeded);
+        assert_eq!(st.jobs.by_id[&id].state, JobState::Running as i32);
+        report(&mut st, "w1", &id, 1, TaskState::Succeeded);
+        assert_eq!(st.jobs.by_id[&id].state, JobState::Succeeded as i32);
     }
 
     #[test]
