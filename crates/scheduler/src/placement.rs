@@ -262,6 +262,24 @@ mod tests {
     }
 
     #[test]
+    fn an_elastic_restart_takes_as_many_ranks_as_fit_down_to_its_minimum() {
+        // 4 ranks of 2 cores, room for 3 now.
+        let c = view(vec![w("a", 4, 0, 4), w("b", 4, 0, 2)], Strategy::Spread);
+        let mut g = job("g", 1, 0, 4, 2);
+        g.min_ranks = 2;
+        assert_eq!(schedule(std::slice::from_ref(&g), &c).assignments[0].workers.len(), 3);
+        g.min_ranks = 4;
+        assert!(schedule(std::slice::from_ref(&g), &c).assignments.is_empty());
+        // Unschedulable only when even the minimum can never fit.
+        let small = view(vec![w("a", 4, 0, 4)], Strategy::Spread);
+        g.min_ranks = 2;
+        assert!(schedule(std::slice::from_ref(&g), &small).unschedulable.is_empty());
+        g.min_ranks = 3;
+        let s = schedule(&[g], &small);
+        assert!(s.unschedulable[0].1.contains("gang of 3"), "{:?}", s.unschedulable);
+    }
+
+    #[test]
     fn gang_is_all_or_nothing() {
         // 3 replicas of 2 cores; free: 2 + 2 cores -> only 2 fit, so none is placed.
         let c = view(vec![w("a", 4, 0, 2), w("b", 4, 0, 2)], Strategy::BinPack);
