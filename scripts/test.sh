@@ -33,4 +33,6 @@ cargo clippy --workspace --all-targets --features aidos-sdk/nccl -- -D warnings
 
 # One build: the integration tests build the `aidos` binary themselves, and ONNX Runtime is a default feature, so the
 # serving conformance suite (tests/serving.rs) runs on tract, burn and ort in this one pass (ORT_DYLIB_PATH above).
+# tests/ddp.rs runs the SDK example as a user's own program (a `process` gang): built as a plain binary first.
+cargo build --workspace --example custom_training --features aidos-sdk/nccl
 cargo test --workspace --all-targets --features aidos-sdk/nccl

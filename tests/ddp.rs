@@ -135,27 +135,12 @@ async fn a_killed_rank_restarts_the_gang_from_its_checkpoint_and_no_rank_hangs()
     assert_eq!(rows.len(), 4, "one row with a throughput per rank of the last generation:\n{out}");
 }
 
-/// The example program of the SDK (a user's own burn program). `cargo test --all-targets` builds it as
-/// `examples/custom_training-<hash>` (`cargo build --example` as `examples/custom_training`): the newest of them.
+/// The example program of the SDK (a user's own burn program), as `cargo build --example custom_training` builds it
+/// (`scripts/test.sh` does, before the tests; what `cargo test --all-targets` builds of an example is not it).
 fn custom_training() -> PathBuf {
-    let dir = Path::new(env!("CARGO_BIN_EXE_aidos")).parent().unwrap().join("examples");
-    let newest = std::fs::read_dir(&dir)
-        .into_iter()
-        .flatten()
-        .flatten()
-        .filter(|e| {
-            let name = e.file_name().to_string_lossy().to_string();
-            name == "custom_training"
-                || name.strip_prefix("custom_training-").is_some_and(|h| h.chars().all(|c| c.is_ascii_hexdigit()))
-        })
-        .max_by_key(|e| e.metadata().and_then(|m| m.modified()).ok());
-    let p = newest.map(|e| e.path());
-    assert!(
-        p.is_some(),
-        "no custom_training example in {}: build it with `cargo build --example custom_training`",
-        dir.display()
-    );
-    p.unwrap()
+    let p = Path::new(env!("CARGO_BIN_EXE_aidos")).parent().unwrap().join("examples/custom_training");
+    assert!(p.exists(), "{} is missing: build it with `cargo build --example custom_training`", p.display());
+    p
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
