@@ -407,6 +407,7 @@ impl Context {
         if view.world_size <= 1 {
             return Ok(Box::new(SingleRank { generation: view.generation as u64 }));
         }
+        // `mut` is used only by the NCCL feature's transport agreement below.
         #[allow(unused_mut)]
         let mut ring = TcpRing::connect(id, &listener, &view.peers, opts)?;
         // NCCL only when every rank can use it (device 0 of what the worker lets the task see).
