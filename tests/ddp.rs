@@ -117,7 +117,7 @@ async fn a_killed_rank_restarts_the_gang_from_its_checkpoint_and_no_rank_hangs()
     assert!(second.resumed_from_step >= ck_step, "resumed from {} (checkpoint at {ck_step})", second.resumed_from_step);
     // Every rank reported its own throughput.
     for r in 0..4 {
-        let key = format!("rank{r}.samples_per_sec");
+        let key = aidos_api::contract::rank_throughput_metric(r);
         assert!(second.metrics.iter().any(|p| p.name == key), "no {key} in run {job}.2");
     }
 

@@ -345,10 +345,7 @@ async fn get(client: &mut Client, id: &str) -> anyhow::Result<Job> {
 fn rank_throughput(r: &aidos_api::Run) -> HashMap<u32, f64> {
     let mut best: HashMap<u32, (u64, f64)> = HashMap::new();
     for p in &r.metrics {
-        let Some(rank) = p.name.strip_prefix("rank").and_then(|s| s.strip_suffix(".samples_per_sec")) else {
-            continue;
-        };
-        let Ok(rank) = rank.parse::<u32>() else { continue };
+        let Some(rank) = aidos_api::contract::rank_of_throughput_metric(&p.name) else { continue };
         let e = best.entry(rank).or_insert((p.step, p.value));
         if p.step >= e.0 {
             *e = (p.step, p.value);

@@ -39,6 +39,17 @@ pub mod task_env {
     pub const EXPORT_QUANTIZE: &str = "AIDOS_EXPORT_QUANTIZE";
 }
 
+/// The metric in which each rank of a data-parallel job reports its own throughput (`rank2.samples_per_sec`):
+/// written by the built-in trainer, read back per rank by `aidos job status`.
+pub fn rank_throughput_metric(rank: u32) -> String {
+    format!("rank{rank}.samples_per_sec")
+}
+
+/// The rank a [`rank_throughput_metric`] name belongs to, or None for any other metric.
+pub fn rank_of_throughput_metric(name: &str) -> Option<u32> {
+    name.strip_prefix("rank")?.strip_suffix(".samples_per_sec")?.parse().ok()
+}
+
 /// `host:port` → `http://host:port`; keeps an explicit scheme; strips a trailing `/`.
 pub fn normalize_addr(addr: &str) -> String {
     let a = addr.trim().trim_end_matches('/');

@@ -279,7 +279,7 @@ impl Hooks<'_> {
 
 impl TrainHooks for Hooks<'_> {
     fn on_metrics(&mut self, step: u64, epoch: u32, metrics: &[(&str, f64)]) {
-        let rank_key = format!("rank{}.samples_per_sec", self.rank);
+        let rank_key = aidos_api::contract::rank_throughput_metric(self.rank);
         let mut mine: Vec<(&str, f64)> = Vec::with_capacity(metrics.len());
         for &(k, v) in metrics {
             match k {
@@ -409,16 +409,12 @@ pub fn run(ctx: &Context, job: &TrainJob, out: &mut dyn Write) -> Result<Builtin
     let opts = aidos_sdk::RingOptions { compression: cfg.gradient_compression, ..Default::default() };
     let mut comm = ctx.join_ring(&crate::train::param_signature(&cfg.model), opts)?;
     if comm.world_size() > 1 {
+        let (lo, hi) = crate::train::shard(cfg.batch_size, comm.world_size(), comm.rank());
+        let (r, n, g) = (comm.rank(), comm.world_size(), comm.generation());
         let _ = writeln!(
             out,
-            "rank {} of {} (generation {}): {} samples per global batch of {}",
-            comm.rank(),
-            comm.world_size(),
-            comm.generation(),
-            {
-                let (lo, hi) = crate::train::shard(cfg.batch_size, comm.world_size(), comm.rank());
-                hi - lo
-            },
+            "rank {r} of {n} (generation {g}): {} samples per global batch of {}",
+            hi - lo,
             cfg.batch_size
         );
     }

@@ -394,46 +394,37 @@ pub fn train_with(
             let mine = &idx[lo..hi];
             let b = mine.len();
             let stream = pos.global_step * world as u64 + rank as u64;
-            if world == 1 {
+            // With N ranks each one's loss is its share of the global batch's mean (the sum over ranks is the mean);
+            // a rank whose part is empty contributes zero gradients.
+            let (mut grads, loss) = if b > 0 {
                 let (x, y) = batch(train_ds, mine, d, &device);
                 let mut drop_rng = SplitMix64::stream(cfg.seed, rng::DROPOUT, stream);
-                let loss = cross_entropy(model.forward_train(x, Some(&mut drop_rng)), y);
-                let grads = GradientsParams::from_grads(loss.backward(), &model);
-                model = optim.step(lr, model, grads);
-                let l = loss.detach();
-                window = Some(match window.take() {
-                    Some(w) => w + l,
-                    None => l,
-                });
+                let mut loss = cross_entropy(model.forward_train(x, Some(&mut drop_rng)), y);
+                if world > 1 {
+                    loss = loss.mul_scalar(b as f32 / global_b as f32);
+                }
+                (GradientsParams::from_grads(loss.backward(), &model), Some(loss.detach()))
             } else {
-                // This rank's share of the global batch's mean loss; the sum over ranks is the mean.
-                let mut local_loss = 0f32;
-                let mut grads = if b > 0 {
-                    let (x, y) = batch(train_ds, mine, d, &device);
-                    let mut drop_rng = SplitMix64::stream(cfg.seed, rng::DROPOUT, stream);
-                    let loss = cross_entropy(model.forward_train(x, Some(&mut drop_rng)), y)
-                        .mul_scalar(b as f32 / global_b as f32);
-                    let grads = GradientsParams::from_grads(loss.backward(), &model);
-                    local_loss = loss.detach().into_scalar::<f32>();
-                    grads
-                } else {
-                    GradientsParams::new()
-                };
+                (GradientsParams::new(), None)
+            };
+            let l = if world == 1 {
+                // Kept on the device: one rank never waits for the loss value.
+                loss.expect("one rank trains on the whole batch")
+            } else {
                 flatten_grads(&mut grads, &params, &mut flat)?;
-                flat.push(local_loss);
+                flat.push(loss.map_or(0.0, |l| l.into_scalar::<f32>()));
                 all_reduce_buckets(comm, &mut flat)?;
                 let global_loss = flat.pop().unwrap_or(0.0);
-                let grads = unflatten_grads(&flat, &params, &base_device);
-                model = optim.step(lr, model, grads);
-                let l = Tensor::<1>::from_data(TensorData::new(vec![global_loss], [1]), &base_device);
-                window = Some(match window.take() {
-                    Some(w) => w + l,
-                    None => l,
-                });
-            }
-            let rank_samples = b;
+                grads = unflatten_grads(&flat, &params, &base_device);
+                Tensor::<1>::from_data(TensorData::new(vec![global_loss], [1]), &base_device)
+            };
+            model = optim.step(lr, model, grads);
+            window = Some(match window.take() {
+                Some(w) => w + l,
+                None => l,
+            });
+            rank_window_samples += b;
             let b = global_b;
-            rank_window_samples += rank_samples;
             pos.global_step += 1;
             pos.step_in_epoch += 1;
             window_steps += 1;

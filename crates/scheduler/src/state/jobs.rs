@@ -534,10 +534,7 @@ impl JobsState {
     ) -> Result<CommandResultV1, Refusal> {
         let a = r.attempt.clone().ok_or_else(|| bad("attempt", "missing"))?;
         for (f, v) in [("http", &r.http), ("grpc", &r.grpc)] {
-            if v.is_empty() || v.len() > MAX_ENDPOINT || v.parse::<std::net::SocketAddr>().is_err() && !v.contains(':')
-            {
-                return Err(bad(f, format!("{v:?} is not a host:port")));
-            }
+            check_host_port(f, v)?;
         }
         let (job, _) = self.check_current(&r.worker_id, &a)?;
         if serve_spec(job).is_none() {
@@ -563,9 +560,7 @@ impl JobsState {
     /// ranks would build different models, and the ring must not form.
     fn join_ring(&mut self, r: &JoinRingRequest, dirty: &mut Dirty) -> Result<CommandResultV1, Refusal> {
         let a = r.attempt.clone().ok_or_else(|| bad("attempt", "missing"))?;
-        if r.address.is_empty() || r.address.len() > MAX_ENDPOINT || !r.address.contains(':') {
-            return Err(bad("address", format!("{:?} is not a host:port", r.address)));
-        }
+        check_host_port("address", &r.address)?;
         if r.signature.is_empty() || r.signature.len() > MAX_RING_SIGNATURE {
             return Err(bad("signature", format!("{} bytes (expected 1 to {MAX_RING_SIGNATURE})", r.signature.len())));
         }
@@ -590,6 +585,14 @@ impl JobsState {
         dirty.mark(Table::Jobs, a.job_id.clone());
         Ok(CommandResultV1::default())
     }
+}
+
+/// An address a task reports (`host:port`, at most [`MAX_ENDPOINT`] bytes), or a refusal naming `field`.
+fn check_host_port(field: &str, v: &str) -> Result<(), Refusal> {
+    if v.is_empty() || v.len() > MAX_ENDPOINT || !v.contains(':') {
+        return Err(bad(field, format!("{v:?} is not a host:port")));
+    }
+    Ok(())
 }
 
 fn short(s: &str) -> String {
@@ -726,17 +729,16 @@ mod tests {
             &mut Dirty::default(),
         );
     }
+    /// The reference of `rank`'s current attempt.
+    fn current(st: &ClusterState, job: &str, rank: u32) -> Option<AttemptRef> {
+        let a = st.jobs.by_id[job].tasks[rank as usize].attempts.last().unwrap();
+        Some(AttemptRef { job_id: job.into(), rank, attempt: a.attempt, fencing_token: a.fencing_token })
+    }
     fn report(st: &mut ClusterState, w: &str, job: &str, rank: u32, state: TaskState) -> CommandResultV1 {
-        let a = st.jobs.by_id[job].tasks[rank as usize].attempts.last().unwrap().clone();
         st.apply(
             &cmd(Command::TaskTransition(TaskTransitionV1 {
                 worker_id: w.into(),
-                attempt: Some(AttemptRef {
-                    job_id: job.into(),
-                    rank,
-                    attempt: a.attempt,
-                    fencing_token: a.fencing_token,
-                }),
+                attempt: current(st, job, rank),
                 state: state as i32,
                 exit_code: if state == TaskState::Failed { 1 } else { 0 },
                 message: String::new(),
@@ -796,16 +798,10 @@ mod tests {
     }
 
     fn join(st: &mut ClusterState, w: &str, job: &str, rank: u32, addr: &str, sig: &str) -> CommandResultV1 {
-        let a = st.jobs.by_id[job].tasks[rank as usize].attempts.last().unwrap().clone();
         st.apply(
             &cmd(Command::JoinRing(JoinRingRequest {
                 worker_id: w.into(),
-                attempt: Some(AttemptRef {
-                    job_id: job.into(),
-                    rank,
-                    attempt: a.attempt,
-                    fencing_token: a.fencing_token,
-                }),
+                attempt: current(st, job, rank),
                 address: addr.into(),
                 signature: sig.into(),
             })),
