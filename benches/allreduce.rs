@@ -14,7 +14,7 @@ use std::net::{TcpListener, TcpStream};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use aidos_sdk::collective::{RingId, bind_ring_listener};
+use aidos_sdk::collective::{RingId, loopback_rings};
 use aidos_sdk::{Collective, RingOptions, TcpRing};
 
 #[global_allocator]
@@ -288,16 +288,12 @@ fn series(net: &Net, label: &str, port: &mut u16) -> Vec<(usize, usize, f64)> {
 
 fn smoke() {
     // cargo test: a loopback ring of 2, two sizes, checked for the right sums.
-    let ls: Vec<TcpListener> = (0..2).map(|_| bind_ring_listener("127.0.0.1").unwrap()).collect();
-    let peers: Vec<String> = ls.iter().map(|l| l.local_addr().unwrap().to_string()).collect();
     std::thread::scope(|s| {
-        for (rank, l) in ls.into_iter().enumerate() {
-            let peers = peers.clone();
+        for ring in loopback_rings("smoke", &[1, 1], RingOptions::default()) {
+            let mut ring = ring.unwrap();
             s.spawn(move || {
-                let id = RingId { job: "smoke".into(), generation: 1, rank, world: 2 };
-                let mut ring = TcpRing::connect(id, &l, &peers, RingOptions::default()).unwrap();
                 for bytes in [1 << 10, 1 << 20] {
-                    let mut v = vec![rank as f32 + 1.0; bytes / 4];
+                    let mut v = vec![ring.rank() as f32 + 1.0; bytes / 4];
                     ring.all_reduce_sum(&mut v).unwrap();
                     assert!(v.iter().all(|&x| x == 3.0));
                 }

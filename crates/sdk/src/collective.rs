@@ -675,6 +675,33 @@ pub fn bind_ring_listener(host: &str) -> std::io::Result<TcpListener> {
     TcpListener::bind(addr)
 }
 
+/// Forms a ring of `generations.len()` ranks of `job` on loopback inside this process (in-process data
+/// parallelism, tests, benchmarks): rank r's ring is of generation `generations[r]` (all equal for a ring that
+/// forms). Each rank connects on a thread of its own; the results come back in rank order.
+pub fn loopback_rings(job: &str, generations: &[u64], opts: RingOptions) -> Vec<Result<TcpRing, CollectiveError>> {
+    let n = generations.len();
+    let listeners: Vec<std::io::Result<TcpListener>> = (0..n).map(|_| bind_ring_listener("127.0.0.1")).collect();
+    let peers: Vec<String> = listeners
+        .iter()
+        .map(|l| l.as_ref().ok().and_then(|l| l.local_addr().ok()).map_or(String::new(), |a| a.to_string()))
+        .collect();
+    std::thread::scope(|s| {
+        let hs: Vec<_> = listeners
+            .into_iter()
+            .zip(generations)
+            .enumerate()
+            .map(|(rank, (l, &generation))| {
+                let (peers, job) = (&peers, job.to_string());
+                s.spawn(move || {
+                    let l = l.map_err(|e| CollectiveError::Connect(format!("listening on loopback: {e}")))?;
+                    TcpRing::connect(RingId { job, generation, rank, world: n }, &l, peers, opts)
+                })
+            })
+            .collect();
+        hs.into_iter().map(|h| h.join().unwrap_or_else(|p| std::panic::resume_unwind(p))).collect()
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -686,15 +713,12 @@ mod tests {
         opts: RingOptions,
         f: impl Fn(Result<TcpRing, CollectiveError>) -> T + Send + Sync + Clone + 'static,
     ) -> Vec<T> {
-        let listeners: Vec<TcpListener> = (0..n).map(|_| bind_ring_listener("127.0.0.1").unwrap()).collect();
-        let peers: Vec<String> = listeners.iter().map(|l| l.local_addr().unwrap().to_string()).collect();
-        let hs: Vec<_> = listeners
+        let generations: Vec<u64> = (0..n).map(generation).collect();
+        let hs: Vec<_> = loopback_rings("job-1", &generations, opts)
             .into_iter()
-            .enumerate()
-            .map(|(rank, l)| {
-                let (peers, f) = (peers.clone(), f.clone());
-                let id = RingId { job: "job-1".into(), generation: generation(rank), rank, world: n };
-                std::thread::spawn(move || f(TcpRing::connect(id, &l, &peers, opts)))
+            .map(|r| {
+                let f = f.clone();
+                std::thread::spawn(move || f(r))
             })
             .collect();
         hs.into_iter().map(|h| h.join().unwrap()).collect()

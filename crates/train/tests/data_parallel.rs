@@ -2,11 +2,10 @@
 //! one rank with batch N·b (max relative difference ≤ 1e-4), on the MNIST MLP and CNN. The ranks are threads of
 //! this process joined by the real TCP ring of `aidos_sdk::collective` on loopback.
 
-use std::net::TcpListener;
 use std::path::PathBuf;
 
-use aidos_sdk::collective::{RingId, bind_ring_listener};
-use aidos_sdk::{Collective, RingOptions, TcpRing};
+use aidos_sdk::collective::loopback_rings;
+use aidos_sdk::{Collective, RingOptions};
 use aidos_train::*;
 
 #[global_allocator]
@@ -37,21 +36,19 @@ fn config(model: ModelConfig, optimizer: OptimizerConfig, global_batch: usize) -
 
 /// Trains `cfg` on `ds` with `n` ranks (threads on a loopback ring); returns every rank's final parameters.
 fn train_ranks(cfg: &TrainConfig, ds: &Dataset, n: usize) -> Vec<Vec<f32>> {
-    let listeners: Vec<TcpListener> = (0..n).map(|_| bind_ring_listener("127.0.0.1").unwrap()).collect();
-    let peers: Vec<String> = listeners.iter().map(|l| l.local_addr().unwrap().to_string()).collect();
-    std::thread::scope(|s| {
-        let hs: Vec<_> = listeners
+    let comms: Vec<Box<dyn Collective>> = if n == 1 {
+        vec![Box::new(aidos_sdk::SingleRank::default())]
+    } else {
+        loopback_rings("job-eq", &vec![1; n], RingOptions::default())
             .into_iter()
-            .enumerate()
-            .map(|(rank, l)| {
-                let peers = peers.clone();
+            .map(|r| Box::new(r.unwrap()) as Box<dyn Collective>)
+            .collect()
+    };
+    std::thread::scope(|s| {
+        let hs: Vec<_> = comms
+            .into_iter()
+            .map(|mut comm| {
                 s.spawn(move || {
-                    let mut comm: Box<dyn Collective> = if n == 1 {
-                        Box::new(aidos_sdk::SingleRank::default())
-                    } else {
-                        let id = RingId { job: "job-eq".into(), generation: 1, rank, world: n };
-                        Box::new(TcpRing::connect(id, &l, &peers, RingOptions::default()).unwrap())
-                    };
                     let out = train_with(cfg, ds, None, &mut NoHooks, comm.as_mut()).unwrap();
                     assert_eq!(out.global_step, K as u64);
                     load_model(&cfg.model, &out.weights).unwrap().parameters()
