@@ -2,6 +2,8 @@
 #   aidos_bin                     sets AIDOS (AIDOS_BIN, else builds the release binary)
 #   bench_dir                     sets DIR (a temp dir) and PIDS, and kills PIDS and removes DIR on exit
 #   port                          prints a free loopback port
+#   start_aidos_node CPUS         one `aidos server` node and one worker of CPUS cores on loopback; exports
+#                                 AIDOS_SCHEDULER and waits for both
 #   start_aidos_cluster [FLAGS]   3 `aidos server` nodes on loopback sharing one blob directory, with FLAGS each;
 #                                 exports AIDOS_SCHEDULER and waits for a leader; sets LEADER
 
@@ -35,4 +37,18 @@ start_aidos_cluster() {
         sleep 0.3
     done
     LEADER=$("$AIDOS" cluster status | awk '/^leader:/ {print $2}')
+}
+
+start_aidos_node() {
+    local p
+    p=$(port)
+    RUST_LOG="${NODE_LOG:-warn}" "$AIDOS" server --id 1 --listen "127.0.0.1:$p" --data-dir "$DIR/n1" \
+        --blob-dir "$DIR/blobs" >"$DIR/n1.log" 2>&1 &
+    PIDS+=($!); disown $!
+    export AIDOS_SCHEDULER="127.0.0.1:$p"
+    until "$AIDOS" cluster status 2>/dev/null | grep -q '^leader: *1'; do sleep 0.2; done
+    RUST_LOG="${NODE_LOG:-warn}" "$AIDOS" worker --data-dir "$DIR/w1" --id w1 --cpus "$1" --memory 16Gi \
+        >"$DIR/w1.log" 2>&1 &
+    PIDS+=($!); disown $!
+    until "$AIDOS" cluster workers 2>/dev/null | grep -q w1; do sleep 0.2; done
 }

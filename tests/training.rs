@@ -40,12 +40,6 @@ fn repo() -> &'static Path {
     Path::new(env!("CARGO_MANIFEST_DIR"))
 }
 
-/// SIGKILLs a worker and every task process it started (as if its machine died).
-fn kill_worker_and_tasks(c: &mut Cluster, id: &str) {
-    c.workers.get_mut(id).unwrap().sigkill();
-    kill_tasks_under(&c.path().join(format!("worker-{id}")));
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn killed_training_resumes_from_its_checkpoint_and_reaches_the_target() {
     let mut c = start_cluster(1).await;
@@ -61,7 +55,7 @@ async fn killed_training_resumes_from_its_checkpoint_and_reaches_the_target() {
     // Wait for the first periodic checkpoint, then kill the worker with its trainer.
     let ck_step = c.wait_checkpoint(&job, 100, Duration::from_secs(240)).await;
     let mut runs = RunServiceClient::new(c.any_channel().await);
-    kill_worker_and_tasks(&mut c, "w1");
+    c.kill_worker_and_tasks("w1");
     c.start_worker("w2", "2", "");
 
     let j = c.wait_job(&job, Duration::from_secs(600), |j| JobState::try_from(j.state).unwrap().is_terminal()).await;

@@ -4,7 +4,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     // SAFETY: build scripts are single-threaded.
     unsafe { std::env::set_var("PROTOC", protoc) };
     let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../proto");
-    let files: Vec<_> = ["common", "job", "worker", "cluster", "ml", "serve", "edge", "raft", "blob"]
+    let files: Vec<_> = ["common", "job", "worker", "cluster", "ml", "serve", "edge", "raft", "blob", "sweep"]
         .iter()
         .map(|f| root.join(format!("aidos/v1/{f}.proto")))
         .collect();

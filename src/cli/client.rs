@@ -14,6 +14,7 @@ use aidos_api::job_service_client::JobServiceClient;
 use aidos_api::model_service_client::ModelServiceClient;
 use aidos_api::run_service_client::RunServiceClient;
 use aidos_api::serve_service_client::ServeServiceClient;
+use aidos_api::sweep_service_client::SweepServiceClient;
 use anyhow::anyhow;
 use tonic::transport::Channel;
 use tonic::{Code, Status};
@@ -110,6 +111,15 @@ impl Client {
         Fut: Future<Output = Result<T, Status>>,
     {
         self.call(|ch| f(ModelServiceClient::new(ch).max_decoding_message_size(self.max_message()))).await
+    }
+
+    /// [`Self::call`] with a SweepService client.
+    pub async fn sweeps<T, F, Fut>(&self, mut f: F) -> Result<T, Status>
+    where
+        F: FnMut(SweepServiceClient<Channel>) -> Fut,
+        Fut: Future<Output = Result<T, Status>>,
+    {
+        self.call(|ch| f(SweepServiceClient::new(ch).max_decoding_message_size(self.max_message()))).await
     }
 
     /// [`Self::call`] with a ServeService client.

@@ -8,7 +8,7 @@
 //!    [`progress`].
 //! 2. Commands on the leaves only: [`cluster`], [`dataset`], [`job`], [`run`], [`server`], [`worker`],
 //!    [`deploy`] (deployments and the gateway), [`infer`].
-//! 3. Commands on other commands: [`bench`] → job; [`train`] → job, dataset; [`model`] → job, dataset;
+//! 3. Commands on other commands: [`bench`] → job; [`sweep`] → job; [`train`] → job, dataset; [`model`] → job, dataset;
 //!    [`edge`] → model; [`serve`] → model, deploy.
 //! 4. [`up`] (a scheduler, a worker and the gateway in one process) → server, deploy.
 
@@ -29,6 +29,7 @@ pub mod render;
 pub mod run;
 pub mod serve;
 pub mod server;
+pub mod sweep;
 pub mod train;
 pub mod up;
 pub mod worker;
@@ -71,6 +72,11 @@ pub enum Command {
     /// Training runs: params, metric curves, checkpoints; compare runs
     #[command(subcommand)]
     Run(run::RunCmd),
+    /// Hyperparameter sweeps: parallel trials, TPE / random / grid search, ASHA / Hyperband / median pruning
+    #[command(subcommand)]
+    Sweep(sweep::SweepCmd),
+    /// From inside a task (e.g. a sweep trial in any language): report metrics at a step, sent at once
+    Report(sweep::ReportArgs),
     /// The model registry: versions, aliases, lineage, evaluation
     #[command(subcommand)]
     Model(model::ModelCmd),
@@ -124,6 +130,8 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Train(a) => train::run(&g, a).await,
         Command::Run(c) => run::run(&g, c).await,
         Command::Model(c) => model::run(&g, c).await,
+        Command::Sweep(c) => sweep::run(&g, c).await,
+        Command::Report(a) => tokio::task::spawn_blocking(move || sweep::report(a)).await?,
         Command::Serve(c) => serve::run(&g, c).await,
         Command::Infer(a) => infer::run(&g, a).await,
         Command::Edge(c) => edge::run(&g, c).await,

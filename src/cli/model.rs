@@ -201,7 +201,7 @@ fn model_json(m: &ModelVersion) -> serde_json::Value {
         "weights_blob": m.weights_blob, "config": serde_json::from_str::<serde_json::Value>(&m.config).unwrap_or(json!(m.config)),
         "artifacts": m.artifacts, "created_at_ms": m.created_at_ms,
         "lineage": {"job_id": l.job_id, "run_id": l.run_id, "dataset": l.dataset, "dataset_hash": l.dataset_hash,
-                    "params": l.params, "aidos_version": l.aidos_version},
+                    "params": l.params, "aidos_version": l.aidos_version, "sweep": l.sweep},
     })
 }
 
@@ -263,6 +263,9 @@ pub async fn run(g: &Global, cmd: ModelCmd) -> anyhow::Result<()> {
                 l.dataset_hash.chars().take(12).collect::<String>(),
                 l.aidos_version
             );
+            if !l.sweep.is_empty() {
+                println!("sweep:      {} (a trial of it trained this version)", l.sweep);
+            }
             for (k, v) in &m.artifacts {
                 println!("artifact:   {k} {v}");
             }

@@ -86,6 +86,19 @@ struct Canvas {
 }
 
 impl Canvas {
+    /// The canvas as a PNG file.
+    fn encode(&self) -> anyhow::Result<Vec<u8>> {
+        let mut out = Vec::new();
+        {
+            let mut enc = png::Encoder::new(&mut out, self.w as u32, self.h as u32);
+            enc.set_color(png::ColorType::Rgb);
+            enc.set_depth(png::BitDepth::Eight);
+            let mut wr = enc.write_header()?;
+            wr.write_image_data(&self.px)?;
+        }
+        Ok(out)
+    }
+
     fn new(w: usize, h: usize) -> Self {
         Self { w, h, px: vec![255; w * h * 3] }
     }
@@ -240,15 +253,7 @@ pub fn png_chart(title: &str, x_label: &str, series: &[Series]) -> anyhow::Resul
         let (ox, oy) = ((i % cols) * PW, (i / cols) * PH);
         cv.panel(ox, oy, &format!("{} - {title}", s.name), x_label, s, COLORS[i % COLORS.len()]);
     }
-    let mut out = Vec::new();
-    {
-        let mut enc = png::Encoder::new(&mut out, w as u32, h as u32);
-        enc.set_color(png::ColorType::Rgb);
-        enc.set_depth(png::BitDepth::Eight);
-        let mut wr = enc.write_header()?;
-        wr.write_image_data(&cv.px)?;
-    }
-    Ok(out)
+    cv.encode()
 }
 
 /// Groups metric points into one series per metric name, x = step.
@@ -265,4 +270,54 @@ pub fn series_by_name(points: &[aidos_api::MetricPoint], only: &[String]) -> Vec
             Series { name: n.to_string(), points: pts }
         })
         .collect()
+}
+
+/// One trial in a parallel-coordinates plot: its position on each axis in [0, 1] (NaN: the parameter was
+/// inactive), and whether it is the best trial.
+pub struct TrialLine {
+    pub at: Vec<f64>,
+    pub best: bool,
+    /// Its objective on [0, 1], 1 = best (drawn from light to dark).
+    pub quality: f64,
+}
+
+/// A sweep: a parallel-coordinates plot (one axis per parameter, then the objective; the best trial in red) above
+/// the best-so-far curve.
+pub fn sweep_png(
+    title: &str,
+    axes: &[(String, String, String)],
+    lines: &[TrialLine],
+    best: &Series,
+) -> anyhow::Result<Vec<u8>> {
+    let (w, h) = (2 * PW, 2 * PH);
+    let mut cv = Canvas::new(w, h);
+    let black = [0, 0, 0];
+    cv.text(LEFT as i64, 8, &format!("parameters - {title}"), black);
+    let (t, b) = (TOP as i64 + 14, (PH - BOTTOM) as i64);
+    let n = axes.len().max(2);
+    let x_of = |i: usize| LEFT as i64 + (i as i64 * (w - LEFT - RIGHT - 40) as i64) / (n as i64 - 1);
+    let y_of = |v: f64| b - ((b - t) as f64 * v.clamp(0.0, 1.0)) as i64;
+    // Worst first, so better trials are drawn on top; the best last.
+    let mut order: Vec<&TrialLine> = lines.iter().collect();
+    order.sort_by(|a, b| (a.best, a.quality).partial_cmp(&(b.best, b.quality)).unwrap_or(std::cmp::Ordering::Equal));
+    for l in order {
+        let shade = (200.0 - 170.0 * l.quality.clamp(0.0, 1.0)) as u8;
+        let c = if l.best { [214, 39, 40] } else { [shade, shade, 255] };
+        let pts: Vec<Option<(i64, i64)>> =
+            l.at.iter().enumerate().map(|(i, v)| v.is_finite().then(|| (x_of(i), y_of(*v)))).collect();
+        for win in pts.windows(2) {
+            if let (Some(p), Some(q)) = (win[0], win[1]) {
+                cv.line(p, q, c, l.best);
+            }
+        }
+    }
+    for (i, (name, lo, hi)) in axes.iter().enumerate() {
+        let x = x_of(i);
+        cv.line((x, t), (x, b), black, false);
+        cv.text(x - 10, b + 8, name, black);
+        cv.text(x + 3, t - 10, hi, black);
+        cv.text(x + 3, b - 8, lo, black);
+    }
+    cv.panel(0, PH, &format!("{} - {title}", best.name), "trial", best, COLORS[0]);
+    cv.encode()
 }

@@ -16,6 +16,14 @@ pub fn task_state(v: i32) -> &'static str {
     TaskState::try_from(v).map(|s| s.as_str_name().trim_start_matches("TASK_STATE_")).unwrap_or("UNKNOWN")
 }
 
+pub fn sweep_state(v: i32) -> &'static str {
+    aidos_api::SweepState::try_from(v).map(|s| s.as_str_name().trim_start_matches("SWEEP_STATE_")).unwrap_or("UNKNOWN")
+}
+
+pub fn trial_state(v: i32) -> &'static str {
+    aidos_api::TrialState::try_from(v).map(|s| s.as_str_name().trim_start_matches("TRIAL_STATE_")).unwrap_or("UNKNOWN")
+}
+
 pub fn worker_state(v: i32) -> &'static str {
     WorkerState::try_from(v).map(|s| s.as_str_name().trim_start_matches("WORKER_STATE_")).unwrap_or("UNKNOWN")
 }

@@ -266,6 +266,13 @@ impl Cluster {
         self.nodes.get_mut(&id).unwrap().1.start();
     }
 
+    /// SIGKILLs worker `id` and every task process it started (as if its machine died: tasks run in their own
+    /// sessions and would survive their worker).
+    pub fn kill_worker_and_tasks(&mut self, id: &str) {
+        self.workers.get_mut(id).unwrap().sigkill();
+        kill_tasks_under(&self.path().join(format!("worker-{id}")));
+    }
+
     pub fn start_worker(&mut self, id: &str, cpus: &str, labels: &str) {
         let data = self.dir.path().join(format!("worker-{id}"));
         let mut args = vec![

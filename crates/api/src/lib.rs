@@ -7,6 +7,7 @@ pub mod contract;
 pub mod edge;
 pub mod logframe;
 pub mod spec;
+pub mod sweep;
 
 /// Generated protobuf and tonic types for `aidos.v1`.
 pub mod v1 {

@@ -138,8 +138,10 @@ impl SpecFile {
             }
             "export" => JobKind::Export,
             "sweep" => {
-                let k = self.kind.unwrap_or_default();
-                return Err(SpecError::new("kind", format!("`{k}` jobs are not supported by this version yet")));
+                return Err(SpecError::new(
+                    "kind",
+                    "a sweep is not a job: write a sweep spec ([sweep] and [trial]) and use `aidos sweep submit`",
+                ));
             }
             other => {
                 return Err(SpecError::new(

@@ -44,6 +44,7 @@ pub mod reconcile;
 pub mod retention;
 pub mod state;
 mod store;
+pub mod sweep;
 mod task_logs;
 
 use std::collections::BTreeMap;
@@ -227,6 +228,7 @@ impl SchedulerNode {
             tokio::spawn(loops::run_reconciler(core.clone(), stop_rx.clone())),
             tokio::spawn(loops::run_retention(core.clone(), stop_rx.clone())),
             tokio::spawn(loops::run_blob_gc(core.clone(), stop_rx.clone())),
+            tokio::spawn(leader::sweeps::run(core.clone(), stop_rx.clone())),
         ];
         let big = network::MAX_RAFT_MESSAGE;
         let server = tonic::transport::Server::builder()
@@ -254,6 +256,7 @@ impl SchedulerNode {
                     .max_decoding_message_size(8 << 20),
             )
             .add_service(aidos_api::serve_service_server::ServeServiceServer::new(grpc::serve::Serve(core.clone())))
+            .add_service(aidos_api::sweep_service_server::SweepServiceServer::new(grpc::sweeps::Sweeps(core.clone())))
             .add_service(
                 aidos_api::edge_service_server::EdgeServiceServer::new(grpc::edge::Edge(core.clone()))
                     .max_decoding_message_size(64 << 20)

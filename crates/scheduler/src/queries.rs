@@ -346,3 +346,114 @@ pub fn desired_edge_deployment(st: &ClusterState, device: &str) -> Option<EdgeDe
 pub fn is_edge_artifact(st: &ClusterState, artifact: &str) -> bool {
     st.edge.deployments.values().any(|d| d.artifact == artifact)
 }
+
+// ---- sweeps ------------------------------------------------------------------------------------------------------
+
+/// A sweep with its trials; a running trial's values are what it reported so far (they are recorded on the trial
+/// itself only when it ends).
+pub fn sweep(st: &ClusterState, id: &str) -> Result<Sweep, SchedulerError> {
+    let mut s =
+        st.sweeps.sweeps.get(id).cloned().ok_or_else(|| SchedulerError::NotFound(format!("sweep {id} not found")))?;
+    let spec = s.spec.clone().unwrap_or_default();
+    for t in s.trials.iter_mut().filter(|t| t.state == TrialState::Running as i32) {
+        let j = trial_job(st, &t.job_id, &spec.metric, spec.resource_unit == "epoch");
+        crate::sweep::plan::set_values(t, &j.values, spec.maximize);
+    }
+    Ok(s)
+}
+
+/// Every sweep, oldest first, without its trials (`sweep` has them) but its best trial.
+pub fn list_sweeps(st: &ClusterState) -> ListSweepsResponse {
+    ListSweepsResponse {
+        sweeps: st
+            .sweeps
+            .ordered()
+            .into_iter()
+            .map(|s| {
+                // Keep the best trial itself (the best completed so far while it runs), so a list can show it.
+                let maximize = s.spec.as_ref().is_some_and(|x| x.maximize);
+                let best = s.best_trial.or_else(|| crate::sweep::plan::best_trial(&s.trials, maximize));
+                let mut out = Sweep { trials: Vec::new(), ..s.clone() };
+                out.trials.extend(best.and_then(|b| s.trials.get(b as usize)).cloned());
+                out
+            })
+            .collect(),
+    }
+}
+
+/// Sweeps the leader's sweep loop must look at: running ones, and ended ones with a trial still running.
+pub fn active_sweeps(st: &ClusterState) -> Vec<String> {
+    st.sweeps
+        .sweeps
+        .values()
+        .filter(|s| {
+            s.state == SweepState::Running as i32 || s.trials.iter().any(|t| t.state == TrialState::Running as i32)
+        })
+        .map(|s| s.id.clone())
+        .collect()
+}
+
+/// The parameters a trial's job carries (its `aidos.params` label): what a trial whose job exists is recorded with.
+pub fn trial_job_params(st: &ClusterState, job_id: &str) -> Option<String> {
+    st.jobs.by_id.get(job_id)?.spec.as_ref()?.labels.get(aidos_api::sweep::LABEL_PARAMS).cloned()
+}
+
+/// What the sweep planner needs to know of trial jobs: their state, and the objective from their runs (every
+/// attempt, the latest report for each resource winning).
+fn trial_job(st: &ClusterState, job_id: &str, metric: &str, unit_epoch: bool) -> crate::sweep::plan::TrialJob {
+    use crate::sweep::plan::TrialJob;
+    let Some(job) = st.jobs.by_id.get(job_id) else { return TrialJob::default() };
+    let mut by_resource = std::collections::BTreeMap::new();
+    let mut reported = std::collections::BTreeSet::new();
+    let mut model = String::new();
+    let prefix = format!("{job_id}.");
+    let mut runs: Vec<&Run> =
+        st.registry.runs.range(prefix.clone()..).take_while(|(k, _)| k.starts_with(&prefix)).map(|(_, r)| r).collect();
+    runs.sort_by_key(|r| r.attempt);
+    for r in runs {
+        for p in &r.metrics {
+            if p.name == metric {
+                let resource = if unit_epoch { p.epoch as u64 + 1 } else { p.step };
+                by_resource.insert(resource, p.value);
+            } else if reported.len() < 32 {
+                reported.insert(p.name.clone());
+            }
+        }
+        if !r.model.is_empty() {
+            model = r.model.clone();
+        }
+    }
+    TrialJob {
+        state: JobState::try_from(job.state).ok(),
+        reason: job.reason.clone(),
+        values: by_resource.into_iter().map(|(resource, value)| IntermediateValue { resource, value }).collect(),
+        reported: reported.into_iter().collect(),
+        model,
+    }
+}
+
+/// The planner's view of one sweep (see `crate::sweep::plan`): the jobs of its running trials, of ended trials
+/// whose job still runs, and of the best completed trial (for its model); the orphan job of the next trial.
+pub fn sweep_view<'a>(st: &'a ClusterState, id: &str, now_ms: i64) -> Option<crate::sweep::plan::SweepView<'a>> {
+    use crate::sweep::plan::{SweepView, best_trial, request_id};
+    let s = st.sweeps.sweeps.get(id)?;
+    let spec = s.spec.as_ref()?;
+    let unit_epoch = spec.resource_unit == "epoch";
+    let best = best_trial(&s.trials, spec.maximize);
+    let mut jobs = std::collections::BTreeMap::new();
+    for t in &s.trials {
+        let running = t.state == TrialState::Running as i32;
+        let job_active =
+            st.jobs.by_id.get(&t.job_id).is_some_and(|j| JobState::try_from(j.state).is_ok_and(|s| !s.is_terminal()));
+        if running || job_active || best == Some(t.index) {
+            jobs.insert(t.index, trial_job(st, &t.job_id, &spec.metric, unit_epoch));
+        }
+    }
+    let next = s.trials.len() as u32;
+    let orphan = st
+        .jobs
+        .request_ids
+        .get(&request_id(&s.id, next))
+        .and_then(|job_id| Some((job_id.clone(), trial_job_params(st, job_id)?)));
+    Some(SweepView { sweep: s, jobs, orphan, now_ms })
+}

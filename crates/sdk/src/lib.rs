@@ -283,6 +283,25 @@ impl Context {
         Ok(())
     }
 
+    /// Reports metrics at `step` and sends them at once (not batched): what a sweep trial calls with its objective,
+    /// so the sweep's pruner judges it within a round. `step` is the resource used so far (an epoch, an iteration).
+    pub fn report(&self, step: u64, metrics: &[(&str, f64)]) -> Result<()> {
+        self.log_metrics(step, 0, metrics)?;
+        self.flush()
+    }
+
+    /// This task's sweep parameters (from `AIDOS_TRIAL_PARAMS`), or an empty map when it is not a sweep trial.
+    pub fn trial_params(&self) -> Result<BTreeMap<String, serde_json::Value>> {
+        match std::env::var(aidos_api::sweep::ENV_TRIAL_PARAMS) {
+            Err(_) => Ok(BTreeMap::new()),
+            Ok(s) => serde_json::from_str(&s).map_err(|e| SdkError::BadEnv {
+                var: aidos_api::sweep::ENV_TRIAL_PARAMS,
+                value: s.clone(),
+                problem: format!("not a JSON object: {e}"),
+            }),
+        }
+    }
+
     /// Sends everything buffered now.
     pub fn flush(&self) -> Result<()> {
         let mut inner = self.lock();
@@ -470,6 +489,8 @@ impl Context {
                     dataset_hash: model.dataset_hash.clone(),
                     params: model.params.clone().into_iter().collect(),
                     aidos_version: AIDOS_VERSION.to_string(),
+                    // Filled by the scheduler from the job (a sweep trial's sweep).
+                    sweep: String::new(),
                 }),
                 artifacts: model.artifacts.clone().into_iter().collect(),
                 ..Default::default()

@@ -291,6 +291,13 @@ impl TrainHooks for Hooks<'_> {
         if let Err(e) = self.ctx.log_metrics(step, epoch, &mine) {
             self.sdk_failed("reporting metrics", e);
         }
+        // An epoch's validation result goes out at once: a sweep's pruner judges trials by it.
+        if self.rank == 0
+            && metrics.iter().any(|(k, _)| *k == "val_accuracy")
+            && let Err(e) = self.ctx.flush()
+        {
+            self.sdk_failed("reporting metrics", e);
+        }
         if self.rank != 0 {
             return;
         }

@@ -10,6 +10,7 @@ pub mod jobs;
 pub mod ml;
 pub mod raft;
 pub mod serve;
+pub mod sweeps;
 pub mod workers;
 
 use std::sync::Arc;

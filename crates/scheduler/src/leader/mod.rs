@@ -7,6 +7,7 @@
 pub mod edge;
 pub mod registry;
 pub mod serving;
+pub mod sweeps;
 pub mod workers;
 
 use std::pin::Pin;

@@ -8,6 +8,7 @@
 //! | datasets, runs, models | [`registry`] | `Rows` `d/`, `r/`, `m/` | 7–9 | commit dataset, metrics, checkpoints, register model, alias, artifact |
 //! | model deployments | [`serving`] | `Rows` `s/` | 10 | deploy, delete, deployment status |
 //! | edge devices and deployments | [`edge`] | `Rows` `e/`, `x/` | 11–12 | enrol, edge deploy, edge report |
+//! | hyperparameter sweeps | [`sweeps`] | `Rows` `w/`, `t/` | 13–14 | create, add trials, update a trial, finish, cancel |
 //!
 //! Every domain owns its rows ([`Rows`]: key prefixes, encoding, loading, its part of a snapshot) and its `apply`
 //! arms ([`Domain`]). The jobs domain is the base the others build on: it applies first, and every other domain
@@ -38,6 +39,7 @@ pub mod edge;
 pub mod jobs;
 pub mod registry;
 pub mod serving;
+pub mod sweeps;
 
 use aidos_api::v1::command_v1::Command;
 use aidos_api::v1::{CommandResultV1, CommandV1, StateSnapshotV1};
@@ -235,6 +237,7 @@ domains! {
     registry: registry::RegistryState,
     serving: serving::ServingState,
     edge: edge::EdgeState,
+    sweeps: sweeps::SweepsState,
 }
 
 #[cfg(test)]

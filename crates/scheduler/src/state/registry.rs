@@ -261,7 +261,11 @@ impl RegistryState {
         check_name("model.name", &m.name)?;
         check_blob_id(&m.weights_blob).map_err(|e| bad("model.weights_blob", e))?;
         if let Some(a) = &r.attempt {
-            jobs.check_current(&r.worker_id, a)?;
+            let (job, _) = jobs.check_current(&r.worker_id, a)?;
+            // A sweep's trial: the sweep is part of the model's lineage.
+            if let Some(sweep) = job.spec.as_ref().and_then(|s| s.labels.get(aidos_api::sweep::LABEL_SWEEP)) {
+                m.lineage.get_or_insert_with(Default::default).sweep = sweep.clone();
+            }
         }
         let versions = self.models.entry(m.name.clone()).or_default();
         m.version = versions.len() as u32 + 1;
