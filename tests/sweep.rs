@@ -1,6 +1,6 @@
 //! Issue #16, hyperparameter sweeps, end to end through the CLI:
-//! - a `process` trial of the user's kind (a shell script minimising a known function, reporting through
-//!   `aidos report`, the SDK's report path) is tuned by TPE and pruned by ASHA, and every pruning was right;
+//! - a `process` trial of the user's kind (a shell script minimising a known function, reading its parameters from
+//!   the environment and the JSON file, reporting through `aidos report`, the SDK's report path) is tuned by TPE and pruned by ASHA, and every pruning was right;
 //! - the scheduler leader and a worker are SIGKILLed mid-sweep: the sweep completes with exactly the configured
 //!   number of trials, none counted twice;
 //! - bad sweep specs are refused naming the field, and an objective no trial reports fails the sweep, naming it;
@@ -26,6 +26,9 @@ memory = "32Mi"
 [trial.process]
 executable = "sh"
 args = ["-c", '''
+# The parameters come as JSON twice: in AIDOS_TRIAL_PARAMS and in the file AIDOS_TRIAL_PARAMS_FILE names.
+[ "$(cat "$AIDOS_TRIAL_PARAMS_FILE")" = "$AIDOS_TRIAL_PARAMS" ] || exit 4
+case "$AIDOS_TRIAL_PARAMS" in *'"x":'*) ;; *) exit 5 ;; esac
 s=1
 while [ $s -le {steps} ]; do
   v=$(awk -v x="$X" -v s="$s" 'BEGIN {{ printf "%.6f", (x - 0.3) ^ 2 + 1 / s }}')

@@ -25,7 +25,8 @@
 //!
 //! Placeholders: a string that is exactly `"${p}"` becomes the parameter's value with its type (a number, or a
 //! whole table for a table choice; placeholders inside it are replaced too); `${p}` inside a longer string, an
-//! argument or an env value becomes its text. A process trial also gets `AIDOS_TRIAL_PARAMS` (the JSON object).
+//! argument or an env value becomes its text. A process trial also gets `AIDOS_TRIAL_PARAMS` (the JSON object), and
+//! `AIDOS_TRIAL_PARAMS_FILE`, the path of the same object as a file (written by the worker).
 //! Limits: at most [`MAX_PARAMS`] parameters, [`MAX_CHOICES`] choices each, [`MAX_TRIALS`] trials.
 
 use std::collections::BTreeMap;
@@ -43,6 +44,10 @@ pub const MAX_TRIALS: u32 = 100_000;
 pub const MAX_CONCURRENT: u32 = 1024;
 /// Environment variable a process trial reads its parameters from (a JSON object).
 pub const ENV_TRIAL_PARAMS: &str = "AIDOS_TRIAL_PARAMS";
+/// Environment variable naming the same JSON object as a file: the worker writes [`TRIAL_PARAMS_FILE`] into the
+/// attempt's working directory for every task that has [`ENV_TRIAL_PARAMS`].
+pub const ENV_TRIAL_PARAMS_FILE: &str = "AIDOS_TRIAL_PARAMS_FILE";
+pub const TRIAL_PARAMS_FILE: &str = "trial_params.json";
 /// Labels a trial's job carries.
 pub const LABEL_SWEEP: &str = "aidos.sweep";
 pub const LABEL_TRIAL: &str = "aidos.trial";

@@ -290,7 +290,8 @@ impl Context {
         self.flush()
     }
 
-    /// This task's sweep parameters (from `AIDOS_TRIAL_PARAMS`), or an empty map when it is not a sweep trial.
+    /// This task's sweep parameters (from `AIDOS_TRIAL_PARAMS`; the same JSON is in the file that
+    /// `AIDOS_TRIAL_PARAMS_FILE` names), or an empty map when it is not a sweep trial.
     pub fn trial_params(&self) -> Result<BTreeMap<String, serde_json::Value>> {
         match std::env::var(aidos_api::sweep::ENV_TRIAL_PARAMS) {
             Err(_) => Ok(BTreeMap::new()),

@@ -249,6 +249,11 @@ pub fn task_env(
         (task_env::BLOB_DIR.to_string(), blobs.dir.display().to_string()),
         (task_env::ADVERTISE_HOST.to_string(), advertise_host.to_string()),
     ]);
+    // A sweep trial's parameters also as a file (written by `write_task_files`).
+    if env.iter().any(|(k, _)| k == aidos_api::sweep::ENV_TRIAL_PARAMS) {
+        let path = workdir.join(aidos_api::sweep::TRIAL_PARAMS_FILE);
+        env.push((aidos_api::sweep::ENV_TRIAL_PARAMS_FILE.to_string(), path.display().to_string()));
+    }
     if let Some(max) = blobs.cache_max_bytes {
         env.push((task_env::BLOB_CACHE_MAX_BYTES.to_string(), max.to_string()));
         // The bucket behind the cache (else the blob service); the SDK reads it back with S3Config::from_lookup.
@@ -257,6 +262,15 @@ pub fn task_env(
         }
     }
     env
+}
+
+/// Files a task's environment points at, written into its working directory before it starts: a sweep trial's
+/// parameters (`AIDOS_TRIAL_PARAMS_FILE`, the same JSON as `AIDOS_TRIAL_PARAMS`).
+fn write_task_files(workdir: &Path, env: &[(String, String)]) -> std::io::Result<()> {
+    if let Some((_, params)) = env.iter().rev().find(|(k, _)| k == aidos_api::sweep::ENV_TRIAL_PARAMS) {
+        std::fs::write(workdir.join(aidos_api::sweep::TRIAL_PARAMS_FILE), params)?;
+    }
+    Ok(())
 }
 
 /// Last non-empty line of the task's stderr (the shim's explanation when it could not run it).
@@ -373,9 +387,12 @@ async fn start_new(
     };
     // fork+exec of this (large, many-threaded) process takes milliseconds: on a runtime worker thread, hundreds of
     // starts at once starve the runtime's timers, and with them the heartbeats (the worker was declared lost).
-    let spawned = tokio::task::spawn_blocking(move || cmd.spawn())
-        .await
-        .unwrap_or_else(|e| Err(std::io::Error::other(format!("spawn task: {e}"))));
+    let spawned = tokio::task::spawn_blocking(move || {
+        write_task_files(&cmd.workdir, &cmd.env)?;
+        cmd.spawn()
+    })
+    .await
+    .unwrap_or_else(|e| Err(std::io::Error::other(format!("spawn task: {e}"))));
     match spawned {
         Ok(child) => {
             record.shim_pid = child.id();
