@@ -26,6 +26,7 @@ pub mod cache;
 pub mod config;
 pub use config::{StoreConfig, open_worker_store};
 pub mod service;
+pub mod upload;
 
 pub use cache::CachedStore;
 pub use service::ServiceStore;

@@ -61,9 +61,26 @@ impl TractModel {
     }
 
     fn load_with(what: &str, bytes: &[u8], own_ops: Option<Isa>) -> Result<TractModel> {
+        // tract's graph building and optimisation panic on some malformed graphs (found by fuzzing, see
+        // `crates/fuzz`): such a model is refused like any other bad model, it does not take the server down.
+        // (Builds with `panic = "abort"`, the edge profile, rely on `parse`'s checks alone.)
+        std::panic::catch_unwind(|| Self::load_unguarded(what, bytes, own_ops)).unwrap_or_else(|p| {
+            let msg = p
+                .downcast_ref::<&str>()
+                .map(|s| s.to_string())
+                .or_else(|| p.downcast_ref::<String>().cloned())
+                .unwrap_or_else(|| "no message".into());
+            Err(RuntimeError::Load {
+                what: what.into(),
+                reason: format!("malformed model (the ONNX parser failed: {msg})"),
+            })
+        })
+    }
+
+    fn load_unguarded(what: &str, bytes: &[u8], own_ops: Option<Isa>) -> Result<TractModel> {
         let err =
             |e: tract_onnx::prelude::TractError| RuntimeError::Load { what: what.into(), reason: format!("{e:#}") };
-        let model = tract_onnx::onnx().model_for_read(&mut &*bytes).map_err(err)?;
+        let model = parse(what, bytes)?;
         let (typed, n_own) = optimize(model.clone(), own_ops).map_err(err)?;
         let meta = ModelMetadata {
             platform: "onnx_tract".into(),
@@ -190,4 +207,24 @@ fn _assert_send() {
     fn is_send<T: Send>() {}
     is_send::<TractInstance>();
     let _ = tvec![0u8];
+}
+
+/// Decodes the `ModelProto` and checks what tract's graph builder assumes without checking (every graph output
+/// names a value something produces), then builds tract's inference model from it.
+fn parse(what: &str, bytes: &[u8]) -> Result<tract_onnx::prelude::InferenceModel> {
+    let load = |reason: String| RuntimeError::Load { what: what.into(), reason };
+    let onnx = tract_onnx::onnx();
+    let proto = onnx.proto_model_for_read(&mut &*bytes).map_err(|e| load(format!("not an ONNX model: {e:#}")))?;
+    let graph = proto.graph.as_ref().ok_or_else(|| load("the model has no graph".into()))?;
+    let produced: std::collections::HashSet<&str> = graph
+        .input
+        .iter()
+        .map(|i| i.name.as_str())
+        .chain(graph.initializer.iter().map(|t| t.name.as_str()))
+        .chain(graph.node.iter().flat_map(|n| n.output.iter().map(String::as_str)))
+        .collect();
+    if let Some(o) = graph.output.iter().find(|o| !produced.contains(o.name.as_str())) {
+        return Err(load(format!("graph output `{}` is produced by no node, input or initializer", o.name)));
+    }
+    onnx.model_for_proto_model(&proto).map_err(|e| load(format!("{e:#}")))
 }

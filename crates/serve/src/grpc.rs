@@ -31,6 +31,11 @@ pub struct Front {
     s: Arc<ServerState>,
 }
 
+/// The service's implementation without tonic's server wrapper (called in-process by the fuzz targets).
+pub fn front(state: Arc<ServerState>) -> Front {
+    Front { s: state }
+}
+
 type R<T> = Result<Response<T>, Status>;
 
 #[tonic::async_trait]

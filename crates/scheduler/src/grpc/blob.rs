@@ -17,6 +17,7 @@ use std::sync::Arc;
 
 use aidos_api::blob_service_server::BlobService;
 use aidos_api::v1::*;
+use aidos_blob::upload::{Upload, UploadError};
 use aidos_blob::{BlobError, BlobId, BlobStore};
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
@@ -52,6 +53,11 @@ fn blob_status(e: BlobError) -> Status {
     }
 }
 
+/// Every upload refusal is the client's doing: INVALID_ARGUMENT, with the refusal's own text.
+fn upload_status(e: UploadError) -> Status {
+    Status::invalid_argument(e.to_string())
+}
+
 async fn blocking<T: Send + 'static>(f: impl FnOnce() -> Result<T, Status> + Send + 'static) -> Result<T, Status> {
     tokio::task::spawn_blocking(f).await.map_err(|e| Status::internal(format!("blob store task: {e}")))?
 }
@@ -63,41 +69,22 @@ impl BlobService for Blobs {
         let max = self.0.cfg.max_blob_bytes;
         let mut chunks = r.into_inner();
         let first = chunks.message().await?.ok_or_else(|| Status::invalid_argument("upload: empty stream"))?;
-        let id = BlobId::parse(&first.id).map_err(|e| Status::invalid_argument(format!("upload.id: {e}")))?;
-        let size = first.size;
-        if size > max {
-            return Err(Status::invalid_argument(format!(
-                "upload: blob {id} is {size} bytes, over this node's limit of {max} bytes (--max-blob-bytes)"
-            )));
-        }
+        let mut upload = Upload::start(&first.id, first.size, max).map_err(upload_status)?;
+        let (id, size) = (upload.id().clone(), upload.size());
         let (s2, id2) = (store.clone(), id.clone());
         if blocking(move || s2.touch(&id2).map_err(blob_status)).await? {
             return ok(BlobRef { id: id.to_string(), size, existed: true });
         }
-        let mut buf = Vec::with_capacity(size.min(64 << 20) as usize);
-        buf.extend_from_slice(&first.data);
-        while buf.len() as u64 <= size {
+        upload.push(&first.data);
+        while upload.wants_more() {
             match chunks.message().await? {
-                Some(c) => buf.extend_from_slice(&c.data),
+                Some(c) => upload.push(&c.data),
                 None => break,
             }
         }
-        if buf.len() as u64 != size {
-            let got = buf.len();
-            let what = if got as u64 > size { "more bytes than" } else { "fewer bytes than" };
-            return Err(Status::invalid_argument(format!(
-                "upload: blob {id} sent {what} the {size} it announced ({got}); nothing was stored"
-            )));
-        }
-        let id2 = id.clone();
         blocking(move || {
-            let actual = BlobId::of(&buf);
-            if actual != id2 {
-                return Err(Status::invalid_argument(format!(
-                    "upload: the bytes hash to {actual}, not to {id2} (corrupted in transit?); nothing was stored"
-                )));
-            }
-            store.put(&buf).map_err(blob_status)
+            let (_, bytes) = upload.finish().map_err(upload_status)?;
+            store.put(&bytes).map_err(blob_status)
         })
         .await?;
         ok(BlobRef { id: id.to_string(), size, existed: false })

@@ -1,0 +1,3 @@
+#![no_main]
+// Generated shape: every target is `aidos_fuzz_targets::TARGETS`' `csv` (crates/fuzz/src/lib.rs).
+libfuzzer_sys::fuzz_target!(|data: &[u8]| (aidos_fuzz_targets::target("csv").expect("a target").run)(data));

@@ -1,0 +1,3 @@
+#![no_main]
+// Generated shape: every target is `aidos_fuzz_targets::TARGETS`' `npy` (crates/fuzz/src/lib.rs).
+libfuzzer_sys::fuzz_target!(|data: &[u8]| (aidos_fuzz_targets::target("npy").expect("a target").run)(data));
