@@ -6,6 +6,10 @@ use prost::Message;
 
 use crate::join2;
 
+/// The ONNX graph writer of the runtime's tests (one writer for tests, benches and these seeds).
+#[path = "../../runtime/tests/support/graph.rs"]
+mod graph;
+
 const MLP: &str = include_str!("../../../examples/mnist-mlp.toml");
 const CNN: &str = include_str!("../../../examples/mnist-cnn.toml");
 const SWEEP: &str = include_str!("../../../examples/mnist-sweep.toml");
@@ -170,61 +174,14 @@ pub fn npy() -> Vec<Vec<u8>> {
     ]
 }
 
-/// A Gemm + Relu + Softmax graph (the exported MLP's shape, small), as tract-onnx's own protobuf types write it.
+/// A Gemm + Relu + Gemm + Softmax graph (the exported MLP's shape, small: `x: [N, 4]` to `[N, 3]`).
 pub fn onnx() -> Vec<Vec<u8>> {
-    use tract_onnx::pb::{self, tensor_shape_proto::dimension::Value as Dim, type_proto};
-    let dim = |v: Dim| pb::tensor_shape_proto::Dimension { value: Some(v), ..Default::default() };
-    let value = |name: &str, dims: Vec<Dim>| pb::ValueInfoProto {
-        name: name.into(),
-        r#type: Some(pb::TypeProto {
-            value: Some(type_proto::Value::TensorType(type_proto::Tensor {
-                elem_type: 1,
-                shape: Some(pb::TensorShapeProto { dim: dims.into_iter().map(dim).collect() }),
-            })),
-            ..Default::default()
-        }),
-        ..Default::default()
-    };
-    let init = |name: &str, dims: &[i64]| pb::TensorProto {
-        name: name.into(),
-        dims: dims.to_vec(),
-        data_type: 1,
-        float_data: (0..dims.iter().product::<i64>()).map(|i| (i % 7) as f32 / 7.0 - 0.5).collect(),
-        ..Default::default()
-    };
-    let node = |op: &str, inputs: &[&str], out: &str, attribute: Vec<pb::AttributeProto>| pb::NodeProto {
-        op_type: op.into(),
-        input: inputs.iter().map(|s| s.to_string()).collect(),
-        output: vec![out.into()],
-        attribute,
-        ..Default::default()
-    };
-    let trans_b = pb::AttributeProto {
-        name: "transB".into(),
-        r#type: pb::attribute_proto::AttributeType::Int as i32,
-        i: 1,
-        ..Default::default()
-    };
-    let graph = pb::GraphProto {
-        name: "mlp".into(),
-        node: vec![
-            node("Gemm", &["x", "w1", "b1"], "h", vec![trans_b.clone()]),
-            node("Relu", &["h"], "r", vec![]),
-            node("Gemm", &["r", "w2", "b2"], "z", vec![trans_b]),
-            node("Softmax", &["z"], "y", vec![]),
-        ],
-        initializer: vec![init("w1", &[8, 4]), init("b1", &[8]), init("w2", &[3, 8]), init("b2", &[3])],
-        input: vec![value("x", vec![Dim::DimParam("N".into()), Dim::DimValue(4)])],
-        output: vec![value("y", vec![Dim::DimParam("N".into()), Dim::DimValue(3)])],
-        ..Default::default()
-    };
-    let model = pb::ModelProto {
-        ir_version: 8,
-        opset_import: vec![pb::OperatorSetIdProto { domain: String::new(), version: 17 }],
-        graph: Some(graph),
-        ..Default::default()
-    };
-    vec![model.encode_to_vec()]
+    let mut g = graph::Graph::default();
+    let h = g.dense("x", 4, 8);
+    let r = g.relu(&h);
+    let z = g.dense(&r, 8, 3);
+    g.node("Softmax", &[z], vec![]);
+    vec![g.onnx_with_input(&[4])]
 }
 
 pub fn blob_upload() -> Vec<Vec<u8>> {

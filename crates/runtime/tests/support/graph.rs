@@ -1,5 +1,5 @@
-//! A small writer of ONNX test graphs (tract-onnx's own protobuf types), shared by the `tract_ops` test and the
-//! `tract_latency` bench.
+//! A small writer of ONNX test graphs (tract-onnx's own protobuf types), shared by the `tract_ops` test, the
+//! `tract_latency` bench and the fuzz targets' seeds (`crates/fuzz`).
 
 #![allow(dead_code)] // each user takes what it needs
 
@@ -82,6 +82,11 @@ impl Graph {
 
     /// The model, input `x: float32[N, c, h, w]` to the last node's output.
     pub fn onnx(self, chw: [i64; 3]) -> Vec<u8> {
+        self.onnx_with_input(&chw)
+    }
+
+    /// The model, input `x: float32[N, dims...]` to the last node's output.
+    pub fn onnx_with_input(self, dims: &[i64]) -> Vec<u8> {
         let info = |name: &str, dims: Vec<Dim>| pb::ValueInfoProto {
             name: name.into(),
             r#type: Some(pb::TypeProto {
@@ -99,7 +104,7 @@ impl Graph {
             ..Default::default()
         };
         let mut input = vec![Dim::DimParam("N".into())];
-        input.extend(chw.iter().map(|&d| Dim::DimValue(d)));
+        input.extend(dims.iter().map(|&d| Dim::DimValue(d)));
         let out = self.nodes.last().unwrap().output[0].clone();
         pb::ModelProto {
             ir_version: 8,

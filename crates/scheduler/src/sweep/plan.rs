@@ -413,6 +413,18 @@ process = {{ executable = "/bin/sh", args = ["-c", "echo ${{x}}"] }}
             .collect()
     }
 
+    /// Trials 0..n, running as jobs `job-<i>`.
+    fn running(s: &mut Sweep, n: u32) {
+        for i in 0..n {
+            s.trials.push(Trial {
+                index: i,
+                job_id: format!("job-{i}"),
+                state: TrialState::Running as i32,
+                ..Default::default()
+            });
+        }
+    }
+
     fn add(s: &mut Sweep, n: &NewTrial, job: &str) {
         s.trials.push(Trial {
             index: n.index,
@@ -475,14 +487,7 @@ process = {{ executable = "/bin/sh", args = ["-c", "echo ${{x}}"] }}
     #[test]
     fn a_trial_below_the_rung_is_pruned_and_its_job_cancelled() {
         let mut s = sweep(10, 5);
-        for i in 0..4u32 {
-            s.trials.push(Trial {
-                index: i,
-                job_id: format!("job-{i}"),
-                state: TrialState::Running as i32,
-                ..Default::default()
-            });
-        }
+        running(&mut s, 4);
         let mut v = view(&s);
         // Minimising: trials 0..3 report 0.1, 0.2, 0.3 at rung 1; trial 3 reports 0.9.
         for (i, val) in [0.1, 0.2, 0.3, 0.9].into_iter().enumerate() {
@@ -504,14 +509,7 @@ process = {{ executable = "/bin/sh", args = ["-c", "echo ${{x}}"] }}
     #[test]
     fn a_metric_nobody_reports_fails_the_sweep_naming_the_field() {
         let mut s = sweep(5, 3);
-        for i in 0..3u32 {
-            s.trials.push(Trial {
-                index: i,
-                job_id: format!("job-{i}"),
-                state: TrialState::Running as i32,
-                ..Default::default()
-            });
-        }
+        running(&mut s, 3);
         let mut v = view(&s);
         for i in 0..3u32 {
             let mut j = job(JobState::Succeeded, &[]);
@@ -528,12 +526,7 @@ process = {{ executable = "/bin/sh", args = ["-c", "echo ${{x}}"] }}
     fn a_cancelled_sweep_cancels_its_running_trials() {
         let mut s = sweep(5, 3);
         s.state = SweepState::Cancelled as i32;
-        s.trials.push(Trial {
-            index: 0,
-            job_id: "job-0".into(),
-            state: TrialState::Running as i32,
-            ..Default::default()
-        });
+        running(&mut s, 1);
         let mut v = view(&s);
         v.jobs.insert(0, job(JobState::Running, &[(1, 0.3)]));
         let a = plan(&v);
