@@ -39,6 +39,8 @@ impl ModelRuntime for Double {
 struct Server {
     rt: tokio::runtime::Runtime,
     state: Arc<ServerState>,
+    /// The HTTP front, built once (each request takes a clone: `oneshot` consumes it).
+    router: axum::Router,
 }
 
 fn server() -> &'static Server {
@@ -62,7 +64,8 @@ fn server() -> &'static Server {
                 defaults: BatchConfig::default(),
             })
         });
-        Server { rt, state }
+        let router = aidos_serve::http::router(state.clone());
+        Server { rt, state, router }
     })
 }
 
@@ -74,9 +77,8 @@ pub fn post(body: &[u8], header_len: Option<usize>) -> u16 {
         req = req.header("inference-header-content-length", n.to_string());
     }
     let req = req.body(Body::from(body.to_vec())).expect("a request");
-    let router = aidos_serve::http::router(s.state.clone());
     s.rt.block_on(async {
-        let resp = router.oneshot(req).await.expect("the router answers");
+        let resp = s.router.clone().oneshot(req).await.expect("the router answers");
         let status = resp.status().as_u16();
         assert!(status != 500, "a client's request answered 500");
         let _ = axum::body::to_bytes(resp.into_body(), usize::MAX).await;
