@@ -68,6 +68,7 @@ fn main() {
     let mut cfg = SchedulerConfig::single_node("127.0.0.1:0".parse().expect("addr"), tmp.path().join("node"));
     cfg.blobs = Some(StoreConfig::S3(node_s3));
     cfg.max_blob_bytes = (large_mib as u64 + 1) << 20;
+    let root_token = cfg.root_token.clone();
     let node = rt.block_on(SchedulerNode::start(cfg)).expect("scheduler node");
     let addr = node.local_addr().to_string();
 
@@ -76,7 +77,16 @@ fn main() {
     let stores: Vec<(&str, Arc<dyn BlobStore>)> = vec![
         ("local dir", Arc::new(LocalDirStore::open(tmp.path().join("local")).expect("local store"))),
         ("S3 direct", Arc::new(aidos_blob::S3Store::open(direct_s3).expect("s3 store"))),
-        ("blob service -> S3", Arc::new(ServiceStore::connect(std::slice::from_ref(&addr)).expect("service store"))),
+        (
+            "blob service -> S3",
+            Arc::new(
+                ServiceStore::connect(
+                    std::slice::from_ref(&addr),
+                    aidos_api::auth::Credentials::token(root_token.clone()),
+                )
+                .expect("service store"),
+            ),
+        ),
     ];
 
     println!("blob throughput (MiB/s; {small_rounds} x 1 MiB, {large_rounds} x {large_mib} MiB; fresh random bytes)");

@@ -26,7 +26,7 @@ trap cleanup EXIT
 UP_PID=$!
 ADDR=""
 while [[ -z "$ADDR" ]]; do sleep 0.2; ADDR="$(sed -n 's/^scheduler listening on //p' "$W/up.log" | head -n1)"; done
-export AIDOS_SCHEDULER="$ADDR" AIDOS_BLOB_DIR="$W/up/blobs"
+export AIDOS_SCHEDULER="$ADDR" AIDOS_BLOB_DIR="$W/up/blobs" AIDOS_TOKEN="$(cat "$W/up/admin.token")"
 until "$AIDOS" cluster status >/dev/null 2>&1; do sleep 0.3; done
 "$AIDOS" dataset push mnist data/mnist10k --split train=8000,test=2000 >/dev/null
 sed -e 's/^epochs = 8/epochs = 1/' examples/mnist-cnn.toml >"$W/cnn.toml"

@@ -3,9 +3,9 @@
 #   bench_dir                     sets DIR (a temp dir) and PIDS, and kills PIDS and removes DIR on exit
 #   port                          prints a free loopback port
 #   start_aidos_node CPUS         one `aidos server` node and one worker of CPUS cores on loopback; exports
-#                                 AIDOS_SCHEDULER and waits for both
+#                                 AIDOS_SCHEDULER and AIDOS_TOKEN (the root token) and waits for both
 #   start_aidos_cluster [FLAGS]   3 `aidos server` nodes on loopback sharing one blob directory, with FLAGS each;
-#                                 exports AIDOS_SCHEDULER and waits for a leader; sets LEADER
+#                                 exports AIDOS_SCHEDULER and AIDOS_TOKEN and waits for a leader; sets LEADER
 
 aidos_bin() {
     if [[ -n "${AIDOS_BIN:-}" ]]; then AIDOS="$AIDOS_BIN"; else cargo build --release --bin aidos; AIDOS=target/release/aidos; fi
@@ -17,17 +17,26 @@ bench_dir() {
     trap 'for p in "${PIDS[@]}"; do kill -9 "$p" 2>/dev/null || true; done; rm -rf "$DIR"' EXIT
 }
 
+# The cluster's root token, made before any node starts (nodes given a missing --admin-token-file would each make
+# their own), and presented by every CLI call and worker of the bench.
+admin_token() {
+    python3 -c 'import secrets; print("aidos_root_" + secrets.token_hex(32))' >"$DIR/admin.token"
+    chmod 600 "$DIR/admin.token"
+    export AIDOS_TOKEN="$(cat "$DIR/admin.token")"
+}
+
 port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 
 start_aidos_cluster() {
     local p1 p2 p3 peers i p deadline
     p1=$(port); p2=$(port); p3=$(port)
     peers="1=127.0.0.1:$p1,2=127.0.0.1:$p2,3=127.0.0.1:$p3"
+    admin_token
     for i in 1 2 3; do
         p=p$i
         # One machine: the nodes share one blob directory, as --blob-dir-shared declares.
         RUST_LOG="${NODE_LOG:-warn}" "$AIDOS" server --id $i --listen "127.0.0.1:${!p}" --peers "$peers" \
-            --data-dir "$DIR/n$i" --blob-dir "$DIR/blobs" --blob-dir-shared "$@" >"$DIR/n$i.log" 2>&1 &
+            --data-dir "$DIR/n$i" --blob-dir "$DIR/blobs" --blob-dir-shared --admin-token-file "$DIR/admin.token" "$@" >"$DIR/n$i.log" 2>&1 &
         PIDS+=($!); disown $!
     done
     export AIDOS_SCHEDULER="127.0.0.1:$p1,127.0.0.1:$p2,127.0.0.1:$p3"
@@ -42,8 +51,9 @@ start_aidos_cluster() {
 start_aidos_node() {
     local p
     p=$(port)
+    admin_token
     RUST_LOG="${NODE_LOG:-warn}" "$AIDOS" server --id 1 --listen "127.0.0.1:$p" --data-dir "$DIR/n1" \
-        --blob-dir "$DIR/blobs" >"$DIR/n1.log" 2>&1 &
+        --blob-dir "$DIR/blobs" --admin-token-file "$DIR/admin.token" >"$DIR/n1.log" 2>&1 &
     PIDS+=($!); disown $!
     export AIDOS_SCHEDULER="127.0.0.1:$p"
     until "$AIDOS" cluster status 2>/dev/null | grep -q '^leader: *1'; do sleep 0.2; done

@@ -54,6 +54,9 @@ while [[ -z "$ADDR" ]]; do
     [[ -n "$ADDR" ]] || sleep 0.2
 done
 export AIDOS_SCHEDULER="$ADDR"
+# `aidos up` wrote its admin token there (mode 0600); the CLI finds ./.aidos/admin.token by itself, this data
+# directory it is told.
+export AIDOS_TOKEN="$(cat "$DATA_DIR/admin.token")"
 until "$AIDOS" cluster status >/dev/null 2>&1; do
     if (( SECONDS > deadline )) || ! kill -0 "$UP_PID" 2>/dev/null; then
         echo "the scheduler at $ADDR does not answer:" >&2

@@ -8,7 +8,13 @@ use aidos_api::v1::*;
 use common::*;
 
 fn aidos(addr: &str, args: &[&str]) -> (i32, String, String) {
-    let out = Command::new(BIN).arg("--scheduler").arg(addr).args(args).output().unwrap();
+    let out = Command::new(BIN)
+        .arg("--scheduler")
+        .arg(addr)
+        .args(args)
+        .env(aidos_api::auth::TOKEN_ENV, &*common::TOKEN)
+        .output()
+        .unwrap();
     (
         out.status.code().unwrap_or(-1),
         String::from_utf8_lossy(&out.stdout).into(),

@@ -148,7 +148,7 @@ async fn gc_never_deletes_a_referenced_blob() {
     let addrs = c.addrs();
     let (t2, o2) = (table.clone(), opts(3000));
     let via_service = tokio::task::spawn_blocking(move || {
-        let svc = ServiceStore::connect(&addrs).unwrap();
+        let svc = ServiceStore::connect(&addrs, aidos_api::auth::Credentials::token(common::TOKEN.clone())).unwrap();
         ingest_table("mnist-svc", &t2, &o2, &svc).unwrap()
     })
     .await

@@ -234,6 +234,8 @@ fn clean_env(cmd: &mut Command) {
             cmd.env_remove(&k);
         }
     }
+    // The harness's root token (the nodes read it from `--admin-token-file`).
+    cmd.env(aidos_api::auth::TOKEN_ENV, &*common::TOKEN);
 }
 
 fn s3_env() -> Vec<(String, String)> {
@@ -473,7 +475,12 @@ impl World<'_> {
             "3000".into(),
             "--heartbeat-interval-ms".into(),
             "250".into(),
+            "--admin-token-file".into(),
+            self.dir.join("admin.token").display().to_string(),
         ];
+        if !self.dir.join("admin.token").exists() {
+            aidos_api::auth::write_token_file(&self.dir.join("admin.token"), &common::TOKEN).unwrap();
+        }
         args.extend(s3_flags());
         let p = P::spawn(self.net, &format!("s{id}"), &format!("s{id}"), Path::new(BIN), args, s3_env(), &self.dir);
         self.nodes.insert(id, p);
@@ -532,7 +539,7 @@ impl World<'_> {
     }
 
     /// A gRPC channel to the first live node that answers (this thread is in the client's namespace).
-    fn any_channel(&mut self) -> tonic::transport::Channel {
+    fn any_channel(&mut self) -> common::Channel {
         let deadline = Instant::now() + Duration::from_secs(20);
         let ids = self.live_ids();
         self.rt.block_on(async {

@@ -4,13 +4,18 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     // SAFETY: build scripts are single-threaded.
     unsafe { std::env::set_var("PROTOC", protoc) };
     let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../proto");
-    let files: Vec<_> = ["common", "job", "worker", "cluster", "ml", "serve", "edge", "raft", "blob", "sweep"]
+    let files: Vec<_> = ["common", "job", "worker", "cluster", "ml", "serve", "edge", "raft", "blob", "sweep", "auth"]
         .iter()
         .map(|f| root.join(format!("aidos/v1/{f}.proto")))
         .collect();
     for f in &files {
         println!("cargo:rerun-if-changed={}", f.display());
     }
-    tonic_prost_build::configure().btree_map(".").compile_protos(&files, &[root])?;
+    // The descriptors too: the auth layer's tests enumerate every RPC of every service from them.
+    let descriptors = std::path::PathBuf::from(std::env::var("OUT_DIR")?).join("aidos_descriptors.bin");
+    tonic_prost_build::configure()
+        .btree_map(".")
+        .file_descriptor_set_path(descriptors)
+        .compile_protos(&files, &[root])?;
     Ok(())
 }

@@ -25,6 +25,13 @@ pub struct Global {
         default_value = aidos_api::DEFAULT_SCHEDULER_ADDR
     )]
     pub scheduler: Vec<String>,
+    /// API token to present (`aidos_<id>_<secret>`). Unset: the one `aidos login` saved, else the admin token of
+    /// an `aidos up` in this directory (./.aidos/admin.token, or $AIDOS_DATA_DIR/admin.token)
+    #[arg(long, env = "AIDOS_TOKEN", global = true, hide_env_values = true, help_heading = "Global options")]
+    pub token: Option<String>,
+    /// Project the command acts in (jobs, datasets, models, ... belong to one); default: `default`
+    #[arg(long, env = "AIDOS_PROJECT", global = true, help_heading = "Global options")]
+    pub project: Option<String>,
     /// Output format: aligned columns for people, or one JSON document (before the command: `aidos -o json job list`)
     #[arg(short, long, env = "AIDOS_OUTPUT", help_heading = "Global options", value_enum, default_value_t = Output::Table)]
     pub output: Output,
@@ -67,6 +74,37 @@ pub struct Global {
 pub enum Output {
     Table,
     Json,
+}
+
+/// Where `aidos login` keeps the token it saved: $XDG_CONFIG_HOME/aidos/token, else ~/.config/aidos/token.
+pub fn login_file() -> Option<PathBuf> {
+    let base = std::env::var_os("XDG_CONFIG_HOME")
+        .filter(|v| !v.is_empty())
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").filter(|v| !v.is_empty()).map(|h| PathBuf::from(h).join(".config")))?;
+    Some(base.join("aidos").join("token"))
+}
+
+/// Admin token files of an `aidos up` on this machine that the CLI picks up by itself, in order.
+pub fn local_admin_token_files() -> Vec<PathBuf> {
+    let mut v = Vec::new();
+    if let Some(d) = std::env::var_os("AIDOS_DATA_DIR").filter(|v| !v.is_empty()) {
+        v.push(PathBuf::from(d).join("admin.token"));
+    }
+    v.push(PathBuf::from("./.aidos/admin.token"));
+    v
+}
+
+/// What this CLI presents: --token / AIDOS_TOKEN, else the token `aidos login` saved, else a local `aidos up`'s
+/// admin token; and --project.
+pub fn credentials(g: &Global) -> aidos_api::auth::Credentials {
+    let token = g.token.clone().filter(|t| !t.trim().is_empty()).or_else(|| {
+        login_file()
+            .into_iter()
+            .chain(local_admin_token_files())
+            .find_map(|f| aidos_api::auth::read_token_file(&f).ok())
+    });
+    aidos_api::auth::Credentials { token, project: g.project.clone().filter(|p| !p.trim().is_empty()) }
 }
 
 /// The store the blob flags name: an S3 bucket (`--s3-bucket`), a directory (`--blob-dir`), or None.
@@ -123,7 +161,7 @@ pub fn blob_store(g: &Global) -> anyhow::Result<Arc<dyn aidos_blob::BlobStore>> 
     Ok(match store_config(g)? {
         Some(c) => c.open().map_err(|e| anyhow::anyhow!("opening the blob store ({}): {e}", c.describe()))?,
         None => Arc::new(
-            aidos_blob::ServiceStore::connect(&g.scheduler)
+            aidos_blob::ServiceStore::connect(&g.scheduler, credentials(g))
                 .map_err(|e| anyhow::anyhow!("reaching the cluster's blob store: {e}"))?,
         ),
     })
@@ -247,6 +285,7 @@ impl WorkerResources {
         worker_id: Option<String>,
         blob_dir: PathBuf,
         s3: Option<aidos_blob::S3Config>,
+        credentials: aidos_api::auth::Credentials,
     ) -> anyhow::Result<WorkerConfig> {
         let shim_exe = std::env::current_exe().context("finding the aidos executable (the task shim)")?;
         Ok(WorkerConfig {
@@ -263,6 +302,7 @@ impl WorkerResources {
             blob_cache_max_bytes: self.cache_max_bytes,
             keep_task_dirs: self.keep_task_dirs,
             advertise_host: self.advertise_host,
+            credentials,
         })
     }
 }

@@ -7,7 +7,8 @@ use std::future::Future;
 use std::ops::Deref;
 use std::time::Duration;
 
-use aidos_api::client::Config;
+use aidos_api::auth_service_client::AuthServiceClient;
+use aidos_api::client::{AuthChannel, Config, Credentials};
 use aidos_api::cluster_service_client::ClusterServiceClient;
 use aidos_api::dataset_service_client::DatasetServiceClient;
 use aidos_api::job_service_client::JobServiceClient;
@@ -16,7 +17,6 @@ use aidos_api::run_service_client::RunServiceClient;
 use aidos_api::serve_service_client::ServeServiceClient;
 use aidos_api::sweep_service_client::SweepServiceClient;
 use anyhow::anyhow;
-use tonic::transport::Channel;
 use tonic::{Code, Status};
 
 pub use aidos_api::client::is_retryable;
@@ -26,6 +26,20 @@ const RETRY_BUDGET: Duration = Duration::from_secs(10);
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
 /// Large job lists exceed tonic's 4 MiB default.
 const MAX_MESSAGE: usize = 256 << 20;
+
+/// What every scheduler client of this process presents (set once from the global flags by the dispatcher;
+/// `aidos up` sets its own admin token when none was given).
+static CREDENTIALS: std::sync::RwLock<Option<Credentials>> = std::sync::RwLock::new(None);
+
+/// Sets the credentials every [`Client`] made afterwards presents.
+pub fn set_credentials(c: Credentials) {
+    *CREDENTIALS.write().unwrap_or_else(|p| p.into_inner()) = Some(c);
+}
+
+/// The credentials [`Client`]s present.
+pub fn credentials() -> Credentials {
+    CREDENTIALS.read().unwrap_or_else(|p| p.into_inner()).clone().unwrap_or_default()
+}
 
 /// The scheduler client of one CLI command; derefs to [`aidos_api::client::Client`] (`advance`, `known`, ...).
 pub struct Client(aidos_api::client::Client);
@@ -45,6 +59,7 @@ impl Client {
             backoff_min: Duration::from_millis(100),
             backoff_max: Duration::from_secs(1),
             max_message: MAX_MESSAGE,
+            credentials: credentials(),
             ..Config::default()
         };
         match aidos_api::client::Client::new(addrs, cfg) {
@@ -57,7 +72,7 @@ impl Client {
     /// Runs `f` against the current address, failing over to the others on retryable errors.
     pub async fn call<T, F, Fut>(&self, f: F) -> Result<T, Status>
     where
-        F: FnMut(Channel) -> Fut,
+        F: FnMut(AuthChannel) -> Fut,
         Fut: Future<Output = Result<T, Status>>,
     {
         self.0.call("scheduler call", f).await
@@ -66,7 +81,7 @@ impl Client {
     /// [`Self::call`] with a JobService client.
     pub async fn job<T, F, Fut>(&self, mut f: F) -> Result<T, Status>
     where
-        F: FnMut(JobServiceClient<Channel>) -> Fut,
+        F: FnMut(JobServiceClient<AuthChannel>) -> Fut,
         Fut: Future<Output = Result<T, Status>>,
     {
         self.call(|ch| f(JobServiceClient::new(ch).max_decoding_message_size(self.max_message()))).await
@@ -75,7 +90,7 @@ impl Client {
     /// [`Self::call`] with a ClusterService client.
     pub async fn cluster<T, F, Fut>(&self, mut f: F) -> Result<T, Status>
     where
-        F: FnMut(ClusterServiceClient<Channel>) -> Fut,
+        F: FnMut(ClusterServiceClient<AuthChannel>) -> Fut,
         Fut: Future<Output = Result<T, Status>>,
     {
         self.call(|ch| f(ClusterServiceClient::new(ch).max_decoding_message_size(self.max_message()))).await
@@ -84,7 +99,7 @@ impl Client {
     /// [`Self::call`] with a DatasetService client.
     pub async fn datasets<T, F, Fut>(&self, mut f: F) -> Result<T, Status>
     where
-        F: FnMut(DatasetServiceClient<Channel>) -> Fut,
+        F: FnMut(DatasetServiceClient<AuthChannel>) -> Fut,
         Fut: Future<Output = Result<T, Status>>,
     {
         self.call(|ch| {
@@ -98,7 +113,7 @@ impl Client {
     /// [`Self::call`] with a RunService client.
     pub async fn runs<T, F, Fut>(&self, mut f: F) -> Result<T, Status>
     where
-        F: FnMut(RunServiceClient<Channel>) -> Fut,
+        F: FnMut(RunServiceClient<AuthChannel>) -> Fut,
         Fut: Future<Output = Result<T, Status>>,
     {
         self.call(|ch| f(RunServiceClient::new(ch).max_decoding_message_size(self.max_message()))).await
@@ -107,7 +122,7 @@ impl Client {
     /// [`Self::call`] with a ModelService client.
     pub async fn models<T, F, Fut>(&self, mut f: F) -> Result<T, Status>
     where
-        F: FnMut(ModelServiceClient<Channel>) -> Fut,
+        F: FnMut(ModelServiceClient<AuthChannel>) -> Fut,
         Fut: Future<Output = Result<T, Status>>,
     {
         self.call(|ch| f(ModelServiceClient::new(ch).max_decoding_message_size(self.max_message()))).await
@@ -116,16 +131,25 @@ impl Client {
     /// [`Self::call`] with a SweepService client.
     pub async fn sweeps<T, F, Fut>(&self, mut f: F) -> Result<T, Status>
     where
-        F: FnMut(SweepServiceClient<Channel>) -> Fut,
+        F: FnMut(SweepServiceClient<AuthChannel>) -> Fut,
         Fut: Future<Output = Result<T, Status>>,
     {
         self.call(|ch| f(SweepServiceClient::new(ch).max_decoding_message_size(self.max_message()))).await
     }
 
+    /// [`Self::call`] with an AuthService client.
+    pub async fn auth<T, F, Fut>(&self, mut f: F) -> Result<T, Status>
+    where
+        F: FnMut(AuthServiceClient<AuthChannel>) -> Fut,
+        Fut: Future<Output = Result<T, Status>>,
+    {
+        self.call(|ch| f(AuthServiceClient::new(ch))).await
+    }
+
     /// [`Self::call`] with a ServeService client.
     pub async fn serve<T, F, Fut>(&self, mut f: F) -> Result<T, Status>
     where
-        F: FnMut(ServeServiceClient<Channel>) -> Fut,
+        F: FnMut(ServeServiceClient<AuthChannel>) -> Fut,
         Fut: Future<Output = Result<T, Status>>,
     {
         self.call(|ch| f(ServeServiceClient::new(ch).max_decoding_message_size(self.max_message()))).await

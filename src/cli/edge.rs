@@ -63,7 +63,7 @@ pub async fn run(g: &Global, cmd: EdgeCmd) -> anyhow::Result<()> {
 
 async fn edge<T, F, Fut>(c: &mut Client, f: F) -> anyhow::Result<T>
 where
-    F: Fn(EdgeServiceClient<tonic::transport::Channel>) -> Fut,
+    F: Fn(EdgeServiceClient<aidos_api::client::AuthChannel>) -> Fut,
     Fut: std::future::Future<Output = Result<tonic::Response<T>, tonic::Status>>,
 {
     Ok(c.call(|ch| f(EdgeServiceClient::new(ch).max_decoding_message_size(64 << 20)))

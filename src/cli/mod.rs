@@ -6,7 +6,7 @@
 //! 1. Leaves, using no other CLI module: [`args`] (global flags, shared flag groups, value parsers),
 //!    [`process`] (exit codes, the shutdown signal), [`client`] (the scheduler client), [`render`], [`plot`],
 //!    [`progress`].
-//! 2. Commands on the leaves only: [`cluster`], [`dataset`], [`job`], [`run`], [`server`], [`worker`],
+//! 2. Commands on the leaves only: [`cluster`], [`dataset`], [`job`], [`run`], [`server`], [`worker`], [`token`],
 //!    [`deploy`] (deployments and the gateway), [`infer`].
 //! 3. Commands on other commands: [`bench`] → job; [`sweep`] → job; [`train`] → job, dataset; [`model`] → job, dataset;
 //!    [`edge`] → model; [`serve`] → model, deploy.
@@ -30,6 +30,7 @@ pub mod run;
 pub mod serve;
 pub mod server;
 pub mod sweep;
+pub mod token;
 pub mod train;
 pub mod up;
 pub mod worker;
@@ -72,6 +73,13 @@ pub enum Command {
     /// Training runs: params, metric curves, checkpoints; compare runs
     #[command(subcommand)]
     Run(run::RunCmd),
+    /// API tokens: create (scoped to a project and role), list, revoke
+    #[command(subcommand)]
+    Token(token::TokenCmd),
+    /// Save a token for this user's later commands (checked against the scheduler first)
+    Login(token::LoginArgs),
+    /// Show who the presented token says you are
+    Whoami,
     /// Hyperparameter sweeps: parallel trials, TPE / random / grid search, ASHA / Hyperband / median pruning
     #[command(subcommand)]
     Sweep(sweep::SweepCmd),
@@ -119,6 +127,7 @@ impl Command {
 
 pub async fn run(cli: Cli) -> anyhow::Result<()> {
     let g = cli.global;
+    client::set_credentials(args::credentials(&g));
     match cli.command {
         Command::Up(a) => up::run(&g, a).await,
         Command::Server(a) => server::run(&g, a).await,
@@ -131,6 +140,9 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Run(c) => run::run(&g, c).await,
         Command::Model(c) => model::run(&g, c).await,
         Command::Sweep(c) => sweep::run(&g, c).await,
+        Command::Token(c) => token::run(&g, c).await,
+        Command::Login(a) => token::login(&g, a).await,
+        Command::Whoami => token::whoami(&g).await,
         Command::Report(a) => tokio::task::spawn_blocking(move || sweep::report(a)).await?,
         Command::Serve(c) => serve::run(&g, c).await,
         Command::Infer(a) => infer::run(&g, a).await,

@@ -21,6 +21,21 @@ pub struct ServerArgs {
     /// the cluster the same file (default: <data-dir>/edge-signing.key)
     #[arg(long, env = "AIDOS_EDGE_SIGNING_KEY")]
     pub edge_signing_key: Option<std::path::PathBuf>,
+    /// The cluster's root (admin) token file: read when it exists, else created (mode 0600) with a new token. Give
+    /// every node of a cluster the same file; clients present its token (or tokens made with it, `aidos token
+    /// create`). Default: <data-dir>/admin.token
+    #[arg(long, env = "AIDOS_ADMIN_TOKEN_FILE")]
+    pub admin_token_file: Option<std::path::PathBuf>,
+    /// Calls per second one token may make to this node, sustained (0: no limit); over it, calls are answered
+    /// RESOURCE_EXHAUSTED with a retry hint
+    #[arg(long, env = "AIDOS_RATE_LIMIT_PER_SEC", default_value_t = 1000.0)]
+    pub rate_limit_per_sec: f64,
+    /// Calls one token may make at once after being idle (the bucket's size)
+    #[arg(long, env = "AIDOS_RATE_LIMIT_BURST", default_value_t = 2000.0)]
+    pub rate_limit_burst: f64,
+    /// Unary calls one token may have in flight on this node at once (0: no limit)
+    #[arg(long, env = "AIDOS_MAX_IN_FLIGHT_PER_TOKEN", default_value_t = 256)]
+    pub max_in_flight_per_token: u32,
     /// Shared secret a new edge device must present to enrol (the agents' --enrollment-token); without it
     /// enrolment is open, though a known device name still enrols again only with its own credential
     #[arg(long, env = "AIDOS_EDGE_ENROLLMENT_TOKEN", hide_env_values = true)]
@@ -151,6 +166,9 @@ pub async fn run(g: &Global, a: ServerArgs) -> anyhow::Result<()> {
         anyhow::bail!("{why}");
     }
     println!("blob store: {}", blobs.describe());
+    let token_file = a.admin_token_file.clone().unwrap_or_else(|| a.data_dir.join("admin.token"));
+    let root_token = SchedulerNode::load_or_create_root_token(&token_file)?;
+    println!("admin token: {}", token_file.display());
     let cfg = SchedulerConfig {
         node_id: a.id,
         listen: a.listen,
@@ -174,6 +192,12 @@ pub async fn run(g: &Global, a: ServerArgs) -> anyhow::Result<()> {
         retention_interval: a.retention_interval_secs,
         blob_gc_interval: a.blob_gc_interval_secs,
         blob_gc_grace: a.blob_gc_grace_secs,
+        root_token,
+        limits: aidos_scheduler::limits::LimitConfig {
+            rate_per_sec: a.rate_limit_per_sec,
+            burst: a.rate_limit_burst,
+            max_in_flight: a.max_in_flight_per_token,
+        },
     };
     let node = SchedulerNode::start(cfg).await.with_context(|| format!("starting scheduler node {}", a.id))?;
     println!("scheduler {} listening on {}", a.id, node.local_addr());

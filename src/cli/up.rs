@@ -52,6 +52,12 @@ pub async fn run(g: &Global, a: UpArgs) -> anyhow::Result<()> {
     std::fs::create_dir_all(&sched_dir).with_context(|| format!("creating {}", sched_dir.display()))?;
 
     let mut sched_cfg = SchedulerConfig::single_node(a.listen, sched_dir);
+    // The admin token: in the data directory (mode 0600), where the CLI on this machine finds it by itself.
+    let token_file = a.data_dir.join("admin.token");
+    sched_cfg.root_token = SchedulerNode::load_or_create_root_token(&token_file)?;
+    let root = aidos_api::auth::Credentials::token(sched_cfg.root_token.clone());
+    // This process's own clients (the gateway's) present it too.
+    super::client::set_credentials(root.clone());
     // The blob flags' store (an S3 bucket, a directory), else <data-dir>/blobs; the in-process worker uses the same.
     let blobs = super::args::store_config(g)?
         .unwrap_or_else(|| aidos_blob::StoreConfig::Dir { path: a.data_dir.join("blobs"), shared: false });
@@ -60,6 +66,10 @@ pub async fn run(g: &Global, a: UpArgs) -> anyhow::Result<()> {
         SchedulerNode::start(sched_cfg).await.with_context(|| format!("starting the scheduler on {}", a.listen))?;
     let addr = node.local_addr();
     println!("scheduler listening on {addr}");
+    println!(
+        "admin token: {} (used by the CLI in this directory; `aidos token create` makes others)",
+        token_file.display()
+    );
     let gateway = if a.no_gateway {
         None
     } else {
@@ -92,7 +102,7 @@ pub async fn run(g: &Global, a: UpArgs) -> anyhow::Result<()> {
         aidos_blob::StoreConfig::Dir { path, .. } => (path.clone(), None),
         aidos_blob::StoreConfig::S3(c) => (PathBuf::new(), Some(c.clone())),
     };
-    let cfg = resources.into_config(vec![dial_addr(addr)], worker_dir.clone(), None, blob_dir, s3)?;
+    let cfg = resources.into_config(vec![dial_addr(addr)], worker_dir.clone(), None, blob_dir, s3, root)?;
     println!("worker started (data dir {})", worker_dir.display());
     println!("blob store: {} (CLI commands reach it through the scheduler)", blobs.describe());
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();

@@ -29,7 +29,8 @@ pub async fn run(g: &Global, a: WorkerArgs) -> anyhow::Result<()> {
         Some(aidos_blob::StoreConfig::Dir { path, .. }) => (path, None),
         Some(aidos_blob::StoreConfig::S3(c)) => (PathBuf::new(), Some(c)),
     };
-    let cfg = a.resources.into_config(schedulers.clone(), a.data_dir, a.id, blob_dir, s3)?;
+    let cfg =
+        a.resources.into_config(schedulers.clone(), a.data_dir, a.id, blob_dir, s3, super::args::credentials(g))?;
     println!("worker starting (schedulers {})", schedulers.join(","));
     aidos_worker::run(cfg, shutdown_signal()).await.context("worker")?;
     Ok(())

@@ -11,9 +11,20 @@ use std::time::{Duration, Instant};
 use aidos_api::cluster_service_client::ClusterServiceClient;
 use aidos_api::job_service_client::JobServiceClient;
 use aidos_api::v1::*;
-use tonic::transport::Channel;
+
+/// What the harness's clients hold: a channel presenting the harness's root token.
+pub type Channel = aidos_api::auth::AuthChannel;
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_aidos");
+
+/// The root token of every cluster this test binary starts: written to `<dir>/admin.token` for the nodes
+/// (`--admin-token-file`) and given to every process the harness spawns (`AIDOS_TOKEN`) and to its channels.
+pub static TOKEN: std::sync::LazyLock<String> = std::sync::LazyLock::new(aidos_api::auth::new_root_token);
+
+/// `ch` presenting the harness's root token.
+pub fn authed(ch: tonic::transport::Channel) -> Channel {
+    aidos_api::auth::with_credentials(ch, &aidos_api::auth::Credentials::token(TOKEN.clone()))
+}
 
 /// A loopback port that was free a moment ago.
 pub fn free_port() -> u16 {
@@ -40,6 +51,7 @@ impl Proc {
         let child = Command::new(BIN)
             .args(&self.args)
             .env("RUST_LOG", "info")
+            .env(aidos_api::auth::TOKEN_ENV, &*TOKEN)
             .stdin(Stdio::null())
             .stdout(out.try_clone().unwrap())
             .stderr(out)
@@ -155,6 +167,8 @@ pub async fn start_cluster_with(n: u64, extra: &[&str]) -> Cluster {
     let dir = tempfile::tempdir().unwrap();
     let addrs: BTreeMap<u64, String> = (1..=n).map(|i| (i, format!("127.0.0.1:{}", free_port()))).collect();
     let peers = addrs.iter().map(|(i, a)| format!("{i}={a}")).collect::<Vec<_>>().join(",");
+    let token_file = dir.path().join("admin.token");
+    aidos_api::auth::write_token_file(&token_file, &TOKEN).unwrap();
     let mut nodes = BTreeMap::new();
     for (id, addr) in &addrs {
         let data = dir.path().join(format!("node{id}"));
@@ -176,6 +190,8 @@ pub async fn start_cluster_with(n: u64, extra: &[&str]) -> Cluster {
             dir.path().join("blobs").display().to_string(),
             // Every node runs on this machine and uses the one directory: it is shared, as the flag declares.
             "--blob-dir-shared".into(),
+            "--admin-token-file".into(),
+            token_file.display().to_string(),
         ];
         let args: Vec<String> = args.into_iter().chain(extra.iter().map(|s| s.to_string())).collect();
         let log = dir.path().join(format!("node{id}.log"));
@@ -186,7 +202,13 @@ pub async fn start_cluster_with(n: u64, extra: &[&str]) -> Cluster {
     c
 }
 
+/// A channel to `addr` presenting the harness's root token.
 pub async fn channel(addr: &str) -> Option<Channel> {
+    raw_channel(addr).await.map(authed)
+}
+
+/// A channel to `addr` that presents nothing.
+pub async fn raw_channel(addr: &str) -> Option<tonic::transport::Channel> {
     let ep = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
         .ok()?
         .connect_timeout(Duration::from_millis(500));
@@ -214,7 +236,12 @@ impl Cluster {
 
     /// Runs the `aidos` CLI against this cluster; returns (exit code, stdout, stderr).
     pub fn cli(&self, args: &[&str]) -> (i32, String, String) {
-        let out = Command::new(BIN).args(self.cluster_flags()).args(args).output().unwrap();
+        let out = Command::new(BIN)
+            .args(self.cluster_flags())
+            .args(args)
+            .env(aidos_api::auth::TOKEN_ENV, &*TOKEN)
+            .output()
+            .unwrap();
         (
             out.status.code().unwrap_or(-1),
             String::from_utf8_lossy(&out.stdout).into(),
@@ -274,6 +301,11 @@ impl Cluster {
     }
 
     pub fn start_worker(&mut self, id: &str, cpus: &str, labels: &str) {
+        self.start_worker_with(id, cpus, labels, &[]);
+    }
+
+    /// [`Self::start_worker`] with more `aidos worker` flags (e.g. `--token`).
+    pub fn start_worker_with(&mut self, id: &str, cpus: &str, labels: &str, extra: &[&str]) {
         let data = self.dir.path().join(format!("worker-{id}"));
         let mut args = vec![
             "worker".into(),
@@ -295,6 +327,7 @@ impl Cluster {
             args.push("--labels".into());
             args.push(labels.into());
         }
+        args.extend(extra.iter().map(|s| s.to_string()));
         let log = self.dir.path().join(format!("worker-{id}.log"));
         self.workers.insert(id.to_string(), Proc::spawn(&format!("worker-{id}"), args, log));
     }

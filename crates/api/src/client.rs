@@ -1,7 +1,8 @@
 //! The one leader-following scheduler client, shared by the worker, the SDK and the CLI.
 //!
 //! A [`Client`] holds the scheduler addresses it knows (the configured ones plus every leader a follower named)
-//! and a cursor on the one believed to serve; one cached [`Channel`] per address, connected on first use. Every caller
+//! and a cursor on the one believed to serve; one cached [`Channel`](tonic::transport::Channel) per address, connected on first use, presenting the caller's [`Credentials`] on every
+//! call ([`AuthChannel`]). Every caller
 //! goes through [`Client::call`] for unary calls, and through [`Client::on_failure`] / [`Client::advance`] after
 //! a stream broke, so one rule decides what is retried and where the next try goes.
 //!
@@ -32,10 +33,11 @@ use std::sync::{Mutex, MutexGuard};
 use std::time::Duration;
 
 use tokio::time::Instant;
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::Endpoint;
 use tonic::{Code, Status};
 
 use crate::LEADER_METADATA_KEY;
+pub use crate::auth::{AuthChannel, Credentials};
 pub use crate::contract::normalize_addr;
 
 /// Consecutive leader hints followed without a pause; one more counts as an ordinary failure.
@@ -67,6 +69,8 @@ pub struct Config {
     /// Log the first and every 30th failed try of a call at WARN (a daemon's operator wants to know); DEBUG
     /// otherwise.
     pub warn_on_retry: bool,
+    /// The token (and project) presented on every call.
+    pub credentials: Credentials,
 }
 
 impl Default for Config {
@@ -80,6 +84,7 @@ impl Default for Config {
             keep_alive: None,
             max_message: 4 << 20,
             warn_on_retry: false,
+            credentials: Credentials::default(),
         }
     }
 }
@@ -192,7 +197,7 @@ impl Tries {
 struct Inner {
     addrs: Vec<String>,
     current: usize,
-    channels: HashMap<String, Channel>,
+    channels: HashMap<String, AuthChannel>,
 }
 
 /// The shared leader-following scheduler client (see the module docs). `Send + Sync`; share it by reference or
@@ -259,20 +264,20 @@ impl Client {
 
     /// The current address and its channel, created (not connected) if it is not cached yet: the connection is
     /// made by its first request. For streams; must be called inside a tokio runtime.
-    pub fn channel(&self) -> (String, Channel) {
+    pub fn channel(&self) -> (String, AuthChannel) {
         let mut g = self.lock();
         let addr = g.addrs[g.current].clone();
         if let Some(c) = g.channels.get(&addr) {
             return (addr, c.clone());
         }
-        let ch = self.endpoint(&addr).connect_lazy();
+        let ch = crate::auth::with_credentials(self.endpoint(&addr).connect_lazy(), &self.cfg.credentials);
         g.channels.insert(addr.clone(), ch.clone());
         (addr, ch)
     }
 
     /// The current address and its channel, connecting one if it is not cached yet (so a dead node fails within
     /// the connect timeout, with an error that names it, and a connection made here is ready before the call).
-    async fn connected(&self) -> (String, Result<Channel, Status>) {
+    async fn connected(&self) -> (String, Result<AuthChannel, Status>) {
         let addr = {
             let g = self.lock();
             let addr = g.addrs[g.current].clone();
@@ -284,6 +289,7 @@ impl Client {
         match self.endpoint(&addr).connect().await {
             // Another caller may have cached one meanwhile: keep one channel per address.
             Ok(ch) => {
+                let ch = crate::auth::with_credentials(ch, &self.cfg.credentials);
                 let ch = self.lock().channels.entry(addr.clone()).or_insert(ch).clone();
                 (addr, Ok(ch))
             }
@@ -340,7 +346,7 @@ impl Client {
     /// logs.
     pub async fn call<T, F, Fut>(&self, what: &str, mut f: F) -> Result<T, Status>
     where
-        F: FnMut(Channel) -> Fut,
+        F: FnMut(AuthChannel) -> Fut,
         Fut: Future<Output = Result<T, Status>>,
     {
         let deadline = self.cfg.budget.map(|b| Instant::now() + b);

@@ -2,6 +2,7 @@
 //! validation, and the one leader-following scheduler client ([`client`]). Every process talks to every other
 //! through these types.
 
+pub mod auth;
 pub mod client;
 pub mod contract;
 pub mod edge;
@@ -16,6 +17,24 @@ pub mod v1 {
 }
 
 pub use v1::*;
+
+/// The encoded `FileDescriptorSet` of every aidos proto file: lets tests enumerate every service and method.
+pub const FILE_DESCRIPTOR_SET: &[u8] = tonic::include_file_descriptor_set!("aidos_descriptors");
+
+/// Every RPC of every aidos service, as gRPC paths (`/aidos.v1.JobService/Submit`), from [`FILE_DESCRIPTOR_SET`].
+pub fn every_rpc() -> Vec<String> {
+    use prost::Message;
+    let set = prost_types::FileDescriptorSet::decode(FILE_DESCRIPTOR_SET).expect("descriptors compiled by build.rs");
+    let mut out = Vec::new();
+    for f in set.file {
+        for s in &f.service {
+            for m in &s.method {
+                out.push(format!("/{}.{}/{}", f.package(), s.name(), m.name()));
+            }
+        }
+    }
+    out
+}
 
 /// Metadata key a follower sets on UNAVAILABLE answers to point at the current leader's address.
 pub const LEADER_METADATA_KEY: &str = "aidos-leader";

@@ -207,6 +207,8 @@ impl SpecFile {
             constraints,
             placement: placement as i32,
             timeout_secs: self.timeout_secs.unwrap_or(0),
+            // Set by the scheduler from the submitter's call (`--project`), not by the file.
+            project: String::new(),
             payload,
         })
     }

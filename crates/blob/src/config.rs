@@ -70,12 +70,13 @@ impl StoreConfig {
 
 /// The cluster's blob store as a worker and its tasks see it: `dir` itself when it is a directory shared with the
 /// cluster (`cache_max_bytes` None), else a bounded cache in `dir` in front of `s3` when given, or else of the
-/// scheduler's blob service at `schedulers`. Blocking, like the stores: open and use it from a blocking context.
+/// scheduler's blob service at `schedulers` (presenting `credentials`). Blocking, like the stores: open and use it from a blocking context.
 pub fn open_worker_store(
     dir: &std::path::Path,
     cache_max_bytes: Option<u64>,
     s3: Option<&S3Config>,
     schedulers: &[String],
+    credentials: &aidos_api::auth::Credentials,
 ) -> Result<Arc<dyn BlobStore>, BlobError> {
     let local = LocalDirStore::open(dir)?;
     Ok(match cache_max_bytes {
@@ -83,7 +84,7 @@ pub fn open_worker_store(
         Some(max) => {
             let behind: Arc<dyn BlobStore> = match s3 {
                 Some(c) => Arc::new(S3Store::open(c.clone())?),
-                None => Arc::new(crate::ServiceStore::connect(schedulers)?),
+                None => Arc::new(crate::ServiceStore::connect(schedulers, credentials.clone())?),
             };
             Arc::new(crate::CachedStore::new(local, behind, max))
         }

@@ -20,10 +20,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
 use aidos_api::blob_service_client::BlobServiceClient;
-use aidos_api::client::{Client, Config, Failure};
+use aidos_api::client::{AuthChannel, Client, Config, Credentials, Failure};
 use aidos_api::v1::{BlobDownloadRequest, BlobUploadChunk, HasBlobsRequest};
 use tonic::Status;
-use tonic::transport::Channel;
 
 use crate::blocking::BlockingRuntime;
 use crate::{BlobBytes, BlobError, BlobId, BlobInfo, BlobStore};
@@ -54,9 +53,10 @@ fn status_error(id: Option<&BlobId>, s: &Status) -> BlobError {
 }
 
 impl ServiceStore {
-    /// A store reached through these scheduler addresses (`host:port`, comma-separated lists allowed). Connects lazily.
-    pub fn connect(schedulers: &[String]) -> Result<ServiceStore, BlobError> {
-        let cfg = Config { max_message: MAX_MESSAGE, budget: None, ..Config::default() };
+    /// A store reached through these scheduler addresses (`host:port`, comma-separated lists allowed), presenting
+    /// `credentials`. Connects lazily.
+    pub fn connect(schedulers: &[String], credentials: Credentials) -> Result<ServiceStore, BlobError> {
+        let cfg = Config { max_message: MAX_MESSAGE, budget: None, credentials, ..Config::default() };
         let client = Client::new(schedulers, cfg).map_err(|e| remote("blob service", e))?;
         let rt = BlockingRuntime::new(1, "aidos-blob-client")
             .map_err(|e| remote("blob service", format!("starting its runtime: {e}")))?;
@@ -166,7 +166,7 @@ async fn wait_or_fail(
 /// A unary call, retried on other nodes by the client's rule until `deadline`.
 async fn retrying<T, F, Fut>(client: &Client, deadline: Instant, id: Option<&BlobId>, mut f: F) -> Result<T, BlobError>
 where
-    F: FnMut(Channel) -> Fut,
+    F: FnMut(AuthChannel) -> Fut,
     Fut: Future<Output = Result<T, Status>>,
 {
     loop {

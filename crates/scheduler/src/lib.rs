@@ -13,9 +13,11 @@
 //!   finished jobs (`retention`) and garbage collection of unreferenced blobs (`gc`).
 //! - `grpc` — thin tonic adapters onto `leader` and `queries`, one per service.
 //! - `forward` — the forwarding path: one tower layer relays leader-bound calls from followers, unchanged.
+//! - `auth` — the front door: one tower layer, outside `forward`, authenticates and authorizes every call.
 //!
 //! # Paths through the code
-//! A client call reaches any node; `forward` relays it to the leader unless the node leads (or the method is
+//! A client call reaches any node; `auth` checks its token against the rule for its method (`auth::access`);
+//! `forward` relays it to the leader unless the node leads (or the method is
 //! answered locally, see `forward::policy`). On the leader, the `grpc` adapter calls the leader path, which
 //! validates and proposes a `CommandV1`; openraft replicates and fsyncs it on a quorum (`store`), and
 //! `ClusterState::apply` applies it on every node. `loops` places pending work with the pure
@@ -25,8 +27,10 @@
 //! The recipe is in the `state` module's documentation: one new module in `state/` and one registration line in
 //! its `domains!` list; storage, snapshots and command dispatch follow from the domain's `Rows` and `Domain`
 //! implementations. A new RPC is its adapter in `grpc/` and its leader method in `leader/`: forwarding needs no
-//! code (a method answered by every node adds one line to `forward::policy`).
+//! code (a method answered by every node adds one line to `forward::policy`); its access rule is one line in
+//! `auth::access` (a method without one is refused, and the tests name it).
 
+pub mod auth;
 mod core;
 mod edge_auth;
 mod edge_keys;
@@ -35,6 +39,7 @@ mod forward;
 pub mod gc;
 mod grpc;
 mod leader;
+pub mod limits;
 mod loops;
 mod network;
 pub mod placement;
@@ -108,6 +113,11 @@ pub struct SchedulerConfig {
     /// An unreferenced blob is collected only once its last put is this old: writers must reference a blob within
     /// this (less the S3 store's `refresh_after`) of uploading it.
     pub blob_gc_grace: Duration,
+    /// The cluster's root token (`aidos_root_<secret>`, see `aidos_api::auth`): the bootstrap admin, what nodes
+    /// present to each other, and the key job tokens derive from. Every node of a cluster needs the same one.
+    pub root_token: String,
+    /// Per-token request-rate and in-flight limits of this node's calls (`limits`).
+    pub limits: limits::LimitConfig,
 }
 
 /// Default of [`SchedulerConfig::retention_interval`]: 30 s.
@@ -135,6 +145,8 @@ impl SchedulerConfig {
             retention_interval: DEFAULT_RETENTION_INTERVAL,
             blob_gc_interval: gc::DEFAULT_INTERVAL,
             blob_gc_grace: gc::DEFAULT_GRACE,
+            root_token: aidos_api::auth::new_root_token(),
+            limits: limits::LimitConfig::default(),
         }
     }
 }
@@ -172,6 +184,14 @@ impl SchedulerNode {
         if cfg.node_id == 0 {
             return Err(SchedulerError::InvalidArgument("node id must be > 0".into()));
         }
+        match aidos_api::auth::parse_token(&cfg.root_token) {
+            Ok(t) if t.id == aidos_api::auth::ROOT_ID => {}
+            _ => {
+                return Err(SchedulerError::InvalidArgument(
+                    "root token: expected `aidos_root_<64 hex digits>` (see --admin-token-file)".into(),
+                ));
+            }
+        }
         if let Some(blobs) = &cfg.blobs {
             blobs.check_cluster(&cfg.initial_members).map_err(SchedulerError::InvalidArgument)?;
         }
@@ -194,9 +214,15 @@ impl SchedulerNode {
             .map_err(|e| SchedulerError::Storage(e.to_string()))??;
         let shared = sm.shared();
         let version = sm.subscribe();
-        let raft = raft_types::Raft::new(cfg.node_id, Arc::new(raft_config()?), network::Network, log, sm)
-            .await
-            .map_err(|e| SchedulerError::Raft(e.to_string()))?;
+        let raft = raft_types::Raft::new(
+            cfg.node_id,
+            Arc::new(raft_config()?),
+            network::Network { credentials: aidos_api::auth::Credentials::token(cfg.root_token.clone()) },
+            log,
+            sm,
+        )
+        .await
+        .map_err(|e| SchedulerError::Raft(e.to_string()))?;
 
         let listener = tokio::net::TcpListener::bind(cfg.listen).await?;
         let local_addr = listener.local_addr()?;
@@ -239,7 +265,9 @@ impl SchedulerNode {
             .max_concurrent_streams(MAX_STREAMS_PER_CONNECTION)
             .initial_stream_window_size(Some(aidos_api::HTTP2_STREAM_WINDOW))
             .initial_connection_window_size(Some(aidos_api::HTTP2_CONNECTION_WINDOW))
-            // In front of every service: relays leader-bound calls from a follower to the leader (`forward`).
+            // In front of every service: authenticates and authorizes every call (`auth`), then relays leader-bound
+            // calls from a follower to the leader (`forward`).
+            .layer(auth::AuthLayer::new(core.clone(), limits::Limiter::new(cfg.limits)))
             .layer(forward::ForwardLayer::new(core.clone()))
             .add_service(RaftServiceServer::new(grpc::raft::RaftRpc(core.clone())).max_decoding_message_size(big))
             .add_service(JobServiceServer::new(grpc::jobs::Jobs(core.clone())).max_decoding_message_size(16 << 20))
@@ -257,6 +285,7 @@ impl SchedulerNode {
             )
             .add_service(aidos_api::serve_service_server::ServeServiceServer::new(grpc::serve::Serve(core.clone())))
             .add_service(aidos_api::sweep_service_server::SweepServiceServer::new(grpc::sweeps::Sweeps(core.clone())))
+            .add_service(aidos_api::auth_service_server::AuthServiceServer::new(grpc::auth::Auth(core.clone())))
             .add_service(
                 aidos_api::edge_service_server::EdgeServiceServer::new(grpc::edge::Edge(core.clone()))
                     .max_decoding_message_size(64 << 20)
@@ -300,6 +329,25 @@ impl SchedulerNode {
     /// True once this node knows a leader (itself or another).
     pub fn has_leader(&self) -> bool {
         self.core.leader_id().is_some()
+    }
+
+    /// Reads the root token from `path`, or makes one and writes it there (mode 0600) when the file does not
+    /// exist: what `aidos up` and `aidos server` do with their `--admin-token-file`.
+    pub fn load_or_create_root_token(path: &std::path::Path) -> Result<String, SchedulerError> {
+        if path.exists() {
+            let t = aidos_api::auth::read_token_file(path).map_err(SchedulerError::InvalidArgument)?;
+            if !t.starts_with("aidos_root_") {
+                return Err(SchedulerError::InvalidArgument(format!(
+                    "{}: not a root token (expected `aidos_root_<secret>`)",
+                    path.display()
+                )));
+            }
+            return Ok(t);
+        }
+        let t = aidos_api::auth::new_root_token();
+        aidos_api::auth::write_token_file(path, &t)
+            .map_err(|e| SchedulerError::Storage(format!("writing the admin token to {}: {e}", path.display())))?;
+        Ok(t)
     }
 
     /// Stops serving and shuts Raft down cleanly.

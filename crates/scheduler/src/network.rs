@@ -21,11 +21,14 @@ use crate::raft_types::{
 /// Largest Raft message, in bytes (append batches and snapshot chunks stay well under it).
 pub const MAX_RAFT_MESSAGE: usize = 64 << 20;
 
-pub struct Network;
+/// Dials the other nodes, presenting the cluster's root token.
+pub struct Network {
+    pub credentials: aidos_api::auth::Credentials,
+}
 
 pub struct Peer {
     target: NodeId,
-    client: RaftServiceClient<Channel>,
+    client: RaftServiceClient<aidos_api::auth::AuthChannel>,
 }
 
 pub fn lazy_channel(addr: &str) -> Result<Channel, tonic::transport::Error> {
@@ -45,7 +48,8 @@ impl RaftNetworkFactory<TypeConfig> for Network {
     async fn new_client(&mut self, target: NodeId, node: &BasicNode) -> Peer {
         // An invalid address fails every call with Unreachable rather than at construction.
         let ch = lazy_channel(&node.addr).unwrap_or_else(|_| lazy_channel("127.0.0.1:1").expect("valid"));
-        let client = RaftServiceClient::new(ch)
+        // Nodes prove to each other that they are nodes with the cluster's root token (until mutual TLS).
+        let client = RaftServiceClient::new(aidos_api::auth::with_credentials(ch, &self.credentials))
             .max_decoding_message_size(MAX_RAFT_MESSAGE)
             .max_encoding_message_size(MAX_RAFT_MESSAGE);
         Peer { target, client }

@@ -21,11 +21,13 @@ pub fn job(st: &ClusterState, id: &str) -> Result<Job, SchedulerError> {
 }
 
 /// Jobs matching the request's filters, newest first, at most `limit` (0: all).
-pub fn list_jobs(st: &ClusterState, req: &ListJobsRequest) -> ListJobsResponse {
+/// The jobs of `project` that `req` asks for, newest first.
+pub fn list_jobs(st: &ClusterState, req: &ListJobsRequest, project: &str) -> ListJobsResponse {
     let mut jobs: Vec<&Job> = st
         .jobs
         .by_id
         .values()
+        .filter(|j| job_project(j) == project)
         .filter(|j| req.states.is_empty() || req.states.contains(&j.state))
         .filter(|j| j.spec.as_ref().is_some_and(|s| s.name.starts_with(&req.name_prefix)))
         .filter(|j| {
@@ -38,6 +40,19 @@ pub fn list_jobs(st: &ClusterState, req: &ListJobsRequest) -> ListJobsResponse {
         jobs.truncate(req.limit as usize);
     }
     ListJobsResponse { jobs: jobs.into_iter().cloned().collect() }
+}
+
+/// The project a job belongs to.
+pub fn job_project(j: &Job) -> &str {
+    aidos_api::auth::project_or_default(j.spec.as_ref().map_or("", |s| s.project.as_str()))
+}
+
+/// Job `id` when it belongs to `project`; NOT_FOUND otherwise (another project's jobs are not even named).
+pub fn job_in(st: &ClusterState, id: &str, project: &str) -> Result<Job, SchedulerError> {
+    match st.jobs.by_id.get(id) {
+        Some(j) if job_project(j) == project => Ok(j.clone()),
+        _ => Err(SchedulerError::NotFound(format!("job {id} not found in project {project}"))),
+    }
 }
 
 /// True when the job is gone or has ended.
@@ -363,12 +378,29 @@ pub fn sweep(st: &ClusterState, id: &str) -> Result<Sweep, SchedulerError> {
 }
 
 /// Every sweep, oldest first, without its trials (`sweep` has them) but its best trial.
-pub fn list_sweeps(st: &ClusterState) -> ListSweepsResponse {
+/// The project a sweep belongs to (its trial template's).
+pub fn sweep_project(s: &Sweep) -> &str {
+    aidos_api::auth::project_or_default(
+        s.spec.as_ref().and_then(|x| x.trial.as_ref()).map_or("", |t| t.project.as_str()),
+    )
+}
+
+/// Sweep `id` (see [`sweep`]) when it belongs to `project`; NOT_FOUND otherwise.
+pub fn sweep_in(st: &ClusterState, id: &str, project: &str) -> Result<Sweep, SchedulerError> {
+    match st.sweeps.sweeps.get(id) {
+        Some(s) if sweep_project(s) == project => sweep(st, id),
+        _ => Err(SchedulerError::NotFound(format!("sweep {id} not found in project {project}"))),
+    }
+}
+
+/// The sweeps of `project`.
+pub fn list_sweeps(st: &ClusterState, project: &str) -> ListSweepsResponse {
     ListSweepsResponse {
         sweeps: st
             .sweeps
             .ordered()
             .into_iter()
+            .filter(|s| sweep_project(s) == project)
             .map(|s| {
                 // Keep the best trial itself (the best completed so far while it runs), so a list can show it.
                 let maximize = s.spec.as_ref().is_some_and(|x| x.maximize);
@@ -456,4 +488,22 @@ pub fn sweep_view<'a>(st: &'a ClusterState, id: &str, now_ms: i64) -> Option<cra
         .get(&request_id(&s.id, next))
         .and_then(|job_id| Some((job_id.clone(), trial_job_params(st, job_id)?)));
     Some(SweepView { sweep: s, jobs, orphan, now_ms })
+}
+
+// ---- tokens ----------------------------------------------------------------------------------------------------
+
+/// The tokens `by` administers (every project for a cluster-wide admin; its own project for a project admin),
+/// narrowed to `r.project` when given; revoked ones only with `r.include_revoked`. Oldest first.
+pub fn list_tokens(st: &ClusterState, by: &aidos_api::auth::Principal, r: &ListTokensRequest) -> ListTokensResponse {
+    let mut tokens: Vec<Token> = st
+        .auth
+        .tokens
+        .values()
+        .filter_map(|rec| rec.token.clone())
+        .filter(|t| by.project == aidos_api::auth::ALL_PROJECTS || t.project == by.project)
+        .filter(|t| r.project.is_empty() || t.project == r.project)
+        .filter(|t| r.include_revoked || t.revoked_at_ms == 0)
+        .collect();
+    tokens.sort_by(|a, b| (a.created_at_ms, &a.id).cmp(&(b.created_at_ms, &b.id)));
+    ListTokensResponse { tokens }
 }

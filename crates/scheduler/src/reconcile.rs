@@ -70,6 +70,8 @@ pub fn replica_spec(d: &Deployment) -> JobSpec {
         constraints: vec![],
         placement: PlacementStrategy::Spread as i32,
         timeout_secs: 0,
+        // Deployments do not belong to projects yet: their replicas are jobs of the default project.
+        project: String::new(),
         payload: Some(Payload::Serve(spec)),
     }
 }

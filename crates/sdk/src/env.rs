@@ -48,13 +48,21 @@ pub struct TaskEnv {
     /// Host other machines reach this task at (`AIDOS_ADVERTISE_HOST`; default `127.0.0.1`): a data-parallel
     /// rank accepts its ring connection there.
     pub advertise_host: String,
+    /// The job's token (`AIDOS_TOKEN`, set by the scheduler for every task; valid while the job runs) and project.
+    pub credentials: aidos_api::auth::Credentials,
 }
 
 impl TaskEnv {
     /// The cluster's blob store as this task sees it: the directory shared with the cluster, or this worker's
     /// bounded cache in front of the S3 bucket or the scheduler's blob service (when `blob_cache_max_bytes` is set).
     pub fn open_blob_store(&self) -> std::result::Result<Arc<dyn BlobStore>, BlobError> {
-        aidos_blob::open_worker_store(&self.blob_dir, self.blob_cache_max_bytes, self.s3.as_ref(), &self.schedulers)
+        aidos_blob::open_worker_store(
+            &self.blob_dir,
+            self.blob_cache_max_bytes,
+            self.s3.as_ref(),
+            &self.schedulers,
+            &self.credentials,
+        )
     }
 
     /// Reads the contract from the process environment.
@@ -141,7 +149,12 @@ impl TaskEnv {
             .map(|h| h.trim().to_string())
             .filter(|h| !h.is_empty())
             .unwrap_or_else(|| "127.0.0.1".to_string());
+        let credentials = aidos_api::auth::Credentials {
+            token: get(aidos_api::auth::TOKEN_ENV).map(|t| t.trim().to_string()).filter(|t| !t.is_empty()),
+            project: get(aidos_api::auth::PROJECT_ENV).map(|t| t.trim().to_string()).filter(|t| !t.is_empty()),
+        };
         Ok(TaskEnv {
+            credentials,
             advertise_host,
             s3,
             job_id,

@@ -41,6 +41,7 @@
 //! | `AIDOS_BLOB_DIR`      | root of the local-directory blob store (datasets, checkpoints, model weights)     |
 //! | `AIDOS_BLOB_CACHE_MAX_BYTES` | set: `AIDOS_BLOB_DIR` is a bounded cache, blobs come from the blob service |
 //! | `AIDOS_ADVERTISE_HOST` | where other machines reach this task (default `127.0.0.1`): a rank's ring listens there |
+//! | `AIDOS_TOKEN`         | the job's token, presented on every scheduler call; valid while the job runs        |
 //!
 //! The built-in trainer (`JobKind::Train`) additionally gets `AIDOS_TRAIN_DATASET`, `AIDOS_TRAIN_CONFIG`,
 //! `AIDOS_TRAIN_REGISTER_AS`, `AIDOS_TRAIN_SPLIT` and `AIDOS_EVAL_SPLIT` (see `aidos_train::builtin`).
@@ -184,7 +185,7 @@ impl Context {
     pub fn new(env: TaskEnv) -> Result<Context> {
         let store = env.open_blob_store().map_err(|source| SdkError::Blob { root: env.blob_dir.clone(), source })?;
         let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().map_err(SdkError::Runtime)?;
-        let conn = rpc::Conn::new(&env.schedulers)?;
+        let conn = rpc::Conn::new(&env.schedulers, &env.credentials)?;
         Ok(Context { env, store, rt, inner: Mutex::new(Inner { conn, pending: Pending::default() }) })
     }
 

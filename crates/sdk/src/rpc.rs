@@ -10,8 +10,7 @@
 use std::future::Future;
 use std::time::Duration;
 
-use aidos_api::client::{Client, Config};
-use tonic::transport::Channel;
+use aidos_api::client::{AuthChannel, Client, Config, Credentials};
 use tonic::{Code, Status};
 
 use crate::env::ENV_SCHEDULER;
@@ -32,17 +31,18 @@ pub(crate) struct Conn {
 }
 
 impl Conn {
-    pub(crate) fn new(addrs: &[String]) -> Result<Conn> {
-        Conn::with_retry_for(addrs, RETRY_FOR)
+    pub(crate) fn new(addrs: &[String], credentials: &Credentials) -> Result<Conn> {
+        Conn::with_retry_for(addrs, credentials, RETRY_FOR)
     }
 
-    pub(crate) fn with_retry_for(addrs: &[String], retry_for: Duration) -> Result<Conn> {
+    pub(crate) fn with_retry_for(addrs: &[String], credentials: &Credentials, retry_for: Duration) -> Result<Conn> {
         let cfg = Config {
             connect_timeout: CONNECT_TIMEOUT,
             attempt_timeout: Some(RPC_TIMEOUT),
             budget: Some(retry_for),
             backoff_min: BACKOFF_MIN,
             backoff_max: BACKOFF_MAX,
+            credentials: credentials.clone(),
             ..Config::default()
         };
         let client = Client::new(addrs, cfg).map_err(|e| SdkError::BadEnv {
@@ -57,7 +57,7 @@ impl Conn {
     /// invoked several times.
     pub(crate) async fn call<T, F, Fut>(&self, rpc: &'static str, mut f: F) -> Result<T>
     where
-        F: FnMut(Channel) -> Fut,
+        F: FnMut(AuthChannel) -> Fut,
         Fut: Future<Output = std::result::Result<tonic::Response<T>, Status>>,
     {
         let res = self
@@ -90,7 +90,8 @@ mod tests {
         let free = || std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().to_string();
         let (a, b) = (free(), free());
         let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
-        let c = Conn::with_retry_for(&[a.clone(), b.clone()], Duration::from_millis(700)).unwrap();
+        let c =
+            Conn::with_retry_for(&[a.clone(), b.clone()], &Credentials::default(), Duration::from_millis(700)).unwrap();
         let t = std::time::Instant::now();
         let err = rt
             .block_on(c.call("RunService.ReportMetrics", |ch| async move {
@@ -107,7 +108,7 @@ mod tests {
 
     #[test]
     fn a_bad_address_names_the_variable() {
-        let err = Conn::new(&["a b:1".into()]).err().expect("refused");
+        let err = Conn::new(&["a b:1".into()], &Credentials::default()).err().expect("refused");
         assert!(matches!(err, SdkError::BadEnv { var: ENV_SCHEDULER, .. }), "{err}");
     }
 }

@@ -42,6 +42,7 @@ fn env(blobs: &Path, schedulers: Vec<String>) -> TaskEnv {
         blob_dir: blobs.to_path_buf(),
         blob_cache_max_bytes: None,
         s3: None,
+        credentials: Default::default(),
     }
 }
 

@@ -16,11 +16,10 @@
 
 use std::time::{Duration, Instant};
 
-use aidos_api::client::{Client, ClientError, Config};
+use aidos_api::client::{AuthChannel, Client, ClientError, Config};
 use aidos_api::contract::task_env;
 use aidos_api::model_service_client::ModelServiceClient;
 use aidos_sdk::{BlobError, BlobId, BlobStore, ModelVersion, SdkError, TaskEnv};
-use tonic::transport::Channel;
 use tonic::{Code, Status};
 
 use crate::builtin::Standardization;
@@ -138,10 +137,11 @@ pub async fn run() -> Result<(), ExportError> {
         connect_timeout: CONNECT_TIMEOUT,
         budget: Some(RETRY_BUDGET),
         max_message: MAX_MESSAGE,
+        credentials: task.credentials.clone(),
         ..Config::default()
     };
     let client = Client::new(&task.schedulers, cfg)?;
-    let models = |ch: Channel| ModelServiceClient::new(ch).max_decoding_message_size(MAX_MESSAGE);
+    let models = |ch: AuthChannel| ModelServiceClient::new(ch).max_decoding_message_size(MAX_MESSAGE);
     let req = aidos_api::parse_model_ref(&model).map_err(ExportError::ModelRef)?;
     let m = client
         .call("ModelService.Get", |ch| {

@@ -65,6 +65,7 @@ fn env(blobs: &Path, addr: &str, attempt: u32) -> TaskEnv {
         blob_dir: blobs.to_path_buf(),
         blob_cache_max_bytes: None,
         s3: None,
+        credentials: Default::default(),
     }
 }
 

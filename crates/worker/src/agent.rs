@@ -361,7 +361,7 @@ async fn sweep_loop(data_dir: PathBuf) {
 
 /// Prepares the worker's state and runs it until `shutdown` resolves (see [`crate::run`]).
 pub async fn run(cfg: WorkerConfig, shutdown: impl Future<Output = ()> + Send) -> Result<(), WorkerError> {
-    let conn = Arc::new(Connection::new(&cfg.schedulers)?);
+    let conn = Arc::new(Connection::new(&cfg.schedulers, &cfg.credentials)?);
     let data_dir =
         if cfg.data_dir.as_os_str().is_empty() { PathBuf::from("aidos-worker-data") } else { cfg.data_dir.clone() };
     let tasks_dir = crate::records::tasks_dir(&data_dir);
@@ -402,7 +402,12 @@ pub async fn run(cfg: WorkerConfig, shutdown: impl Future<Output = ()> + Send) -
         data_dir,
         tasks_dir,
         shim_exe,
-        blobs: crate::runner::BlobAccess { dir: blob_dir, cache_max_bytes, s3: cfg.s3.clone() },
+        blobs: crate::runner::BlobAccess {
+            dir: blob_dir,
+            cache_max_bytes,
+            s3: cfg.s3.clone(),
+            credentials: cfg.credentials.clone(),
+        },
         blob_store: std::sync::OnceLock::new(),
         keep_task_dirs: cfg.keep_task_dirs,
         schedulers_env: cfg.schedulers.join(","),

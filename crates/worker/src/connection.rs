@@ -14,10 +14,9 @@ use std::future::Future;
 use std::ops::Deref;
 use std::time::Duration;
 
-use aidos_api::client::{Client, Config};
+use aidos_api::client::{AuthChannel, Client, Config, Credentials};
 use aidos_api::worker_service_client::WorkerServiceClient;
 use tonic::Status;
-use tonic::transport::Channel;
 
 use crate::WorkerError;
 
@@ -47,7 +46,7 @@ impl Deref for Connection {
 }
 
 impl Connection {
-    pub fn new(addrs: &[String]) -> Result<Self, WorkerError> {
+    pub fn new(addrs: &[String], credentials: &Credentials) -> Result<Self, WorkerError> {
         let cfg = Config {
             connect_timeout: CONNECT_TIMEOUT,
             attempt_timeout: Some(RPC_TIMEOUT),
@@ -56,13 +55,14 @@ impl Connection {
             backoff_max: BACKOFF_MAX,
             keep_alive: Some(KEEP_ALIVE),
             warn_on_retry: true,
+            credentials: credentials.clone(),
             ..Config::default()
         };
         Client::new(addrs, cfg).map(Connection).map_err(|e| WorkerError::Config(e.to_string()))
     }
 
     /// A WorkerService client for the current address. Must be called inside a tokio runtime.
-    pub fn client(&self) -> (String, WorkerServiceClient<Channel>) {
+    pub fn client(&self) -> (String, WorkerServiceClient<AuthChannel>) {
         let (addr, channel) = self.0.channel();
         (addr, WorkerServiceClient::new(channel))
     }
@@ -71,7 +71,7 @@ impl Connection {
     /// `f` gets a fresh client for each try and must set its own per-request deadline ([`request`]).
     pub async fn unary<T, F, Fut>(&self, what: &str, mut f: F) -> Result<T, Status>
     where
-        F: FnMut(WorkerServiceClient<Channel>) -> Fut,
+        F: FnMut(WorkerServiceClient<AuthChannel>) -> Fut,
         Fut: Future<Output = Result<tonic::Response<T>, Status>>,
     {
         self.0
@@ -97,10 +97,10 @@ mod tests {
 
     #[test]
     fn worker_settings() {
-        let c = Connection::new(&["a:1,b:2".into()]).unwrap();
+        let c = Connection::new(&["a:1,b:2".into()], &Credentials::default()).unwrap();
         assert_eq!(c.known(), vec!["http://a:1".to_string(), "http://b:2".to_string()]);
         assert_eq!(c.config().budget, None);
-        assert!(matches!(Connection::new(&[]), Err(WorkerError::Config(_))));
+        assert!(matches!(Connection::new(&[], &Credentials::default()), Err(WorkerError::Config(_))));
         let d: Vec<_> = {
             let mut b = backoff();
             (0..5).map(|_| b.next_delay().as_millis()).collect()

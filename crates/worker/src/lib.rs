@@ -57,6 +57,9 @@ pub struct WorkerConfig {
     /// Host other machines reach this worker's tasks at (serve replicas advertise `host:port` with it), given to
     /// tasks as `AIDOS_ADVERTISE_HOST`. Empty (the default): `127.0.0.1`.
     pub advertise_host: String,
+    /// What the worker presents to the scheduler: a worker token (role `worker`) or the cluster's root token.
+    /// Tasks get their job's token from the scheduler instead.
+    pub credentials: aidos_api::auth::Credentials,
 }
 
 /// Runs the worker until `shutdown` resolves. Tasks keep running after it returns; the next run with

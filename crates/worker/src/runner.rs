@@ -193,17 +193,19 @@ pub struct BlobAccess {
     pub dir: PathBuf,
     pub cache_max_bytes: Option<u64>,
     pub s3: Option<aidos_blob::S3Config>,
+    /// What the worker presents to the blob service.
+    pub credentials: aidos_api::auth::Credentials,
 }
 
 impl BlobAccess {
     pub fn shared(dir: impl Into<PathBuf>) -> BlobAccess {
-        BlobAccess { dir: dir.into(), cache_max_bytes: None, s3: None }
+        BlobAccess { dir: dir.into(), cache_max_bytes: None, s3: None, credentials: Default::default() }
     }
 
     /// The cluster's blob store as this worker (and its tasks, `aidos_sdk::TaskEnv::open_blob_store`) sees it.
     /// Blocking (the stores are): call it, and use the store, from a blocking context.
     pub fn open_store(&self, schedulers: &[String]) -> Result<Arc<dyn BlobStore>, BlobError> {
-        aidos_blob::open_worker_store(&self.dir, self.cache_max_bytes, self.s3.as_ref(), schedulers)
+        aidos_blob::open_worker_store(&self.dir, self.cache_max_bytes, self.s3.as_ref(), schedulers, &self.credentials)
     }
 }
 

@@ -4,7 +4,7 @@ use aidos_api::job_service_server::JobService;
 use aidos_api::v1::*;
 use tonic::Request;
 
-use super::{Res, leader, ok};
+use super::{Res, leader, ok, project};
 use crate::core::Core;
 use crate::leader::BoxStream;
 use crate::queries;
@@ -14,36 +14,63 @@ pub struct Jobs(pub Arc<Core>);
 #[tonic::async_trait]
 impl JobService for Jobs {
     async fn submit(&self, r: Request<SubmitRequest>) -> Res<SubmitResponse> {
-        ok(leader(&self.0)?.submit(r.into_inner()).await?)
+        super::may_run(&r, r.get_ref().spec.as_ref())?;
+        let project = project(&r)?;
+        let mut req = r.into_inner();
+        req.spec.get_or_insert_default().project = project;
+        ok(leader(&self.0)?.submit(req).await?)
     }
 
     async fn submit_batch(&self, r: Request<SubmitBatchRequest>) -> Res<SubmitBatchResponse> {
-        ok(SubmitBatchResponse { responses: leader(&self.0)?.submit_batch(r.into_inner().requests).await? })
+        for s in &r.get_ref().requests {
+            super::may_run(&r, s.spec.as_ref())?;
+        }
+        let project = project(&r)?;
+        let mut reqs = r.into_inner().requests;
+        for s in &mut reqs {
+            s.spec.get_or_insert_default().project = project.clone();
+        }
+        ok(SubmitBatchResponse { responses: leader(&self.0)?.submit_batch(reqs).await? })
     }
 
     async fn get(&self, r: Request<GetJobRequest>) -> Res<Job> {
-        ok(leader(&self.0)?.read(|st| queries::job(st, &r.get_ref().job_id))?)
+        let project = project(&r)?;
+        ok(leader(&self.0)?.read(|st| queries::job_in(st, &r.get_ref().job_id, &project))?)
     }
 
     async fn list(&self, r: Request<ListJobsRequest>) -> Res<ListJobsResponse> {
-        ok(leader(&self.0)?.read(|st| queries::list_jobs(st, r.get_ref())))
+        let project = project(&r)?;
+        ok(leader(&self.0)?.read(|st| queries::list_jobs(st, r.get_ref(), &project)))
     }
 
     async fn cancel(&self, r: Request<CancelJobRequest>) -> Res<Job> {
-        ok(leader(&self.0)?.cancel(&r.get_ref().job_id).await?)
+        let l = leader(&self.0)?;
+        let project = project(&r)?;
+        l.read(|st| queries::job_in(st, &r.get_ref().job_id, &project))?;
+        ok(l.cancel(&r.get_ref().job_id).await?)
     }
 
     type WatchStream = BoxStream<Job>;
     async fn watch(&self, r: Request<WatchJobRequest>) -> Res<Self::WatchStream> {
-        ok(leader(&self.0)?.watch(&r.get_ref().job_id)?)
+        let l = leader(&self.0)?;
+        let project = project(&r)?;
+        l.read(|st| queries::job_in(st, &r.get_ref().job_id, &project))?;
+        ok(l.watch(&r.get_ref().job_id)?)
     }
 
     async fn join_ring(&self, r: Request<JoinRingRequest>) -> Res<JoinRingResponse> {
-        ok(leader(&self.0)?.join_ring(r.into_inner()).await?)
+        let l = leader(&self.0)?;
+        let job = r.get_ref().attempt.as_ref().map(|a| a.job_id.clone()).unwrap_or_default();
+        let project = project(&r)?;
+        l.read(|st| queries::job_in(st, &job, &project))?;
+        ok(l.join_ring(r.into_inner()).await?)
     }
 
     type LogsStream = BoxStream<LogChunk>;
     async fn logs(&self, r: Request<LogsRequest>) -> Res<Self::LogsStream> {
-        ok(leader(&self.0)?.logs(r.into_inner())?)
+        let l = leader(&self.0)?;
+        let project = project(&r)?;
+        l.read(|st| queries::job_in(st, &r.get_ref().job_id, &project))?;
+        ok(l.logs(r.into_inner())?)
     }
 }

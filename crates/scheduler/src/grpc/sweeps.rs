@@ -4,7 +4,7 @@ use aidos_api::sweep_service_server::SweepService;
 use aidos_api::v1::*;
 use tonic::Request;
 
-use super::{Res, leader, ok};
+use super::{Res, leader, ok, project};
 use crate::core::Core;
 use crate::queries;
 
@@ -13,18 +13,30 @@ pub struct Sweeps(pub Arc<Core>);
 #[tonic::async_trait]
 impl SweepService for Sweeps {
     async fn submit(&self, r: Request<SubmitSweepRequest>) -> Res<Sweep> {
-        ok(leader(&self.0)?.submit_sweep(r.into_inner()).await?)
+        super::may_run(&r, r.get_ref().spec.as_ref().and_then(|s| s.trial.as_ref()))?;
+        let project = project(&r)?;
+        let mut req = r.into_inner();
+        // Trials are jobs of the sweep's project: the template carries it.
+        if let Some(t) = req.spec.as_mut().and_then(|s| s.trial.as_mut()) {
+            t.project = project;
+        }
+        ok(leader(&self.0)?.submit_sweep(req).await?)
     }
 
     async fn get(&self, r: Request<GetSweepRequest>) -> Res<Sweep> {
-        ok(leader(&self.0)?.read(|st| queries::sweep(st, &r.get_ref().sweep_id))?)
+        let project = project(&r)?;
+        ok(leader(&self.0)?.read(|st| queries::sweep_in(st, &r.get_ref().sweep_id, &project))?)
     }
 
-    async fn list(&self, _: Request<ListSweepsRequest>) -> Res<ListSweepsResponse> {
-        ok(leader(&self.0)?.read(queries::list_sweeps))
+    async fn list(&self, r: Request<ListSweepsRequest>) -> Res<ListSweepsResponse> {
+        let project = project(&r)?;
+        ok(leader(&self.0)?.read(|st| queries::list_sweeps(st, &project)))
     }
 
     async fn cancel(&self, r: Request<CancelSweepRequest>) -> Res<Sweep> {
-        ok(leader(&self.0)?.cancel_sweep(&r.get_ref().sweep_id).await?)
+        let l = leader(&self.0)?;
+        let project = project(&r)?;
+        l.read(|st| queries::sweep_in(st, &r.get_ref().sweep_id, &project))?;
+        ok(l.cancel_sweep(&r.get_ref().sweep_id).await?)
     }
 }

@@ -4,6 +4,7 @@
 //! leader's address otherwise. One module per domain: `workers` (the worker protocol), `registry`, `serving`,
 //! `edge`; jobs and cluster membership are here.
 
+pub mod auth;
 pub mod edge;
 pub mod registry;
 pub mod serving;

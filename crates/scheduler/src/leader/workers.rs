@@ -81,6 +81,7 @@ impl LeaderHandler {
         check_worker_id(&worker_id)?;
         let (tx, rx) = mpsc::channel(64);
         let core = self.core.clone();
+        let root_secret = aidos_api::auth::parse_token(&core.cfg.root_token).map(|t| t.secret).unwrap_or_default();
         tokio::spawn(async move {
             let mut version = core.version.clone();
             let mut sent: HashMap<(String, u32, u32, u64), AttemptRef> = HashMap::new();
@@ -91,13 +92,16 @@ impl LeaderHandler {
                 }
                 let active = queries::active_for(&core.state.read().expect("state lock").state, &worker_id);
                 let mut now_keys = std::collections::HashSet::new();
-                for a in active {
+                for mut a in active {
                     let r = a.attempt.clone().unwrap_or_default();
                     let k = key(&r);
                     now_keys.insert(k.clone());
                     if sent.contains_key(&k) {
                         continue;
                     }
+                    // The task's own credentials: valid while its job runs (`aidos_api::auth`, job tokens).
+                    a.env
+                        .insert(aidos_api::auth::TOKEN_ENV.into(), aidos_api::auth::job_token(&root_secret, &r.job_id));
                     let cmd = WorkerCommand { command: Some(worker_command::Command::Start(a)) };
                     if tx.send(Ok(cmd)).await.is_err() {
                         return;

@@ -9,6 +9,7 @@
 //! | model deployments | [`serving`] | `Rows` `s/` | 10 | deploy, delete, deployment status |
 //! | edge devices and deployments | [`edge`] | `Rows` `e/`, `x/` | 11–12 | enrol, edge deploy, edge report |
 //! | hyperparameter sweeps | [`sweeps`] | `Rows` `w/`, `t/` | 13–14 | create, add trials, update a trial, finish, cancel |
+//! | API tokens | [`auth`] | `Rows` `k/` | 15 | create, revoke |
 //!
 //! Every domain owns its rows ([`Rows`]: key prefixes, encoding, loading, its part of a snapshot) and its `apply`
 //! arms ([`Domain`]). The jobs domain is the base the others build on: it applies first, and every other domain
@@ -35,6 +36,7 @@
 //! 4. The leader path: validation that needs no state and the proposal in `leader/<domain>.rs`; reads in
 //!    `queries.rs`; the gRPC adapter in `grpc/`. Forwarding to the leader needs no code (`forward.rs`).
 
+pub mod auth;
 pub mod edge;
 pub mod jobs;
 pub mod registry;
@@ -238,6 +240,7 @@ domains! {
     serving: serving::ServingState,
     edge: edge::EdgeState,
     sweeps: sweeps::SweepsState,
+    auth: auth::AuthState,
 }
 
 #[cfg(test)]

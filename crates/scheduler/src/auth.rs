@@ -1,0 +1,370 @@
+//! The front door: a tower layer in front of every gRPC service of the node (outside the forwarding layer), so
+//! every call is authenticated and authorized on the node that receives it, before it is answered or relayed.
+//! What each RPC requires is one table, [`access`]; who a token is, [`resolve`]; whether that may be done, the
+//! pure [`aidos_api::auth::authorize`]. Tokens and roles are described in `aidos_api::auth`.
+//!
+//! Invariants:
+//! - Deny by default: a path with no entry in [`access`] is refused for everyone (PERMISSION_DENIED naming the
+//!   missing rule); the tests enumerate every method of every service from the proto descriptors, so a new RPC
+//!   without a rule fails them.
+//! - Every node decides from its own applied state: a revocation takes effect on a node as soon as it has
+//!   applied it (replication, milliseconds in a healthy cluster). A relayed call is checked again by the leader
+//!   (the relay keeps its headers).
+//! - A refused call changes nothing: it never reaches a service.
+//! - A verified call is then admitted by its token's limits (`crate::limits`); the root token is exempt (the
+//!   operator's break-glass key, which scheduler nodes also use for Raft).
+//! - The verified [`Principal`] travels to the services in the request's extensions (finer checks, such as the
+//!   permission to submit `process` jobs, are made there with [`principal`]).
+
+use std::convert::Infallible;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use aidos_api::auth::{self, Access, Principal, Unauthenticated};
+use aidos_api::v1::{JobState, Role};
+use http_body_util::{BodyExt, Limited};
+use tonic::body::Body;
+use tonic::codegen::http;
+use tower_layer::Layer;
+use tower_service::Service;
+
+use crate::core::Core;
+use crate::limits::Limiter;
+use crate::state::ClusterState;
+
+/// Most bytes of a refused call's request read before answering, and how long to wait for them.
+const REFUSED_BODY_MAX: usize = 64 << 10;
+const REFUSED_BODY_WAIT: std::time::Duration = std::time::Duration::from_millis(20);
+
+/// What `path` (`/package.Service/Method`) requires; `None`: no rule (refused).
+pub fn access(path: &str) -> Option<Access> {
+    use Access::*;
+    let (service, method) = path.trim_start_matches('/').split_once('/')?;
+    let service = service.strip_prefix("aidos.v1.")?;
+    Some(match (service, method) {
+        ("RaftService", "AppendEntries" | "Vote" | "InstallSnapshot") => Peer,
+        ("WorkerService", "Register" | "Heartbeat" | "Assignments" | "ReportStatus" | "ReportLogs") => Worker,
+        ("ClusterService", "Status" | "ListWorkers") => Read,
+        ("ClusterService", "AddNode" | "RemoveNode") => ClusterAdmin,
+        ("JobService", "Submit" | "SubmitBatch" | "Cancel" | "JoinRing") => Write,
+        ("JobService", "Get" | "List" | "Watch" | "Logs") => Read,
+        ("DatasetService", "Commit") => Write,
+        ("DatasetService", "List" | "Get") => Read,
+        ("RunService", "ReportMetrics" | "RecordCheckpoint") => Write,
+        ("RunService", "LatestCheckpoint" | "List" | "Get") => Read,
+        ("ModelService", "Register" | "SetAlias" | "SetArtifact") => Write,
+        ("ModelService", "List" | "Get") => Read,
+        ("BlobService", "Upload") => BlobWrite,
+        ("BlobService", "Download" | "Has") => BlobRead,
+        ("ServeService", "Deploy" | "Delete" | "ReportEndpoint") => Write,
+        ("ServeService", "List") => Read,
+        ("SweepService", "Submit" | "Cancel") => Write,
+        ("SweepService", "Get" | "List") => Read,
+        // Devices prove themselves with their enrolment token and device keys (`edge_auth`).
+        ("EdgeService", "Enroll" | "Sync" | "Download") => Public,
+        ("EdgeService", "Deploy") => Write,
+        ("EdgeService", "ListDevices" | "ListEdgeDeployments") => Read,
+        ("AuthService", "CreateToken" | "ListTokens" | "RevokeToken") => ProjectAdmin,
+        ("AuthService", "WhoAmI") => Authenticated,
+        _ => return None,
+    })
+}
+
+/// Who the token string `presented` is, at `now_ms`, given the cluster's root token and applied state. Pure.
+pub fn resolve(
+    presented: &str,
+    root_token: &str,
+    st: &ClusterState,
+    now_ms: i64,
+) -> Result<Principal, Unauthenticated> {
+    let t = auth::parse_token(presented)?;
+    let root = auth::parse_token(root_token).map_err(|_| Unauthenticated::Unknown(t.id.clone()))?;
+    if t.id == auth::ROOT_ID {
+        return if t.secret == root.secret { Ok(Principal::root()) } else { Err(Unauthenticated::Unknown(t.id)) };
+    }
+    if t.id.starts_with("job-") {
+        let job = st.jobs.by_id.get(&t.id).ok_or_else(|| Unauthenticated::Unknown(t.id.clone()))?;
+        if auth::job_secret(&root.secret, &t.id) != t.secret {
+            return Err(Unauthenticated::Unknown(t.id));
+        }
+        if JobState::try_from(job.state).is_ok_and(|s| s.is_terminal()) {
+            return Err(Unauthenticated::JobEnded(t.id));
+        }
+        return Ok(Principal::job(&t.id, crate::queries::job_project(job)));
+    }
+    let rec = st.auth.tokens.get(&t.id).ok_or_else(|| Unauthenticated::Unknown(t.id.clone()))?;
+    if !auth::secret_matches(&t.secret, &rec.secret_hash) {
+        return Err(Unauthenticated::Unknown(t.id));
+    }
+    let tok = rec.token.clone().unwrap_or_default();
+    if tok.revoked_at_ms != 0 {
+        return Err(Unauthenticated::Revoked(t.id));
+    }
+    if tok.expires_at_ms != 0 && tok.expires_at_ms <= now_ms {
+        return Err(Unauthenticated::Expired(t.id));
+    }
+    Ok(Principal {
+        token_id: tok.id,
+        name: tok.name,
+        role: Role::try_from(tok.role).unwrap_or(Role::Unspecified),
+        project: tok.project,
+        allow_process: tok.allow_process,
+        expires_at_ms: tok.expires_at_ms,
+    })
+}
+
+/// The project a call acts in (its `aidos-project` metadata, else the default project).
+pub fn project_of(headers: &http::HeaderMap) -> String {
+    headers
+        .get(auth::PROJECT_HEADER)
+        .and_then(|v| v.to_str().ok())
+        .map(str::trim)
+        .filter(|p| !p.is_empty())
+        .unwrap_or(auth::DEFAULT_PROJECT)
+        .to_string()
+}
+
+/// The principal the auth layer verified for this call, and the call's project.
+pub fn principal<T>(r: &tonic::Request<T>) -> Result<(Principal, String), tonic::Status> {
+    r.extensions()
+        .get::<Verified>()
+        .map(|v| (v.principal.clone(), v.project.clone()))
+        .ok_or_else(|| tonic::Status::unauthenticated("the call was not authenticated"))
+}
+
+/// Put into a request's extensions by the auth layer.
+#[derive(Debug, Clone)]
+pub struct Verified {
+    pub principal: Principal,
+    pub project: String,
+    /// The rule the call passed.
+    pub access: Access,
+}
+
+/// The whole decision for one call: `Ok(None)` for a public method, `Ok(Some(..))` for a verified caller.
+pub fn check(
+    path: &str,
+    headers: &http::HeaderMap,
+    root_token: &str,
+    st: &ClusterState,
+    now_ms: i64,
+) -> Result<Option<Verified>, tonic::Status> {
+    let Some(access) = access(path) else {
+        return Err(tonic::Status::permission_denied(format!("no access rule for {path}: refused")));
+    };
+    if access == Access::Public {
+        return Ok(None);
+    }
+    let presented = match headers.get(auth::AUTHORIZATION) {
+        None => return Err(Unauthenticated::Missing.into()),
+        Some(v) => v.to_str().map_err(|_| tonic::Status::from(Unauthenticated::Malformed))?,
+    };
+    let principal = resolve(presented, root_token, st, now_ms)?;
+    let project = project_of(headers);
+    auth::authorize(access, &principal, &project)?;
+    Ok(Some(Verified { principal, project, access }))
+}
+
+/// Puts [`Auth`] in front of a node's services.
+#[derive(Clone)]
+pub struct AuthLayer {
+    core: Arc<Core>,
+    limiter: Arc<Limiter>,
+}
+
+impl AuthLayer {
+    pub fn new(core: Arc<Core>, limiter: Arc<Limiter>) -> Self {
+        Self { core, limiter }
+    }
+}
+
+impl<S> Layer<S> for AuthLayer {
+    type Service = Auth<S>;
+    fn layer(&self, inner: S) -> Auth<S> {
+        Auth { core: self.core.clone(), limiter: self.limiter.clone(), inner }
+    }
+}
+
+/// The service [`AuthLayer`] makes: refuses calls [`check`] refuses, then calls over their token's limits
+/// (`crate::limits`), and hands the rest to `inner`.
+#[derive(Clone)]
+pub struct Auth<S> {
+    core: Arc<Core>,
+    limiter: Arc<Limiter>,
+    inner: S,
+}
+
+type Request = http::Request<Body>;
+type Response = http::Response<Body>;
+
+impl<S> Service<Request> for Auth<S>
+where
+    S: Service<Request, Response = Response, Error = Infallible> + Clone + Send + 'static,
+    S::Future: Send + 'static,
+{
+    type Response = Response;
+    type Error = Infallible;
+    type Future = Pin<Box<dyn Future<Output = Result<Response, Infallible>> + Send>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, mut req: Request) -> Self::Future {
+        let ready = self.inner.clone();
+        let mut inner = std::mem::replace(&mut self.inner, ready);
+        let verdict = {
+            let st = &self.core.state.read().expect("state lock").state;
+            check(req.uri().path(), req.headers(), &self.core.cfg.root_token, st, aidos_api::now_ms())
+        };
+        let limited = match &verdict {
+            // The root token (the operator's, and the nodes' own) is exempt, as Kubernetes exempts system:masters.
+            Ok(Some(v)) if !v.principal.is_root() => self
+                .limiter
+                .admit(&v.principal.token_id)
+                .map_err(|r| (r.status(&v.principal.token_id, self.limiter.config()), self.limiter.hold(&r))),
+            _ => Ok(None),
+        };
+        match (verdict, limited) {
+            (Ok(v), Ok(permit)) => {
+                if let Some(v) = v {
+                    req.extensions_mut().insert(v);
+                }
+                let call = inner.call(req);
+                Box::pin(async move {
+                    let answer = call.await;
+                    drop(permit);
+                    answer
+                })
+            }
+            (Err(st), _) => Box::pin(refuse(req, st, None)),
+            (_, Err((st, hold))) => Box::pin(refuse(req, st, hold)),
+        }
+    }
+}
+
+/// Answers a refused call: reads what the client sent first (a unary request is already here; a stream is given a
+/// moment), since answering with its request half-open resets the stream and hyper closes a connection after ~1,000
+/// such resets (its rapid-reset guard); then, for a call over its limits, waits out the hold (`limits`).
+async fn refuse(
+    req: Request,
+    st: tonic::Status,
+    hold: Option<(std::time::Duration, tokio::sync::OwnedSemaphorePermit)>,
+) -> Result<Response, Infallible> {
+    let body = Limited::new(req.into_body(), REFUSED_BODY_MAX).collect();
+    let _ = tokio::time::timeout(REFUSED_BODY_WAIT, body).await;
+    if let Some((wait, _slot)) = hold {
+        tokio::time::sleep(wait).await;
+    }
+    Ok(st.into_http())
+}
+
+#[cfg(test)]
+mod tests {
+    use aidos_api::v1::{Job, JobSpec, Token, TokenRecordV1};
+
+    use super::*;
+
+    fn headers(token: Option<&str>, project: Option<&str>) -> http::HeaderMap {
+        let mut h = http::HeaderMap::new();
+        if let Some(t) = token {
+            h.insert(auth::AUTHORIZATION, format!("Bearer {t}").parse().unwrap());
+        }
+        if let Some(p) = project {
+            h.insert(auth::PROJECT_HEADER, p.parse().unwrap());
+        }
+        h
+    }
+
+    #[test]
+    fn every_rpc_has_a_rule() {
+        let methods = aidos_api::every_rpc();
+        assert!(methods.len() > 50, "{methods:?}");
+        let missing: Vec<_> = methods.iter().filter(|m| access(m).is_none()).collect();
+        assert!(missing.is_empty(), "RPCs without an access rule (add them to auth::access): {missing:?}");
+        assert_eq!(access("/aidos.v1.JobService/NoSuchMethod"), None);
+        assert_eq!(access("/other.Service/Submit"), None);
+    }
+
+    fn state_with(tokens: &[(&str, Role, &str, &str, i64, i64)]) -> ClusterState {
+        let mut st = ClusterState::default();
+        for (id, role, project, secret, expires, revoked) in tokens {
+            let token = Token {
+                id: id.to_string(),
+                name: format!("user-{id}"),
+                role: *role as i32,
+                project: project.to_string(),
+                allow_process: true,
+                expires_at_ms: *expires,
+                revoked_at_ms: *revoked,
+                ..Default::default()
+            };
+            let rec = TokenRecordV1 { token: Some(token), secret_hash: auth::hash_secret(secret).to_vec() };
+            st.auth.tokens.insert(id.to_string(), rec);
+        }
+        st
+    }
+
+    #[test]
+    fn resolve_and_check() {
+        let root = auth::new_root_token();
+        let s = auth::new_secret();
+        let st = state_with(&[
+            ("tm", Role::Member, "a", &s, 0, 0),
+            ("tv", Role::Viewer, "a", &s, 0, 0),
+            ("tx", Role::Member, "a", &s, 100, 0),
+            ("tr", Role::Member, "a", &s, 0, 50),
+        ]);
+        let tok = |id: &str| auth::format_token(id, &s);
+        let code = |path: &str, t: Option<&str>, p: Option<&str>| {
+            check(path, &headers(t, p), &root, &st, 1000).err().map(|e| e.code())
+        };
+        use tonic::Code::*;
+        let submit = "/aidos.v1.JobService/Submit";
+        let list = "/aidos.v1.JobService/List";
+        assert_eq!(code(submit, None, None), Some(Unauthenticated));
+        assert_eq!(code(submit, Some("garbage"), None), Some(Unauthenticated));
+        assert_eq!(code(submit, Some(&tok("tx")), Some("a")), Some(Unauthenticated), "expired");
+        assert_eq!(code(submit, Some(&tok("tr")), Some("a")), Some(Unauthenticated), "revoked");
+        assert_eq!(code(submit, Some(&tok("nope")), Some("a")), Some(Unauthenticated), "unknown");
+        assert_eq!(
+            code(submit, Some(&auth::format_token("tm", &auth::new_secret())), Some("a")),
+            Some(Unauthenticated)
+        );
+        assert_eq!(code(submit, Some(&tok("tm")), Some("a")), None);
+        assert_eq!(code(submit, Some(&tok("tm")), Some("b")), Some(PermissionDenied), "another project");
+        assert_eq!(code(submit, Some(&tok("tm")), None), Some(PermissionDenied), "the default project is another");
+        assert_eq!(code(submit, Some(&tok("tv")), Some("a")), Some(PermissionDenied), "a viewer writes");
+        assert_eq!(code(list, Some(&tok("tv")), Some("a")), None);
+        assert_eq!(code(submit, Some(&root), Some("anything")), None);
+        assert_eq!(code("/aidos.v1.RaftService/Vote", Some(&tok("tm")), Some("a")), Some(PermissionDenied));
+        assert_eq!(code("/aidos.v1.EdgeService/Sync", None, None), None, "devices sign their own calls");
+        assert_eq!(code("/aidos.v1.JobService/Nope", Some(&root), None), Some(PermissionDenied));
+        let v = check(list, &headers(Some(&tok("tv")), Some("a")), &root, &st, 1000).unwrap().unwrap();
+        assert_eq!((v.principal.role, v.project.as_str()), (Role::Viewer, "a"));
+    }
+
+    #[test]
+    fn job_tokens_live_as_long_as_their_job() {
+        let root = auth::new_root_token();
+        let root_secret = auth::parse_token(&root).unwrap().secret;
+        let mut st = ClusterState::default();
+        st.jobs
+            .by_id
+            .insert("job-1".into(), Job { id: "job-1".into(), state: JobState::Running as i32, ..Default::default() });
+        let t = auth::job_token(&root_secret, "job-1");
+        assert_eq!(resolve(&t, &root, &st, 0).unwrap(), Principal::job("job-1", auth::DEFAULT_PROJECT));
+        let mut in_a = st.clone();
+        in_a.jobs.by_id.get_mut("job-1").unwrap().spec = Some(JobSpec { project: "a".into(), ..Default::default() });
+        assert_eq!(resolve(&t, &root, &in_a, 0).unwrap().project, "a", "a job token acts in its job's project");
+        assert!(matches!(resolve(&auth::job_token("other", "job-1"), &root, &st, 0), Err(Unauthenticated::Unknown(_))));
+        assert!(matches!(
+            resolve(&auth::job_token(&root_secret, "job-2"), &root, &st, 0),
+            Err(Unauthenticated::Unknown(_))
+        ));
+        st.jobs.by_id.get_mut("job-1").unwrap().state = JobState::Succeeded as i32;
+        assert_eq!(resolve(&t, &root, &st, 0), Err(Unauthenticated::JobEnded("job-1".into())));
+    }
+}

@@ -1,0 +1,107 @@
+//! The leader path of tokens: create (the leader draws the id and the secret and proposes only the secret's
+//! hash) and revoke. Who may do either is the pure `aidos_api::auth::authorize_token_admin`.
+
+use aidos_api::auth::{self, Principal};
+use aidos_api::v1::command_v1::Command;
+use aidos_api::v1::{
+    CreateTokenRequest, CreateTokenResponse, CreateTokenV1, RevokeTokenV1, Role, Token, TokenRecordV1,
+};
+
+use super::LeaderHandler;
+use crate::error::SchedulerError;
+
+/// Longest lifetime a token may be given: 10 years.
+pub const MAX_TTL_SECS: i64 = 10 * 365 * 24 * 3600;
+
+fn invalid(m: String) -> SchedulerError {
+    SchedulerError::InvalidArgument(m)
+}
+
+/// The token `by` asks for, validated: everything but its id and times. Pure.
+pub fn token_for(by: &Principal, r: &CreateTokenRequest) -> Result<Token, SchedulerError> {
+    let role = Role::try_from(r.role).unwrap_or(Role::Unspecified);
+    if role == Role::Unspecified {
+        return Err(invalid("role: missing (viewer, member, admin or worker)".into()));
+    }
+    let name = r.name.trim();
+    if name.is_empty() || name.len() > auth::MAX_NAME || name.chars().any(|c| c.is_whitespace() || c.is_control()) {
+        return Err(invalid(format!("name: {:?} is not a valid name (1-64 characters, no spaces)", r.name)));
+    }
+    let project = if r.project.is_empty() { auth::DEFAULT_PROJECT } else { r.project.as_str() };
+    if project != auth::ALL_PROJECTS {
+        crate::state::check_name("project", project).map_err(|e| invalid(e.message))?;
+    }
+    if !(0..=MAX_TTL_SECS).contains(&r.ttl_seconds) {
+        return Err(invalid(format!("ttl_seconds: {} (expected 0..={MAX_TTL_SECS}; 0: never expires)", r.ttl_seconds)));
+    }
+    auth::authorize_token_admin(by, role, project).map_err(|e| SchedulerError::PermissionDenied(e.to_string()))?;
+    Ok(Token {
+        name: name.to_string(),
+        role: role as i32,
+        project: project.to_string(),
+        allow_process: !r.no_process && matches!(role, Role::Member | Role::Admin),
+        created_by: by.name.clone(),
+        ..Default::default()
+    })
+}
+
+impl LeaderHandler {
+    pub async fn create_token(
+        &self,
+        by: &Principal,
+        r: CreateTokenRequest,
+    ) -> Result<CreateTokenResponse, SchedulerError> {
+        let mut token = token_for(by, &r)?;
+        token.id = auth::new_token_id();
+        if r.ttl_seconds > 0 {
+            token.expires_at_ms = aidos_api::now_ms() + r.ttl_seconds * 1000;
+        }
+        let secret = auth::new_secret();
+        let record = TokenRecordV1 { token: Some(token.clone()), secret_hash: auth::hash_secret(&secret).to_vec() };
+        let res = self.core.propose(Command::CreateToken(CreateTokenV1 { record: Some(record) })).await?;
+        Ok(CreateTokenResponse { secret: auth::format_token(&token.id, &secret), token: res.token })
+    }
+
+    /// Revokes token `id`: its project's admins may, and so may its holder.
+    pub async fn revoke_token(&self, by: &Principal, id: &str) -> Result<Token, SchedulerError> {
+        let t = self
+            .read(|st| st.auth.tokens.get(id).and_then(|r| r.token.clone()))
+            .ok_or_else(|| SchedulerError::NotFound(format!("token {id} not found")))?;
+        if by.token_id != t.id {
+            let role = Role::try_from(t.role).unwrap_or(Role::Unspecified);
+            auth::authorize_token_admin(by, role, &t.project)
+                .map_err(|e| SchedulerError::PermissionDenied(e.to_string()))?;
+        }
+        let res = self.core.propose(Command::RevokeToken(RevokeTokenV1 { id: id.to_string() })).await?;
+        Ok(res.token.unwrap_or_default())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn token_requests_are_validated() {
+        let root = Principal::root();
+        let req = |role: Role, project: &str, ttl: i64| CreateTokenRequest {
+            name: "ann".into(),
+            role: role as i32,
+            project: project.into(),
+            ttl_seconds: ttl,
+            no_process: false,
+        };
+        let t = token_for(&root, &req(Role::Member, "", 0)).unwrap();
+        assert_eq!((t.project.as_str(), t.allow_process, t.created_by.as_str()), ("default", true, "root"));
+        assert!(!token_for(&root, &req(Role::Viewer, "a", 0)).unwrap().allow_process);
+        assert!(!token_for(&root, &req(Role::Worker, "*", 0)).unwrap().allow_process);
+        assert!(token_for(&root, &req(Role::Unspecified, "a", 0)).unwrap_err().to_string().contains("role"));
+        assert!(token_for(&root, &req(Role::Member, "a b", 0)).unwrap_err().to_string().contains("project"));
+        assert!(token_for(&root, &req(Role::Member, "a", -1)).unwrap_err().to_string().contains("ttl"));
+        let mut no_name = req(Role::Member, "a", 0);
+        no_name.name = " ".into();
+        assert!(token_for(&root, &no_name).unwrap_err().to_string().contains("name"));
+        let viewer = Principal { role: Role::Viewer, project: "a".into(), ..Principal::root() };
+        assert!(matches!(token_for(&viewer, &req(Role::Viewer, "a", 0)), Err(SchedulerError::PermissionDenied(_))));
+    }
+}

@@ -1,0 +1,289 @@
+//! The front door: every RPC of every service refuses bad credentials with the right code and changes nothing;
+//! tokens, roles, projects and the `process` permission through the CLI; job tokens; a revocation reaches every
+//! node within a second; a worker with a revoked token is cut off.
+
+mod common;
+
+use std::str::FromStr;
+use std::time::{Duration, Instant};
+
+use aidos_api::auth::{self, Access, Credentials};
+use aidos_api::auth_service_client::AuthServiceClient;
+use aidos_api::v1::*;
+use common::*;
+use tonic::Code;
+
+/// Calls `path` with an empty message, presenting `authorization` (a whole header value) and `project`.
+async fn call(addr: &str, path: &str, authorization: Option<&str>, project: Option<&str>) -> Code {
+    let ch = raw_channel(addr).await.expect("node reachable");
+    let mut g = tonic::client::Grpc::new(ch);
+    g.ready().await.unwrap();
+    let mut req = tonic::Request::new(());
+    if let Some(a) = authorization {
+        req.metadata_mut().insert(auth::AUTHORIZATION, a.parse().unwrap());
+    }
+    if let Some(p) = project {
+        req.metadata_mut().insert(auth::PROJECT_HEADER, p.parse().unwrap());
+    }
+    req.set_timeout(Duration::from_secs(10));
+    let path = tonic::codegen::http::uri::PathAndQuery::from_str(path).unwrap();
+    match g.unary::<(), (), _>(req, path, tonic_prost::ProstCodec::default()).await {
+        Ok(_) => Code::Ok,
+        Err(s) => s.code(),
+    }
+}
+
+fn bearer(t: &str) -> String {
+    format!("Bearer {t}")
+}
+
+/// `aidos token create ...` as root; returns (id, secret).
+fn create_token(c: &Cluster, args: &[&str]) -> (String, String) {
+    let mut all = vec!["-o", "json", "token", "create"];
+    all.extend_from_slice(args);
+    let (code, out, err) = c.cli(&all);
+    assert_eq!(code, 0, "token create {args:?}: {err}");
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    (v["token"]["id"].as_str().unwrap().to_string(), v["secret"].as_str().unwrap().to_string())
+}
+
+async fn who(addr: &str, token: &str) -> Result<WhoAmIResponse, tonic::Status> {
+    let ch = aidos_api::auth::with_credentials(raw_channel(addr).await.unwrap(), &Credentials::token(token));
+    AuthServiceClient::new(ch).who_am_i(WhoAmIRequest {}).await.map(|r| r.into_inner())
+}
+
+/// What the cluster holds, as the root token sees it: a refused call must not change it.
+async fn fingerprint(c: &Cluster) -> String {
+    let st = c.cluster_client().await.status(ClusterStatusRequest {}).await.unwrap().into_inner();
+    let mut a = AuthServiceClient::new(c.any_channel().await);
+    let tokens = a.list_tokens(ListTokensRequest { include_revoked: true, ..Default::default() }).await.unwrap();
+    format!("applied={} jobs={} tokens={:?}", st.last_applied, st.jobs_total, tokens.into_inner().tokens)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_rpc_refuses_bad_credentials_with_the_right_code_and_changes_nothing() {
+    let c = start_cluster(3).await;
+    let (_, member_b) = create_token(&c, &["--name", "bob", "--role", "member", "--for-project", "b"]);
+    let (_, viewer_a) = create_token(&c, &["--name", "vic", "--role", "viewer", "--for-project", "a"]);
+    let (revoked_id, revoked) = create_token(&c, &["--name", "rex", "--role", "admin", "--for-project", "a"]);
+    let (code, _, err) = c.cli(&["token", "revoke", &revoked_id]);
+    assert_eq!(code, 0, "{err}");
+    let (_, expired) = create_token(&c, &["--name", "eve", "--role", "admin", "--for-project", "a", "--expires", "1"]);
+    let addrs = c.addrs();
+    // Wait (on state, bounded) until the short-lived token has expired.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while who(&addrs[0], &expired).await.is_ok() {
+        assert!(Instant::now() < deadline, "a token with a 1 s lifetime still works after 10 s");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+
+    let before = fingerprint(&c).await;
+    // Every RPC of every service, from the compiled descriptors: a new RPC is in the table by itself.
+    let methods = aidos_api::every_rpc();
+    assert!(methods.len() > 50, "{methods:?}");
+    let mut checked = 0;
+    for (i, m) in methods.iter().enumerate() {
+        let access = aidos_scheduler::auth::access(m).unwrap_or_else(|| panic!("{m} has no access rule"));
+        if access == Access::Public {
+            continue;
+        }
+        // Round robin over the nodes: followers refuse before they would relay.
+        let addr = &addrs[i % addrs.len()];
+        let project_scoped = matches!(access, Access::Read | Access::Write | Access::ProjectAdmin);
+        let viewer_may = matches!(access, Access::Read | Access::BlobRead | Access::Authenticated);
+        let mut cases: Vec<(&str, Option<String>, Code)> = vec![
+            ("no token", None, Code::Unauthenticated),
+            ("a malformed token", Some("Bearer not-a-token".into()), Code::Unauthenticated),
+            (
+                "a token with a wrong secret",
+                Some(bearer(&auth::format_token("root", &auth::new_secret()))),
+                Code::Unauthenticated,
+            ),
+            ("an expired token", Some(bearer(&expired)), Code::Unauthenticated),
+            ("a revoked token", Some(bearer(&revoked)), Code::Unauthenticated),
+        ];
+        if project_scoped || matches!(access, Access::ClusterAdmin | Access::Worker | Access::Peer) {
+            cases.push(("a token of another project", Some(bearer(&member_b)), Code::PermissionDenied));
+        }
+        if !viewer_may {
+            cases.push(("a viewer", Some(bearer(&viewer_a)), Code::PermissionDenied));
+        }
+        for (what, authz, want) in cases {
+            let got = call(addr, m, authz.as_deref(), Some("a")).await;
+            assert_eq!(got, want, "{m} ({access:?}) with {what} at {addr}");
+            checked += 1;
+        }
+    }
+    assert!(checked > 300, "only {checked} refusals checked");
+    assert_eq!(fingerprint(&c).await, before, "a refused call changed the cluster");
+
+    // A revocation takes effect on every node within a second.
+    let (id, t) = create_token(&c, &["--name", "rita", "--role", "viewer", "--for-project", "a"]);
+    for a in &addrs {
+        // Replication of the create is quick but not instant: wait for it.
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while who(a, &t).await.is_err() {
+            assert!(Instant::now() < deadline, "node {a} does not know the new token");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+    let (code, _, err) = c.cli(&["token", "revoke", &id]);
+    assert_eq!(code, 0, "{err}");
+    let revoked_at = Instant::now();
+    for a in &addrs {
+        loop {
+            match who(a, &t).await {
+                Err(s) if s.code() == Code::Unauthenticated => {
+                    assert!(s.message().contains("revoked"), "{}", s.message());
+                    break;
+                }
+                _ => {
+                    let waited = revoked_at.elapsed();
+                    assert!(waited < Duration::from_secs(1), "node {a} still accepts a revoked token after {waited:?}");
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                }
+            }
+        }
+    }
+    println!("revocation reached all {} nodes within {:?}", addrs.len(), revoked_at.elapsed());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn roles_projects_process_permission_job_tokens_and_a_revoked_worker() {
+    let mut c = start_cluster(1).await;
+    let addr = c.addrs()[0].clone();
+    let (_, ann) = create_token(&c, &["--name", "ann", "--role", "member", "--for-project", "a"]);
+    let (_, noproc) = create_token(&c, &["--name", "nop", "--role", "member", "--for-project", "a", "--no-process"]);
+    let (_, vic) = create_token(&c, &["--name", "vic", "--role", "viewer", "--for-project", "a"]);
+    let (worker_id, worker_token) = create_token(&c, &["--name", "w1", "--role", "worker"]);
+
+    // whoami through the CLI, and the CLI's clear refusals.
+    let (code, out, err) = c.cli(&["--token", &ann, "--project", "a", "whoami"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("ann (member of project a"), "{out}");
+    let (code, _, err) = c.cli(&["--token", "aidos_nope", "job", "list"]);
+    assert_ne!(code, 0);
+    assert!(err.contains("malformed token"), "{err}");
+    let (code, _, err) =
+        c.cli(&["--token", &vic, "--project", "a", "token", "create", "--name", "x", "--role", "viewer"]);
+    assert_ne!(code, 0);
+    assert!(err.contains("may not"), "{err}");
+
+    // The worker joins with its worker token.
+    c.start_worker_with("w1", "2", "", &["--token", &worker_token]);
+    let jobs_in = |t: &str, project: &str| {
+        let (t, project) = (t.to_string(), project.to_string());
+        let addr = addr.clone();
+        async move {
+            let creds = Credentials { token: Some(t), project: Some(project) };
+            aidos_api::job_service_client::JobServiceClient::new(auth::with_credentials(
+                raw_channel(&addr).await.unwrap(),
+                &creds,
+            ))
+        }
+    };
+
+    // A `process` job needs the permission: a viewer and a member without it are refused; ann may.
+    let dir = c.path().to_path_buf();
+    let script =
+        format!("echo \"$AIDOS_TOKEN\" > {d}/job.token; {bin} whoami > {d}/who.txt 2>&1", d = dir.display(), bin = BIN);
+    let submit = |spec: JobSpec| SubmitRequest { spec: Some(spec), ..Default::default() };
+    for (who_, t) in [("a viewer", &vic), ("a member without process jobs", &noproc)] {
+        let e = jobs_in(t, "a").await.submit(submit(sh_job("x", "true", 100, 0))).await.unwrap_err();
+        assert_eq!(e.code(), Code::PermissionDenied, "{who_}: {e:?}");
+    }
+    let (code, _, err) = {
+        let spec = dir.join("p.toml");
+        std::fs::write(&spec, "name = \"p\"\nkind = \"process\"\n[process]\nexecutable = \"true\"\n").unwrap();
+        c.cli(&["--token", &vic, "--project", "a", "job", "submit", spec.to_str().unwrap()])
+    };
+    assert_ne!(code, 0);
+    assert!(err.contains("viewer") && err.contains("may not"), "{err}");
+    let id = jobs_in(&ann, "a").await.submit(submit(sh_job("who", &script, 100, 0))).await.unwrap().into_inner().job_id;
+    // (Through project a: the harness's own waits look in the default project.)
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let j = loop {
+        let j = jobs_in(&ann, "a").await.get(GetJobRequest { job_id: id.clone() }).await.unwrap().into_inner();
+        if state_of(&j).is_terminal() {
+            break j;
+        }
+        assert!(Instant::now() < deadline, "{id} did not end within 60 s: {j:#?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert_eq!(state_of(&j), JobState::Succeeded, "{j:#?}");
+
+    // The task acted with its job's token, which stops working when the job ends.
+    let who_out = std::fs::read_to_string(dir.join("who.txt")).unwrap();
+    assert!(who_out.contains(&format!("job:{id} (member of project a")), "{who_out}");
+    let job_token = std::fs::read_to_string(dir.join("job.token")).unwrap().trim().to_string();
+    let e = who(&addr, &job_token).await.unwrap_err();
+    assert_eq!(e.code(), Code::Unauthenticated);
+    assert!(e.message().contains("ended"), "{}", e.message());
+
+    // The job belongs to project a: another project does not see it, not even by id; project a does.
+    let (_, bob) = create_token(&c, &["--name", "bob", "--role", "admin", "--for-project", "b"]);
+    let mut jobs_b = jobs_in(&bob, "b").await;
+    assert_eq!(jobs_b.get(GetJobRequest { job_id: id.clone() }).await.unwrap_err().code(), Code::NotFound);
+    assert_eq!(jobs_b.cancel(CancelJobRequest { job_id: id.clone() }).await.unwrap_err().code(), Code::NotFound);
+    assert!(jobs_b.list(ListJobsRequest::default()).await.unwrap().into_inner().jobs.is_empty());
+    let listed = jobs_in(&vic, "a").await.list(ListJobsRequest::default()).await.unwrap().into_inner().jobs;
+    assert_eq!(listed.iter().map(|j| j.id.clone()).collect::<Vec<_>>(), vec![id.clone()]);
+    let (code, out, _) = c.cli(&["--project", "a", "job", "list"]);
+    assert!(code == 0 && out.contains(&id), "{out}");
+    let (code, out, _) = c.cli(&["job", "list"]);
+    assert!(code == 0 && !out.contains(&id), "the default project lists a job of project a: {out}");
+
+    // Revoking the worker's token cuts it off: it can no longer heartbeat or register, and stops.
+    let (code, _, err) = c.cli(&["token", "revoke", &worker_id]);
+    assert_eq!(code, 0, "{err}");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while c.workers.get_mut("w1").unwrap().exit_status() == "running" {
+        assert!(Instant::now() < deadline, "a worker whose token was revoked still runs");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let log = c.workers["w1"].output();
+    assert!(
+        log.contains("revoked"),
+        "the worker does not say why it stopped: {}",
+        &log[log.len().saturating_sub(2000)..]
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_token_over_its_rate_limit_is_refused_with_a_retry_hint_and_others_are_not() {
+    let c = start_cluster_with(1, &["--rate-limit-per-sec", "5", "--rate-limit-burst", "10"]).await;
+    let addr = c.addrs()[0].clone();
+    let (_, greedy) = create_token(&c, &["--name", "greedy", "--role", "member", "--for-project", "a"]);
+    let (_, calm) = create_token(&c, &["--name", "calm", "--role", "member", "--for-project", "a"]);
+
+    // 60 calls at once from one token: its burst of 10 (and what refills meanwhile) passes, the rest is refused.
+    let mut calls = Vec::new();
+    for _ in 0..60 {
+        let (addr, t) = (addr.clone(), greedy.clone());
+        calls.push(tokio::spawn(async move { who(&addr, &t).await }));
+    }
+    let (mut ok, mut refused) = (0, Vec::new());
+    for call in calls {
+        match call.await.unwrap() {
+            Ok(_) => ok += 1,
+            Err(s) => refused.push(s),
+        }
+    }
+    assert!((10..=20).contains(&ok), "{ok} of 60 calls passed a burst of 10 at 5/s");
+    let s = &refused[0];
+    assert_eq!(s.code(), Code::ResourceExhausted, "{s:?}");
+    assert!(s.message().contains("rate limit") && s.message().contains("retry after"), "{}", s.message());
+    let hint: u64 = s.metadata().get("retry-after-ms").unwrap().to_str().unwrap().parse().unwrap();
+    assert!((1..=1000).contains(&hint), "retry after {hint} ms");
+    assert!(refused.iter().all(|s| s.code() == Code::ResourceExhausted));
+
+    // Another token is not affected, and the root token is never limited.
+    assert_eq!(who(&addr, &calm).await.unwrap().name, "calm");
+    for _ in 0..30 {
+        who(&addr, &TOKEN).await.unwrap();
+    }
+    // The CLI backs off on RESOURCE_EXHAUSTED and gets through once its token's bucket refills.
+    let (code, out, err) = c.cli(&["--token", &greedy, "--project", "a", "whoami"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("greedy"), "{out}");
+}
