@@ -185,8 +185,11 @@ async fn roles_projects_process_permission_job_tokens_and_a_revoked_worker() {
 
     // A `process` job needs the permission: a viewer and a member without it are refused; ann may.
     let dir = c.path().to_path_buf();
-    let script =
-        format!("echo \"$AIDOS_TOKEN\" > {d}/job.token; {bin} whoami > {d}/who.txt 2>&1", d = dir.display(), bin = BIN);
+    let script = format!(
+        "echo \"$AIDOS_TOKEN\" > {d}/job.token; {bin} whoami > {d}/who.txt 2>&1; {bin} job list > {d}/jobs.txt 2>&1",
+        d = dir.display(),
+        bin = BIN
+    );
     let submit = |spec: JobSpec| SubmitRequest { spec: Some(spec), ..Default::default() };
     for (who_, t) in [("a viewer", &vic), ("a member without process jobs", &noproc)] {
         let e = jobs_in(t, "a").await.submit(submit(sh_job("x", "true", 100, 0))).await.unwrap_err();
@@ -215,6 +218,9 @@ async fn roles_projects_process_permission_job_tokens_and_a_revoked_worker() {
     // The task acted with its job's token, which stops working when the job ends.
     let who_out = std::fs::read_to_string(dir.join("who.txt")).unwrap();
     assert!(who_out.contains(&format!("job:{id} (member of project a")), "{who_out}");
+    // ... in its job's project (AIDOS_PROJECT): it sees its own job.
+    let jobs_out = std::fs::read_to_string(dir.join("jobs.txt")).unwrap();
+    assert!(jobs_out.contains(&id), "a task does not see its own project's jobs: {jobs_out}");
     let job_token = std::fs::read_to_string(dir.join("job.token")).unwrap().trim().to_string();
     let e = who(&addr, &job_token).await.unwrap_err();
     assert_eq!(e.code(), Code::Unauthenticated);
@@ -228,10 +234,41 @@ async fn roles_projects_process_permission_job_tokens_and_a_revoked_worker() {
     assert!(jobs_b.list(ListJobsRequest::default()).await.unwrap().into_inner().jobs.is_empty());
     let listed = jobs_in(&vic, "a").await.list(ListJobsRequest::default()).await.unwrap().into_inner().jobs;
     assert_eq!(listed.iter().map(|j| j.id.clone()).collect::<Vec<_>>(), vec![id.clone()]);
+    // Idempotency keys are per project: the same key in project b makes b's own job, and names nothing of a's.
+    let keyed = |rid: &str| SubmitRequest { spec: Some(sh_job("k", "true", 100, 0)), request_id: rid.into() };
+    let in_a = jobs_in(&ann, "a").await.submit(keyed("same-key")).await.unwrap().into_inner();
+    let in_b = jobs_b.submit(keyed("same-key")).await.unwrap().into_inner();
+    assert!(!in_b.duplicate && in_b.job_id != in_a.job_id, "{in_a:?} {in_b:?}");
+    let again = jobs_in(&ann, "a").await.submit(keyed("same-key")).await.unwrap().into_inner();
+    assert!(again.duplicate && again.job_id == in_a.job_id, "{again:?}");
     let (code, out, _) = c.cli(&["--project", "a", "job", "list"]);
     assert!(code == 0 && out.contains(&id), "{out}");
+    let (code, _, err) = c.cli(&["--project", "*", "job", "list"]);
+    assert!(code != 0 && err.contains("aidos-project"), "{err}");
     let (code, out, _) = c.cli(&["job", "list"]);
     assert!(code == 0 && !out.contains(&id), "the default project lists a job of project a: {out}");
+
+    // A multi-node cluster needs one root token file, made once (`aidos token new-root`), not one per node.
+    let n2 = dir.join("n2");
+    let (code, _, err) = c.cli(&[
+        "server",
+        "--id",
+        "2",
+        "--listen",
+        "127.0.0.1:0",
+        "--peers",
+        "1=127.0.0.1:1,2=127.0.0.1:2",
+        "--data-dir",
+        n2.to_str().unwrap(),
+        "--blob-dir-shared",
+    ]);
+    assert!(code != 0 && err.contains("token new-root"), "{err}");
+    let root_file = dir.join("new-root.token");
+    let (code, _, err) = c.cli(&["token", "new-root", "--file", root_file.to_str().unwrap()]);
+    assert_eq!(code, 0, "{err}");
+    assert!(auth::read_token_file(&root_file).unwrap().starts_with("aidos_root_"));
+    let (code, _, err) = c.cli(&["token", "new-root", "--file", root_file.to_str().unwrap()]);
+    assert!(code != 0 && err.contains("never overwritten"), "{err}");
 
     // Revoking the worker's token cuts it off: it can no longer heartbeat or register, and stops.
     let (code, _, err) = c.cli(&["token", "revoke", &worker_id]);

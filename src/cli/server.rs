@@ -167,6 +167,15 @@ pub async fn run(g: &Global, a: ServerArgs) -> anyhow::Result<()> {
     }
     println!("blob store: {}", blobs.describe());
     let token_file = a.admin_token_file.clone().unwrap_or_else(|| a.data_dir.join("admin.token"));
+    if members.len() > 1 && !token_file.exists() {
+        anyhow::bail!(
+            "{} is missing: every node of a {}-node cluster needs the same admin token file (nodes present it to \
+             each other). Make one once with `aidos token new-root --file admin.token`, copy it to every node, and \
+             pass --admin-token-file",
+            token_file.display(),
+            members.len()
+        );
+    }
     let root_token = SchedulerNode::load_or_create_root_token(&token_file)?;
     println!("admin token: {}", token_file.display());
     let cfg = SchedulerConfig {

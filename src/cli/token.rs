@@ -28,6 +28,12 @@ pub enum TokenCmd {
         /// The token's id (`aidos token list`)
         id: String,
     },
+    /// Make a cluster's root (admin) token file, mode 0600, for every node's --admin-token-file (no scheduler needed)
+    NewRoot {
+        /// The file to create (refused if it exists)
+        #[arg(long, env = "AIDOS_NEW_ROOT_FILE")]
+        file: std::path::PathBuf,
+    },
 }
 
 #[derive(Args, Debug)]
@@ -100,8 +106,15 @@ fn when(ms: i64, none: &str) -> String {
 }
 
 pub async fn run(g: &Global, cmd: TokenCmd) -> anyhow::Result<()> {
+    if let TokenCmd::NewRoot { file } = &cmd {
+        anyhow::ensure!(!file.exists(), "{} exists: a root token file is never overwritten", file.display());
+        auth::write_token_file(file, &auth::new_root_token()).with_context(|| format!("writing {}", file.display()))?;
+        println!("wrote a new root token to {} (mode 0600): give every scheduler node this file", file.display());
+        return Ok(());
+    }
     let client = Client::new(&g.scheduler)?;
     match cmd {
+        TokenCmd::NewRoot { .. } => unreachable!("handled above"),
         TokenCmd::Create(a) => {
             let req = CreateTokenRequest {
                 name: a.name,

@@ -70,8 +70,12 @@ pub enum Unauthenticated {
     Missing,
     #[error("malformed token: expected `Bearer aidos_<id>_<secret>`")]
     Malformed,
+    /// No such token (on this node: a token made a moment ago may not have reached it yet).
     #[error("unknown token `{0}`")]
     Unknown(String),
+    /// A token id this node knows, with the wrong secret. Says the same as [`Self::Unknown`] to the caller.
+    #[error("unknown token `{0}`")]
+    WrongSecret(String),
     #[error("token `{0}` has expired")]
     Expired(String),
     #[error("token `{0}` was revoked")]
@@ -133,6 +137,11 @@ pub fn hash_secret(secret: &str) -> [u8; 32] {
 pub fn secret_matches(secret: &str, hash: &[u8]) -> bool {
     let Ok(h) = <[u8; 32]>::try_from(hash) else { return false };
     blake3::hash(secret.as_bytes()) == blake3::Hash::from(h)
+}
+
+/// Whether two secrets are equal, in time independent of where they differ (compares their BLAKE3 hashes).
+pub fn secrets_equal(a: &str, b: &str) -> bool {
+    blake3::hash(a.as_bytes()) == blake3::hash(b.as_bytes())
 }
 
 /// The secret of job `job_id`'s token under the cluster's root secret.
@@ -382,9 +391,10 @@ pub fn write_token_file(path: &std::path::Path, token: &str) -> std::io::Result<
     if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
         std::fs::create_dir_all(dir)?;
     }
-    let tmp = path.with_extension("tmp");
+    // A fresh name, created here (`create_new`): a file or link planted at a fixed name cannot receive the token.
+    let tmp = path.with_extension(format!("tmp-{}", hex(&rand::random::<[u8; 8]>())));
     let mut opts = std::fs::OpenOptions::new();
-    opts.write(true).create(true).truncate(true);
+    opts.write(true).create_new(true);
     #[cfg(unix)]
     std::os::unix::fs::OpenOptionsExt::mode(&mut opts, 0o600);
     let mut f = opts.open(&tmp)?;

@@ -31,6 +31,7 @@ use tower_layer::Layer;
 use tower_service::Service;
 
 use crate::core::Core;
+use crate::error::SchedulerError;
 use crate::limits::Limiter;
 use crate::state::ClusterState;
 
@@ -82,12 +83,16 @@ pub fn resolve(
     let t = auth::parse_token(presented)?;
     let root = auth::parse_token(root_token).map_err(|_| Unauthenticated::Unknown(t.id.clone()))?;
     if t.id == auth::ROOT_ID {
-        return if t.secret == root.secret { Ok(Principal::root()) } else { Err(Unauthenticated::Unknown(t.id)) };
+        return if auth::secrets_equal(&t.secret, &root.secret) {
+            Ok(Principal::root())
+        } else {
+            Err(Unauthenticated::WrongSecret(t.id))
+        };
     }
     if t.id.starts_with("job-") {
         let job = st.jobs.by_id.get(&t.id).ok_or_else(|| Unauthenticated::Unknown(t.id.clone()))?;
-        if auth::job_secret(&root.secret, &t.id) != t.secret {
-            return Err(Unauthenticated::Unknown(t.id));
+        if !auth::secrets_equal(&auth::job_secret(&root.secret, &t.id), &t.secret) {
+            return Err(Unauthenticated::WrongSecret(t.id));
         }
         if JobState::try_from(job.state).is_ok_and(|s| s.is_terminal()) {
             return Err(Unauthenticated::JobEnded(t.id));
@@ -96,7 +101,7 @@ pub fn resolve(
     }
     let rec = st.auth.tokens.get(&t.id).ok_or_else(|| Unauthenticated::Unknown(t.id.clone()))?;
     if !auth::secret_matches(&t.secret, &rec.secret_hash) {
-        return Err(Unauthenticated::Unknown(t.id));
+        return Err(Unauthenticated::WrongSecret(t.id));
     }
     let tok = rec.token.clone().unwrap_or_default();
     if tok.revoked_at_ms != 0 {
@@ -144,12 +149,15 @@ pub struct Verified {
 }
 
 /// The whole decision for one call: `Ok(None)` for a public method, `Ok(Some(..))` for a verified caller.
+/// `not_leader`: what a follower answers instead of "unknown token" (a token created a moment ago may not have
+/// reached this node yet: the client follows the hint to the leader, which knows it); None on the leader.
 pub fn check(
     path: &str,
     headers: &http::HeaderMap,
     root_token: &str,
     st: &ClusterState,
     now_ms: i64,
+    not_leader: Option<tonic::Status>,
 ) -> Result<Option<Verified>, tonic::Status> {
     let Some(access) = access(path) else {
         return Err(tonic::Status::permission_denied(format!("no access rule for {path}: refused")));
@@ -161,8 +169,15 @@ pub fn check(
         None => return Err(Unauthenticated::Missing.into()),
         Some(v) => v.to_str().map_err(|_| tonic::Status::from(Unauthenticated::Malformed))?,
     };
-    let principal = resolve(presented, root_token, st, now_ms)?;
+    let principal = match (resolve(presented, root_token, st, now_ms), not_leader) {
+        (Err(Unauthenticated::Unknown(_)), Some(hint)) => return Err(hint),
+        (r, _) => r?,
+    };
     let project = project_of(headers);
+    if project == auth::ALL_PROJECTS {
+        return Err(tonic::Status::invalid_argument("aidos-project: `*` names every project; a call acts in one"));
+    }
+    crate::state::check_name(auth::PROJECT_HEADER, &project).map_err(|r| tonic::Status::invalid_argument(r.message))?;
     auth::authorize(access, &principal, &project)?;
     Ok(Some(Verified { principal, project, access }))
 }
@@ -215,9 +230,11 @@ where
     fn call(&mut self, mut req: Request) -> Self::Future {
         let ready = self.inner.clone();
         let mut inner = std::mem::replace(&mut self.inner, ready);
+        let not_leader = (!self.core.is_leader() && !req.headers().contains_key(crate::forward::FORWARDED_HEADER))
+            .then(|| SchedulerError::NotLeader { leader: self.core.leader_addr() }.into());
         let verdict = {
             let st = &self.core.state.read().expect("state lock").state;
-            check(req.uri().path(), req.headers(), &self.core.cfg.root_token, st, aidos_api::now_ms())
+            check(req.uri().path(), req.headers(), &self.core.cfg.root_token, st, aidos_api::now_ms(), not_leader)
         };
         let limited = match &verdict {
             // The root token (the operator's, and the nodes' own) is exempt, as Kubernetes exempts system:masters.
@@ -319,7 +336,7 @@ mod tests {
         ]);
         let tok = |id: &str| auth::format_token(id, &s);
         let code = |path: &str, t: Option<&str>, p: Option<&str>| {
-            check(path, &headers(t, p), &root, &st, 1000).err().map(|e| e.code())
+            check(path, &headers(t, p), &root, &st, 1000, None).err().map(|e| e.code())
         };
         use tonic::Code::*;
         let submit = "/aidos.v1.JobService/Submit";
@@ -342,8 +359,16 @@ mod tests {
         assert_eq!(code("/aidos.v1.RaftService/Vote", Some(&tok("tm")), Some("a")), Some(PermissionDenied));
         assert_eq!(code("/aidos.v1.EdgeService/Sync", None, None), None, "devices sign their own calls");
         assert_eq!(code("/aidos.v1.JobService/Nope", Some(&root), None), Some(PermissionDenied));
-        let v = check(list, &headers(Some(&tok("tv")), Some("a")), &root, &st, 1000).unwrap().unwrap();
+        let v = check(list, &headers(Some(&tok("tv")), Some("a")), &root, &st, 1000, None).unwrap().unwrap();
         assert_eq!((v.principal.role, v.project.as_str()), (Role::Viewer, "a"));
+        assert_eq!(code(list, Some(&tok("tv")), Some("*")), Some(InvalidArgument), "a call acts in one project");
+        assert_eq!(code(list, Some(&tok("tv")), Some("a b")), Some(InvalidArgument));
+        // A follower that does not know a token yet points at the leader instead of refusing it.
+        let hint = tonic::Status::unavailable("not the leader");
+        let h = headers(Some(&tok("new")), Some("a"));
+        assert_eq!(check(list, &h, &root, &st, 1000, Some(hint.clone())).unwrap_err().code(), Unavailable);
+        let revoked = headers(Some(&tok("tr")), Some("a"));
+        assert_eq!(check(list, &revoked, &root, &st, 1000, Some(hint)).unwrap_err().code(), Unauthenticated);
     }
 
     #[test]
@@ -359,7 +384,10 @@ mod tests {
         let mut in_a = st.clone();
         in_a.jobs.by_id.get_mut("job-1").unwrap().spec = Some(JobSpec { project: "a".into(), ..Default::default() });
         assert_eq!(resolve(&t, &root, &in_a, 0).unwrap().project, "a", "a job token acts in its job's project");
-        assert!(matches!(resolve(&auth::job_token("other", "job-1"), &root, &st, 0), Err(Unauthenticated::Unknown(_))));
+        assert!(matches!(
+            resolve(&auth::job_token("other", "job-1"), &root, &st, 0),
+            Err(Unauthenticated::WrongSecret(_))
+        ));
         assert!(matches!(
             resolve(&auth::job_token(&root_secret, "job-2"), &root, &st, 0),
             Err(Unauthenticated::Unknown(_))

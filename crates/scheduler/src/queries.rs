@@ -226,18 +226,32 @@ pub fn latest_checkpoint(st: &ClusterState, job_id: &str) -> LatestCheckpointRes
     }
 }
 
-pub fn list_runs(st: &ClusterState, r: &ListRunsRequest) -> ListRunsResponse {
-    let runs = st.registry.runs.values().filter(|x| r.job_id.is_empty() || x.job_id == r.job_id);
+/// The project a run belongs to: its job's (a run whose job retention removed counts as the default project's).
+pub fn run_project<'a>(st: &'a ClusterState, r: &Run) -> &'a str {
+    st.jobs.by_id.get(&r.job_id).map_or(aidos_api::auth::DEFAULT_PROJECT, job_project)
+}
+
+/// The runs of `project` that `r` asks for.
+pub fn list_runs(st: &ClusterState, r: &ListRunsRequest, project: &str) -> ListRunsResponse {
+    let runs = st
+        .registry
+        .runs
+        .values()
+        .filter(|x| r.job_id.is_empty() || x.job_id == r.job_id)
+        .filter(|x| run_project(st, x) == project);
     ListRunsResponse { runs: runs.cloned().collect() }
 }
 
-/// A run by id (`job-3.1`), or by job id (`job-3`: its latest attempt's run).
-pub fn get_run(st: &ClusterState, id: &str) -> Result<Run, SchedulerError> {
-    if let Some(r) = st.registry.runs.get(id) {
-        return Ok(r.clone());
+/// A run of `project` by id (`job-3.1`), or by job id (`job-3`: its latest attempt's run).
+pub fn get_run(st: &ClusterState, id: &str, project: &str) -> Result<Run, SchedulerError> {
+    let run =
+        st.registry.runs.get(id).or_else(|| {
+            st.jobs.by_id.get(id).map(|j| run_id(id, j.attempt)).and_then(|rid| st.registry.runs.get(&rid))
+        });
+    match run {
+        Some(r) if run_project(st, r) == project => Ok(r.clone()),
+        _ => Err(SchedulerError::NotFound(format!("run {id} not found in project {project}"))),
     }
-    let latest = st.jobs.by_id.get(id).map(|j| run_id(id, j.attempt)).and_then(|rid| st.registry.runs.get(&rid));
-    latest.cloned().ok_or_else(|| SchedulerError::NotFound(format!("run {id} not found")))
 }
 
 pub fn list_models(st: &ClusterState, r: &ListModelsRequest) -> ListModelsResponse {
@@ -485,7 +499,7 @@ pub fn sweep_view<'a>(st: &'a ClusterState, id: &str, now_ms: i64) -> Option<cra
     let orphan = st
         .jobs
         .request_ids
-        .get(&request_id(&s.id, next))
+        .get(&crate::state::jobs::idempotency_key(sweep_project(s), &request_id(&s.id, next)))
         .and_then(|job_id| Some((job_id.clone(), trial_job_params(st, job_id)?)));
     Some(SweepView { sweep: s, jobs, orphan, now_ms })
 }

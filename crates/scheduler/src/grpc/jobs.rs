@@ -17,7 +17,7 @@ impl JobService for Jobs {
         super::may_run(&r, r.get_ref().spec.as_ref())?;
         let project = project(&r)?;
         let mut req = r.into_inner();
-        req.spec.get_or_insert_default().project = project;
+        scope(&mut req, &project);
         ok(leader(&self.0)?.submit(req).await?)
     }
 
@@ -28,7 +28,7 @@ impl JobService for Jobs {
         let project = project(&r)?;
         let mut reqs = r.into_inner().requests;
         for s in &mut reqs {
-            s.spec.get_or_insert_default().project = project.clone();
+            scope(s, &project);
         }
         ok(SubmitBatchResponse { responses: leader(&self.0)?.submit_batch(reqs).await? })
     }
@@ -73,4 +73,10 @@ impl JobService for Jobs {
         l.read(|st| queries::job_in(st, &r.get_ref().job_id, &project))?;
         ok(l.logs(r.into_inner())?)
     }
+}
+
+/// Puts a submission in the caller's project, whatever the client sent (its idempotency key is then a key of that
+/// project: `state::jobs::idempotency_key`).
+fn scope(req: &mut SubmitRequest, project: &str) {
+    req.spec.get_or_insert_default().project = project.to_string();
 }

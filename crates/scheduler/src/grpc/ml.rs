@@ -6,7 +6,7 @@ use aidos_api::run_service_server::RunService;
 use aidos_api::v1::*;
 use tonic::Request;
 
-use super::{Res, leader, ok};
+use super::{Res, attempt_job, leader, ok, project};
 use crate::core::Core;
 use crate::queries;
 
@@ -30,21 +30,34 @@ impl DatasetService for Datasets {
 #[tonic::async_trait]
 impl RunService for Runs {
     async fn report_metrics(&self, r: Request<ReportMetricsRequest>) -> Res<ReportAck> {
-        leader(&self.0)?.report_metrics(r.into_inner()).await?;
+        let l = leader(&self.0)?;
+        let (project, job) = (project(&r)?, attempt_job(r.get_ref().attempt.as_ref()));
+        l.read(|st| queries::job_in(st, &job, &project))?;
+        l.report_metrics(r.into_inner()).await?;
         ok(ReportAck {})
     }
     async fn record_checkpoint(&self, r: Request<RecordCheckpointRequest>) -> Res<ReportAck> {
-        leader(&self.0)?.record_checkpoint(r.into_inner()).await?;
+        let l = leader(&self.0)?;
+        let (project, job) = (project(&r)?, attempt_job(r.get_ref().attempt.as_ref()));
+        l.read(|st| queries::job_in(st, &job, &project))?;
+        l.record_checkpoint(r.into_inner()).await?;
         ok(ReportAck {})
     }
     async fn latest_checkpoint(&self, r: Request<LatestCheckpointRequest>) -> Res<LatestCheckpointResponse> {
-        ok(leader(&self.0)?.read(|st| queries::latest_checkpoint(st, &r.get_ref().job_id)))
+        let project = project(&r)?;
+        let job = &r.get_ref().job_id;
+        ok(leader(&self.0)?.read(|st| {
+            queries::job_in(st, job, &project)?;
+            Ok::<_, crate::error::SchedulerError>(queries::latest_checkpoint(st, job))
+        })?)
     }
     async fn list(&self, r: Request<ListRunsRequest>) -> Res<ListRunsResponse> {
-        ok(leader(&self.0)?.read(|st| queries::list_runs(st, r.get_ref())))
+        let project = project(&r)?;
+        ok(leader(&self.0)?.read(|st| queries::list_runs(st, r.get_ref(), &project)))
     }
     async fn get(&self, r: Request<GetRunRequest>) -> Res<Run> {
-        ok(leader(&self.0)?.read(|st| queries::get_run(st, &r.get_ref().run_id))?)
+        let project = project(&r)?;
+        ok(leader(&self.0)?.read(|st| queries::get_run(st, &r.get_ref().run_id, &project))?)
     }
 }
 

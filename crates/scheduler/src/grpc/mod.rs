@@ -44,3 +44,8 @@ pub(crate) fn may_run<T>(r: &tonic::Request<T>, spec: Option<&aidos_api::v1::Job
 pub(crate) fn project<T>(r: &tonic::Request<T>) -> Result<String, tonic::Status> {
     crate::auth::principal(r).map(|(_, project)| project)
 }
+
+/// The job an attempt reference names ("" when none).
+pub(crate) fn attempt_job(a: Option<&aidos_api::v1::AttemptRef>) -> String {
+    a.map(|a| a.job_id.clone()).unwrap_or_default()
+}

@@ -4,7 +4,7 @@ use aidos_api::serve_service_server::ServeService;
 use aidos_api::v1::*;
 use tonic::Request;
 
-use super::{Res, leader, ok};
+use super::{Res, attempt_job, leader, ok, project};
 use crate::core::Core;
 use crate::queries;
 
@@ -23,7 +23,10 @@ impl ServeService for Serve {
         ok(leader(&self.0)?.delete_deployment(r.into_inner()).await?)
     }
     async fn report_endpoint(&self, r: Request<ReportEndpointRequest>) -> Res<ReportAck> {
-        leader(&self.0)?.report_endpoint(r.into_inner()).await?;
+        let l = leader(&self.0)?;
+        let (project, job) = (project(&r)?, attempt_job(r.get_ref().attempt.as_ref()));
+        l.read(|st| queries::job_in(st, &job, &project))?;
+        l.report_endpoint(r.into_inner()).await?;
         ok(ReportAck {})
     }
 }

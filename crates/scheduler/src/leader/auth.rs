@@ -39,7 +39,8 @@ pub fn token_for(by: &Principal, r: &CreateTokenRequest) -> Result<Token, Schedu
         name: name.to_string(),
         role: role as i32,
         project: project.to_string(),
-        allow_process: !r.no_process && matches!(role, Role::Member | Role::Admin),
+        // Never more than the creator has: an admin without `process` cannot mint a token with it.
+        allow_process: !r.no_process && by.allow_process && matches!(role, Role::Member | Role::Admin),
         created_by: by.name.clone(),
         ..Default::default()
     })
@@ -55,6 +56,10 @@ impl LeaderHandler {
         token.id = auth::new_token_id();
         if r.ttl_seconds > 0 {
             token.expires_at_ms = aidos_api::now_ms() + r.ttl_seconds * 1000;
+        }
+        // ... and never outliving the creator's own token.
+        if by.expires_at_ms != 0 && (token.expires_at_ms == 0 || token.expires_at_ms > by.expires_at_ms) {
+            token.expires_at_ms = by.expires_at_ms;
         }
         let secret = auth::new_secret();
         let record = TokenRecordV1 { token: Some(token.clone()), secret_hash: auth::hash_secret(&secret).to_vec() };
@@ -101,6 +106,8 @@ mod tests {
         let mut no_name = req(Role::Member, "a", 0);
         no_name.name = " ".into();
         assert!(token_for(&root, &no_name).unwrap_err().to_string().contains("name"));
+        let no_process_admin = Principal { token_id: "t1".into(), allow_process: false, ..Principal::root() };
+        assert!(!token_for(&no_process_admin, &req(Role::Member, "a", 0)).unwrap().allow_process);
         let viewer = Principal { role: Role::Viewer, project: "a".into(), ..Principal::root() };
         assert!(matches!(token_for(&viewer, &req(Role::Viewer, "a", 0)), Err(SchedulerError::PermissionDenied(_))));
     }

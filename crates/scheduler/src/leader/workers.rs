@@ -102,6 +102,9 @@ impl LeaderHandler {
                     // The task's own credentials: valid while its job runs (`aidos_api::auth`, job tokens).
                     a.env
                         .insert(aidos_api::auth::TOKEN_ENV.into(), aidos_api::auth::job_token(&root_secret, &r.job_id));
+                    let project = a.spec.as_ref().map_or("", |s| s.project.as_str());
+                    let project = aidos_api::auth::project_or_default(project).to_string();
+                    a.env.insert(aidos_api::auth::PROJECT_ENV.into(), project);
                     let cmd = WorkerCommand { command: Some(worker_command::Command::Start(a)) };
                     if tx.send(Ok(cmd)).await.is_err() {
                         return;

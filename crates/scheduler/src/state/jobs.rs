@@ -52,6 +52,17 @@ pub struct JobsState {
     pub running: BTreeSet<String>,
 }
 
+/// The key a submission's `request_id` is remembered under: per project (`:` is in no project name), so one
+/// project's keys never name, nor reveal, another project's jobs, nor the keys the scheduler uses itself for
+/// another project's sweep trials.
+pub fn idempotency_key(project: &str, request_id: &str) -> String {
+    format!("{}:{request_id}", aidos_api::auth::project_or_default(project))
+}
+
+fn job_key(j: &Job) -> String {
+    idempotency_key(j.spec.as_ref().map_or("", |s| s.project.as_str()), &j.request_id)
+}
+
 pub fn job_id_for_seq(seq: u64) -> String {
     format!("job-{seq}")
 }
@@ -113,7 +124,7 @@ impl JobsState {
     /// Inserts a job loaded from storage, keeping the indexes in step.
     pub fn insert_job(&mut self, j: Job) {
         if !j.request_id.is_empty() {
-            self.request_ids.insert(j.request_id.clone(), j.id.clone());
+            self.request_ids.insert(job_key(&j), j.id.clone());
         }
         let id = j.id.clone();
         self.by_id.insert(id.clone(), j);
@@ -215,8 +226,9 @@ impl JobsState {
     fn submit(&mut self, reqs: &[aidos_api::v1::SubmitRequest], now: i64, dirty: &mut Dirty) -> CommandResultV1 {
         let mut out = Vec::with_capacity(reqs.len());
         for r in reqs {
+            let project = r.spec.as_ref().map_or("", |s| s.project.as_str());
             if !r.request_id.is_empty()
-                && let Some(id) = self.request_ids.get(&r.request_id)
+                && let Some(id) = self.request_ids.get(&idempotency_key(project, &r.request_id))
             {
                 out.push(SubmitResponse { job_id: id.clone(), duplicate: true });
                 continue;
@@ -511,8 +523,8 @@ impl JobsState {
                 continue;
             }
             let Some(j) = self.by_id.remove(id) else { continue };
-            if !j.request_id.is_empty() && self.request_ids.get(&j.request_id) == Some(&j.id) {
-                self.request_ids.remove(&j.request_id);
+            if !j.request_id.is_empty() && self.request_ids.get(&job_key(&j)) == Some(&j.id) {
+                self.request_ids.remove(&job_key(&j));
             }
             // A finished job is in neither index; kept in step all the same.
             if self.pending.get(&j.seq) == Some(&j.id) {
@@ -975,7 +987,7 @@ mod tests {
         assert!(r.error.is_empty(), "{r:?}");
         assert_eq!(dirty.rows, vec![(Table::Jobs, done.clone())], "only the finished job's row changes");
         assert!(!st.jobs.by_id.contains_key(&done));
-        assert!(!st.jobs.request_ids.contains_key("r-done"));
+        assert!(!st.jobs.request_ids.contains_key(&idempotency_key("", "r-done")));
         assert_eq!(st.jobs.by_id.len(), 2);
         assert_eq!(st.jobs.running.iter().collect::<Vec<_>>(), vec![&running]);
         assert_eq!(st.jobs.pending.values().collect::<Vec<_>>(), vec![&pending]);

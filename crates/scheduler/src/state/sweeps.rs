@@ -25,6 +25,12 @@ use crate::sweep::plan::MAX_VALUES_PER_TRIAL;
 const SWEEP_ROWS: RowKind = RowKind { table: Table::Rows, prefix: "w/", snapshot_field: 13 };
 const TRIAL_ROWS: RowKind = RowKind { table: Table::Rows, prefix: "t/", snapshot_field: 14 };
 
+/// The key a sweep's `request_id` is remembered under: per project, as jobs' (`jobs::idempotency_key`).
+fn sweep_key_of(s: &Sweep) -> String {
+    let project = s.spec.as_ref().and_then(|x| x.trial.as_ref()).map_or("", |t| t.project.as_str());
+    super::jobs::idempotency_key(project, &s.request_id)
+}
+
 pub fn sweep_key(id: &str) -> String {
     format!("w/{id}")
 }
@@ -66,7 +72,7 @@ impl SweepsState {
     fn create(&mut self, c: &CreateSweepV1, now: i64, dirty: &mut Dirty) -> Result<CommandResultV1, Refusal> {
         let mut s = c.sweep.clone().ok_or_else(|| bad("sweep", "missing"))?;
         if !s.request_id.is_empty()
-            && let Some(id) = self.request_ids.get(&s.request_id)
+            && let Some(id) = self.request_ids.get(&sweep_key_of(&s))
             && let Some(existing) = self.sweeps.get(id)
         {
             return Ok(CommandResultV1 { sweep: Some(existing.clone()), ..Default::default() });
@@ -80,7 +86,7 @@ impl SweepsState {
         s.trials.clear();
         s.best_trial = None;
         if !s.request_id.is_empty() {
-            self.request_ids.insert(s.request_id.clone(), s.id.clone());
+            self.request_ids.insert(sweep_key_of(&s), s.id.clone());
         }
         dirty.mark(Table::Rows, sweep_key(&s.id));
         self.sweeps.insert(s.id.clone(), s.clone());
@@ -216,7 +222,7 @@ impl SweepsState {
     /// A sweep row read back (its trials may arrive before or after it).
     fn load_sweep(&mut self, s: Sweep) {
         if !s.request_id.is_empty() {
-            self.request_ids.insert(s.request_id.clone(), s.id.clone());
+            self.request_ids.insert(sweep_key_of(&s), s.id.clone());
         }
         let trials = self.sweeps.remove(&s.id).map(|x| x.trials).unwrap_or_default();
         self.sweeps.insert(s.id.clone(), Sweep { trials, ..s });
