@@ -333,9 +333,10 @@ impl Credentials {
         Credentials { token: Some(token.into()), project: None }
     }
 
-    /// From [`TOKEN_ENV`] and [`PROJECT_ENV`] (tasks, and processes started with them).
-    pub fn from_env() -> Credentials {
-        let get = |k| std::env::var(k).ok().filter(|v: &String| !v.trim().is_empty());
+    /// From [`TOKEN_ENV`] and [`PROJECT_ENV`] read through `get` (a variable's value, None when unset; blank
+    /// values count as unset): what a task's SDK presents.
+    pub fn from_lookup(get: impl Fn(&str) -> Option<String>) -> Credentials {
+        let get = |k| get(k).map(|v| v.trim().to_string()).filter(|v| !v.is_empty());
         Credentials { token: get(TOKEN_ENV), project: get(PROJECT_ENV) }
     }
 

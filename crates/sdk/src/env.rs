@@ -149,10 +149,7 @@ impl TaskEnv {
             .map(|h| h.trim().to_string())
             .filter(|h| !h.is_empty())
             .unwrap_or_else(|| "127.0.0.1".to_string());
-        let credentials = aidos_api::auth::Credentials {
-            token: get(aidos_api::auth::TOKEN_ENV).map(|t| t.trim().to_string()).filter(|t| !t.is_empty()),
-            project: get(aidos_api::auth::PROJECT_ENV).map(|t| t.trim().to_string()).filter(|t| !t.is_empty()),
-        };
+        let credentials = aidos_api::auth::Credentials::from_lookup(&get);
         Ok(TaskEnv {
             credentials,
             advertise_host,

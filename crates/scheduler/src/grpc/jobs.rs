@@ -4,7 +4,7 @@ use aidos_api::job_service_server::JobService;
 use aidos_api::v1::*;
 use tonic::Request;
 
-use super::{Res, leader, ok, project};
+use super::{Res, attempt_job, leader, ok, own_job, project};
 use crate::core::Core;
 use crate::leader::BoxStream;
 use crate::queries;
@@ -45,32 +45,27 @@ impl JobService for Jobs {
 
     async fn cancel(&self, r: Request<CancelJobRequest>) -> Res<Job> {
         let l = leader(&self.0)?;
-        let project = project(&r)?;
-        l.read(|st| queries::job_in(st, &r.get_ref().job_id, &project))?;
+        own_job(&l, &r, &r.get_ref().job_id)?;
         ok(l.cancel(&r.get_ref().job_id).await?)
     }
 
     type WatchStream = BoxStream<Job>;
     async fn watch(&self, r: Request<WatchJobRequest>) -> Res<Self::WatchStream> {
         let l = leader(&self.0)?;
-        let project = project(&r)?;
-        l.read(|st| queries::job_in(st, &r.get_ref().job_id, &project))?;
+        own_job(&l, &r, &r.get_ref().job_id)?;
         ok(l.watch(&r.get_ref().job_id)?)
     }
 
     async fn join_ring(&self, r: Request<JoinRingRequest>) -> Res<JoinRingResponse> {
         let l = leader(&self.0)?;
-        let job = r.get_ref().attempt.as_ref().map(|a| a.job_id.clone()).unwrap_or_default();
-        let project = project(&r)?;
-        l.read(|st| queries::job_in(st, &job, &project))?;
+        own_job(&l, &r, attempt_job(r.get_ref().attempt.as_ref()))?;
         ok(l.join_ring(r.into_inner()).await?)
     }
 
     type LogsStream = BoxStream<LogChunk>;
     async fn logs(&self, r: Request<LogsRequest>) -> Res<Self::LogsStream> {
         let l = leader(&self.0)?;
-        let project = project(&r)?;
-        l.read(|st| queries::job_in(st, &r.get_ref().job_id, &project))?;
+        own_job(&l, &r, &r.get_ref().job_id)?;
         ok(l.logs(r.into_inner())?)
     }
 }

@@ -6,7 +6,7 @@ use aidos_api::run_service_server::RunService;
 use aidos_api::v1::*;
 use tonic::Request;
 
-use super::{Res, attempt_job, leader, ok, project};
+use super::{Res, attempt_job, leader, ok, own_job, project};
 use crate::core::Core;
 use crate::queries;
 
@@ -31,25 +31,20 @@ impl DatasetService for Datasets {
 impl RunService for Runs {
     async fn report_metrics(&self, r: Request<ReportMetricsRequest>) -> Res<ReportAck> {
         let l = leader(&self.0)?;
-        let (project, job) = (project(&r)?, attempt_job(r.get_ref().attempt.as_ref()));
-        l.read(|st| queries::job_in(st, &job, &project))?;
+        own_job(&l, &r, attempt_job(r.get_ref().attempt.as_ref()))?;
         l.report_metrics(r.into_inner()).await?;
         ok(ReportAck {})
     }
     async fn record_checkpoint(&self, r: Request<RecordCheckpointRequest>) -> Res<ReportAck> {
         let l = leader(&self.0)?;
-        let (project, job) = (project(&r)?, attempt_job(r.get_ref().attempt.as_ref()));
-        l.read(|st| queries::job_in(st, &job, &project))?;
+        own_job(&l, &r, attempt_job(r.get_ref().attempt.as_ref()))?;
         l.record_checkpoint(r.into_inner()).await?;
         ok(ReportAck {})
     }
     async fn latest_checkpoint(&self, r: Request<LatestCheckpointRequest>) -> Res<LatestCheckpointResponse> {
-        let project = project(&r)?;
-        let job = &r.get_ref().job_id;
-        ok(leader(&self.0)?.read(|st| {
-            queries::job_in(st, job, &project)?;
-            Ok::<_, crate::error::SchedulerError>(queries::latest_checkpoint(st, job))
-        })?)
+        let l = leader(&self.0)?;
+        own_job(&l, &r, &r.get_ref().job_id)?;
+        ok(l.read(|st| queries::latest_checkpoint(st, &r.get_ref().job_id)))
     }
     async fn list(&self, r: Request<ListRunsRequest>) -> Res<ListRunsResponse> {
         let project = project(&r)?;

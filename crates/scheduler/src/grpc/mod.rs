@@ -46,6 +46,14 @@ pub(crate) fn project<T>(r: &tonic::Request<T>) -> Result<String, tonic::Status>
 }
 
 /// The job an attempt reference names ("" when none).
-pub(crate) fn attempt_job(a: Option<&aidos_api::v1::AttemptRef>) -> String {
-    a.map(|a| a.job_id.clone()).unwrap_or_default()
+pub(crate) fn attempt_job(a: Option<&aidos_api::v1::AttemptRef>) -> &str {
+    a.map_or("", |a| a.job_id.as_str())
+}
+
+/// Refuses (NOT_FOUND) a call about job `job` unless the job belongs to the call's project: the one check every
+/// RPC that names a job by id makes before it acts.
+pub(crate) fn own_job<T>(l: &LeaderHandler, r: &tonic::Request<T>, job: &str) -> Result<(), tonic::Status> {
+    let project = project(r)?;
+    l.read(|st| crate::queries::job_in(st, job, &project))?;
+    Ok(())
 }

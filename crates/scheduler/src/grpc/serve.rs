@@ -4,7 +4,7 @@ use aidos_api::serve_service_server::ServeService;
 use aidos_api::v1::*;
 use tonic::Request;
 
-use super::{Res, attempt_job, leader, ok, project};
+use super::{Res, attempt_job, leader, ok, own_job};
 use crate::core::Core;
 use crate::queries;
 
@@ -24,8 +24,7 @@ impl ServeService for Serve {
     }
     async fn report_endpoint(&self, r: Request<ReportEndpointRequest>) -> Res<ReportAck> {
         let l = leader(&self.0)?;
-        let (project, job) = (project(&r)?, attempt_job(r.get_ref().attempt.as_ref()));
-        l.read(|st| queries::job_in(st, &job, &project))?;
+        own_job(&l, &r, attempt_job(r.get_ref().attempt.as_ref()))?;
         l.report_endpoint(r.into_inner()).await?;
         ok(ReportAck {})
     }

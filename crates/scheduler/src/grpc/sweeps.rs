@@ -20,7 +20,6 @@ impl SweepService for Sweeps {
         if let Some(t) = req.spec.as_mut().and_then(|s| s.trial.as_mut()) {
             t.project = project;
         }
-
         ok(leader(&self.0)?.submit_sweep(req).await?)
     }
 
