@@ -20,7 +20,7 @@ fn workers(n: usize, seed: &mut u64) -> Vec<WorkerView> {
             let gpus = [0u32, 0, 1, 8][(lcg(seed) % 4) as usize];
             let cap = Resources { cpu_millis: cpus * 1000, memory_bytes: cpus * (4 << 30), gpus };
             let labels = BTreeMap::from([("zone".to_string(), format!("z{}", i % 4))]);
-            WorkerView { id: format!("w{i}"), capacity: cap, free: cap, labels, tasks: 0 }
+            WorkerView { id: format!("w{i}"), capacity: cap, free: cap, labels, tasks: 0, groups: BTreeMap::new() }
         })
         .collect()
 }
@@ -44,6 +44,7 @@ fn pending(n: usize, seed: &mut u64) -> Vec<PendingJob> {
                 },
                 constraints: if r.is_multiple_of(7) { vec![zone.clone()] } else { vec![] },
                 strategy: None,
+                group: None,
             }
         })
         .collect()

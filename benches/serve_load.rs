@@ -6,7 +6,10 @@
 //!   ORT_DYLIB_PATH=... cargo bench --bench serve_load -- --runtime ort
 //!
 //! Options (after `--`): --runtime tract|ort, --instances N, --max-delay-us N, --duration-s N,
-//! --concurrency 1,8,32,64. The model is the reference MNIST MLP (784-256-128-10), trained for one epoch on
+//! --concurrency 1,8,32,64, --transports http-json,http-binary,grpc.
+//!
+//! Against servers already running (no training, no server of its own; used by benches/gateway.sh):
+//! `--against HTTP_ADDR,GRPC_ADDR --model NAME --pids PID,...` (the server CPU reported is these processes'). The model is the reference MNIST MLP (784-256-128-10), trained for one epoch on
 //! data/mnist10k and exported to ONNX by this program; the server is the release `aidos` binary, a separate
 //! process on the same machine as this generator.
 
@@ -33,6 +36,10 @@ struct Opts {
     max_delay_us: u64,
     duration: Duration,
     concurrency: Vec<usize>,
+    transports: Vec<String>,
+    against: Option<(SocketAddr, SocketAddr)>,
+    model: String,
+    pids: Vec<u32>,
 }
 
 fn opts() -> Opts {
@@ -42,6 +49,10 @@ fn opts() -> Opts {
         max_delay_us: 500,
         duration: Duration::from_secs(5),
         concurrency: vec![1, 8, 32, 64],
+        transports: ["http-json", "http-binary", "grpc"].map(String::from).to_vec(),
+        against: None,
+        model: "mnist".into(),
+        pids: vec![],
     };
     let args: Vec<String> = std::env::args().skip(1).filter(|a| a != "--bench").collect();
     let mut it = args.iter();
@@ -53,13 +64,20 @@ fn opts() -> Opts {
             "--max-delay-us" => o.max_delay_us = v().parse().unwrap(),
             "--duration-s" => o.duration = Duration::from_secs(v().parse().unwrap()),
             "--concurrency" => o.concurrency = v().split(',').map(|c| c.parse().unwrap()).collect(),
+            "--transports" => o.transports = v().split(',').map(String::from).collect(),
+            "--against" => {
+                let a: Vec<SocketAddr> = v().split(',').map(|a| a.parse().unwrap()).collect();
+                o.against = Some((a[0], a[1]));
+            }
+            "--model" => o.model = v(),
+            "--pids" => o.pids = v().split(',').map(|p| p.parse().unwrap()).collect(),
             _ => {}
         }
     }
     o
 }
 
-fn model() -> (Vec<u8>, Vec<f32>) {
+fn mnist() -> (Dataset, Dataset) {
     let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("data/mnist10k");
     let raw = Dataset::from_idx_files(
         dir.join("images-idx3-ubyte.gz"),
@@ -67,7 +85,11 @@ fn model() -> (Vec<u8>, Vec<f32>) {
         Normalization::None,
     )
     .unwrap();
-    let (tr, te) = raw.split_at(8_000).unwrap();
+    raw.split_at(8_000).unwrap()
+}
+
+fn model() -> (Vec<u8>, Vec<f32>) {
+    let (tr, te) = mnist();
     let pre = Standardization::fit(&tr.features);
     let mut f = tr.features.clone();
     pre.apply(&mut f);
@@ -102,6 +124,14 @@ struct Server {
     child: Child,
     http: SocketAddr,
     grpc: SocketAddr,
+}
+
+/// Where the load goes and whose CPU is counted.
+struct Target {
+    http: SocketAddr,
+    grpc: SocketAddr,
+    pids: Vec<u32>,
+    model: String,
 }
 
 impl Drop for Server {
@@ -206,20 +236,20 @@ async fn http_loop(addr: SocketAddr, req: Vec<u8>, until: Instant) -> (Vec<u32>,
     (lat, errors)
 }
 
-async fn grpc_loop(addr: SocketAddr, x: Vec<f32>, until: Instant) -> (Vec<u32>, usize) {
+async fn grpc_loop(addr: SocketAddr, model: String, x: Vec<f32>, until: Instant) -> (Vec<u32>, usize) {
     let mut c = GrpcInferenceServiceClient::connect(format!("http://{addr}")).await.unwrap();
     let raw: Vec<u8> = x[..784].iter().flat_map(|v| v.to_le_bytes()).collect();
     let (mut lat, mut errors) = (Vec::new(), 0);
     while Instant::now() < until {
         let req = ModelInferRequest {
-            model_name: "mnist".into(),
+            model_name: model.clone(),
             inputs: vec![InferInputTensor {
                 name: "input".into(),
                 datatype: "FP32".into(),
                 shape: vec![1, 784],
                 ..Default::default()
             }],
-            raw_input_contents: vec![raw.clone()],
+            raw_input_contents: vec![raw.clone().into()],
             ..Default::default()
         };
         let t = Instant::now();
@@ -231,12 +261,17 @@ async fn grpc_loop(addr: SocketAddr, x: Vec<f32>, until: Instant) -> (Vec<u32>, 
     (lat, errors)
 }
 
-async fn sweep(o: &Opts, srv: &Server, x: &[f32]) {
+async fn sweep(o: &Opts, srv: &Target, x: &[f32]) {
+    let on = |t: &str| o.transports.iter().any(|x| x == t);
     for &c in &o.concurrency {
         for (label, binary) in [("http-json", false), ("http-binary", true)] {
+            if !on(label) {
+                continue;
+            }
             let (body, header_len) = http_body(x, binary);
             let mut req = format!(
-                "POST /v2/models/mnist/infer HTTP/1.1\r\nHost: b\r\nContent-Type: application/json\r\nContent-Length: {}\r\n",
+                "POST /v2/models/{}/infer HTTP/1.1\r\nHost: b\r\nContent-Type: application/json\r\nContent-Length: {}\r\n",
+                srv.model,
                 body.len()
             );
             if let Some(h) = header_len {
@@ -245,16 +280,16 @@ async fn sweep(o: &Opts, srv: &Server, x: &[f32]) {
             req.push_str("\r\n");
             let mut req = req.into_bytes();
             req.extend_from_slice(&body);
-            run_clients(label, c, o.duration, srv.child.id(), |until| {
-                tokio::spawn(http_loop(srv.http, req.clone(), until))
+            run_clients(label, c, o.duration, &srv.pids, |until| tokio::spawn(http_loop(srv.http, req.clone(), until)))
+                .await;
+        }
+        if on("grpc") {
+            let xs = x.to_vec();
+            run_clients("grpc", c, o.duration, &srv.pids, |until| {
+                tokio::spawn(grpc_loop(srv.grpc, srv.model.clone(), xs.clone(), until))
             })
             .await;
         }
-        let xs = x.to_vec();
-        run_clients("grpc", c, o.duration, srv.child.id(), |until| {
-            tokio::spawn(grpc_loop(srv.grpc, xs.clone(), until))
-        })
-        .await;
     }
 }
 
@@ -262,13 +297,14 @@ async fn run_clients(
     label: &str,
     c: usize,
     d: Duration,
-    server_pid: u32,
+    server_pids: &[u32],
     spawn: impl Fn(Instant) -> tokio::task::JoinHandle<(Vec<u32>, usize)>,
 ) {
     // Warm-up, then the measured window.
     for (window, measured) in [(Duration::from_millis(500), false), (d, true)] {
         let start = Instant::now();
-        let cpu0 = cpu_us(server_pid);
+        let cpu = || server_pids.iter().map(|p| cpu_us(*p)).sum::<f64>();
+        let cpu0 = cpu();
         let until = start + window;
         let handles: Vec<_> = (0..c).map(|_| spawn(until)).collect();
         let (mut lat, mut errors) = (Vec::new(), 0);
@@ -278,13 +314,20 @@ async fn run_clients(
             errors += e;
         }
         if measured {
-            report(label, c, lat, start.elapsed(), errors, cpu_us(server_pid) - cpu0);
+            report(label, c, lat, start.elapsed(), errors, cpu() - cpu0);
         }
     }
 }
 
 fn main() {
     let o = opts();
+    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+    if let Some((http, grpc)) = o.against {
+        let x = mnist().1.features[..784].to_vec();
+        let target = Target { http, grpc, pids: o.pids.clone(), model: o.model.clone() };
+        rt.block_on(sweep(&o, &target, &x));
+        return;
+    }
     let kind: RuntimeKind = o.runtime.parse().unwrap();
     let (onnx, x) = model();
     let dir = tempfile::tempdir().unwrap();
@@ -297,6 +340,6 @@ fn main() {
         "server: aidos serve run --runtime {} --instances {} --max-batch 32 --max-delay-us {}",
         o.runtime, o.instances, o.max_delay_us
     );
-    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
-    rt.block_on(sweep(&o, &srv, &x));
+    let target = Target { http: srv.http, grpc: srv.grpc, pids: vec![srv.child.id()], model: "mnist".into() };
+    rt.block_on(sweep(&o, &target, &x));
 }

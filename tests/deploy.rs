@@ -2,6 +2,11 @@
 //! routes a steady load to them; one replica is SIGKILLed and the deployment recovers to 2 ready replicas with no
 //! request lost beyond those in flight on it; a new model version rolls over one replica at a time with no failed
 //! request; bad deployment requests are refused by name; deleting stops the replicas.
+//!
+//! Issue #18: the two replicas land on two different workers (anti-affinity); a replica that hangs (SIGSTOP) fails
+//! its worker's readiness probes, is killed and replaced, with no failed request beyond those in flight on it;
+//! the gateway's and a replica's metrics parse with Prometheus's own parser (prometheus-client) and count the
+//! requests per replica, the failed ones included.
 
 mod common;
 
@@ -174,6 +179,7 @@ async fn replicas_recover_from_sigkill_and_roll_over_without_failed_requests() {
     assert_eq!(code, 0, "{out}{err}");
     let d = wait_deployment(&c, "digits", Duration::from_secs(30), "2 ready", |d| ready(d).len() == 2).await;
     assert_eq!(d.generation, 1);
+    assert_ne!(ready(&d)[0].worker_id, ready(&d)[1].worker_id, "replicas share a worker: {:?}", d.replica_status);
 
     // `serve list` shows the replicas and where they listen.
     let (code, out, err) = c.cli(&["serve", "list"]);
@@ -219,6 +225,65 @@ async fn replicas_recover_from_sigkill_and_roll_over_without_failed_requests() {
     }
     let restarted = d.replica_status.iter().find(|r| r.job_id == victim.job_id);
     eprintln!("after SIGKILL: {failed_on_kill} failed; replacement {restarted:?}");
+    assert_ne!(ready(&d)[0].worker_id, ready(&d)[1].worker_id, "replicas share a worker: {:?}", d.replica_status);
+
+    // SIGSTOP one replica: alive but hung. Its worker's probes fail, it is killed and restarted; the gateway
+    // sends new requests to the other one meanwhile, and those stuck on it are retried there once it dies.
+    let hung = ready(&d)[0].clone();
+    let _ = std::process::Command::new("kill").args(["-STOP", &hung.pid.to_string()]).status();
+    let before_ok = load.ok.load(Ordering::Relaxed);
+    let t0 = Instant::now();
+    let d = wait_deployment(&c, "digits", Duration::from_secs(60), "recovered from a hung replica", |d| {
+        let r = ready(d);
+        r.len() == 2 && !r.iter().any(|x| x.job_id == hung.job_id && x.attempt == hung.attempt)
+    })
+    .await;
+    eprintln!("hung replica replaced after {:?}", t0.elapsed());
+    assert!(
+        !std::path::Path::new(&format!("/proc/{}", hung.pid)).exists()
+            || std::fs::read_to_string(format!("/proc/{}/stat", hung.pid)).is_ok_and(|s| s.contains(") Z")),
+        "the hung replica (pid {}) still runs",
+        hung.pid
+    );
+    wait_ok(&c, &mut gateway_proc, &load, before_ok + 100, Duration::from_secs(30)).await;
+    let failed_on_hang = load.failed.load(Ordering::Relaxed) - failed_on_kill;
+    assert!(
+        failed_on_hang <= CLIENTS as u64,
+        "{failed_on_hang} requests failed on the hung replica: {:?}",
+        first(&load.errors.lock().unwrap())
+    );
+    let failed_on_kill = failed_on_kill + failed_on_hang;
+
+    // The gateway's and a replica's metrics, through Prometheus's own parser.
+    let parsed = |addr: SocketAddr| {
+        let (status, text) = http(addr, "GET", "/metrics", "");
+        assert_eq!(status, 200, "{text}");
+        let file = c.path().join(format!("metrics-{}.txt", addr.port()));
+        std::fs::write(&file, &text).unwrap();
+        let script = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/python/prom_check.py");
+        let out = std::process::Command::new(python()).arg(script).arg(&file).output().unwrap();
+        assert!(out.status.success(), "{}\n{text}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8(out.stdout).unwrap()
+    };
+    let samples = parsed(gateway);
+    let count = |outcome: &str| -> f64 {
+        samples
+            .lines()
+            .filter(|l| l.starts_with("aidos_gateway_requests_total{") && l.contains(&format!("outcome=\"{outcome}\"")))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum()
+    };
+    assert!(count("ok") as u64 >= load.ok.load(Ordering::Relaxed) / 2, "{samples}");
+    // The replicas that died left the pool with their own series; the model's retries count what they failed.
+    let retries: f64 = samples
+        .lines()
+        .filter(|l| l.starts_with("aidos_gateway_retries_total{") && l.contains("model=\"digits\""))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum();
+    assert!(retries >= 1.0, "no retry counted after a replica died: {samples}");
+    assert!(samples.contains("aidos_gateway_request_seconds_bucket{"), "{samples}");
+    let replica_http: SocketAddr = ready(&d)[0].http.parse().unwrap();
+    assert!(parsed(replica_http).contains("aidos_inference_requests_total{"));
 
     // Roll over to version 2 under the same load: no request fails.
     let (code, out, err) = c.cli(&[

@@ -6,6 +6,8 @@
 //!
 //! The model is the reference MLP trained briefly in-process on the real MNIST subset.
 
+mod common;
+
 use std::io::{Read, Write};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -18,20 +20,12 @@ use aidos_serve::{BatchConfig, Limits, Metrics, Repository, RunningServer, Serve
 use aidos_train::builtin::Standardization;
 use aidos_train::onnx::{ExportOptions, export};
 use aidos_train::*;
+use common::python;
 
 const ROWS: usize = 32; // = the default max_batch_size
 
 fn repo_root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-}
-
-fn python() -> PathBuf {
-    if let Ok(p) = std::env::var("AIDOS_PYTHON") {
-        return PathBuf::from(p);
-    }
-    let p = repo_root().join(".venv/bin/python");
-    assert!(p.exists(), "no Python test environment: run scripts/test.sh (it creates .venv) or set AIDOS_PYTHON");
-    p
 }
 
 struct Fixture {

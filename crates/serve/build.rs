@@ -6,6 +6,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../proto");
     let file = root.join("kserve/grpc_predict_v2.proto");
     println!("cargo:rerun-if-changed={}", file.display());
-    tonic_prost_build::configure().compile_protos(&[file], &[root])?;
+    // Byte fields (raw tensor contents) as `bytes::Bytes`: decoded without a copy, and cloned for a retry by the
+    // gateway without copying the tensor.
+    tonic_prost_build::configure().bytes(".").compile_protos(&[file], &[root])?;
     Ok(())
 }

@@ -303,6 +303,7 @@ impl WorkerResources {
             keep_task_dirs: self.keep_task_dirs,
             advertise_host: self.advertise_host,
             credentials,
+            stop_tasks_on_exit: false,
         })
     }
 }

@@ -11,6 +11,7 @@ use aidos_api::v1::{DeleteDeploymentRequest, DeployRequest, Deployment, ListDepl
 use aidos_runtime::RuntimeKind;
 use aidos_serve::ServerConfig;
 use aidos_serve::gateway::{GatewayConfig, RemoteModel, RouteSource};
+use aidos_serve::remote::ReplicaAddr;
 use anyhow::Context;
 use clap::Args;
 use serde_json::json;
@@ -150,6 +151,12 @@ pub async fn list(g: &Global) -> anyhow::Result<()> {
     for d in &l.deployments {
         let spec = d.spec.clone().unwrap_or_default();
         let ready = d.replica_status.iter().filter(|r| r.ready).count();
+        let shared = shared_workers(d);
+        let status = match (d.status.as_str(), shared.is_empty()) {
+            (s, true) => s.to_string(),
+            ("", false) => format!("replicas share worker {} (no other worker has room)", shared.join(", ")),
+            (s, false) => format!("{s}; replicas share worker {}", shared.join(", ")),
+        };
         rows.push(vec![
             d.name.clone(),
             format!("{}:{}", spec.model, spec.version),
@@ -157,7 +164,7 @@ pub async fn list(g: &Global) -> anyhow::Result<()> {
             format!("{ready}/{}", d.replicas),
             spec.runtime.clone(),
             String::new(),
-            render::truncate(&d.status, 60),
+            render::truncate(&status, 80),
         ]);
         for r in &d.replica_status {
             let state = if r.ready { "ready".to_string() } else { render::task_state(r.state).to_string() };
@@ -180,6 +187,16 @@ pub async fn list(g: &Global) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Workers running more than one replica of `d`: placement spreads replicas (anti-affinity) while other workers
+/// have room, so these say the cluster had none.
+fn shared_workers(d: &Deployment) -> Vec<String> {
+    let mut on: BTreeMap<&str, usize> = BTreeMap::new();
+    for r in d.replica_status.iter().filter(|r| !r.worker_id.is_empty()) {
+        *on.entry(r.worker_id.as_str()).or_default() += 1;
+    }
+    on.into_iter().filter(|(_, n)| *n > 1).map(|(w, _)| w.to_string()).collect()
+}
+
 fn deployment_json(d: &Deployment) -> serde_json::Value {
     let spec = d.spec.clone().unwrap_or_default();
     json!({
@@ -196,6 +213,7 @@ fn deployment_json(d: &Deployment) -> serde_json::Value {
         "max_queue": spec.max_queue,
         "resources": render::resources_json(d.resources.as_ref()),
         "status": d.status,
+        "shared_workers": shared_workers(d),
         "replica_status": d.replica_status.iter().map(|r| json!({
             "job_id": r.job_id, "generation": r.generation, "version": r.version,
             "state": render::task_state(r.state), "ready": r.ready, "worker": r.worker_id,
@@ -273,7 +291,7 @@ fn routes(deployments: &[Deployment]) -> Vec<RemoteModel> {
                     endpoints: vec![],
                 })
                 .endpoints
-                .push(r.grpc.clone());
+                .push(ReplicaAddr { grpc: r.grpc.clone(), http: r.http.clone() });
         }
     }
     out.into_values().collect()

@@ -211,6 +211,12 @@ async fn run_replica(batch: BatchArgs) -> anyhow::Result<()> {
         ep.http,
         ep.grpc
     );
+    // The worker probes the replica at this address (hung replicas are restarted).
+    let file = task.work_dir.join(aidos_api::contract::REPLICA_ENDPOINTS_FILE);
+    let tmp = file.with_extension("tmp");
+    std::fs::write(&tmp, serde_json::json!({"http": ep.http, "grpc": ep.grpc}).to_string())
+        .and_then(|()| std::fs::rename(&tmp, &file))
+        .with_context(|| format!("writing {}", file.display()))?;
     let mut reporter = SchedulerReporter { client, worker_id: task.worker_id.clone(), attempt: task.attempt_ref() };
     if let Err(s) = r.report(&mut reporter).await {
         r.shutdown().await;

@@ -44,6 +44,10 @@ pub struct UpArgs {
     /// Do not start the gateway
     #[arg(long, env = "AIDOS_UP_NO_GATEWAY")]
     pub no_gateway: bool,
+    /// Leave the tasks this worker started (serving replicas, jobs) running when `aidos up` stops; the next
+    /// `aidos up` with the same data directory adopts them. Default: they are stopped with it
+    #[arg(long, env = "AIDOS_UP_KEEP_TASKS")]
+    pub keep_tasks: bool,
 }
 
 pub async fn run(g: &Global, a: UpArgs) -> anyhow::Result<()> {
@@ -102,7 +106,8 @@ pub async fn run(g: &Global, a: UpArgs) -> anyhow::Result<()> {
         aidos_blob::StoreConfig::Dir { path, .. } => (path.clone(), None),
         aidos_blob::StoreConfig::S3(c) => (PathBuf::new(), Some(c.clone())),
     };
-    let cfg = resources.into_config(vec![dial_addr(addr)], worker_dir.clone(), None, blob_dir, s3, root)?;
+    let mut cfg = resources.into_config(vec![dial_addr(addr)], worker_dir.clone(), None, blob_dir, s3, root)?;
+    cfg.stop_tasks_on_exit = !a.keep_tasks;
     println!("worker started (data dir {})", worker_dir.display());
     println!("blob store: {} (CLI commands reach it through the scheduler)", blobs.describe());
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();

@@ -21,6 +21,17 @@ pub const BIN: &str = env!("CARGO_BIN_EXE_aidos");
 /// (`--admin-token-file`) and given to every process the harness spawns (`AIDOS_TOKEN`) and to its channels.
 pub static TOKEN: std::sync::LazyLock<String> = std::sync::LazyLock::new(aidos_api::auth::new_root_token);
 
+/// The Python of the test environment (tritonclient, onnx, prometheus-client): `$AIDOS_PYTHON`, else the `.venv`
+/// that scripts/test.sh creates.
+pub fn python() -> PathBuf {
+    if let Ok(p) = std::env::var("AIDOS_PYTHON") {
+        return PathBuf::from(p);
+    }
+    let p = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(".venv/bin/python");
+    assert!(p.exists(), "no Python test environment: run scripts/test.sh (it creates .venv) or set AIDOS_PYTHON");
+    p
+}
+
 /// `ch` presenting the harness's root token.
 pub fn authed(ch: tonic::transport::Channel) -> Channel {
     aidos_api::auth::with_credentials(ch, &aidos_api::auth::Credentials::token(TOKEN.clone()))

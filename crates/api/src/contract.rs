@@ -2,6 +2,10 @@
 //! (and the SDK / built-in trainer read), and the one spelling of a scheduler address. One definition here, so the
 //! setting and the reading side cannot drift apart. (How a scheduler client treats failures is [`crate::client`].)
 
+/// The file a serving replica writes in its working directory (`$AIDOS_WORK_DIR`) once it serves:
+/// `{"http": "HOST:PORT", "grpc": "HOST:PORT"}`, written atomically. The worker probes the HTTP address.
+pub const REPLICA_ENDPOINTS_FILE: &str = "replica.json";
+
 /// The environment variables of every task (set by the worker, read by `aidos-sdk`).
 pub mod task_env {
     pub const JOB_ID: &str = "AIDOS_JOB_ID";

@@ -119,7 +119,7 @@ pub fn infer_grpc() -> Vec<Vec<u8>> {
     let raw_req = ModelInferRequest {
         model_name: "m".into(),
         inputs: vec![input(None)],
-        raw_input_contents: vec![raw],
+        raw_input_contents: vec![raw.into()],
         outputs: vec![InferRequestedOutputTensor { name: "y".into(), ..Default::default() }],
         ..Default::default()
     };

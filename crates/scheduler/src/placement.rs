@@ -11,6 +11,9 @@
 //! - Filter: ready workers whose labels satisfy every constraint and whose free resources hold the request.
 //!   Score: bin-pack picks the feasible worker left fullest after placing (fewer, fuller machines); spread picks
 //!   the emptiest (and the fewest tasks), which also spreads a gang's ranks across machines.
+//! - Anti-affinity: a job of a spread group (the replicas of one deployment) goes to a feasible worker holding the
+//!   fewest tasks of its group before any other score, so replicas land on different workers while the cluster
+//!   has room, and share one only when no other worker can hold them (soft: never left pending for it).
 //! - A job that no worker could hold even when idle is reported unschedulable with a reason; it stays pending.
 
 use std::collections::BTreeMap;
@@ -33,6 +36,8 @@ pub struct WorkerView {
     pub free: Resources,
     pub labels: BTreeMap<String, String>,
     pub tasks: u32,
+    /// Tasks of each spread group running on this worker.
+    pub groups: BTreeMap<String, u32>,
 }
 
 /// A job waiting for placement.
@@ -47,6 +52,8 @@ pub struct PendingJob {
     pub resources: Resources,
     pub constraints: Vec<Constraint>,
     pub strategy: Option<Strategy>,
+    /// Spread group (anti-affinity): the deployment of a serving replica.
+    pub group: Option<String>,
 }
 
 #[derive(Debug, Clone, Default)]
@@ -121,6 +128,8 @@ pub fn schedule(pending: &[PendingJob], cluster: &ClusterView) -> Schedule {
                 .filter(|(_, w)| fits(&w.free, &job.resources) && matches(w, &job.constraints))
                 .map(|(i, w)| (i, utilization_after(w, &job.resources), w.tasks))
                 .min_by(|a, b| {
+                    let peers = |i: usize| job.group.as_ref().and_then(|g| workers[i].groups.get(g)).copied();
+                    let apart = peers(a.0).unwrap_or(0).cmp(&peers(b.0).unwrap_or(0));
                     let (ua, ub) = match strategy {
                         Strategy::BinPack => (-a.1, -b.1),
                         Strategy::Spread => (a.1, b.1),
@@ -129,11 +138,14 @@ pub fn schedule(pending: &[PendingJob], cluster: &ClusterView) -> Schedule {
                         Strategy::BinPack => b.2.cmp(&a.2),
                         Strategy::Spread => a.2.cmp(&b.2),
                     };
-                    ua.total_cmp(&ub).then(tie).then(a.0.cmp(&b.0))
+                    apart.then(ua.total_cmp(&ub)).then(tie).then(a.0.cmp(&b.0))
                 });
             let Some((i, _, _)) = best else { break };
             sub(&mut workers[i].free, &job.resources);
             workers[i].tasks += 1;
+            if let Some(g) = &job.group {
+                *workers[i].groups.entry(g.clone()).or_default() += 1;
+            }
             chosen.push(i);
         }
         if chosen.len() >= job.min_ranks.clamp(1, job.replicas.max(1)) as usize {
@@ -143,6 +155,9 @@ pub fn schedule(pending: &[PendingJob], cluster: &ClusterView) -> Schedule {
             for i in chosen {
                 crate::state::add(&mut workers[i].free, &job.resources);
                 workers[i].tasks -= 1;
+                if let Some(n) = job.group.as_ref().and_then(|g| workers[i].groups.get_mut(g)) {
+                    *n -= 1;
+                }
             }
         }
     }
@@ -218,6 +233,7 @@ mod tests {
             free: Resources { cpu_millis: free_cpus * 1000, memory_bytes: 16 << 30, gpus },
             labels: BTreeMap::new(),
             tasks: 0,
+            groups: BTreeMap::new(),
         }
     }
     fn job(id: &str, seq: u64, prio: i32, replicas: u32, cpus: u64) -> PendingJob {
@@ -230,6 +246,7 @@ mod tests {
             resources: Resources { cpu_millis: cpus * 1000, memory_bytes: 1 << 20, gpus: 0 },
             constraints: vec![],
             strategy: None,
+            group: None,
         }
     }
     fn view(workers: Vec<WorkerView>, s: Strategy) -> ClusterView {
@@ -277,6 +294,31 @@ mod tests {
         g.min_ranks = 3;
         let s = schedule(&[g], &small);
         assert!(s.unschedulable[0].1.contains("gang of 3"), "{:?}", s.unschedulable);
+    }
+
+    #[test]
+    fn replicas_of_one_deployment_go_to_different_workers_while_there_is_room() {
+        let replica = |id: &str, seq| PendingJob { group: Some("mlp".into()), ..job(id, seq, 0, 1, 1) };
+        // Bin-packing would put both on the fuller worker; anti-affinity puts the second elsewhere.
+        let mut busy = w("a", 8, 0, 6);
+        busy.groups.insert("mlp".into(), 1);
+        let s = schedule(&[replica("r2", 1)], &view(vec![busy.clone(), w("b", 8, 0, 8)], Strategy::BinPack));
+        assert_eq!(s.assignments[0].workers, ["b"]);
+        // Two placed in one round spread too, and a third shares a worker only when no other has room.
+        let s = schedule(
+            &[replica("r1", 1), replica("r2", 2), replica("r3", 3)],
+            &view(vec![w("a", 8, 0, 8), w("b", 8, 0, 8)], Strategy::BinPack),
+        );
+        let on: Vec<_> = s.assignments.iter().map(|a| a.workers[0].as_str()).collect();
+        assert_eq!(&on[..2], ["a", "b"]);
+        assert_eq!(on.len(), 3, "soft: the third is placed, not left pending");
+        // Other groups and ungrouped jobs are not affected.
+        let mut other = w("a", 8, 0, 6);
+        other.groups.insert("other".into(), 1);
+        let s = schedule(&[replica("r1", 1)], &view(vec![other, w("b", 8, 0, 8)], Strategy::BinPack));
+        assert_eq!(s.assignments[0].workers, ["a"]);
+        let s = schedule(&[job("j", 1, 0, 1, 1)], &view(vec![busy, w("b", 8, 0, 8)], Strategy::BinPack));
+        assert_eq!(s.assignments[0].workers, ["a"]);
     }
 
     #[test]

@@ -4,7 +4,7 @@
 //!
 //! Reads that span domains (a deployment with its replica jobs, a run looked up by its job) are here and only here.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 
 use aidos_api::v1::*;
 
@@ -147,10 +147,15 @@ pub fn ran_attempt(st: &ClusterState, worker_id: &str, r: &AttemptRef) -> bool {
 pub fn placement_view(st: &ClusterState, live: &dyn Fn(&str) -> bool, default: Strategy) -> ClusterView {
     let alloc = st.jobs.allocated();
     let mut tasks_on: HashMap<&str, u32> = HashMap::new();
+    let mut groups_on: HashMap<&str, BTreeMap<String, u32>> = HashMap::new();
     for j in st.jobs.running_jobs() {
+        let group = spread_group(j);
         for t in &j.tasks {
             if let Some(a) = t.attempts.last() {
                 *tasks_on.entry(a.worker_id.as_str()).or_default() += 1;
+                if let Some(g) = &group {
+                    *groups_on.entry(a.worker_id.as_str()).or_default().entry(g.clone()).or_default() += 1;
+                }
             }
         }
     }
@@ -172,10 +177,16 @@ pub fn placement_view(st: &ClusterState, live: &dyn Fn(&str) -> bool, default: S
                 },
                 labels: w.labels.clone(),
                 tasks: tasks_on.get(w.id.as_str()).copied().unwrap_or(0),
+                groups: groups_on.remove(w.id.as_str()).unwrap_or_default(),
             }
         })
         .collect();
     ClusterView { workers, default_strategy: default }
+}
+
+/// The anti-affinity group of a job: the deployment of a serving replica (see `placement`).
+fn spread_group(j: &Job) -> Option<String> {
+    serve_spec(j).map(|s| s.deployment.clone())
 }
 
 /// The pending jobs submitted after `after_seq`, as placement sees them.
@@ -197,6 +208,7 @@ pub fn pending_for_placement(st: &ClusterState, after_seq: u64) -> Vec<PendingJo
                     Ok(PlacementStrategy::Spread) => Some(Strategy::Spread),
                     _ => None,
                 },
+                group: spread_group(j),
             }
         })
         .collect()

@@ -15,18 +15,18 @@ use aidos_runtime::RuntimeKind;
 use crate::backend::Backend;
 use crate::config::{BatchConfig, Limits, ServerConfig};
 use crate::metrics::Metrics;
-use crate::remote::Pool;
+use crate::remote::{Pool, ReplicaAddr};
 use crate::repository::Repository;
 use crate::{RunningServer, ServerState};
 
-/// A model version the gateway should route, with its replicas' gRPC endpoints.
+/// A model version the gateway should route, with its replicas' endpoints.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RemoteModel {
     pub name: String,
     pub version: u64,
     pub runtime: RuntimeKind,
     pub max_batch: usize,
-    pub endpoints: Vec<String>,
+    pub endpoints: Vec<ReplicaAddr>,
 }
 
 /// Where the gateway learns what to route.
@@ -113,7 +113,7 @@ impl Routes {
             if let Some(p) = self.live(&w.name, w.version) {
                 if p.endpoints() != w.endpoints {
                     match p.set_endpoints(&w.endpoints) {
-                        Ok(()) => changes.push(format!("{}:{} replicas {}", w.name, w.version, w.endpoints.join(","))),
+                        Ok(()) => changes.push(format!("{}:{} replicas {}", w.name, w.version, list(&w.endpoints))),
                         Err(e) => tracing::warn!("{}:{}: {e}", w.name, w.version),
                     }
                 }
@@ -122,13 +122,14 @@ impl Routes {
             if self.repo.get(&w.name, w.version).is_some() {
                 continue; // a local model of the same name and version
             }
-            match Pool::connect(&w.name, w.version, w.max_batch, &w.endpoints).await {
+            let series = self.repo.metrics().gateway();
+            match Pool::connect(&w.name, w.version, w.max_batch, &w.endpoints, series).await {
                 Ok(pool) => {
                     let pool = Arc::new(pool);
                     match self.repo.load_backend(&w.name, w.version, w.runtime, pool.clone() as Arc<dyn Backend>) {
                         Ok(()) => {
                             self.pools.insert((w.name.clone(), w.version), pool);
-                            changes.push(format!("{}:{} added, replicas {}", w.name, w.version, w.endpoints.join(",")))
+                            changes.push(format!("{}:{} added, replicas {}", w.name, w.version, list(&w.endpoints)))
                         }
                         Err(e) => tracing::warn!("{}:{}: {e}", w.name, w.version),
                     }
@@ -150,4 +151,8 @@ impl Routes {
         }
         changes
     }
+}
+
+fn list(eps: &[ReplicaAddr]) -> String {
+    eps.iter().map(|e| e.grpc.as_str()).collect::<Vec<_>>().join(",")
 }

@@ -87,6 +87,9 @@ impl GrpcInferenceService for Front {
     async fn model_infer(&self, r: Request<ModelInferRequest>) -> R<ModelInferResponse> {
         let r = r.into_inner();
         let v = self.s.repo.resolve(&r.model_name, &r.model_version)?;
+        if let Some(f) = v.backend.forwarder() {
+            return Ok(Response::new(f.grpc(r).await?));
+        }
         let raw = !r.raw_input_contents.is_empty();
         if raw && r.raw_input_contents.len() != r.inputs.len() {
             return Err(ServeError::InvalidInput(format!(
@@ -128,7 +131,7 @@ impl GrpcInferenceService for Front {
                 shape: t.shape.iter().map(|d| *d as i64).collect(),
                 ..Default::default()
             });
-            resp.raw_output_contents.push(protocol::f32_to_le(&t.data));
+            resp.raw_output_contents.push(protocol::f32_to_le(&t.data).into());
         }
         Ok(Response::new(resp))
     }

@@ -257,6 +257,9 @@ async fn run_infer(
     body: Bytes,
 ) -> Result<Response, ServeError> {
     let v = s.repo.resolve(&model, &version)?;
+    if let Some(f) = v.backend.forwarder() {
+        return f.http(&headers, body).await;
+    }
     let header_len = match headers.get(HEADER_LEN) {
         None => body.len(),
         Some(h) => {

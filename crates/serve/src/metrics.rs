@@ -2,6 +2,13 @@
 //! `aidos_inference_requests_total{model,version,outcome}`, histograms `aidos_inference_queue_seconds`,
 //! `aidos_inference_compute_seconds`, `aidos_inference_request_seconds`, `aidos_inference_batch_size`, and the
 //! gauge `aidos_inference_queue_depth`.
+//!
+//! A gateway adds, per deployment (model), version and replica: `aidos_gateway_requests_total{model,version,
+//! replica,outcome}` (outcome `ok`: the replica answered 2xx; `refused`: it answered with an error, passed on to
+//! the client; `failed`: it could not be reached or broke the connection, and the request was tried elsewhere),
+//! `aidos_gateway_retries_total{model,version}`, `aidos_gateway_unavailable_total{model,version}` (no replica
+//! could run a request), the histogram `aidos_gateway_request_seconds{model,version}` (arrival to the replica's
+//! response head) and the gauge `aidos_gateway_in_flight{model,version,replica}`.
 
 use std::sync::Mutex;
 
@@ -25,7 +32,100 @@ struct OutcomeLabels {
     outcome: &'static str,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ReplicaLabels {
+    model: String,
+    version: String,
+    replica: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ReplicaOutcomeLabels {
+    model: String,
+    version: String,
+    replica: String,
+    outcome: &'static str,
+}
+
 type HistFamily = Family<ModelLabels, Histogram, fn() -> Histogram>;
+
+/// The gateway's series (cheap clones: each family is shared).
+#[derive(Clone)]
+pub struct GatewaySeries {
+    requests: Family<ReplicaOutcomeLabels, Counter>,
+    in_flight: Family<ReplicaLabels, Gauge>,
+    retries: Family<ModelLabels, Counter>,
+    unavailable: Family<ModelLabels, Counter>,
+    seconds: HistFamily,
+}
+
+/// One routed model version's gateway series.
+#[derive(Clone)]
+pub struct GatewayModelMetrics {
+    pub retries: Counter,
+    pub unavailable: Counter,
+    pub seconds: Histogram,
+}
+
+/// One replica's gateway series.
+#[derive(Clone)]
+pub struct GatewayReplicaMetrics {
+    pub ok: Counter,
+    pub refused: Counter,
+    pub failed: Counter,
+    pub in_flight: Gauge,
+}
+
+const OUTCOMES: [&str; 3] = ["ok", "refused", "failed"];
+
+impl GatewaySeries {
+    pub fn model(&self, model: &str, version: u64) -> GatewayModelMetrics {
+        let l = ModelLabels { model: model.into(), version: version.to_string() };
+        let retries = self.retries.get_or_create(&l).clone();
+        let unavailable = self.unavailable.get_or_create(&l).clone();
+        let seconds = self.seconds.get_or_create(&l).clone();
+        GatewayModelMetrics { retries, unavailable, seconds }
+    }
+
+    pub fn replica(&self, model: &str, version: u64, replica: &str) -> GatewayReplicaMetrics {
+        let o = |outcome| ReplicaOutcomeLabels {
+            model: model.into(),
+            version: version.to_string(),
+            replica: replica.into(),
+            outcome,
+        };
+        let [ok, refused, failed] = OUTCOMES.map(|x| self.requests.get_or_create(&o(x)).clone());
+        let l = ReplicaLabels { model: model.into(), version: version.to_string(), replica: replica.into() };
+        let in_flight = self.in_flight.get_or_create(&l).clone();
+        GatewayReplicaMetrics { ok, refused, failed, in_flight }
+    }
+
+    /// Drops a replica's series (it left the pool): a gateway that outlives many rollouts does not keep every
+    /// replica it ever routed to.
+    pub fn forget_replica(&self, model: &str, version: u64, replica: &str) {
+        for outcome in OUTCOMES {
+            self.requests.remove(&ReplicaOutcomeLabels {
+                model: model.into(),
+                version: version.to_string(),
+                replica: replica.into(),
+                outcome,
+            });
+        }
+        self.in_flight.remove(&ReplicaLabels {
+            model: model.into(),
+            version: version.to_string(),
+            replica: replica.into(),
+        });
+    }
+
+    /// Drops a model version's series (the gateway stopped routing it).
+    pub fn forget_model(&self, model: &str, version: u64) {
+        let l = ModelLabels { model: model.into(), version: version.to_string() };
+        self.retries.remove(&l);
+        self.unavailable.remove(&l);
+        self.seconds.remove(&l);
+    }
+}
 
 /// The server's metric registry.
 pub struct Metrics {
@@ -36,6 +136,7 @@ pub struct Metrics {
     total: HistFamily,
     batch: HistFamily,
     depth: Family<ModelLabels, Gauge>,
+    gateway: GatewaySeries,
 }
 
 fn latency() -> Histogram {
@@ -57,6 +158,13 @@ impl Default for Metrics {
             total: Family::new_with_constructor(latency),
             batch: Family::new_with_constructor(batch_sizes),
             depth: Family::default(),
+            gateway: GatewaySeries {
+                requests: Family::default(),
+                in_flight: Family::default(),
+                retries: Family::default(),
+                unavailable: Family::default(),
+                seconds: Family::new_with_constructor(latency),
+            },
         };
         {
             let mut r = m.registry.lock().unwrap();
@@ -66,6 +174,16 @@ impl Default for Metrics {
             r.register("aidos_inference_request_seconds", "Time from arrival to answer", m.total.clone());
             r.register("aidos_inference_batch_size", "Rows per executed batch", m.batch.clone());
             r.register("aidos_inference_queue_depth", "Requests waiting", m.depth.clone());
+            let g = &m.gateway;
+            r.register(
+                "aidos_gateway_requests",
+                "Requests the gateway sent to a replica, by outcome",
+                g.requests.clone(),
+            );
+            r.register("aidos_gateway_in_flight", "Requests waiting for a replica's answer", g.in_flight.clone());
+            r.register("aidos_gateway_retries", "Requests sent to another replica after a failure", g.retries.clone());
+            r.register("aidos_gateway_unavailable", "Requests no replica could run", g.unavailable.clone());
+            r.register("aidos_gateway_request_seconds", "Time from arrival to a replica's answer", g.seconds.clone());
         }
         m
     }
@@ -87,6 +205,11 @@ impl Metrics {
         let batch = self.batch.get_or_create(&l).clone();
         let depth = self.depth.get_or_create(&l).clone();
         ModelMetrics { success, failure, rejected, queue, compute, total, batch, depth }
+    }
+
+    /// The gateway's series.
+    pub fn gateway(&self) -> GatewaySeries {
+        self.gateway.clone()
     }
 
     /// OpenMetrics text.

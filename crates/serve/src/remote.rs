@@ -1,57 +1,99 @@
-//! The gateway's backend: a model version served by a pool of remote replicas (other `aidos` servers), reached
-//! over the Open Inference Protocol's gRPC service with raw tensor contents.
+//! The gateway's backend: a model version served by a pool of remote replicas (other `aidos` servers).
+//!
+//! Requests are forwarded in their wire form ([`Forward`]): an HTTP infer request's body goes to the replica's
+//! HTTP front unchanged over pooled keep-alive connections, its answer streams back unchanged; a gRPC request is
+//! passed to the replica's gRPC front as decoded (tensor bytes are `Bytes`, never copied). The gateway decodes no
+//! tensor: the replica checks the request and its answer or refusal is the client's. [`Pool::infer`] (tensors in,
+//! tensors out, over gRPC) remains for callers that hold tensors.
 //!
 //! Routing: each request goes to the replica with the fewest requests in flight (ties rotate). A replica that
-//! answers with a transport failure (UNAVAILABLE, UNKNOWN, CANCELLED: it died, is draining, or cannot be reached)
-//! is taken out of rotation for [`EJECT_FOR`] and the request is sent to another one: inference has no side
-//! effects, so a retry is safe. At most [`MAX_TRIES`] replicas are tried. Any other answer (a refused input, a
-//! full queue) is the client's answer and is passed on as is.
+//! fails at the transport level (cannot be reached, breaks the connection, answers UNAVAILABLE / 503: it died, is
+//! draining, or hangs past [`CALL_TIMEOUT`]) is taken out of rotation for [`EJECT_FOR`] and the request is sent to
+//! another one: inference has no side effects, so a retry is safe. At most [`MAX_TRIES`] replicas are tried. Any
+//! other answer (a refused input, a full queue) is the client's answer and is passed on as is. A replica that
+//! hangs (stopped, not dead) keeps its in-flight requests, so least-in-flight routing sends new ones elsewhere
+//! until the worker's health probe restarts it.
 //!
 //! The endpoint list is replaced by [`Pool::set_endpoints`] (the gateway's sync loop, [`crate::gateway`], follows
 //! the scheduler); connections to endpoints that stay are kept. A pool is a [`Backend`]: the repository holds it
 //! like any other, and this module knows nothing of the repository.
 
-use std::sync::Mutex;
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use aidos_runtime::{DataType, ModelMetadata, Tensor, TensorSpec};
+use axum::body::{Body, Bytes};
+use axum::http::{HeaderMap, Request, StatusCode, Uri, header};
+use axum::response::{IntoResponse, Response};
+use hyper_util::client::legacy::Client as HttpClient;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::TokioExecutor;
 use tonic::transport::Channel;
 
-use crate::backend::Backend;
+use crate::backend::{Backend, Forward};
 use crate::error::ServeError;
 use crate::grpc::pb::grpc_inference_service_client::GrpcInferenceServiceClient;
 use crate::grpc::pb::{self, model_infer_request::InferInputTensor};
+use crate::metrics::{GatewayModelMetrics, GatewayReplicaMetrics, GatewaySeries};
 use crate::protocol;
 
 /// How long a replica that failed at the transport level is skipped.
 pub const EJECT_FOR: Duration = Duration::from_secs(2);
 /// Most replicas one request is tried on.
 pub const MAX_TRIES: usize = 3;
-/// Deadline of one call to a replica.
-const CALL_TIMEOUT: Duration = Duration::from_secs(30);
+/// Deadline of one call to a replica (a replica that has not answered by then counts as failed).
+pub const CALL_TIMEOUT: Duration = Duration::from_secs(30);
 /// Largest message exchanged with a replica.
 const MAX_MESSAGE: usize = 64 << 20;
+/// The headers of an HTTP infer request (and of its answer) that describe the body; the rest are the
+/// connection's, not the request's.
+const BODY_HEADERS: [&str; 2] = ["content-type", "inference-header-content-length"];
+
+/// Where one replica listens.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub struct ReplicaAddr {
+    /// host:port of its gRPC front (also the replica's identity in the pool).
+    pub grpc: String,
+    /// host:port of its HTTP front.
+    pub http: String,
+}
+
+fn url(addr: &str) -> String {
+    if addr.contains("://") { addr.to_string() } else { format!("http://{addr}") }
+}
 
 struct Endpoint {
-    addr: String,
+    addr: ReplicaAddr,
     client: GrpcInferenceServiceClient<Channel>,
+    /// `http://HOST:PORT/v2/models/NAME/versions/V/infer` on this replica.
+    infer_uri: Uri,
     in_flight: AtomicUsize,
     ejected_until: Mutex<Option<Instant>>,
+    metrics: GatewayReplicaMetrics,
 }
 
 impl Endpoint {
-    fn new(addr: &str) -> Result<Endpoint, ServeError> {
-        let url = if addr.contains("://") { addr.to_string() } else { format!("http://{addr}") };
-        let ch = tonic::transport::Endpoint::from_shared(url)
-            .map_err(|e| ServeError::InvalidInput(format!("replica address {addr:?}: {e}")))?
+    fn new(addr: &ReplicaAddr, infer_path: &str, metrics: GatewayReplicaMetrics) -> Result<Endpoint, ServeError> {
+        let ch = tonic::transport::Endpoint::from_shared(url(&addr.grpc))
+            .map_err(|e| ServeError::InvalidInput(format!("replica address {:?}: {e}", addr.grpc)))?
             .connect_timeout(Duration::from_secs(2))
             .tcp_nodelay(true)
             .connect_lazy();
         let client = GrpcInferenceServiceClient::new(ch)
             .max_decoding_message_size(MAX_MESSAGE)
             .max_encoding_message_size(MAX_MESSAGE);
-        Ok(Endpoint { addr: addr.to_string(), client, in_flight: AtomicUsize::new(0), ejected_until: Mutex::new(None) })
+        let infer_uri: Uri = format!("{}{infer_path}", url(&addr.http))
+            .parse()
+            .map_err(|e| ServeError::InvalidInput(format!("replica HTTP address {:?}: {e}", addr.http)))?;
+        Ok(Endpoint {
+            addr: addr.clone(),
+            client,
+            infer_uri,
+            in_flight: AtomicUsize::new(0),
+            ejected_until: Mutex::new(None),
+            metrics,
+        })
     }
 
     fn ejected(&self, now: Instant) -> bool {
@@ -60,6 +102,23 @@ impl Endpoint {
 
     fn eject(&self) {
         *self.ejected_until.lock().unwrap() = Some(Instant::now() + EJECT_FOR);
+        self.metrics.failed.inc();
+    }
+
+    /// Counts a request in flight until the guard drops (also when the caller's future is dropped).
+    fn enter(self: &Arc<Self>) -> InFlight {
+        self.in_flight.fetch_add(1, Ordering::Relaxed);
+        self.metrics.in_flight.inc();
+        InFlight(self.clone())
+    }
+}
+
+struct InFlight(Arc<Endpoint>);
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.in_flight.fetch_sub(1, Ordering::Relaxed);
+        self.0.metrics.in_flight.dec();
     }
 }
 
@@ -68,10 +127,15 @@ pub struct Pool {
     /// Model name and version on the replicas.
     model: String,
     version: u64,
+    version_str: String,
+    infer_path: String,
     meta: ModelMetadata,
     max_batch: usize,
-    endpoints: Mutex<Vec<std::sync::Arc<Endpoint>>>,
+    endpoints: Mutex<Vec<Arc<Endpoint>>>,
     next: AtomicUsize,
+    http: HttpClient<HttpConnector, Body>,
+    series: GatewaySeries,
+    metrics: GatewayModelMetrics,
 }
 
 /// A failure of the replica or the connection rather than an answer about the request. tonic reports a broken
@@ -84,34 +148,54 @@ fn retryable(s: &tonic::Status) -> bool {
     }
 }
 
+/// The HTTP client every pool shares: keep-alive connections per replica, no Nagle delay.
+fn http_client() -> HttpClient<HttpConnector, Body> {
+    static CLIENT: std::sync::OnceLock<HttpClient<HttpConnector, Body>> = std::sync::OnceLock::new();
+    CLIENT
+        .get_or_init(|| {
+            let mut c = HttpConnector::new();
+            c.set_nodelay(true);
+            c.set_connect_timeout(Some(Duration::from_secs(2)));
+            HttpClient::builder(TokioExecutor::new()).pool_idle_timeout(Duration::from_secs(60)).build(c)
+        })
+        .clone()
+}
+
 impl Pool {
     /// Connects to the first of `endpoints` that answers and reads the model's metadata from it.
     pub async fn connect(
         model: &str,
         version: u64,
         max_batch: usize,
-        endpoints: &[String],
+        endpoints: &[ReplicaAddr],
+        series: GatewaySeries,
     ) -> Result<Pool, ServeError> {
         let mut last = None;
+        let infer_path = format!("/v2/models/{model}/versions/{version}/infer");
         for addr in endpoints {
-            let mut ep = Endpoint::new(addr)?;
+            let ep = Endpoint::new(addr, &infer_path, series.replica(model, version, &addr.grpc))?;
             let req = pb::ModelMetadataRequest { name: model.to_string(), version: version.to_string() };
-            match ep.client.model_metadata(req).await {
+            match ep.client.clone().model_metadata(req).await {
                 Ok(r) => {
                     let meta = metadata_from(r.into_inner())?;
                     let pool = Pool {
                         model: model.to_string(),
                         version,
+                        version_str: version.to_string(),
+                        infer_path,
                         meta,
                         max_batch,
                         // The connection just made is kept (set_endpoints keeps endpoints it already has).
-                        endpoints: Mutex::new(vec![std::sync::Arc::new(ep)]),
+                        endpoints: Mutex::new(vec![Arc::new(ep)]),
                         next: AtomicUsize::new(0),
+                        http: http_client(),
+                        metrics: series.model(model, version),
+                        series,
                     };
                     pool.set_endpoints(endpoints)?;
                     return Ok(pool);
                 }
-                Err(s) => last = Some(ServeError::Replica { replica: addr.clone(), status: s }),
+                Err(s) => last = Some(ServeError::Replica { replica: addr.grpc.clone(), status: s }),
             }
         }
         Err(last.unwrap_or_else(|| ServeError::Unavailable(model.to_string(), "no replica endpoints".into())))
@@ -125,27 +209,34 @@ impl Pool {
         self.max_batch
     }
 
-    /// Current endpoint addresses.
-    pub fn endpoints(&self) -> Vec<String> {
+    /// Current endpoints.
+    pub fn endpoints(&self) -> Vec<ReplicaAddr> {
         self.endpoints.lock().unwrap().iter().map(|e| e.addr.clone()).collect()
     }
 
     /// Replaces the endpoint list, keeping connections to those that stay.
-    pub fn set_endpoints(&self, addrs: &[String]) -> Result<(), ServeError> {
+    pub fn set_endpoints(&self, addrs: &[ReplicaAddr]) -> Result<(), ServeError> {
         let mut eps = self.endpoints.lock().unwrap();
         let mut next = Vec::with_capacity(addrs.len());
         for a in addrs {
             match eps.iter().find(|e| &e.addr == a) {
                 Some(e) => next.push(e.clone()),
-                None => next.push(std::sync::Arc::new(Endpoint::new(a)?)),
+                None => next.push(Arc::new(Endpoint::new(
+                    a,
+                    &self.infer_path,
+                    self.series.replica(&self.model, self.version, &a.grpc),
+                )?)),
             }
+        }
+        for gone in eps.iter().filter(|e| !addrs.contains(&e.addr)) {
+            self.series.forget_replica(&self.model, self.version, &gone.addr.grpc);
         }
         *eps = next;
         Ok(())
     }
 
     /// The least loaded endpoint not ejected and not yet tried (ties rotate).
-    fn pick(&self, tried: &[String]) -> Option<std::sync::Arc<Endpoint>> {
+    fn pick(&self, tried: &[Arc<Endpoint>]) -> Option<Arc<Endpoint>> {
         let eps = self.endpoints.lock().unwrap();
         let now = Instant::now();
         let n = eps.len();
@@ -155,16 +246,58 @@ impl Pool {
         let start = self.next.fetch_add(1, Ordering::Relaxed);
         (0..n)
             .map(|i| &eps[(start + i) % n])
-            .filter(|e| !tried.contains(&e.addr) && !e.ejected(now))
+            .filter(|e| !tried.iter().any(|t| Arc::ptr_eq(t, e)) && !e.ejected(now))
             .min_by_key(|e| e.in_flight.load(Ordering::Relaxed))
             .cloned()
     }
 
-    /// Runs `inputs` (already checked against the metadata) on a replica; see the module docs for retries.
+    /// Tries `call` on up to [`MAX_TRIES`] replicas (see the module docs). `call` answers `Ok((answer, ok))` with
+    /// the client's answer (`ok`: a success, for the metrics) or `Err(why)` for a transport failure worth another
+    /// replica.
+    async fn route<T, F, Fut>(&self, mut call: F) -> Result<T, ServeError>
+    where
+        F: FnMut(Arc<Endpoint>) -> Fut,
+        Fut: std::future::Future<Output = Result<(Result<T, ServeError>, bool), String>>,
+    {
+        let start = Instant::now();
+        let mut tried: Vec<Arc<Endpoint>> = Vec::with_capacity(MAX_TRIES);
+        let mut last = String::new();
+        while tried.len() < MAX_TRIES {
+            let Some(ep) = self.pick(&tried) else { break };
+            tried.push(ep.clone());
+            let guard = ep.enter();
+            let res = tokio::time::timeout(CALL_TIMEOUT, call(ep.clone())).await;
+            drop(guard);
+            match res {
+                Ok(Ok((answer, ok))) => {
+                    let _ = if ok { ep.metrics.ok.inc() } else { ep.metrics.refused.inc() };
+                    self.metrics.seconds.observe(start.elapsed().as_secs_f64());
+                    return answer;
+                }
+                Ok(Err(why)) => last = why,
+                Err(_) => last = format!("no answer within {} s", CALL_TIMEOUT.as_secs()),
+            }
+            tracing::warn!(replica = %ep.addr.grpc, model = %self.model, "replica failed, trying another: {last}");
+            ep.eject();
+            self.metrics.retries.inc();
+        }
+        self.metrics.unavailable.inc();
+        Err(ServeError::Unavailable(
+            self.model.clone(),
+            if tried.is_empty() {
+                "no ready replica".into()
+            } else {
+                let names: Vec<&str> = tried.iter().map(|e| e.addr.grpc.as_str()).collect();
+                format!("no replica could run the request (tried {}; last: {last})", names.join(", "))
+            },
+        ))
+    }
+
+    /// Runs `inputs` (already checked against the metadata) on a replica over gRPC.
     pub async fn infer(&self, inputs: Vec<Tensor>) -> Result<Vec<Tensor>, ServeError> {
         let req = pb::ModelInferRequest {
             model_name: self.model.clone(),
-            model_version: self.version.to_string(),
+            model_version: self.version_str.clone(),
             inputs: inputs
                 .iter()
                 .zip(&self.meta.inputs)
@@ -175,40 +308,66 @@ impl Pool {
                     ..Default::default()
                 })
                 .collect(),
-            raw_input_contents: inputs.iter().map(|t| protocol::f32_to_le(&t.data)).collect(),
+            raw_input_contents: inputs.iter().map(|t| protocol::f32_to_le(&t.data).into()).collect(),
             ..Default::default()
         };
-        let mut tried: Vec<String> = Vec::new();
-        let mut last: Option<ServeError> = None;
-        while tried.len() < MAX_TRIES {
-            let Some(ep) = self.pick(&tried) else { break };
-            tried.push(ep.addr.clone());
-            let mut r = tonic::Request::new(req.clone());
-            r.set_timeout(CALL_TIMEOUT);
-            ep.in_flight.fetch_add(1, Ordering::Relaxed);
-            let res = ep.client.clone().model_infer(r).await;
-            ep.in_flight.fetch_sub(1, Ordering::Relaxed);
-            match res {
-                Ok(resp) => return outputs_from(&ep.addr, resp.into_inner()),
-                Err(s) if retryable(&s) => {
-                    tracing::warn!(replica = %ep.addr, model = %self.model, "replica failed, trying another: {}", s.message());
-                    ep.eject();
-                    last = Some(ServeError::Replica { replica: ep.addr.clone(), status: s });
+        let resp = self.forward_grpc(req).await?;
+        outputs_from(&resp)
+    }
+
+    /// Sends a gRPC infer request (its model version set to this pool's) to a replica.
+    pub async fn forward_grpc(&self, mut req: pb::ModelInferRequest) -> Result<pb::ModelInferResponse, ServeError> {
+        req.model_version.clone_from(&self.version_str);
+        self.route(|ep| {
+            let req = req.clone();
+            async move {
+                match ep.client.clone().model_infer(req).await {
+                    Ok(r) => Ok((Ok(r.into_inner()), true)),
+                    Err(s) if retryable(&s) => Err(s.message().to_string()),
+                    Err(s) => Ok((Err(ServeError::Replica { replica: ep.addr.grpc.clone(), status: s }), false)),
                 }
-                Err(s) => return Err(ServeError::Replica { replica: ep.addr.clone(), status: s }),
+            }
+        })
+        .await
+    }
+
+    /// Sends an HTTP infer request's body to a replica's HTTP front; its response streams back unchanged.
+    pub async fn forward_http(&self, headers: &HeaderMap, body: Bytes) -> Result<Response, ServeError> {
+        let mut head = HeaderMap::with_capacity(BODY_HEADERS.len());
+        for h in BODY_HEADERS {
+            if let Some(v) = headers.get(h) {
+                head.insert(h, v.clone());
             }
         }
-        Err(match last {
-            Some(ServeError::Replica { replica, status }) => ServeError::Unavailable(
-                self.model.clone(),
-                format!(
-                    "no replica could run the request (tried {}; last, {replica}: {})",
-                    tried.join(", "),
-                    status.message()
-                ),
-            ),
-            _ => ServeError::Unavailable(self.model.clone(), "no ready replica".into()),
+        let last_try = std::sync::atomic::AtomicUsize::new(0);
+        self.route(|ep| {
+            let mut req = Request::post(ep.infer_uri.clone()).body(Body::from(body.clone())).expect("a valid request");
+            *req.headers_mut() = head.clone();
+            let attempt = last_try.fetch_add(1, Ordering::Relaxed) + 1;
+            let fut = self.http.request(req);
+            async move {
+                match fut.await {
+                    // Draining or not loaded yet: another replica may answer, unless this was the last one to try.
+                    Ok(r) if r.status() == StatusCode::SERVICE_UNAVAILABLE && attempt < MAX_TRIES => {
+                        Err(format!("HTTP {}", r.status()))
+                    }
+                    Ok(r) => {
+                        let ok = r.status().is_success();
+                        let (parts, incoming) = r.into_parts();
+                        let mut out = Body::new(incoming).into_response();
+                        *out.status_mut() = parts.status;
+                        for h in BODY_HEADERS.iter().chain(&[header::CONTENT_LENGTH.as_str()]) {
+                            if let Some(v) = parts.headers.get(*h) {
+                                out.headers_mut().insert(*h, v.clone());
+                            }
+                        }
+                        Ok((Ok(out), ok))
+                    }
+                    Err(e) => Err(e.to_string()),
+                }
+            }
         })
+        .await
     }
 }
 
@@ -223,6 +382,33 @@ impl Backend for Pool {
 
     fn infer(&self, inputs: Vec<Tensor>) -> futures::future::BoxFuture<'_, Result<Vec<Tensor>, ServeError>> {
         Box::pin(Pool::infer(self, inputs))
+    }
+
+    fn forwarder(&self) -> Option<&dyn Forward> {
+        Some(self)
+    }
+}
+
+impl Forward for Pool {
+    fn http(&self, headers: &HeaderMap, body: Bytes) -> futures::future::BoxFuture<'_, Result<Response, ServeError>> {
+        let headers = headers.clone();
+        Box::pin(async move { self.forward_http(&headers, body).await })
+    }
+
+    fn grpc(
+        &self,
+        req: pb::ModelInferRequest,
+    ) -> futures::future::BoxFuture<'_, Result<pb::ModelInferResponse, ServeError>> {
+        Box::pin(self.forward_grpc(req))
+    }
+}
+
+impl Drop for Pool {
+    fn drop(&mut self) {
+        for e in self.endpoints.get_mut().unwrap().iter() {
+            self.series.forget_replica(&self.model, self.version, &e.addr.grpc);
+        }
+        self.series.forget_model(&self.model, self.version);
     }
 }
 
@@ -240,16 +426,10 @@ fn metadata_from(r: pb::ModelMetadataResponse) -> Result<ModelMetadata, ServeErr
     })
 }
 
-fn outputs_from(addr: &str, r: pb::ModelInferResponse) -> Result<Vec<Tensor>, ServeError> {
+fn outputs_from(r: &pb::ModelInferResponse) -> Result<Vec<Tensor>, ServeError> {
+    let bad = |why: String| ServeError::Unavailable(r.model_name.clone(), format!("a replica answered {why}"));
     if r.raw_output_contents.len() != r.outputs.len() {
-        return Err(ServeError::Unavailable(
-            r.model_name,
-            format!(
-                "replica {addr} answered {} raw outputs for {} tensors",
-                r.raw_output_contents.len(),
-                r.outputs.len()
-            ),
-        ));
+        return Err(bad(format!("{} raw outputs for {} tensors", r.raw_output_contents.len(), r.outputs.len())));
     }
     r.outputs
         .iter()
@@ -258,15 +438,7 @@ fn outputs_from(addr: &str, r: pb::ModelInferResponse) -> Result<Vec<Tensor>, Se
             let data = protocol::f32_from_le(&o.name, raw)?;
             let shape: Vec<usize> = o.shape.iter().map(|d| (*d).max(0) as usize).collect();
             if shape.iter().product::<usize>() != data.len() {
-                return Err(ServeError::Unavailable(
-                    r.model_name.clone(),
-                    format!(
-                        "replica {addr}: output `{}` shape {:?} does not hold {} values",
-                        o.name,
-                        o.shape,
-                        data.len()
-                    ),
-                ));
+                return Err(bad(format!("output `{}` of shape {:?} with {} values", o.name, o.shape, data.len())));
             }
             Ok(Tensor { shape, data })
         })

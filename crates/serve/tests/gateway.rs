@@ -1,14 +1,15 @@
 //! Replicas and the gateway in one process, no scheduler: a replica reports its endpoints (retrying only what the
 //! reporter calls retryable); the gateway's routes follow what it is told to route (added, re-pointed, re-added
 //! after an unload, removed) without touching local models; the gateway front answers through its replicas and
-//! its sync loop stops with the server.
+//! its sync loop stops with the server; it hands HTTP and gRPC requests to replicas unchanged (answers and
+//! refusals alike), counts them per replica in its own metrics, and routes around a replica that went away.
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use aidos_runtime::{DataType, Instance, ModelMetadata, ModelRuntime, RuntimeKind, Tensor, TensorSpec};
 use aidos_serve::gateway::{self, GatewayConfig, RemoteModel, RouteSource, Routes};
-use aidos_serve::remote::Pool;
+use aidos_serve::remote::{Pool, ReplicaAddr};
 use aidos_serve::replica::{EndpointReporter, Endpoints, Replica, ReplicaConfig};
 use aidos_serve::{BatchConfig, Metrics, Repository, ServerConfig};
 
@@ -82,7 +83,10 @@ fn route(name: &str, replicas: &[&Replica]) -> RemoteModel {
         version: 1,
         runtime: RuntimeKind::Tract,
         max_batch: 8,
-        endpoints: replicas.iter().map(|r| r.endpoints().grpc.clone()).collect(),
+        endpoints: replicas
+            .iter()
+            .map(|r| ReplicaAddr { grpc: r.endpoints().grpc.clone(), http: r.endpoints().http.clone() })
+            .collect(),
     }
 }
 
@@ -155,7 +159,8 @@ async fn the_gateway_answers_through_its_replicas_and_stops_with_its_server() {
     // A client of the gateway: its metadata answers once the sync loop has added the route.
     let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
     let client = loop {
-        match Pool::connect("m", 1, 8, &[gw.grpc.to_string()]).await {
+        let at = ReplicaAddr { grpc: gw.grpc.to_string(), http: gw.http.to_string() };
+        match Pool::connect("m", 1, 8, &[at], Metrics::default().gateway()).await {
             Ok(p) => break p,
             Err(_) if tokio::time::Instant::now() < deadline => tokio::time::sleep(Duration::from_millis(20)).await,
             Err(e) => panic!("the gateway never routed m:1: {e}"),
@@ -164,4 +169,102 @@ async fn the_gateway_answers_through_its_replicas_and_stops_with_its_server() {
     assert_eq!(client.infer(row()).await.unwrap()[0].data, [2.0, -4.0]);
     tokio::time::timeout(Duration::from_secs(5), gw.shutdown()).await.expect("the sync loop stops with the server");
     r.shutdown().await;
+}
+
+/// POSTs `body` to `http://ADDR/PATH` and answers (status, content type, body).
+async fn post(addr: std::net::SocketAddr, path: &str, body: &str) -> (u16, String, String) {
+    use hyper_util::client::legacy::Client;
+    let client = Client::builder(hyper_util::rt::TokioExecutor::new()).build_http::<axum::body::Body>();
+    let req = axum::http::Request::post(format!("http://{addr}{path}"))
+        .header("content-type", "application/json")
+        .body(axum::body::Body::from(body.to_string()))
+        .unwrap();
+    let r = client.request(req).await.unwrap();
+    let ct = r.headers().get("content-type").map(|v| v.to_str().unwrap().to_string()).unwrap_or_default();
+    let status = r.status().as_u16();
+    let b = axum::body::to_bytes(axum::body::Body::new(r.into_body()), usize::MAX).await.unwrap();
+    (status, ct, String::from_utf8_lossy(&b).into_owned())
+}
+
+async fn get(addr: std::net::SocketAddr, path: &str) -> String {
+    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    s.write_all(format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").as_bytes()).await.unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).await.unwrap();
+    out
+}
+
+/// The value of the sample line that starts with `series` in OpenMetrics text.
+fn sample(text: &str, series: &str) -> Option<f64> {
+    text.lines().find(|l| l.starts_with(series)).and_then(|l| l.rsplit(' ').next()).and_then(|v| v.parse().ok())
+}
+
+#[tokio::test]
+async fn the_gateway_forwards_requests_unchanged_counts_them_and_routes_around_a_lost_replica() {
+    let (a, b) = (replica().await, replica().await);
+    let any = "127.0.0.1:0".parse().unwrap();
+    let cfg = GatewayConfig { server: ServerConfig { http: any, grpc: any }, refresh: Duration::from_millis(20) };
+    let gw = gateway::start(&cfg, Fixed(vec![route("m", &[&a, &b])])).await.unwrap();
+    let json = r#"{"id":"q1","inputs":[{"name":"x","shape":[1,2],"datatype":"FP32","data":[1.5,-2]}]}"#;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    let (status, ct, body) = loop {
+        let r = post(gw.http, "/v2/models/m/infer", json).await;
+        if r.0 != 404 || tokio::time::Instant::now() > deadline {
+            break r;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert_eq!((status, ct.as_str()), (200, "application/json"), "{body}");
+    let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(v["id"], "q1");
+    assert_eq!(v["model_name"], "m");
+    assert_eq!(v["model_version"], "1");
+    assert_eq!(v["outputs"][0]["data"], serde_json::json!([3.0, -4.0]));
+
+    // Binary outputs: the replica's header length and raw bytes come back as they were.
+    let bin = r#"{"inputs":[{"name":"x","shape":[1,2],"datatype":"FP32","data":[1,2]}],"parameters":{"binary_data_output":true}}"#;
+    let (status, ct, _) = post(gw.http, "/v2/models/m/versions/1/infer", bin).await;
+    assert_eq!((status, ct.as_str()), (200, "application/octet-stream"));
+
+    // A refusal is the replica's, word for word.
+    let bad = r#"{"inputs":[{"name":"x","shape":[1,3],"datatype":"FP32","data":[1,2,3]}]}"#;
+    let direct = post(a.endpoints().http.parse().unwrap(), "/v2/models/m/infer", bad).await;
+    let through = post(gw.http, "/v2/models/m/infer", bad).await;
+    assert_eq!(direct.0, 400);
+    assert_eq!(through, direct);
+
+    // gRPC through the gateway, then both fronts' requests in the gateway's own metrics, per replica.
+    let at = ReplicaAddr { grpc: gw.grpc.to_string(), http: gw.http.to_string() };
+    let client = Pool::connect("m", 1, 8, &[at], Metrics::default().gateway()).await.unwrap();
+    for _ in 0..4 {
+        assert_eq!(client.infer(row()).await.unwrap()[0].data, [2.0, -4.0]);
+    }
+    let m = get(gw.http, "/metrics").await;
+    let count = |replica: &Replica, outcome: &str| {
+        let series = format!(
+            "aidos_gateway_requests_total{{model=\"m\",version=\"1\",replica=\"{}\",outcome=\"{outcome}\"}}",
+            replica.endpoints().grpc
+        );
+        sample(&m, &series).unwrap_or_else(|| panic!("no {series} in\n{m}"))
+    };
+    assert_eq!(count(&a, "ok") + count(&b, "ok"), 6.0, "{m}");
+    assert_eq!(count(&a, "refused") + count(&b, "refused"), 1.0);
+    assert!(m.contains("aidos_gateway_request_seconds_count{model=\"m\",version=\"1\"} 7"), "{m}");
+
+    // One replica goes away: every request is still answered (by the other), the lost one counted as failed.
+    let lost = b.endpoints().grpc.clone();
+    b.shutdown().await;
+    for _ in 0..6 {
+        let (status, _, body) = post(gw.http, "/v2/models/m/infer", json).await;
+        assert_eq!(status, 200, "{body}");
+        assert_eq!(client.infer(row()).await.unwrap()[0].data, [2.0, -4.0]);
+    }
+    let m = get(gw.http, "/metrics").await;
+    let failed =
+        format!("aidos_gateway_requests_total{{model=\"m\",version=\"1\",replica=\"{lost}\",outcome=\"failed\"}}");
+    assert!(sample(&m, &failed).unwrap() >= 1.0, "{m}");
+    assert!(sample(&m, "aidos_gateway_retries_total{model=\"m\",version=\"1\"}").unwrap() >= 1.0);
+    gw.shutdown().await;
+    a.shutdown().await;
 }

@@ -8,8 +8,10 @@
 //! - Dedup: an assignment is started only if its name is not in the table *and* neither its working directory
 //!   nor its tombstone (left when that directory is cleaned up) exists yet (see `records`); the leader re-sends
 //!   all assignments on every connect.
-//! - Nothing in here ever kills a task on shutdown: supervisors are aborted, processes keep running and
-//!   are adopted by the next worker run.
+//! - Nothing in here kills a task on shutdown unless `stop_tasks_on_exit` asks for it (`aidos up`): supervisors
+//!   are aborted, processes keep running and are adopted by the next worker run. When asked, every recorded
+//!   task is stopped as a cancel would stop it (SIGTERM, SIGKILL after the grace period); its record stays, and
+//!   the next run reports how it ended.
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -149,6 +151,32 @@ impl Shared {
         set.abort_all();
         n
     }
+}
+
+/// Stops every task recorded in `data_dir` whose shim still runs: SIGTERM to each shim's group (forwarded to the
+/// task: a replica drains), then SIGKILL to the task's and the shim's groups of those still running after
+/// [`crate::runner::STOP_GRACE`]. Returns how many were running.
+async fn stop_all_tasks(data_dir: &std::path::Path) -> usize {
+    use crate::process::{read_child_pgid, shim_alive, signal_group};
+    let records = crate::records::list_records(data_dir).unwrap_or_default();
+    let live: Vec<(u32, PathBuf)> =
+        records.into_iter().filter_map(|r| r.shim_pid.filter(|p| shim_alive(*p)).map(|p| (p, r.workdir))).collect();
+    for (pid, _) in &live {
+        signal_group(*pid, libc::SIGTERM);
+    }
+    let deadline = tokio::time::Instant::now() + crate::runner::STOP_GRACE;
+    while live.iter().any(|(p, _)| shim_alive(*p)) && tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    for (pid, workdir) in &live {
+        if shim_alive(*pid) {
+            if let Some(pg) = read_child_pgid(workdir) {
+                signal_group(pg, libc::SIGKILL);
+            }
+            signal_group(*pid, libc::SIGKILL);
+        }
+    }
+    live.len()
 }
 
 /// Reads the records left by a previous run and starts a supervisor for each (adopt / report).
@@ -442,6 +470,11 @@ pub async fn run(cfg: WorkerConfig, shutdown: impl Future<Output = ()> + Send) -
     assignments.abort();
     sweeper.abort();
     let n = shared.abort_supervisors();
+    if cfg.stop_tasks_on_exit {
+        let stopped = stop_all_tasks(&shared.data_dir).await;
+        tracing::info!("worker stopping; stopped {stopped} running task(s)");
+        return result;
+    }
     match &result {
         Ok(()) => tracing::info!("worker stopping; {n} attempt(s) keep running and will be adopted on restart"),
         Err(e) => tracing::error!("worker stopping: {e}"),

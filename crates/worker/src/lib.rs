@@ -16,6 +16,7 @@ mod error;
 pub mod identity;
 pub mod logblob;
 pub mod logs;
+pub mod probe;
 pub mod process;
 pub mod records;
 pub mod resources;
@@ -60,6 +61,9 @@ pub struct WorkerConfig {
     /// What the worker presents to the scheduler: a worker token (role `worker`) or the cluster's root token.
     /// Tasks get their job's token from the scheduler instead.
     pub credentials: aidos_api::auth::Credentials,
+    /// Stop every task this worker runs when it stops (SIGTERM, SIGKILL after the grace period), instead of
+    /// leaving them to be adopted by its next run: for `aidos up`, whose tasks should not outlive it.
+    pub stop_tasks_on_exit: bool,
 }
 
 /// Runs the worker until `shutdown` resolves. Tasks keep running after it returns; the next run with

@@ -37,6 +37,8 @@ pub enum StopReason {
     Timeout { secs: u64 },
     /// The scheduler refused a report for this attempt (stale fencing token / unknown attempt).
     Refused,
+    /// A serving replica stopped answering its readiness probes (see `probe`): killed, so its job restarts it.
+    Unhealthy { why: String },
 }
 
 /// Persistent record of one attempt (`data_dir/attempts/<name>.json`).
@@ -324,6 +326,7 @@ pub fn final_status(outcome: &Outcome, stop: Option<&StopReason>, detail: Option
         (Some(StopReason::Timeout { secs }), _) => (TaskState::Failed, format!("timed out after {secs}s")),
         (Some(StopReason::Cancelled), _) => (TaskState::Failed, format!("stopped on scheduler request ({base})")),
         (Some(StopReason::Refused), _) => (TaskState::Failed, format!("stopped: refused by scheduler ({base})")),
+        (Some(StopReason::Unhealthy { why }), _) => (TaskState::Failed, format!("{why}: killed ({base})")),
         (None, Outcome::Exited(0)) => (TaskState::Succeeded, base),
         (None, _) => match detail.map(str::trim).filter(|d| !d.is_empty()) {
             Some(d) => (TaskState::Failed, format!("{base}: {d}")),

@@ -420,8 +420,8 @@ async fn start_new(
 }
 
 /// Aborts the wrapped task when dropped (the log shipper must not outlive its supervisor).
-struct AbortOnDrop(tokio::task::JoinHandle<()>);
-impl Drop for AbortOnDrop {
+struct AbortOnDrop<T>(tokio::task::JoinHandle<T>);
+impl<T> Drop for AbortOnDrop<T> {
     fn drop(&mut self) {
         self.0.abort();
     }
@@ -479,6 +479,9 @@ async fn run_attempt(
     };
     let mut stopping: Option<Stopping> = None;
     let mut stop_open = true;
+    // A serving replica is probed while it runs (the probe ignores other tasks); ends with why it is hung.
+    let mut probe = AbortOnDrop(tokio::spawn(crate::probe::watch(workdir.clone())));
+    let mut probing = outcome.is_none() && record.stop.is_none();
     let mut tick = tokio::time::interval(POLL);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
 
@@ -511,15 +514,28 @@ async fn run_attempt(
                     new_stop = stop_rx.borrow_and_update().clone();
                 }
             }
+            why = &mut probe.0, if probing => {
+                probing = false;
+                if let Ok(why) = why {
+                    tracing::warn!("{label}: {why}");
+                    new_stop = Some(StopReason::Unhealthy { why });
+                }
+            }
             _ = tick.tick() => {}
         }
         if let Some(reason) = new_stop.take()
             && record.stop.is_none()
         {
             tracing::info!("stopping {label}: {reason:?}");
+            let hung = matches!(reason, StopReason::Unhealthy { .. });
             record.stop = Some(reason);
             persist(shared, &record).await;
+            probing = false;
             stopping = Some(begin_stop(&proc, &workdir));
+            // A hung replica cannot drain: no grace period.
+            if hung && let Some(pg) = read_child_pgid(&workdir) {
+                signal_group(pg, libc::SIGKILL);
+            }
         }
         match read_exit_code(&workdir) {
             Ok(Some(code)) => {

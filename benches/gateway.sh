@@ -1,0 +1,101 @@
+#!/usr/bin/env bash
+# Serving through the gateway vs the replica called directly vs FastAPI + onnxruntime, side by side in one run on
+# this machine (issue #18). One `aidos server` node and one worker; the reference MLP is trained for one epoch
+# (examples/mnist-mlp.toml, epochs = 1) and deployed as one replica; `aidos serve gateway` routes to it; the same
+# model exported to ONNX is served by benches/fastapi_onnx.py (1 thread, one inference per request).
+#
+# HTTP/JSON load: wrk (32 connections, 2 threads, single-sample KServe v2 JSON, WRK_SECONDS each, default 10).
+# gRPC load: our tonic client (cargo bench --bench serve_load -- --against ...), through the gateway and direct.
+# Server CPU per request: user + system time of the serving processes (gateway + replica on the gateway path) over
+# the run, from /proc, divided by the requests answered.
+#
+#   bash benches/gateway.sh          # needs wrk (apt install wrk) and the test venv (bash scripts/test.sh)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+source benches/lib.sh
+command -v wrk >/dev/null || { echo "wrk not found: apt install wrk" >&2; exit 1; }
+PY="${AIDOS_PYTHON:-$PWD/.venv/bin/python}"
+"$PY" -c 'import fastapi, uvicorn' 2>/dev/null || "$PY" -m pip install --quiet fastapi uvicorn
+aidos_bin
+cargo bench --bench serve_load --no-run 2>/dev/null
+bench_dir
+SECS="${WRK_SECONDS:-10}"
+start_aidos_node 2
+export AIDOS_BLOB_DIR="$DIR/blobs"
+
+"$AIDOS" dataset push mnist data/mnist10k --split train=8000,test=2000 >/dev/null
+sed 's/^epochs = 10/epochs = 1/' examples/mnist-mlp.toml >"$DIR/mlp.toml"
+"$AIDOS" train "$DIR/mlp.toml" --wait >/dev/null
+"$AIDOS" model export mnist-mlp:1 --format onnx -o "$DIR/mlp.onnx" >/dev/null
+"$AIDOS" serve deploy mnist-mlp:1 --name mlp --replicas 1 --cpus 500m --memory 256Mi --wait-secs 120 >/dev/null
+read -r R_HTTP R_GRPC R_PID < <("$AIDOS" -o json serve list | "$PY" -c '
+import json, sys
+r = [r for d in json.load(sys.stdin) for r in d["replica_status"] if r["ready"]][0]
+print(r["http"], r["grpc"], r["pid"])')
+
+G_HTTP="127.0.0.1:$(port)"; G_GRPC="127.0.0.1:$(port)"
+env ${GATEWAY_THREADS:+TOKIO_WORKER_THREADS=$GATEWAY_THREADS} "$AIDOS" serve gateway --http "$G_HTTP" --grpc "$G_GRPC" --log-level warn >"$DIR/gw.log" 2>&1 &
+G_PID=$!; PIDS+=($G_PID)
+F_PORT=$(port)
+"$PY" benches/fastapi_onnx.py "$DIR/mlp.onnx" "$F_PORT" >"$DIR/fastapi.log" 2>&1 &
+F_PID=$!; PIDS+=($F_PID)
+
+"$PY" - "$DIR/body.json" <<'PYEOF'
+import gzip, json, sys
+with gzip.open("data/mnist10k/images-idx3-ubyte.gz") as f:
+    px = list(f.read()[16 + 784 * 8000:16 + 784 * 8001])
+json.dump({"inputs": [{"name": "input", "shape": [1, 784], "datatype": "FP32", "data": px}]}, open(sys.argv[1], "w"))
+PYEOF
+cat >"$DIR/post.lua" <<LUAEOF
+wrk.method = "POST"
+wrk.headers["Content-Type"] = "application/json"
+wrk.body = io.open("$DIR/body.json"):read("*a")
+LUAEOF
+for url in "http://$G_HTTP/v2/models/mlp/infer" "http://127.0.0.1:$F_PORT/v2/models/mlp/infer"; do
+    deadline=$((SECONDS + 60))
+    until curl -sf -o /dev/null -H 'Content-Type: application/json' -d @"$DIR/body.json" "$url"; do
+        (( SECONDS < deadline )) || { echo "$url never answered"; cat "$DIR"/gw.log "$DIR"/fastapi.log; exit 1; }
+        sleep 0.3
+    done
+done
+
+cpu_ticks() { local t=0 p; for p in "$@"; do t=$((t + $(awk '{print $14 + $15}' "/proc/$p/stat"))); done; echo $t; }
+run_wrk() { # label url pids...
+    local label=$1 url=$2; shift 2
+    wrk -t2 -c32 -d2s -s "$DIR/post.lua" "$url" >/dev/null   # warm-up
+    local c0; c0=$(cpu_ticks "$@")
+    wrk -t2 -c32 -d"${SECS}s" --latency -s "$DIR/post.lua" "$url" >"$DIR/wrk.out"
+    local c1; c1=$(cpu_ticks "$@")
+    "$PY" - "$label" "$DIR/wrk.out" $((c1 - c0)) <<'PYEOF'
+import re, sys
+label, path, ticks = sys.argv[1], sys.argv[2], int(sys.argv[3])
+t = open(path).read()
+n = int(re.search(r"(\d+) requests in", t).group(1))
+rps = float(re.search(r"Requests/sec:\s+([\d.]+)", t).group(1))
+def ms(q):
+    v, u = re.search(rf"\s{q}%\s+([\d.]+)(us|ms|s)", t).groups()
+    return float(v) * {"us": 1e-3, "ms": 1, "s": 1e3}[u]
+bad = re.search(r"Non-2xx or 3xx responses: (\d+)", t)
+err = re.search(r"Socket errors: (.*)", t)
+print(f"{label:<28} {rps:>9.0f} req/s  p50 {ms(50):6.2f} ms  p99 {ms(99):6.2f} ms  server CPU {ticks * 1e4 / max(n, 1):6.1f} us/req"
+      f"  non-2xx {bad.group(1) if bad else 0}{'  socket errors: ' + err.group(1) if err else ''}")
+PYEOF
+}
+
+echo "MNIST MLP 784-256-128-10, single-sample requests, 32 connections, ${SECS}s each ($(nproc) cores, $(date -u +%F))"
+echo "HTTP/JSON, wrk -t2 -c32:"
+run_wrk "replica direct" "http://$R_HTTP/v2/models/mlp/infer" "$R_PID"
+if [[ -n "${PERF_GATEWAY:-}" ]]; then  # where the gateway's time goes: perf report -i $PERF_GATEWAY
+    perf record -g -o "$PERF_GATEWAY" -p "$G_PID" -- sleep $((SECS + 1)) >/dev/null 2>&1 &
+    PERF_PID=$!
+fi
+run_wrk "through the gateway" "http://$G_HTTP/v2/models/mlp/infer" "$G_PID" "$R_PID"
+[[ -z "${PERF_PID:-}" ]] || wait "$PERF_PID"
+run_wrk "FastAPI + onnxruntime" "http://127.0.0.1:$F_PORT/v2/models/mlp/infer" "$F_PID"
+echo "gRPC, our tonic client (32 concurrent streams):"
+LOAD=(target/release/deps/serve_load-*)
+for p in "${LOAD[@]}"; do [[ -x "$p" && "$p" != *.d ]] && LOAD_BIN="$p"; done
+echo -n "replica direct       "
+"$LOAD_BIN" --against "$R_HTTP,$R_GRPC" --model mlp --pids "$R_PID" --transports grpc --concurrency 32 --duration-s "$SECS" | grep grpc
+echo -n "through the gateway  "
+"$LOAD_BIN" --against "$G_HTTP,$G_GRPC" --model mlp --pids "$G_PID,$R_PID" --transports grpc --concurrency 32 --duration-s "$SECS" | grep grpc
