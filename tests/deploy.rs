@@ -5,6 +5,7 @@
 //!
 //! Issue #18: the two replicas land on two different workers (anti-affinity); a replica that hangs (SIGSTOP) fails
 //! its worker's readiness probes, is killed and replaced, with no failed request beyond those in flight on it;
+//! version 2 as a 10% canary takes 10% ± 3% of 5,000 requests and is then promoted with no failed request;
 //! the gateway's and a replica's metrics parse with Prometheus's own parser (prometheus-client) and count the
 //! requests per replica, the failed ones included.
 
@@ -285,15 +286,17 @@ async fn replicas_recover_from_sigkill_and_roll_over_without_failed_requests() {
     let replica_http: SocketAddr = ready(&d)[0].http.parse().unwrap();
     assert!(parsed(replica_http).contains("aidos_inference_requests_total{"));
 
-    // Roll over to version 2 under the same load: no request fails.
+    // Version 2 as a 10% canary under the same load, then promoted (a rollover): no request fails.
     let (code, out, err) = c.cli(&[
         "serve",
         "deploy",
         "digits:2",
         "--name",
         "digits",
+        "--canary-percent",
+        "10",
         "--replicas",
-        "2",
+        "1",
         "--cpus",
         "500m",
         "--memory",
@@ -301,8 +304,29 @@ async fn replicas_recover_from_sigkill_and_roll_over_without_failed_requests() {
         "--max-delay-us",
         "200",
         "--wait-secs",
-        "180",
+        "120",
     ]);
+    if code != 0 {
+        dump_logs(&c);
+    }
+    assert_eq!(code, 0, "{out}{err}");
+    let (code, out, _) = c.cli(&["serve", "list"]);
+    assert!(code == 0 && out.contains("canary 10%"), "{out}");
+    let share = |v: &std::collections::BTreeMap<String, u64>| (v.get("1").copied(), v.get("2").copied());
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while share(&load.versions.lock().unwrap()).1.unwrap_or(0) == 0 {
+        assert!(Instant::now() < deadline, "the gateway never sent a request to the canary");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let (a1, a2) = share(&load.versions.lock().unwrap());
+    let before_ok = load.ok.load(Ordering::Relaxed);
+    wait_ok(&c, &mut gateway_proc, &load, before_ok + 5000, Duration::from_secs(120)).await;
+    let (b1, b2) = share(&load.versions.lock().unwrap());
+    let (n1, n2) = (b1.unwrap_or(0) - a1.unwrap_or(0), b2.unwrap_or(0) - a2.unwrap_or(0));
+    let pct = 100.0 * n2 as f64 / (n1 + n2) as f64;
+    eprintln!("canary: {n2} of {} requests ({pct:.2}%)", n1 + n2);
+    assert!((7.0..=13.0).contains(&pct), "the 10% canary took {pct:.2}% of {} requests", n1 + n2);
+    let (code, out, err) = c.cli(&["serve", "promote", "digits", "--wait-secs", "180"]);
     if code != 0 {
         dump_logs(&c);
     }
@@ -317,6 +341,7 @@ async fn replicas_recover_from_sigkill_and_roll_over_without_failed_requests() {
     for t in threads {
         t.join().unwrap();
     }
+    assert_ne!(ready(&d)[0].worker_id, ready(&d)[1].worker_id, "after the rollover: {:?}", d.replica_status);
     let failed_in_rollout = load.failed.load(Ordering::Relaxed) - failed_on_kill;
     if failed_in_rollout > 0 {
         dump_logs(&c);

@@ -7,7 +7,7 @@ use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use aidos_api::v1::{DeleteDeploymentRequest, DeployRequest, Deployment, ListDeploymentsRequest};
+use aidos_api::v1::{CanaryRequest, DeleteDeploymentRequest, DeployRequest, Deployment, ListDeploymentsRequest};
 use aidos_runtime::RuntimeKind;
 use aidos_serve::ServerConfig;
 use aidos_serve::gateway::{GatewayConfig, RemoteModel, RouteSource};
@@ -55,6 +55,10 @@ pub struct DeployArgs {
     /// Wait until every replica of the new generation is ready (at most this many seconds; 0: do not wait)
     #[arg(long, env = "AIDOS_DEPLOY_WAIT_SECS", default_value_t = 0)]
     pub wait_secs: u64,
+    /// Start MODEL as a canary of the existing deployment --name: it takes this percentage (1-99) of the requests
+    /// that name no version, on --replicas replicas of its own, until `aidos serve promote` or `rollback`
+    #[arg(long, env = "AIDOS_DEPLOY_CANARY_PERCENT", default_value_t = 0)]
+    pub canary_percent: u32,
 }
 
 #[derive(Args, Debug)]
@@ -85,6 +89,7 @@ pub async fn deploy(g: &Global, a: DeployArgs) -> anyhow::Result<()> {
         instances: a.instances,
         max_queue: a.max_queue,
         resources: Some(aidos_api::v1::Resources { cpu_millis: a.cpus, memory_bytes: a.memory, gpus: 0 }),
+        canary_percent: a.canary_percent,
     };
     let d = c
         .serve(|mut s| {
@@ -95,29 +100,53 @@ pub async fn deploy(g: &Global, a: DeployArgs) -> anyhow::Result<()> {
         .map_err(|s| status_error(s, ""))?
         .into_inner();
     let spec = d.spec.clone().unwrap_or_default();
-    println!(
-        "deployment {} generation {}: {}:{} x{} ({}, max batch {}, max delay {} µs)",
-        d.name, d.generation, spec.model, spec.version, d.replicas, spec.runtime, spec.max_batch, spec.max_delay_us
-    );
-    if a.wait_secs == 0 {
+    let canary = a.canary_percent > 0;
+    match d.canary.as_ref().filter(|_| canary) {
+        Some(c) => {
+            let cs = c.spec.clone().unwrap_or_default();
+            println!(
+                "deployment {}: canary {}:{} x{} takes {}% of the requests (the rest: {}:{}); \
+                 `aidos serve promote {0}` or `aidos serve rollback {0}`",
+                d.name, cs.model, cs.version, c.replicas, c.percent, spec.model, spec.version
+            );
+        }
+        None => println!(
+            "deployment {} generation {}: {}:{} x{} ({}, max batch {}, max delay {} µs)",
+            d.name, d.generation, spec.model, spec.version, d.replicas, spec.runtime, spec.max_batch, spec.max_delay_us
+        ),
+    }
+    wait(&mut c, &d.name, canary, a.wait_secs).await
+}
+
+/// Waits (at most `secs`; 0: not at all) until every replica of the deployment's generation (or of its canary)
+/// is ready and no replica of another generation is left (the canary's aside).
+async fn wait(c: &mut Client, name: &str, canary: bool, secs: u64) -> anyhow::Result<()> {
+    if secs == 0 {
         return Ok(());
     }
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(a.wait_secs);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(secs);
     loop {
-        let now = get(&mut c, &d.name).await?;
-        let ready = now.replica_status.iter().filter(|r| r.ready && r.generation == now.generation).count();
-        let old = now.replica_status.iter().filter(|r| r.generation != now.generation).count();
-        if ready >= now.replicas as usize && old == 0 {
+        let now = get(c, name).await?;
+        let canary_gen = now.canary.as_ref().and_then(|c| c.spec.as_ref()).map(|s| s.generation);
+        let (gen_, want) = match (canary, canary_gen) {
+            (true, Some(g)) => (g, now.canary.as_ref().map(|c| c.replicas).unwrap_or(1)),
+            _ => (now.generation, now.replicas),
+        };
+        let ready = now.replica_status.iter().filter(|r| r.ready && r.generation == gen_).count();
+        let old = now
+            .replica_status
+            .iter()
+            .filter(|r| r.generation != now.generation && Some(r.generation) != canary_gen)
+            .count();
+        if ready >= want as usize && old == 0 {
             println!("{} replicas ready", ready);
             return Ok(());
         }
         anyhow::ensure!(now.status.is_empty(), "deployment {}: {}", now.name, now.status);
         anyhow::ensure!(
             tokio::time::Instant::now() < deadline,
-            "deployment {}: {ready} of {} replicas ready after {} s",
+            "deployment {}: {ready} of {want} replicas ready after {secs} s",
             now.name,
-            now.replicas,
-            a.wait_secs
         );
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
@@ -166,8 +195,23 @@ pub async fn list(g: &Global) -> anyhow::Result<()> {
             String::new(),
             render::truncate(&status, 80),
         ]);
+        let canary_gen = d.canary.as_ref().and_then(|c| c.spec.as_ref()).map(|s| s.generation);
+        if let Some(c) = &d.canary {
+            let cs = c.spec.clone().unwrap_or_default();
+            let ready = d.replica_status.iter().filter(|r| r.ready && Some(r.generation) == canary_gen).count();
+            rows.push(vec![
+                format!("  canary {}%", c.percent),
+                format!("{}:{}", cs.model, cs.version),
+                cs.generation.to_string(),
+                format!("{ready}/{}", c.replicas),
+                cs.runtime.clone(),
+                String::new(),
+                String::new(),
+            ]);
+        }
         for r in &d.replica_status {
             let state = if r.ready { "ready".to_string() } else { render::task_state(r.state).to_string() };
+            let state = if Some(r.generation) == canary_gen { format!("{state} (canary)") } else { state };
             let at = if r.ready { format!("http {} grpc {}", r.http, r.grpc) } else { render::truncate(&r.reason, 50) };
             rows.push(vec![
                 format!("  {}", r.job_id),
@@ -214,12 +258,44 @@ fn deployment_json(d: &Deployment) -> serde_json::Value {
         "resources": render::resources_json(d.resources.as_ref()),
         "status": d.status,
         "shared_workers": shared_workers(d),
+        "canary": d.canary.as_ref().map(|c| {
+            let cs = c.spec.clone().unwrap_or_default();
+            json!({"model": cs.model, "version": cs.version, "generation": cs.generation, "percent": c.percent,
+                   "replicas": c.replicas, "requested": c.requested})
+        }),
         "replica_status": d.replica_status.iter().map(|r| json!({
             "job_id": r.job_id, "generation": r.generation, "version": r.version,
             "state": render::task_state(r.state), "ready": r.ready, "worker": r.worker_id,
             "http": r.http, "grpc": r.grpc, "attempt": r.attempt, "pid": r.pid, "reason": r.reason,
         })).collect::<Vec<_>>(),
     })
+}
+
+/// `aidos serve promote` (`promote`) or `aidos serve rollback`: the canary becomes the deployment, or stops.
+pub async fn canary(g: &Global, name: &str, promote: bool, wait_secs: u64) -> anyhow::Result<()> {
+    let mut c = Client::new(&g.scheduler)?;
+    let req = CanaryRequest { name: name.to_string() };
+    let d = c
+        .serve(|mut s| {
+            let r = req.clone();
+            async move { if promote { s.promote(r).await } else { s.rollback(r).await } }
+        })
+        .await
+        .map_err(|s| status_error(s, ""))?
+        .into_inner();
+    let spec = d.spec.clone().unwrap_or_default();
+    if promote {
+        println!(
+            "deployment {name}: canary promoted, now {}:{} generation {}; the other replicas roll over",
+            spec.model, spec.version, d.generation
+        );
+    } else {
+        println!(
+            "deployment {name}: canary rolled back, all requests to {}:{}; its replicas stop",
+            spec.model, spec.version
+        );
+    }
+    wait(&mut c, name, false, wait_secs).await
 }
 
 pub async fn delete(g: &Global, name: &str) -> anyhow::Result<()> {
@@ -281,6 +357,7 @@ fn routes(deployments: &[Deployment]) -> Vec<RemoteModel> {
     for d in deployments {
         let spec = d.spec.clone().unwrap_or_default();
         let runtime = spec.runtime.parse().unwrap_or(RuntimeKind::Tract);
+        let canary = d.canary.as_ref().and_then(|c| Some((c.spec.as_ref()?.version, c.percent)));
         for r in d.replica_status.iter().filter(|r| r.ready) {
             out.entry((d.name.clone(), r.version as u64))
                 .or_insert_with(|| RemoteModel {
@@ -289,6 +366,7 @@ fn routes(deployments: &[Deployment]) -> Vec<RemoteModel> {
                     runtime,
                     max_batch: spec.max_batch as usize,
                     endpoints: vec![],
+                    canary_percent: canary.filter(|(v, _)| *v == r.version).map(|(_, p)| p).unwrap_or(0),
                 })
                 .endpoints
                 .push(ReplicaAddr { grpc: r.grpc.clone(), http: r.http.clone() });

@@ -33,6 +33,19 @@ pub enum ServeCmd {
         /// Deployment name
         name: String,
     },
+    /// Make a deployment's canary the deployment: its replicas stay, the others roll over to it
+    Promote {
+        /// Deployment name
+        name: String,
+        /// Wait until the rollover is done (at most this many seconds; 0: do not wait)
+        #[arg(long, env = "AIDOS_DEPLOY_WAIT_SECS", default_value_t = 0)]
+        wait_secs: u64,
+    },
+    /// Stop a deployment's canary: every request goes to the deployment's version again
+    Rollback {
+        /// Deployment name
+        name: String,
+    },
     /// Route the Open Inference Protocol to every deployment's ready replicas (`aidos up` runs one on 8000/8001)
     Gateway(super::deploy::GatewayArgs),
     /// One replica of a deployment (run by a worker; configured by the task environment)
@@ -81,6 +94,8 @@ pub async fn run(g: &Global, cmd: ServeCmd) -> anyhow::Result<()> {
         ServeCmd::Deploy(a) => super::deploy::deploy(g, a).await,
         ServeCmd::List => super::deploy::list(g).await,
         ServeCmd::Delete { name } => super::deploy::delete(g, &name).await,
+        ServeCmd::Promote { name, wait_secs } => super::deploy::canary(g, &name, true, wait_secs).await,
+        ServeCmd::Rollback { name } => super::deploy::canary(g, &name, false, 0).await,
         ServeCmd::Gateway(a) => super::deploy::gateway(g, a).await,
         ServeCmd::Replica(b) => run_replica(b).await,
     }

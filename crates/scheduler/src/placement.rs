@@ -11,7 +11,7 @@
 //! - Filter: ready workers whose labels satisfy every constraint and whose free resources hold the request.
 //!   Score: bin-pack picks the feasible worker left fullest after placing (fewer, fuller machines); spread picks
 //!   the emptiest (and the fewest tasks), which also spreads a gang's ranks across machines.
-//! - Anti-affinity: a job of a spread group (the replicas of one deployment) goes to a feasible worker holding the
+//! - Anti-affinity: a job of a spread group (the replicas of one deployment generation) goes to a feasible worker holding the
 //!   fewest tasks of its group before any other score, so replicas land on different workers while the cluster
 //!   has room, and share one only when no other worker can hold them (soft: never left pending for it).
 //! - A job that no worker could hold even when idle is reported unschedulable with a reason; it stays pending.

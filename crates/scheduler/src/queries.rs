@@ -184,9 +184,11 @@ pub fn placement_view(st: &ClusterState, live: &dyn Fn(&str) -> bool, default: S
     ClusterView { workers, default_strategy: default }
 }
 
-/// The anti-affinity group of a job: the deployment of a serving replica (see `placement`).
+/// The anti-affinity group of a job: a serving replica's deployment and generation (see `placement`). Per
+/// generation, so that the replicas a rollout starts spread among themselves rather than around the old ones
+/// they replace.
 fn spread_group(j: &Job) -> Option<String> {
-    serve_spec(j).map(|s| s.deployment.clone())
+    serve_spec(j).map(|s| format!("{}#{}", s.deployment, s.generation))
 }
 
 /// The pending jobs submitted after `after_seq`, as placement sees them.

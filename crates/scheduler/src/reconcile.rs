@@ -13,6 +13,10 @@
 //!   new one starts. Ready replicas never drop below `replicas` because of the rollout itself.
 //! - A generation whose replicas keep failing ([`CRASH_LOOP_JOBS`] replica jobs failed) is not retried further:
 //!   the older replicas keep serving and the deployment's status says why.
+//! - A canary's replicas (those of its generation) are kept at the canary's replica count, apart from the rollout
+//!   rules above: they are never "old". When the canary is rolled back its generation is no longer wanted and its
+//!   replicas are cancelled like old ones; when it is promoted its generation becomes the deployment's, so its
+//!   replicas count as current and only the others roll over. A crash-looping canary stops being restarted.
 //! - Replica jobs whose deployment was deleted are cancelled.
 
 use std::collections::BTreeMap;
@@ -21,7 +25,7 @@ use aidos_api::v1::{Deployment, JobKind, JobSpec, JobState, PlacementStrategy, R
 
 use crate::state::ClusterState;
 use crate::state::jobs::serve_spec;
-use crate::state::serving::replica_of;
+use crate::state::serving::{canary_generation, replica_of};
 
 /// Restarts of one replica job (in place or on another worker) before it counts as failed and is replaced.
 pub const REPLICA_RESTARTS: u32 = 3;
@@ -56,12 +60,27 @@ pub fn default_resources() -> Resources {
 /// The job spec of one replica of `d` (its current generation).
 pub fn replica_spec(d: &Deployment) -> JobSpec {
     let mut spec = d.spec.clone().unwrap_or_default();
-    spec.deployment = d.name.clone();
     spec.generation = d.generation;
+    replica_job(d, spec, d.resources, "serve")
+}
+
+/// The job spec of one replica of `d`'s canary.
+pub fn canary_spec(d: &Deployment) -> Option<JobSpec> {
+    let c = d.canary.as_ref()?;
+    Some(replica_job(d, c.spec.clone()?, c.resources, "canary"))
+}
+
+fn replica_job(
+    d: &Deployment,
+    mut spec: aidos_api::v1::ServeSpec,
+    resources: Option<Resources>,
+    what: &str,
+) -> JobSpec {
+    spec.deployment = d.name.clone();
     JobSpec {
-        name: format!("serve-{}", d.name),
+        name: format!("{what}-{}", d.name),
         kind: JobKind::Serve as i32,
-        resources: Some(d.resources.unwrap_or_else(default_resources)),
+        resources: Some(resources.unwrap_or_else(default_resources)),
         replicas: 1,
         min_replicas: 0,
         priority: REPLICA_PRIORITY,
@@ -120,10 +139,46 @@ pub fn reconcile(st: &ClusterState, now_ms: i64) -> Vec<Action> {
         } else {
             String::new()
         };
+        // The canary's replicas are planned apart from the deployment's.
+        let canary_gen = canary_generation(d);
+        let (canary, reps): (Vec<Replica>, Vec<Replica>) =
+            reps.into_iter().partition(|r| Some(r.generation) == canary_gen);
+        let mut status = status;
+        if let (Some(g), Some(c)) = (canary_gen, d.canary.as_ref()) {
+            let (fails, last) = failed.get(&(d.name.as_str(), g)).copied().unwrap_or((0, ""));
+            let crash_loop = fails >= CRASH_LOOP_JOBS;
+            if crash_loop {
+                let why = format!("canary generation {g}: {fails} replica jobs failed, last: {last}; roll it back");
+                status = if status.is_empty() { why } else { format!("{status}; {why}") };
+            }
+            out.extend(plan_canary(d, c.replicas.max(1) as usize, &canary, crash_loop));
+        }
         if status != d.status {
             out.push(Action::SetStatus { name: d.name.clone(), status });
         }
         out.extend(plan(d, &reps, crash_loop, now_ms));
+    }
+    out
+}
+
+/// The submits and cancels for a canary of `want` replicas given its live ones: extras go (not ready first),
+/// missing ones start (unless it crash-loops).
+fn plan_canary(d: &Deployment, want: usize, live: &[Replica], crash_loop: bool) -> Vec<Action> {
+    let mut out = Vec::new();
+    let mut live: Vec<&Replica> = live.iter().collect();
+    if live.len() > want {
+        live.sort_by_key(|r| r.ready);
+        for r in live.drain(..live.len() - want) {
+            out.push(Action::Cancel {
+                job_id: r.job_id.clone(),
+                why: format!("canary of {} scaled to {want}", d.name),
+            });
+        }
+    }
+    if !crash_loop {
+        for _ in live.len()..want {
+            out.extend(canary_spec(d).map(|s| Action::Submit(Box::new(s))));
+        }
     }
     out
 }
@@ -205,6 +260,38 @@ mod tests {
             })
             .collect();
         (submits, cancels)
+    }
+
+    #[test]
+    fn a_canary_keeps_its_own_replicas_and_promotion_keeps_them_running() {
+        use aidos_api::v1::Canary;
+        let mut d = dep(1, 2);
+        let canary = |g: u64| Canary {
+            spec: Some(ServeSpec { model: "m".into(), version: 2, generation: g, ..Default::default() }),
+            replicas: 1,
+            percent: 10,
+            ..Default::default()
+        };
+        d.canary = Some(canary(2));
+        let main = [rep("a", 1, true), rep("b", 1, true)];
+        // The deployment's replicas are left alone; the canary's one starts.
+        let (submits, cancels) = count(&plan(&d, &main, false, T));
+        assert_eq!((submits, cancels.len()), (0, 0));
+        let a = plan_canary(&d, 1, &[], false);
+        let Action::Submit(spec) = &a[0] else { panic!("{a:?}") };
+        let Some(Payload::Serve(s)) = &spec.payload else { panic!() };
+        assert_eq!((s.version, s.generation, s.deployment.as_str()), (2, 2, "m"));
+        assert_eq!(count(&plan_canary(&d, 1, &[rep("c", 2, true)], false)), (0, vec![]));
+        assert_eq!(count(&plan_canary(&d, 1, &[rep("c", 2, true), rep("e", 2, false)], false)), (0, vec!["e".into()]));
+        assert_eq!(count(&plan_canary(&d, 1, &[], true)), (0, vec![]), "a crash-looping canary is not restarted");
+        // Promoted: the canary's generation is current, so only the old replicas roll over (surge by one).
+        let mut p = dep(2, 2);
+        p.spec.as_mut().unwrap().generation = 2;
+        let s = [rep("a", 1, true), rep("b", 1, true), rep("c", 2, true)];
+        assert_eq!(count(&plan(&p, &s, false, T)), (1, vec!["a".to_string()]));
+        // Rolled back: its replicas are old ones of a generation nobody wants.
+        let s = [rep("a", 1, true), rep("b", 1, true), rep("c", 2, true)];
+        assert_eq!(count(&plan(&dep(1, 2), &s, false, T)), (0, vec!["c".to_string()]));
     }
 
     #[test]

@@ -27,6 +27,9 @@ pub struct RemoteModel {
     pub runtime: RuntimeKind,
     pub max_batch: usize,
     pub endpoints: Vec<ReplicaAddr>,
+    /// Non-zero: this version is a canary taking this percentage of the requests for `name` that name no version
+    /// (see [`Repository::set_canary`]).
+    pub canary_percent: u32,
 }
 
 /// Where the gateway learns what to route.
@@ -136,6 +139,13 @@ impl Routes {
                 }
                 Err(e) => tracing::debug!("{}:{} not reachable yet: {e}", w.name, w.version),
             }
+        }
+        // Canary splits of the names this gateway routes: set where a routed version is a canary, ended elsewhere.
+        let names: std::collections::BTreeSet<&str> =
+            want.iter().map(|w| w.name.as_str()).chain(self.pools.keys().map(|(n, _)| n.as_str())).collect();
+        for name in names {
+            let split = wanted.iter().find(|w| w.name == name && w.canary_percent > 0);
+            self.repo.set_canary(name, split.map(|w| (w.version, w.canary_percent)));
         }
         let gone: Vec<_> = self
             .pools

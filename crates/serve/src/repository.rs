@@ -77,6 +77,17 @@ pub struct LoadedVersion {
 pub struct Repository {
     models: RwLock<BTreeMap<String, BTreeMap<u64, Arc<LoadedVersion>>>>,
     metrics: Arc<Metrics>,
+    /// Canary splits by model name: (canary version, percent of the requests that name no version).
+    canaries: RwLock<BTreeMap<String, (u64, u32)>>,
+    /// Requests that named no version of a model with a canary, counted to split them (see [`takes_canary`]).
+    unversioned: std::sync::atomic::AtomicU64,
+}
+
+/// Whether the `n`-th request (from 0) goes to a canary taking `percent` of them: exactly `percent` of every 100
+/// consecutive requests, spread evenly (request n is the canary's when floor((n+1)·p/100) > floor(n·p/100)).
+pub fn takes_canary(n: u64, percent: u32) -> bool {
+    let p = u64::from(percent.min(100));
+    (n % 100 + 1) * p / 100 > (n % 100) * p / 100
 }
 
 /// A model that was in the repository, for listings.
@@ -89,7 +100,12 @@ pub struct IndexEntry {
 
 impl Repository {
     pub fn new(metrics: Arc<Metrics>) -> Repository {
-        Repository { models: RwLock::new(BTreeMap::new()), metrics }
+        Repository {
+            models: RwLock::new(BTreeMap::new()),
+            metrics,
+            canaries: RwLock::new(BTreeMap::new()),
+            unversioned: std::sync::atomic::AtomicU64::new(0),
+        }
     }
 
     pub fn metrics(&self) -> &Metrics {
@@ -158,12 +174,33 @@ impl Repository {
         Ok(())
     }
 
-    /// The version a request names (`""`: the highest loaded).
+    /// Sends `percent` of the requests for `name` that name no version to `version` (a canary), the rest to the
+    /// highest other version; `None` ends the split.
+    pub fn set_canary(&self, name: &str, canary: Option<(u64, u32)>) {
+        let mut c = self.canaries.write().unwrap();
+        match canary {
+            Some(split) => c.insert(name.to_string(), split),
+            None => c.remove(name),
+        };
+    }
+
+    /// The version a request names (`""`: the highest loaded, or, while `name` has a canary split, the canary
+    /// for its share of requests and the highest other version for the rest).
     pub fn resolve(&self, name: &str, version: &str) -> Result<Arc<LoadedVersion>, ServeError> {
         let models = self.models.read().unwrap();
         let versions = models.get(name).ok_or_else(|| ServeError::ModelNotFound(name.into()))?;
         let not_found = || ServeError::VersionNotFound { model: name.into(), version: version.into() };
         if version.is_empty() {
+            if let Some(&(canary, percent)) = self.canaries.read().unwrap().get(name)
+                && versions.contains_key(&canary)
+            {
+                let n = self.unversioned.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                let stable = versions.iter().rev().find(|(v, _)| **v != canary).map(|(_, l)| l);
+                return match (takes_canary(n, percent), stable) {
+                    (false, Some(l)) => Ok(l.clone()),
+                    _ => Ok(versions[&canary].clone()),
+                };
+            }
             return versions.values().next_back().cloned().ok_or_else(not_found);
         }
         let v: u64 = version.parse().map_err(|_| not_found())?;
@@ -283,4 +320,21 @@ fn dir_config(path: &Path, d: &BatchConfig) -> Result<(BatchConfig, RuntimeKind,
     let policy =
         c.version_policy.as_deref().unwrap_or("latest:1").parse().map_err(|e| format!("{}: {e}", path.display()))?;
     Ok((cfg, kind, policy))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::takes_canary;
+
+    #[test]
+    fn a_canary_takes_exactly_its_share_of_every_hundred_requests_spread_out() {
+        for p in [0, 1, 3, 10, 33, 50, 99, 100] {
+            let taken: Vec<u64> = (0..1000).filter(|n| takes_canary(*n, p)).collect();
+            assert_eq!(taken.len() as u32, p * 10, "{p}%");
+            if p == 10 {
+                // One in every ten, not ten in a row.
+                assert!(taken.windows(2).all(|w| w[1] - w[0] == 10), "{taken:?}");
+            }
+        }
+    }
 }

@@ -87,6 +87,7 @@ fn route(name: &str, replicas: &[&Replica]) -> RemoteModel {
             .iter()
             .map(|r| ReplicaAddr { grpc: r.endpoints().grpc.clone(), http: r.endpoints().http.clone() })
             .collect(),
+        canary_percent: 0,
     }
 }
 

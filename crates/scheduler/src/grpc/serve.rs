@@ -22,6 +22,14 @@ impl ServeService for Serve {
     async fn delete(&self, r: Request<DeleteDeploymentRequest>) -> Res<Deployment> {
         ok(leader(&self.0)?.delete_deployment(r.into_inner()).await?)
     }
+    async fn promote(&self, r: Request<CanaryRequest>) -> Res<Deployment> {
+        let c = SetCanaryV1 { name: r.into_inner().name, canary: None, promote: true };
+        ok(leader(&self.0)?.set_canary(c).await?)
+    }
+    async fn rollback(&self, r: Request<CanaryRequest>) -> Res<Deployment> {
+        let c = SetCanaryV1 { name: r.into_inner().name, canary: None, promote: false };
+        ok(leader(&self.0)?.set_canary(c).await?)
+    }
     async fn report_endpoint(&self, r: Request<ReportEndpointRequest>) -> Res<ReportAck> {
         let l = leader(&self.0)?;
         own_job(&l, &r, attempt_job(r.get_ref().attempt.as_ref()))?;

@@ -65,6 +65,19 @@ impl LeaderHandler {
             return Err(invalid("resources", "asks for nothing: set cpu or memory"));
         }
         let name = if r.name.is_empty() { resolved.name.clone() } else { r.name.clone() };
+        if r.canary_percent > 0 {
+            if r.canary_percent > 99 {
+                return Err(invalid("canary_percent", format!("{} (expected 1..=99)", r.canary_percent)));
+            }
+            let canary = Canary {
+                spec: Some(spec),
+                replicas,
+                percent: r.canary_percent,
+                requested: r.model.trim().to_string(),
+                resources: Some(resources),
+            };
+            return self.set_canary(SetCanaryV1 { name, canary: Some(canary), promote: false }).await;
+        }
         let d = Deployment {
             name,
             spec: Some(spec),
@@ -75,6 +88,13 @@ impl LeaderHandler {
         };
         let res = self.core.propose(Command::Deploy(DeployV1 { deployment: Some(d) })).await?;
         let d = res.deployment.ok_or_else(|| SchedulerError::Raft("deploy answered without a deployment".into()))?;
+        Ok(self.read(|st| queries::deployment_view(st, &d.name)).unwrap_or(d))
+    }
+
+    /// Starts, promotes or rolls back a canary (see `SetCanaryV1`).
+    pub async fn set_canary(&self, c: SetCanaryV1) -> Result<Deployment, SchedulerError> {
+        let res = self.core.propose(Command::SetCanary(c)).await?;
+        let d = res.deployment.ok_or_else(|| SchedulerError::Raft("canary answered without a deployment".into()))?;
         Ok(self.read(|st| queries::deployment_view(st, &d.name)).unwrap_or(d))
     }
 

@@ -5,6 +5,10 @@
 //! Invariants:
 //! - A deployment's `generation` changes exactly when what a replica runs changes (model version, runtime,
 //!   batching, resources); a change of the replica count alone keeps it, so scaling never restarts replicas.
+//! - Generations are never reused within a deployment: a new one (the deployment's or a canary's) is one more than
+//!   `last_generation`, the highest ever given, so replicas of a rolled-back canary cannot pass for a new one.
+//! - A canary serves another model version than the deployment (requests are split by version); promoting it
+//!   makes its spec and generation the deployment's, so its replicas keep running.
 //! - Replicas are ordinary jobs of kind SERVE (one task each) whose payload names the deployment and generation;
 //!   the leader's reconciler (`reconcile.rs`) is the only thing that submits or cancels them.
 //! - An attempt that is no longer RUNNING is never ready, whatever endpoint it reported.
@@ -12,7 +16,9 @@
 use std::collections::BTreeMap;
 
 use aidos_api::v1::command_v1::Command;
-use aidos_api::v1::{CommandResultV1, DeployV1, Deployment, Job, JobState, Replica, StateSnapshotV1, TaskState};
+use aidos_api::v1::{
+    CommandResultV1, DeployV1, Deployment, Job, JobState, Replica, SetCanaryV1, StateSnapshotV1, TaskState,
+};
 use prost::Message;
 
 use super::jobs::serve_spec;
@@ -94,6 +100,7 @@ impl Domain for ServingState {
         Some(match cmd {
             Command::Deploy(r) => self.deploy(r, now, dirty),
             Command::DeleteDeployment(r) => self.delete_deployment(&r.name, dirty),
+            Command::SetCanary(r) => self.set_canary(r, now, dirty),
             Command::SetDeploymentStatus(r) => {
                 self.set_deployment_status(&r.name, &r.status, dirty);
                 Ok(CommandResultV1::default())
@@ -127,19 +134,79 @@ impl ServingState {
                     b.generation = 0;
                     a == b && old.resources == d.resources
                 };
-                d.generation = if same_spec { old.generation } else { old.generation + 1 };
+                d.generation = if same_spec { old.generation } else { last_generation(old) + 1 };
                 d.created_at_ms = old.created_at_ms;
+                d.canary = old.canary.clone();
             }
             None => {
                 d.generation = 1;
                 d.created_at_ms = now;
+                d.canary = None;
             }
         }
+        d.last_generation = d.generation.max(self.deployments.get(&d.name).map(last_generation).unwrap_or(0));
         d.spec.as_mut().expect("checked").generation = d.generation;
         d.updated_at_ms = now;
         dirty.mark(Table::Rows, deployment_key(&d.name));
         self.deployments.insert(d.name.clone(), d.clone());
         Ok(CommandResultV1 { deployment: Some(d), ..Default::default() })
+    }
+
+    fn set_canary(&mut self, r: &SetCanaryV1, now: i64, dirty: &mut Dirty) -> Result<CommandResultV1, Refusal> {
+        let d =
+            self.deployments.get_mut(&r.name).ok_or_else(|| not_found(format!("deployment {} not found", r.name)))?;
+        match (&r.canary, r.promote) {
+            (Some(c), _) => {
+                let mut c = c.clone();
+                let spec = c.spec.as_mut().ok_or_else(|| bad("canary.spec", "missing"))?;
+                spec.deployment = d.name.clone();
+                if !(1..=99).contains(&c.percent) {
+                    return Err(bad("canary_percent", format!("{} (expected 1..=99)", c.percent)));
+                }
+                if c.replicas == 0 || c.replicas > MAX_DEPLOYMENT_REPLICAS {
+                    return Err(bad("replicas", format!("{} (expected 1..={MAX_DEPLOYMENT_REPLICAS})", c.replicas)));
+                }
+                let main_version = d.spec.as_ref().map(|s| s.version).unwrap_or(0);
+                if spec.version == main_version {
+                    return Err(bad(
+                        "model",
+                        format!(
+                            "version {main_version} is what deployment {} already serves: a canary is another version",
+                            d.name
+                        ),
+                    ));
+                }
+                // Same spec as the running canary: only its share or replica count changes, its replicas stay.
+                let same = d.canary.as_ref().is_some_and(|old| {
+                    let mut a = old.spec.clone().unwrap_or_default();
+                    a.generation = 0;
+                    let mut b = spec.clone();
+                    b.generation = 0;
+                    a == b && old.resources == c.resources
+                });
+                spec.generation = match &d.canary {
+                    Some(old) if same => old.spec.as_ref().map(|s| s.generation).unwrap_or(0),
+                    _ => last_generation(d) + 1,
+                };
+                d.last_generation = d.last_generation.max(spec.generation);
+                d.canary = Some(c);
+            }
+            (None, true) => {
+                let c = d.canary.take().ok_or_else(|| bad("name", format!("deployment {} has no canary", r.name)))?;
+                let spec = c.spec.unwrap_or_default();
+                d.generation = spec.generation;
+                d.spec = Some(spec);
+                d.requested = c.requested;
+                d.resources = c.resources;
+            }
+            (None, false) => {
+                d.canary.take().ok_or_else(|| bad("name", format!("deployment {} has no canary", r.name)))?;
+            }
+        }
+        d.status.clear();
+        d.updated_at_ms = now;
+        dirty.mark(Table::Rows, deployment_key(&r.name));
+        Ok(CommandResultV1 { deployment: Some(d.clone()), ..Default::default() })
     }
 
     fn delete_deployment(&mut self, name: &str, dirty: &mut Dirty) -> Result<CommandResultV1, Refusal> {
@@ -157,4 +224,15 @@ impl ServingState {
             dirty.mark(Table::Rows, deployment_key(name));
         }
     }
+}
+
+/// The highest generation ever given to `d` or a canary of it.
+pub fn last_generation(d: &Deployment) -> u64 {
+    let canary = d.canary.as_ref().and_then(|c| c.spec.as_ref()).map(|s| s.generation).unwrap_or(0);
+    d.generation.max(d.last_generation).max(canary)
+}
+
+/// The generation of `d`'s canary, if it has one.
+pub fn canary_generation(d: &Deployment) -> Option<u64> {
+    d.canary.as_ref().and_then(|c| c.spec.as_ref()).map(|s| s.generation)
 }
