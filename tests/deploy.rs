@@ -5,7 +5,8 @@
 //!
 //! Issue #18: the two replicas land on two different workers (anti-affinity); a replica that hangs (SIGSTOP) fails
 //! its worker's readiness probes, is killed and replaced, with no failed request beyond those in flight on it;
-//! version 2 as a 10% canary takes 10% ± 3% of 5,000 requests and is then promoted with no failed request;
+//! version 2 as a 10% canary takes 10% ± 3% of 5,000 requests and is then promoted with no failed request; the
+//! scheduler's Prometheus service discovery (`/v1/http_sd`) lists the replicas where they are after they moved;
 //! the gateway's and a replica's metrics parse with Prometheus's own parser (prometheus-client) and count the
 //! requests per replica, the failed ones included.
 
@@ -98,6 +99,37 @@ fn first(errors: &[String]) -> Vec<String> {
     v
 }
 
+/// The targets of the scheduler's Prometheus service discovery (`GET /v1/http_sd`), sorted; and what it answers
+/// a caller without a token.
+fn http_sd(addr: SocketAddr) -> (Vec<String>, u16) {
+    use std::io::{Read, Write};
+    let get = |auth: &str| {
+        let mut s = std::net::TcpStream::connect(addr).unwrap();
+        write!(s, "GET /v1/http_sd HTTP/1.1\r\nHost: x\r\n{auth}Connection: close\r\n\r\n").unwrap();
+        let mut text = String::new();
+        s.read_to_string(&mut text).unwrap();
+        let (head, body) = text.split_once("\r\n\r\n").unwrap();
+        (head.split_whitespace().nth(1).unwrap().parse::<u16>().unwrap(), body.to_string())
+    };
+    let (status, body) = get(&format!("Authorization: Bearer {}\r\n", *TOKEN));
+    assert_eq!(status, 200, "{body}");
+    let groups: Vec<serde_json::Value> = serde_json::from_str(&body).unwrap();
+    let mut targets: Vec<String> = groups
+        .iter()
+        .inspect(|g| assert_eq!(g["labels"]["deployment"], "digits", "{g}"))
+        .flat_map(|g| g["targets"].as_array().unwrap().iter().map(|t| t.as_str().unwrap().to_string()))
+        .collect();
+    targets.sort();
+    (targets, get("").0)
+}
+
+/// The HTTP addresses of `d`'s ready replicas, sorted.
+fn ready_http(d: &Deployment) -> Vec<String> {
+    let mut v: Vec<String> = ready(d).iter().map(|r| r.http.clone()).collect();
+    v.sort();
+    v
+}
+
 fn ready(d: &Deployment) -> Vec<&Replica> {
     d.replica_status.iter().filter(|r| r.ready).collect()
 }
@@ -117,7 +149,8 @@ async fn wait_ok(c: &Cluster, gateway: &mut Proc, load: &Load, more_than: u64, w
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn replicas_recover_from_sigkill_and_roll_over_without_failed_requests() {
-    let mut c = start_cluster(1).await;
+    let sd_addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+    let mut c = start_cluster_with(1, &["--http", &sd_addr.to_string()]).await;
     c.start_worker("w1", "2", "");
     c.start_worker("w2", "2", "");
     // Two versions of a small model.
@@ -227,6 +260,10 @@ async fn replicas_recover_from_sigkill_and_roll_over_without_failed_requests() {
     let restarted = d.replica_status.iter().find(|r| r.job_id == victim.job_id);
     eprintln!("after SIGKILL: {failed_on_kill} failed; replacement {restarted:?}");
     assert_ne!(ready(&d)[0].worker_id, ready(&d)[1].worker_id, "replicas share a worker: {:?}", d.replica_status);
+    // Prometheus service discovery follows the replica that moved (same node state the list came from).
+    let (targets, anonymous) = http_sd(sd_addr);
+    assert_eq!(targets, ready_http(&d), "http_sd after the SIGKILL");
+    assert_eq!(anonymous, 401, "http_sd without a token");
 
     // SIGSTOP one replica: alive but hung. Its worker's probes fail, it is killed and restarted; the gateway
     // sends new requests to the other one meanwhile, and those stuck on it are retried there once it dies.
@@ -240,6 +277,7 @@ async fn replicas_recover_from_sigkill_and_roll_over_without_failed_requests() {
     })
     .await;
     eprintln!("hung replica replaced after {:?}", t0.elapsed());
+    assert!(!http_sd(sd_addr).0.contains(&hung.http), "http_sd still lists the hung replica");
     assert!(
         !std::path::Path::new(&format!("/proc/{}", hung.pid)).exists()
             || std::fs::read_to_string(format!("/proc/{}/stat", hung.pid)).is_ok_and(|s| s.contains(") Z")),

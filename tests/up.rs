@@ -40,7 +40,8 @@ fn up_with_a_task(dir: &Path, extra: &[&str], marker: &str) -> Child {
     let data = dir.join("data");
     let mut up = Command::new(BIN)
         .args(["up", "--data-dir", data.to_str().unwrap(), "--listen", "127.0.0.1:0"])
-        .args(["--serve-http", "127.0.0.1:0", "--serve-grpc", "127.0.0.1:0", "--worker-cpus", "2"])
+        .args(["--serve-http", "127.0.0.1:0", "--serve-grpc", "127.0.0.1:0", "--http", "127.0.0.1:0"])
+        .args(["--worker-cpus", "2"])
         .args(extra)
         .env_remove("AIDOS_TOKEN")
         .stdout(log.try_clone().unwrap())

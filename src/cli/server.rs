@@ -26,6 +26,10 @@ pub struct ServerArgs {
     /// create`). Default: <data-dir>/admin.token
     #[arg(long, env = "AIDOS_ADMIN_TOKEN_FILE")]
     pub admin_token_file: Option<std::path::PathBuf>,
+    /// Where the HTTP API listens (Prometheus service discovery of serving replicas: GET /v1/http_sd, with a
+    /// token); unset: no HTTP API. Loopback unless the cluster's network is trusted
+    #[arg(long, env = "AIDOS_HTTP")]
+    pub http: Option<std::net::SocketAddr>,
     /// Calls per second one token may make to this node, sustained (0: no limit); over it, calls are answered
     /// RESOURCE_EXHAUSTED with a retry hint
     #[arg(long, env = "AIDOS_RATE_LIMIT_PER_SEC", default_value_t = 1000.0)]
@@ -207,9 +211,13 @@ pub async fn run(g: &Global, a: ServerArgs) -> anyhow::Result<()> {
             burst: a.rate_limit_burst,
             max_in_flight: a.max_in_flight_per_token,
         },
+        http: a.http,
     };
     let node = SchedulerNode::start(cfg).await.with_context(|| format!("starting scheduler node {}", a.id))?;
     println!("scheduler {} listening on {}", a.id, node.local_addr());
+    if let Some(h) = node.http_addr() {
+        println!("HTTP API on http://{h} (Prometheus service discovery: /v1/http_sd)");
+    }
     shutdown_signal().await;
     node.shutdown().await;
     Ok(())

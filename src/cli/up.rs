@@ -41,6 +41,9 @@ pub struct UpArgs {
     /// Where the gateway serves every deployment over gRPC (inference.GRPCInferenceService)
     #[arg(long, env = "AIDOS_UP_SERVE_GRPC", default_value = "127.0.0.1:8001")]
     pub serve_grpc: SocketAddr,
+    /// Where the scheduler's HTTP API listens (Prometheus service discovery of serving replicas: /v1/http_sd)
+    #[arg(long, env = "AIDOS_UP_HTTP", default_value = "127.0.0.1:7080")]
+    pub http: SocketAddr,
     /// Do not start the gateway
     #[arg(long, env = "AIDOS_UP_NO_GATEWAY")]
     pub no_gateway: bool,
@@ -66,10 +69,14 @@ pub async fn run(g: &Global, a: UpArgs) -> anyhow::Result<()> {
     let blobs = super::args::store_config(g)?
         .unwrap_or_else(|| aidos_blob::StoreConfig::Dir { path: a.data_dir.join("blobs"), shared: false });
     sched_cfg.blobs = Some(blobs.clone());
+    sched_cfg.http = Some(a.http);
     let node =
         SchedulerNode::start(sched_cfg).await.with_context(|| format!("starting the scheduler on {}", a.listen))?;
     let addr = node.local_addr();
     println!("scheduler listening on {addr}");
+    if let Some(h) = node.http_addr() {
+        println!("HTTP API on http://{h} (Prometheus service discovery: /v1/http_sd)");
+    }
     println!(
         "admin token: {} (used by the CLI in this directory; `aidos token create` makes others)",
         token_file.display()

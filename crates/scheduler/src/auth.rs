@@ -162,6 +162,18 @@ pub fn check(
     let Some(access) = access(path) else {
         return Err(tonic::Status::permission_denied(format!("no access rule for {path}: refused")));
     };
+    check_access(access, headers, root_token, st, now_ms, not_leader)
+}
+
+/// [`check`] for a call whose rule is already known (the HTTP API's routes name theirs).
+pub fn check_access(
+    access: Access,
+    headers: &http::HeaderMap,
+    root_token: &str,
+    st: &ClusterState,
+    now_ms: i64,
+    not_leader: Option<tonic::Status>,
+) -> Result<Option<Verified>, tonic::Status> {
     if access == Access::Public {
         return Ok(None);
     }

@@ -38,6 +38,7 @@ mod error;
 mod forward;
 pub mod gc;
 mod grpc;
+pub mod http;
 mod leader;
 pub mod limits;
 mod loops;
@@ -118,6 +119,8 @@ pub struct SchedulerConfig {
     pub root_token: String,
     /// Per-token request-rate and in-flight limits of this node's calls (`limits`).
     pub limits: limits::LimitConfig,
+    /// Where the HTTP API (`http`: Prometheus service discovery) listens; None: it does not.
+    pub http: Option<SocketAddr>,
 }
 
 /// Default of [`SchedulerConfig::retention_interval`]: 30 s.
@@ -147,6 +150,7 @@ impl SchedulerConfig {
             blob_gc_grace: gc::DEFAULT_GRACE,
             root_token: aidos_api::auth::new_root_token(),
             limits: limits::LimitConfig::default(),
+            http: None,
         }
     }
 }
@@ -157,6 +161,7 @@ pub const MAX_STREAMS_PER_CONNECTION: u32 = 4096;
 /// A running scheduler node.
 pub struct SchedulerNode {
     local_addr: SocketAddr,
+    http_addr: Option<SocketAddr>,
     core: Arc<core::Core>,
     stop: watch::Sender<bool>,
     tasks: Vec<JoinHandle<()>>,
@@ -225,6 +230,11 @@ impl SchedulerNode {
         .map_err(|e| SchedulerError::Raft(e.to_string()))?;
 
         let listener = tokio::net::TcpListener::bind(cfg.listen).await?;
+        let http_listener = match cfg.http {
+            Some(a) => Some(http::bind(a).await?),
+            None => None,
+        };
+        let http_addr = http_listener.as_ref().map(|l| l.local_addr()).transpose()?;
         let local_addr = listener.local_addr()?;
         if cfg.advertise.is_empty() {
             cfg.advertise = local_addr.to_string();
@@ -318,12 +328,21 @@ impl SchedulerNode {
             }
         }
         tracing::info!(node = cfg.node_id, addr = %local_addr, "scheduler listening on {local_addr}");
-        Ok(SchedulerNode { local_addr, core, stop, tasks })
+        if let Some(l) = http_listener {
+            tasks.push(tokio::spawn(http::serve(l, core.clone(), stop_rx.clone())));
+            tracing::info!("scheduler HTTP API on {}", http_addr.expect("bound"));
+        }
+        Ok(SchedulerNode { local_addr, http_addr, core, stop, tasks })
     }
 
     /// The bound address (useful with port 0).
     pub fn local_addr(&self) -> SocketAddr {
         self.local_addr
+    }
+
+    /// Where the HTTP API listens, when it does.
+    pub fn http_addr(&self) -> Option<SocketAddr> {
+        self.http_addr
     }
 
     /// True once this node knows a leader (itself or another).
