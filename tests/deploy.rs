@@ -90,6 +90,32 @@ async fn wait_deployment(
     }
 }
 
+/// Starts `aidos serve gateway` on free ports; answers it and its HTTP address.
+async fn start_gateway(c: &Cluster) -> (Proc, SocketAddr) {
+    let ready_file = c.path().join("gateway.json");
+    let ready = ready_file.to_str().unwrap();
+    let p = c.spawn_aidos(
+        "gateway",
+        &["serve", "gateway", "--http", "127.0.0.1:0", "--grpc", "127.0.0.1:0", "--ready-file", ready],
+    );
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !ready_file.exists() {
+        assert!(Instant::now() < deadline, "the gateway did not start: {}", p.output());
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let addrs: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&ready_file).unwrap()).unwrap();
+    (p, addrs["http"].as_str().unwrap().parse().unwrap())
+}
+
+/// Waits until the gateway routes `digits`.
+async fn wait_routed(gateway: SocketAddr, p: &Proc) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while http(gateway, "GET", "/v2/models/digits/ready", "").0 != 200 {
+        assert!(Instant::now() < deadline, "the gateway does not route digits: {}", p.output());
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
 /// The first few of a list of errors (all of them can be thousands).
 fn first(errors: &[String]) -> Vec<String> {
     let mut v: Vec<String> = errors.iter().take(5).cloned().collect();
@@ -170,27 +196,7 @@ async fn replicas_recover_from_sigkill_and_roll_over_without_failed_requests() {
     }
     assert!(deployment(&c, "digits").await.is_none(), "a refused deployment was stored");
 
-    let ready_file = c.path().join("gateway.json");
-    let mut gateway_proc = c.spawn_aidos(
-        "gateway",
-        &[
-            "serve",
-            "gateway",
-            "--http",
-            "127.0.0.1:0",
-            "--grpc",
-            "127.0.0.1:0",
-            "--ready-file",
-            ready_file.to_str().unwrap(),
-        ],
-    );
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while !ready_file.exists() {
-        assert!(Instant::now() < deadline, "the gateway did not start: {}", gateway_proc.output());
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    let addrs: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&ready_file).unwrap()).unwrap();
-    let gateway: SocketAddr = addrs["http"].as_str().unwrap().parse().unwrap();
+    let (mut gateway_proc, gateway) = start_gateway(&c).await;
 
     let (code, out, err) = c.cli(&[
         "serve",
@@ -224,11 +230,7 @@ async fn replicas_recover_from_sigkill_and_roll_over_without_failed_requests() {
     }
 
     // The gateway follows the scheduler (every 250 ms): wait until it routes the deployment.
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while http(gateway, "GET", "/v2/models/digits/ready", "").0 != 200 {
-        assert!(Instant::now() < deadline, "the gateway does not route digits: {}", gateway_proc.output());
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    wait_routed(gateway, &gateway_proc).await;
     // Steady load through the gateway.
     let (load, threads) = start_load(gateway);
     wait_ok(&c, &mut gateway_proc, &load, 100, Duration::from_secs(60)).await;
@@ -409,4 +411,64 @@ async fn replicas_recover_from_sigkill_and_roll_over_without_failed_requests() {
         assert!(Instant::now() < deadline, "after delete: {live} replica jobs live, gateway answers {status}");
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_autoscaled_deployment_follows_the_load_up_and_down() {
+    let mut c = start_cluster(1).await;
+    c.start_worker("w1", "2", "");
+    c.start_worker("w2", "2", "");
+    c.train_digits(1).await;
+    let (mut gateway_proc, gateway) = start_gateway(&c).await;
+    // Refused: autoscaling bounds that make no sense, by name.
+    let (code, _, err) = c.cli(&["serve", "deploy", "digits:1", "--min-replicas", "3", "--max-replicas", "2"]);
+    assert!(code != 0 && err.contains("max_replicas"), "{err}");
+    let (code, out, err) = c.cli(&[
+        "serve",
+        "deploy",
+        "digits:1",
+        "--min-replicas",
+        "1",
+        "--max-replicas",
+        "3",
+        "--target-in-flight",
+        "0.2",
+        "--scale-down-delay-secs",
+        "3",
+        "--cpus",
+        "500m",
+        "--memory",
+        "256Mi",
+        "--wait-secs",
+        "120",
+    ]);
+    assert_eq!(code, 0, "{out}{err}");
+    let d = wait_deployment(&c, "digits", Duration::from_secs(30), "1 ready", |d| ready(d).len() == 1).await;
+    assert_eq!(d.replicas, 1);
+    wait_routed(gateway, &gateway_proc).await;
+
+    // Load: 4 clients without pause. The replicas report their requests in flight; the leader scales up.
+    let (load, threads) = start_load(gateway);
+    wait_ok(&c, &mut gateway_proc, &load, 100, Duration::from_secs(60)).await;
+    let t0 = Instant::now();
+    let d =
+        wait_deployment(&c, "digits", Duration::from_secs(60), "scaled up", |d| d.replicas >= 2 && ready(d).len() >= 2)
+            .await;
+    eprintln!("scaled up to {} replicas after {:?} ({:.2} in flight)", d.replicas, t0.elapsed(), d.in_flight);
+    let (code, out, _) = c.cli(&["serve", "list"]);
+    assert!(code == 0 && out.contains("autoscaled 1..3"), "{out}");
+
+    // No load: back down to the minimum once the scale-down delay has passed, no request failed on the way.
+    load.stop.store(true, Ordering::Relaxed);
+    for t in threads {
+        t.join().unwrap();
+    }
+    let t0 = Instant::now();
+    let d = wait_deployment(&c, "digits", Duration::from_secs(60), "scaled down", |d| {
+        d.replicas == 1 && d.replica_status.len() == 1
+    })
+    .await;
+    eprintln!("scaled down to {} after {:?}", d.replicas, t0.elapsed());
+    assert!(t0.elapsed() >= Duration::from_secs(2), "scaled down before the delay: {:?}", t0.elapsed());
+    assert_eq!(load.failed.load(Ordering::Relaxed), 0, "{:?}", first(&load.errors.lock().unwrap()));
 }

@@ -59,6 +59,18 @@ pub struct DeployArgs {
     /// that name no version, on --replicas replicas of its own, until `aidos serve promote` or `rollback`
     #[arg(long, env = "AIDOS_DEPLOY_CANARY_PERCENT", default_value_t = 0)]
     pub canary_percent: u32,
+    /// Autoscale: the fewest replicas (with --max-replicas; --replicas is then the starting count)
+    #[arg(long, env = "AIDOS_DEPLOY_MIN_REPLICAS", default_value_t = 0)]
+    pub min_replicas: u32,
+    /// Autoscale between --min-replicas and this many replicas, from the requests in flight the replicas report
+    #[arg(long, env = "AIDOS_DEPLOY_MAX_REPLICAS", default_value_t = 0)]
+    pub max_replicas: u32,
+    /// Autoscale: requests in flight per replica to aim at (mean over a second; default 4)
+    #[arg(long, env = "AIDOS_DEPLOY_TARGET_IN_FLIGHT", default_value_t = 0.0)]
+    pub target_in_flight: f64,
+    /// Autoscale: scale down only after the load has asked for fewer replicas for this long (default 30)
+    #[arg(long, env = "AIDOS_DEPLOY_SCALE_DOWN_DELAY_SECS", default_value_t = 0)]
+    pub scale_down_delay_secs: u32,
 }
 
 #[derive(Args, Debug)]
@@ -90,6 +102,10 @@ pub async fn deploy(g: &Global, a: DeployArgs) -> anyhow::Result<()> {
         max_queue: a.max_queue,
         resources: Some(aidos_api::v1::Resources { cpu_millis: a.cpus, memory_bytes: a.memory, gpus: 0 }),
         canary_percent: a.canary_percent,
+        min_replicas: a.min_replicas,
+        max_replicas: a.max_replicas,
+        target_in_flight: a.target_in_flight,
+        scale_down_delay_secs: a.scale_down_delay_secs,
     };
     let d = c
         .serve(|mut s| {
@@ -181,11 +197,20 @@ pub async fn list(g: &Global) -> anyhow::Result<()> {
         let spec = d.spec.clone().unwrap_or_default();
         let ready = d.replica_status.iter().filter(|r| r.ready).count();
         let shared = shared_workers(d);
-        let status = match (d.status.as_str(), shared.is_empty()) {
-            (s, true) => s.to_string(),
-            ("", false) => format!("replicas share worker {} (no other worker has room)", shared.join(", ")),
-            (s, false) => format!("{s}; replicas share worker {}", shared.join(", ")),
-        };
+        let mut notes: Vec<String> = Vec::new();
+        if !d.status.is_empty() {
+            notes.push(d.status.clone());
+        }
+        if let Some(a) = &d.autoscale {
+            notes.push(format!(
+                "autoscaled {}..{} at {} in flight per replica (now {:.1})",
+                a.min_replicas, a.max_replicas, a.target_in_flight, d.in_flight
+            ));
+        }
+        if !shared.is_empty() {
+            notes.push(format!("replicas share worker {} (no other worker had room)", shared.join(", ")));
+        }
+        let status = notes.join("; ");
         rows.push(vec![
             d.name.clone(),
             format!("{}:{}", spec.model, spec.version),
@@ -258,6 +283,9 @@ fn deployment_json(d: &Deployment) -> serde_json::Value {
         "resources": render::resources_json(d.resources.as_ref()),
         "status": d.status,
         "shared_workers": shared_workers(d),
+        "in_flight": d.in_flight,
+        "autoscale": d.autoscale.as_ref().map(|a| json!({"min_replicas": a.min_replicas, "max_replicas": a.max_replicas,
+            "target_in_flight": a.target_in_flight, "scale_down_delay_secs": a.scale_down_delay_secs})),
         "canary": d.canary.as_ref().map(|c| {
             let cs = c.spec.clone().unwrap_or_default();
             json!({"model": cs.model, "version": cs.version, "generation": cs.generation, "percent": c.percent,

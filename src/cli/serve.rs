@@ -5,10 +5,11 @@
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::time::Duration;
 
 use aidos_api::ModelVersion;
 use aidos_api::contract::task_env;
-use aidos_api::v1::{AttemptRef, ReportEndpointRequest};
+use aidos_api::v1::{AttemptRef, ReportEndpointRequest, ReportLoadRequest};
 use aidos_blob::{BlobId, BlobStore};
 use aidos_runtime::{ModelRuntime, RuntimeKind};
 use aidos_serve::replica::{self, EndpointReporter, Endpoints, Replica, ReplicaConfig};
@@ -232,16 +233,55 @@ async fn run_replica(batch: BatchArgs) -> anyhow::Result<()> {
     std::fs::write(&tmp, serde_json::json!({"http": ep.http, "grpc": ep.grpc}).to_string())
         .and_then(|()| std::fs::rename(&tmp, &file))
         .with_context(|| format!("writing {}", file.display()))?;
+    // Its load, about every second, for the leader's autoscaler (best effort: a lost report is the next one's).
+    let load = tokio::spawn(report_load(
+        Client::new(&task.schedulers)?,
+        r.metrics(),
+        task.worker_id.clone(),
+        task.attempt_ref(),
+    ));
     let mut reporter = SchedulerReporter { client, worker_id: task.worker_id.clone(), attempt: task.attempt_ref() };
     if let Err(s) = r.report(&mut reporter).await {
         r.shutdown().await;
         return Err(status_error(s, "reporting the replica's endpoint"));
     }
     shutdown_signal().await;
+    load.abort();
     println!("replica of {deployment}: stopping in {} ms, then draining", r.drain_delay().as_millis());
     r.drain().await;
     Ok(())
 }
+
+/// Every [`LOAD_EVERY`], reports the mean number of requests in flight over the last window (request-seconds
+/// spent in the model per second, from the replica's metrics) for its task attempt.
+async fn report_load(client: Client, metrics: Arc<Metrics>, worker_id: String, attempt: AttemptRef) {
+    let mut last = (tokio::time::Instant::now(), metrics.busy_seconds());
+    loop {
+        tokio::time::sleep(LOAD_EVERY).await;
+        let now = (tokio::time::Instant::now(), metrics.busy_seconds());
+        let window = now.0 - last.0;
+        let in_flight = (now.1 - last.1) / window.as_secs_f64().max(1e-3);
+        last = now;
+        let req = ReportLoadRequest {
+            worker_id: worker_id.clone(),
+            attempt: Some(attempt.clone()),
+            in_flight,
+            window_ms: window.as_millis() as u32,
+        };
+        if let Err(s) = client
+            .serve(|mut s| {
+                let r = req.clone();
+                async move { s.report_load(r).await }
+            })
+            .await
+        {
+            tracing::debug!("reporting the replica's load: {}", s.message());
+        }
+    }
+}
+
+/// How often a replica reports its load.
+const LOAD_EVERY: Duration = Duration::from_secs(1);
 
 /// Reports a replica's endpoints to the scheduler for its task attempt.
 struct SchedulerReporter {

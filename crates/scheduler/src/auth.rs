@@ -59,7 +59,7 @@ pub fn access(path: &str) -> Option<Access> {
         ("ModelService", "List" | "Get") => Read,
         ("BlobService", "Upload") => BlobWrite,
         ("BlobService", "Download" | "Has") => BlobRead,
-        ("ServeService", "Deploy" | "Delete" | "Promote" | "Rollback" | "ReportEndpoint") => Write,
+        ("ServeService", "Deploy" | "Delete" | "Promote" | "Rollback" | "ReportEndpoint" | "ReportLoad") => Write,
         ("ServeService", "List") => Read,
         ("SweepService", "Submit" | "Cancel") => Write,
         ("SweepService", "Get" | "List") => Read,

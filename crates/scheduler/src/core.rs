@@ -36,6 +36,9 @@ pub struct Core {
     pub cfg: SchedulerConfig,
     /// Leader memory: when each worker was last heard from. Never written to the Raft log.
     pub liveness: Mutex<HashMap<String, Instant>>,
+    /// Leader memory: each serving replica's (job id) last reported requests in flight, and when (ms). Never
+    /// written to the Raft log (`autoscale`).
+    pub loads: Mutex<HashMap<String, (f64, i64)>>,
     pub submits: mpsc::Sender<SubmitItem>,
     pub logs: TaskLogs,
     /// Edge signing key, artifact store and device liveness (see `edge_keys`).
@@ -64,6 +67,7 @@ impl Core {
             version,
             cfg,
             liveness: Mutex::new(HashMap::new()),
+            loads: Mutex::new(HashMap::new()),
             submits,
             logs,
             edge,

@@ -31,6 +31,7 @@
 //! `auth::access` (a method without one is refused, and the tests name it).
 
 pub mod auth;
+pub mod autoscale;
 mod core;
 mod edge_auth;
 mod edge_keys;
@@ -262,6 +263,7 @@ impl SchedulerNode {
             tokio::spawn(loops::run_placement(core.clone(), stop_rx.clone())),
             tokio::spawn(loops::run_liveness(core.clone(), stop_rx.clone())),
             tokio::spawn(loops::run_reconciler(core.clone(), stop_rx.clone())),
+            tokio::spawn(loops::run_autoscaler(core.clone(), stop_rx.clone())),
             tokio::spawn(loops::run_retention(core.clone(), stop_rx.clone())),
             tokio::spawn(loops::run_blob_gc(core.clone(), stop_rx.clone())),
             tokio::spawn(leader::sweeps::run(core.clone(), stop_rx.clone())),

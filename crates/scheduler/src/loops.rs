@@ -251,6 +251,60 @@ pub async fn run_reconciler(core: Arc<Core>, mut stop: watch::Receiver<bool>) {
     }
 }
 
+/// Every second, while this node leads: moves the replica count of every autoscaled deployment (see `autoscale`)
+/// and proposes the new count alone (`ScaleDeploymentV1`: it keeps the generation, so no replica restarts). The
+/// recommendation history lives here, in the leader's memory: a new leader starts a fresh one.
+pub async fn run_autoscaler(core: Arc<Core>, mut stop: watch::Receiver<bool>) {
+    use crate::autoscale::{History, decide};
+    use aidos_api::v1::ScaleDeploymentV1;
+    use std::collections::HashMap;
+    let mut histories: HashMap<String, History> = HashMap::new();
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep(Duration::from_secs(1)) => {},
+            _ = stop.changed() => return,
+        }
+        if !core.is_leader() {
+            histories.clear();
+            continue;
+        }
+        let now = aidos_api::now_ms();
+        let deployments = {
+            let st = &core.state.read().expect("state lock").state;
+            if !st.serving.deployments.values().any(|d| d.autoscale.is_some()) {
+                histories.clear();
+                continue;
+            }
+            crate::queries::deployment_views(st, "")
+        };
+        histories.retain(|n, _| deployments.iter().any(|d| &d.name == n && d.autoscale.is_some()));
+        let mut changes = Vec::new();
+        {
+            let loads = core.loads.lock().expect("loads lock");
+            for d in deployments {
+                let Some(a) = d.autoscale else { continue };
+                let load = crate::queries::in_flight(&d, &loads, now);
+                let want = decide(&a, d.replicas, load, histories.entry(d.name.clone()).or_default(), now);
+                if want != d.replicas {
+                    tracing::info!(
+                        deployment = %d.name,
+                        "autoscaling {} -> {want} replicas ({:.2} requests in flight, target {} per replica)",
+                        d.replicas,
+                        load.unwrap_or(0.0),
+                        a.target_in_flight
+                    );
+                    changes.push(ScaleDeploymentV1 { name: d.name.clone(), replicas: want });
+                }
+            }
+        }
+        for s in changes {
+            if let Err(e) = core.propose(Command::ScaleDeployment(s)).await {
+                tracing::warn!("autoscaling: {e}");
+            }
+        }
+    }
+}
+
 /// Every `retention_interval`: while this node leads, compacts the finished jobs `retention::select` chooses (in
 /// commands of at most `retention::MAX_IDS_PER_COMMAND` ids); on every node, deletes the task log files of jobs that
 /// are gone (see `retention`).

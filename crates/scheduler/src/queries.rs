@@ -350,6 +350,19 @@ pub fn deployment_views(st: &ClusterState, name: &str) -> Vec<Deployment> {
         .collect()
 }
 
+/// Requests in flight in `d`'s ready replicas, summed from their fresh load reports (`loads`: job id -> (in
+/// flight, reported at ms)); None when none of them has reported lately.
+pub fn in_flight(d: &Deployment, loads: &HashMap<String, (f64, i64)>, now_ms: i64) -> Option<f64> {
+    let fresh = d
+        .replica_status
+        .iter()
+        .filter(|r| r.ready)
+        .filter_map(|r| loads.get(&r.job_id))
+        .filter(|(_, at)| now_ms - at <= crate::autoscale::LOAD_FRESH_MS)
+        .map(|(v, _)| *v);
+    fresh.fold(None, |sum, v| Some(sum.unwrap_or(0.0) + v))
+}
+
 /// A deployment with its live replicas filled in.
 pub fn deployment_view(st: &ClusterState, name: &str) -> Option<Deployment> {
     if name.is_empty() {

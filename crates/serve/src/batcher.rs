@@ -140,7 +140,9 @@ impl Batcher {
             Ok(Err(_)) => Err(ServeError::Unavailable(self.model.clone(), "its executor stopped".into())),
             Err(_) => Err(ServeError::Timeout { ms: timeout.as_millis() as u64, stage: "queued or computing" }),
         };
-        self.metrics.total.observe(arrived.elapsed().as_secs_f64());
+        let took = arrived.elapsed();
+        self.metrics.total.observe(took.as_secs_f64());
+        self.metrics.busy_us.fetch_add(took.as_micros() as u64, Ordering::Relaxed);
         match &out {
             Ok(_) => self.metrics.success.inc(),
             Err(_) => self.metrics.failure.inc(),

@@ -137,6 +137,10 @@ pub struct Metrics {
     batch: HistFamily,
     depth: Family<ModelLabels, Gauge>,
     gateway: GatewaySeries,
+    /// Request-microseconds spent in the models (arrival to answer), summed over every request: its growth over a
+    /// window divided by the window is the mean number of requests in flight (Little's law), what a replica
+    /// reports for autoscaling.
+    busy_us: std::sync::Arc<std::sync::atomic::AtomicU64>,
 }
 
 fn latency() -> Histogram {
@@ -158,6 +162,7 @@ impl Default for Metrics {
             total: Family::new_with_constructor(latency),
             batch: Family::new_with_constructor(batch_sizes),
             depth: Family::default(),
+            busy_us: Default::default(),
             gateway: GatewaySeries {
                 requests: Family::default(),
                 in_flight: Family::default(),
@@ -204,7 +209,12 @@ impl Metrics {
         let total = self.total.get_or_create(&l).clone();
         let batch = self.batch.get_or_create(&l).clone();
         let depth = self.depth.get_or_create(&l).clone();
-        ModelMetrics { success, failure, rejected, queue, compute, total, batch, depth }
+        ModelMetrics { success, failure, rejected, queue, compute, total, batch, depth, busy_us: self.busy_us.clone() }
+    }
+
+    /// Request-seconds spent in every model so far (see the field's docs).
+    pub fn busy_seconds(&self) -> f64 {
+        self.busy_us.load(std::sync::atomic::Ordering::Relaxed) as f64 / 1e6
     }
 
     /// The gateway's series.
@@ -231,4 +241,5 @@ pub struct ModelMetrics {
     pub total: Histogram,
     pub batch: Histogram,
     pub depth: Gauge,
+    pub busy_us: std::sync::Arc<std::sync::atomic::AtomicU64>,
 }

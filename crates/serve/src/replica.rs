@@ -71,6 +71,7 @@ pub enum ReplicaError {
 /// A serving replica.
 pub struct Replica {
     server: RunningServer,
+    metrics: Arc<Metrics>,
     endpoints: Endpoints,
     drain_delay: Duration,
     report_for: Duration,
@@ -79,7 +80,8 @@ pub struct Replica {
 impl Replica {
     /// Loads `runtime` behind a batcher under the deployment's name and binds both fronts (free ports).
     pub async fn start(cfg: &ReplicaConfig, runtime: Arc<dyn ModelRuntime>) -> Result<Replica, ReplicaError> {
-        let repo = Arc::new(Repository::new(Arc::new(Metrics::default())));
+        let metrics = Arc::new(Metrics::default());
+        let repo = Arc::new(Repository::new(metrics.clone()));
         repo.load(&cfg.deployment, cfg.version, cfg.runtime, runtime, cfg.batch.clone())?;
         let host = cfg.advertise_host.as_str();
         let loopback = host == "127.0.0.1" || host == "localhost";
@@ -97,12 +99,17 @@ impl Replica {
             http: format!("{host}:{}", server.http.port()),
             grpc: format!("{host}:{}", server.grpc.port()),
         };
-        Ok(Replica { server, endpoints, drain_delay: cfg.drain_delay, report_for: cfg.report_for })
+        Ok(Replica { server, metrics, endpoints, drain_delay: cfg.drain_delay, report_for: cfg.report_for })
     }
 
     /// The advertised endpoints.
     pub fn endpoints(&self) -> &Endpoints {
         &self.endpoints
+    }
+
+    /// The replica's metrics (its load: [`Metrics::busy_seconds`]).
+    pub fn metrics(&self) -> Arc<Metrics> {
+        self.metrics.clone()
     }
 
     /// How long [`Replica::drain`] keeps answering before it stops accepting.

@@ -78,10 +78,50 @@ impl LeaderHandler {
             };
             return self.set_canary(SetCanaryV1 { name, canary: Some(canary), promote: false }).await;
         }
+        let autoscale = if r.max_replicas > 0 {
+            let min = r.min_replicas.max(1);
+            if r.max_replicas < min || r.max_replicas > MAX_DEPLOYMENT_REPLICAS {
+                return Err(invalid(
+                    "max_replicas",
+                    format!("{} (expected min_replicas {min}..={MAX_DEPLOYMENT_REPLICAS})", r.max_replicas),
+                ));
+            }
+            if !r.target_in_flight.is_finite() || r.target_in_flight < 0.0 {
+                return Err(invalid("target_in_flight", format!("{} (expected a number > 0)", r.target_in_flight)));
+            }
+            Some(Autoscale {
+                min_replicas: min,
+                max_replicas: r.max_replicas,
+                target_in_flight: if r.target_in_flight > 0.0 {
+                    r.target_in_flight
+                } else {
+                    crate::autoscale::DEFAULT_TARGET_IN_FLIGHT
+                },
+                scale_down_delay_secs: if r.scale_down_delay_secs > 0 {
+                    r.scale_down_delay_secs
+                } else {
+                    crate::autoscale::DEFAULT_SCALE_DOWN_DELAY_SECS
+                },
+            })
+        } else if r.min_replicas > 0 || r.target_in_flight > 0.0 {
+            return Err(invalid("max_replicas", "missing: autoscaling needs --max-replicas"));
+        } else {
+            None
+        };
+        // Autoscaled: start at the count asked for (or the one the autoscaler reached), within the bounds.
+        let replicas = match &autoscale {
+            Some(a) => {
+                let now = self
+                    .read(|st| st.serving.deployments.get(&name).filter(|d| d.autoscale.is_some()).map(|d| d.replicas));
+                now.unwrap_or(replicas).clamp(a.min_replicas, a.max_replicas)
+            }
+            None => replicas,
+        };
         let d = Deployment {
             name,
             spec: Some(spec),
             replicas,
+            autoscale,
             resources: Some(resources),
             requested: r.model.trim().to_string(),
             ..Default::default()

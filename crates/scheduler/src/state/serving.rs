@@ -17,7 +17,8 @@ use std::collections::BTreeMap;
 
 use aidos_api::v1::command_v1::Command;
 use aidos_api::v1::{
-    CommandResultV1, DeployV1, Deployment, Job, JobState, Replica, SetCanaryV1, StateSnapshotV1, TaskState,
+    CommandResultV1, DeployV1, Deployment, Job, JobState, Replica, ScaleDeploymentV1, SetCanaryV1, StateSnapshotV1,
+    TaskState,
 };
 use prost::Message;
 
@@ -101,6 +102,7 @@ impl Domain for ServingState {
             Command::Deploy(r) => self.deploy(r, now, dirty),
             Command::DeleteDeployment(r) => self.delete_deployment(&r.name, dirty),
             Command::SetCanary(r) => self.set_canary(r, now, dirty),
+            Command::ScaleDeployment(r) => self.scale(r, now, dirty),
             Command::SetDeploymentStatus(r) => {
                 self.set_deployment_status(&r.name, &r.status, dirty);
                 Ok(CommandResultV1::default())
@@ -206,6 +208,19 @@ impl ServingState {
         d.status.clear();
         d.updated_at_ms = now;
         dirty.mark(Table::Rows, deployment_key(&r.name));
+        Ok(CommandResultV1 { deployment: Some(d.clone()), ..Default::default() })
+    }
+
+    fn scale(&mut self, r: &ScaleDeploymentV1, now: i64, dirty: &mut Dirty) -> Result<CommandResultV1, Refusal> {
+        let d =
+            self.deployments.get_mut(&r.name).ok_or_else(|| not_found(format!("deployment {} not found", r.name)))?;
+        let a = d.autoscale.ok_or_else(|| bad("name", format!("deployment {} is not autoscaled", r.name)))?;
+        let replicas = r.replicas.clamp(a.min_replicas.max(1), a.max_replicas.max(1));
+        if d.replicas != replicas {
+            d.replicas = replicas;
+            d.updated_at_ms = now;
+            dirty.mark(Table::Rows, deployment_key(&r.name));
+        }
         Ok(CommandResultV1 { deployment: Some(d.clone()), ..Default::default() })
     }
 
