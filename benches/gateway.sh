@@ -17,7 +17,13 @@ command -v wrk >/dev/null || { echo "wrk not found: apt install wrk" >&2; exit 1
 PY="${AIDOS_PYTHON:-$PWD/.venv/bin/python}"
 "$PY" -c 'import fastapi, uvicorn' 2>/dev/null || "$PY" -m pip install --quiet fastapi uvicorn
 aidos_bin
-cargo bench --bench serve_load --no-run 2>/dev/null
+# The gRPC load generator: the serve_load bench binary (its path from cargo, not a glob that may match a stale build).
+LOAD_BIN=$(cargo bench --bench serve_load --no-run --message-format=json 2>/dev/null \
+    | python3 -c 'import json, sys
+for l in sys.stdin:
+    m = json.loads(l)
+    if m.get("reason") == "compiler-artifact" and m["target"]["name"] == "serve_load" and m.get("executable"):
+        print(m["executable"])')
 bench_dir
 SECS="${WRK_SECONDS:-10}"
 start_aidos_node 2
@@ -93,8 +99,6 @@ run_wrk "through the gateway" "http://$G_HTTP/v2/models/mlp/infer" "$G_PID" "$R_
 [[ -z "${PERF_PID:-}" ]] || wait "$PERF_PID"
 run_wrk "FastAPI + onnxruntime" "http://127.0.0.1:$F_PORT/v2/models/mlp/infer" "$F_PID"
 echo "gRPC, our tonic client (32 concurrent streams):"
-LOAD=(target/release/deps/serve_load-*)
-for p in "${LOAD[@]}"; do [[ -x "$p" && "$p" != *.d ]] && LOAD_BIN="$p"; done
 echo -n "replica direct       "
 "$LOAD_BIN" --against "$R_HTTP,$R_GRPC" --model mlp --pids "$R_PID" --transports grpc --concurrency 32 --duration-s "$SECS" | grep grpc
 echo -n "through the gateway  "

@@ -47,6 +47,16 @@ fn rank_pids(job: &str, rank: Option<u32>, attempt: Option<u32>) -> Vec<u32> {
     task_pids(job, rank, attempt, "")
 }
 
+/// Waits (at most 10 s) until no process of `job` is left: its ranks and their shims, which exit a moment after
+/// the status they wrote was reported, so a job can be finished while they are still on their way out.
+async fn wait_all_gone(job: &str) {
+    let since = Instant::now();
+    while !rank_pids(job, None, None).is_empty() {
+        assert!(since.elapsed() < Duration::from_secs(10), "still running: {:?}", rank_pids(job, None, None));
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
 /// [`rank_pids`] whose command line contains `cmd`.
 fn task_pids(job: &str, rank: Option<u32>, attempt: Option<u32>, cmd: &str) -> Vec<u32> {
     let mut out = Vec::new();
@@ -111,7 +121,7 @@ async fn a_killed_rank_restarts_the_gang_from_its_checkpoint_and_no_rank_hangs()
     assert_eq!(state_of(&j), JobState::Succeeded, "{j:#?}\n{}", c.cli(&["job", "logs", &job]).1);
     assert_eq!(j.attempt, 2);
     assert!(j.tasks.iter().all(|t| t.attempts.len() == 2 && t.attempts[1].state == TaskState::Succeeded as i32));
-    assert!(rank_pids(&job, None, None).is_empty());
+    wait_all_gone(&job).await;
 
     let second = runs.get(GetRunRequest { run_id: format!("{job}.2") }).await.unwrap().into_inner();
     assert!(second.resumed_from_step >= ck_step, "resumed from {} (checkpoint at {ck_step})", second.resumed_from_step);
@@ -187,5 +197,5 @@ async fn bad_data_parallel_input_is_refused_by_name() {
     let (_, out, err) = c.cli(&["job", "logs", &id]);
     let logs = format!("{out}{err}\nreason: {}", j.reason);
     assert!(logs.contains("does not match") && logs.contains("784x32") && logs.contains("784x48"), "{logs}");
-    assert!(rank_pids(&id, None, None).is_empty());
+    wait_all_gone(&id).await;
 }
