@@ -1,6 +1,7 @@
 # Shared by the benchmark scripts: `source benches/lib.sh` after `cd` to the repository root.
 #   aidos_bin                     sets AIDOS (AIDOS_BIN, else builds the release binary)
-#   bench_dir                     sets DIR (a temp dir) and PIDS, and kills PIDS and removes DIR on exit
+#   bench_dir                     sets DIR (a temp dir) and PIDS, and kills PIDS (and the tasks under DIR) and
+#                                 removes DIR on exit
 #   port                          prints a free loopback port
 #   start_aidos_node CPUS         one `aidos server` node and one worker of CPUS cores on loopback; exports
 #                                 AIDOS_SCHEDULER and AIDOS_TOKEN (the root token) and waits for both
@@ -14,7 +15,19 @@ aidos_bin() {
 bench_dir() {
     DIR="$(mktemp -d)"
     PIDS=()
-    trap 'for p in "${PIDS[@]}"; do kill -9 "$p" 2>/dev/null || true; done; rm -rf "$DIR"' EXIT
+    trap 'for p in "${PIDS[@]}"; do kill -9 "$p" 2>/dev/null || true; done; kill_tasks_under "$DIR"; rm -rf "$DIR"' EXIT
+}
+
+# Tasks outlive their worker by design (a restarted worker adopts them), so killing the workers leaves them running:
+# kills every process whose command line (task shims) or AIDOS_WORK_DIR (tasks) is under directory $1.
+kill_tasks_under() {
+    local p
+    for p in /proc/[0-9]*; do
+        [[ "${p#/proc/}" == "$$" ]] && continue
+        if grep -qsF -- "$1/" "$p/cmdline" || { tr '\0' '\n' <"$p/environ"; } 2>/dev/null | grep -qsF "AIDOS_WORK_DIR=$1/"; then
+            kill -9 "${p#/proc/}" 2>/dev/null || true
+        fi
+    done
 }
 
 # The cluster's root token, made before any node starts (nodes given a missing --admin-token-file would each make

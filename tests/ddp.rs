@@ -41,24 +41,26 @@ fn repo() -> &'static Path {
     Path::new(env!("CARGO_MANIFEST_DIR"))
 }
 
-/// Pids of the processes of `job`'s tasks (shims and trainers; optionally only `rank` and/or `attempt`), found by
-/// their environment.
-fn rank_pids(job: &str, rank: Option<u32>, attempt: Option<u32>) -> Vec<u32> {
-    task_pids(job, rank, attempt, "")
+/// Pids of the processes of `job`'s tasks (shims and trainers; optionally only `rank` and/or `attempt`) in the
+/// cluster whose directory is `dir`, found by their environment (`AIDOS_WORK_DIR` under `dir`: another cluster on
+/// this machine has its own `job-2`).
+fn rank_pids(dir: &Path, job: &str, rank: Option<u32>, attempt: Option<u32>) -> Vec<u32> {
+    task_pids(dir, job, rank, attempt, "")
 }
 
 /// Waits (at most 10 s) until no process of `job` is left: its ranks and their shims, which exit a moment after
 /// the status they wrote was reported, so a job can be finished while they are still on their way out.
-async fn wait_all_gone(job: &str) {
+async fn wait_all_gone(dir: &Path, job: &str) {
     let since = Instant::now();
-    while !rank_pids(job, None, None).is_empty() {
-        assert!(since.elapsed() < Duration::from_secs(10), "still running: {:?}", rank_pids(job, None, None));
+    while !rank_pids(dir, job, None, None).is_empty() {
+        assert!(since.elapsed() < Duration::from_secs(10), "still running: {:?}", rank_pids(dir, job, None, None));
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
 
 /// [`rank_pids`] whose command line contains `cmd`.
-fn task_pids(job: &str, rank: Option<u32>, attempt: Option<u32>, cmd: &str) -> Vec<u32> {
+fn task_pids(dir: &Path, job: &str, rank: Option<u32>, attempt: Option<u32>, cmd: &str) -> Vec<u32> {
+    let under = format!("AIDOS_WORK_DIR={}", dir.display());
     let mut out = Vec::new();
     for entry in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
         let Some(pid) = entry.file_name().to_str().and_then(|s| s.parse::<u32>().ok()) else { continue };
@@ -67,6 +69,7 @@ fn task_pids(job: &str, rank: Option<u32>, attempt: Option<u32>, cmd: &str) -> V
         let has = |k: &str, v: &str| vars.iter().any(|x| *x == format!("{k}={v}").as_bytes());
         let cmdline = std::fs::read(entry.path().join("cmdline")).unwrap_or_default();
         if has("AIDOS_JOB_ID", job)
+            && vars.iter().any(|x| x.starts_with(under.as_bytes()))
             && String::from_utf8_lossy(&cmdline).contains(cmd)
             && (cmd.is_empty() || !String::from_utf8_lossy(&cmdline).contains("task-shim"))
             && rank.is_none_or(|r| has("AIDOS_RANK", &r.to_string()))
@@ -100,15 +103,15 @@ async fn a_killed_rank_restarts_the_gang_from_its_checkpoint_and_no_rank_hangs()
     assert_eq!(j.attempt, 1);
     let workers: std::collections::BTreeSet<_> = j.tasks.iter().map(|t| t.attempts[0].worker_id.clone()).collect();
     assert_eq!(workers.len(), 2, "the 4 ranks should span both workers: {j:#?}");
-    let victim = task_pids(&job, Some(2), Some(1), "train-run");
+    let victim = task_pids(c.path(), &job, Some(2), Some(1), "train-run");
     assert_eq!(victim.len(), 1, "rank 2's trainer: {victim:?}");
-    assert_eq!(task_pids(&job, None, Some(1), "train-run").len(), 4);
+    assert_eq!(task_pids(c.path(), &job, None, Some(1), "train-run").len(), 4);
     let killed_at = Instant::now();
     let _ = std::process::Command::new("kill").args(["-KILL", &victim[0].to_string()]).status();
 
     // Every rank of generation 1 is gone within a bound: none hangs in a collective.
     loop {
-        let left = rank_pids(&job, None, Some(1));
+        let left = rank_pids(c.path(), &job, None, Some(1));
         if left.is_empty() {
             break;
         }
@@ -121,7 +124,7 @@ async fn a_killed_rank_restarts_the_gang_from_its_checkpoint_and_no_rank_hangs()
     assert_eq!(state_of(&j), JobState::Succeeded, "{j:#?}\n{}", c.cli(&["job", "logs", &job]).1);
     assert_eq!(j.attempt, 2);
     assert!(j.tasks.iter().all(|t| t.attempts.len() == 2 && t.attempts[1].state == TaskState::Succeeded as i32));
-    wait_all_gone(&job).await;
+    wait_all_gone(c.path(), &job).await;
 
     let second = runs.get(GetRunRequest { run_id: format!("{job}.2") }).await.unwrap().into_inner();
     assert!(second.resumed_from_step >= ck_step, "resumed from {} (checkpoint at {ck_step})", second.resumed_from_step);
@@ -197,5 +200,5 @@ async fn bad_data_parallel_input_is_refused_by_name() {
     let (_, out, err) = c.cli(&["job", "logs", &id]);
     let logs = format!("{out}{err}\nreason: {}", j.reason);
     assert!(logs.contains("does not match") && logs.contains("784x32") && logs.contains("784x48"), "{logs}");
-    wait_all_gone(&id).await;
+    wait_all_gone(c.path(), &id).await;
 }
