@@ -128,15 +128,7 @@ fn first(errors: &[String]) -> Vec<String> {
 /// The targets of the scheduler's Prometheus service discovery (`GET /v1/http_sd`), sorted; and what it answers
 /// a caller without a token.
 fn http_sd(addr: SocketAddr) -> (Vec<String>, u16) {
-    use std::io::{Read, Write};
-    let get = |auth: &str| {
-        let mut s = std::net::TcpStream::connect(addr).unwrap();
-        write!(s, "GET /v1/http_sd HTTP/1.1\r\nHost: x\r\n{auth}Connection: close\r\n\r\n").unwrap();
-        let mut text = String::new();
-        s.read_to_string(&mut text).unwrap();
-        let (head, body) = text.split_once("\r\n\r\n").unwrap();
-        (head.split_whitespace().nth(1).unwrap().parse::<u16>().unwrap(), body.to_string())
-    };
+    let get = |auth: &str| http_with(addr, "GET", "/v1/http_sd", auth, "");
     let (status, body) = get(&format!("Authorization: Bearer {}\r\n", *TOKEN));
     assert_eq!(status, 200, "{body}");
     let groups: Vec<serde_json::Value> = serde_json::from_str(&body).unwrap();

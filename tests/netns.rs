@@ -33,7 +33,7 @@ use aidos_api::serve_service_client::ServeServiceClient;
 use aidos_api::v1::*;
 use aidos_blob::{BlobId, BlobStore, S3Config, S3Store};
 use aidos_testkit::weed::{ACCESS_KEY, SECRET_KEY, WeedCommand, WeedOptions};
-use common::{BIN, channel, http, sh_job, state_of};
+use common::{BIN, channel, http, sh_job, state_of, wait_until};
 
 const BUCKET: &str = "aidos-netns";
 const S3_PORT: u16 = 8333;
@@ -642,17 +642,6 @@ fn infer(addr: SocketAddr, model: &str) -> (u16, String) {
     let v: serde_json::Value = serde_json::from_str(&resp).unwrap_or_else(|e| panic!("{e}: {resp}"));
     assert_eq!(v["outputs"][0]["shape"], serde_json::json!([1, 10]), "{resp}");
     (status, v["model_version"].as_str().unwrap_or("?").to_string())
-}
-
-fn wait_until<T>(what: &str, within: Duration, mut f: impl FnMut() -> Option<T>) -> T {
-    let deadline = Instant::now() + within;
-    loop {
-        if let Some(v) = f() {
-            return v;
-        }
-        assert!(Instant::now() < deadline, "not {what} within {within:?}");
-        std::thread::sleep(Duration::from_millis(100));
-    }
 }
 
 /// A JSON `{"http": ADDR}` ready file's address, once written.

@@ -5,9 +5,9 @@ mod common;
 
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use common::BIN;
+use common::{BIN, wait_until};
 
 /// Pids of processes whose command line contains `marker`.
 fn pids_with(marker: &str) -> Vec<u32> {
@@ -21,17 +21,6 @@ fn pids_with(marker: &str) -> Vec<u32> {
         }
     }
     out
-}
-
-fn wait_for<T>(what: &str, within: Duration, mut f: impl FnMut() -> Option<T>) -> T {
-    let deadline = Instant::now() + within;
-    loop {
-        if let Some(v) = f() {
-            return v;
-        }
-        assert!(Instant::now() < deadline, "{what}: not within {within:?}");
-        std::thread::sleep(Duration::from_millis(100));
-    }
 }
 
 /// Starts `aidos up` in `dir`, submits a long `sleep` job with a unique duration, and waits until it runs.
@@ -48,11 +37,11 @@ fn up_with_a_task(dir: &Path, extra: &[&str], marker: &str) -> Child {
         .stderr(log)
         .spawn()
         .unwrap();
-    let addr = wait_for("aidos up prints its address", Duration::from_secs(60), || {
+    let addr = wait_until("aidos up prints its address", Duration::from_secs(60), || {
         assert!(up.try_wait().unwrap().is_none(), "aidos up exited: {}", read(dir));
         read(dir).lines().find_map(|l| l.strip_prefix("scheduler listening on ").map(str::to_string))
     });
-    wait_for("the job is submitted", Duration::from_secs(60), || {
+    wait_until("the job is submitted", Duration::from_secs(60), || {
         let out = Command::new(BIN)
             .args(["--scheduler", &addr, "job", "submit", "--name", "long", "--cpu", "100m", "--", "sleep", marker])
             .env("AIDOS_DATA_DIR", &data)
@@ -62,7 +51,7 @@ fn up_with_a_task(dir: &Path, extra: &[&str], marker: &str) -> Child {
             .unwrap();
         out.status.success().then_some(())
     });
-    wait_for("the task runs", Duration::from_secs(60), || (!pids_with(marker).is_empty()).then_some(()));
+    wait_until("the task runs", Duration::from_secs(60), || (!pids_with(marker).is_empty()).then_some(()));
     up
 }
 
@@ -73,7 +62,7 @@ fn read(dir: &Path) -> String {
 fn stop(up: &mut Child) {
     // SAFETY: plain kill(2) on our own child.
     unsafe { libc::kill(up.id() as i32, libc::SIGTERM) };
-    let status = wait_for("aidos up exits", Duration::from_secs(30), || up.try_wait().unwrap());
+    let status = wait_until("aidos up exits", Duration::from_secs(30), || up.try_wait().unwrap());
     assert!(status.success(), "aidos up exited with {status}");
 }
 
@@ -82,7 +71,9 @@ fn stopping_aidos_up_stops_its_tasks_unless_asked_to_keep_them() {
     let dir = tempfile::tempdir().unwrap();
     let mut up = up_with_a_task(dir.path(), &[], "600.25");
     stop(&mut up);
-    wait_for("the task stops with aidos up", Duration::from_secs(15), || pids_with("600.25").is_empty().then_some(()));
+    wait_until("the task stops with aidos up", Duration::from_secs(15), || {
+        pids_with("600.25").is_empty().then_some(())
+    });
     assert!(read(dir.path()).contains("stopped 1 running task"), "{}", read(dir.path()));
 
     let dir = tempfile::tempdir().unwrap();

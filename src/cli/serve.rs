@@ -229,9 +229,7 @@ async fn run_replica(batch: BatchArgs) -> anyhow::Result<()> {
     );
     // The worker probes the replica at this address (hung replicas are restarted).
     let file = task.work_dir.join(aidos_api::contract::REPLICA_ENDPOINTS_FILE);
-    let tmp = file.with_extension("tmp");
-    std::fs::write(&tmp, serde_json::json!({"http": ep.http, "grpc": ep.grpc}).to_string())
-        .and_then(|()| std::fs::rename(&tmp, &file))
+    aidos_serve::write_endpoints_file(&file, &ep.http, &ep.grpc)
         .with_context(|| format!("writing {}", file.display()))?;
     // Its load, about every second, for the leader's autoscaler (best effort: a lost report is the next one's).
     let load = tokio::spawn(report_load(

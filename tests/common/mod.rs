@@ -21,6 +21,18 @@ pub const BIN: &str = env!("CARGO_BIN_EXE_aidos");
 /// (`--admin-token-file`) and given to every process the harness spawns (`AIDOS_TOKEN`) and to its channels.
 pub static TOKEN: std::sync::LazyLock<String> = std::sync::LazyLock::new(aidos_api::auth::new_root_token);
 
+/// Polls `f` (every 100 ms, blocking the thread) until it answers something; panics after `within`.
+pub fn wait_until<T>(what: &str, within: Duration, mut f: impl FnMut() -> Option<T>) -> T {
+    let deadline = Instant::now() + within;
+    loop {
+        if let Some(v) = f() {
+            return v;
+        }
+        assert!(Instant::now() < deadline, "not {what} within {within:?}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
 /// The Python of the test environment (tritonclient, onnx, prometheus-client): `$AIDOS_PYTHON`, else the `.venv`
 /// that scripts/test.sh creates.
 pub fn python() -> PathBuf {
@@ -475,13 +487,18 @@ lr = 0.001
 
 /// One HTTP/1.1 request on a fresh connection: (status, body). Status 0: the connection failed (the body says how).
 pub fn http(addr: std::net::SocketAddr, method: &str, path: &str, body: &str) -> (u16, String) {
+    http_with(addr, method, path, "", body)
+}
+
+/// [`http`] with more request headers (`headers`: complete lines, each ending in `\r\n`).
+pub fn http_with(addr: std::net::SocketAddr, method: &str, path: &str, headers: &str, body: &str) -> (u16, String) {
     use std::io::{Read, Write};
     let Ok(mut s) = std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(2)) else {
         return (0, "connect failed".into());
     };
     let _ = s.set_read_timeout(Some(Duration::from_secs(20)));
     let req = format!(
-        "{method} {path} HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        "{method} {path} HTTP/1.1\r\nHost: x\r\n{headers}Content-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
         body.len()
     );
     if s.write_all(req.as_bytes()).is_err() {

@@ -20,11 +20,17 @@ pub const DEFAULT_SCALE_DOWN_DELAY_SECS: u32 = 30;
 /// Reports older than this do not count (the replica went quiet or away).
 pub const LOAD_FRESH_MS: i64 = 3000;
 
+/// The replica counts `a` allows, `(min, max)`: at least one replica, and never an empty range (so that
+/// `clamp` cannot panic on a policy stored wrong).
+pub fn bounds(a: &Autoscale) -> (u32, u32) {
+    let min = a.min_replicas.max(1);
+    (min, a.max_replicas.max(min))
+}
+
 /// The replica count `in_flight` asks for under `a`.
 pub fn recommend(a: &Autoscale, in_flight: f64) -> u32 {
     let target = if a.target_in_flight > 0.0 { a.target_in_flight } else { DEFAULT_TARGET_IN_FLIGHT };
-    let min = a.min_replicas.max(1);
-    let max = a.max_replicas.max(min);
+    let (min, max) = bounds(a);
     let want = (in_flight / target).ceil();
     (if want.is_finite() && want > 0.0 { want.min(max as f64) as u32 } else { 0 }).clamp(min, max)
 }
@@ -40,7 +46,10 @@ pub struct History {
 /// The replica count to run now: `current` moved by the recommendation for `in_flight` (None: no load known)
 /// under the rules of the module docs. Records the recommendation in `history`.
 pub fn decide(a: &Autoscale, current: u32, in_flight: Option<f64>, history: &mut History, now_ms: i64) -> u32 {
-    let Some(load) = in_flight else { return current.clamp(a.min_replicas.max(1), a.max_replicas.max(1)) };
+    let Some(load) = in_flight else {
+        let (min, max) = bounds(a);
+        return current.clamp(min, max);
+    };
     let rec = recommend(a, load);
     let delay =
         i64::from(if a.scale_down_delay_secs > 0 { a.scale_down_delay_secs } else { DEFAULT_SCALE_DOWN_DELAY_SECS })
@@ -79,6 +88,10 @@ mod tests {
         assert_eq!(recommend(&a, 100.0), 4);
         assert_eq!(recommend(&a, f64::NAN), 1);
         assert_eq!(recommend(&Autoscale { target_in_flight: 0.0, ..a }, 9.0), 3, "default target 4");
+        // A policy stored with max below min has one count, not a panic.
+        let wrong = Autoscale { min_replicas: 3, max_replicas: 2, ..a };
+        assert_eq!(bounds(&wrong), (3, 3));
+        assert_eq!(decide(&wrong, 9, None, &mut History::default(), 0), 3);
     }
 
     #[test]

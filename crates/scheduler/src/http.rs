@@ -7,7 +7,6 @@
 //!   (the job), `worker` and `canary`. A replica that restarts elsewhere shows at its new address on the next
 //!   refresh. Read access; Prometheus presents the token with `authorization: {credentials: ...}`.
 
-use std::net::SocketAddr;
 use std::sync::Arc;
 
 use aidos_api::auth::Access;
@@ -80,11 +79,6 @@ pub fn targets(deployments: &[Deployment]) -> Vec<Value> {
         }
     }
     out
-}
-
-/// Binds the API's listener (before the node reports itself started, so that a bad address fails the start).
-pub async fn bind(addr: SocketAddr) -> std::io::Result<tokio::net::TcpListener> {
-    tokio::net::TcpListener::bind(addr).await
 }
 
 #[cfg(test)]

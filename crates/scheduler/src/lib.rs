@@ -232,7 +232,8 @@ impl SchedulerNode {
 
         let listener = tokio::net::TcpListener::bind(cfg.listen).await?;
         let http_listener = match cfg.http {
-            Some(a) => Some(http::bind(a).await?),
+            // Bound before the node reports itself started, so that a bad address fails the start.
+            Some(a) => Some(tokio::net::TcpListener::bind(a).await?),
             None => None,
         };
         let http_addr = http_listener.as_ref().map(|l| l.local_addr()).transpose()?;

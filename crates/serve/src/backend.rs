@@ -46,7 +46,7 @@ pub trait Forward: Send + Sync {
     /// An Open Inference Protocol HTTP infer request (JSON, or JSON plus binary tensors): the headers that
     /// describe the body (content type, `Inference-Header-Content-Length`) and the body. Answers with the other
     /// server's response, its body streamed through.
-    fn http(&self, headers: &HeaderMap, body: Bytes) -> BoxFuture<'_, Result<Response, ServeError>>;
+    fn http<'a>(&'a self, headers: &'a HeaderMap, body: Bytes) -> BoxFuture<'a, Result<Response, ServeError>>;
 
     /// A gRPC `ModelInfer` request, its model version set by the forwarder.
     fn grpc(&self, req: ModelInferRequest) -> BoxFuture<'_, Result<ModelInferResponse, ServeError>>;

@@ -66,11 +66,16 @@ impl RunningServer {
     /// Writes `{"http": ADDR, "grpc": ADDR}` to `path` atomically (a reader never sees half of it), for
     /// supervisors and tests.
     pub fn write_ready_file(&self, path: &std::path::Path) -> std::io::Result<()> {
-        let j = serde_json::json!({"http": self.http.to_string(), "grpc": self.grpc.to_string()});
-        let tmp = path.with_extension("tmp");
-        std::fs::write(&tmp, j.to_string())?;
-        std::fs::rename(&tmp, path)
+        write_endpoints_file(path, &self.http.to_string(), &self.grpc.to_string())
     }
+}
+
+/// Writes `{"http": HTTP, "grpc": GRPC}` to `path` atomically (a reader never sees half of it).
+pub fn write_endpoints_file(path: &std::path::Path, http: &str, grpc: &str) -> std::io::Result<()> {
+    let j = serde_json::json!({"http": http, "grpc": grpc});
+    let tmp = path.with_extension("tmp");
+    std::fs::write(&tmp, j.to_string())?;
+    std::fs::rename(&tmp, path)
 }
 
 /// Binds `cfg.http` and `cfg.grpc` (port 0: any free port; the handle says which) and serves `state`.

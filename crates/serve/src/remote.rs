@@ -339,11 +339,11 @@ impl Pool {
                 head.insert(h, v.clone());
             }
         }
-        let last_try = std::sync::atomic::AtomicUsize::new(0);
+        let mut attempt = 0;
         self.route(|ep| {
             let mut req = Request::post(ep.infer_uri.clone()).body(Body::from(body.clone())).expect("a valid request");
             *req.headers_mut() = head.clone();
-            let attempt = last_try.fetch_add(1, Ordering::Relaxed) + 1;
+            attempt += 1;
             let fut = self.http.request(req);
             async move {
                 match fut.await {
@@ -390,9 +390,12 @@ impl Backend for Pool {
 }
 
 impl Forward for Pool {
-    fn http(&self, headers: &HeaderMap, body: Bytes) -> futures::future::BoxFuture<'_, Result<Response, ServeError>> {
-        let headers = headers.clone();
-        Box::pin(async move { self.forward_http(&headers, body).await })
+    fn http<'a>(
+        &'a self,
+        headers: &'a HeaderMap,
+        body: Bytes,
+    ) -> futures::future::BoxFuture<'a, Result<Response, ServeError>> {
+        Box::pin(self.forward_http(headers, body))
     }
 
     fn grpc(

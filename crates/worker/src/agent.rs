@@ -153,29 +153,15 @@ impl Shared {
     }
 }
 
-/// Stops every task recorded in `data_dir` whose shim still runs: SIGTERM to each shim's group (forwarded to the
-/// task: a replica drains), then SIGKILL to the task's and the shim's groups of those still running after
-/// [`crate::runner::STOP_GRACE`]. Returns how many were running.
+/// Stops every task recorded in `data_dir` whose shim still runs, as a cancel stops one
+/// ([`crate::runner::stop_shims`]). Returns how many were running.
 async fn stop_all_tasks(data_dir: &std::path::Path) -> usize {
-    use crate::process::{read_child_pgid, shim_alive, signal_group};
     let records = crate::records::list_records(data_dir).unwrap_or_default();
-    let live: Vec<(u32, PathBuf)> =
-        records.into_iter().filter_map(|r| r.shim_pid.filter(|p| shim_alive(*p)).map(|p| (p, r.workdir))).collect();
-    for (pid, _) in &live {
-        signal_group(*pid, libc::SIGTERM);
-    }
-    let deadline = tokio::time::Instant::now() + crate::runner::STOP_GRACE;
-    while live.iter().any(|(p, _)| shim_alive(*p)) && tokio::time::Instant::now() < deadline {
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    for (pid, workdir) in &live {
-        if shim_alive(*pid) {
-            if let Some(pg) = read_child_pgid(workdir) {
-                signal_group(pg, libc::SIGKILL);
-            }
-            signal_group(*pid, libc::SIGKILL);
-        }
-    }
+    let live: Vec<(u32, PathBuf)> = records
+        .into_iter()
+        .filter_map(|r| r.shim_pid.filter(|p| crate::process::shim_alive(*p)).map(|p| (p, r.workdir)))
+        .collect();
+    crate::runner::stop_shims(&live).await;
     live.len()
 }
 

@@ -2,7 +2,7 @@
 //! the supervisor as an exit) is killed, so that its job restarts it like any crash.
 //!
 //! A replica writes its endpoints to `replica.json` in its working directory once it serves
-//! ([`aidos_api::contract::REPLICA_ENDPOINTS_FILE`]); tasks without that file are never probed. Every
+//! ([`aidos_api::contract::REPLICA_ENDPOINTS_FILE`]); it is probed from then on. Other tasks are never probed. Every
 //! [`PROBE_EVERY`] the probe asks `GET /v2/health/ready` of the replica's HTTP front, allowing [`PROBE_TIMEOUT`]
 //! for the status line; [`PROBE_FAILURES`] failures in a row end the watch with the reason. A replica that is
 //! merely busy still answers: its HTTP front runs apart from its inference threads.
@@ -45,8 +45,12 @@ pub async fn probe(addr: &str) -> Result<(), String> {
 }
 
 /// Probes the replica in `workdir` until it fails [`PROBE_FAILURES`] probes in a row, then answers why. Pending
-/// forever for a task that never writes its endpoints (not a replica). Cancel-safe: it holds nothing.
-pub async fn watch(workdir: PathBuf) -> String {
+/// forever when `replica` is false (another kind of task) or the replica never writes its endpoints. Cancel-safe:
+/// it holds nothing.
+pub async fn watch(workdir: PathBuf, replica: bool) -> String {
+    if !replica {
+        return std::future::pending().await;
+    }
     let mut tick = tokio::time::interval(PROBE_EVERY);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut failures = 0;
@@ -81,7 +85,7 @@ mod tests {
         std::fs::write(&file, format!(r#"{{"http":"{addr}","grpc":"{addr}"}}"#)).unwrap();
         let err = probe(&addr).await.unwrap_err();
         assert!(err.contains("no answer within"), "{err}");
-        let why = tokio::time::timeout(Duration::from_secs(10), watch(dir.path().to_path_buf())).await.unwrap();
+        let why = tokio::time::timeout(Duration::from_secs(10), watch(dir.path().to_path_buf(), true)).await.unwrap();
         assert!(why.contains(&addr) && why.contains("3 readiness probes"), "{why}");
         drop(l);
     }
@@ -89,7 +93,7 @@ mod tests {
     #[tokio::test]
     async fn a_task_without_endpoints_is_never_probed() {
         let dir = tempfile::tempdir().unwrap();
-        let r = tokio::time::timeout(Duration::from_millis(2500), watch(dir.path().to_path_buf())).await;
+        let r = tokio::time::timeout(Duration::from_millis(2500), watch(dir.path().to_path_buf(), true)).await;
         assert!(r.is_err());
     }
 }

@@ -66,6 +66,9 @@ pub struct AttemptRecord {
     /// The task could not be started at all; its final status is FAILED with this message.
     #[serde(default)]
     pub start_error: Option<String>,
+    /// A serving replica: its readiness is probed while it runs (`probe`).
+    #[serde(default)]
+    pub serve_replica: bool,
 }
 
 impl AttemptRecord {
@@ -354,6 +357,7 @@ mod tests {
             running_acked: false,
             stop: Some(StopReason::Timeout { secs: 9 }),
             start_error: None,
+            serve_replica: false,
         }
     }
 

@@ -337,6 +337,7 @@ async fn start_new(
         running_acked: false,
         stop: None,
         start_error: None,
+        serve_replica: matches!(spec.payload, Some(job_spec::Payload::Serve(_))),
     };
     // The record exists before the process does (restart reconciliation relies on it).
     persist(shared, &record).await;
@@ -479,9 +480,9 @@ async fn run_attempt(
     };
     let mut stopping: Option<Stopping> = None;
     let mut stop_open = true;
-    // A serving replica is probed while it runs (the probe ignores other tasks); ends with why it is hung.
-    let mut probe = AbortOnDrop(tokio::spawn(crate::probe::watch(workdir.clone())));
-    let mut probing = outcome.is_none() && record.stop.is_none();
+    // A serving replica is probed while it runs; the probe ends with why it is hung.
+    let mut probing = record.serve_replica && outcome.is_none() && record.stop.is_none();
+    let mut probe = AbortOnDrop(tokio::spawn(crate::probe::watch(workdir.clone(), probing)));
     let mut tick = tokio::time::interval(POLL);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
 
@@ -609,6 +610,27 @@ async fn run_attempt(
         }
     }
     end_attempt(shared, name, &workdir).await;
+}
+
+/// Stops the tasks of these shims (pid, working directory) together, each as [`begin_stop`] and [`escalate_stop`]
+/// stop one attempt, and returns once every shim is gone (SIGKILLed by then at the latest). For a worker that stops
+/// its tasks as it exits: no supervisor is left to do it.
+pub(crate) async fn stop_shims(shims: &[(u32, PathBuf)]) {
+    let mut stopping: Vec<(Proc, &Path, Stopping)> = shims
+        .iter()
+        .map(|(pid, dir)| {
+            let p = Proc::Adopted(*pid);
+            let s = begin_stop(&p, dir);
+            (p, dir.as_path(), s)
+        })
+        .collect();
+    while !stopping.is_empty() {
+        tokio::time::sleep(POLL).await;
+        stopping.retain_mut(|(p, dir, s)| {
+            escalate_stop(s, p, dir);
+            p.alive()
+        });
+    }
 }
 
 fn begin_stop(proc: &Proc, workdir: &Path) -> Stopping {

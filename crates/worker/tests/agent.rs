@@ -350,6 +350,7 @@ async fn adopts_after_restart() {
         running_acked: true,
         stop: None,
         start_error: None,
+        serve_replica: false,
     };
     std::fs::create_dir_all(&ghost.workdir).unwrap();
     aidos_worker::records::write_record(dir.path(), &ghost).unwrap();

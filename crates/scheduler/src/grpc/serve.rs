@@ -18,9 +18,11 @@ impl ServeService for Serve {
     async fn list(&self, r: Request<ListDeploymentsRequest>) -> Res<ListDeploymentsResponse> {
         let name = &r.get_ref().name;
         let mut deployments = leader(&self.0)?.read(|st| queries::deployment_views(st, name));
-        for d in &mut deployments {
-            d.in_flight =
-                queries::in_flight(d, &self.0.loads.lock().expect("loads lock"), aidos_api::now_ms()).unwrap_or(0.0);
+        {
+            let (loads, now) = (self.0.loads.lock().expect("loads lock"), aidos_api::now_ms());
+            for d in &mut deployments {
+                d.in_flight = queries::in_flight(d, &loads, now).unwrap_or(0.0);
+            }
         }
         ok(ListDeploymentsResponse { deployments })
     }

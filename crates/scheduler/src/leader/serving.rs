@@ -113,7 +113,8 @@ impl LeaderHandler {
             Some(a) => {
                 let now = self
                     .read(|st| st.serving.deployments.get(&name).filter(|d| d.autoscale.is_some()).map(|d| d.replicas));
-                now.unwrap_or(replicas).clamp(a.min_replicas, a.max_replicas)
+                let (min, max) = crate::autoscale::bounds(a);
+                now.unwrap_or(replicas).clamp(min, max)
             }
             None => replicas,
         };

@@ -17,8 +17,8 @@ use std::collections::BTreeMap;
 
 use aidos_api::v1::command_v1::Command;
 use aidos_api::v1::{
-    CommandResultV1, DeployV1, Deployment, Job, JobState, Replica, ScaleDeploymentV1, SetCanaryV1, StateSnapshotV1,
-    TaskState,
+    CommandResultV1, DeployV1, Deployment, Job, JobState, Replica, Resources, ScaleDeploymentV1, ServeSpec,
+    SetCanaryV1, StateSnapshotV1, TaskState,
 };
 use prost::Message;
 
@@ -129,24 +129,19 @@ impl ServingState {
         d.status.clear();
         match self.deployments.get(&d.name) {
             Some(old) => {
-                let same_spec = {
-                    let mut a = old.spec.clone().unwrap_or_default();
-                    let mut b = d.spec.clone().unwrap_or_default();
-                    a.generation = 0;
-                    b.generation = 0;
-                    a == b && old.resources == d.resources
-                };
-                d.generation = if same_spec { old.generation } else { last_generation(old) + 1 };
+                let same = same_replicas(old.spec.as_ref(), old.resources, d.spec.as_ref(), d.resources);
+                d.generation = if same { old.generation } else { last_generation(old) + 1 };
+                d.last_generation = d.generation.max(last_generation(old));
                 d.created_at_ms = old.created_at_ms;
                 d.canary = old.canary.clone();
             }
             None => {
                 d.generation = 1;
+                d.last_generation = 1;
                 d.created_at_ms = now;
                 d.canary = None;
             }
         }
-        d.last_generation = d.generation.max(self.deployments.get(&d.name).map(last_generation).unwrap_or(0));
         d.spec.as_mut().expect("checked").generation = d.generation;
         d.updated_at_ms = now;
         dirty.mark(Table::Rows, deployment_key(&d.name));
@@ -179,13 +174,10 @@ impl ServingState {
                     ));
                 }
                 // Same spec as the running canary: only its share or replica count changes, its replicas stay.
-                let same = d.canary.as_ref().is_some_and(|old| {
-                    let mut a = old.spec.clone().unwrap_or_default();
-                    a.generation = 0;
-                    let mut b = spec.clone();
-                    b.generation = 0;
-                    a == b && old.resources == c.resources
-                });
+                let same = d
+                    .canary
+                    .as_ref()
+                    .is_some_and(|old| same_replicas(old.spec.as_ref(), old.resources, Some(spec), c.resources));
                 spec.generation = match &d.canary {
                     Some(old) if same => old.spec.as_ref().map(|s| s.generation).unwrap_or(0),
                     _ => last_generation(d) + 1,
@@ -215,7 +207,8 @@ impl ServingState {
         let d =
             self.deployments.get_mut(&r.name).ok_or_else(|| not_found(format!("deployment {} not found", r.name)))?;
         let a = d.autoscale.ok_or_else(|| bad("name", format!("deployment {} is not autoscaled", r.name)))?;
-        let replicas = r.replicas.clamp(a.min_replicas.max(1), a.max_replicas.max(1));
+        let (min, max) = crate::autoscale::bounds(&a);
+        let replicas = r.replicas.clamp(min, max);
         if d.replicas != replicas {
             d.replicas = replicas;
             d.updated_at_ms = now;
@@ -239,6 +232,13 @@ impl ServingState {
             dirty.mark(Table::Rows, deployment_key(name));
         }
     }
+}
+
+/// Whether replicas of spec `a` with resources `ra` run what replicas of `b` with `rb` run (generations aside):
+/// then a change keeps its generation, and no replica restarts.
+fn same_replicas(a: Option<&ServeSpec>, ra: Option<Resources>, b: Option<&ServeSpec>, rb: Option<Resources>) -> bool {
+    let plain = |s: Option<&ServeSpec>| ServeSpec { generation: 0, ..s.cloned().unwrap_or_default() };
+    plain(a) == plain(b) && ra == rb
 }
 
 /// The highest generation ever given to `d` or a canary of it.
