@@ -23,6 +23,25 @@ ORT_DYLIB_PATH="$(ls "$PWD"/.venv/lib/python3*/site-packages/onnxruntime/capi/li
 export ORT_DYLIB_PATH
 # -----------------------------------------------------------------------------------------------------------------
 
+# ---- Browser tests (tests/dashboard.rs): Debian's Chromium, driven by playwright-core from npm --------------------
+if [[ -z "${AIDOS_CHROMIUM:-}" && ! -x /usr/bin/chromium ]]; then
+    SUDO=""; [[ $(id -u) -eq 0 ]] || SUDO="sudo"
+    $SUDO apt-get update -qq && $SUDO apt-get install -y -qq --no-install-recommends chromium >/dev/null
+fi
+npm ci --prefix tests/browser --no-audit --no-fund --loglevel=error
+# -----------------------------------------------------------------------------------------------------------------
+
+# ---- The dashboard's bundle (committed, embedded in the binary) must be what its sources and lockfile build ------
+npm ci --prefix crates/scheduler/dashboard --no-audit --no-fund --loglevel=error
+npm run --prefix crates/scheduler/dashboard --silent build >/dev/null
+if [[ -n "$(git status --porcelain -- crates/scheduler/dashboard/dist)" ]]; then
+    git status --short -- crates/scheduler/dashboard/dist >&2
+    echo "crates/scheduler/dashboard/dist is not what its sources build: commit the output of" >&2
+    echo "  npm ci --prefix crates/scheduler/dashboard && npm run --prefix crates/scheduler/dashboard build" >&2
+    exit 1
+fi
+# -----------------------------------------------------------------------------------------------------------------
+
 # ---- Gates: formatting and lints (a lint is allowed only with an #[allow] and a comment that says why) ----------
 cargo fmt --all --check
 # NCCL (aidos-sdk's `nccl` feature: cudarc with dynamic loading, nothing linked at build time) is off in a default

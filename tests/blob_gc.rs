@@ -200,7 +200,8 @@ async fn gc_never_deletes_a_referenced_blob() {
     let j = c.wait_job(&train_job, Duration::from_secs(300), |j| state_of(j).is_terminal()).await;
     assert_eq!(state_of(&j), JobState::Succeeded, "{j:#?}");
     let mut runs = RunServiceClient::new(c.any_channel().await);
-    let run = runs.list(ListRunsRequest { job_id: train_job.clone() }).await.unwrap().into_inner().runs;
+    let run =
+        runs.list(ListRunsRequest { job_id: train_job.clone(), ..Default::default() }).await.unwrap().into_inner().runs;
     assert!(run.iter().map(|r| r.checkpoints.len()).sum::<usize>() >= 10, "checkpoints recorded: {run:#?}");
     let log_blobs: Vec<String> =
         j.tasks.iter().flat_map(|t| &t.attempts).map(|a| a.log_blob.clone()).filter(|b| !b.is_empty()).collect();
@@ -223,7 +224,8 @@ async fn gc_never_deletes_a_referenced_blob() {
             _ => tokio::time::sleep(Duration::from_millis(100)).await,
         }
     }
-    let run = runs.list(ListRunsRequest { job_id: train_job.clone() }).await.unwrap().into_inner().runs;
+    let run =
+        runs.list(ListRunsRequest { job_id: train_job.clone(), ..Default::default() }).await.unwrap().into_inner().runs;
     assert!(!run.is_empty() && run.iter().all(|r| !r.checkpoints.is_empty()), "its run stays: {run:#?}");
     wait_until(&c, Duration::from_secs(10), "the compacted job's task log removed", || !task_log.exists()).await;
     // The blobs only the compacted job named (its output) are collected after the grace period.

@@ -94,7 +94,7 @@ impl JobService for Mock {
     async fn list(&self, _r: Request<ListJobsRequest>) -> Result<Response<ListJobsResponse>, Status> {
         self.check()?;
         let jobs = self.state.lock().unwrap().jobs.values().cloned().collect();
-        Ok(Response::new(ListJobsResponse { jobs }))
+        Ok(Response::new(ListJobsResponse { jobs, ..Default::default() }))
     }
     async fn cancel(&self, r: Request<CancelJobRequest>) -> Result<Response<Job>, Status> {
         self.check()?;

@@ -126,7 +126,8 @@ async fn a_killed_rank_restarts_the_gang_from_its_checkpoint_and_no_rank_hangs()
     assert!(j.tasks.iter().all(|t| t.attempts.len() == 2 && t.attempts[1].state == TaskState::Succeeded as i32));
     wait_all_gone(c.path(), &job).await;
 
-    let second = runs.get(GetRunRequest { run_id: format!("{job}.2") }).await.unwrap().into_inner();
+    let second =
+        runs.get(GetRunRequest { run_id: format!("{job}.2"), ..Default::default() }).await.unwrap().into_inner();
     assert!(second.resumed_from_step >= ck_step, "resumed from {} (checkpoint at {ck_step})", second.resumed_from_step);
     // Every rank reported its own throughput.
     for r in 0..4 {

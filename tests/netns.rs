@@ -772,9 +772,12 @@ fn scenario(net: &Net, dir: &Path) {
     let on_a = j.tasks.iter().flat_map(|t| &t.attempts).filter(|a| a.worker_id == "wa");
     assert!(on_a.clone().any(|a| a.state == TaskState::Lost as i32), "{j:#?}");
     let second =
-        w.rt.block_on(RunServiceClient::new(ch.clone()).get(GetRunRequest { run_id: format!("{job}.{}", j.attempt) }))
-            .unwrap()
-            .into_inner();
+        w.rt.block_on(
+            RunServiceClient::new(ch.clone())
+                .get(GetRunRequest { run_id: format!("{job}.{}", j.attempt), ..Default::default() }),
+        )
+        .unwrap()
+        .into_inner();
     assert!(
         second.resumed_from_step >= ck_step,
         "resumed from {} but a checkpoint at {ck_step} existed",

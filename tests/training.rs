@@ -63,7 +63,8 @@ async fn killed_training_resumes_from_its_checkpoint_and_reaches_the_target() {
     assert_eq!(j.attempt, 2);
     assert_eq!(j.tasks[0].attempts[1].worker_id, "w2");
 
-    let second = runs.get(GetRunRequest { run_id: format!("{job}.2") }).await.unwrap().into_inner();
+    let second =
+        runs.get(GetRunRequest { run_id: format!("{job}.2"), ..Default::default() }).await.unwrap().into_inner();
     assert!(
         second.resumed_from_step >= ck_step,
         "resumed from {} but a checkpoint at {ck_step} existed",

@@ -15,7 +15,15 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let descriptors = std::path::PathBuf::from(std::env::var("OUT_DIR")?).join("aidos_descriptors.bin");
     tonic_prost_build::configure()
         .btree_map(".")
-        .file_descriptor_set_path(descriptors)
+        .file_descriptor_set_path(&descriptors)
         .compile_protos(&files, &[root])?;
+    // serde for every message in the protobuf JSON mapping (camelCase names, enums by name, 64-bit integers as
+    // strings): the scheduler's JSON API answers with the same messages as its gRPC API. Every field is written,
+    // defaults included, so a reader never has to know proto3's defaults.
+    pbjson_build::Builder::new()
+        .register_descriptors(&std::fs::read(&descriptors)?)?
+        .btree_map(["."])
+        .emit_fields()
+        .build(&[".aidos"])?;
     Ok(())
 }

@@ -8,6 +8,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     println!("cargo:rerun-if-changed={}", file.display());
     // Byte fields (raw tensor contents) as `bytes::Bytes`: decoded without a copy, and cloned for a retry by the
     // gateway without copying the tensor.
-    tonic_prost_build::configure().bytes(".").compile_protos(&[file], &[root])?;
+    // The descriptors too: server reflection serves them (grpcurl, Postman and the like need no .proto file).
+    let descriptors = std::path::PathBuf::from(std::env::var("OUT_DIR")?).join("inference_descriptors.bin");
+    tonic_prost_build::configure().bytes(".").file_descriptor_set_path(descriptors).compile_protos(&[file], &[root])?;
     Ok(())
 }

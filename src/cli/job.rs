@@ -298,6 +298,7 @@ async fn list(g: &Global, client: &mut Client, a: ListArgs) -> anyhow::Result<()
         labels: a.label.into_iter().collect(),
         name_prefix: a.name_prefix.unwrap_or_default(),
         limit: a.limit,
+        ..Default::default()
     };
     let resp = client
         .job(|mut c| {

@@ -51,7 +51,7 @@ pub async fn get_run(client: &mut Client, id: &str) -> anyhow::Result<Run> {
     client
         .runs(|mut c| {
             let run_id = id.to_string();
-            async move { c.get(GetRunRequest { run_id }).await.map(|r| r.into_inner()) }
+            async move { c.get(GetRunRequest { run_id, ..Default::default() }).await.map(|r| r.into_inner()) }
         })
         .await
         .map_err(|e| status_error(e, &format!("run {id}")))
@@ -96,7 +96,9 @@ pub async fn run(g: &Global, cmd: RunCmd) -> anyhow::Result<()> {
             let mut runs = client
                 .runs(|mut c| {
                     let job_id = job_id.clone();
-                    async move { c.list(ListRunsRequest { job_id }).await.map(|r| r.into_inner().runs) }
+                    async move {
+                        c.list(ListRunsRequest { job_id, ..Default::default() }).await.map(|r| r.into_inner().runs)
+                    }
                 })
                 .await
                 .map_err(|e| status_error(e, ""))?;

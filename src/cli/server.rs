@@ -26,8 +26,9 @@ pub struct ServerArgs {
     /// create`). Default: <data-dir>/admin.token
     #[arg(long, env = "AIDOS_ADMIN_TOKEN_FILE")]
     pub admin_token_file: Option<std::path::PathBuf>,
-    /// Where the HTTP API listens (Prometheus service discovery of serving replicas: GET /v1/http_sd, with a
-    /// token); unset: no HTTP API. Loopback unless the cluster's network is trusted
+    /// Where the web dashboard and the JSON HTTP API listen (docs/http-api.md; Prometheus service discovery of
+    /// serving replicas: GET /v1/http_sd; every call with a token); unset: neither. Loopback unless the cluster's
+    /// network is trusted
     #[arg(long, env = "AIDOS_HTTP")]
     pub http: Option<std::net::SocketAddr>,
     /// Calls per second one token may make to this node, sustained (0: no limit); over it, calls are answered
@@ -216,7 +217,7 @@ pub async fn run(g: &Global, a: ServerArgs) -> anyhow::Result<()> {
     let node = SchedulerNode::start(cfg).await.with_context(|| format!("starting scheduler node {}", a.id))?;
     println!("scheduler {} listening on {}", a.id, node.local_addr());
     if let Some(h) = node.http_addr() {
-        println!("HTTP API on http://{h} (Prometheus service discovery: /v1/http_sd)");
+        println!("dashboard and HTTP API on http://{h}/ (docs/http-api.md)");
     }
     shutdown_signal().await;
     node.shutdown().await;

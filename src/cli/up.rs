@@ -41,7 +41,8 @@ pub struct UpArgs {
     /// Where the gateway serves every deployment over gRPC (inference.GRPCInferenceService)
     #[arg(long, env = "AIDOS_UP_SERVE_GRPC", default_value = "127.0.0.1:8001")]
     pub serve_grpc: SocketAddr,
-    /// Where the scheduler's HTTP API listens (Prometheus service discovery of serving replicas: /v1/http_sd)
+    /// Where the scheduler's web dashboard and JSON HTTP API listen (docs/http-api.md; Prometheus service
+    /// discovery of serving replicas: /v1/http_sd)
     #[arg(long, env = "AIDOS_UP_HTTP", default_value = "127.0.0.1:7080")]
     pub http: SocketAddr,
     /// Do not start the gateway
@@ -75,7 +76,7 @@ pub async fn run(g: &Global, a: UpArgs) -> anyhow::Result<()> {
     let addr = node.local_addr();
     println!("scheduler listening on {addr}");
     if let Some(h) = node.http_addr() {
-        println!("HTTP API on http://{h} (Prometheus service discovery: /v1/http_sd)");
+        println!("dashboard and HTTP API on http://{h}/ (sign in with the admin token below)");
     }
     println!(
         "admin token: {} (used by the CLI in this directory; `aidos token create` makes others)",

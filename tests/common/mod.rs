@@ -393,6 +393,27 @@ lr = 0.001
         }
     }
 
+    /// Deploys `model` (e.g. `digits:1`) with one replica (500m, 256 MiB), waits until it is ready and returns it.
+    pub async fn deploy_one(&self, model: &str) -> Replica {
+        let (code, _, err) = self.cli(&[
+            "serve",
+            "deploy",
+            model,
+            "--replicas",
+            "1",
+            "--cpus",
+            "500m",
+            "--memory",
+            "256Mi",
+            "--wait-secs",
+            "180",
+        ]);
+        assert_eq!(code, 0, "{err}");
+        let mut s = aidos_api::serve_service_client::ServeServiceClient::new(self.any_channel().await);
+        let d = s.list(ListDeploymentsRequest::default()).await.unwrap().into_inner().deployments;
+        d.iter().flat_map(|d| &d.replica_status).find(|r| r.ready).expect("a ready replica").clone()
+    }
+
     /// Starts another `aidos` process (`args` after the global flags naming this cluster), logged beside the rest.
     pub fn spawn_aidos(&self, name: &str, args: &[&str]) -> Proc {
         let mut all = self.cluster_flags();

@@ -59,3 +59,8 @@ pub fn normalize_addr(addr: &str) -> String {
     let a = addr.trim().trim_end_matches('/');
     if a.starts_with("http://") || a.starts_with("https://") { a.to_string() } else { format!("http://{a}") }
 }
+
+/// The artifact of a model version (`ModelVersion.artifacts`) that holds its evaluation on its training job's eval
+/// split: JSON with `dataset`, `split`, `accuracy`, `loss`, `perClass` (`precision`, `recall`, `support`) and
+/// `confusion[true][predicted]`. Written by the built-in trainer; read by the dashboard.
+pub const EVALUATION_ARTIFACT: &str = "evaluation";

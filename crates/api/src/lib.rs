@@ -14,6 +14,7 @@ pub mod sweep;
 pub mod v1 {
     #![allow(clippy::all, missing_docs)]
     tonic::include_proto!("aidos.v1");
+    include!(concat!(env!("OUT_DIR"), "/aidos.v1.serde.rs"));
 }
 
 pub use v1::*;

@@ -39,10 +39,19 @@ use crate::state::ClusterState;
 const REFUSED_BODY_MAX: usize = 64 << 10;
 const REFUSED_BODY_WAIT: std::time::Duration = std::time::Duration::from_millis(20);
 
+/// The standard gRPC services every node serves beside its own (`grpc.health.v1`, server reflection).
+pub const GRPC_STANDARD_SERVICES: [&str; 3] =
+    ["grpc.health.v1.Health", "grpc.reflection.v1.ServerReflection", "grpc.reflection.v1alpha.ServerReflection"];
+
 /// What `path` (`/package.Service/Method`) requires; `None`: no rule (refused).
 pub fn access(path: &str) -> Option<Access> {
     use Access::*;
     let (service, method) = path.trim_start_matches('/').split_once('/')?;
+    // Load balancers' and Kubernetes' probes, and `grpcurl list`/`describe`, carry no token; `proto/` is the public
+    // API anyway, and health says only whether this node knows a leader.
+    if GRPC_STANDARD_SERVICES.contains(&service) {
+        return Some(Public);
+    }
     let service = service.strip_prefix("aidos.v1.")?;
     Some(match (service, method) {
         ("RaftService", "AppendEntries" | "Vote" | "InstallSnapshot") => Peer,

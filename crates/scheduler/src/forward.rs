@@ -64,6 +64,8 @@ pub fn policy(path: &str) -> Policy {
         (aidos_api::edge_service_server::SERVICE_NAME, "ListDevices") => Policy::LeaderOrLocal,
         // The auth layer of the receiving node verified the caller already.
         (aidos_api::auth_service_server::SERVICE_NAME, "WhoAmI") => Policy::Local,
+        // Health and reflection describe the node that answers.
+        (s, _) if crate::auth::GRPC_STANDARD_SERVICES.contains(&s) => Policy::Local,
         _ => Policy::Leader,
     }
 }

@@ -33,6 +33,8 @@
 pub mod auth;
 pub mod autoscale;
 mod core;
+pub mod dashboard;
+pub mod downsample;
 mod edge_auth;
 mod edge_keys;
 mod error;
@@ -48,6 +50,7 @@ pub mod placement;
 pub mod queries;
 mod raft_types;
 pub mod reconcile;
+pub mod replica_metrics;
 pub mod retention;
 pub mod state;
 mod store;
@@ -70,6 +73,7 @@ use aidos_api::worker_service_server::WorkerServiceServer;
 use openraft::BasicNode;
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
+use tower_layer::Layer;
 
 pub use error::SchedulerError;
 pub use placement::Strategy;
@@ -158,6 +162,48 @@ impl SchedulerConfig {
 
 /// Concurrent HTTP/2 streams one client connection may hold (bounds a worker's concurrent log streams too).
 pub const MAX_STREAMS_PER_CONNECTION: u32 = 4096;
+
+/// Every gRPC service of a node: aidos's own, `grpc.health.v1` and server reflection (v1 and v1alpha: grpcurl and
+/// the Python client ask for either).
+/// The health service's reporter comes back beside them.
+fn grpc_routes(core: &Arc<core::Core>) -> (tonic::service::Routes, tonic_health::server::HealthReporter) {
+    let (reporter, health) = tonic_health::server::health_reporter();
+    let big = network::MAX_RAFT_MESSAGE;
+    let reflection = || {
+        tonic_reflection::server::Builder::configure()
+            .register_encoded_file_descriptor_set(aidos_api::FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+    };
+    // Fails only on a malformed descriptor set, and both are compiled in.
+    const DESCRIPTORS: &str = "descriptors compiled in";
+    let mut b = tonic::service::Routes::builder();
+    b.add_service(RaftServiceServer::new(grpc::raft::RaftRpc(core.clone())).max_decoding_message_size(big))
+        .add_service(JobServiceServer::new(grpc::jobs::Jobs(core.clone())).max_decoding_message_size(16 << 20))
+        .add_service(WorkerServiceServer::new(grpc::workers::Workers(core.clone())))
+        .add_service(ClusterServiceServer::new(grpc::cluster::Cluster(core.clone())))
+        .add_service(
+            DatasetServiceServer::new(grpc::ml::Datasets(core.clone()))
+                .max_decoding_message_size(leader::registry::MAX_MANIFEST_BYTES + 4096),
+        )
+        .add_service(RunServiceServer::new(grpc::ml::Runs(core.clone())).max_decoding_message_size(16 << 20))
+        .add_service(ModelServiceServer::new(grpc::ml::Models(core.clone())))
+        .add_service(
+            aidos_api::blob_service_server::BlobServiceServer::new(grpc::blob::Blobs(core.clone()))
+                .max_decoding_message_size(8 << 20),
+        )
+        .add_service(aidos_api::serve_service_server::ServeServiceServer::new(grpc::serve::Serve(core.clone())))
+        .add_service(aidos_api::sweep_service_server::SweepServiceServer::new(grpc::sweeps::Sweeps(core.clone())))
+        .add_service(aidos_api::auth_service_server::AuthServiceServer::new(grpc::auth::Auth(core.clone())))
+        .add_service(
+            aidos_api::edge_service_server::EdgeServiceServer::new(grpc::edge::Edge(core.clone()))
+                .max_decoding_message_size(64 << 20)
+                .max_encoding_message_size(16 << 20),
+        )
+        .add_service(health)
+        .add_service(reflection().build_v1().expect(DESCRIPTORS))
+        .add_service(reflection().build_v1alpha().expect(DESCRIPTORS));
+    (b.routes(), reporter)
+}
 
 /// A running scheduler node.
 pub struct SchedulerNode {
@@ -269,7 +315,13 @@ impl SchedulerNode {
             tokio::spawn(loops::run_blob_gc(core.clone(), stop_rx.clone())),
             tokio::spawn(leader::sweeps::run(core.clone(), stop_rx.clone())),
         ];
-        let big = network::MAX_RAFT_MESSAGE;
+        let (routes, health) = grpc_routes(&core);
+        tasks.push(tokio::spawn(loops::run_health(core.clone(), health, stop_rx.clone())));
+        // In front of every service: authenticates and authorizes every call (`auth`), then relays leader-bound
+        // calls from a follower to the leader (`forward`). The HTTP API calls the same stack in process.
+        let auth_layer = auth::AuthLayer::new(core.clone(), limits::Limiter::new(cfg.limits));
+        let forward_layer = forward::ForwardLayer::new(core.clone());
+        let in_process = auth_layer.layer(forward_layer.layer(routes.clone()));
         let server = tonic::transport::Server::builder()
             .tcp_nodelay(true)
             // A worker keeps one ReportLogs stream per running attempt on its single connection, beside its
@@ -278,32 +330,9 @@ impl SchedulerNode {
             .max_concurrent_streams(MAX_STREAMS_PER_CONNECTION)
             .initial_stream_window_size(Some(aidos_api::HTTP2_STREAM_WINDOW))
             .initial_connection_window_size(Some(aidos_api::HTTP2_CONNECTION_WINDOW))
-            // In front of every service: authenticates and authorizes every call (`auth`), then relays leader-bound
-            // calls from a follower to the leader (`forward`).
-            .layer(auth::AuthLayer::new(core.clone(), limits::Limiter::new(cfg.limits)))
-            .layer(forward::ForwardLayer::new(core.clone()))
-            .add_service(RaftServiceServer::new(grpc::raft::RaftRpc(core.clone())).max_decoding_message_size(big))
-            .add_service(JobServiceServer::new(grpc::jobs::Jobs(core.clone())).max_decoding_message_size(16 << 20))
-            .add_service(WorkerServiceServer::new(grpc::workers::Workers(core.clone())))
-            .add_service(ClusterServiceServer::new(grpc::cluster::Cluster(core.clone())))
-            .add_service(
-                DatasetServiceServer::new(grpc::ml::Datasets(core.clone()))
-                    .max_decoding_message_size(leader::registry::MAX_MANIFEST_BYTES + 4096),
-            )
-            .add_service(RunServiceServer::new(grpc::ml::Runs(core.clone())).max_decoding_message_size(16 << 20))
-            .add_service(ModelServiceServer::new(grpc::ml::Models(core.clone())))
-            .add_service(
-                aidos_api::blob_service_server::BlobServiceServer::new(grpc::blob::Blobs(core.clone()))
-                    .max_decoding_message_size(8 << 20),
-            )
-            .add_service(aidos_api::serve_service_server::ServeServiceServer::new(grpc::serve::Serve(core.clone())))
-            .add_service(aidos_api::sweep_service_server::SweepServiceServer::new(grpc::sweeps::Sweeps(core.clone())))
-            .add_service(aidos_api::auth_service_server::AuthServiceServer::new(grpc::auth::Auth(core.clone())))
-            .add_service(
-                aidos_api::edge_service_server::EdgeServiceServer::new(grpc::edge::Edge(core.clone()))
-                    .max_decoding_message_size(64 << 20)
-                    .max_encoding_message_size(16 << 20),
-            );
+            .layer(auth_layer)
+            .layer(forward_layer)
+            .add_routes(routes);
         let mut stop_srv = stop_rx.clone();
         // Our own listener (so port 0 works): Server::tcp_nodelay applies only to listeners tonic binds itself, so
         // set it here. Without it, Nagle + delayed ACK stall small responses by ~40 ms.
@@ -332,7 +361,7 @@ impl SchedulerNode {
         }
         tracing::info!(node = cfg.node_id, addr = %local_addr, "scheduler listening on {local_addr}");
         if let Some(l) = http_listener {
-            tasks.push(tokio::spawn(http::serve(l, core.clone(), stop_rx.clone())));
+            tasks.push(tokio::spawn(http::serve(l, core.clone(), in_process, stop_rx.clone())));
             tracing::info!("scheduler HTTP API on {}", http_addr.expect("bound"));
         }
         Ok(SchedulerNode { local_addr, http_addr, core, stop, tasks })

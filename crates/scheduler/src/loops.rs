@@ -149,6 +149,37 @@ pub async fn run_placement(core: Arc<Core>, mut stop: watch::Receiver<bool>) {
     }
 }
 
+/// Keeps this node's `grpc.health.v1` status current, for the whole server ("") and each aidos service by name:
+/// SERVING while the node knows a leader (it can answer or relay every call), NOT_SERVING otherwise.
+pub async fn run_health(
+    core: Arc<Core>,
+    health: tonic_health::server::HealthReporter,
+    mut stop: watch::Receiver<bool>,
+) {
+    let mut services: Vec<String> = aidos_api::every_rpc()
+        .iter()
+        .filter_map(|p| p.trim_start_matches('/').split_once('/').map(|(s, _)| s.to_string()))
+        .collect();
+    services.dedup();
+    services.push(String::new());
+    let mut last = None;
+    loop {
+        let serving = core.leader_id().is_some();
+        if last != Some(serving) {
+            let status =
+                if serving { tonic_health::ServingStatus::Serving } else { tonic_health::ServingStatus::NotServing };
+            for s in &services {
+                health.set_service_status(s, status).await;
+            }
+            last = Some(serving);
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(Duration::from_millis(200)) => {},
+            _ = stop.changed() => return,
+        }
+    }
+}
+
 /// Declares workers lost when they miss their heartbeat deadline. A new leader first gives every worker
 /// [`TAKEOVER_GRACE_TIMEOUTS`] timeouts of grace, since heartbeats sent to the old leader are not in its memory and a
 /// busy worker needs time to find the new one.

@@ -345,7 +345,13 @@ impl Context {
         Ok(())
     }
 
-    // ---- checkpoints
+    // ---- blobs and checkpoints
+
+    /// Stores `bytes` in the cluster's blob store (content-addressed: storing the same bytes twice is one blob)
+    /// and returns its id: for files a model version refers to (`NewModel::artifacts`).
+    pub fn put_blob(&self, bytes: &[u8]) -> Result<BlobId> {
+        self.store.put(bytes).map_err(|e| self.blob_err(e))
+    }
 
     /// Stores checkpoint bytes in the blob store and records them on this attempt's run at (`step`, `epoch`).
     /// Buffered metrics are sent first.

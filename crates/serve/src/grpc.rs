@@ -15,6 +15,9 @@ use crate::protocol::{self, InputTensor};
 #[allow(clippy::all, missing_docs)]
 pub mod pb {
     tonic::include_proto!("inference");
+
+    /// The encoded descriptors of `inference` (server reflection serves them).
+    pub const FILE_DESCRIPTOR_SET: &[u8] = tonic::include_file_descriptor_set!("inference_descriptors");
 }
 
 use pb::grpc_inference_service_server::{GrpcInferenceService, GrpcInferenceServiceServer};

@@ -97,16 +97,57 @@ pub async fn start(cfg: &ServerConfig, state: Arc<ServerState>) -> std::io::Resu
             tracing::error!(error = %e, "HTTP front stopped");
         }
     });
-    let svc = grpc::service(state);
+    let svc = grpc::service(state.clone());
+    // Beside the inference service: grpc.health.v1 (load balancers' and Kubernetes' probes), SERVING while a model
+    // is loaded, as /v2/health/ready; and server reflection (v1 and v1alpha), so grpcurl needs no .proto file.
+    let (health, health_svc) = tonic_health::server::health_reporter();
+    let reflection = || {
+        tonic_reflection::server::Builder::configure()
+            .register_encoded_file_descriptor_set(grpc::pb::FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+    };
+    // Fails only on a malformed descriptor set, and both are compiled in.
+    let reflection_v1 = reflection().build_v1().expect("descriptors compiled in");
+    let reflection_v1alpha = reflection().build_v1alpha().expect("descriptors compiled in");
     let incoming = tonic::transport::server::TcpIncoming::from(grpc_l).with_nodelay(Some(true));
+    let rx2 = rx.clone();
     let grpc_task = tokio::spawn(async move {
-        if let Err(e) =
-            tonic::transport::Server::builder().add_service(svc).serve_with_incoming_shutdown(incoming, stop(rx)).await
-        {
+        let server = tonic::transport::Server::builder()
+            .add_service(svc)
+            .add_service(health_svc)
+            .add_service(reflection_v1)
+            .add_service(reflection_v1alpha);
+        if let Err(e) = server.serve_with_incoming_shutdown(incoming, stop(rx)).await {
             tracing::error!(error = %e, "gRPC front stopped");
         }
     });
-    Ok(RunningServer { http, grpc, shutdown: tx, tasks: vec![http_task, grpc_task] })
+    let health_task = tokio::spawn(report_health(state, health, rx2));
+    Ok(RunningServer { http, grpc, shutdown: tx, tasks: vec![http_task, grpc_task, health_task] })
+}
+
+/// Keeps the gRPC health status of the server ("") and of the inference service in step with readiness (a model
+/// loaded: SERVING), checked every 250 ms until `stop`.
+async fn report_health(
+    state: Arc<ServerState>,
+    health: tonic_health::server::HealthReporter,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+) {
+    let service = <grpc::pb::grpc_inference_service_server::GrpcInferenceServiceServer<grpc::Front> as tonic::server::NamedService>::NAME;
+    let mut last = None;
+    loop {
+        let ready = !state.repo.is_empty();
+        if last != Some(ready) {
+            let status =
+                if ready { tonic_health::ServingStatus::Serving } else { tonic_health::ServingStatus::NotServing };
+            health.set_service_status("", status).await;
+            health.set_service_status(service, status).await;
+            last = Some(ready);
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(std::time::Duration::from_millis(250)) => {}
+            _ = stop.wait_for(|v| *v) => return,
+        }
+    }
 }
 
 use axum::serve::ListenerExt as _;

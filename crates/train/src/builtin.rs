@@ -484,11 +484,25 @@ pub fn run(ctx: &Context, job: &TrainJob, out: &mut dyn Write) -> Result<Builtin
     if let Some(l) = train_loss.filter(|l| l.is_finite()) {
         metrics.insert("train_loss".into(), l);
     }
+    // The evaluation in full (per-class statistics and the confusion matrix) beside the model: the dashboard
+    // shows it, and `aidos model eval` recomputes it on any split.
+    let evaluation = serde_json::json!({
+        "dataset": manifest_ref(&manifest),
+        "split": job.eval_split,
+        "accuracy": report.accuracy,
+        "loss": report.loss,
+        "perClass": report.per_class.iter().map(|c| serde_json::json!({
+            "precision": c.precision, "recall": c.recall, "support": c.support,
+        })).collect::<Vec<_>>(),
+        "confusion": report.confusion,
+    });
+    let evaluation = ctx.put_blob(evaluation.to_string().as_bytes())?;
     let new = NewModel {
         name: job.register_as.clone(),
         config_json: serde_json::to_string(&record).expect("the model record serialises"),
         metrics,
         params,
+        artifacts: BTreeMap::from([(aidos_api::contract::EVALUATION_ARTIFACT.to_string(), evaluation.to_string())]),
         ..NewModel::default()
     }
     .with_dataset(&manifest);

@@ -40,7 +40,7 @@ impl JobService for Jobs {
 
     async fn list(&self, r: Request<ListJobsRequest>) -> Res<ListJobsResponse> {
         let project = project(&r)?;
-        ok(leader(&self.0)?.read(|st| queries::list_jobs(st, r.get_ref(), &project)))
+        ok(leader(&self.0)?.read(|st| queries::list_jobs(st, r.get_ref(), &project))?)
     }
 
     async fn cancel(&self, r: Request<CancelJobRequest>) -> Res<Job> {

@@ -52,7 +52,7 @@ impl RunService for Runs {
     }
     async fn get(&self, r: Request<GetRunRequest>) -> Res<Run> {
         let project = project(&r)?;
-        ok(leader(&self.0)?.read(|st| queries::get_run(st, &r.get_ref().run_id, &project))?)
+        ok(leader(&self.0)?.read(|st| queries::get_run(st, r.get_ref(), &project))?)
     }
 }
 
