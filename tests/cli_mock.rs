@@ -213,6 +213,21 @@ impl RunService for Mock {
         ];
         Ok(Response::new(Run { id, job_id: "job-1".into(), attempt: 1, metrics, ..Default::default() }))
     }
+    async fn create_experiment(&self, _r: Request<CreateExperimentRequest>) -> Result<Response<Experiment>, Status> {
+        Err(Status::unimplemented("mock"))
+    }
+    async fn list_experiments(
+        &self,
+        _r: Request<ListExperimentsRequest>,
+    ) -> Result<Response<ListExperimentsResponse>, Status> {
+        Err(Status::unimplemented("mock"))
+    }
+    async fn create_run(&self, _r: Request<CreateRunRequest>) -> Result<Response<Run>, Status> {
+        Err(Status::unimplemented("mock"))
+    }
+    async fn update_run(&self, _r: Request<UpdateRunRequest>) -> Result<Response<Run>, Status> {
+        Err(Status::unimplemented("mock"))
+    }
 }
 
 async fn serve(down: bool) -> SocketAddr {

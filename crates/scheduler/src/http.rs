@@ -83,7 +83,8 @@ pub fn router(core: Arc<Core>, grpc: InProcess) -> Router {
         .route("/v1/{*rest}", get(no_route).post(no_route))
         .fallback(crate::dashboard::serve)
         .layer(DefaultBodyLimit::max(64 << 10))
-        .with_state(Api { core, grpc })
+        .with_state(Api { core, grpc: grpc.clone() })
+        .merge(crate::mlflow::router(grpc))
 }
 
 /// Serves [`router`] on `listener` until `stop` turns true.
@@ -146,7 +147,7 @@ fn answer<T: Serialize>(r: Result<tonic::Response<T>, tonic::Status>) -> Respons
 }
 
 /// `msg` as a gRPC request carrying the caller's credentials and project.
-fn request<T>(headers: &HeaderMap, msg: T) -> tonic::Request<T> {
+pub(crate) fn request<T>(headers: &HeaderMap, msg: T) -> tonic::Request<T> {
     let mut r = tonic::Request::new(msg);
     for name in [aidos_api::auth::AUTHORIZATION, aidos_api::auth::PROJECT_HEADER] {
         if let Some(v) = headers.get(name).and_then(|v| v.to_str().ok()).and_then(|v| v.parse().ok()) {

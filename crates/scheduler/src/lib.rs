@@ -45,6 +45,8 @@ pub mod http;
 mod leader;
 pub mod limits;
 mod loops;
+pub mod mlflow;
+pub mod mlflow_filter;
 mod network;
 pub mod placement;
 pub mod queries;

@@ -12,6 +12,7 @@ use crate::error::SchedulerError;
 use crate::placement::{ClusterView, PendingJob, Strategy, WorkerView};
 use crate::state::registry::run_id;
 use crate::state::serving::replica_of;
+use crate::state::tracking::DEFAULT_EXPERIMENT;
 use crate::state::{ClusterState, add, jobs::serve_spec};
 
 // ---- jobs and workers ------------------------------------------------------------------------------------------
@@ -263,8 +264,39 @@ pub fn latest_checkpoint(st: &ClusterState, job_id: &str) -> LatestCheckpointRes
 }
 
 /// The project a run belongs to: its job's (a run whose job retention removed counts as the default project's).
-pub fn run_project<'a>(st: &'a ClusterState, r: &Run) -> &'a str {
+pub fn run_project<'a>(st: &'a ClusterState, r: &'a Run) -> &'a str {
+    if r.job_id.is_empty() {
+        return aidos_api::auth::project_or_default(&r.project);
+    }
     st.jobs.by_id.get(&r.job_id).map_or(aidos_api::auth::DEFAULT_PROJECT, job_project)
+}
+
+/// The experiments of `project`: Default ("0", every job's run) first, then by id.
+pub fn list_experiments(st: &ClusterState, project: &str) -> ListExperimentsResponse {
+    let default = Experiment {
+        id: DEFAULT_EXPERIMENT.into(),
+        name: "Default".into(),
+        project: project.into(),
+        ..Default::default()
+    };
+    let mut mine: Vec<Experiment> = st
+        .registry
+        .experiments
+        .values()
+        .filter(|e| aidos_api::auth::project_or_default(&e.project) == project)
+        .cloned()
+        .collect();
+    mine.sort_by_key(|e| e.id.parse::<u64>().unwrap_or(u64::MAX));
+    ListExperimentsResponse { experiments: std::iter::once(default).chain(mine).collect() }
+}
+
+/// Experiment `id` of `project` (Default exists in every project); NOT_FOUND otherwise.
+pub fn experiment_in(st: &ClusterState, id: &str, project: &str) -> Result<Experiment, SchedulerError> {
+    list_experiments(st, project)
+        .experiments
+        .into_iter()
+        .find(|e| e.id == id)
+        .ok_or_else(|| SchedulerError::NotFound(format!("experiment {id} not found in project {project}")))
 }
 
 /// The runs of `project` that `r` asks for.
@@ -276,17 +308,37 @@ pub fn list_runs(st: &ClusterState, r: &ListRunsRequest, project: &str) -> ListR
         .filter(|x| r.job_id.is_empty() || x.job_id == r.job_id)
         .filter(|x| run_project(st, x) == project);
     let max = r.max_points as usize;
-    ListRunsResponse { runs: runs.map(|x| downsampled(x, max)).collect() }
+    ListRunsResponse { runs: runs.map(|x| downsampled(st, x, max)).collect() }
 }
 
-/// A run of `project` by id (`job-3.1`), or by job id (`job-3`: its latest attempt's run).
-/// `run` with every metric series downsampled to at most `max` points (0: all; `crate::downsample`).
-fn downsampled(run: &Run, max: usize) -> Run {
+/// `run` as readers see it: every metric series downsampled to at most `max` points (0: all;
+/// `crate::downsample`); a job's run with experiment "0", its project, and the status and end its attempt has
+/// (RUNNING, FINISHED, FAILED or KILLED; a later attempt's start ends an earlier one's run as FAILED).
+fn downsampled(st: &ClusterState, run: &Run, max: usize) -> Run {
     let mut out = run.clone();
     out.metrics = crate::downsample::by_name(std::mem::take(&mut out.metrics), max);
+    if !run.job_id.is_empty() {
+        out.experiment_id = DEFAULT_EXPERIMENT.into();
+        out.project = run_project(st, run).to_string();
+        if let Some(j) = st.jobs.by_id.get(&run.job_id) {
+            let state = JobState::try_from(j.state).unwrap_or(JobState::Unspecified);
+            out.status = match state {
+                _ if j.attempt > run.attempt => "FAILED",
+                JobState::Succeeded => "FINISHED",
+                JobState::Failed => "FAILED",
+                JobState::Cancelled => "KILLED",
+                _ => "RUNNING",
+            }
+            .into();
+            if state.is_terminal() || j.attempt > run.attempt {
+                out.ended_at_ms = j.updated_at_ms;
+            }
+        }
+    }
     out
 }
 
+/// A run of `project` by id (`job-3.1`), or by job id (`job-3`: its latest attempt's run).
 pub fn get_run(st: &ClusterState, r: &GetRunRequest, project: &str) -> Result<Run, SchedulerError> {
     let id = r.run_id.as_str();
     let run =
@@ -294,14 +346,15 @@ pub fn get_run(st: &ClusterState, r: &GetRunRequest, project: &str) -> Result<Ru
             st.jobs.by_id.get(id).map(|j| run_id(id, j.attempt)).and_then(|rid| st.registry.runs.get(&rid))
         });
     match run {
-        Some(x) if run_project(st, x) == project => Ok(downsampled(x, r.max_points as usize)),
+        Some(x) if run_project(st, x) == project => Ok(downsampled(st, x, r.max_points as usize)),
         _ => Err(SchedulerError::NotFound(format!("run {id} not found in project {project}"))),
     }
 }
 
 pub fn list_models(st: &ClusterState, r: &ListModelsRequest) -> ListModelsResponse {
     let named = st.registry.models.iter().filter(|(n, _)| r.name.is_empty() || **n == r.name);
-    ListModelsResponse { models: named.flat_map(|(_, vs)| vs.iter().cloned()).collect() }
+    let names = st.registry.model_names.values().filter(|m| r.name.is_empty() || m.name == r.name).cloned().collect();
+    ListModelsResponse { models: named.flat_map(|(_, vs)| vs.iter().cloned()).collect(), names }
 }
 
 pub fn get_model(st: &ClusterState, r: &GetModelRequest) -> Result<ModelVersion, SchedulerError> {

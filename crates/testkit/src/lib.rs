@@ -126,6 +126,18 @@ impl RunService for MockScheduler {
     async fn get(&self, _: Request<GetRunRequest>) -> Res<Run> {
         Err(Status::unimplemented("mock"))
     }
+    async fn create_experiment(&self, _: Request<CreateExperimentRequest>) -> Res<Experiment> {
+        Err(Status::unimplemented("mock"))
+    }
+    async fn list_experiments(&self, _: Request<ListExperimentsRequest>) -> Res<ListExperimentsResponse> {
+        Err(Status::unimplemented("mock"))
+    }
+    async fn create_run(&self, _: Request<CreateRunRequest>) -> Res<Run> {
+        Err(Status::unimplemented("mock"))
+    }
+    async fn update_run(&self, _: Request<UpdateRunRequest>) -> Res<Run> {
+        Err(Status::unimplemented("mock"))
+    }
 }
 
 #[tonic::async_trait]
@@ -150,6 +162,9 @@ impl ModelService for MockScheduler {
         Err(Status::unimplemented("mock"))
     }
     async fn set_artifact(&self, _: Request<SetArtifactRequest>) -> Res<ModelVersion> {
+        Err(Status::unimplemented("mock"))
+    }
+    async fn create(&self, _: Request<CreateModelRequest>) -> Res<RegisteredModel> {
         Err(Status::unimplemented("mock"))
     }
 }

@@ -54,6 +54,22 @@ impl RunService for Runs {
         let project = project(&r)?;
         ok(leader(&self.0)?.read(|st| queries::get_run(st, r.get_ref(), &project))?)
     }
+    async fn create_experiment(&self, r: Request<CreateExperimentRequest>) -> Res<Experiment> {
+        let project = project(&r)?;
+        ok(leader(&self.0)?.create_experiment(r.into_inner(), &project).await?)
+    }
+    async fn list_experiments(&self, r: Request<ListExperimentsRequest>) -> Res<ListExperimentsResponse> {
+        let project = project(&r)?;
+        ok(leader(&self.0)?.read(|st| queries::list_experiments(st, &project)))
+    }
+    async fn create_run(&self, r: Request<CreateRunRequest>) -> Res<Run> {
+        let project = project(&r)?;
+        ok(leader(&self.0)?.create_run(r.into_inner(), &project).await?)
+    }
+    async fn update_run(&self, r: Request<UpdateRunRequest>) -> Res<Run> {
+        let project = project(&r)?;
+        ok(leader(&self.0)?.update_run(r.into_inner(), &project).await?)
+    }
 }
 
 #[tonic::async_trait]
@@ -72,5 +88,8 @@ impl ModelService for Models {
     }
     async fn set_artifact(&self, r: Request<SetArtifactRequest>) -> Res<ModelVersion> {
         ok(leader(&self.0)?.set_artifact(r.into_inner()).await?)
+    }
+    async fn create(&self, r: Request<CreateModelRequest>) -> Res<RegisteredModel> {
+        ok(leader(&self.0)?.create_model(r.into_inner()).await?)
     }
 }

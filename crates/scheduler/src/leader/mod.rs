@@ -9,6 +9,7 @@ pub mod edge;
 pub mod registry;
 pub mod serving;
 pub mod sweeps;
+pub mod tracking;
 pub mod workers;
 
 use std::pin::Pin;

@@ -28,6 +28,19 @@ impl LeaderHandler {
         }
         let model_ref = aidos_api::parse_model_ref(&r.model).map_err(|e| invalid("model", e))?;
         let resolved = self.read(|st| queries::get_model(st, &model_ref))?;
+        let format = serde_json::from_str::<serde_json::Value>(&resolved.config)
+            .ok()
+            .and_then(|c| c["format"].as_str().map(str::to_string));
+        if format.as_deref() == Some(crate::mlflow::MLFLOW_FORMAT) {
+            return Err(invalid(
+                "model",
+                format!(
+                    "{}:{} was registered through the MLflow API (its files are kept, not a model aidos can run); \
+                     aidos serves the models it trains and their ONNX exports",
+                    resolved.name, resolved.version
+                ),
+            ));
+        }
         let runtime = if r.runtime.is_empty() { "tract".to_string() } else { r.runtime.clone() };
         if !RUNTIMES.contains(&runtime.as_str()) {
             return Err(invalid("runtime", format!("`{runtime}` (expected one of {})", RUNTIMES.join(", "))));

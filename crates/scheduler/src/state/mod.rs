@@ -42,6 +42,7 @@ pub mod jobs;
 pub mod registry;
 pub mod serving;
 pub mod sweeps;
+pub mod tracking;
 
 use aidos_api::v1::command_v1::Command;
 use aidos_api::v1::{CommandResultV1, CommandV1, StateSnapshotV1};

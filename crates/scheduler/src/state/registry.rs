@@ -1,6 +1,6 @@
 //! The registry domain: dataset versions, runs (one per training attempt: params, metric series, checkpoints) and
 //! the model registry (versions, aliases, lineage), in table `Rows` under `d/<name>/<version>`, `r/<run id>` and
-//! `m/<name>/<version>`. Bytes live in the blob store; only manifests and references are replicated.
+//! `m/<name>/<version>` (and `xp/`, `n/`: `state::tracking`). Bytes live in the blob store; only manifests and references are replicated.
 //!
 //! Invariants: versions of a name are 1, 2, ... in commit order and never change once committed; an alias names
 //! at most one version of its model; reports from a trainer are fenced exactly like task status reports, so an
@@ -12,17 +12,20 @@ use std::collections::BTreeMap;
 
 use aidos_api::v1::command_v1::Command;
 use aidos_api::v1::{
-    AttemptRef, CheckpointRef, CommandResultV1, CommitDatasetRequest, DatasetManifest, ModelVersion,
-    RecordCheckpointRequest, RegisterModelRequest, ReportMetricsRequest, Run, SetAliasRequest, SetArtifactRequest,
-    StateSnapshotV1,
+    AttemptRef, CheckpointRef, CommandResultV1, CommitDatasetRequest, DatasetManifest, Experiment, ModelVersion,
+    RecordCheckpointRequest, RegisterModelRequest, RegisteredModel, ReportMetricsRequest, Run, SetAliasRequest,
+    SetArtifactRequest, StateSnapshotV1,
 };
 use prost::Message;
 
+use super::tracking::{experiment_key, model_name_key};
 use super::{Dirty, Domain, JobsState, Refusal, RowKind, Rows, Table, bad, check_blob_id, check_name, not_found};
 
 const DATASET_ROWS: RowKind = RowKind { table: Table::Rows, prefix: "d/", snapshot_field: 7 };
 const RUN_ROWS: RowKind = RowKind { table: Table::Rows, prefix: "r/", snapshot_field: 8 };
 const MODEL_ROWS: RowKind = RowKind { table: Table::Rows, prefix: "m/", snapshot_field: 9 };
+const EXPERIMENT_ROWS: RowKind = RowKind { table: Table::Rows, prefix: "xp/", snapshot_field: 16 };
+const MODEL_NAME_ROWS: RowKind = RowKind { table: Table::Rows, prefix: "n/", snapshot_field: 17 };
 
 pub const MAX_POINTS_PER_RUN: usize = 200_000;
 pub const MAX_POINTS_PER_REPORT: usize = 10_000;
@@ -51,16 +54,23 @@ pub struct RegistryState {
     pub runs: BTreeMap<String, Run>,
     /// Model versions by name (index = version - 1).
     pub models: BTreeMap<String, Vec<ModelVersion>>,
+    /// Experiments by id (`state::tracking`).
+    pub experiments: BTreeMap<String, Experiment>,
+    /// Model names created before (or without) their first version, by name (`state::tracking`).
+    pub model_names: BTreeMap<String, RegisteredModel>,
 }
 
 impl Rows for RegistryState {
-    const ROWS: &'static [RowKind] = &[DATASET_ROWS, RUN_ROWS, MODEL_ROWS];
+    const ROWS: &'static [RowKind] = &[DATASET_ROWS, RUN_ROWS, MODEL_ROWS, EXPERIMENT_ROWS, MODEL_NAME_ROWS];
 
     fn row(&self, _table: Table, key: &str) -> Option<Vec<u8>> {
         let mut parts = key.splitn(3, '/');
         let kind = parts.next()?;
-        if kind == "r" {
-            return self.runs.get(key.get(2..)?).map(|r| r.encode_to_vec());
+        match kind {
+            "r" => return self.runs.get(key.get(2..)?).map(|r| r.encode_to_vec()),
+            "xp" => return self.experiments.get(key.get(3..)?).map(|e| e.encode_to_vec()),
+            "n" => return self.model_names.get(key.get(2..)?).map(|m| m.encode_to_vec()),
+            _ => {}
         }
         let name = parts.next()?;
         let i = parts.next()?.parse::<usize>().ok()?.checked_sub(1)?;
@@ -85,6 +95,14 @@ impl Rows for RegistryState {
                 let r = Run::decode(bytes)?;
                 self.runs.insert(r.id.clone(), r);
             }
+            Some(b'x') if key.starts_with("xp/") => {
+                let e = Experiment::decode(bytes)?;
+                self.experiments.insert(e.id.clone(), e);
+            }
+            Some(b'n') => {
+                let m = RegisteredModel::decode(bytes)?;
+                self.model_names.insert(m.name.clone(), m);
+            }
             _ => {}
         }
         Ok(())
@@ -94,13 +112,17 @@ impl Rows for RegistryState {
         let datasets = self.datasets.values().flatten().map(|d| dataset_key(&d.name, d.version));
         let models = self.models.values().flatten().map(|m| model_key(&m.name, m.version));
         let runs = self.runs.keys().map(|r| run_key(r));
-        datasets.chain(models).chain(runs).map(|k| (Table::Rows, k)).collect()
+        let experiments = self.experiments.keys().map(|e| experiment_key(e));
+        let names = self.model_names.keys().map(|n| model_name_key(n));
+        datasets.chain(models).chain(runs).chain(experiments).chain(names).map(|k| (Table::Rows, k)).collect()
     }
 
     fn snapshot(&self, out: &mut StateSnapshotV1) {
         out.datasets = self.datasets.values().flatten().cloned().collect();
         out.runs = self.runs.values().cloned().collect();
         out.models = self.models.values().flatten().cloned().collect();
+        out.experiments = self.experiments.values().cloned().collect();
+        out.registered_models = self.model_names.values().cloned().collect();
     }
 
     fn restore(&mut self, s: &mut StateSnapshotV1) {
@@ -112,6 +134,12 @@ impl Rows for RegistryState {
         }
         for r in std::mem::take(&mut s.runs) {
             self.runs.insert(r.id.clone(), r);
+        }
+        for e in std::mem::take(&mut s.experiments) {
+            self.experiments.insert(e.id.clone(), e);
+        }
+        for m in std::mem::take(&mut s.registered_models) {
+            self.model_names.insert(m.name.clone(), m);
         }
     }
 }
@@ -131,6 +159,10 @@ impl Domain for RegistryState {
             Command::RegisterModel(r) => self.register_model(r, now, jobs, dirty),
             Command::SetAlias(r) => self.set_alias(r, dirty),
             Command::SetArtifact(r) => self.set_artifact(r, dirty),
+            Command::CreateExperiment(c) => self.create_experiment(c, now, dirty),
+            Command::CreateRun(c) => self.create_run(c, now, dirty),
+            Command::UpdateRun(u) => self.update_run(u, dirty),
+            Command::CreateModel(m) => self.create_model(m, now, dirty),
             _ => return None,
         })
     }

@@ -411,6 +411,7 @@ mod tests {
             sample_output: vec![1.0],
             ..Default::default()
         };
+        let experiment = pb::Experiment { name: "tuning".into(), ..Default::default() };
         a.apply(vec![
             entry(1, submit("x")),
             entry(2, submit("y")),
@@ -419,6 +420,8 @@ mod tests {
             entry(5, Command::Deploy(pb::DeployV1 { deployment: Some(deployment) })),
             entry(6, Command::EnrollDevice(pb::EnrollRequest { device: "cam-1".into(), ..Default::default() })),
             entry(7, Command::EdgeDeploy(edge_deployment)),
+            entry(8, Command::CreateExperiment(pb::CreateExperimentV1 { experiment: Some(experiment) })),
+            entry(9, Command::CreateModel(pb::RegisteredModel { name: "later".into(), ..Default::default() })),
         ])
         .await
         .unwrap();
@@ -428,7 +431,7 @@ mod tests {
             assert_eq!((sa.state.edge.devices.len(), sa.state.edge.deployments.len()), (1, 1), "the edge rows applied");
         }
         let snap = a.get_snapshot_builder().await.build_snapshot().await.unwrap();
-        assert_eq!(snap.meta.last_log_id.unwrap().index, 7);
+        assert_eq!(snap.meta.last_log_id.unwrap().index, 9);
         assert_eq!(a.get_current_snapshot().await.unwrap().unwrap().meta.snapshot_id, snap.meta.snapshot_id);
 
         let db2 = crate::store::open_db(&d.path().join("b")).unwrap();
@@ -446,6 +449,9 @@ mod tests {
             assert_eq!(sa.state.serving.deployments, sb.state.serving.deployments);
             assert_eq!(sa.state.edge.devices, sb.state.edge.devices);
             assert_eq!(sa.state.edge.deployments, sb.state.edge.deployments);
+            assert_eq!(sb.state.registry.experiments.len(), 1);
+            assert_eq!(sa.state.registry.experiments, sb.state.registry.experiments);
+            assert_eq!(sa.state.registry.model_names, sb.state.registry.model_names);
         }
         // And the installed state survives a reopen from disk.
         drop(b);
@@ -453,5 +459,6 @@ mod tests {
         let sc = &c.applied.read().unwrap().state;
         assert_eq!(sc.jobs.by_id.len(), 2);
         assert_eq!((sc.serving.deployments.len(), sc.edge.devices.len(), sc.edge.deployments.len()), (1, 1, 1));
+        assert_eq!((sc.registry.experiments.len(), sc.registry.model_names.len()), (1, 1));
     }
 }

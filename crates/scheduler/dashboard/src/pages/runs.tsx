@@ -48,6 +48,8 @@ export function RunsPage() {
             <tr>
               <th />
               <th>Run</th>
+              <th>Experiment</th>
+              <th>Status</th>
               <th>Dataset</th>
               <th>Model</th>
               <th>Started</th>
@@ -72,6 +74,8 @@ export function RunsPage() {
                   <td>
                     <a href={link(`/runs/${r.id}`)}>{r.id}</a>
                   </td>
+                  <td>{r.experimentId}</td>
+                  <td>{r.status.toLowerCase()}</td>
                   <td>{r.dataset}</td>
                   <td>{r.model}</td>
                   <td>{when(r.createdAtMs)}</td>
@@ -106,13 +110,18 @@ export function RunPage({ id }: { id: string }) {
         ) : (
           <KeyValues
             rows={[
-              ["Job", <a key="j" href={link(`/jobs/${r.jobId}`)}>{r.jobId}</a>],
+              ["Job", r.jobId ? <a key="j" href={link(`/jobs/${r.jobId}`)}>{r.jobId}</a> : "— (logged through the MLflow API)"],
+              ["Name", r.name || r.id],
+              ["Experiment", r.experimentId],
+              ["Status", r.status],
               ["Attempt", r.attempt],
               ["Dataset", r.dataset],
               ["Model", r.model ? <a key="m" href={link(`/models/${r.model.split(":")[0]}`)}>{r.model}</a> : "—"],
               ["Resumed from step", r.resumedFromStep],
               ["Checkpoints", (r.checkpoints ?? []).length],
               ...Object.entries(r.params ?? {}).map(([k, v]) => [`param ${k}`, String(v)] as [string, string]),
+              ...Object.entries(r.tags ?? {}).map(([k, v]) => [`tag ${k}`, String(v)] as [string, string]),
+              ...Object.keys(r.artifacts ?? {}).map((p) => [`file ${p}`, (r.artifacts[p] as string).slice(0, 12)] as [string, string]),
             ]}
           />
         )}
