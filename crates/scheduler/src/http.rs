@@ -64,6 +64,7 @@ pub fn router(core: Arc<Core>, grpc: InProcess) -> Router {
         .route("/v1/jobs/{id}", get(get_job))
         .route("/v1/jobs/{id}/cancel", post(cancel_job))
         .route("/v1/jobs/{id}/logs", get(job_logs))
+        .route("/v1/experiments", get(list_experiments))
         .route("/v1/runs", get(list_runs))
         .route("/v1/runs/{id}", get(get_run))
         .route("/v1/datasets", get(list_datasets))
@@ -351,6 +352,10 @@ struct RunsQuery {
     job_id: String,
     #[serde(default)]
     max_points: u32,
+}
+
+async fn list_experiments(State(a): State<Api>, h: HeaderMap) -> Response {
+    answer(RunServiceClient::new(a.grpc).list_experiments(request(&h, ListExperimentsRequest {})).await)
 }
 
 /// `GET /v1/runs?job_id=J&max_points=N`: `max_points` downsamples every metric series (`crate::downsample`).

@@ -27,8 +27,16 @@ function seriesOf(run: any): Map<string, { x: number[]; y: number[] }> {
 
 export function RunsPage() {
   const runs = usePoll(() => get(`/v1/runs${qs({ max_points: 2 })}`), 5000);
+  const experiments = usePoll(() => get("/v1/experiments"), 10000);
+  const [experiment, setExperiment] = useState("");
   const [picked, setPicked] = useState<string[]>([]);
-  const list = useMemo(() => [...(runs.data?.runs ?? [])].sort((a: any, b: any) => num(b.createdAtMs) - num(a.createdAtMs)), [runs.data]);
+  const list = useMemo(
+    () =>
+      [...(runs.data?.runs ?? [])]
+        .filter((r: any) => !experiment || r.experimentId === experiment)
+        .sort((a: any, b: any) => num(b.createdAtMs) - num(a.createdAtMs)),
+    [runs.data, experiment],
+  );
   const names = useMemo(() => Array.from(new Set(list.flatMap((r: any) => Object.keys(latest(r))))).sort(), [list]);
   return (
     <Section
@@ -39,6 +47,19 @@ export function RunsPage() {
         </a>
       }
     >
+      <div className="filters">
+        <label>
+          Experiment{" "}
+          <select value={experiment} onChange={(e) => setExperiment(e.target.value)} aria-label="experiment">
+            <option value="">any</option>
+            {(experiments.data?.experiments ?? []).map((x: any) => (
+              <option key={x.id} value={x.id}>
+                {x.name} ({x.id})
+              </option>
+            ))}
+          </select>
+        </label>
+      </div>
       <ErrorBox error={runs.error} />
       {!runs.data ? (
         <Loading what="runs" />
