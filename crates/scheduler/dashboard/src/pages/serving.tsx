@@ -162,7 +162,7 @@ export function SweepPage({ id }: { id: string }) {
               ["Objective", `${maximize ? "maximize" : "minimize"} ${s.spec?.metric}`],
               ["Searcher", enumName(s.spec?.searcher, "SEARCHER_KIND_")],
               ["Trials", `${trials.length} of ${s.spec?.maxTrials || "∞"}, ${s.spec?.maxConcurrent} at once`],
-              ["Best", s.bestTrial !== undefined && s.bestTrial !== null ? `trial ${s.bestTrial} → ${s.bestModel}` : "—"],
+              ["Best", s.bestTrial !== undefined && s.bestTrial !== null ? `trial ${s.bestTrial}${s.bestModel ? ` → ${s.bestModel}` : ""}` : "—"],
               ["Reason", s.reason],
             ]}
           />
@@ -206,7 +206,7 @@ export function SweepPage({ id }: { id: string }) {
           </Section>
           <Section title="Search">
             <div className="charts">
-              <LineChart title={`best ${s.spec?.metric} so far`} series={[{ label: "best", x: bx, y: by }]} />
+              <LineChart title={`best ${s.spec?.metric} so far`} xLabel="trial" series={[{ label: "best", x: bx, y: by }]} />
               <ParallelCoordinates trials={trials} params={params} maximize={maximize} />
             </div>
           </Section>
