@@ -91,22 +91,6 @@ async fn wait_deployment(
 }
 
 /// Starts `aidos serve gateway` on free ports; answers it and its HTTP address.
-async fn start_gateway(c: &Cluster) -> (Proc, SocketAddr) {
-    let ready_file = c.path().join("gateway.json");
-    let ready = ready_file.to_str().unwrap();
-    let p = c.spawn_aidos(
-        "gateway",
-        &["serve", "gateway", "--http", "127.0.0.1:0", "--grpc", "127.0.0.1:0", "--ready-file", ready],
-    );
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while !ready_file.exists() {
-        assert!(Instant::now() < deadline, "the gateway did not start: {}", p.output());
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    let addrs: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&ready_file).unwrap()).unwrap();
-    (p, addrs["http"].as_str().unwrap().parse().unwrap())
-}
-
 /// Waits until the gateway routes `digits`.
 async fn wait_routed(gateway: SocketAddr, p: &Proc) {
     let deadline = Instant::now() + Duration::from_secs(30);
@@ -188,7 +172,7 @@ async fn replicas_recover_from_sigkill_and_roll_over_without_failed_requests() {
     }
     assert!(deployment(&c, "digits").await.is_none(), "a refused deployment was stored");
 
-    let (mut gateway_proc, gateway) = start_gateway(&c).await;
+    let (mut gateway_proc, gateway, _) = c.start_gateway().await;
 
     let (code, out, err) = c.cli(&[
         "serve",
@@ -411,7 +395,7 @@ async fn an_autoscaled_deployment_follows_the_load_up_and_down() {
     c.start_worker("w1", "2", "");
     c.start_worker("w2", "2", "");
     c.train_digits(1).await;
-    let (mut gateway_proc, gateway) = start_gateway(&c).await;
+    let (mut gateway_proc, gateway, _) = c.start_gateway().await;
     // Refused: autoscaling bounds that make no sense, by name.
     let (code, _, err) = c.cli(&["serve", "deploy", "digits:1", "--min-replicas", "3", "--max-replicas", "2"]);
     assert!(code != 0 && err.contains("max_replicas"), "{err}");

@@ -414,6 +414,24 @@ lr = 0.001
         d.iter().flat_map(|d| &d.replica_status).find(|r| r.ready).expect("a ready replica").clone()
     }
 
+    /// Starts `aidos serve gateway` on OS-assigned ports; returns it with its HTTP and gRPC addresses.
+    pub async fn start_gateway(&self) -> (Proc, std::net::SocketAddr, std::net::SocketAddr) {
+        let ready_file = self.path().join("gateway.json");
+        let ready = ready_file.to_str().unwrap();
+        let p = self.spawn_aidos(
+            "gateway",
+            &["serve", "gateway", "--http", "127.0.0.1:0", "--grpc", "127.0.0.1:0", "--ready-file", ready],
+        );
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while !ready_file.exists() {
+            assert!(Instant::now() < deadline, "the gateway did not start: {}", p.output());
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        let addrs: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&ready_file).unwrap()).unwrap();
+        let addr = |k: &str| addrs[k].as_str().unwrap().parse().unwrap();
+        (p, addr("http"), addr("grpc"))
+    }
+
     /// Starts another `aidos` process (`args` after the global flags naming this cluster), logged beside the rest.
     pub fn spawn_aidos(&self, name: &str, args: &[&str]) -> Proc {
         let mut all = self.cluster_flags();

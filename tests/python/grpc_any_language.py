@@ -2,10 +2,11 @@
 
 1. Generates Python stubs from proto/ with grpcio-tools (the public API, as a user would).
 2. Submits a `process` job with them, watches it to completion and reads its logs.
-3. Checks grpc.health.v1 and server reflection on the scheduler and on a serving replica with the grpcio clients
+3. Checks grpc.health.v1 and server reflection on the scheduler, a serving replica and a gateway with the grpcio clients
    (grpcio-health-checking, grpcio-reflection): no .proto file needed for those.
 
-Usage: grpc_any_language.py PROTO_DIR OUT_DIR SCHEDULER_ADDR REPLICA_GRPC_ADDR   (token in AIDOS_TOKEN)
+Usage: grpc_any_language.py PROTO_DIR OUT_DIR SCHEDULER_ADDR REPLICA_GRPC_ADDR GATEWAY_GRPC_ADDR
+(token in AIDOS_TOKEN)
 Exits non-zero with a message on the first failed check.
 """
 
@@ -14,7 +15,7 @@ import subprocess
 import sys
 import time
 
-proto_dir, out_dir, scheduler, replica = sys.argv[1:5]
+proto_dir, out_dir, scheduler, replica, gateway = sys.argv[1:6]
 token = os.environ["AIDOS_TOKEN"]
 
 # ---- 1. stubs from proto/ ----------------------------------------------------------------------------------------
@@ -100,6 +101,12 @@ check_standard_services(
 )
 check_standard_services(
     replica,
+    ["inference.GRPCInferenceService", "grpc.health.v1.Health"],
+    "inference.GRPCInferenceService",
+    "ModelInfer",
+)
+check_standard_services(
+    gateway,
     ["inference.GRPCInferenceService", "grpc.health.v1.Health"],
     "inference.GRPCInferenceService",
     "ModelInfer",
