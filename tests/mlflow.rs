@@ -92,6 +92,22 @@ async fn the_mlflow_client_logs_to_aidos_unchanged() {
     assert!(mv.artifacts.contains_key("mlflow/model/MLmodel"), "{mv:?}");
     assert_eq!(mv.metrics.get("accuracy"), Some(&0.91));
 
+    // A body over the API's limit is refused whole (413) and the run is unchanged; a malformed one names why.
+    let addr: std::net::SocketAddr = api.parse().unwrap();
+    let auth = format!("Authorization: Bearer {}\r\n", &*TOKEN);
+    let big = format!(r#"{{"run_id": "{run_id}", "params": [{{"key": "pad", "value": "{}"}}]}}"#, "x".repeat(5 << 20));
+    let (code, _) = http_with(addr, "POST", "/api/2.0/mlflow/runs/log-batch", &auth, &big);
+    assert_eq!(code, 413);
+    let (code, body) = http_with(addr, "POST", "/api/2.0/mlflow/runs/log-batch", &auth, "{not json");
+    assert_eq!(code, 400, "{body}");
+    assert!(body.contains("INVALID_PARAMETER_VALUE") && body.contains("not JSON"), "{body}");
+    let again = RunServiceClient::new(ch.clone())
+        .get(GetRunRequest { run_id: run_id.clone(), ..Default::default() })
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(!again.params.contains_key("pad"));
+
     // The CLI lists it as any run; aidos refuses to serve that version, saying why.
     let (code, out, err) = c.cli(&["run", "list"]);
     assert_eq!(code, 0, "{err}");

@@ -13,7 +13,8 @@
 //! Registered model versions are aidos model versions whose weights are a manifest of the source's files (format
 //! "mlflow"); aidos does not serve them.
 //!
-//! Limits: one artifact is read into memory, at most [`MAX_ARTIFACT_BYTES`]; `search_runs` pages hold at most 1000
+//! Limits: one artifact is read into memory, at most [`MAX_ARTIFACT_BYTES`]; other bodies at most
+//! [`MAX_REQUEST_BYTES`]; `search_runs` pages hold at most 1000
 //! runs; a filter is `AND`-joined comparisons on `metrics.`, `params.`, `tags.` and `attributes.` (status,
 //! run_name, start_time, end_time), which covers the client's common use; anything else is refused by name.
 
@@ -36,6 +37,9 @@ use crate::http::{InProcess, request};
 
 /// Largest artifact accepted (it is hashed in memory before it is stored).
 pub const MAX_ARTIFACT_BYTES: usize = 256 << 20;
+/// Largest request body of every other route (a log-batch of MLflow's own maximum, 1,000 metrics, 100 params and
+/// 100 tags, is well under it).
+pub const MAX_REQUEST_BYTES: usize = 4 << 20;
 /// The format recorded in the config of a model version registered through this API.
 pub const MLFLOW_FORMAT: &str = "mlflow";
 
@@ -68,6 +72,7 @@ pub fn router(grpc: InProcess) -> Router {
         // then lists a run's files as files.
         .route(&api("logged-models/search"), post(|| async { axum::Json(json!({"models": []})) }))
         .route("/api/2.0/mlflow-artifacts/artifacts", get(list_artifacts))
+        .layer(DefaultBodyLimit::max(MAX_REQUEST_BYTES))
         .route("/api/2.0/mlflow-artifacts/artifacts/{*path}", get(download_artifact).put(upload_artifact))
         .layer(DefaultBodyLimit::max(MAX_ARTIFACT_BYTES))
         .with_state(grpc)
@@ -292,8 +297,14 @@ async fn search_experiments(State(g): Grpc, h: HeaderMap) -> Res {
 
 // ---- runs --------------------------------------------------------------------------------------------------------
 
-async fn run_of(g: &InProcess, h: &HeaderMap, mlflow_id: &str) -> Result<Run, MlflowError> {
-    let req = GetRunRequest { run_id: aidos_run_id(mlflow_id), max_points: 0 };
+/// Points per series enough for a run's latest metrics: the server's downsampling keeps each series' first and
+/// last points (in the order reported; MLflow calls the point with the highest step the latest, which is the last
+/// one unless a client logged steps out of order).
+const LATEST_ONLY: u32 = 2;
+
+/// Run `mlflow_id` with at most `max_points` per metric series (0: every point).
+async fn run_of(g: &InProcess, h: &HeaderMap, mlflow_id: &str, max_points: u32) -> Result<Run, MlflowError> {
+    let req = GetRunRequest { run_id: aidos_run_id(mlflow_id), max_points };
     done(RunServiceClient::new(g.clone()).get(request(h, req)).await)
 }
 
@@ -326,7 +337,7 @@ async fn create_run(State(g): Grpc, h: HeaderMap, b: Bytes) -> Res {
 async fn get_run(State(g): Grpc, h: HeaderMap, RawQuery(q): RawQuery) -> Res {
     let q = query(&q)?;
     let id = param(&q, "run_id").or_else(|| param(&q, "run_uuid")).unwrap_or_default();
-    let run = run_of(&g, &h, &id).await?;
+    let run = run_of(&g, &h, &id, LATEST_ONLY).await?;
     ok(json!({"run": run_json(&run)}))
 }
 
@@ -419,7 +430,7 @@ async fn metric_history(State(g): Grpc, h: HeaderMap, RawQuery(q): RawQuery) -> 
     let q = query(&q)?;
     let id = param(&q, "run_id").or_else(|| param(&q, "run_uuid")).unwrap_or_default();
     let key = param(&q, "metric_key").ok_or_else(|| invalid("missing value for required parameter 'metric_key'"))?;
-    let run = run_of(&g, &h, &id).await?;
+    let run = run_of(&g, &h, &id, 0).await?;
     let points: Vec<Value> = run.metrics.iter().filter(|p| p.name == key).map(metric_json).collect();
     ok(json!({"metrics": points}))
 }
@@ -440,7 +451,8 @@ async fn search_runs(State(g): Grpc, h: HeaderMap, b: Bytes) -> Res {
         "" => 0,
         t => t.parse().map_err(|_| invalid(format!("page_token {t:?}: not a token this API gave")))?,
     };
-    let all = done(RunServiceClient::new(g).list(request(&h, ListRunsRequest::default())).await)?.runs;
+    let list = ListRunsRequest { max_points: LATEST_ONLY, ..Default::default() };
+    let all = done(RunServiceClient::new(g).list(request(&h, list)).await)?.runs;
     let mut runs: Vec<&Run> =
         all.iter().filter(|r| ids.is_empty() || ids.contains(&r.experiment_id)).filter(|r| filter.matches(r)).collect();
     let order = v["order_by"].as_array().and_then(|o| o.first()).and_then(Value::as_str).unwrap_or("");
@@ -494,7 +506,7 @@ async fn put_blob(g: &InProcess, h: &HeaderMap, data: Bytes) -> Result<String, M
 
 async fn download_artifact(State(g): Grpc, h: HeaderMap, Path(full): Path<String>) -> Res {
     let (run_id, path) = artifact_target(&full)?;
-    let run = run_of(&g, &h, &run_id).await?;
+    let run = run_of(&g, &h, &run_id, LATEST_ONLY).await?;
     let Some(blob) = run.artifacts.get(&path) else {
         return Err(not_found(format!("run {run_id} has no artifact {path:?}")));
     };
@@ -529,7 +541,7 @@ pub fn listing(artifacts: &BTreeMap<String, String>, dir: &str) -> Vec<Value> {
 async fn list_artifacts(State(g): Grpc, h: HeaderMap, RawQuery(q): RawQuery) -> Res {
     let full = param(&query(&q)?, "path").unwrap_or_default();
     let (run_id, dir) = artifact_target(&full)?;
-    let run = run_of(&g, &h, &run_id).await?;
+    let run = run_of(&g, &h, &run_id, LATEST_ONLY).await?;
     ok(json!({"files": listing(&run.artifacts.into_iter().collect(), &dir)}))
 }
 
@@ -621,7 +633,7 @@ async fn create_model_version(State(g): Grpc, h: HeaderMap, b: Bytes) -> Res {
         None => source_run(&source).map(|(r, _)| r),
     };
     let run = match &run_id {
-        Some(r) => Some(run_of(&g, &h, r).await?),
+        Some(r) => Some(run_of(&g, &h, r, LATEST_ONLY).await?),
         None => None,
     };
     // The files of the source directory, kept as the version's artifacts (`mlflow/<path>`).
