@@ -425,7 +425,7 @@ fn show_job(out: Output, j: &Job, throughput: &HashMap<u32, f64>) {
 }
 
 pub async fn logs(client: &mut Client, a: LogsArgs) -> anyhow::Result<()> {
-    let req = LogsRequest { job_id: a.id.clone(), follow: a.follow, rank: a.rank };
+    let req = LogsRequest { job_id: a.id.clone(), follow: a.follow, rank: a.rank, ..Default::default() };
     // Bytes already written per (rank, attempt, stream): a reconnect replays from the start, so skip those.
     let mut written: HashMap<(u32, u32, i32), usize> = HashMap::new();
     let mut reconnects = 0u32;

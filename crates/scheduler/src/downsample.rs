@@ -10,17 +10,27 @@ use std::collections::BTreeMap;
 
 use aidos_api::v1::MetricPoint;
 
-/// At most `max` points of `points` (one series, in step order), chosen by LTTB. `max` < 3 keeps the first and
-/// last points (or fewer when the series is shorter); `max` ≥ len returns the series unchanged.
-pub fn lttb(points: &[MetricPoint], max: usize) -> Vec<MetricPoint> {
+/// At most `max` points of `points` (one series, in the order reported), chosen by LTTB; only the points kept
+/// are cloned. `max` < 3 keeps the first and last points (or fewer when the series is shorter); `max` ≥ len keeps
+/// every point. x is the step, or the position when every point has the same step (MLflow's `log_metric` without
+/// a step logs step 0 each time).
+pub fn lttb(points: &[&MetricPoint], max: usize) -> Vec<MetricPoint> {
     let n = points.len();
     if max >= n {
-        return points.to_vec();
+        return points.iter().map(|p| (*p).clone()).collect();
     }
     if max < 3 {
-        return [points.first(), points.last()].into_iter().flatten().take(max.max(1).min(n)).cloned().collect();
+        return [points.first(), points.last()]
+            .into_iter()
+            .flatten()
+            .take(max.max(1).min(n))
+            .map(|p| (*p).clone())
+            .collect();
     }
-    let xy = |p: &MetricPoint| (p.step as f64, p.value);
+    let by_position = points[0].step == points[n - 1].step;
+    let xs: Vec<f64> =
+        points.iter().enumerate().map(|(i, p)| if by_position { i as f64 } else { p.step as f64 }).collect();
+    let xy = |i: usize| (xs[i], points[i].value);
     let every = (n - 2) as f64 / (max - 2) as f64;
     let mut out = Vec::with_capacity(max);
     out.push(points[0].clone());
@@ -30,13 +40,14 @@ pub fn lttb(points: &[MetricPoint], max: usize) -> Vec<MetricPoint> {
         let end = (((i + 1) as f64 * every) as usize + 1).min(n - 1);
         // The mean of the next bucket (the last point for the last bucket).
         let (ns, ne) = (end, ((((i + 2) as f64) * every) as usize + 1).min(n));
-        let next = if ns < ne { &points[ns..ne] } else { &points[n - 1..] };
-        let (mx, my) = next.iter().map(xy).fold((0.0, 0.0), |(sx, sy), (x, y)| (sx + x, sy + y));
-        let (mx, my) = (mx / next.len() as f64, my / next.len() as f64);
-        let (ax, ay) = xy(&points[a]);
+        let next = if ns < ne { ns..ne } else { n - 1..n };
+        let next_len = next.len();
+        let (mx, my) = next.fold((0.0, 0.0), |(sx, sy), i| (sx + xs[i], sy + points[i].value));
+        let (mx, my) = (mx / next_len as f64, my / next_len as f64);
+        let (ax, ay) = xy(a);
         let mut best = (start, -1.0f64);
-        for (j, p) in points.iter().enumerate().take(end.max(start + 1)).skip(start) {
-            let (x, y) = xy(p);
+        for j in start..end.max(start + 1) {
+            let (x, y) = xy(j);
             let area = ((ax - mx) * (y - ay) - (ax - x) * (my - ay)).abs();
             // NaN areas (a NaN value) never win over a real one, but a bucket of NaNs still yields a point.
             if area > best.1 || best.1 < 0.0 && area.is_nan() {
@@ -50,15 +61,15 @@ pub fn lttb(points: &[MetricPoint], max: usize) -> Vec<MetricPoint> {
     out
 }
 
-/// Every series of `points` (one per metric name, each in step order as reported) downsampled to at most `max`
-/// points; `max` = 0 keeps everything. The result is grouped by name.
-pub fn by_name(points: Vec<MetricPoint>, max: usize) -> Vec<MetricPoint> {
+/// Every series of `points` (one per metric name, each in the order reported) downsampled to at most `max`
+/// points; `max` = 0 keeps everything. The result is grouped by name; only the points kept are cloned.
+pub fn by_name(points: &[MetricPoint], max: usize) -> Vec<MetricPoint> {
     if max == 0 {
-        return points;
+        return points.to_vec();
     }
-    let mut series: BTreeMap<String, Vec<MetricPoint>> = BTreeMap::new();
+    let mut series: BTreeMap<&str, Vec<&MetricPoint>> = BTreeMap::new();
     for p in points {
-        series.entry(p.name.clone()).or_default().push(p);
+        series.entry(p.name.as_str()).or_default().push(p);
     }
     series.values().flat_map(|s| lttb(s, max)).collect()
 }
@@ -75,12 +86,16 @@ mod tests {
             .collect()
     }
 
+    fn refs(s: &[MetricPoint]) -> Vec<&MetricPoint> {
+        s.iter().collect()
+    }
+
     #[test]
     fn short_series_are_unchanged_and_long_ones_keep_their_ends() {
         let s = series(&[3.0, 2.0, 1.0]);
-        assert_eq!(lttb(&s, 10), s);
+        assert_eq!(lttb(&refs(&s), 10), s);
         let long = series(&(0..1_000_000).map(|i| (i as f64).sin()).collect::<Vec<_>>());
-        let d = lttb(&long, 500);
+        let d = lttb(&refs(&long), 500);
         assert_eq!(d.len(), 500);
         assert_eq!(d.first(), long.first());
         assert_eq!(d.last(), long.last());
@@ -91,16 +106,19 @@ mod tests {
     fn a_spike_survives() {
         let mut v = vec![1.0; 10_000];
         v[5_123] = 50.0;
-        let d = lttb(&series(&v), 100);
+        let d = lttb(&refs(&series(&v)), 100);
         assert!(d.iter().any(|p| p.value == 50.0), "the spike was dropped");
+        // Every point at step 0 (MLflow's log_metric without a step): x is the position, the spike still survives.
+        let flat: Vec<MetricPoint> = series(&v).into_iter().map(|p| MetricPoint { step: 0, ..p }).collect();
+        assert!(lttb(&refs(&flat), 100).iter().any(|p| p.value == 50.0), "the spike was dropped at step 0");
     }
 
     #[test]
     fn tiny_budgets_and_nan_values() {
         let s = series(&[1.0, f64::NAN, f64::NAN, f64::NAN, 2.0, 3.0]);
-        assert_eq!(lttb(&s, 1).len(), 1);
-        assert_eq!(lttb(&s, 2).iter().map(|p| p.step).collect::<Vec<_>>(), vec![0, 5]);
-        assert_eq!(lttb(&s, 4).len(), 4);
+        assert_eq!(lttb(&refs(&s), 1).len(), 1);
+        assert_eq!(lttb(&refs(&s), 2).iter().map(|p| p.step).collect::<Vec<_>>(), vec![0, 5]);
+        assert_eq!(lttb(&refs(&s), 4).len(), 4);
         assert!(lttb(&[], 5).is_empty());
     }
 
@@ -108,9 +126,9 @@ mod tests {
     fn every_name_is_downsampled_on_its_own() {
         let mut pts = series(&(0..1000).map(|i| i as f64).collect::<Vec<_>>());
         pts.extend(series(&[1.0, 2.0]).into_iter().map(|p| MetricPoint { name: "acc".into(), ..p }));
-        let d = by_name(pts.clone(), 50);
+        let d = by_name(&pts, 50);
         assert_eq!(d.iter().filter(|p| p.name == "loss").count(), 50);
         assert_eq!(d.iter().filter(|p| p.name == "acc").count(), 2);
-        assert_eq!(by_name(pts.clone(), 0), pts);
+        assert_eq!(by_name(&pts, 0), pts);
     }
 }

@@ -41,6 +41,9 @@ use crate::state::serving::canary_generation;
 /// The node's gRPC stack, called in process: the auth layer, then the forwarding layer, then the services.
 pub type InProcess = crate::auth::Auth<crate::forward::Forward<tonic::service::Routes>>;
 
+/// Largest answer an in-process call may return (tonic's default of 4 MiB is less than a run at its point limit,
+/// ~6 MB, or a large list): the same as the CLI's.
+pub const MAX_IN_PROCESS_MESSAGE: usize = 256 << 20;
 /// Most jobs one page of `GET /v1/jobs` holds (and its default: [`DEFAULT_PAGE`]).
 pub const MAX_PAGE: u32 = 1000;
 pub const DEFAULT_PAGE: u32 = 50;
@@ -191,15 +194,30 @@ async fn no_route() -> Response {
 // ---- cluster ---------------------------------------------------------------------------------------------------
 
 async fn whoami(State(a): State<Api>, h: HeaderMap) -> Response {
-    answer(AuthServiceClient::new(a.grpc).who_am_i(request(&h, WhoAmIRequest {})).await)
+    answer(
+        AuthServiceClient::new(a.grpc)
+            .max_decoding_message_size(crate::http::MAX_IN_PROCESS_MESSAGE)
+            .who_am_i(request(&h, WhoAmIRequest {}))
+            .await,
+    )
 }
 
 async fn cluster(State(a): State<Api>, h: HeaderMap) -> Response {
-    answer(ClusterServiceClient::new(a.grpc).status(request(&h, ClusterStatusRequest {})).await)
+    answer(
+        ClusterServiceClient::new(a.grpc)
+            .max_decoding_message_size(crate::http::MAX_IN_PROCESS_MESSAGE)
+            .status(request(&h, ClusterStatusRequest {}))
+            .await,
+    )
 }
 
 async fn workers(State(a): State<Api>, h: HeaderMap) -> Response {
-    answer(ClusterServiceClient::new(a.grpc).list_workers(request(&h, ListWorkersRequest {})).await)
+    answer(
+        ClusterServiceClient::new(a.grpc)
+            .max_decoding_message_size(crate::http::MAX_IN_PROCESS_MESSAGE)
+            .list_workers(request(&h, ListWorkersRequest {}))
+            .await,
+    )
 }
 
 // ---- jobs ------------------------------------------------------------------------------------------------------
@@ -212,7 +230,12 @@ async fn list_jobs(State(a): State<Api>, h: HeaderMap, RawQuery(q): RawQuery) ->
         Ok(r) => r,
         Err(e) => return bad_request(e),
     };
-    answer(JobServiceClient::new(a.grpc).list(request(&h, req)).await)
+    answer(
+        JobServiceClient::new(a.grpc)
+            .max_decoding_message_size(crate::http::MAX_IN_PROCESS_MESSAGE)
+            .list(request(&h, req))
+            .await,
+    )
 }
 
 /// The [`ListJobsRequest`] of a query string. Pure.
@@ -254,11 +277,21 @@ pub fn jobs_request(query: &str) -> Result<ListJobsRequest, String> {
 }
 
 async fn get_job(State(a): State<Api>, h: HeaderMap, Path(id): Path<String>) -> Response {
-    answer(JobServiceClient::new(a.grpc).get(request(&h, GetJobRequest { job_id: id })).await)
+    answer(
+        JobServiceClient::new(a.grpc)
+            .max_decoding_message_size(crate::http::MAX_IN_PROCESS_MESSAGE)
+            .get(request(&h, GetJobRequest { job_id: id }))
+            .await,
+    )
 }
 
 async fn cancel_job(State(a): State<Api>, h: HeaderMap, Path(id): Path<String>) -> Response {
-    answer(JobServiceClient::new(a.grpc).cancel(request(&h, CancelJobRequest { job_id: id })).await)
+    answer(
+        JobServiceClient::new(a.grpc)
+            .max_decoding_message_size(crate::http::MAX_IN_PROCESS_MESSAGE)
+            .cancel(request(&h, CancelJobRequest { job_id: id }))
+            .await,
+    )
 }
 
 #[derive(Deserialize)]
@@ -285,62 +318,62 @@ pub struct LogsPage {
 /// `GET /v1/jobs/{id}/logs?rank=0&offset=N`: the job's output (stdout and stderr interleaved as written) from byte
 /// `offset` on, at most [`MAX_LOG_READ`] bytes. The bytes are the rank's attempts one after another (every rank's,
 /// rank by rank, without `rank`), so an offset stays valid between reads of one rank while the job runs: a
-/// reader polls with the last `nextOffset` to tail the log. Each read streams the log from its start on the
-/// server (JobService.Logs) and skips `offset` bytes.
+/// reader polls with the last `nextOffset` to tail the log. The window is cut on the server (`LogsRequest.offset`,
+/// `max_bytes`): a read holds at most one page, whatever the log's size.
 async fn job_logs(State(a): State<Api>, h: HeaderMap, Path(id): Path<String>, Q(q): Q<LogsQuery>) -> Response {
-    let mut jobs = JobServiceClient::new(a.grpc);
-    // The state first: a job that had ended before the read began has all its logs in the read.
-    let ended = match jobs.get(request(&h, GetJobRequest { job_id: id.clone() })).await {
-        Ok(j) => JobState::try_from(j.into_inner().state).is_ok_and(|s| s.is_terminal()),
+    let mut jobs = JobServiceClient::new(a.grpc).max_decoding_message_size(MAX_IN_PROCESS_MESSAGE);
+    // The job first: if it had ended and every attempt's output was stored whole before this read began, the read
+    // sees all of it (an attempt still being written may have chunks in flight from its worker).
+    let job = match jobs.get(request(&h, GetJobRequest { job_id: id.clone() })).await {
+        Ok(j) => j.into_inner(),
         Err(s) => return refusal(&s),
     };
-    let req = LogsRequest { job_id: id, follow: false, rank: q.rank };
+    let settled = JobState::try_from(job.state).is_ok_and(|s| s.is_terminal())
+        && job
+            .tasks
+            .iter()
+            .filter(|t| q.rank.is_none_or(|r| r == t.rank))
+            .flat_map(|t| &t.attempts)
+            .all(|a| !a.log_blob.is_empty());
+    let req = LogsRequest { job_id: id, follow: false, rank: q.rank, offset: q.offset, max_bytes: MAX_LOG_READ as u64 };
     let mut stream = match jobs.logs(request(&h, req)).await {
         Ok(s) => s.into_inner(),
         Err(s) => return refusal(&s),
     };
-    let mut chunks = Vec::new();
+    let mut bytes = Vec::new();
     loop {
         match stream.message().await {
-            Ok(Some(c)) => chunks.push(c),
+            Ok(Some(c)) => bytes.extend_from_slice(&c.data),
             Ok(None) => break,
             Err(s) => return refusal(&s),
         }
     }
-    axum::Json(logs_page(chunks, q.offset, MAX_LOG_READ, ended)).into_response()
+    axum::Json(logs_page(bytes, q.offset, MAX_LOG_READ, settled)).into_response()
 }
 
-/// The page of `chunks` (as JobService.Logs streams them) from byte `offset`, at most `max` bytes, cut at a
-/// character boundary. Pure.
-pub fn logs_page(mut chunks: Vec<LogChunk>, offset: u64, max: usize, ended: bool) -> LogsPage {
-    // Rank by rank, attempt by attempt; within an attempt, in the order written (a stable sort).
-    chunks.sort_by_key(|c| (c.rank, c.attempt));
-    let total: u64 = chunks.iter().map(|c| c.data.len() as u64).sum();
-    let mut bytes = Vec::new();
-    let mut pos = 0u64;
-    for c in &chunks {
-        let len = c.data.len() as u64;
-        if pos + len > offset && bytes.len() < max {
-            let from = offset.saturating_sub(pos) as usize;
-            let take = (c.data.len() - from).min(max - bytes.len());
-            bytes.extend_from_slice(&c.data[from..from + take]);
+/// The page of a read that returned `bytes` from `offset` (at most `max`); `settled`: the job has ended and its
+/// output is stored whole. A character cut by the window's end is left for the next read. Pure.
+pub fn logs_page(mut bytes: Vec<u8>, offset: u64, max: usize, settled: bool) -> LogsPage {
+    let at_end = settled && bytes.len() < max;
+    if !at_end {
+        bytes.truncate(bytes.len() - incomplete_tail(&bytes));
+    }
+    let next_offset = offset + bytes.len() as u64;
+    LogsPage { data: String::from_utf8_lossy(&bytes).into_owned(), offset, next_offset, complete: at_end }
+}
+
+/// How many bytes at the end of `b` are the start of a UTF-8 character whose other bytes are missing (0 to 3).
+fn incomplete_tail(b: &[u8]) -> usize {
+    for k in 1..=3.min(b.len()) {
+        let tail = &b[b.len() - k..];
+        if tail[0] >= 0xC0 {
+            return if std::str::from_utf8(tail).err().is_some_and(|e| e.error_len().is_none()) { k } else { 0 };
         }
-        pos += len;
+        if tail[0] < 0x80 {
+            return 0;
+        }
     }
-    // Do not split a character across two reads.
-    if let Err(e) = std::str::from_utf8(&bytes)
-        && e.error_len().is_none()
-        && offset + (bytes.len() as u64) < total
-    {
-        bytes.truncate(e.valid_up_to());
-    }
-    let next_offset = offset.min(total) + bytes.len() as u64;
-    LogsPage {
-        data: String::from_utf8_lossy(&bytes).into_owned(),
-        offset,
-        next_offset,
-        complete: ended && next_offset >= total,
-    }
+    0
 }
 
 // ---- runs and the registry -------------------------------------------------------------------------------------
@@ -355,13 +388,23 @@ struct RunsQuery {
 }
 
 async fn list_experiments(State(a): State<Api>, h: HeaderMap) -> Response {
-    answer(RunServiceClient::new(a.grpc).list_experiments(request(&h, ListExperimentsRequest {})).await)
+    answer(
+        RunServiceClient::new(a.grpc)
+            .max_decoding_message_size(crate::http::MAX_IN_PROCESS_MESSAGE)
+            .list_experiments(request(&h, ListExperimentsRequest {}))
+            .await,
+    )
 }
 
 /// `GET /v1/runs?job_id=J&max_points=N`: `max_points` downsamples every metric series (`crate::downsample`).
 async fn list_runs(State(a): State<Api>, h: HeaderMap, Q(q): Q<RunsQuery>) -> Response {
     let req = ListRunsRequest { job_id: q.job_id, max_points: q.max_points };
-    answer(RunServiceClient::new(a.grpc).list(request(&h, req)).await)
+    answer(
+        RunServiceClient::new(a.grpc)
+            .max_decoding_message_size(crate::http::MAX_IN_PROCESS_MESSAGE)
+            .list(request(&h, req))
+            .await,
+    )
 }
 
 #[derive(Deserialize)]
@@ -372,11 +415,21 @@ struct PointsQuery {
 }
 
 async fn get_run(State(a): State<Api>, h: HeaderMap, Path(id): Path<String>, Q(q): Q<PointsQuery>) -> Response {
-    answer(RunServiceClient::new(a.grpc).get(request(&h, GetRunRequest { run_id: id, max_points: q.max_points })).await)
+    answer(
+        RunServiceClient::new(a.grpc)
+            .max_decoding_message_size(crate::http::MAX_IN_PROCESS_MESSAGE)
+            .get(request(&h, GetRunRequest { run_id: id, max_points: q.max_points }))
+            .await,
+    )
 }
 
 async fn list_datasets(State(a): State<Api>, h: HeaderMap) -> Response {
-    answer(DatasetServiceClient::new(a.grpc).list(request(&h, ListDatasetsRequest::default())).await)
+    answer(
+        DatasetServiceClient::new(a.grpc)
+            .max_decoding_message_size(crate::http::MAX_IN_PROCESS_MESSAGE)
+            .list(request(&h, ListDatasetsRequest::default()))
+            .await,
+    )
 }
 
 #[derive(Deserialize)]
@@ -396,16 +449,31 @@ struct ModelQuery {
 }
 
 async fn get_dataset(State(a): State<Api>, h: HeaderMap, Path(name): Path<String>, Q(q): Q<VersionQuery>) -> Response {
-    answer(DatasetServiceClient::new(a.grpc).get(request(&h, GetDatasetRequest { name, version: q.version })).await)
+    answer(
+        DatasetServiceClient::new(a.grpc)
+            .max_decoding_message_size(crate::http::MAX_IN_PROCESS_MESSAGE)
+            .get(request(&h, GetDatasetRequest { name, version: q.version }))
+            .await,
+    )
 }
 
 async fn list_models(State(a): State<Api>, h: HeaderMap) -> Response {
-    answer(ModelServiceClient::new(a.grpc).list(request(&h, ListModelsRequest::default())).await)
+    answer(
+        ModelServiceClient::new(a.grpc)
+            .max_decoding_message_size(crate::http::MAX_IN_PROCESS_MESSAGE)
+            .list(request(&h, ListModelsRequest::default()))
+            .await,
+    )
 }
 
 async fn get_model(State(a): State<Api>, h: HeaderMap, Path(name): Path<String>, Q(q): Q<ModelQuery>) -> Response {
     let req = GetModelRequest { name, version: q.version, alias: q.alias };
-    answer(ModelServiceClient::new(a.grpc).get(request(&h, req)).await)
+    answer(
+        ModelServiceClient::new(a.grpc)
+            .max_decoding_message_size(crate::http::MAX_IN_PROCESS_MESSAGE)
+            .get(request(&h, req))
+            .await,
+    )
 }
 
 /// Largest evaluation read.
@@ -421,7 +489,11 @@ async fn model_evaluation(
     Q(q): Q<ModelQuery>,
 ) -> Response {
     let req = GetModelRequest { name, version: q.version, alias: q.alias };
-    let mv = match ModelServiceClient::new(a.grpc.clone()).get(request(&h, req)).await {
+    let mv = match ModelServiceClient::new(a.grpc.clone())
+        .max_decoding_message_size(crate::http::MAX_IN_PROCESS_MESSAGE)
+        .get(request(&h, req))
+        .await
+    {
         Ok(m) => m.into_inner(),
         Err(s) => return refusal(&s),
     };
@@ -431,7 +503,8 @@ async fn model_evaluation(
             mv.name, mv.version, mv.name, mv.version
         )));
     };
-    let mut blobs = aidos_api::blob_service_client::BlobServiceClient::new(a.grpc);
+    let mut blobs = aidos_api::blob_service_client::BlobServiceClient::new(a.grpc)
+        .max_decoding_message_size(crate::http::MAX_IN_PROCESS_MESSAGE);
     let mut stream = match blobs.download(request(&h, BlobDownloadRequest { id: blob.clone(), offset: 0 })).await {
         Ok(s) => s.into_inner(),
         Err(s) => return refusal(&s),
@@ -461,13 +534,23 @@ struct AliasBody {
 /// `POST /v1/models/{name}/aliases` with `{"alias": "production", "version": 3}`.
 async fn set_alias(State(a): State<Api>, h: HeaderMap, Path(name): Path<String>, Body(b): Body<AliasBody>) -> Response {
     let req = SetAliasRequest { name, alias: b.alias, version: b.version };
-    answer(ModelServiceClient::new(a.grpc).set_alias(request(&h, req)).await)
+    answer(
+        ModelServiceClient::new(a.grpc)
+            .max_decoding_message_size(crate::http::MAX_IN_PROCESS_MESSAGE)
+            .set_alias(request(&h, req))
+            .await,
+    )
 }
 
 // ---- serving, sweeps, edge -------------------------------------------------------------------------------------
 
 async fn list_deployments(State(a): State<Api>, h: HeaderMap) -> Response {
-    answer(ServeServiceClient::new(a.grpc).list(request(&h, ListDeploymentsRequest::default())).await)
+    answer(
+        ServeServiceClient::new(a.grpc)
+            .max_decoding_message_size(crate::http::MAX_IN_PROCESS_MESSAGE)
+            .list(request(&h, ListDeploymentsRequest::default()))
+            .await,
+    )
 }
 
 #[derive(Deserialize)]
@@ -484,7 +567,7 @@ async fn scale_deployment(
     Path(name): Path<String>,
     Body(b): Body<ScaleBody>,
 ) -> Response {
-    let mut serve = ServeServiceClient::new(a.grpc);
+    let mut serve = ServeServiceClient::new(a.grpc).max_decoding_message_size(crate::http::MAX_IN_PROCESS_MESSAGE);
     let found = match serve.list(request(&h, ListDeploymentsRequest { name: name.clone() })).await {
         Ok(r) => r.into_inner().deployments.into_iter().find(|d| d.name == name),
         Err(s) => return refusal(&s),
@@ -528,7 +611,10 @@ pub fn scale_request(d: &Deployment, replicas: u32) -> Result<DeployRequest, Str
 /// (`crate::replica_metrics`): `{"timeMs": ..., "replicas": [{"jobId", "success", "failure", "rejected",
 /// "secondsSum", "secondsCount", "buckets", "error"}]}`. Cumulative: rates come from two reads.
 async fn deployment_metrics(State(a): State<Api>, h: HeaderMap, Path(name): Path<String>) -> Response {
-    let list = ServeServiceClient::new(a.grpc).list(request(&h, ListDeploymentsRequest { name: name.clone() })).await;
+    let list = ServeServiceClient::new(a.grpc)
+        .max_decoding_message_size(crate::http::MAX_IN_PROCESS_MESSAGE)
+        .list(request(&h, ListDeploymentsRequest { name: name.clone() }))
+        .await;
     let found = match list {
         Ok(r) => r.into_inner().deployments.into_iter().find(|d| d.name == name),
         Err(s) => return refusal(&s),
@@ -542,23 +628,48 @@ async fn deployment_metrics(State(a): State<Api>, h: HeaderMap, Path(name): Path
 }
 
 async fn list_sweeps(State(a): State<Api>, h: HeaderMap) -> Response {
-    answer(SweepServiceClient::new(a.grpc).list(request(&h, ListSweepsRequest {})).await)
+    answer(
+        SweepServiceClient::new(a.grpc)
+            .max_decoding_message_size(crate::http::MAX_IN_PROCESS_MESSAGE)
+            .list(request(&h, ListSweepsRequest {}))
+            .await,
+    )
 }
 
 async fn get_sweep(State(a): State<Api>, h: HeaderMap, Path(id): Path<String>) -> Response {
-    answer(SweepServiceClient::new(a.grpc).get(request(&h, GetSweepRequest { sweep_id: id })).await)
+    answer(
+        SweepServiceClient::new(a.grpc)
+            .max_decoding_message_size(crate::http::MAX_IN_PROCESS_MESSAGE)
+            .get(request(&h, GetSweepRequest { sweep_id: id }))
+            .await,
+    )
 }
 
 async fn cancel_sweep(State(a): State<Api>, h: HeaderMap, Path(id): Path<String>) -> Response {
-    answer(SweepServiceClient::new(a.grpc).cancel(request(&h, CancelSweepRequest { sweep_id: id })).await)
+    answer(
+        SweepServiceClient::new(a.grpc)
+            .max_decoding_message_size(crate::http::MAX_IN_PROCESS_MESSAGE)
+            .cancel(request(&h, CancelSweepRequest { sweep_id: id }))
+            .await,
+    )
 }
 
 async fn edge_devices(State(a): State<Api>, h: HeaderMap) -> Response {
-    answer(EdgeServiceClient::new(a.grpc).list_devices(request(&h, ListDevicesRequest::default())).await)
+    answer(
+        EdgeServiceClient::new(a.grpc)
+            .max_decoding_message_size(crate::http::MAX_IN_PROCESS_MESSAGE)
+            .list_devices(request(&h, ListDevicesRequest::default()))
+            .await,
+    )
 }
 
 async fn edge_deployments(State(a): State<Api>, h: HeaderMap) -> Response {
-    answer(EdgeServiceClient::new(a.grpc).list_edge_deployments(request(&h, ListEdgeDeploymentsRequest {})).await)
+    answer(
+        EdgeServiceClient::new(a.grpc)
+            .max_decoding_message_size(crate::http::MAX_IN_PROCESS_MESSAGE)
+            .list_edge_deployments(request(&h, ListEdgeDeploymentsRequest {}))
+            .await,
+    )
 }
 
 // ---- Prometheus service discovery ------------------------------------------------------------------------------
@@ -657,32 +768,36 @@ mod tests {
         assert!(jobs_request("state=sleeping").unwrap_err().contains("sleeping"));
     }
 
-    fn chunk(rank: u32, attempt: u32, s: &str) -> LogChunk {
-        LogChunk { rank, attempt, data: s.as_bytes().to_vec(), ..Default::default() }
-    }
-
     #[test]
-    fn log_pages_tail_by_offset_in_rank_and_attempt_order() {
-        let chunks = vec![chunk(0, 2, "second\n"), chunk(0, 1, "first\n"), chunk(0, 2, "more\n")];
-        let p = logs_page(chunks.clone(), 0, 1 << 20, false);
-        assert_eq!(p.data, "first\nsecond\nmore\n");
-        assert_eq!(p.next_offset, 18);
-        assert!(!p.complete, "the job runs: more may come");
-        let p = logs_page(chunks.clone(), 6, 7, true);
-        assert_eq!((p.data.as_str(), p.next_offset, p.complete), ("second\n", 13, false));
-        let p = logs_page(chunks.clone(), 13, 100, true);
-        assert_eq!((p.data.as_str(), p.next_offset, p.complete), ("more\n", 18, true));
-        // Past the end: nothing, and the offset does not run away.
-        let p = logs_page(chunks, 99, 100, true);
-        assert_eq!((p.data.as_str(), p.next_offset), ("", 18));
+    fn log_pages_end_only_when_the_job_has_settled_and_the_window_was_not_full() {
+        let p = logs_page(b"first\nsecond\n".to_vec(), 0, 1 << 20, false);
+        assert_eq!((p.data.as_str(), p.next_offset, p.complete), ("first\nsecond\n", 13, false));
+        let p = logs_page(b"more\n".to_vec(), 13, 1 << 20, true);
+        assert_eq!((p.next_offset, p.complete), (18, true));
+        // A full window is never the end, even of a finished job.
+        let p = logs_page(b"12345".to_vec(), 0, 5, true);
+        assert_eq!((p.next_offset, p.complete), (5, false));
+        // Past the end: nothing, and the offset stays.
+        let p = logs_page(Vec::new(), 99, 100, true);
+        assert_eq!((p.data.as_str(), p.next_offset, p.complete), ("", 99, true));
     }
 
     #[test]
     fn a_log_page_never_splits_a_character() {
-        let p = logs_page(vec![chunk(0, 1, "aé")], 0, 2, false);
+        let e = "é".as_bytes();
+        // The window's end cut `é`: it waits for the next read, which starts at its first byte.
+        let p = logs_page([b"a".as_slice(), &e[..1]].concat(), 0, 2, false);
         assert_eq!((p.data.as_str(), p.next_offset), ("a", 1));
-        let p = logs_page(vec![chunk(0, 1, "aé")], 1, 2, false);
-        assert_eq!((p.data.as_str(), p.next_offset), ("é", 3));
+        // A running job whose current end is mid-character: the same.
+        let p = logs_page([b"ab".as_slice(), &e[..1]].concat(), 0, 100, false);
+        assert_eq!((p.data.as_str(), p.next_offset), ("ab", 2));
+        // An invalid byte earlier does not stop the trim; a settled log's broken end shows as U+FFFD.
+        let p = logs_page([b"\xff".as_slice(), &e[..1]].concat(), 0, 100, false);
+        assert_eq!(p.next_offset, 1);
+        let p = logs_page([b"ab".as_slice(), &e[..1]].concat(), 0, 100, true);
+        assert_eq!((p.data.as_str(), p.next_offset), ("ab\u{fffd}", 3));
+        assert_eq!(incomplete_tail("日".as_bytes()), 0);
+        assert_eq!(incomplete_tail(&"日".as_bytes()[..2]), 2);
     }
 
     #[test]

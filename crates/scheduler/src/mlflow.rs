@@ -221,7 +221,18 @@ fn latest_metrics(r: &Run) -> BTreeMap<&str, &MetricPoint> {
 }
 
 fn metric_json(p: &MetricPoint) -> Value {
-    json!({"key": p.name, "value": p.value, "timestamp": p.time_ms, "step": p.step})
+    json!({"key": p.name, "value": number(p.value), "timestamp": p.time_ms, "step": p.step})
+}
+
+/// A double in MLflow's JSON: a number, or "NaN" / "Infinity" / "-Infinity" (JSON has no such numbers, and `null`
+/// would read back as 0).
+fn number(v: f64) -> Value {
+    match v {
+        v if v.is_nan() => json!("NaN"),
+        f64::INFINITY => json!("Infinity"),
+        f64::NEG_INFINITY => json!("-Infinity"),
+        v => json!(v),
+    }
 }
 
 fn run_info(r: &Run) -> Value {
@@ -262,7 +273,10 @@ fn run_json(r: &Run) -> Value {
 // ---- experiments -------------------------------------------------------------------------------------------------
 
 async fn experiments(grpc: &InProcess, h: &HeaderMap) -> Result<Vec<Experiment>, MlflowError> {
-    let r = RunServiceClient::new(grpc.clone()).list_experiments(request(h, ListExperimentsRequest {})).await;
+    let r = RunServiceClient::new(grpc.clone())
+        .max_decoding_message_size(crate::http::MAX_IN_PROCESS_MESSAGE)
+        .list_experiments(request(h, ListExperimentsRequest {}))
+        .await;
     Ok(done(r)?.experiments)
 }
 
@@ -270,7 +284,12 @@ async fn create_experiment(State(g): Grpc, h: HeaderMap, b: Bytes) -> Res {
     let v = body(&b)?;
     let req =
         CreateExperimentRequest { name: field(&v, "name")?.to_string(), tags: pairs(&v["tags"]).into_iter().collect() };
-    let e = done(RunServiceClient::new(g).create_experiment(request(&h, req)).await)?;
+    let e = done(
+        RunServiceClient::new(g)
+            .max_decoding_message_size(crate::http::MAX_IN_PROCESS_MESSAGE)
+            .create_experiment(request(&h, req))
+            .await,
+    )?;
     ok(json!({"experiment_id": e.id}))
 }
 
@@ -305,11 +324,21 @@ const LATEST_ONLY: u32 = 2;
 /// Run `mlflow_id` with at most `max_points` per metric series (0: every point).
 async fn run_of(g: &InProcess, h: &HeaderMap, mlflow_id: &str, max_points: u32) -> Result<Run, MlflowError> {
     let req = GetRunRequest { run_id: aidos_run_id(mlflow_id), max_points };
-    done(RunServiceClient::new(g.clone()).get(request(h, req)).await)
+    done(
+        RunServiceClient::new(g.clone())
+            .max_decoding_message_size(crate::http::MAX_IN_PROCESS_MESSAGE)
+            .get(request(h, req))
+            .await,
+    )
 }
 
 async fn update(g: &InProcess, h: &HeaderMap, u: UpdateRunRequest) -> Result<Run, MlflowError> {
-    done(RunServiceClient::new(g.clone()).update_run(request(h, u)).await)
+    done(
+        RunServiceClient::new(g.clone())
+            .max_decoding_message_size(crate::http::MAX_IN_PROCESS_MESSAGE)
+            .update_run(request(h, u))
+            .await,
+    )
 }
 
 fn run_id_of(v: &Value) -> Result<String, MlflowError> {
@@ -330,7 +359,12 @@ async fn create_run(State(g): Grpc, h: HeaderMap, b: Bytes) -> Res {
         start_time_ms: int(&v["start_time"]).unwrap_or(0),
         user: v["user_id"].as_str().unwrap_or("").to_string(),
     };
-    let run = done(RunServiceClient::new(g).create_run(request(&h, req)).await)?;
+    let run = done(
+        RunServiceClient::new(g)
+            .max_decoding_message_size(crate::http::MAX_IN_PROCESS_MESSAGE)
+            .create_run(request(&h, req))
+            .await,
+    )?;
     ok(json!({"run": run_json(&run)}))
 }
 
@@ -452,7 +486,13 @@ async fn search_runs(State(g): Grpc, h: HeaderMap, b: Bytes) -> Res {
         t => t.parse().map_err(|_| invalid(format!("page_token {t:?}: not a token this API gave")))?,
     };
     let list = ListRunsRequest { max_points: LATEST_ONLY, ..Default::default() };
-    let all = done(RunServiceClient::new(g).list(request(&h, list)).await)?.runs;
+    let all = done(
+        RunServiceClient::new(g)
+            .max_decoding_message_size(crate::http::MAX_IN_PROCESS_MESSAGE)
+            .list(request(&h, list))
+            .await,
+    )?
+    .runs;
     let mut runs: Vec<&Run> =
         all.iter().filter(|r| ids.is_empty() || ids.contains(&r.experiment_id)).filter(|r| filter.matches(r)).collect();
     let order = v["order_by"].as_array().and_then(|o| o.first()).and_then(Value::as_str).unwrap_or("");
@@ -483,6 +523,11 @@ async fn upload_artifact(State(g): Grpc, h: HeaderMap, Path(full): Path<String>,
     if path.is_empty() {
         return Err(invalid("artifact path: names no file"));
     }
+    // The run first (it exists, is the caller's project's and takes files): nothing is stored for a refused call.
+    let existing = run_of(&g, &h, &run, LATEST_ONLY).await?;
+    if !existing.job_id.is_empty() {
+        return Err(tonic::Status::failed_precondition(format!("run {run} belongs to job {}", existing.job_id)).into());
+    }
     let blob = put_blob(&g, &h, data).await?;
     update(&g, &h, UpdateRunRequest { run_id: run, artifacts: [(path, blob)].into(), ..Default::default() }).await?;
     ok(json!({}))
@@ -499,7 +544,10 @@ async fn put_blob(g: &InProcess, h: &HeaderMap, data: Bytes) -> Result<String, M
     }
     chunks[0].id = id.clone();
     chunks[0].size = size;
-    let r = BlobServiceClient::new(g.clone()).upload(request(h, tokio_stream::iter(chunks))).await;
+    let r = BlobServiceClient::new(g.clone())
+        .max_decoding_message_size(crate::http::MAX_IN_PROCESS_MESSAGE)
+        .upload(request(h, tokio_stream::iter(chunks)))
+        .await;
     done(r)?;
     Ok(id)
 }
@@ -511,12 +559,15 @@ async fn download_artifact(State(g): Grpc, h: HeaderMap, Path(full): Path<String
         return Err(not_found(format!("run {run_id} has no artifact {path:?}")));
     };
     let req = BlobDownloadRequest { id: blob.clone(), offset: 0 };
-    let mut stream = done(BlobServiceClient::new(g).download(request(&h, req)).await)?;
-    let mut bytes = Vec::new();
-    while let Some(d) = stream.message().await.map_err(MlflowError::from)? {
-        bytes.extend_from_slice(&d.data);
-    }
-    Ok(([(axum::http::header::CONTENT_TYPE, "application/octet-stream")], bytes).into_response())
+    let stream = done(
+        BlobServiceClient::new(g)
+            .max_decoding_message_size(crate::http::MAX_IN_PROCESS_MESSAGE)
+            .download(request(&h, req))
+            .await,
+    )?;
+    // Streamed through, a chunk at a time: a file of any size costs one chunk of memory.
+    let body = axum::body::Body::from_stream(futures::StreamExt::map(stream, |d| d.map(|d| Bytes::from(d.data))));
+    Ok(([(axum::http::header::CONTENT_TYPE, "application/octet-stream")], body).into_response())
 }
 
 /// The files and directories directly under `dir` of a run's artifacts, from its flat path -> blob map (sizes are
@@ -585,7 +636,12 @@ fn registered_json(name: &str, created: i64, description: &str, versions: &[&Mod
 }
 
 async fn models(g: &InProcess, h: &HeaderMap, name: &str) -> Result<ListModelsResponse, MlflowError> {
-    done(ModelServiceClient::new(g.clone()).list(request(h, ListModelsRequest { name: name.to_string() })).await)
+    done(
+        ModelServiceClient::new(g.clone())
+            .max_decoding_message_size(crate::http::MAX_IN_PROCESS_MESSAGE)
+            .list(request(h, ListModelsRequest { name: name.to_string() }))
+            .await,
+    )
 }
 
 /// Every registered model of `all` (names with versions, and names created without one yet), by name.
@@ -606,7 +662,12 @@ async fn create_registered_model(State(g): Grpc, h: HeaderMap, b: Bytes) -> Res 
         name: field(&v, "name")?.to_string(),
         description: v["description"].as_str().unwrap_or("").to_string(),
     };
-    let m = done(ModelServiceClient::new(g).create(request(&h, req)).await)?;
+    let m = done(
+        ModelServiceClient::new(g)
+            .max_decoding_message_size(crate::http::MAX_IN_PROCESS_MESSAGE)
+            .create(request(&h, req))
+            .await,
+    )?;
     ok(json!({"registered_model": registered_json(&m.name, m.created_at_ms, &m.description, &[])}))
 }
 
@@ -665,6 +726,7 @@ async fn create_model_version(State(g): Grpc, h: HeaderMap, b: Bytes) -> Res {
     };
     let m = done(
         ModelServiceClient::new(g)
+            .max_decoding_message_size(crate::http::MAX_IN_PROCESS_MESSAGE)
             .register(request(&h, RegisterModelRequest { model: Some(model), ..Default::default() }))
             .await,
     )?;
@@ -693,7 +755,10 @@ async fn get_model_version(State(g): Grpc, h: HeaderMap, RawQuery(q): RawQuery) 
         .filter(|v| *v > 0)
         .ok_or_else(|| invalid("version: a positive integer"))?;
     let m = done(
-        ModelServiceClient::new(g).get(request(&h, GetModelRequest { name, version, alias: String::new() })).await,
+        ModelServiceClient::new(g)
+            .max_decoding_message_size(crate::http::MAX_IN_PROCESS_MESSAGE)
+            .get(request(&h, GetModelRequest { name, version, alias: String::new() }))
+            .await,
     )?;
     ok(json!({"model_version": version_json(&m)}))
 }
@@ -751,6 +816,13 @@ mod tests {
         let model = listing(&a, "model");
         assert_eq!(model, vec![json!({"path": "MLmodel", "is_dir": false}), json!({"path": "data", "is_dir": true})]);
         assert!(listing(&a, "nothing").is_empty());
+    }
+
+    #[test]
+    fn non_finite_metrics_keep_their_value() {
+        assert_eq!(number(f64::NAN), json!("NaN"));
+        assert_eq!(number(f64::NEG_INFINITY), json!("-Infinity"));
+        assert_eq!(number(0.5), json!(0.5));
     }
 
     #[test]

@@ -139,14 +139,28 @@ fn field(r: &Run, e: &Entity, key: &str) -> Option<Value> {
     }
 }
 
-/// SQL LIKE: `%` any run of characters, `_` one.
+/// SQL LIKE: `%` any run of characters, `_` one. The classic greedy match with one backtrack point (the last
+/// `%`): O(len(s) · len(p)) at worst, whatever the pattern (a recursive match is exponential in the `%`s).
 fn like(s: &[char], p: &[char]) -> bool {
-    match p.split_first() {
-        None => s.is_empty(),
-        Some(('%', rest)) => (0..=s.len()).any(|i| like(&s[i..], rest)),
-        Some(('_', rest)) => !s.is_empty() && like(&s[1..], rest),
-        Some((c, rest)) => s.first() == Some(c) && like(&s[1..], rest),
+    let (mut i, mut j) = (0, 0);
+    let mut star: Option<(usize, usize)> = None;
+    while i < s.len() {
+        if j < p.len() && (p[j] == '_' || (p[j] != '%' && p[j] == s[i])) {
+            i += 1;
+            j += 1;
+        } else if j < p.len() && p[j] == '%' {
+            star = Some((j, i));
+            j += 1;
+        } else if let Some((sj, si)) = star {
+            // Let the last `%` take one more character and retry from there.
+            star = Some((sj, si + 1));
+            i = si + 1;
+            j = sj + 1;
+        } else {
+            return false;
+        }
     }
+    p[j..].iter().all(|&c| c == '%')
 }
 
 impl Clause {
@@ -261,6 +275,17 @@ mod tests {
         ] {
             assert!(parse(bad).is_err(), "{bad} accepted");
         }
+    }
+
+    #[test]
+    fn like_matches_wildcards_in_linear_time() {
+        let m = |s: &str, p: &str| like(&chars(s), &chars(p));
+        assert!(m("vision", "vis%") && m("vision", "%ion") && m("vision", "v_s%n") && m("", "%") && m("abc", "a%%c"));
+        assert!(!m("vision", "vis") && !m("vision", "%x%") && !m("ab", "a_b") && !m("", "_"));
+        // Exponential for a recursive matcher; immediate here.
+        let long = "a".repeat(8000);
+        assert!(!m(&long, "%a%a%a%a%a%a%a%a%a%a%a%a%b"));
+        assert!(m(&long, "%a%a%a%a%a%a%a%a%a%a%a%a%"));
     }
 
     #[test]

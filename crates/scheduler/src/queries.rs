@@ -24,8 +24,8 @@ pub fn job(st: &ClusterState, id: &str) -> Result<Job, SchedulerError> {
 /// The jobs of `project` that `req` asks for, newest first: one page of at most `limit` (0: all), after the page
 /// that `page_token` ends (the `seq` of its last job), with the count of every match.
 ///
-/// Cost: without filters, a walk of the seq index (`JobsState::by_seq`) newest first that stops after the page,
-/// and the project's count (`JobsState::per_project`) as the total: O(limit · log n). With filters, one pass over
+/// Cost: without filters, a walk of the project's seq index (`JobsState::by_project`) newest first that stops
+/// after the page, its length the total: O(limit · log n). With filters, one pass over
 /// every job (cheapest checks first) with a heap of `limit`: O(n log limit). Only the page's jobs are cloned.
 /// With 100,000 jobs: benches/README.md ("jobs list").
 pub fn list_jobs(st: &ClusterState, req: &ListJobsRequest, project: &str) -> Result<ListJobsResponse, SchedulerError> {
@@ -68,11 +68,13 @@ pub fn list_jobs(st: &ClusterState, req: &ListJobsRequest, project: &str) -> Res
         let more = eligible > keep.len();
         (keep.iter().filter_map(|(_, id)| st.jobs.by_id.get(*id)).collect(), more, total)
     } else {
-        let newest_first = st.jobs.by_seq.range(..before).rev().filter_map(|(_, id)| st.jobs.by_id.get(id));
-        let mut mine = newest_first.filter(|j| matches(j));
-        let page: Vec<&Job> = mine.by_ref().take(limit).collect();
-        let more = mine.next().is_some();
-        (page, more, st.jobs.per_project.get(project).copied().unwrap_or(0))
+        let Some(mine) = st.jobs.by_project.get(project) else {
+            return Ok(ListJobsResponse::default());
+        };
+        let mut newest_first = mine.range(..before).rev().filter_map(|(_, id)| st.jobs.by_id.get(id));
+        let page: Vec<&Job> = newest_first.by_ref().take(limit).collect();
+        let more = newest_first.next().is_some();
+        (page, more, mine.len() as u64)
     };
     let next_page_token = if more { page.last().map(|j| j.seq.to_string()).unwrap_or_default() } else { String::new() };
     Ok(ListJobsResponse { jobs: page.into_iter().cloned().collect(), next_page_token, total })
@@ -328,8 +330,28 @@ pub fn list_runs(st: &ClusterState, r: &ListRunsRequest, project: &str) -> ListR
 /// `crate::downsample`); a job's run with experiment "0", its project, and the status and end its attempt has
 /// (RUNNING, FINISHED, FAILED or KILLED; a later attempt's start ends an earlier one's run as FAILED).
 fn downsampled(st: &ClusterState, run: &Run, max: usize) -> Run {
-    let mut out = run.clone();
-    out.metrics = crate::downsample::by_name(std::mem::take(&mut out.metrics), max);
+    // Field by field, so that only the points kept are copied (a run can hold 200,000); a new field of Run must
+    // be added here (the compiler says so).
+    let mut out = Run {
+        id: run.id.clone(),
+        job_id: run.job_id.clone(),
+        attempt: run.attempt,
+        params: run.params.clone(),
+        metrics: crate::downsample::by_name(&run.metrics, max),
+        checkpoints: run.checkpoints.clone(),
+        dataset: run.dataset.clone(),
+        resumed_from_step: run.resumed_from_step,
+        created_at_ms: run.created_at_ms,
+        model: run.model.clone(),
+        experiment_id: run.experiment_id.clone(),
+        name: run.name.clone(),
+        tags: run.tags.clone(),
+        status: run.status.clone(),
+        ended_at_ms: run.ended_at_ms,
+        artifacts: run.artifacts.clone(),
+        project: run.project.clone(),
+        user: run.user.clone(),
+    };
     if !run.job_id.is_empty() {
         out.experiment_id = DEFAULT_EXPERIMENT.into();
         out.project = run_project(st, run).to_string();

@@ -338,3 +338,68 @@ mod tests {
         assert!(cur.blob_chunk(chunk(0, 1, LogStream::Stdout, b"all")).is_some());
     }
 }
+
+/// The byte window of a `LogsRequest` (`offset`, `max_bytes`) over the chunks a log stream sends, in order. Pure.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LogWindow {
+    skip: u64,
+    /// Bytes still to send; `None`: no end.
+    left: Option<u64>,
+}
+
+impl LogWindow {
+    pub fn new(offset: u64, max_bytes: u64) -> LogWindow {
+        LogWindow { skip: offset, left: (max_bytes > 0).then_some(max_bytes) }
+    }
+
+    /// What of `c` falls in the window (`None`: nothing; its bytes are before the window, or it is full).
+    pub fn take(&mut self, mut c: LogChunk) -> Option<LogChunk> {
+        let len = c.data.len() as u64;
+        if self.skip >= len {
+            self.skip -= len;
+            return None;
+        }
+        let from = std::mem::take(&mut self.skip) as usize;
+        let mut to = c.data.len();
+        if let Some(left) = self.left.as_mut() {
+            to = to.min(from + *left as usize);
+            *left -= (to - from) as u64;
+        }
+        if to == from {
+            return None;
+        }
+        c.data = c.data[from..to].to_vec();
+        Some(c)
+    }
+
+    /// True once `max_bytes` were sent: the stream can end.
+    pub fn full(&self) -> bool {
+        self.left == Some(0)
+    }
+}
+
+#[cfg(test)]
+mod window_tests {
+    use super::*;
+
+    fn chunk(s: &str) -> LogChunk {
+        LogChunk { data: s.as_bytes().to_vec(), ..Default::default() }
+    }
+
+    #[test]
+    fn a_window_skips_then_sends_at_most_its_size_across_chunks() {
+        let mut w = LogWindow::new(3, 5);
+        let got: Vec<String> = ["ab", "cdef", "ghij", "kl"]
+            .into_iter()
+            .filter_map(|s| w.take(chunk(s)))
+            .map(|c| String::from_utf8(c.data).unwrap())
+            .collect();
+        assert_eq!(got, vec!["def", "gh"]);
+        assert!(w.full());
+        let mut all = LogWindow::new(0, 0);
+        assert_eq!(all.take(chunk("xyz")).unwrap().data, b"xyz");
+        assert!(!all.full());
+        let mut past = LogWindow::new(100, 0);
+        assert!(past.take(chunk("xyz")).is_none());
+    }
+}

@@ -175,6 +175,7 @@ impl LeaderHandler {
         let core = self.core.clone();
         tokio::spawn(async move {
             let mut cursor = LogCursor::new(req.rank);
+            let mut window = crate::task_logs::LogWindow::new(req.offset, req.max_bytes);
             let mut idle_after_end = 0;
             loop {
                 let Ok(job) = queries::job(&core.state.read().expect("state lock").state, &req.job_id) else {
@@ -199,7 +200,12 @@ impl LeaderHandler {
                         // The attempt's identity is the job's, whatever the frames say.
                         let Some(c) = cursor.blob_chunk(LogChunk { rank, attempt, ..c }) else { continue };
                         got = true;
-                        if tx.send(Ok(c)).await.is_err() {
+                        if let Some(c) = window.take(c)
+                            && tx.send(Ok(c)).await.is_err()
+                        {
+                            return;
+                        }
+                        if window.full() {
                             return;
                         }
                     }
@@ -220,7 +226,12 @@ impl LeaderHandler {
                     for c in chunks {
                         let Some(c) = cursor.local_chunk(c) else { continue };
                         got = true;
-                        if tx.send(Ok(c)).await.is_err() {
+                        if let Some(c) = window.take(c)
+                            && tx.send(Ok(c)).await.is_err()
+                        {
+                            return;
+                        }
+                        if window.full() {
                             return;
                         }
                     }

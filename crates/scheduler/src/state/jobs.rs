@@ -50,10 +50,9 @@ pub struct JobsState {
     pub pending: BTreeMap<u64, String>,
     /// Index: ids of RUNNING jobs (the only ones holding resources).
     pub running: BTreeSet<String>,
-    /// Index: every job by submission seq (lists page through it newest first, `queries::list_jobs`).
-    pub by_seq: BTreeMap<u64, String>,
-    /// Index: how many jobs each project holds (`queries::job_project`'s name).
-    pub per_project: HashMap<String, u64>,
+    /// Index: each project's jobs (`queries::job_project`'s name) by submission seq: lists page through it newest
+    /// first (`queries::list_jobs`), and its length is the project's count.
+    pub by_project: HashMap<String, BTreeMap<u64, String>>,
 }
 
 /// The key a submission's `request_id` is remembered under: per project (`:` is in no project name), so one
@@ -131,22 +130,23 @@ impl JobsState {
             self.request_ids.insert(job_key(&j), j.id.clone());
         }
         let id = j.id.clone();
-        self.by_seq.insert(j.seq, id.clone());
-        let project = crate::queries::job_project(&j).to_string();
+        let (seq, project) = (j.seq, crate::queries::job_project(&j).to_string());
         if let Some(old) = self.by_id.insert(id.clone(), j) {
-            // A job read twice (a row and a snapshot): counted once.
+            // A job read twice (a row and a snapshot): indexed once.
             self.unindex_project(&old);
         }
-        *self.per_project.entry(project).or_default() += 1;
+        self.by_project.entry(project).or_default().insert(seq, id.clone());
         self.reindex(&id);
     }
 
     fn unindex_project(&mut self, j: &Job) {
         let project = crate::queries::job_project(j);
-        if let Some(n) = self.per_project.get_mut(project) {
-            *n = n.saturating_sub(1);
-            if *n == 0 {
-                self.per_project.remove(project);
+        if let Some(jobs) = self.by_project.get_mut(project) {
+            if jobs.get(&j.seq) == Some(&j.id) {
+                jobs.remove(&j.seq);
+            }
+            if jobs.is_empty() {
+                self.by_project.remove(project);
             }
         }
     }
@@ -551,9 +551,6 @@ impl JobsState {
                 self.pending.remove(&j.seq);
             }
             self.running.remove(id);
-            if self.by_seq.get(&j.seq) == Some(&j.id) {
-                self.by_seq.remove(&j.seq);
-            }
             self.unindex_project(&j);
             dirty.mark(Table::Jobs, id.clone());
             removed += 1;

@@ -7,7 +7,8 @@
 //! job can be changed here (a job's run is its trainer's); a param, once set, keeps its value; status moves among
 //! the five MLflow states freely (a client may end a run and resume it).
 //! Limits: [`MAX_PARAM_VALUE`], [`MAX_TAG_VALUE`], [`MAX_KEY`] bytes; at most [`MAX_POINTS_PER_UPDATE`] points and
-//! [`MAX_ENTRIES_PER_UPDATE`] params + tags + artifacts in one update; [`MAX_ARTIFACTS_PER_RUN`] files per run;
+//! [`MAX_ENTRIES_PER_UPDATE`] params + tags + artifacts in one update; [`MAX_ARTIFACTS_PER_RUN`] files and
+//! [`MAX_ENTRIES_PER_RUN`] params + tags per run;
 //! the run's points are bounded as every run's (`MAX_POINTS_PER_RUN`, oldest dropped).
 
 use aidos_api::v1::{
@@ -23,6 +24,8 @@ pub const MAX_TAG_VALUE: usize = 8000;
 pub const MAX_POINTS_PER_UPDATE: usize = 1000;
 pub const MAX_ENTRIES_PER_UPDATE: usize = 1000;
 pub const MAX_ARTIFACTS_PER_RUN: usize = 10_000;
+/// Params and tags of one run, together.
+pub const MAX_ENTRIES_PER_RUN: usize = 10_000;
 /// The run states MLflow knows.
 pub const RUN_STATUSES: [&str; 5] = ["RUNNING", "SCHEDULED", "FINISHED", "FAILED", "KILLED"];
 /// The implicit experiment of every job's run.
@@ -193,6 +196,10 @@ fn check_update(run: &Run, u: &UpdateRunRequest) -> Result<(), Refusal> {
             return Err(bad("artifacts", format!("path {path:?}: relative, without empty, `.` or `..` parts")));
         }
         check_blob_id(blob).map_err(|e| bad("artifacts", format!("{path}: {e}")))?;
+    }
+    let entries = run.params.len() + run.tags.len() + u.params.len() + u.tags.len();
+    if entries > MAX_ENTRIES_PER_RUN {
+        return Err(bad("update", format!("a run holds at most {MAX_ENTRIES_PER_RUN} params and tags")));
     }
     if run.artifacts.len() + u.artifacts.len() > MAX_ARTIFACTS_PER_RUN {
         return Err(bad("artifacts", format!("a run holds at most {MAX_ARTIFACTS_PER_RUN} files")));
