@@ -178,24 +178,30 @@ where
     }
 }
 
+/// The messages of `BlobService.Upload` for blob `id` holding `data`: the first announces the id and the size, each
+/// carries the next [`CHUNK`] bytes (one empty chunk for an empty blob). Cut one at a time as the stream is read:
+/// nothing but `data` is buffered.
+pub fn upload_chunks<D: AsRef<[u8]>>(id: &BlobId, data: D) -> impl Iterator<Item = BlobUploadChunk> + use<D> {
+    let (id, len) = (id.to_string(), data.as_ref().len());
+    (0..len.div_ceil(CHUNK).max(1)).map(move |i| BlobUploadChunk {
+        id: if i == 0 { id.clone() } else { String::new() },
+        size: if i == 0 { len as u64 } else { 0 },
+        data: data.as_ref()[(i * CHUNK).min(len)..((i + 1) * CHUNK).min(len)].to_vec(),
+    })
+}
+
 impl BlobStore for ServiceStore {
     fn put(&self, data: &[u8]) -> Result<BlobId, BlobError> {
         let id = BlobId::of(data);
         if self.has(vec![id.to_string()], true)?[0] {
             return Ok(id);
         }
-        let data = Arc::new(data.to_vec());
+        let data: Arc<[u8]> = Arc::from(data);
         let (client, deadline, id2) = (self.client.clone(), Instant::now() + self.budget, id.clone());
         self.run(async move {
             retrying(&client, deadline, Some(&id2), |ch| {
                 // Chunks are cut as the stream is sent, one at a time: a retry re-reads `data`, nothing is buffered.
-                let (data, id) = (data.clone(), id2.to_string());
-                let n = data.len().div_ceil(CHUNK).max(1);
-                let chunks = tokio_stream::iter((0..n).map(move |i| BlobUploadChunk {
-                    id: if i == 0 { id.clone() } else { String::new() },
-                    size: if i == 0 { data.len() as u64 } else { 0 },
-                    data: data[(i * CHUNK).min(data.len())..((i + 1) * CHUNK).min(data.len())].to_vec(),
-                }));
+                let chunks = tokio_stream::iter(upload_chunks(&id2, data.clone()));
                 async move {
                     let mut api = BlobServiceClient::new(ch).max_encoding_message_size(MAX_MESSAGE);
                     api.upload(chunks).await.map(|_| ())

@@ -17,7 +17,10 @@ use std::sync::Arc;
 
 use aidos_api::auth::Access;
 use aidos_api::v1::*;
-use aidos_api::{auth_service_client::AuthServiceClient, dataset_service_client::DatasetServiceClient};
+use aidos_api::{
+    auth_service_client::AuthServiceClient, blob_service_client::BlobServiceClient,
+    dataset_service_client::DatasetServiceClient,
+};
 use aidos_api::{
     cluster_service_client::ClusterServiceClient, edge_service_client::EdgeServiceClient,
     job_service_client::JobServiceClient, model_service_client::ModelServiceClient,
@@ -44,6 +47,15 @@ pub type InProcess = crate::auth::Auth<crate::forward::Forward<tonic::service::R
 /// Largest answer an in-process call may return (tonic's default of 4 MiB is less than a run at its point limit,
 /// ~6 MB, or a large list): the same as the CLI's.
 pub const MAX_IN_PROCESS_MESSAGE: usize = 256 << 20;
+/// A tonic client of `$client` over the in-process stack `$grpc`, decoding answers up to
+/// [`MAX_IN_PROCESS_MESSAGE`].
+macro_rules! client {
+    ($client:ident, $grpc:expr) => {
+        $client::new($grpc).max_decoding_message_size($crate::http::MAX_IN_PROCESS_MESSAGE)
+    };
+}
+pub(crate) use client;
+
 /// Most jobs one page of `GET /v1/jobs` holds (and its default: [`DEFAULT_PAGE`]).
 pub const MAX_PAGE: u32 = 1000;
 pub const DEFAULT_PAGE: u32 = 50;
@@ -194,30 +206,15 @@ async fn no_route() -> Response {
 // ---- cluster ---------------------------------------------------------------------------------------------------
 
 async fn whoami(State(a): State<Api>, h: HeaderMap) -> Response {
-    answer(
-        AuthServiceClient::new(a.grpc)
-            .max_decoding_message_size(crate::http::MAX_IN_PROCESS_MESSAGE)
-            .who_am_i(request(&h, WhoAmIRequest {}))
-            .await,
-    )
+    answer(client!(AuthServiceClient, a.grpc).who_am_i(request(&h, WhoAmIRequest {})).await)
 }
 
 async fn cluster(State(a): State<Api>, h: HeaderMap) -> Response {
-    answer(
-        ClusterServiceClient::new(a.grpc)
-            .max_decoding_message_size(crate::http::MAX_IN_PROCESS_MESSAGE)
-            .status(request(&h, ClusterStatusRequest {}))
-            .await,
-    )
+    answer(client!(ClusterServiceClient, a.grpc).status(request(&h, ClusterStatusRequest {})).await)
 }
 
 async fn workers(State(a): State<Api>, h: HeaderMap) -> Response {
-    answer(
-        ClusterServiceClient::new(a.grpc)
-            .max_decoding_message_size(crate::http::MAX_IN_PROCESS_MESSAGE)
-            .list_workers(request(&h, ListWorkersRequest {}))
-            .await,
-    )
+    answer(client!(ClusterServiceClient, a.grpc).list_workers(request(&h, ListWorkersRequest {})).await)
 }
 
 // ---- jobs ------------------------------------------------------------------------------------------------------
@@ -230,12 +227,7 @@ async fn list_jobs(State(a): State<Api>, h: HeaderMap, RawQuery(q): RawQuery) ->
         Ok(r) => r,
         Err(e) => return bad_request(e),
     };
-    answer(
-        JobServiceClient::new(a.grpc)
-            .max_decoding_message_size(crate::http::MAX_IN_PROCESS_MESSAGE)
-            .list(request(&h, req))
-            .await,
-    )
+    answer(client!(JobServiceClient, a.grpc).list(request(&h, req)).await)
 }
 
 /// The [`ListJobsRequest`] of a query string. Pure.
@@ -277,21 +269,11 @@ pub fn jobs_request(query: &str) -> Result<ListJobsRequest, String> {
 }
 
 async fn get_job(State(a): State<Api>, h: HeaderMap, Path(id): Path<String>) -> Response {
-    answer(
-        JobServiceClient::new(a.grpc)
-            .max_decoding_message_size(crate::http::MAX_IN_PROCESS_MESSAGE)
-            .get(request(&h, GetJobRequest { job_id: id }))
-            .await,
-    )
+    answer(client!(JobServiceClient, a.grpc).get(request(&h, GetJobRequest { job_id: id })).await)
 }
 
 async fn cancel_job(State(a): State<Api>, h: HeaderMap, Path(id): Path<String>) -> Response {
-    answer(
-        JobServiceClient::new(a.grpc)
-            .max_decoding_message_size(crate::http::MAX_IN_PROCESS_MESSAGE)
-            .cancel(request(&h, CancelJobRequest { job_id: id }))
-            .await,
-    )
+    answer(client!(JobServiceClient, a.grpc).cancel(request(&h, CancelJobRequest { job_id: id })).await)
 }
 
 #[derive(Deserialize)]
@@ -321,7 +303,7 @@ pub struct LogsPage {
 /// reader polls with the last `nextOffset` to tail the log. The window is cut on the server (`LogsRequest.offset`,
 /// `max_bytes`): a read holds at most one page, whatever the log's size.
 async fn job_logs(State(a): State<Api>, h: HeaderMap, Path(id): Path<String>, Q(q): Q<LogsQuery>) -> Response {
-    let mut jobs = JobServiceClient::new(a.grpc).max_decoding_message_size(MAX_IN_PROCESS_MESSAGE);
+    let mut jobs = client!(JobServiceClient, a.grpc);
     // The job first: if it had ended and every attempt's output was stored whole before this read began, the read
     // sees all of it (an attempt still being written may have chunks in flight from its worker).
     let job = match jobs.get(request(&h, GetJobRequest { job_id: id.clone() })).await {
@@ -388,23 +370,13 @@ struct RunsQuery {
 }
 
 async fn list_experiments(State(a): State<Api>, h: HeaderMap) -> Response {
-    answer(
-        RunServiceClient::new(a.grpc)
-            .max_decoding_message_size(crate::http::MAX_IN_PROCESS_MESSAGE)
-            .list_experiments(request(&h, ListExperimentsRequest {}))
-            .await,
-    )
+    answer(client!(RunServiceClient, a.grpc).list_experiments(request(&h, ListExperimentsRequest {})).await)
 }
 
 /// `GET /v1/runs?job_id=J&max_points=N`: `max_points` downsamples every metric series (`crate::downsample`).
 async fn list_runs(State(a): State<Api>, h: HeaderMap, Q(q): Q<RunsQuery>) -> Response {
     let req = ListRunsRequest { job_id: q.job_id, max_points: q.max_points };
-    answer(
-        RunServiceClient::new(a.grpc)
-            .max_decoding_message_size(crate::http::MAX_IN_PROCESS_MESSAGE)
-            .list(request(&h, req))
-            .await,
-    )
+    answer(client!(RunServiceClient, a.grpc).list(request(&h, req)).await)
 }
 
 #[derive(Deserialize)]
@@ -416,20 +388,14 @@ struct PointsQuery {
 
 async fn get_run(State(a): State<Api>, h: HeaderMap, Path(id): Path<String>, Q(q): Q<PointsQuery>) -> Response {
     answer(
-        RunServiceClient::new(a.grpc)
-            .max_decoding_message_size(crate::http::MAX_IN_PROCESS_MESSAGE)
+        client!(RunServiceClient, a.grpc)
             .get(request(&h, GetRunRequest { run_id: id, max_points: q.max_points }))
             .await,
     )
 }
 
 async fn list_datasets(State(a): State<Api>, h: HeaderMap) -> Response {
-    answer(
-        DatasetServiceClient::new(a.grpc)
-            .max_decoding_message_size(crate::http::MAX_IN_PROCESS_MESSAGE)
-            .list(request(&h, ListDatasetsRequest::default()))
-            .await,
-    )
+    answer(client!(DatasetServiceClient, a.grpc).list(request(&h, ListDatasetsRequest::default())).await)
 }
 
 #[derive(Deserialize)]
@@ -449,31 +415,16 @@ struct ModelQuery {
 }
 
 async fn get_dataset(State(a): State<Api>, h: HeaderMap, Path(name): Path<String>, Q(q): Q<VersionQuery>) -> Response {
-    answer(
-        DatasetServiceClient::new(a.grpc)
-            .max_decoding_message_size(crate::http::MAX_IN_PROCESS_MESSAGE)
-            .get(request(&h, GetDatasetRequest { name, version: q.version }))
-            .await,
-    )
+    answer(client!(DatasetServiceClient, a.grpc).get(request(&h, GetDatasetRequest { name, version: q.version })).await)
 }
 
 async fn list_models(State(a): State<Api>, h: HeaderMap) -> Response {
-    answer(
-        ModelServiceClient::new(a.grpc)
-            .max_decoding_message_size(crate::http::MAX_IN_PROCESS_MESSAGE)
-            .list(request(&h, ListModelsRequest::default()))
-            .await,
-    )
+    answer(client!(ModelServiceClient, a.grpc).list(request(&h, ListModelsRequest::default())).await)
 }
 
 async fn get_model(State(a): State<Api>, h: HeaderMap, Path(name): Path<String>, Q(q): Q<ModelQuery>) -> Response {
     let req = GetModelRequest { name, version: q.version, alias: q.alias };
-    answer(
-        ModelServiceClient::new(a.grpc)
-            .max_decoding_message_size(crate::http::MAX_IN_PROCESS_MESSAGE)
-            .get(request(&h, req))
-            .await,
-    )
+    answer(client!(ModelServiceClient, a.grpc).get(request(&h, req)).await)
 }
 
 /// Largest evaluation read.
@@ -489,11 +440,7 @@ async fn model_evaluation(
     Q(q): Q<ModelQuery>,
 ) -> Response {
     let req = GetModelRequest { name, version: q.version, alias: q.alias };
-    let mv = match ModelServiceClient::new(a.grpc.clone())
-        .max_decoding_message_size(crate::http::MAX_IN_PROCESS_MESSAGE)
-        .get(request(&h, req))
-        .await
-    {
+    let mv = match client!(ModelServiceClient, a.grpc.clone()).get(request(&h, req)).await {
         Ok(m) => m.into_inner(),
         Err(s) => return refusal(&s),
     };
@@ -503,8 +450,7 @@ async fn model_evaluation(
             mv.name, mv.version, mv.name, mv.version
         )));
     };
-    let mut blobs = aidos_api::blob_service_client::BlobServiceClient::new(a.grpc)
-        .max_decoding_message_size(crate::http::MAX_IN_PROCESS_MESSAGE);
+    let mut blobs = client!(BlobServiceClient, a.grpc);
     let mut stream = match blobs.download(request(&h, BlobDownloadRequest { id: blob.clone(), offset: 0 })).await {
         Ok(s) => s.into_inner(),
         Err(s) => return refusal(&s),
@@ -534,23 +480,13 @@ struct AliasBody {
 /// `POST /v1/models/{name}/aliases` with `{"alias": "production", "version": 3}`.
 async fn set_alias(State(a): State<Api>, h: HeaderMap, Path(name): Path<String>, Body(b): Body<AliasBody>) -> Response {
     let req = SetAliasRequest { name, alias: b.alias, version: b.version };
-    answer(
-        ModelServiceClient::new(a.grpc)
-            .max_decoding_message_size(crate::http::MAX_IN_PROCESS_MESSAGE)
-            .set_alias(request(&h, req))
-            .await,
-    )
+    answer(client!(ModelServiceClient, a.grpc).set_alias(request(&h, req)).await)
 }
 
 // ---- serving, sweeps, edge -------------------------------------------------------------------------------------
 
 async fn list_deployments(State(a): State<Api>, h: HeaderMap) -> Response {
-    answer(
-        ServeServiceClient::new(a.grpc)
-            .max_decoding_message_size(crate::http::MAX_IN_PROCESS_MESSAGE)
-            .list(request(&h, ListDeploymentsRequest::default()))
-            .await,
-    )
+    answer(client!(ServeServiceClient, a.grpc).list(request(&h, ListDeploymentsRequest::default())).await)
 }
 
 #[derive(Deserialize)]
@@ -567,18 +503,26 @@ async fn scale_deployment(
     Path(name): Path<String>,
     Body(b): Body<ScaleBody>,
 ) -> Response {
-    let mut serve = ServeServiceClient::new(a.grpc).max_decoding_message_size(crate::http::MAX_IN_PROCESS_MESSAGE);
-    let found = match serve.list(request(&h, ListDeploymentsRequest { name: name.clone() })).await {
-        Ok(r) => r.into_inner().deployments.into_iter().find(|d| d.name == name),
+    let mut serve = client!(ServeServiceClient, a.grpc);
+    let d = match deployment(&mut serve, &h, &name).await {
+        Ok(d) => d,
         Err(s) => return refusal(&s),
-    };
-    let Some(d) = found else {
-        return refusal(&tonic::Status::not_found(format!("deployment {name} not found")));
     };
     match scale_request(&d, b.replicas) {
         Ok(req) => answer(serve.deploy(request(&h, req)).await),
         Err(e) => refusal(&tonic::Status::failed_precondition(e)),
     }
+}
+
+/// Deployment `name` as the caller may see it (NOT_FOUND when there is none).
+async fn deployment(
+    serve: &mut ServeServiceClient<InProcess>,
+    h: &HeaderMap,
+    name: &str,
+) -> Result<Deployment, tonic::Status> {
+    let list = serve.list(request(h, ListDeploymentsRequest { name: name.to_string() })).await?.into_inner();
+    let found = list.deployments.into_iter().find(|d| d.name == name);
+    found.ok_or_else(|| tonic::Status::not_found(format!("deployment {name} not found")))
 }
 
 /// The [`DeployRequest`] that gives `d` `replicas` replicas and changes nothing else. Pure.
@@ -611,16 +555,9 @@ pub fn scale_request(d: &Deployment, replicas: u32) -> Result<DeployRequest, Str
 /// (`crate::replica_metrics`): `{"timeMs": ..., "replicas": [{"jobId", "success", "failure", "rejected",
 /// "secondsSum", "secondsCount", "buckets", "error"}]}`. Cumulative: rates come from two reads.
 async fn deployment_metrics(State(a): State<Api>, h: HeaderMap, Path(name): Path<String>) -> Response {
-    let list = ServeServiceClient::new(a.grpc)
-        .max_decoding_message_size(crate::http::MAX_IN_PROCESS_MESSAGE)
-        .list(request(&h, ListDeploymentsRequest { name: name.clone() }))
-        .await;
-    let found = match list {
-        Ok(r) => r.into_inner().deployments.into_iter().find(|d| d.name == name),
+    let d = match deployment(&mut client!(ServeServiceClient, a.grpc), &h, &name).await {
+        Ok(d) => d,
         Err(s) => return refusal(&s),
-    };
-    let Some(d) = found else {
-        return refusal(&tonic::Status::not_found(format!("deployment {name} not found")));
     };
     let ready = d.replica_status.into_iter().filter(|r| r.ready && !r.http.is_empty()).map(|r| (r.job_id, r.http));
     let replicas = crate::replica_metrics::scrape_all(ready.collect()).await;
@@ -628,48 +565,23 @@ async fn deployment_metrics(State(a): State<Api>, h: HeaderMap, Path(name): Path
 }
 
 async fn list_sweeps(State(a): State<Api>, h: HeaderMap) -> Response {
-    answer(
-        SweepServiceClient::new(a.grpc)
-            .max_decoding_message_size(crate::http::MAX_IN_PROCESS_MESSAGE)
-            .list(request(&h, ListSweepsRequest {}))
-            .await,
-    )
+    answer(client!(SweepServiceClient, a.grpc).list(request(&h, ListSweepsRequest {})).await)
 }
 
 async fn get_sweep(State(a): State<Api>, h: HeaderMap, Path(id): Path<String>) -> Response {
-    answer(
-        SweepServiceClient::new(a.grpc)
-            .max_decoding_message_size(crate::http::MAX_IN_PROCESS_MESSAGE)
-            .get(request(&h, GetSweepRequest { sweep_id: id }))
-            .await,
-    )
+    answer(client!(SweepServiceClient, a.grpc).get(request(&h, GetSweepRequest { sweep_id: id })).await)
 }
 
 async fn cancel_sweep(State(a): State<Api>, h: HeaderMap, Path(id): Path<String>) -> Response {
-    answer(
-        SweepServiceClient::new(a.grpc)
-            .max_decoding_message_size(crate::http::MAX_IN_PROCESS_MESSAGE)
-            .cancel(request(&h, CancelSweepRequest { sweep_id: id }))
-            .await,
-    )
+    answer(client!(SweepServiceClient, a.grpc).cancel(request(&h, CancelSweepRequest { sweep_id: id })).await)
 }
 
 async fn edge_devices(State(a): State<Api>, h: HeaderMap) -> Response {
-    answer(
-        EdgeServiceClient::new(a.grpc)
-            .max_decoding_message_size(crate::http::MAX_IN_PROCESS_MESSAGE)
-            .list_devices(request(&h, ListDevicesRequest::default()))
-            .await,
-    )
+    answer(client!(EdgeServiceClient, a.grpc).list_devices(request(&h, ListDevicesRequest::default())).await)
 }
 
 async fn edge_deployments(State(a): State<Api>, h: HeaderMap) -> Response {
-    answer(
-        EdgeServiceClient::new(a.grpc)
-            .max_decoding_message_size(crate::http::MAX_IN_PROCESS_MESSAGE)
-            .list_edge_deployments(request(&h, ListEdgeDeploymentsRequest {}))
-            .await,
-    )
+    answer(client!(EdgeServiceClient, a.grpc).list_edge_deployments(request(&h, ListEdgeDeploymentsRequest {})).await)
 }
 
 // ---- Prometheus service discovery ------------------------------------------------------------------------------

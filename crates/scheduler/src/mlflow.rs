@@ -33,7 +33,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use serde_json::{Value, json};
 
-use crate::http::{InProcess, request};
+use crate::http::{InProcess, client, request};
 
 /// Largest artifact accepted (it is hashed in memory before it is stored).
 pub const MAX_ARTIFACT_BYTES: usize = 256 << 20;
@@ -209,7 +209,7 @@ fn experiment_json(e: &Experiment) -> Value {
 }
 
 /// The latest point of every metric of `r` (by step, then time).
-fn latest_metrics(r: &Run) -> BTreeMap<&str, &MetricPoint> {
+pub fn latest_metrics(r: &Run) -> BTreeMap<&str, &MetricPoint> {
     let mut out: BTreeMap<&str, &MetricPoint> = BTreeMap::new();
     for p in &r.metrics {
         let newer = out.get(p.name.as_str()).is_none_or(|q| (p.step, p.time_ms) >= (q.step, q.time_ms));
@@ -273,10 +273,7 @@ fn run_json(r: &Run) -> Value {
 // ---- experiments -------------------------------------------------------------------------------------------------
 
 async fn experiments(grpc: &InProcess, h: &HeaderMap) -> Result<Vec<Experiment>, MlflowError> {
-    let r = RunServiceClient::new(grpc.clone())
-        .max_decoding_message_size(crate::http::MAX_IN_PROCESS_MESSAGE)
-        .list_experiments(request(h, ListExperimentsRequest {}))
-        .await;
+    let r = client!(RunServiceClient, grpc.clone()).list_experiments(request(h, ListExperimentsRequest {})).await;
     Ok(done(r)?.experiments)
 }
 
@@ -284,12 +281,7 @@ async fn create_experiment(State(g): Grpc, h: HeaderMap, b: Bytes) -> Res {
     let v = body(&b)?;
     let req =
         CreateExperimentRequest { name: field(&v, "name")?.to_string(), tags: pairs(&v["tags"]).into_iter().collect() };
-    let e = done(
-        RunServiceClient::new(g)
-            .max_decoding_message_size(crate::http::MAX_IN_PROCESS_MESSAGE)
-            .create_experiment(request(&h, req))
-            .await,
-    )?;
+    let e = done(client!(RunServiceClient, g).create_experiment(request(&h, req)).await)?;
     ok(json!({"experiment_id": e.id}))
 }
 
@@ -324,21 +316,11 @@ const LATEST_ONLY: u32 = 2;
 /// Run `mlflow_id` with at most `max_points` per metric series (0: every point).
 async fn run_of(g: &InProcess, h: &HeaderMap, mlflow_id: &str, max_points: u32) -> Result<Run, MlflowError> {
     let req = GetRunRequest { run_id: aidos_run_id(mlflow_id), max_points };
-    done(
-        RunServiceClient::new(g.clone())
-            .max_decoding_message_size(crate::http::MAX_IN_PROCESS_MESSAGE)
-            .get(request(h, req))
-            .await,
-    )
+    done(client!(RunServiceClient, g.clone()).get(request(h, req)).await)
 }
 
 async fn update(g: &InProcess, h: &HeaderMap, u: UpdateRunRequest) -> Result<Run, MlflowError> {
-    done(
-        RunServiceClient::new(g.clone())
-            .max_decoding_message_size(crate::http::MAX_IN_PROCESS_MESSAGE)
-            .update_run(request(h, u))
-            .await,
-    )
+    done(client!(RunServiceClient, g.clone()).update_run(request(h, u)).await)
 }
 
 fn run_id_of(v: &Value) -> Result<String, MlflowError> {
@@ -359,12 +341,7 @@ async fn create_run(State(g): Grpc, h: HeaderMap, b: Bytes) -> Res {
         start_time_ms: int(&v["start_time"]).unwrap_or(0),
         user: v["user_id"].as_str().unwrap_or("").to_string(),
     };
-    let run = done(
-        RunServiceClient::new(g)
-            .max_decoding_message_size(crate::http::MAX_IN_PROCESS_MESSAGE)
-            .create_run(request(&h, req))
-            .await,
-    )?;
+    let run = done(client!(RunServiceClient, g).create_run(request(&h, req)).await)?;
     ok(json!({"run": run_json(&run)}))
 }
 
@@ -486,13 +463,7 @@ async fn search_runs(State(g): Grpc, h: HeaderMap, b: Bytes) -> Res {
         t => t.parse().map_err(|_| invalid(format!("page_token {t:?}: not a token this API gave")))?,
     };
     let list = ListRunsRequest { max_points: LATEST_ONLY, ..Default::default() };
-    let all = done(
-        RunServiceClient::new(g)
-            .max_decoding_message_size(crate::http::MAX_IN_PROCESS_MESSAGE)
-            .list(request(&h, list))
-            .await,
-    )?
-    .runs;
+    let all = done(client!(RunServiceClient, g).list(request(&h, list)).await)?.runs;
     let mut runs: Vec<&Run> =
         all.iter().filter(|r| ids.is_empty() || ids.contains(&r.experiment_id)).filter(|r| filter.matches(r)).collect();
     let order = v["order_by"].as_array().and_then(|o| o.first()).and_then(Value::as_str).unwrap_or("");
@@ -535,21 +506,10 @@ async fn upload_artifact(State(g): Grpc, h: HeaderMap, Path(full): Path<String>,
 
 /// Stores `data` as a blob through the node's BlobService; returns its id.
 async fn put_blob(g: &InProcess, h: &HeaderMap, data: Bytes) -> Result<String, MlflowError> {
-    let id = blake3::hash(&data).to_hex().to_string();
-    let size = data.len() as u64;
-    let mut chunks: Vec<BlobUploadChunk> =
-        data.chunks(4 << 20).map(|c| BlobUploadChunk { data: c.to_vec(), ..Default::default() }).collect();
-    if chunks.is_empty() {
-        chunks.push(BlobUploadChunk::default());
-    }
-    chunks[0].id = id.clone();
-    chunks[0].size = size;
-    let r = BlobServiceClient::new(g.clone())
-        .max_decoding_message_size(crate::http::MAX_IN_PROCESS_MESSAGE)
-        .upload(request(h, tokio_stream::iter(chunks)))
-        .await;
-    done(r)?;
-    Ok(id)
+    let id = aidos_blob::BlobId::of(&data);
+    let chunks = tokio_stream::iter(aidos_blob::service::upload_chunks(&id, data));
+    done(client!(BlobServiceClient, g.clone()).upload(request(h, chunks)).await)?;
+    Ok(id.to_string())
 }
 
 async fn download_artifact(State(g): Grpc, h: HeaderMap, Path(full): Path<String>) -> Res {
@@ -559,12 +519,7 @@ async fn download_artifact(State(g): Grpc, h: HeaderMap, Path(full): Path<String
         return Err(not_found(format!("run {run_id} has no artifact {path:?}")));
     };
     let req = BlobDownloadRequest { id: blob.clone(), offset: 0 };
-    let stream = done(
-        BlobServiceClient::new(g)
-            .max_decoding_message_size(crate::http::MAX_IN_PROCESS_MESSAGE)
-            .download(request(&h, req))
-            .await,
-    )?;
+    let stream = done(client!(BlobServiceClient, g).download(request(&h, req)).await)?;
     // Streamed through, a chunk at a time: a file of any size costs one chunk of memory.
     let body = axum::body::Body::from_stream(futures::StreamExt::map(stream, |d| d.map(|d| Bytes::from(d.data))));
     Ok(([(axum::http::header::CONTENT_TYPE, "application/octet-stream")], body).into_response())
@@ -636,12 +591,7 @@ fn registered_json(name: &str, created: i64, description: &str, versions: &[&Mod
 }
 
 async fn models(g: &InProcess, h: &HeaderMap, name: &str) -> Result<ListModelsResponse, MlflowError> {
-    done(
-        ModelServiceClient::new(g.clone())
-            .max_decoding_message_size(crate::http::MAX_IN_PROCESS_MESSAGE)
-            .list(request(h, ListModelsRequest { name: name.to_string() }))
-            .await,
-    )
+    done(client!(ModelServiceClient, g.clone()).list(request(h, ListModelsRequest { name: name.to_string() })).await)
 }
 
 /// Every registered model of `all` (names with versions, and names created without one yet), by name.
@@ -662,12 +612,7 @@ async fn create_registered_model(State(g): Grpc, h: HeaderMap, b: Bytes) -> Res 
         name: field(&v, "name")?.to_string(),
         description: v["description"].as_str().unwrap_or("").to_string(),
     };
-    let m = done(
-        ModelServiceClient::new(g)
-            .max_decoding_message_size(crate::http::MAX_IN_PROCESS_MESSAGE)
-            .create(request(&h, req))
-            .await,
-    )?;
+    let m = done(client!(ModelServiceClient, g).create(request(&h, req)).await)?;
     ok(json!({"registered_model": registered_json(&m.name, m.created_at_ms, &m.description, &[])}))
 }
 
@@ -725,8 +670,7 @@ async fn create_model_version(State(g): Grpc, h: HeaderMap, b: Bytes) -> Res {
         ..Default::default()
     };
     let m = done(
-        ModelServiceClient::new(g)
-            .max_decoding_message_size(crate::http::MAX_IN_PROCESS_MESSAGE)
+        client!(ModelServiceClient, g)
             .register(request(&h, RegisterModelRequest { model: Some(model), ..Default::default() }))
             .await,
     )?;
@@ -755,10 +699,7 @@ async fn get_model_version(State(g): Grpc, h: HeaderMap, RawQuery(q): RawQuery) 
         .filter(|v| *v > 0)
         .ok_or_else(|| invalid("version: a positive integer"))?;
     let m = done(
-        ModelServiceClient::new(g)
-            .max_decoding_message_size(crate::http::MAX_IN_PROCESS_MESSAGE)
-            .get(request(&h, GetModelRequest { name, version, alias: String::new() }))
-            .await,
+        client!(ModelServiceClient, g).get(request(&h, GetModelRequest { name, version, alias: String::new() })).await,
     )?;
     ok(json!({"model_version": version_json(&m)}))
 }

@@ -114,9 +114,9 @@ pub fn parse(s: &str) -> Result<Filter, String> {
     Ok(Filter(clauses))
 }
 
-/// The latest value of metric `key` in `r`.
+/// The latest value of metric `key` in `r` (the rule of `mlflow::latest_metrics`).
 fn metric(r: &Run, key: &str) -> Option<f64> {
-    r.metrics.iter().filter(|p| p.name == key).max_by_key(|p| (p.step, p.time_ms)).map(|p| p.value)
+    crate::mlflow::latest_metrics(r).get(key).map(|p| p.value)
 }
 
 fn attribute(r: &Run, key: &str) -> Option<Value> {

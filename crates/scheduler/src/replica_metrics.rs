@@ -74,19 +74,18 @@ pub fn parse(job_id: &str, text: &str) -> ReplicaCounters {
 
 /// Scrapes the replicas `(job id, host:port)` concurrently.
 pub async fn scrape_all(replicas: Vec<(String, String)>) -> Vec<ReplicaCounters> {
-    let client: Client<HttpConnector, Empty<bytes::Bytes>> = Client::builder(TokioExecutor::new()).build_http();
-    let scrapes = replicas.into_iter().map(|(job, addr)| {
-        let client = client.clone();
-        async move {
-            match tokio::time::timeout(SCRAPE_TIMEOUT, scrape(&client, &addr)).await {
-                Ok(Ok(text)) => parse(&job, &text),
-                Ok(Err(e)) => ReplicaCounters { job_id: job, error: e, ..Default::default() },
-                Err(_) => ReplicaCounters {
-                    job_id: job,
-                    error: format!("no answer from {addr} in {SCRAPE_TIMEOUT:?}"),
-                    ..Default::default()
-                },
-            }
+    // One pool for the node's life: a page polls every 2 s, and its replicas' connections are kept alive between.
+    static CLIENT: std::sync::OnceLock<Client<HttpConnector, Empty<bytes::Bytes>>> = std::sync::OnceLock::new();
+    let client = CLIENT.get_or_init(|| Client::builder(TokioExecutor::new()).build_http());
+    let scrapes = replicas.into_iter().map(|(job, addr)| async move {
+        match tokio::time::timeout(SCRAPE_TIMEOUT, scrape(client, &addr)).await {
+            Ok(Ok(text)) => parse(&job, &text),
+            Ok(Err(e)) => ReplicaCounters { job_id: job, error: e, ..Default::default() },
+            Err(_) => ReplicaCounters {
+                job_id: job,
+                error: format!("no answer from {addr} in {SCRAPE_TIMEOUT:?}"),
+                ..Default::default()
+            },
         }
     });
     futures::future::join_all(scrapes).await
