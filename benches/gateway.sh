@@ -8,6 +8,8 @@
 # gRPC load: our tonic client (cargo bench --bench serve_load -- --against ...), through the gateway and direct.
 # Server CPU per request: user + system time of the serving processes (gateway + replica on the gateway path) over
 # the run, from /proc, divided by the requests answered.
+# Keys on vs off (issue #17): the same model is deployed twice, `mlp` (callers present an inference key) and
+# `mlp-open` (`--public`: no key), one replica each; both paths are measured in the same run. (No TLS: not built.)
 #
 #   bash benches/gateway.sh          # needs wrk (apt install wrk) and the test venv (bash scripts/test.sh)
 set -euo pipefail
@@ -33,11 +35,18 @@ export AIDOS_BLOB_DIR="$DIR/blobs"
 sed 's/^epochs = 10/epochs = 1/' examples/mnist-mlp.toml >"$DIR/mlp.toml"
 "$AIDOS" train "$DIR/mlp.toml" --wait >/dev/null
 "$AIDOS" model export mnist-mlp:1 --format onnx -o "$DIR/mlp.onnx" >/dev/null
-"$AIDOS" serve deploy mnist-mlp:1 --name mlp --replicas 1 --cpus 500m --memory 256Mi --wait-secs 120 >/dev/null
-read -r R_HTTP R_GRPC R_PID < <("$AIDOS" -o json serve list | "$PY" -c '
+for name in mlp mlp-open; do
+    "$AIDOS" serve deploy mnist-mlp:1 --name "$name" --replicas 1 --cpus 500m --memory 256Mi --wait-secs 120 \
+        $([[ $name == mlp-open ]] && echo --public) >/dev/null
+done
+replica_of() { "$AIDOS" -o json serve list | "$PY" -c '
 import json, sys
-r = [r for d in json.load(sys.stdin) for r in d["replica_status"] if r["ready"]][0]
-print(r["http"], r["grpc"], r["pid"])')
+r = [r for d in json.load(sys.stdin) if d["name"] == sys.argv[1] for r in d["replica_status"] if r["ready"]][0]
+print(r["http"], r["grpc"], r["pid"])' "$1"; }
+read -r R_HTTP R_GRPC R_PID < <(replica_of mlp)
+read -r O_HTTP O_GRPC O_PID < <(replica_of mlp-open)
+# An inference key for `mlp` only: what an application is given.
+KEY=$("$AIDOS" token create --name bench-app --role infer --deployment mlp 2>/dev/null)
 
 G_HTTP="127.0.0.1:$(port)"; G_GRPC="127.0.0.1:$(port)"
 env ${GATEWAY_THREADS:+TOKIO_WORKER_THREADS=$GATEWAY_THREADS} "$AIDOS" serve gateway --http "$G_HTTP" --grpc "$G_GRPC" --log-level warn >"$DIR/gw.log" 2>&1 &
@@ -57,20 +66,22 @@ wrk.method = "POST"
 wrk.headers["Content-Type"] = "application/json"
 wrk.body = io.open("$DIR/body.json"):read("*a")
 LUAEOF
-for url in "http://$G_HTTP/v2/models/mlp/infer" "http://127.0.0.1:$F_PORT/v2/models/mlp/infer"; do
+{ cat "$DIR/post.lua"; echo "wrk.headers[\"Authorization\"] = \"Bearer $KEY\""; } >"$DIR/post-key.lua"
+for url in "http://$G_HTTP/v2/models/mlp/infer" "http://$G_HTTP/v2/models/mlp-open/infer" "http://127.0.0.1:$F_PORT/v2/models/mlp/infer"; do
     deadline=$((SECONDS + 60))
-    until curl -sf -o /dev/null -H 'Content-Type: application/json' -d @"$DIR/body.json" "$url"; do
+    until curl -sf -o /dev/null -H "Authorization: Bearer $KEY" -H 'Content-Type: application/json' -d @"$DIR/body.json" "$url"; do
         (( SECONDS < deadline )) || { echo "$url never answered"; cat "$DIR"/gw.log "$DIR"/fastapi.log; exit 1; }
         sleep 0.3
     done
 done
 
 cpu_ticks() { local t=0 p; for p in "$@"; do t=$((t + $(awk '{print $14 + $15}' "/proc/$p/stat"))); done; echo $t; }
-run_wrk() { # label url pids...
+run_wrk() { # label url pids... (a URL of deployment `mlp` is called with the key)
     local label=$1 url=$2; shift 2
-    wrk -t2 -c32 -d2s -s "$DIR/post.lua" "$url" >/dev/null   # warm-up
+    local script="$DIR/post.lua"; [[ $url == */models/mlp/* ]] && script="$DIR/post-key.lua"
+    wrk -t2 -c32 -d2s -s "$script" "$url" >/dev/null   # warm-up
     local c0; c0=$(cpu_ticks "$@")
-    wrk -t2 -c32 -d"${SECS}s" --latency -s "$DIR/post.lua" "$url" >"$DIR/wrk.out"
+    wrk -t2 -c32 -d"${SECS}s" --latency -s "$script" "$url" >"$DIR/wrk.out"
     local c1; c1=$(cpu_ticks "$@")
     "$PY" - "$label" "$DIR/wrk.out" $((c1 - c0)) <<'PYEOF'
 import re, sys
@@ -90,16 +101,23 @@ PYEOF
 
 echo "MNIST MLP 784-256-128-10, single-sample requests, 32 connections, ${SECS}s each ($(nproc) cores, $(date -u +%F))"
 echo "HTTP/JSON, wrk -t2 -c32:"
-run_wrk "replica direct" "http://$R_HTTP/v2/models/mlp/infer" "$R_PID"
+run_wrk "replica direct, key" "http://$R_HTTP/v2/models/mlp/infer" "$R_PID"
+run_wrk "replica direct, no key" "http://$O_HTTP/v2/models/mlp-open/infer" "$O_PID"
 if [[ -n "${PERF_GATEWAY:-}" ]]; then  # where the gateway's time goes: perf report -i $PERF_GATEWAY
     perf record -g -o "$PERF_GATEWAY" -p "$G_PID" -- sleep $((SECS + 1)) >/dev/null 2>&1 &
     PERF_PID=$!
 fi
-run_wrk "through the gateway" "http://$G_HTTP/v2/models/mlp/infer" "$G_PID" "$R_PID"
+run_wrk "through the gateway, key" "http://$G_HTTP/v2/models/mlp/infer" "$G_PID" "$R_PID"
 [[ -z "${PERF_PID:-}" ]] || wait "$PERF_PID"
+run_wrk "through the gateway, no key" "http://$G_HTTP/v2/models/mlp-open/infer" "$G_PID" "$O_PID"
 run_wrk "FastAPI + onnxruntime" "http://127.0.0.1:$F_PORT/v2/models/mlp/infer" "$F_PID"
 echo "gRPC, our tonic client (32 concurrent streams):"
-echo -n "replica direct       "
-"$LOAD_BIN" --against "$R_HTTP,$R_GRPC" --model mlp --pids "$R_PID" --transports grpc --concurrency 32 --duration-s "$SECS" | grep grpc
-echo -n "through the gateway  "
-"$LOAD_BIN" --against "$G_HTTP,$G_GRPC" --model mlp --pids "$G_PID,$R_PID" --transports grpc --concurrency 32 --duration-s "$SECS" | grep grpc
+grpc_load() { # label http grpc model pids [key]
+    echo -n "$1  "
+    AIDOS_TOKEN="${6:-}" "$LOAD_BIN" --against "$2,$3" --model "$4" --pids "$5" --transports grpc --concurrency 32 \
+        --duration-s "$SECS" | grep grpc
+}
+grpc_load "replica direct, key        " "$R_HTTP" "$R_GRPC" mlp "$R_PID" "$KEY"
+grpc_load "replica direct, no key     " "$O_HTTP" "$O_GRPC" mlp-open "$O_PID"
+grpc_load "through the gateway, key   " "$G_HTTP" "$G_GRPC" mlp "$G_PID,$R_PID" "$KEY"
+grpc_load "through the gateway, no key" "$G_HTTP" "$G_GRPC" mlp-open "$G_PID,$O_PID"

@@ -236,8 +236,14 @@ async fn http_loop(addr: SocketAddr, req: Vec<u8>, until: Instant) -> (Vec<u32>,
     (lat, errors)
 }
 
+/// The key every request presents: `AIDOS_TOKEN`, when set (a deployment's replicas and the gateway ask for one).
+fn key() -> aidos_api::auth::Credentials {
+    aidos_api::auth::Credentials::from_lookup(|k| std::env::var(k).ok())
+}
+
 async fn grpc_loop(addr: SocketAddr, model: String, x: Vec<f32>, until: Instant) -> (Vec<u32>, usize) {
-    let mut c = GrpcInferenceServiceClient::connect(format!("http://{addr}")).await.unwrap();
+    let ch = tonic::transport::Endpoint::from_shared(format!("http://{addr}")).unwrap().connect().await.unwrap();
+    let mut c = GrpcInferenceServiceClient::new(aidos_api::auth::with_credentials(ch, &key()));
     let raw: Vec<u8> = x[..784].iter().flat_map(|v| v.to_le_bytes()).collect();
     let (mut lat, mut errors) = (Vec::new(), 0);
     while Instant::now() < until {
@@ -276,6 +282,9 @@ async fn sweep(o: &Opts, srv: &Target, x: &[f32]) {
             );
             if let Some(h) = header_len {
                 req.push_str(&format!("Inference-Header-Content-Length: {h}\r\n"));
+            }
+            if let Some(t) = key().token {
+                req.push_str(&format!("Authorization: Bearer {t}\r\n"));
             }
             req.push_str("\r\n");
             let mut req = req.into_bytes();

@@ -4,7 +4,6 @@
 
 mod common;
 
-use std::str::FromStr;
 use std::time::{Duration, Instant};
 
 use aidos_api::auth::{self, Access, Credentials};
@@ -12,40 +11,6 @@ use aidos_api::auth_service_client::AuthServiceClient;
 use aidos_api::v1::*;
 use common::*;
 use tonic::Code;
-
-/// Calls `path` with an empty message, presenting `authorization` (a whole header value) and `project`.
-async fn call(addr: &str, path: &str, authorization: Option<&str>, project: Option<&str>) -> Code {
-    let ch = raw_channel(addr).await.expect("node reachable");
-    let mut g = tonic::client::Grpc::new(ch);
-    g.ready().await.unwrap();
-    let mut req = tonic::Request::new(());
-    if let Some(a) = authorization {
-        req.metadata_mut().insert(auth::AUTHORIZATION, a.parse().unwrap());
-    }
-    if let Some(p) = project {
-        req.metadata_mut().insert(auth::PROJECT_HEADER, p.parse().unwrap());
-    }
-    req.set_timeout(Duration::from_secs(10));
-    let path = tonic::codegen::http::uri::PathAndQuery::from_str(path).unwrap();
-    match g.unary::<(), (), _>(req, path, tonic_prost::ProstCodec::default()).await {
-        Ok(_) => Code::Ok,
-        Err(s) => s.code(),
-    }
-}
-
-fn bearer(t: &str) -> String {
-    format!("Bearer {t}")
-}
-
-/// `aidos token create ...` as root; returns (id, secret).
-fn create_token(c: &Cluster, args: &[&str]) -> (String, String) {
-    let mut all = vec!["-o", "json", "token", "create"];
-    all.extend_from_slice(args);
-    let (code, out, err) = c.cli(&all);
-    assert_eq!(code, 0, "token create {args:?}: {err}");
-    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
-    (v["token"]["id"].as_str().unwrap().to_string(), v["secret"].as_str().unwrap().to_string())
-}
 
 async fn who(addr: &str, token: &str) -> Result<WhoAmIResponse, tonic::Status> {
     let ch = aidos_api::auth::with_credentials(raw_channel(addr).await.unwrap(), &Credentials::token(token));

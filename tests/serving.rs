@@ -81,7 +81,14 @@ async fn start_server(fx: &Fixture, limits: Limits) -> (RunningServer, Vec<Strin
         }
     }
     let cfg = ServerConfig { http: "127.0.0.1:0".parse().unwrap(), grpc: "127.0.0.1:0".parse().unwrap() };
-    let state = Arc::new(ServerState { repo, limits, name: "aidos".into(), model_dir: None, defaults: batch });
+    let state = Arc::new(ServerState {
+        repo,
+        limits,
+        name: "aidos".into(),
+        model_dir: None,
+        defaults: batch,
+        auth: Arc::new(aidos_serve::auth::Open),
+    });
     (aidos_serve::start(&cfg, state).await.unwrap(), names)
 }
 

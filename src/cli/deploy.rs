@@ -7,10 +7,13 @@ use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use aidos_api::v1::{CanaryRequest, DeleteDeploymentRequest, DeployRequest, Deployment, ListDeploymentsRequest};
+use aidos_api::v1::{
+    CanaryRequest, DeleteDeploymentRequest, DeployRequest, Deployment, ListDeploymentsRequest, RoutesRequest,
+};
 use aidos_runtime::RuntimeKind;
 use aidos_serve::ServerConfig;
-use aidos_serve::gateway::{GatewayConfig, RemoteModel, RouteSource};
+use aidos_serve::auth::{KeyTable, Keys};
+use aidos_serve::gateway::{GatewayAccess, GatewayConfig, RemoteModel, RouteSource};
 use aidos_serve::remote::ReplicaAddr;
 use anyhow::Context;
 use clap::Args;
@@ -71,6 +74,10 @@ pub struct DeployArgs {
     /// Autoscale: scale down only after the load has asked for fewer replicas for this long (default 30)
     #[arg(long, env = "AIDOS_DEPLOY_SCALE_DOWN_DELAY_SECS", default_value_t = 0)]
     pub scale_down_delay_secs: u32,
+    /// Let anyone call this deployment's inference endpoints without a key (a public demo). Without it, callers
+    /// present a key: `aidos token create --role infer [--deployment NAME]`, or a member's or admin's token
+    #[arg(long, env = "AIDOS_DEPLOY_PUBLIC")]
+    pub public: bool,
 }
 
 #[derive(Args, Debug)]
@@ -106,6 +113,7 @@ pub async fn deploy(g: &Global, a: DeployArgs) -> anyhow::Result<()> {
         max_replicas: a.max_replicas,
         target_in_flight: a.target_in_flight,
         scale_down_delay_secs: a.scale_down_delay_secs,
+        public: a.public,
     };
     let d = c
         .serve(|mut s| {
@@ -360,22 +368,32 @@ pub async fn start_gateway(
     grpc: SocketAddr,
     refresh: Duration,
 ) -> anyhow::Result<aidos_serve::RunningServer> {
-    let source = DeploymentRoutes(Client::new(&schedulers)?);
+    let keys = KeyTable::new();
+    let source = DeploymentRoutes { client: Client::new(&schedulers)?, keys: keys.clone() };
     let cfg = GatewayConfig { server: ServerConfig { http, grpc }, refresh };
-    aidos_serve::gateway::start(&cfg, source).await.with_context(|| format!("binding the gateway on {http} / {grpc}"))
+    // The gateway presents its own token (the CLI's: root under `aidos up`, else a worker token) to the replicas.
+    let access = GatewayAccess { auth: keys, creds: super::client::credentials() };
+    aidos_serve::gateway::start(&cfg, source, access)
+        .await
+        .with_context(|| format!("binding the gateway on {http} / {grpc}"))
 }
 
-/// The gateway's routes: the scheduler's deployments.
-struct DeploymentRoutes(Client);
+/// The gateway's routes and keys: every project's deployments, and who may call them (`ServeService.Routes`).
+struct DeploymentRoutes {
+    client: Client,
+    keys: std::sync::Arc<KeyTable>,
+}
 
 impl RouteSource for DeploymentRoutes {
     async fn routes(&mut self) -> Result<Vec<RemoteModel>, String> {
-        let l = self
-            .0
-            .serve(|mut s| async move { s.list(ListDeploymentsRequest::default()).await })
+        let r = self
+            .client
+            .serve(|mut s| async move { s.routes(RoutesRequest::default()).await })
             .await
-            .map_err(|s| format!("reading deployments: {}", s.message()))?;
-        Ok(routes(&l.into_inner().deployments))
+            .map_err(|s| format!("reading deployments: {}", s.message()))?
+            .into_inner();
+        self.keys.replace(Keys::from_routes(&r));
+        Ok(routes(&r.deployments))
     }
 }
 

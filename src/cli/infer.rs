@@ -1,5 +1,5 @@
 //! `aidos infer`: one Open Inference Protocol request to a model server's HTTP front, with the outputs printed
-//! (and the argmax of each row). It needs no HTTP client library: a minimal HTTP/1.1 exchange over TCP.
+//! (and the argmax of each row), presenting the CLI's token as the key. It needs no HTTP client library: a minimal HTTP/1.1 exchange over TCP.
 
 use std::path::PathBuf;
 
@@ -88,8 +88,11 @@ async fn http_json(
     let hostport = base.strip_prefix("http://").unwrap_or(base).trim_end_matches('/');
     let mut s = tokio::net::TcpStream::connect(hostport).await.with_context(|| format!("connecting to {base}"))?;
     let body = body.unwrap_or_default();
+    // The CLI's token (--token, the login file, or `aidos up`'s admin token) is the key deployments ask for.
+    let key = super::client::credentials().token.map(|t| format!("Authorization: Bearer {}\r\n", t.trim()));
     let req = format!(
-        "{method} {path} HTTP/1.1\r\nHost: {hostport}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        "{method} {path} HTTP/1.1\r\nHost: {hostport}\r\n{}Content-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        key.unwrap_or_default(),
         body.len()
     );
     s.write_all(req.as_bytes()).await?;

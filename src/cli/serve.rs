@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use aidos_api::ModelVersion;
 use aidos_api::contract::task_env;
-use aidos_api::v1::{AttemptRef, ReportEndpointRequest, ReportLoadRequest};
+use aidos_api::v1::{AttemptRef, ReportEndpointRequest, ReportLoadRequest, RoutesRequest};
 use aidos_blob::{BlobId, BlobStore};
 use aidos_runtime::{ModelRuntime, RuntimeKind};
 use aidos_serve::replica::{self, EndpointReporter, Endpoints, Replica, ReplicaConfig};
@@ -175,6 +175,8 @@ async fn serve(g: &Global, a: RunArgs) -> anyhow::Result<()> {
         name: "aidos".into(),
         model_dir: a.model_repository.clone(),
         defaults: batch,
+        // A server the operator runs for themselves; deployments' replicas and the gateway check keys.
+        auth: Arc::new(aidos_serve::auth::Open),
     });
     let server = aidos_serve::start(&cfg, state).await.with_context(|| format!("binding {} / {}", a.http, a.grpc))?;
     println!("serving: HTTP http://{}  gRPC {}  (metrics: http://{}/metrics)", server.http, server.grpc, server.http);
@@ -217,7 +219,27 @@ async fn run_replica(batch: BatchArgs) -> anyhow::Result<()> {
         drain_delay: replica::DRAIN_DELAY,
         report_for: replica::REPORT_FOR,
     };
-    let r = Replica::start(&cfg, rt).await?;
+    // Who may call: the deployment's keys, read before the replica says it is ready, then every auth::REFRESH.
+    let keys = aidos_serve::auth::KeyTable::new();
+    let key_client = Client::new(&task.schedulers)?;
+    let mut tries = 0;
+    while let Err(s) = read_keys(&key_client, &keys, &deployment).await {
+        tries += 1;
+        anyhow::ensure!(tries < 120, "reading the deployment's keys: {}", s.message());
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    let refresh = tokio::spawn({
+        let (keys, deployment) = (keys.clone(), deployment.clone());
+        async move {
+            loop {
+                tokio::time::sleep(aidos_serve::auth::REFRESH).await;
+                if let Err(s) = read_keys(&key_client, &keys, &deployment).await {
+                    tracing::debug!("refreshing the replica's keys: {}", s.message());
+                }
+            }
+        }
+    });
+    let r = Replica::start(&cfg, rt, keys).await?;
     let ep = r.endpoints();
     println!(
         "replica of {deployment} ({}:{} on {}) serving: HTTP {} gRPC {}",
@@ -245,8 +267,22 @@ async fn run_replica(batch: BatchArgs) -> anyhow::Result<()> {
     }
     shutdown_signal().await;
     load.abort();
+    refresh.abort();
     println!("replica of {deployment}: stopping in {} ms, then draining", r.drain_delay().as_millis());
     r.drain().await;
+    Ok(())
+}
+
+/// Reads who may call `deployment` (`ServeService.Routes`, with the task's job token) into `keys`.
+async fn read_keys(c: &Client, keys: &aidos_serve::auth::KeyTable, deployment: &str) -> Result<(), tonic::Status> {
+    let req = RoutesRequest { deployment: deployment.to_string() };
+    let r = c
+        .serve(|mut s| {
+            let r = req.clone();
+            async move { s.routes(r).await }
+        })
+        .await?;
+    keys.replace(aidos_serve::auth::Keys::from_routes(r.get_ref()));
     Ok(())
 }
 

@@ -41,8 +41,8 @@ pub struct CreateArgs {
     /// Who the token is for (a user or a service account)
     #[arg(long, env = "AIDOS_TOKEN_NAME")]
     pub name: String,
-    /// viewer (read), member (read, write, run process jobs), admin (member, and the project's tokens), or worker
-    /// (a worker agent)
+    /// viewer (read), member (read, write, run process jobs, call deployments), admin (member, and the project's
+    /// tokens), worker (a worker agent, or a gateway), or infer (an inference API key: calls deployments only)
     #[arg(long, env = "AIDOS_TOKEN_ROLE", value_parser = parse_role_arg)]
     pub role: Role,
     /// Project the token acts in (`*`: every project); default: --project, else `default`
@@ -54,6 +54,10 @@ pub struct CreateArgs {
     /// Members and admins: do not allow `process` jobs (arbitrary code on workers) with this token
     #[arg(long, env = "AIDOS_TOKEN_NO_PROCESS")]
     pub no_process: bool,
+    /// Admin, member and infer tokens: call only this deployment's inference endpoints (repeat for several);
+    /// default: every deployment of the project
+    #[arg(long = "deployment", env = "AIDOS_TOKEN_DEPLOYMENTS", value_delimiter = ',')]
+    pub deployments: Vec<String>,
 }
 
 #[derive(Args, Debug)]
@@ -93,6 +97,7 @@ fn token_json(t: &Token) -> serde_json::Value {
         "id": t.id, "name": t.name, "role": role_name(Role::try_from(t.role).unwrap_or_default()),
         "project": t.project, "allow_process": t.allow_process, "created_at_ms": t.created_at_ms,
         "expires_at_ms": t.expires_at_ms, "revoked_at_ms": t.revoked_at_ms, "created_by": t.created_by,
+        "deployments": t.deployments,
     })
 }
 
@@ -122,6 +127,7 @@ pub async fn run(g: &Global, cmd: TokenCmd) -> anyhow::Result<()> {
                 project: a.for_project.or_else(|| g.project.clone()).unwrap_or_default(),
                 ttl_seconds: a.expires.unwrap_or(0),
                 no_process: a.no_process,
+                deployments: a.deployments,
             };
             let r = client
                 .auth(|mut c| {

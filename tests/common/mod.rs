@@ -526,7 +526,7 @@ lr = 0.001
 
 /// One HTTP/1.1 request on a fresh connection: (status, body). Status 0: the connection failed (the body says how).
 pub fn http(addr: std::net::SocketAddr, method: &str, path: &str, body: &str) -> (u16, String) {
-    http_with(addr, method, path, "", body)
+    http_with(addr, method, path, &format!("Authorization: Bearer {}\r\n", *TOKEN), body)
 }
 
 /// [`http`] with more request headers (`headers`: complete lines, each ending in `\r\n`).
@@ -569,4 +569,40 @@ pub fn sh_job(name: &str, script: &str, cpu_millis: u64, max_retries: u32) -> Jo
 
 pub fn state_of(j: &Job) -> JobState {
     JobState::try_from(j.state).unwrap_or(JobState::Unspecified)
+}
+
+// ---- calls as any client, and tokens ----------------------------------------------------------------------------
+
+/// Calls `path` with an empty message, presenting `authorization` (a whole header value) and `project`.
+pub async fn call(addr: &str, path: &str, authorization: Option<&str>, project: Option<&str>) -> tonic::Code {
+    let ch = raw_channel(addr).await.expect("node reachable");
+    let mut g = tonic::client::Grpc::new(ch);
+    g.ready().await.unwrap();
+    let mut req = tonic::Request::new(());
+    if let Some(a) = authorization {
+        req.metadata_mut().insert(aidos_api::auth::AUTHORIZATION, a.parse().unwrap());
+    }
+    if let Some(p) = project {
+        req.metadata_mut().insert(aidos_api::auth::PROJECT_HEADER, p.parse().unwrap());
+    }
+    req.set_timeout(Duration::from_secs(10));
+    let path = <tonic::codegen::http::uri::PathAndQuery as std::str::FromStr>::from_str(path).unwrap();
+    match g.unary::<(), (), _>(req, path, tonic_prost::ProstCodec::default()).await {
+        Ok(_) => tonic::Code::Ok,
+        Err(s) => s.code(),
+    }
+}
+
+pub fn bearer(t: &str) -> String {
+    format!("Bearer {t}")
+}
+
+/// `aidos token create ...` as root; returns (id, secret).
+pub fn create_token(c: &Cluster, args: &[&str]) -> (String, String) {
+    let mut all = vec!["-o", "json", "token", "create"];
+    all.extend_from_slice(args);
+    let (code, out, err) = c.cli(&all);
+    assert_eq!(code, 0, "token create {args:?}: {err}");
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    (v["token"]["id"].as_str().unwrap().to_string(), v["secret"].as_str().unwrap().to_string())
 }

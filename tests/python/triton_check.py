@@ -5,8 +5,12 @@ DIR holds x.f32 (float32 rows, 784 wide) and expected.f32 (the model run in-proc
 For every model and both transports: server live/ready, server metadata, model ready, model metadata, inference
 with 1 row and with all rows (binary and JSON tensors over HTTP), outputs within 1e-4 of the expected ones.
 Prints one JSON line per (model, transport); exits non-zero with the reason on the first failure.
+With AIDOS_TOKEN set, every call presents it (`authorization: Bearer ...`, the way tritonclient users pass a key:
+`headers=`), and an inference without it must be refused (HTTP 401 / UNAUTHENTICATED). AIDOS_SERVER_NAME: the
+server name to expect in the server metadata (default "aidos").
 """
 import json
+import os
 import sys
 
 import numpy as np
@@ -14,17 +18,27 @@ import tritonclient.grpc as grpcclient
 import tritonclient.http as httpclient
 
 
+TOKEN = os.environ.get("AIDOS_TOKEN", "")
+
+
+def headers():
+    """A fresh dict per call: tritonclient's HTTP infer adds Inference-Header-Content-Length to the one it is given."""
+    return {"authorization": f"Bearer {TOKEN}"} if TOKEN else None  # gRPC metadata keys are lower case
+
+SERVER_NAME = os.environ.get("AIDOS_SERVER_NAME", "aidos")
+
+
 def check(client, mod, model, x, expected, transport):
     assert client.is_server_live(), "server not live"
     assert client.is_server_ready(), "server not ready"
-    assert client.is_model_ready(model), f"{model} not ready"
-    sm = client.get_server_metadata()
-    md = client.get_model_metadata(model)
+    assert client.is_model_ready(model, headers=headers()), f"{model} not ready"
+    sm = client.get_server_metadata(headers=headers())
+    md = client.get_model_metadata(model, headers=headers())
     if transport == "grpc":
         sm = {"name": sm.name, "extensions": list(sm.extensions)}
         md = {"name": md.name, "inputs": [{"name": i.name, "datatype": i.datatype, "shape": list(i.shape)} for i in md.inputs],
               "outputs": [{"name": o.name, "datatype": o.datatype, "shape": list(o.shape)} for o in md.outputs]}
-    assert sm["name"] == "aidos", sm
+    assert sm["name"] == SERVER_NAME, sm
     assert md["name"] == model, md
     inp, out = md["inputs"][0], md["outputs"][0]
     assert inp["datatype"] == "FP32" and [int(d) for d in inp["shape"]] == [-1, 784], inp
@@ -39,7 +53,7 @@ def check(client, mod, model, x, expected, transport):
         else:
             i.set_data_from_numpy(x[:rows])
             outputs = [mod.InferRequestedOutput(out["name"])]
-        r = client.infer(model, [i], outputs=outputs, request_id="req-7")
+        r = client.infer(model, [i], outputs=outputs, request_id="req-7", headers=headers())
         got = r.as_numpy(out["name"])
         assert got is not None and got.shape == (rows, 10), f"output shape {None if got is None else got.shape}"
         resp = r.get_response()
@@ -47,6 +61,13 @@ def check(client, mod, model, x, expected, transport):
         assert rid == "req-7", f"response id {rid!r}"
         worst = max(worst, float(np.abs(got - expected[:rows]).max()))
     assert worst <= 1e-4, f"{model} over {transport}: max |served - in-process| = {worst}"
+    if TOKEN:
+        try:
+            client.infer(model, [i], outputs=outputs)
+            raise AssertionError(f"{model} over {transport}: an inference without the key was answered")
+        except mod.InferenceServerException as e:
+            status = str(e.status())
+            assert status in ("401", "StatusCode.UNAUTHENTICATED"), f"without the key: {status} {e}"
     return {"model": model, "transport": transport, "max_abs_diff": worst}
 
 

@@ -241,6 +241,7 @@ pub fn role_name(r: Role) -> &'static str {
         Role::Member => "member",
         Role::Admin => "admin",
         Role::Worker => "worker",
+        Role::Infer => "infer",
     }
 }
 
@@ -251,7 +252,8 @@ pub fn parse_role(s: &str) -> Result<Role, String> {
         "member" => Ok(Role::Member),
         "admin" => Ok(Role::Admin),
         "worker" => Ok(Role::Worker),
-        _ => Err(format!("unknown role `{s}` (expected viewer, member, admin or worker)")),
+        "infer" => Ok(Role::Infer),
+        _ => Err(format!("unknown role `{s}` (expected viewer, member, admin, worker or infer)")),
     }
 }
 
@@ -318,6 +320,16 @@ pub fn authorize_token_admin(by: &Principal, role: Role, project: &str) -> Resul
             what: format!("manage {} tokens of project {project}", role_name(role)),
         })
     }
+}
+
+/// May a stored token (its `role`, `project` and deployment list: empty for no limit) call the inference
+/// endpoints of deployment `name` of project `deployment_project`? Admins, members and inference keys of the
+/// project may (viewers read the control plane only); the root token and worker tokens, which gateways present to
+/// replicas, are the caller's to add. Pure.
+pub fn may_infer(role: Role, project: &str, deployments: &[String], deployment_project: &str, name: &str) -> bool {
+    matches!(role, Role::Member | Role::Admin | Role::Infer)
+        && (project == ALL_PROJECTS || project == deployment_project)
+        && (deployments.is_empty() || deployments.iter().any(|d| d == name))
 }
 
 /// What a client presents: its token and the project its calls act in.
@@ -480,8 +492,27 @@ mod tests {
         assert!(authorize_token_admin(&admin, Role::Member, ALL_PROJECTS).is_err());
         assert!(authorize_token_admin(&member, Role::Viewer, "a").is_err());
         assert!(authorize_token_admin(&root, Role::Worker, ALL_PROJECTS).is_ok());
+        assert!(authorize_token_admin(&admin, Role::Infer, "a").is_ok());
+        let key = p(Role::Infer, "a", false);
+        for r in [Read, Write, ProjectAdmin, ClusterAdmin, BlobRead, BlobWrite, Worker, Peer] {
+            assert!(authorize(r, &key, "a").is_err(), "an inference key may not {r:?}");
+        }
         let e = authorize(Write, &viewer, "a").unwrap_err().to_string();
         assert!(e.contains("viewer") && e.contains("project a"), "{e}");
+    }
+
+    #[test]
+    fn who_may_call_a_deployment() {
+        let none: &[String] = &[];
+        let only_b = &["b".to_string()];
+        assert!(may_infer(Role::Infer, "p", none, "p", "a"));
+        assert!(may_infer(Role::Member, "p", none, "p", "a"));
+        assert!(may_infer(Role::Admin, ALL_PROJECTS, none, "q", "a"));
+        assert!(!may_infer(Role::Viewer, "p", none, "p", "a"), "viewers read the control plane only");
+        assert!(!may_infer(Role::Worker, "p", none, "p", "a"), "worker tokens are added by the caller");
+        assert!(!may_infer(Role::Infer, "p", none, "q", "a"), "another project's deployment");
+        assert!(may_infer(Role::Infer, "p", only_b, "p", "b"));
+        assert!(!may_infer(Role::Infer, "p", only_b, "p", "a"), "a key limited to other deployments");
     }
 
     #[test]

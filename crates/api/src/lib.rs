@@ -24,8 +24,13 @@ pub const FILE_DESCRIPTOR_SET: &[u8] = tonic::include_file_descriptor_set!("aido
 
 /// Every RPC of every aidos service, as gRPC paths (`/aidos.v1.JobService/Submit`), from [`FILE_DESCRIPTOR_SET`].
 pub fn every_rpc() -> Vec<String> {
+    rpcs_of(FILE_DESCRIPTOR_SET)
+}
+
+/// Every RPC of every service in an encoded `FileDescriptorSet`, as gRPC paths (`/package.Service/Method`).
+pub fn rpcs_of(descriptors: &[u8]) -> Vec<String> {
     use prost::Message;
-    let set = prost_types::FileDescriptorSet::decode(FILE_DESCRIPTOR_SET).expect("descriptors compiled by build.rs");
+    let set = prost_types::FileDescriptorSet::decode(descriptors).expect("descriptors compiled by build.rs");
     let mut out = Vec::new();
     for f in set.file {
         for s in &f.service {

@@ -165,6 +165,8 @@ async fn serve_local(
         name: format!("aidos-edge-{}", cfg.device),
         model_dir: None,
         defaults: BatchConfig::default(),
+        // The device's own local server, for the applications beside it (bound where the operator says).
+        auth: Arc::new(aidos_serve::auth::Open),
     });
     let t = telemetry.clone();
     let app = aidos_serve::http::router(state).layer(axum::middleware::from_fn(

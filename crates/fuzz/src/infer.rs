@@ -62,6 +62,7 @@ fn server() -> &'static Server {
                 name: "fuzz".into(),
                 model_dir: None,
                 defaults: BatchConfig::default(),
+                auth: Arc::new(aidos_serve::auth::Open),
             })
         });
         let router = aidos_serve::http::router(state.clone());

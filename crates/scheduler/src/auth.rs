@@ -71,6 +71,8 @@ pub fn access(path: &str) -> Option<Access> {
         ("BlobService", "Download" | "Has") => BlobRead,
         ("ServeService", "Deploy" | "Delete" | "Promote" | "Rollback" | "ReportEndpoint" | "ReportLoad") => Write,
         ("ServeService", "List") => Read,
+        // Gateways and replicas; the method itself narrows what a replica's job token may read.
+        ("ServeService", "Routes") => Authenticated,
         ("SweepService", "Submit" | "Cancel") => Write,
         ("SweepService", "Get" | "List") => Read,
         // Devices prove themselves with their enrolment token and device keys (`edge_auth`).

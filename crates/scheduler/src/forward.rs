@@ -62,6 +62,8 @@ pub fn policy(path: &str) -> Policy {
         (aidos_api::edge_service_server::SERVICE_NAME, "Download" | "ListEdgeDeployments") => Policy::Local,
         // "Last seen" is the leader's memory; without a leader, the committed reports still answer.
         (aidos_api::edge_service_server::SERVICE_NAME, "ListDevices") => Policy::LeaderOrLocal,
+        // Gateways keep learning routes and keys from the applied state while no leader can be reached.
+        (aidos_api::serve_service_server::SERVICE_NAME, "Routes") => Policy::LeaderOrLocal,
         // The auth layer of the receiving node verified the caller already.
         (aidos_api::auth_service_server::SERVICE_NAME, "WhoAmI") => Policy::Local,
         // Health and reflection describe the node that answers.

@@ -547,6 +547,7 @@ pub fn scale_request(d: &Deployment, replicas: u32) -> Result<DeployRequest, Str
         instances: spec.instances,
         max_queue: spec.max_queue,
         resources: d.resources,
+        public: d.public,
         ..Default::default()
     })
 }
@@ -587,11 +588,16 @@ async fn edge_deployments(State(a): State<Api>, h: HeaderMap) -> Response {
 // ---- Prometheus service discovery ------------------------------------------------------------------------------
 
 /// `GET /v1/http_sd`: Prometheus HTTP service discovery (`http_sd_configs`): one target group per ready serving
-/// replica, its HTTP address (where `/metrics` is) with labels `deployment`, `version`, `generation`, `replica`
+/// replica of the call's project, its HTTP address (where `/metrics` is) with labels `deployment`, `version`, `generation`, `replica`
 /// (the job), `worker` and `canary`. Answered from this node's applied state (a follower may lag the leader by a
 /// heartbeat); Read access; Prometheus presents the token with `authorization: {credentials: ...}`.
 async fn http_sd(State(a): State<Api>, headers: HeaderMap) -> Response {
-    read(&a.core, &headers, Access::Read, |st| Value::Array(targets(&queries::deployment_views(st, ""))))
+    let project = crate::auth::project_of(&headers);
+    read(&a.core, &headers, Access::Read, |st| {
+        let mut deployments = queries::deployment_views(st, "");
+        deployments.retain(|d| queries::deployment_project(d) == project);
+        Value::Array(targets(&deployments))
+    })
 }
 
 /// Checks the caller against `access`, then answers `f` of the applied state.

@@ -490,6 +490,67 @@ pub fn deployment_view(st: &ClusterState, name: &str) -> Option<Deployment> {
     deployment_views(st, name).pop()
 }
 
+/// The project deployment `d` belongs to.
+pub fn deployment_project(d: &Deployment) -> &str {
+    aidos_api::auth::project_or_default(&d.project)
+}
+
+/// Refuses (NOT_FOUND) unless deployment `name` exists in `project` (another project's deployments are not even
+/// named, as its jobs are not).
+pub fn deployment_in(st: &ClusterState, name: &str, project: &str) -> Result<(), SchedulerError> {
+    match st.serving.deployments.get(name) {
+        Some(d) if deployment_project(d) == project => Ok(()),
+        _ => Err(SchedulerError::NotFound(format!("deployment {name} not found in project {project}"))),
+    }
+}
+
+/// Every valid credential, with which of `deployments` it may call at `now_ms`: what the serving fronts check
+/// requests against (`ServeService.Routes`). The root token (`root_hash`: the hash of its secret) and worker tokens
+/// may call every deployment (gateways present them to replicas); stored tokens the deployments
+/// `aidos_api::auth::may_infer` allows (none, for a viewer). Revoked and expired tokens are left out. Pure.
+///
+/// Cost: O(tokens · deployments) per call (at most 10,000 tokens); gateways ask every refresh (250 ms).
+pub fn inference_keys(
+    st: &ClusterState,
+    deployments: &[Deployment],
+    root_hash: &[u8; 32],
+    now_ms: i64,
+) -> Vec<InferenceKey> {
+    let mut keys = vec![InferenceKey {
+        token_id: aidos_api::auth::ROOT_ID.into(),
+        secret_hash: root_hash.to_vec(),
+        every_deployment: true,
+        ..Default::default()
+    }];
+    for rec in st.auth.tokens.values() {
+        let Some(t) = &rec.token else { continue };
+        if t.revoked_at_ms != 0 || (t.expires_at_ms != 0 && t.expires_at_ms <= now_ms) {
+            continue;
+        }
+        let role = Role::try_from(t.role).unwrap_or(Role::Unspecified);
+        let key = |every: bool, names: Vec<String>| InferenceKey {
+            token_id: t.id.clone(),
+            secret_hash: rec.secret_hash.clone(),
+            expires_at_ms: t.expires_at_ms,
+            every_deployment: every,
+            deployments: names,
+        };
+        if role == Role::Worker {
+            keys.push(key(true, vec![]));
+            continue;
+        }
+        // Every valid token is listed, those that may call nothing too: a front then refuses it as a known caller
+        // without the right (403), not as an unknown key (401).
+        let names: Vec<String> = deployments
+            .iter()
+            .filter(|d| aidos_api::auth::may_infer(role, &t.project, &t.deployments, deployment_project(d), &d.name))
+            .map(|d| d.name.clone())
+            .collect();
+        keys.push(key(false, names));
+    }
+    keys
+}
+
 // ---- edge ------------------------------------------------------------------------------------------------------
 
 /// Devices (all, or the one named) without their credential hashes. `seen` is the leader's memory of when each
@@ -693,6 +754,51 @@ mod tests {
             });
         }
         st
+    }
+
+    #[test]
+    fn inference_keys_name_what_each_valid_token_may_call() {
+        let mut st = ClusterState::default();
+        let tok = |id: &str, role: Role, project: &str, deployments: &[&str], revoked: i64, expires: i64| {
+            let t = Token {
+                id: id.into(),
+                role: role as i32,
+                project: project.into(),
+                deployments: deployments.iter().map(|d| d.to_string()).collect(),
+                revoked_at_ms: revoked,
+                expires_at_ms: expires,
+                ..Default::default()
+            };
+            (id.to_string(), TokenRecordV1 { token: Some(t), secret_hash: vec![1; 32] })
+        };
+        st.auth.tokens = [
+            tok("app", Role::Infer, "default", &["a"], 0, 0),
+            tok("team", Role::Infer, "default", &[], 0, 0),
+            tok("dev", Role::Member, "*", &[], 0, 0),
+            tok("eve", Role::Viewer, "default", &[], 0, 0),
+            tok("far", Role::Infer, "p", &[], 0, 0),
+            tok("w", Role::Worker, "*", &[], 0, 0),
+            tok("gone", Role::Infer, "default", &[], 5, 0),
+            tok("old", Role::Infer, "default", &[], 0, 50),
+        ]
+        .into_iter()
+        .collect();
+        let dep =
+            |name: &str, project: &str| Deployment { name: name.into(), project: project.into(), ..Default::default() };
+        let ds = [dep("a", ""), dep("b", "default"), dep("c", "p")];
+        let keys = inference_keys(&st, &ds, &[9; 32], 100);
+        let of = |id: &str| keys.iter().find(|k| k.token_id == id).map(|k| (k.every_deployment, k.deployments.clone()));
+        let names = |n: &[&str]| n.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        assert_eq!(of("root"), Some((true, vec![])));
+        assert_eq!(keys[0].secret_hash, vec![9; 32]);
+        assert_eq!(of("w"), Some((true, vec![])));
+        assert_eq!(of("app"), Some((false, names(&["a"]))));
+        assert_eq!(of("team"), Some((false, names(&["a", "b"]))));
+        assert_eq!(of("dev"), Some((false, names(&["a", "b", "c"]))));
+        assert_eq!(of("far"), Some((false, names(&["c"]))));
+        assert_eq!(of("eve"), Some((false, vec![])), "a viewer is known, and may call nothing");
+        assert_eq!(of("gone"), None, "revoked");
+        assert_eq!(of("old"), None, "expired");
     }
 
     fn ids(r: &ListJobsResponse) -> Vec<&str> {

@@ -89,8 +89,8 @@ fn replica_job(
         constraints: vec![],
         placement: PlacementStrategy::Spread as i32,
         timeout_secs: 0,
-        // Deployments do not belong to projects yet: their replicas are jobs of the default project.
-        project: String::new(),
+        // Its replicas are jobs of the deployment's project (their tokens act in it).
+        project: d.project.clone(),
         payload: Some(Payload::Serve(spec)),
     }
 }

@@ -27,6 +27,12 @@ pub enum ServeError {
     /// The model is being unloaded or its executors stopped.
     #[error("model `{0}` is not available: {1}")]
     Unavailable(String, String),
+    /// No key, or one this server does not accept (HTTP 401 / UNAUTHENTICATED).
+    #[error("{0}")]
+    Unauthenticated(String),
+    /// A valid key that may not make this request (HTTP 403 / PERMISSION_DENIED).
+    #[error("{0}")]
+    PermissionDenied(String),
     /// A replica behind the gateway refused or failed the request; its status is passed on.
     #[error("replica {replica}: {}", status.message())]
     Replica { replica: String, status: tonic::Status },
@@ -46,12 +52,16 @@ impl ServeError {
                 RuntimeError::Load { .. } | RuntimeError::Run(_) | RuntimeError::Unavailable { .. },
             ) => 500,
             ServeError::Unavailable(..) => 503,
+            ServeError::Unauthenticated(_) => 401,
+            ServeError::PermissionDenied(_) => 403,
             ServeError::Replica { status, .. } => match status.code() {
                 tonic::Code::InvalidArgument | tonic::Code::OutOfRange => 400,
                 tonic::Code::NotFound => 404,
                 tonic::Code::ResourceExhausted => 429,
                 tonic::Code::DeadlineExceeded => 504,
                 tonic::Code::Unavailable => 503,
+                tonic::Code::Unauthenticated => 401,
+                tonic::Code::PermissionDenied => 403,
                 _ => 502,
             },
         }
@@ -71,6 +81,8 @@ impl From<ServeError> for tonic::Status {
                 RuntimeError::Load { .. } | RuntimeError::Run(_) | RuntimeError::Unavailable { .. },
             ) => tonic::Status::internal(msg),
             ServeError::Unavailable(..) => tonic::Status::unavailable(msg),
+            ServeError::Unauthenticated(_) => tonic::Status::unauthenticated(msg),
+            ServeError::PermissionDenied(_) => tonic::Status::permission_denied(msg),
             ServeError::Replica { status, .. } => tonic::Status::new(status.code(), msg),
         }
     }

@@ -10,8 +10,10 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
+use aidos_api::auth::Credentials;
 use aidos_runtime::RuntimeKind;
 
+use crate::auth::Authorizer;
 use crate::backend::Backend;
 use crate::config::{BatchConfig, Limits, ServerConfig};
 use crate::metrics::Metrics;
@@ -45,8 +47,20 @@ pub struct GatewayConfig {
     pub refresh: Duration,
 }
 
+/// Who may call the gateway, and what it presents to the replicas behind it.
+pub struct GatewayAccess {
+    /// Checks every client request (in the binary: a [`crate::auth::KeyTable`] its route source refreshes).
+    pub auth: Arc<dyn Authorizer>,
+    /// The gateway's own token, presented to replicas (which accept the cluster's root and worker tokens).
+    pub creds: Credentials,
+}
+
 /// Binds the gateway's listeners and starts the sync loop (stopped by [`RunningServer::shutdown`]).
-pub async fn start(cfg: &GatewayConfig, mut source: impl RouteSource) -> std::io::Result<RunningServer> {
+pub async fn start(
+    cfg: &GatewayConfig,
+    mut source: impl RouteSource,
+    access: GatewayAccess,
+) -> std::io::Result<RunningServer> {
     let repo = Arc::new(Repository::new(Arc::new(Metrics::default())));
     let state = Arc::new(ServerState {
         repo: repo.clone(),
@@ -54,12 +68,14 @@ pub async fn start(cfg: &GatewayConfig, mut source: impl RouteSource) -> std::io
         name: "aidos-gateway".into(),
         model_dir: None,
         defaults: BatchConfig::default(),
+        auth: access.auth,
     });
+    let creds = access.creds;
     let mut server = crate::start(&cfg.server, state).await?;
     let mut stop = server.shutdown.subscribe();
     let refresh = cfg.refresh;
     let task = tokio::spawn(async move {
-        let mut routes = Routes::new(repo);
+        let mut routes = Routes::new(repo, creds);
         loop {
             // Cancel-safe at either await: a sync cut short leaves each entry either updated or not.
             let step = async {
@@ -87,11 +103,13 @@ pub async fn start(cfg: &GatewayConfig, mut source: impl RouteSource) -> std::io
 pub struct Routes {
     repo: Arc<Repository>,
     pools: BTreeMap<(String, u64), Arc<Pool>>,
+    creds: Credentials,
 }
 
 impl Routes {
-    pub fn new(repo: Arc<Repository>) -> Routes {
-        Routes { repo, pools: BTreeMap::new() }
+    /// Routes into `repo`, presenting `creds` to the replicas.
+    pub fn new(repo: Arc<Repository>, creds: Credentials) -> Routes {
+        Routes { repo, pools: BTreeMap::new(), creds }
     }
 
     /// The pool of (name, version) if the repository still holds it (not unloaded or replaced meanwhile).
@@ -126,7 +144,7 @@ impl Routes {
                 continue; // a local model of the same name and version
             }
             let series = self.repo.metrics().gateway();
-            match Pool::connect(&w.name, w.version, w.max_batch, &w.endpoints, series).await {
+            match Pool::connect(&w.name, w.version, w.max_batch, &w.endpoints, series, &self.creds).await {
                 Ok(pool) => {
                     let pool = Arc::new(pool);
                     match self.repo.load_backend(&w.name, w.version, w.runtime, pool.clone() as Arc<dyn Backend>) {

@@ -41,22 +41,41 @@ pub fn front(state: Arc<ServerState>) -> Front {
 
 type R<T> = Result<Response<T>, Status>;
 
+impl Front {
+    /// The first thing every method does: its rule in [`crate::auth::grpc_rule`] against the server's authorizer.
+    fn check<T>(&self, method: &str, model: &str, r: &Request<T>) -> Result<(), Status> {
+        crate::auth::check_grpc(self.s.auth.as_ref(), method, model, r)
+    }
+}
+
+/// The method names of `inference.GRPCInferenceService`, from its compiled descriptors.
+pub fn method_names() -> Vec<String> {
+    aidos_api::rpcs_of(pb::FILE_DESCRIPTOR_SET)
+        .into_iter()
+        .filter_map(|p| p.strip_prefix("/inference.GRPCInferenceService/").map(str::to_string))
+        .collect()
+}
+
 #[tonic::async_trait]
 impl GrpcInferenceService for Front {
-    async fn server_live(&self, _: Request<ServerLiveRequest>) -> R<ServerLiveResponse> {
+    async fn server_live(&self, r: Request<ServerLiveRequest>) -> R<ServerLiveResponse> {
+        self.check("ServerLive", "", &r)?;
         Ok(Response::new(ServerLiveResponse { live: true }))
     }
 
-    async fn server_ready(&self, _: Request<ServerReadyRequest>) -> R<ServerReadyResponse> {
+    async fn server_ready(&self, r: Request<ServerReadyRequest>) -> R<ServerReadyResponse> {
+        self.check("ServerReady", "", &r)?;
         Ok(Response::new(ServerReadyResponse { ready: !self.s.repo.is_empty() }))
     }
 
     async fn model_ready(&self, r: Request<ModelReadyRequest>) -> R<ModelReadyResponse> {
+        self.check("ModelReady", &r.get_ref().name, &r)?;
         let r = r.into_inner();
         Ok(Response::new(ModelReadyResponse { ready: self.s.repo.resolve(&r.name, &r.version).is_ok() }))
     }
 
-    async fn server_metadata(&self, _: Request<ServerMetadataRequest>) -> R<ServerMetadataResponse> {
+    async fn server_metadata(&self, r: Request<ServerMetadataRequest>) -> R<ServerMetadataResponse> {
+        self.check("ServerMetadata", "", &r)?;
         Ok(Response::new(ServerMetadataResponse {
             name: self.s.name.clone(),
             version: env!("CARGO_PKG_VERSION").into(),
@@ -65,6 +84,7 @@ impl GrpcInferenceService for Front {
     }
 
     async fn model_metadata(&self, r: Request<ModelMetadataRequest>) -> R<ModelMetadataResponse> {
+        self.check("ModelMetadata", &r.get_ref().name, &r)?;
         let r = r.into_inner();
         let v = self.s.repo.resolve(&r.name, &r.version)?;
         let m = v.backend.metadata();
@@ -88,6 +108,7 @@ impl GrpcInferenceService for Front {
     }
 
     async fn model_infer(&self, r: Request<ModelInferRequest>) -> R<ModelInferResponse> {
+        self.check("ModelInfer", &r.get_ref().model_name, &r)?;
         let r = r.into_inner();
         let v = self.s.repo.resolve(&r.model_name, &r.model_version)?;
         if let Some(f) = v.backend.forwarder() {

@@ -26,8 +26,26 @@ use crate::protocol::{self, InputTensor};
 
 const HEADER_LEN: &str = "inference-header-content-length";
 
+/// Every route template this front serves (each has a rule in [`crate::auth::http_rule`]; the tests check).
+pub const ROUTES: [&str; 13] = [
+    "/v2/health/live",
+    "/v2/health/ready",
+    "/v2",
+    "/v2/models/{model}",
+    "/v2/models/{model}/versions/{version}",
+    "/v2/models/{model}/ready",
+    "/v2/models/{model}/versions/{version}/ready",
+    "/v2/models/{model}/infer",
+    "/v2/models/{model}/versions/{version}/infer",
+    "/v2/repository/index",
+    "/v2/repository/models/{model}/load",
+    "/v2/repository/models/{model}/unload",
+    "/metrics",
+];
+
 pub fn router(state: Arc<ServerState>) -> Router {
     let limit = state.limits.max_request_bytes;
+    let guard = axum::middleware::from_fn_with_state(state.clone(), guard);
     Router::new()
         .route("/v2/health/live", get(|| async { StatusCode::OK }))
         .route("/v2/health/ready", get(ready))
@@ -42,6 +60,8 @@ pub fn router(state: Arc<ServerState>) -> Router {
         .route("/v2/repository/models/{model}/load", post(repository_load))
         .route("/v2/repository/models/{model}/unload", post(repository_unload))
         .route("/metrics", get(metrics))
+        // After routing (the matched template decides the rule), before any handler or body read.
+        .route_layer(guard)
         .layer(DefaultBodyLimit::max(limit))
         .with_state(state)
 }
@@ -49,7 +69,31 @@ pub fn router(state: Arc<ServerState>) -> Router {
 impl IntoResponse for ServeError {
     fn into_response(self) -> Response {
         let status = StatusCode::from_u16(self.http_status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
-        (status, axum::Json(json!({"error": self.to_string()}))).into_response()
+        let mut r = (status, axum::Json(json!({"error": self.to_string()}))).into_response();
+        if status == StatusCode::UNAUTHORIZED {
+            r.headers_mut().insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+        }
+        r
+    }
+}
+
+/// Checks every request against the server's [`crate::auth::Authorizer`] by its route's rule; a route without a
+/// rule is refused.
+async fn guard(
+    State(s): S,
+    matched: axum::extract::MatchedPath,
+    Path(params): Path<std::collections::HashMap<String, String>>,
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    let model = params.get("model").map(String::as_str);
+    let Some(need) = crate::auth::http_rule(matched.as_str(), model) else {
+        return ServeError::PermissionDenied(format!("{}: no access rule (refused)", matched.as_str())).into_response();
+    };
+    let authorization = req.headers().get(header::AUTHORIZATION).map(HeaderValue::as_bytes);
+    match s.auth.check(authorization, need) {
+        Ok(()) => next.run(req).await,
+        Err(e) => e.into_response(),
     }
 }
 

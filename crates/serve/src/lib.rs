@@ -12,6 +12,7 @@
 //! Runtimes are chosen by the caller (the binary wires tract, ort and the burn-native runtime of
 //! `aidos-train`); this crate links no burn and no scheduler.
 
+pub mod auth;
 pub mod backend;
 pub mod batcher;
 pub mod config;
@@ -44,6 +45,8 @@ pub struct ServerState {
     pub model_dir: Option<PathBuf>,
     /// Batching defaults for models loaded through the repository API.
     pub defaults: BatchConfig,
+    /// Who may call (checked by both fronts before anything else).
+    pub auth: Arc<dyn auth::Authorizer>,
 }
 
 /// A running server.

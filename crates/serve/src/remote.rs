@@ -22,14 +22,14 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use aidos_api::auth::{AuthChannel, Credentials, with_credentials};
 use aidos_runtime::{DataType, ModelMetadata, Tensor, TensorSpec};
 use axum::body::{Body, Bytes};
-use axum::http::{HeaderMap, Request, StatusCode, Uri, header};
+use axum::http::{HeaderMap, HeaderValue, Request, StatusCode, Uri, header};
 use axum::response::{IntoResponse, Response};
 use hyper_util::client::legacy::Client as HttpClient;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
-use tonic::transport::Channel;
 
 use crate::backend::{Backend, Forward};
 use crate::error::ServeError;
@@ -65,7 +65,7 @@ fn url(addr: &str) -> String {
 
 struct Endpoint {
     addr: ReplicaAddr,
-    client: GrpcInferenceServiceClient<Channel>,
+    client: GrpcInferenceServiceClient<AuthChannel>,
     /// `http://HOST:PORT/v2/models/NAME/versions/V/infer` on this replica.
     infer_uri: Uri,
     in_flight: AtomicUsize,
@@ -74,13 +74,18 @@ struct Endpoint {
 }
 
 impl Endpoint {
-    fn new(addr: &ReplicaAddr, infer_path: &str, metrics: GatewayReplicaMetrics) -> Result<Endpoint, ServeError> {
+    fn new(
+        addr: &ReplicaAddr,
+        infer_path: &str,
+        metrics: GatewayReplicaMetrics,
+        creds: &Credentials,
+    ) -> Result<Endpoint, ServeError> {
         let ch = tonic::transport::Endpoint::from_shared(url(&addr.grpc))
             .map_err(|e| ServeError::InvalidInput(format!("replica address {:?}: {e}", addr.grpc)))?
             .connect_timeout(Duration::from_secs(2))
             .tcp_nodelay(true)
             .connect_lazy();
-        let client = GrpcInferenceServiceClient::new(ch)
+        let client = GrpcInferenceServiceClient::new(with_credentials(ch, creds))
             .max_decoding_message_size(MAX_MESSAGE)
             .max_encoding_message_size(MAX_MESSAGE);
         let infer_uri: Uri = format!("{}{infer_path}", url(&addr.http))
@@ -134,6 +139,9 @@ pub struct Pool {
     endpoints: Mutex<Vec<Arc<Endpoint>>>,
     next: AtomicUsize,
     http: HttpClient<HttpConnector, Body>,
+    /// What the gateway presents to replicas (its own token), on both protocols.
+    creds: Credentials,
+    authorization: Option<HeaderValue>,
     series: GatewaySeries,
     metrics: GatewayModelMetrics,
 }
@@ -169,11 +177,20 @@ impl Pool {
         max_batch: usize,
         endpoints: &[ReplicaAddr],
         series: GatewaySeries,
+        creds: &Credentials,
     ) -> Result<Pool, ServeError> {
+        let authorization = creds
+            .token
+            .as_ref()
+            .map(|t| {
+                HeaderValue::from_str(&format!("Bearer {}", t.trim()))
+                    .map_err(|_| ServeError::InvalidInput("the gateway's token is not a valid header value".into()))
+            })
+            .transpose()?;
         let mut last = None;
         let infer_path = format!("/v2/models/{model}/versions/{version}/infer");
         for addr in endpoints {
-            let ep = Endpoint::new(addr, &infer_path, series.replica(model, version, &addr.grpc))?;
+            let ep = Endpoint::new(addr, &infer_path, series.replica(model, version, &addr.grpc), creds)?;
             let req = pb::ModelMetadataRequest { name: model.to_string(), version: version.to_string() };
             match ep.client.clone().model_metadata(req).await {
                 Ok(r) => {
@@ -189,6 +206,8 @@ impl Pool {
                         endpoints: Mutex::new(vec![Arc::new(ep)]),
                         next: AtomicUsize::new(0),
                         http: http_client(),
+                        creds: creds.clone(),
+                        authorization,
                         metrics: series.model(model, version),
                         series,
                     };
@@ -225,6 +244,7 @@ impl Pool {
                     a,
                     &self.infer_path,
                     self.series.replica(&self.model, self.version, &a.grpc),
+                    &self.creds,
                 )?)),
             }
         }
@@ -333,11 +353,15 @@ impl Pool {
 
     /// Sends an HTTP infer request's body to a replica's HTTP front; its response streams back unchanged.
     pub async fn forward_http(&self, headers: &HeaderMap, body: Bytes) -> Result<Response, ServeError> {
-        let mut head = HeaderMap::with_capacity(BODY_HEADERS.len());
+        let mut head = HeaderMap::with_capacity(BODY_HEADERS.len() + 1);
         for h in BODY_HEADERS {
             if let Some(v) = headers.get(h) {
                 head.insert(h, v.clone());
             }
+        }
+        // The caller's key was checked here; the replica is shown the gateway's own.
+        if let Some(a) = &self.authorization {
+            head.insert(header::AUTHORIZATION, a.clone());
         }
         let mut attempt = 0;
         self.route(|ep| {

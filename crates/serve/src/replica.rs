@@ -78,8 +78,13 @@ pub struct Replica {
 }
 
 impl Replica {
-    /// Loads `runtime` behind a batcher under the deployment's name and binds both fronts (free ports).
-    pub async fn start(cfg: &ReplicaConfig, runtime: Arc<dyn ModelRuntime>) -> Result<Replica, ReplicaError> {
+    /// Loads `runtime` behind a batcher under the deployment's name and binds both fronts (free ports); `auth`
+    /// decides who may call them (in the binary: a [`crate::auth::KeyTable`] kept in step with the scheduler).
+    pub async fn start(
+        cfg: &ReplicaConfig,
+        runtime: Arc<dyn ModelRuntime>,
+        auth: Arc<dyn crate::auth::Authorizer>,
+    ) -> Result<Replica, ReplicaError> {
         let metrics = Arc::new(Metrics::default());
         let repo = Arc::new(Repository::new(metrics.clone()));
         repo.load(&cfg.deployment, cfg.version, cfg.runtime, runtime, cfg.batch.clone())?;
@@ -93,6 +98,7 @@ impl Replica {
             name: format!("aidos-replica-{}", cfg.deployment),
             model_dir: None,
             defaults: cfg.batch.clone(),
+            auth,
         });
         let server = crate::start(&server_cfg, state).await?;
         let endpoints = Endpoints {

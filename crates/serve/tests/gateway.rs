@@ -4,11 +4,15 @@
 //! its sync loop stops with the server; it hands HTTP and gRPC requests to replicas unchanged (answers and
 //! refusals alike), counts them per replica in its own metrics, and routes around a replica that went away.
 
-use std::sync::Arc;
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
+use aidos_api::auth::{Credentials, format_token, hash_secret, new_secret};
+use aidos_serve::auth::{Authorizer, Key, KeyTable, Keys};
+
 use aidos_runtime::{DataType, Instance, ModelMetadata, ModelRuntime, RuntimeKind, Tensor, TensorSpec};
-use aidos_serve::gateway::{self, GatewayConfig, RemoteModel, RouteSource, Routes};
+use aidos_serve::gateway::{self, GatewayAccess, GatewayConfig, RemoteModel, RouteSource, Routes};
 use aidos_serve::remote::{Pool, ReplicaAddr};
 use aidos_serve::replica::{EndpointReporter, Endpoints, Replica, ReplicaConfig};
 use aidos_serve::{BatchConfig, Metrics, Repository, ServerConfig};
@@ -38,6 +42,51 @@ fn doubler() -> Arc<dyn ModelRuntime> {
     Arc::new(Doubler(ModelMetadata { platform: "test".into(), inputs: vec![spec("x")], outputs: vec![spec("y")] }))
 }
 
+/// The keys every server here accepts: `svc` (every model: what the gateway presents to replicas) and `client`
+/// (model `m` only), as token strings.
+fn tokens() -> &'static (String, String, String) {
+    static T: OnceLock<(String, String, String)> = OnceLock::new();
+    T.get_or_init(|| {
+        let other = format_token("other", &new_secret());
+        (format_token("svc", &new_secret()), format_token("client", &new_secret()), other)
+    })
+}
+
+fn table() -> Arc<dyn Authorizer> {
+    let key = |token: &str, every: bool, models: &[&str]| {
+        let secret = aidos_api::auth::parse_token(token).unwrap().secret;
+        Key {
+            hash: hash_secret(&secret),
+            expires_at_ms: 0,
+            every,
+            models: models.iter().map(|m| m.to_string()).collect(),
+        }
+    };
+    let (svc, client, other) = tokens();
+    let t = KeyTable::new();
+    t.replace(Keys {
+        by_id: HashMap::from([
+            ("svc".to_string(), key(svc, true, &[])),
+            ("client".to_string(), key(client, false, &["m"])),
+            ("other".to_string(), key(other, false, &["n"])),
+        ]),
+        public: HashSet::new(),
+    });
+    t
+}
+
+fn service() -> Credentials {
+    Credentials::token(tokens().0.clone())
+}
+
+fn client_creds() -> Credentials {
+    Credentials::token(tokens().1.clone())
+}
+
+fn access() -> GatewayAccess {
+    GatewayAccess { auth: table(), creds: service() }
+}
+
 async fn replica() -> Replica {
     let cfg = ReplicaConfig {
         deployment: "m".into(),
@@ -48,7 +97,7 @@ async fn replica() -> Replica {
         drain_delay: Duration::from_millis(10),
         report_for: Duration::from_secs(5),
     };
-    Replica::start(&cfg, doubler()).await.unwrap()
+    Replica::start(&cfg, doubler(), table()).await.unwrap()
 }
 
 /// Fails `retryable` times with a retryable error, then `refusals` times with a final one, then accepts.
@@ -115,7 +164,7 @@ async fn routes_follow_what_is_wanted_and_leave_local_models_alone() {
     let repo = Arc::new(Repository::new(Arc::new(Metrics::default())));
     repo.load("local", 1, RuntimeKind::Tract, doubler(), BatchConfig::default()).unwrap();
     let local = repo.get("local", 1).unwrap();
-    let mut routes = Routes::new(repo.clone());
+    let mut routes = Routes::new(repo.clone(), service());
     let (ea, eb) = (a.endpoints().grpc.clone(), b.endpoints().grpc.clone());
 
     assert_eq!(routes.sync(&[route("m", &[&a])]).await, [format!("m:1 added, replicas {ea}")]);
@@ -156,12 +205,12 @@ async fn the_gateway_answers_through_its_replicas_and_stops_with_its_server() {
     let r = replica().await;
     let any = "127.0.0.1:0".parse().unwrap();
     let cfg = GatewayConfig { server: ServerConfig { http: any, grpc: any }, refresh: Duration::from_millis(20) };
-    let gw = gateway::start(&cfg, Fixed(vec![route("m", &[&r])])).await.unwrap();
+    let gw = gateway::start(&cfg, Fixed(vec![route("m", &[&r])]), access()).await.unwrap();
     // A client of the gateway: its metadata answers once the sync loop has added the route.
     let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
     let client = loop {
         let at = ReplicaAddr { grpc: gw.grpc.to_string(), http: gw.http.to_string() };
-        match Pool::connect("m", 1, 8, &[at], Metrics::default().gateway()).await {
+        match Pool::connect("m", 1, 8, &[at], Metrics::default().gateway(), &client_creds()).await {
             Ok(p) => break p,
             Err(_) if tokio::time::Instant::now() < deadline => tokio::time::sleep(Duration::from_millis(20)).await,
             Err(e) => panic!("the gateway never routed m:1: {e}"),
@@ -174,12 +223,18 @@ async fn the_gateway_answers_through_its_replicas_and_stops_with_its_server() {
 
 /// POSTs `body` to `http://ADDR/PATH` and answers (status, content type, body).
 async fn post(addr: std::net::SocketAddr, path: &str, body: &str) -> (u16, String, String) {
+    post_as(addr, path, body, Some(&tokens().1)).await
+}
+
+/// [`post`] presenting `key` (None: no key).
+async fn post_as(addr: std::net::SocketAddr, path: &str, body: &str, key: Option<&str>) -> (u16, String, String) {
     use hyper_util::client::legacy::Client;
     let client = Client::builder(hyper_util::rt::TokioExecutor::new()).build_http::<axum::body::Body>();
-    let req = axum::http::Request::post(format!("http://{addr}{path}"))
-        .header("content-type", "application/json")
-        .body(axum::body::Body::from(body.to_string()))
-        .unwrap();
+    let mut req = axum::http::Request::post(format!("http://{addr}{path}"));
+    if let Some(k) = key {
+        req = req.header("authorization", format!("Bearer {k}"));
+    }
+    let req = req.header("content-type", "application/json").body(axum::body::Body::from(body.to_string())).unwrap();
     let r = client.request(req).await.unwrap();
     let ct = r.headers().get("content-type").map(|v| v.to_str().unwrap().to_string()).unwrap_or_default();
     let status = r.status().as_u16();
@@ -206,7 +261,7 @@ async fn the_gateway_forwards_requests_unchanged_counts_them_and_routes_around_a
     let (a, b) = (replica().await, replica().await);
     let any = "127.0.0.1:0".parse().unwrap();
     let cfg = GatewayConfig { server: ServerConfig { http: any, grpc: any }, refresh: Duration::from_millis(20) };
-    let gw = gateway::start(&cfg, Fixed(vec![route("m", &[&a, &b])])).await.unwrap();
+    let gw = gateway::start(&cfg, Fixed(vec![route("m", &[&a, &b])]), access()).await.unwrap();
     let json = r#"{"id":"q1","inputs":[{"name":"x","shape":[1,2],"datatype":"FP32","data":[1.5,-2]}]}"#;
     let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
     let (status, ct, body) = loop {
@@ -237,7 +292,7 @@ async fn the_gateway_forwards_requests_unchanged_counts_them_and_routes_around_a
 
     // gRPC through the gateway, then both fronts' requests in the gateway's own metrics, per replica.
     let at = ReplicaAddr { grpc: gw.grpc.to_string(), http: gw.http.to_string() };
-    let client = Pool::connect("m", 1, 8, &[at], Metrics::default().gateway()).await.unwrap();
+    let client = Pool::connect("m", 1, 8, &[at], Metrics::default().gateway(), &client_creds()).await.unwrap();
     for _ in 0..4 {
         assert_eq!(client.infer(row()).await.unwrap()[0].data, [2.0, -4.0]);
     }
@@ -268,4 +323,54 @@ async fn the_gateway_forwards_requests_unchanged_counts_them_and_routes_around_a
     assert!(sample(&m, "aidos_gateway_retries_total{model=\"m\",version=\"1\"}").unwrap() >= 1.0);
     gw.shutdown().await;
     a.shutdown().await;
+}
+
+#[tokio::test]
+async fn the_gateway_and_its_replicas_refuse_calls_without_a_key_that_may_make_them() {
+    use aidos_serve::grpc::pb::grpc_inference_service_client::GrpcInferenceServiceClient;
+    use aidos_serve::grpc::pb::{ModelMetadataRequest, ServerReadyRequest};
+    let r = replica().await;
+    let any = "127.0.0.1:0".parse().unwrap();
+    let cfg = GatewayConfig { server: ServerConfig { http: any, grpc: any }, refresh: Duration::from_millis(20) };
+    let gw = gateway::start(&cfg, Fixed(vec![route("m", &[&r])]), access()).await.unwrap();
+    let json = r#"{"inputs":[{"name":"x","shape":[1,2],"datatype":"FP32","data":[1,2]}]}"#;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while post(gw.http, "/v2/models/m/infer", json).await.0 != 200 {
+        assert!(tokio::time::Instant::now() < deadline, "the gateway never routed m:1");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let (svc, client, other) = tokens();
+    let forged = format_token("client", &new_secret());
+    let replica_http: std::net::SocketAddr = r.endpoints().http.parse().unwrap();
+    for (front, addr) in [("gateway", gw.http), ("replica", replica_http)] {
+        for (key, want) in [(None, 401), (Some("aidos_nope"), 401), (Some(forged.as_str()), 401), (Some(other), 403)] {
+            let (status, _, body) = post_as(addr, "/v2/models/m/infer", json, key).await;
+            assert_eq!(status, want, "{front} with {key:?}: {body}");
+            assert!(body.contains("\"error\""), "{body}");
+        }
+        assert_eq!(post_as(addr, "/v2/models/m/infer", json, Some(client)).await.0, 200, "{front}");
+        assert_eq!(post_as(addr, "/v2/models/m/infer", json, Some(svc)).await.0, 200, "{front}");
+        // Only a service key may load or unload models; probes and metrics need none.
+        let (status, _, _) = post_as(addr, "/v2/repository/models/m/unload", "", Some(client)).await;
+        assert_eq!(status, 403, "{front}");
+        assert!(get(addr, "/v2/health/ready").await.starts_with("HTTP/1.1 200"), "{front}");
+        assert!(get(addr, "/metrics").await.starts_with("HTTP/1.1 200"), "{front}");
+        let unauthorized = get(addr, "/v2/models/m").await;
+        assert!(unauthorized.starts_with("HTTP/1.1 401"), "{unauthorized}");
+        assert!(unauthorized.to_ascii_lowercase().contains("www-authenticate: bearer"), "{unauthorized}");
+    }
+    // gRPC: the same keys, in metadata (what tritonclient sends with `headers=`).
+    let grpc_addr = format!("http://{}", gw.grpc);
+    let mut g = GrpcInferenceServiceClient::connect(grpc_addr).await.unwrap();
+    let meta = || tonic::Request::new(ModelMetadataRequest { name: "m".into(), version: String::new() });
+    assert_eq!(g.model_metadata(meta()).await.unwrap_err().code(), tonic::Code::Unauthenticated);
+    let mut as_other = meta();
+    as_other.metadata_mut().insert("authorization", format!("Bearer {other}").parse().unwrap());
+    assert_eq!(g.model_metadata(as_other).await.unwrap_err().code(), tonic::Code::PermissionDenied);
+    let mut as_client = meta();
+    as_client.metadata_mut().insert("authorization", format!("Bearer {client}").parse().unwrap());
+    assert_eq!(g.model_metadata(as_client).await.unwrap().into_inner().name, "m");
+    assert!(g.server_ready(ServerReadyRequest {}).await.unwrap().into_inner().ready, "readiness needs no key");
+    gw.shutdown().await;
+    r.shutdown().await;
 }

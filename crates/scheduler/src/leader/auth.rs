@@ -21,7 +21,19 @@ fn invalid(m: String) -> SchedulerError {
 pub fn token_for(by: &Principal, r: &CreateTokenRequest) -> Result<Token, SchedulerError> {
     let role = Role::try_from(r.role).unwrap_or(Role::Unspecified);
     if role == Role::Unspecified {
-        return Err(invalid("role: missing (viewer, member, admin or worker)".into()));
+        return Err(invalid("role: missing (viewer, member, admin, worker or infer)".into()));
+    }
+    if !r.deployments.is_empty() && !matches!(role, Role::Member | Role::Admin | Role::Infer) {
+        return Err(invalid(format!(
+            "deployments: a {} token calls no deployment (only admin, member and infer tokens do)",
+            auth::role_name(role)
+        )));
+    }
+    if r.deployments.len() > 64 {
+        return Err(invalid(format!("deployments: {} named, at most 64", r.deployments.len())));
+    }
+    for d in &r.deployments {
+        crate::state::check_name("deployments", d).map_err(|e| invalid(e.message))?;
     }
     let name = r.name.trim();
     if name.is_empty() || name.len() > auth::MAX_NAME || name.chars().any(|c| c.is_whitespace() || c.is_control()) {
@@ -42,6 +54,7 @@ pub fn token_for(by: &Principal, r: &CreateTokenRequest) -> Result<Token, Schedu
         // Never more than the creator has: an admin without `process` cannot mint a token with it.
         allow_process: !r.no_process && by.allow_process && matches!(role, Role::Member | Role::Admin),
         created_by: by.name.clone(),
+        deployments: r.deployments.clone(),
         ..Default::default()
     })
 }
@@ -95,6 +108,7 @@ mod tests {
             project: project.into(),
             ttl_seconds: ttl,
             no_process: false,
+            deployments: vec![],
         };
         let t = token_for(&root, &req(Role::Member, "", 0)).unwrap();
         assert_eq!((t.project.as_str(), t.allow_process, t.created_by.as_str()), ("default", true, "root"));
@@ -110,5 +124,12 @@ mod tests {
         assert!(!token_for(&no_process_admin, &req(Role::Member, "a", 0)).unwrap().allow_process);
         let viewer = Principal { role: Role::Viewer, project: "a".into(), ..Principal::root() };
         assert!(matches!(token_for(&viewer, &req(Role::Viewer, "a", 0)), Err(SchedulerError::PermissionDenied(_))));
+        let key = CreateTokenRequest { deployments: vec!["digits".into()], ..req(Role::Infer, "a", 0) };
+        let t = token_for(&root, &key).unwrap();
+        assert_eq!((t.deployments.as_slice(), t.allow_process), (&["digits".to_string()][..], false));
+        let bad = CreateTokenRequest { deployments: vec!["no such".into()], ..req(Role::Infer, "a", 0) };
+        assert!(token_for(&root, &bad).unwrap_err().to_string().contains("deployments"));
+        let viewer_key = CreateTokenRequest { deployments: vec!["digits".into()], ..req(Role::Viewer, "a", 0) };
+        assert!(token_for(&root, &viewer_key).unwrap_err().to_string().contains("calls no deployment"));
     }
 }

@@ -22,7 +22,9 @@ fn invalid(field: &str, why: impl std::fmt::Display) -> SchedulerError {
 }
 
 impl LeaderHandler {
-    pub async fn deploy(&self, r: DeployRequest) -> Result<Deployment, SchedulerError> {
+    /// Creates or changes deployment `r.name` of `project`. A name is the cluster's (gateways route by it): one
+    /// taken by another project is refused.
+    pub async fn deploy(&self, r: DeployRequest, project: &str) -> Result<Deployment, SchedulerError> {
         if r.model.trim().is_empty() {
             return Err(invalid("model", "empty (expected NAME, NAME:VERSION or NAME@ALIAS)"));
         }
@@ -78,7 +80,16 @@ impl LeaderHandler {
             return Err(invalid("resources", "asks for nothing: set cpu or memory"));
         }
         let name = if r.name.is_empty() { resolved.name.clone() } else { r.name.clone() };
+        let owner =
+            self.read(|st| st.serving.deployments.get(&name).map(|d| queries::deployment_project(d).to_string()));
+        if owner.as_ref().is_some_and(|o| o != project) {
+            return Err(invalid(
+                "name",
+                format!("deployment {name} exists in another project (names are cluster-wide)"),
+            ));
+        }
         if r.canary_percent > 0 {
+            self.read(|st| queries::deployment_in(st, &name, project))?;
             if r.canary_percent > 99 {
                 return Err(invalid("canary_percent", format!("{} (expected 1..=99)", r.canary_percent)));
             }
@@ -138,6 +149,8 @@ impl LeaderHandler {
             autoscale,
             resources: Some(resources),
             requested: r.model.trim().to_string(),
+            project: project.to_string(),
+            public: r.public,
             ..Default::default()
         };
         let res = self.core.propose(Command::Deploy(DeployV1 { deployment: Some(d) })).await?;

@@ -129,6 +129,10 @@ impl ServingState {
         d.status.clear();
         match self.deployments.get(&d.name) {
             Some(old) => {
+                if aidos_api::auth::project_or_default(&old.project) != aidos_api::auth::project_or_default(&d.project)
+                {
+                    return Err(bad("name", format!("deployment {} exists in another project", d.name)));
+                }
                 let same = same_replicas(old.spec.as_ref(), old.resources, d.spec.as_ref(), d.resources);
                 d.generation = if same { old.generation } else { last_generation(old) + 1 };
                 d.last_generation = d.generation.max(last_generation(old));
