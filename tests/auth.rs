@@ -17,12 +17,31 @@ async fn who(addr: &str, token: &str) -> Result<WhoAmIResponse, tonic::Status> {
     AuthServiceClient::new(ch).who_am_i(WhoAmIRequest {}).await.map(|r| r.into_inner())
 }
 
-/// What the cluster holds, as the root token sees it: a refused call must not change it.
+/// What the cluster holds, as the root token sees it: a refused call must not change it. (Not the applied index:
+/// refusals of mutations are appended to the audit log; that they are, and only they, is checked from the log.)
 async fn fingerprint(c: &Cluster) -> String {
     let st = c.cluster_client().await.status(ClusterStatusRequest {}).await.unwrap().into_inner();
     let mut a = AuthServiceClient::new(c.any_channel().await);
     let tokens = a.list_tokens(ListTokensRequest { include_revoked: true, ..Default::default() }).await.unwrap();
-    format!("applied={} jobs={} tokens={:?}", st.last_applied, st.jobs_total, tokens.into_inner().tokens)
+    let sweeps = aidos_api::sweep_service_client::SweepServiceClient::new(c.any_channel().await)
+        .list(ListSweepsRequest {})
+        .await
+        .unwrap()
+        .into_inner()
+        .sweeps
+        .len();
+    format!(
+        "jobs={} workers={} sweeps={sweeps} tokens={:?}",
+        st.jobs_total,
+        st.workers_ready,
+        tokens.into_inner().tokens
+    )
+}
+
+/// The audit log as the root token reads it (every project), newest first.
+async fn audit_log(c: &Cluster, req: ListAuditRequest) -> Vec<AuditRecord> {
+    let mut a = aidos_api::audit_service_client::AuditServiceClient::new(c.any_channel().await);
+    a.list(req).await.unwrap().into_inner().records
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -43,6 +62,8 @@ async fn every_rpc_refuses_bad_credentials_with_the_right_code_and_changes_nothi
     }
 
     let before = fingerprint(&c).await;
+    let since_ms = aidos_api::now_ms();
+    let mut audited = 0;
     // Every RPC of every service, from the compiled descriptors: a new RPC is in the table by itself.
     let methods = aidos_api::every_rpc();
     assert!(methods.len() > 50, "{methods:?}");
@@ -77,10 +98,28 @@ async fn every_rpc_refuses_bad_credentials_with_the_right_code_and_changes_nothi
             let got = call(addr, m, authz.as_deref(), Some("a")).await;
             assert_eq!(got, want, "{m} ({access:?}) with {what} at {addr}");
             checked += 1;
+            audited += aidos_scheduler::audit::auditable(m, access) as usize;
         }
     }
     assert!(checked > 300, "only {checked} refusals checked");
     assert_eq!(fingerprint(&c).await, before, "a refused call changed the cluster");
+    // Every refused mutation is in the audit log as denied, on whichever node refused it; nothing as allowed.
+    let req = ListAuditRequest { since_ms, limit: 1000, ..Default::default() };
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let log = loop {
+        let log = audit_log(&c, req.clone()).await;
+        if log.len() >= audited || Instant::now() > deadline {
+            break log;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert_eq!(log.len(), audited, "audit records of the refused mutations");
+    assert!(log.iter().all(|r| !r.allowed && !r.reason.is_empty()), "{:?}", log.iter().find(|r| r.allowed));
+    let nodes: std::collections::BTreeSet<u64> = log.iter().map(|r| r.node).collect();
+    assert_eq!(nodes.len(), 3, "each node records what it refused: {nodes:?}");
+    assert!(log.iter().any(|r| r.code == "PermissionDenied" && r.principal == "vic"), "a viewer's refusal");
+    assert!(log.iter().any(|r| r.code == "Unauthenticated" && r.principal.is_empty()), "no token");
+    println!("{} refused mutations in the audit log", log.len());
 
     // A revocation takes effect on every node within a second.
     let (id, t) = create_token(&c, &["--name", "rita", "--role", "viewer", "--for-project", "a"]);
@@ -288,4 +327,100 @@ async fn a_token_over_its_rate_limit_is_refused_with_a_retry_hint_and_others_are
     let (code, out, err) = c.cli(&["--token", &greedy, "--project", "a", "whoami"]);
     assert_eq!(code, 0, "{err}");
     assert!(out.contains("greedy"), "{out}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_audit_log_records_who_did_what_from_where_and_survives_the_leader() {
+    let mut c = start_cluster_with(3, &["--http", "127.0.0.1:0"]).await;
+    let leader = c.wait_leader(Duration::from_secs(30)).await;
+    let follower = (1..=3).find(|i| *i != leader).unwrap();
+    let follower_addr = c.nodes[&follower].0.clone();
+    let (_, ann) = create_token(&c, &["--name", "ann", "--role", "member", "--for-project", "a"]);
+    let (_, vic) = create_token(&c, &["--name", "vic", "--role", "viewer", "--for-project", "a"]);
+    let (_, ada) = create_token(&c, &["--name", "ada", "--role", "admin", "--for-project", "a"]);
+    let (_, bea) = create_token(&c, &["--name", "bea", "--role", "admin", "--for-project", "b"]);
+
+    // ann submits through a follower (relayed to the leader, recorded there once); vic tries to cancel it through
+    // the same follower (refused there); nobody's call without a token; vic again, over the follower's HTTP API.
+    let spec = c.path().join("job.toml");
+    std::fs::write(&spec, "name = \"audited\"\nkind = \"process\"\n[process]\nexecutable = \"true\"\n").unwrap();
+    let as_ = |token: &str, args: &[&str]| {
+        let out = std::process::Command::new(BIN)
+            .args(["--scheduler", &follower_addr, "--token", token, "--project", "a"])
+            .args(args)
+            .output()
+            .unwrap();
+        (out.status.code().unwrap_or(-1), String::from_utf8_lossy(&out.stdout).to_string())
+    };
+    let (code, out) = as_(&ann, &["job", "submit", spec.to_str().unwrap()]);
+    assert_eq!(code, 0, "{out}");
+    let job = out.trim().to_string();
+    assert!(job.starts_with("job-"), "{out}");
+    let (code, _) = as_(&vic, &["job", "cancel", &job]);
+    assert_ne!(code, 0, "a viewer cancelled a job");
+    assert_eq!(call(&follower_addr, "/aidos.v1.JobService/Submit", None, Some("a")).await, Code::Unauthenticated);
+    let log = std::fs::read_to_string(&c.nodes[&follower].1.log).unwrap();
+    let http: std::net::SocketAddr = log
+        .lines()
+        .find_map(|l| l.strip_prefix("dashboard and HTTP API on http://"))
+        .and_then(|l| l.split('/').next()?.parse().ok())
+        .expect("the follower's HTTP address");
+    let auth = format!("Authorization: Bearer {vic}\r\naidos-project: a\r\naidos-peer: 203.0.113.9:1\r\n");
+    let (status, _) = http_with(http, "POST", &format!("/v1/jobs/{job}/cancel"), &auth, "");
+    assert_eq!(status, 403);
+
+    let want = |r: &AuditRecord| r.project == "a" && r.action.starts_with("/aidos.v1.JobService/");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let records = loop {
+        let all = audit_log(&c, ListAuditRequest { project: "a".into(), ..Default::default() }).await;
+        let mine: Vec<AuditRecord> = all.into_iter().filter(want).collect();
+        if mine.len() >= 4 || Instant::now() > deadline {
+            break mine;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert_eq!(records.len(), 4, "{records:#?}");
+    let submit = records.iter().find(|r| r.principal == "ann").expect("ann's submit");
+    assert!(submit.allowed && submit.code == "Ok" && submit.action.ends_with("/Submit"), "{submit:?}");
+    assert_eq!((submit.via.as_str(), submit.node), ("relayed", leader), "recorded once, by the leader");
+    assert!(submit.peer.starts_with("127.0.0.1:"), "the client's address, as the follower saw it: {submit:?}");
+    let denied: Vec<&AuditRecord> = records.iter().filter(|r| !r.allowed).collect();
+    assert_eq!(denied.len(), 3, "{denied:#?}");
+    assert!(denied.iter().all(|r| r.node == follower), "refused where they arrived: {denied:#?}");
+    let grpc = denied.iter().find(|r| r.principal == "vic" && r.via == "grpc").expect("vic over gRPC");
+    assert_eq!((grpc.code.as_str(), grpc.action.as_str()), ("PermissionDenied", "/aidos.v1.JobService/Cancel"));
+    assert!(grpc.reason.contains("viewer"), "{grpc:?}");
+    let over_http = denied.iter().find(|r| r.via == "http").expect("vic over HTTP");
+    assert_eq!(over_http.principal, "vic");
+    assert!(over_http.peer.starts_with("127.0.0.1:"), "the HTTP client's address, not what it claimed: {over_http:?}");
+    assert!(denied.iter().any(|r| r.code == "Unauthenticated" && r.principal.is_empty()));
+    // Token management is recorded too (root made the four tokens).
+    let creates = audit_log(&c, ListAuditRequest { action: "CreateToken".into(), ..Default::default() }).await;
+    assert!(creates.iter().filter(|r| r.principal == "root" && r.allowed).count() >= 4, "{creates:#?}");
+
+    // The CLI: a project's admin reads the project's records, filtered; another project's admin sees none of them;
+    // a viewer may not read the log.
+    let (code, out) = as_(&ada, &["-o", "json", "audit", "--denied", "--user", "vic"]);
+    assert_eq!(code, 0, "{out}");
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(v["records"].as_array().unwrap().len(), 2, "{v}");
+    let (code, table) = as_(&ada, &["audit", "--action", "Submit"]);
+    assert_eq!(code, 0);
+    assert!(table.contains("ann") && table.contains("JobService/Submit") && table.contains("relayed"), "{table}");
+    let out = std::process::Command::new(BIN)
+        .args(["--scheduler", &follower_addr, "--token", &bea, "--project", "b", "-o", "json", "audit"])
+        .output()
+        .unwrap();
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert!(v["records"].as_array().unwrap().iter().all(|r| r["project"] == "b"), "{v}");
+    let (code, _) = as_(&vic, &["audit"]);
+    assert_ne!(code, 0, "a viewer read the audit log");
+
+    // Replicated: the leader dies, the records are still there.
+    c.kill_node(leader);
+    c.wait_leader(Duration::from_secs(30)).await;
+    let after = audit_log(&c, ListAuditRequest { project: "a".into(), ..Default::default() }).await;
+    for r in &records {
+        assert!(after.iter().any(|x| x.seq == r.seq && x == r), "record {} lost with the leader", r.seq);
+    }
 }

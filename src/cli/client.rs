@@ -146,6 +146,15 @@ impl Client {
         self.call(|ch| f(AuthServiceClient::new(ch))).await
     }
 
+    /// [`Self::call`] with an AuditService client.
+    pub async fn audit<T, F, Fut>(&self, mut f: F) -> Result<T, Status>
+    where
+        F: FnMut(aidos_api::audit_service_client::AuditServiceClient<AuthChannel>) -> Fut,
+        Fut: Future<Output = Result<T, Status>>,
+    {
+        self.call(|ch| f(aidos_api::audit_service_client::AuditServiceClient::new(ch))).await
+    }
+
     /// [`Self::call`] with a ServeService client.
     pub async fn serve<T, F, Fut>(&self, mut f: F) -> Result<T, Status>
     where

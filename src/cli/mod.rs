@@ -80,6 +80,8 @@ pub enum Command {
     Login(token::LoginArgs),
     /// Show who the presented token says you are
     Whoami,
+    /// The audit log: every mutation, allowed or denied (who, what, when, from where); project admins
+    Audit(token::AuditArgs),
     /// Hyperparameter sweeps: parallel trials, TPE / random / grid search, ASHA / Hyperband / median pruning
     #[command(subcommand)]
     Sweep(sweep::SweepCmd),
@@ -143,6 +145,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Token(c) => token::run(&g, c).await,
         Command::Login(a) => token::login(&g, a).await,
         Command::Whoami => token::whoami(&g).await,
+        Command::Audit(a) => token::audit(&g, a).await,
         Command::Report(a) => tokio::task::spawn_blocking(move || sweep::report(a)).await?,
         Command::Serve(c) => serve::run(&g, c).await,
         Command::Infer(a) => infer::run(&g, a).await,

@@ -97,6 +97,15 @@ pub struct ServerArgs {
         default_value = "30"
     )]
     pub retention_interval_secs: Duration,
+    /// How long the audit log keeps a record, in seconds (0: kept until the newest 100,000 push it out)
+    #[arg(
+        long,
+        env = "AIDOS_AUDIT_RETENTION_SECS",
+        help_heading = "Retention and blob GC",
+        value_parser = parse_secs,
+        default_value = "7776000"
+    )]
+    pub audit_retention_secs: Duration,
     /// How often the leader deletes unreferenced blobs from the blob store, in seconds (fractions allowed; 0: never)
     #[arg(
         long,
@@ -213,6 +222,7 @@ pub async fn run(g: &Global, a: ServerArgs) -> anyhow::Result<()> {
             max_in_flight: a.max_in_flight_per_token,
         },
         http: a.http,
+        audit_retention: a.audit_retention_secs,
     };
     let node = SchedulerNode::start(cfg).await.with_context(|| format!("starting scheduler node {}", a.id))?;
     println!("scheduler {} listening on {}", a.id, node.local_addr());

@@ -1,4 +1,5 @@
-//! `aidos token ...`, `aidos login`, `aidos whoami`: API tokens (see `aidos_api::auth`).
+//! `aidos token ...`, `aidos login`, `aidos whoami`: API tokens (see `aidos_api::auth`); `aidos audit`: the audit
+//! log of what those tokens did.
 
 use aidos_api::auth::{self, parse_role, role_name};
 use aidos_api::{CreateTokenRequest, ListTokensRequest, RevokeTokenRequest, Role, Token, WhoAmIRequest};
@@ -58,6 +59,28 @@ pub struct CreateArgs {
     /// default: every deployment of the project
     #[arg(long = "deployment", env = "AIDOS_TOKEN_DEPLOYMENTS", value_delimiter = ',')]
     pub deployments: Vec<String>,
+}
+
+#[derive(Args, Debug)]
+pub struct AuditArgs {
+    /// Only this user's records (a token's name or id)
+    #[arg(long, env = "AIDOS_AUDIT_USER")]
+    pub user: Option<String>,
+    /// Cluster-wide admins: only this project's records (default: every project); others see their --project's
+    #[arg(long = "of-project", env = "AIDOS_AUDIT_PROJECT")]
+    pub of_project: Option<String>,
+    /// Only methods containing this, e.g. `Submit`, `JobService`, `RevokeToken`
+    #[arg(long, env = "AIDOS_AUDIT_ACTION")]
+    pub action: Option<String>,
+    /// Only records of the last ..., e.g. 1h, 30m, 7d
+    #[arg(long, env = "AIDOS_AUDIT_SINCE", value_parser = parse_ttl)]
+    pub since: Option<i64>,
+    /// Only refused calls
+    #[arg(long, env = "AIDOS_AUDIT_DENIED")]
+    pub denied: bool,
+    /// Most records shown, newest first (at most 1000)
+    #[arg(long, env = "AIDOS_AUDIT_LIMIT", default_value_t = 50)]
+    pub limit: u32,
 }
 
 #[derive(Args, Debug)]
@@ -260,6 +283,61 @@ pub async fn login(g: &Global, a: LoginArgs) -> anyhow::Result<()> {
     auth::write_token_file(&file, &token).with_context(|| format!("saving the token to {}", file.display()))?;
     show_who(g, &w);
     eprintln!("saved to {} (later commands use it unless --token or AIDOS_TOKEN is given)", file.display());
+    Ok(())
+}
+
+/// `aidos audit`: the audit log, newest first.
+pub async fn audit(g: &Global, a: AuditArgs) -> anyhow::Result<()> {
+    let req = aidos_api::ListAuditRequest {
+        user: a.user.unwrap_or_default(),
+        project: a.of_project.unwrap_or_default(),
+        action: a.action.unwrap_or_default(),
+        since_ms: a.since.map_or(0, |s| aidos_api::now_ms() - s * 1000),
+        until_ms: 0,
+        denied_only: a.denied,
+        limit: a.limit,
+    };
+    let client = Client::new(&g.scheduler)?;
+    let r = client
+        .audit(|mut c| {
+            let req = req.clone();
+            async move { c.list(req).await.map(|r| r.into_inner()) }
+        })
+        .await
+        .map_err(|e| status_error(e, ""))?;
+    if g.output == Output::Json {
+        let rows: Vec<_> = r
+            .records
+            .iter()
+            .map(|x| {
+                json!({
+                    "seq": x.seq, "at_ms": x.at_ms, "principal": x.principal, "token_id": x.token_id,
+                    "project": x.project, "action": x.action, "allowed": x.allowed, "code": x.code,
+                    "reason": x.reason, "peer": x.peer, "node": x.node, "via": x.via,
+                })
+            })
+            .collect();
+        print_json(&json!({ "records": rows }));
+        return Ok(());
+    }
+    let rows: Vec<Vec<String>> = r
+        .records
+        .iter()
+        .map(|x| {
+            let who = if x.principal.is_empty() { format!("? {}", x.token_id) } else { x.principal.clone() };
+            let result = if x.allowed { x.code.clone() } else { format!("DENIED {}", x.code) };
+            vec![
+                age(x.at_ms),
+                who,
+                x.project.clone(),
+                x.action.trim_start_matches("/aidos.v1.").to_string(),
+                result,
+                format!("{} ({}, node {})", x.peer, x.via, x.node),
+                x.reason.clone(),
+            ]
+        })
+        .collect();
+    print_table(&["WHEN", "WHO", "PROJECT", "ACTION", "RESULT", "FROM", "WHY"], &rows);
     Ok(())
 }
 

@@ -23,7 +23,7 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use aidos_api::auth::{self, Access, Principal, Unauthenticated};
-use aidos_api::v1::{JobState, Role};
+use aidos_api::v1::{AuditRecord, JobState, Role};
 use http_body_util::{BodyExt, Limited};
 use tonic::body::Body;
 use tonic::codegen::http;
@@ -81,6 +81,8 @@ pub fn access(path: &str) -> Option<Access> {
         ("EdgeService", "ListDevices" | "ListEdgeDeployments") => Read,
         ("AuthService", "CreateToken" | "ListTokens" | "RevokeToken") => ProjectAdmin,
         ("AuthService", "WhoAmI") => Authenticated,
+        ("AuditService", "List") => ProjectAdmin,
+        ("AuditService", "Append") => Peer,
         _ => return None,
     })
 }
@@ -130,6 +132,15 @@ pub fn resolve(
         allow_process: tok.allow_process,
         expires_at_ms: tok.expires_at_ms,
     })
+}
+
+/// The name of token `id` for an audit record of a refused call ("" when no token of that id exists).
+fn token_name(st: &ClusterState, id: &str) -> String {
+    match id {
+        auth::ROOT_ID => "root".into(),
+        job if job.starts_with("job-") && st.jobs.by_id.contains_key(job) => format!("job:{job}"),
+        _ => st.auth.tokens.get(id).and_then(|r| r.token.as_ref()).map(|t| t.name.clone()).unwrap_or_default(),
+    }
 }
 
 /// The project a call acts in (its `aidos-project` metadata, else the default project).
@@ -260,6 +271,27 @@ where
             let st = &self.core.state.read().expect("state lock").state;
             check(req.uri().path(), req.headers(), &self.core.cfg.root_token, st, aidos_api::now_ms(), not_leader)
         };
+        // The audit record of a mutation: who, what, from where; its outcome is filled in below.
+        let path = req.uri().path();
+        let record = access(path).filter(|a| crate::audit::auditable(path, *a)).map(|_| {
+            let token_id = req
+                .headers()
+                .get(auth::AUTHORIZATION)
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| auth::parse_token(v).ok())
+                .map(|t| t.id)
+                .unwrap_or_default();
+            AuditRecord {
+                at_ms: aidos_api::now_ms(),
+                token_id,
+                project: project_of(req.headers()),
+                action: path.to_string(),
+                peer: crate::audit::peer_of(&req),
+                node: self.core.id,
+                via: crate::audit::via_of(&req).to_string(),
+                ..Default::default()
+            }
+        });
         let limited = match &verdict {
             // The root token (the operator's, and the nodes' own) is exempt, as Kubernetes exempts system:masters.
             Ok(Some(v)) if !v.principal.is_root() => self
@@ -270,17 +302,51 @@ where
         };
         match (verdict, limited) {
             (Ok(v), Ok(permit)) => {
+                // Executed here (not relayed on): recorded here, with the answer's code. A relayed call is the
+                // leader's to record.
+                let policy = crate::forward::policy(req.uri().path());
+                let relayed = req.headers().contains_key(crate::forward::FORWARDED_HEADER);
+                let me = self.core.id;
+                let local = crate::forward::decide(policy, me, self.core.leader_id(), relayed)
+                    == crate::forward::Decision::Local;
+                let record = record.filter(|_| local).map(|mut r| {
+                    if let Some(v) = &v {
+                        r.principal = v.principal.name.clone();
+                        r.token_id = v.principal.token_id.clone();
+                    }
+                    r.allowed = true;
+                    r
+                });
                 if let Some(v) = v {
                     req.extensions_mut().insert(v);
                 }
                 let call = inner.call(req);
+                let core = self.core.clone();
                 Box::pin(async move {
                     let answer = call.await;
                     drop(permit);
+                    if let (Some(mut r), Ok(resp)) = (record, &answer) {
+                        r.code = crate::audit::code_of(resp);
+                        core.audit.push(r);
+                    }
                     answer
                 })
             }
-            (Err(st), _) => Box::pin(refuse(req, st, None)),
+            (Err(st), _) => {
+                // UNAVAILABLE is a redirect to the leader (a token this node has not applied yet), not a refusal.
+                if let Some(mut r) = record.filter(|_| st.code() != tonic::Code::Unavailable) {
+                    // Named only when the token was verified (refused for what it asked); an unauthenticated call
+                    // keeps just the token id it claimed.
+                    if st.code() == tonic::Code::PermissionDenied {
+                        let state = &self.core.state.read().expect("state lock").state;
+                        r.principal = token_name(state, &r.token_id);
+                    }
+                    r.code = crate::audit::code_name(st.code());
+                    r.reason = st.message().to_string();
+                    self.core.audit.push(r);
+                }
+                Box::pin(refuse(req, st, None))
+            }
             (_, Err((st, hold))) => Box::pin(refuse(req, st, hold)),
         }
     }

@@ -47,6 +47,8 @@ pub struct Core {
     pub blobs: Option<Arc<dyn aidos_blob::BlobStore>>,
     /// Leader memory: orders the blob collector's deletes against commits of new references (see `gc`).
     pub gc: crate::gc::RefGate,
+    /// Audit records this node saw and has not yet handed to the leader (`audit`).
+    pub audit: crate::audit::AuditSink,
     channels: Mutex<HashMap<String, Channel>>,
 }
 
@@ -73,6 +75,7 @@ impl Core {
             edge,
             blobs: None,
             gc: crate::gc::RefGate::default(),
+            audit: crate::audit::AuditSink::default(),
             channels: Mutex::new(HashMap::new()),
         }
     }

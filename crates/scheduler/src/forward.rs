@@ -184,6 +184,10 @@ where
 async fn relay(core: &Core, leader: NodeId, mut req: Request) -> Result<Response, SchedulerError> {
     let addr = core.addr_of(leader).ok_or(SchedulerError::NotLeader { leader: None })?;
     let mut channel = core.channel(&addr)?;
+    // Who the client is, for the leader's audit record (it sees this node as the peer).
+    if let Ok(peer) = HeaderValue::from_str(&crate::audit::peer_of(&req)) {
+        req.headers_mut().insert(crate::audit::PEER_HEADER, peer);
+    }
     req.headers_mut().insert(FORWARDED_HEADER, HeaderValue::from(core.id));
     let unavailable = |e: tonic::transport::Error| {
         SchedulerError::Unavailable(format!("forwarding to the leader at {addr}: {}", error_chain(&e)))

@@ -18,8 +18,8 @@ use std::sync::Arc;
 use aidos_api::auth::Access;
 use aidos_api::v1::*;
 use aidos_api::{
-    auth_service_client::AuthServiceClient, blob_service_client::BlobServiceClient,
-    dataset_service_client::DatasetServiceClient,
+    audit_service_client::AuditServiceClient, auth_service_client::AuthServiceClient,
+    blob_service_client::BlobServiceClient, dataset_service_client::DatasetServiceClient,
 };
 use aidos_api::{
     cluster_service_client::ClusterServiceClient, edge_service_client::EdgeServiceClient,
@@ -96,11 +96,27 @@ pub fn router(core: Arc<Core>, grpc: InProcess) -> Router {
         .route("/v1/sweeps/{id}/cancel", post(cancel_sweep))
         .route("/v1/edge/devices", get(edge_devices))
         .route("/v1/edge/deployments", get(edge_deployments))
+        .route("/v1/audit", get(audit))
         .route("/v1/{*rest}", get(no_route).post(no_route))
         .fallback(crate::dashboard::serve)
         .layer(DefaultBodyLimit::max(64 << 10))
         .with_state(Api { core, grpc: grpc.clone() })
         .merge(crate::mlflow::router(grpc))
+        .layer(axum::middleware::from_fn(stamp_peer))
+}
+
+/// Puts the client's address in the request's [`crate::audit::PEER_HEADER`] (replacing whatever the client sent):
+/// the in-process gRPC call carries it to the audit log, which trusts it only on in-process calls.
+async fn stamp_peer(mut req: axum::extract::Request, next: axum::middleware::Next) -> Response {
+    let peer = req
+        .extensions()
+        .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
+        .and_then(|c| HeaderValue::from_str(&c.0.to_string()).ok());
+    match peer {
+        Some(p) => req.headers_mut().insert(crate::audit::PEER_HEADER, p),
+        None => req.headers_mut().remove(crate::audit::PEER_HEADER),
+    };
+    next.run(req).await
 }
 
 /// Serves [`router`] on `listener` until `stop` turns true.
@@ -114,7 +130,8 @@ pub async fn serve(
     let shutdown = async move {
         let _ = stop.wait_for(|v| *v).await;
     };
-    if let Err(e) = axum::serve(listener, router(core, grpc)).with_graceful_shutdown(shutdown).await {
+    let app = router(core, grpc).into_make_service_with_connect_info::<std::net::SocketAddr>();
+    if let Err(e) = axum::serve(listener, app).with_graceful_shutdown(shutdown).await {
         tracing::error!(?addr, "HTTP API: {e}");
     }
 }
@@ -165,7 +182,7 @@ fn answer<T: Serialize>(r: Result<tonic::Response<T>, tonic::Status>) -> Respons
 /// `msg` as a gRPC request carrying the caller's credentials and project.
 pub(crate) fn request<T>(headers: &HeaderMap, msg: T) -> tonic::Request<T> {
     let mut r = tonic::Request::new(msg);
-    for name in [aidos_api::auth::AUTHORIZATION, aidos_api::auth::PROJECT_HEADER] {
+    for name in [aidos_api::auth::AUTHORIZATION, aidos_api::auth::PROJECT_HEADER, crate::audit::PEER_HEADER] {
         if let Some(v) = headers.get(name).and_then(|v| v.to_str().ok()).and_then(|v| v.parse().ok()) {
             r.metadata_mut().insert(name, v);
         }
@@ -579,6 +596,32 @@ async fn cancel_sweep(State(a): State<Api>, h: HeaderMap, Path(id): Path<String>
 
 async fn edge_devices(State(a): State<Api>, h: HeaderMap) -> Response {
     answer(client!(EdgeServiceClient, a.grpc).list_devices(request(&h, ListDevicesRequest::default())).await)
+}
+
+/// `GET /v1/audit?user=&project=&action=&since_ms=&until_ms=&denied_only=&limit=`: the audit log, newest first
+/// (`AuditService.List`: a project's admins, their project; cluster-wide admins, every project).
+async fn audit(State(a): State<Api>, h: HeaderMap, Q(q): Q<AuditQuery>) -> Response {
+    let req = ListAuditRequest {
+        user: q.user.unwrap_or_default(),
+        project: q.project.unwrap_or_default(),
+        action: q.action.unwrap_or_default(),
+        since_ms: q.since_ms.unwrap_or(0),
+        until_ms: q.until_ms.unwrap_or(0),
+        denied_only: q.denied_only.unwrap_or(false),
+        limit: q.limit.unwrap_or(0),
+    };
+    answer(client!(AuditServiceClient, a.grpc).list(request(&h, req)).await)
+}
+
+#[derive(Deserialize)]
+struct AuditQuery {
+    user: Option<String>,
+    project: Option<String>,
+    action: Option<String>,
+    since_ms: Option<i64>,
+    until_ms: Option<i64>,
+    denied_only: Option<bool>,
+    limit: Option<u32>,
 }
 
 async fn edge_deployments(State(a): State<Api>, h: HeaderMap) -> Response {

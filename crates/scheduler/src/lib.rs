@@ -30,6 +30,7 @@
 //! code (a method answered by every node adds one line to `forward::policy`); its access rule is one line in
 //! `auth::access` (a method without one is refused, and the tests name it).
 
+pub mod audit;
 pub mod auth;
 pub mod autoscale;
 mod core;
@@ -128,7 +129,13 @@ pub struct SchedulerConfig {
     pub limits: limits::LimitConfig,
     /// Where the HTTP API (`http`: Prometheus service discovery) listens; None: it does not.
     pub http: Option<SocketAddr>,
+    /// How long the audit log keeps a record (it also keeps at most `state::audit::MAX_AUDIT_RECORDS`); zero:
+    /// bounded by count only.
+    pub audit_retention: Duration,
 }
+
+/// Default of [`SchedulerConfig::audit_retention`]: 90 days.
+pub const DEFAULT_AUDIT_RETENTION: Duration = Duration::from_secs(90 * 24 * 3600);
 
 /// Default of [`SchedulerConfig::retention_interval`]: 30 s.
 pub const DEFAULT_RETENTION_INTERVAL: Duration = Duration::from_secs(30);
@@ -158,6 +165,7 @@ impl SchedulerConfig {
             root_token: aidos_api::auth::new_root_token(),
             limits: limits::LimitConfig::default(),
             http: None,
+            audit_retention: DEFAULT_AUDIT_RETENTION,
         }
     }
 }
@@ -196,6 +204,7 @@ fn grpc_routes(core: &Arc<core::Core>) -> (tonic::service::Routes, tonic_health:
         .add_service(aidos_api::serve_service_server::ServeServiceServer::new(grpc::serve::Serve(core.clone())))
         .add_service(aidos_api::sweep_service_server::SweepServiceServer::new(grpc::sweeps::Sweeps(core.clone())))
         .add_service(aidos_api::auth_service_server::AuthServiceServer::new(grpc::auth::Auth(core.clone())))
+        .add_service(aidos_api::audit_service_server::AuditServiceServer::new(grpc::auth::Audit(core.clone())))
         .add_service(
             aidos_api::edge_service_server::EdgeServiceServer::new(grpc::edge::Edge(core.clone()))
                 .max_decoding_message_size(64 << 20)
@@ -316,6 +325,7 @@ impl SchedulerNode {
             tokio::spawn(loops::run_retention(core.clone(), stop_rx.clone())),
             tokio::spawn(loops::run_blob_gc(core.clone(), stop_rx.clone())),
             tokio::spawn(leader::sweeps::run(core.clone(), stop_rx.clone())),
+            tokio::spawn(audit::run(core.clone(), stop_rx.clone())),
         ];
         let (routes, health) = grpc_routes(&core);
         tasks.push(tokio::spawn(loops::run_health(core.clone(), health, stop_rx.clone())));

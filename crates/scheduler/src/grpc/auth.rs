@@ -40,3 +40,22 @@ impl AuthService for Auth {
         })
     }
 }
+
+pub struct Audit(pub Arc<Core>);
+
+#[tonic::async_trait]
+impl aidos_api::audit_service_server::AuditService for Audit {
+    async fn list(&self, r: Request<ListAuditRequest>) -> Res<ListAuditResponse> {
+        let (p, project) = principal(&r)?;
+        let every = p.project == aidos_api::auth::ALL_PROJECTS;
+        let records =
+            leader(&self.0)?.read(|st| crate::audit::list(st.audit.records.iter(), r.get_ref(), &project, every));
+        ok(ListAuditResponse { records })
+    }
+
+    async fn append(&self, r: Request<AppendAuditRequest>) -> Res<AppendAuditResponse> {
+        leader(&self.0)?;
+        crate::audit::append(&self.0, r.into_inner().records).await?;
+        ok(AppendAuditResponse {})
+    }
+}

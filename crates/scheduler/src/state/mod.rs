@@ -10,6 +10,7 @@
 //! | edge devices and deployments | [`edge`] | `Rows` `e/`, `x/` | 11–12 | enrol, edge deploy, edge report |
 //! | hyperparameter sweeps | [`sweeps`] | `Rows` `w/`, `t/` | 13–14 | create, add trials, update a trial, finish, cancel |
 //! | API tokens | [`auth`] | `Rows` `k/` | 15 | create, revoke |
+//! | the audit log | [`audit`] | `Rows` `a/` | 18 | append (with retention) |
 //!
 //! Every domain owns its rows ([`Rows`]: key prefixes, encoding, loading, its part of a snapshot) and its `apply`
 //! arms ([`Domain`]). The jobs domain is the base the others build on: it applies first, and every other domain
@@ -36,6 +37,7 @@
 //! 4. The leader path: validation that needs no state and the proposal in `leader/<domain>.rs`; reads in
 //!    `queries.rs`; the gRPC adapter in `grpc/`. Forwarding to the leader needs no code (`forward.rs`).
 
+pub mod audit;
 pub mod auth;
 pub mod edge;
 pub mod jobs;
@@ -242,6 +244,7 @@ domains! {
     edge: edge::EdgeState,
     sweeps: sweeps::SweepsState,
     auth: auth::AuthState,
+    audit: audit::AuditState,
 }
 
 #[cfg(test)]
