@@ -88,6 +88,7 @@ async fn start_server(fx: &Fixture, limits: Limits) -> (RunningServer, Vec<Strin
         model_dir: None,
         defaults: batch,
         auth: Arc::new(aidos_serve::auth::Open),
+        key_limits: None,
     });
     (aidos_serve::start(&cfg, state).await.unwrap(), names)
 }

@@ -7,6 +7,7 @@ use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::time::Duration;
 
+use aidos_api::limits::LimitConfig;
 use aidos_api::v1::{
     CanaryRequest, DeleteDeploymentRequest, DeployRequest, Deployment, ListDeploymentsRequest, RoutesRequest,
 };
@@ -94,6 +95,16 @@ pub struct GatewayArgs {
     /// Write the bound addresses as JSON to this file once serving (for supervisors and tests)
     #[arg(long, env = "AIDOS_GATEWAY_READY_FILE")]
     pub ready_file: Option<std::path::PathBuf>,
+    /// Requests per second each inference key may make through this gateway (0: no limit); over it: 429 /
+    /// RESOURCE_EXHAUSTED with a retry hint. Root and worker tokens are exempt
+    #[arg(long, env = "AIDOS_GATEWAY_KEY_RATE_LIMIT_PER_SEC", default_value_t = 0.0)]
+    pub key_rate_limit_per_sec: f64,
+    /// Requests a key may make at once after being idle (default: twice the rate)
+    #[arg(long, env = "AIDOS_GATEWAY_KEY_RATE_LIMIT_BURST", default_value_t = 0.0)]
+    pub key_rate_limit_burst: f64,
+    /// Requests of one key in flight at once through this gateway (0: no limit)
+    #[arg(long, env = "AIDOS_GATEWAY_KEY_MAX_IN_FLIGHT", default_value_t = 0)]
+    pub key_max_in_flight: u32,
 }
 
 pub async fn deploy(g: &Global, a: DeployArgs) -> anyhow::Result<()> {
@@ -351,7 +362,13 @@ pub async fn delete(g: &Global, name: &str) -> anyhow::Result<()> {
 /// ready replicas (see `aidos_serve::gateway`). It keeps routing to the replicas it knows when the scheduler
 /// cannot be reached.
 pub async fn gateway(g: &Global, a: GatewayArgs) -> anyhow::Result<()> {
-    let server = start_gateway(g.scheduler.clone(), a.http, a.grpc, Duration::from_millis(a.refresh_ms)).await?;
+    let limits = (a.key_rate_limit_per_sec > 0.0 || a.key_max_in_flight > 0).then_some(LimitConfig {
+        rate_per_sec: a.key_rate_limit_per_sec,
+        burst: if a.key_rate_limit_burst > 0.0 { a.key_rate_limit_burst } else { 2.0 * a.key_rate_limit_per_sec },
+        max_in_flight: a.key_max_in_flight,
+    });
+    let refresh = Duration::from_millis(a.refresh_ms);
+    let server = start_gateway(g.scheduler.clone(), a.http, a.grpc, refresh, limits).await?;
     println!("gateway serving deployments: HTTP http://{}  gRPC {}", server.http, server.grpc);
     if let Some(f) = &a.ready_file {
         server.write_ready_file(f).with_context(|| format!("writing {}", f.display()))?;
@@ -367,12 +384,13 @@ pub async fn start_gateway(
     http: SocketAddr,
     grpc: SocketAddr,
     refresh: Duration,
+    key_limits: Option<LimitConfig>,
 ) -> anyhow::Result<aidos_serve::RunningServer> {
     let keys = KeyTable::new();
     let source = DeploymentRoutes { client: Client::new(&schedulers)?, keys: keys.clone() };
     let cfg = GatewayConfig { server: ServerConfig { http, grpc }, refresh };
     // The gateway presents its own token (the CLI's: root under `aidos up`, else a worker token) to the replicas.
-    let access = GatewayAccess { auth: keys, creds: super::client::credentials() };
+    let access = GatewayAccess { auth: keys, creds: super::client::credentials(), key_limits };
     aidos_serve::gateway::start(&cfg, source, access)
         .await
         .with_context(|| format!("binding the gateway on {http} / {grpc}"))

@@ -177,6 +177,7 @@ async fn serve(g: &Global, a: RunArgs) -> anyhow::Result<()> {
         defaults: batch,
         // A server the operator runs for themselves; deployments' replicas and the gateway check keys.
         auth: Arc::new(aidos_serve::auth::Open),
+        key_limits: None,
     });
     let server = aidos_serve::start(&cfg, state).await.with_context(|| format!("binding {} / {}", a.http, a.grpc))?;
     println!("serving: HTTP http://{}  gRPC {}  (metrics: http://{}/metrics)", server.http, server.grpc, server.http);

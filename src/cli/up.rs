@@ -86,7 +86,7 @@ pub async fn run(g: &Global, a: UpArgs) -> anyhow::Result<()> {
         None
     } else {
         let refresh = std::time::Duration::from_millis(250);
-        let g = super::deploy::start_gateway(vec![dial_addr(addr)], a.serve_http, a.serve_grpc, refresh).await?;
+        let g = super::deploy::start_gateway(vec![dial_addr(addr)], a.serve_http, a.serve_grpc, refresh, None).await?;
         println!("gateway serving deployments on HTTP http://{} and gRPC {}", g.http, g.grpc);
         Some(g)
     };

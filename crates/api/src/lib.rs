@@ -6,6 +6,7 @@ pub mod auth;
 pub mod client;
 pub mod contract;
 pub mod edge;
+pub mod limits;
 pub mod logframe;
 pub mod spec;
 pub mod sweep;

@@ -167,6 +167,7 @@ async fn serve_local(
         defaults: BatchConfig::default(),
         // The device's own local server, for the applications beside it (bound where the operator says).
         auth: Arc::new(aidos_serve::auth::Open),
+        key_limits: None,
     });
     let t = telemetry.clone();
     let app = aidos_serve::http::router(state).layer(axum::middleware::from_fn(

@@ -63,6 +63,7 @@ fn server() -> &'static Server {
                 model_dir: None,
                 defaults: BatchConfig::default(),
                 auth: Arc::new(aidos_serve::auth::Open),
+                key_limits: None,
             })
         });
         let router = aidos_serve::http::router(state.clone());

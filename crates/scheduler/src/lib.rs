@@ -44,7 +44,8 @@ pub mod gc;
 mod grpc;
 pub mod http;
 mod leader;
-pub mod limits;
+/// Per-token limits (shared with the serving fronts, so it lives in `aidos_api`).
+pub use aidos_api::limits;
 mod loops;
 pub mod mlflow;
 pub mod mlflow_filter;

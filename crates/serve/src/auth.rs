@@ -14,12 +14,17 @@
 //!   scheduler (the gateway every refresh, 250 ms; replicas every [`REFRESH`]).
 //! - When the scheduler cannot be reached the front keeps the last table it had (and still checks expiry on its
 //!   own clock): serving goes on, nobody new gets in.
+//! - A key may also be limited in rate and requests in flight (the gateway's `--key-rate-limit-per-sec`, ...:
+//!   `aidos_api::limits`, per key, service keys exempt): over them a request is refused at once with 429 /
+//!   RESOURCE_EXHAUSTED and a retry hint, and spends nothing of another key's budget.
 //! - Liveness, readiness and `/metrics` need no key (probes and Prometheus carry none; the metrics name
 //!   deployments, never data).
 
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
+
+use aidos_api::limits::{Limiter, Permit, Refused};
 
 use crate::error::ServeError;
 
@@ -40,16 +45,19 @@ pub enum Need<'a> {
 }
 
 /// The contract: may a request presenting `authorization` (the header's value, if any) do what `need` says?
+/// Ok answers the key the request is counted against for per-key limits (`crate::ServerState::key_limits`):
+/// `None` when it needs none (an open server, a public model, a route that needs no key) or presented a service
+/// key (exempt, as the root token is on the control plane).
 pub trait Authorizer: Send + Sync + 'static {
-    fn check(&self, authorization: Option<&[u8]>, need: Need<'_>) -> Result<(), ServeError>;
+    fn check(&self, authorization: Option<&[u8]>, need: Need<'_>) -> Result<Option<String>, ServeError>;
 }
 
 /// No check: a standalone server the operator runs for themselves.
 pub struct Open;
 
 impl Authorizer for Open {
-    fn check(&self, _: Option<&[u8]>, _: Need<'_>) -> Result<(), ServeError> {
-        Ok(())
+    fn check(&self, _: Option<&[u8]>, _: Need<'_>) -> Result<Option<String>, ServeError> {
+        Ok(None)
     }
 }
 
@@ -96,9 +104,9 @@ impl KeyTable {
 }
 
 impl Authorizer for KeyTable {
-    fn check(&self, authorization: Option<&[u8]>, need: Need<'_>) -> Result<(), ServeError> {
+    fn check(&self, authorization: Option<&[u8]>, need: Need<'_>) -> Result<Option<String>, ServeError> {
         if need == Need::Nothing {
-            return Ok(());
+            return Ok(None);
         }
         let keys = self.keys.read().expect("key table lock").clone();
         let Some(keys) = keys else {
@@ -115,11 +123,16 @@ fn now_ms() -> i64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64)
 }
 
-/// The rule, given the keys: pure.
-pub fn decide(keys: &Keys, authorization: Option<&[u8]>, need: Need<'_>, now_ms: i64) -> Result<(), ServeError> {
+/// The rule, given the keys: pure. Ok: the key to count the request against (see [`Authorizer::check`]).
+pub fn decide(
+    keys: &Keys,
+    authorization: Option<&[u8]>,
+    need: Need<'_>,
+    now_ms: i64,
+) -> Result<Option<String>, ServeError> {
     let model = match need {
-        Need::Nothing => return Ok(()),
-        Need::Model(m) if keys.public.contains(m) => return Ok(()),
+        Need::Nothing => return Ok(None),
+        Need::Model(m) if keys.public.contains(m) => return Ok(None),
         Need::Model(m) => Some(m),
         Need::AnyKey | Need::Service => None,
     };
@@ -144,7 +157,7 @@ pub fn decide(keys: &Keys, authorization: Option<&[u8]>, need: Need<'_>, now_ms:
         _ => true,
     };
     if allowed {
-        Ok(())
+        Ok((!key.every).then_some(t.id))
     } else {
         let what = model.map_or("load or unload models".to_string(), |m| format!("call deployment `{m}`"));
         Err(ServeError::PermissionDenied(format!("key `{}` may not {what}", t.id)))
@@ -200,17 +213,41 @@ pub fn grpc_rule<'a>(method: &str, model: &'a str) -> Option<Need<'a>> {
     })
 }
 
-/// Checks a gRPC request of `method` against `auth`.
-pub(crate) fn check_grpc<T>(
-    auth: &dyn Authorizer,
+/// Admits a request of `key` (what [`Authorizer::check`] answered) under `limits`: the permit holds its place
+/// among the key's requests in flight until dropped. A refusal is held for its retry hint before it is answered
+/// (`aidos_api::limits::hold_for`, at most `MAX_HELD` at once), so a client that ignores the hint is slowed to the
+/// pace it was asked for instead of spending the front's CPU on refusals.
+pub(crate) async fn admit(limits: Option<&Arc<Limiter>>, key: Option<String>) -> Result<Option<Permit>, ServeError> {
+    let (Some(l), Some(key)) = (limits, key) else { return Ok(None) };
+    match l.admit(&key) {
+        Ok(permit) => Ok(permit),
+        Err(r) => {
+            let retry_after_ms = match &r {
+                Refused::Rate { retry_after } => retry_after.as_millis().max(1) as u64,
+                Refused::InFlight { .. } => 10,
+            };
+            let message = r.status(&key, l.config()).message().to_string();
+            if let Some((wait, _slot)) = l.hold(&r) {
+                tokio::time::sleep(wait).await;
+            }
+            Err(ServeError::OverLimit { message, retry_after_ms })
+        }
+    }
+}
+
+/// Checks a gRPC request of `method` against the server's authorizer and per-key limits; the permit is to be held
+/// while the request runs.
+pub(crate) async fn check_grpc<T>(
+    s: &crate::ServerState,
     method: &str,
     model: &str,
     r: &tonic::Request<T>,
-) -> Result<(), tonic::Status> {
+) -> Result<Option<Permit>, tonic::Status> {
     let need = grpc_rule(method, model)
         .ok_or_else(|| tonic::Status::permission_denied(format!("{method}: no access rule (refused)")))?;
     let authorization = r.metadata().get(aidos_api::auth::AUTHORIZATION).map(|v| v.as_bytes());
-    auth.check(authorization, need).map_err(tonic::Status::from)
+    let key = s.auth.check(authorization, need)?;
+    Ok(admit(s.key_limits.as_ref(), key).await?)
 }
 
 #[cfg(test)]
@@ -236,7 +273,7 @@ mod tests {
         (Keys { by_id, public }, tok("t1", &s1), tok("t2", &s2), tok("root", &s3))
     }
 
-    fn code(r: Result<(), ServeError>) -> u16 {
+    fn code<T>(r: Result<T, ServeError>) -> u16 {
         r.map_or_else(|e| e.http_status(), |_| 200)
     }
 
@@ -245,6 +282,12 @@ mod tests {
         let (k, t1, t2, root) = keys();
         let d = |a: Option<&str>, need| code(decide(&k, a.map(str::as_bytes), need, 500));
         assert_eq!(d(Some(&t1), Need::Model("digits")), 200);
+        assert_eq!(decide(&k, Some(t1.as_bytes()), Need::Model("digits"), 0).unwrap().as_deref(), Some("t1"));
+        assert_eq!(
+            decide(&k, Some(root.as_bytes()), Need::Model("digits"), 0).unwrap(),
+            None,
+            "service keys: no limits"
+        );
         assert_eq!(d(Some(&t1), Need::Model("other")), 403);
         assert_eq!(d(Some(&t1), Need::AnyKey), 200);
         assert_eq!(d(Some(&t1), Need::Service), 403);

@@ -33,6 +33,10 @@ pub enum ServeError {
     /// A valid key that may not make this request (HTTP 403 / PERMISSION_DENIED).
     #[error("{0}")]
     PermissionDenied(String),
+    /// A key over its rate or in-flight limit (HTTP 429 with `Retry-After` / RESOURCE_EXHAUSTED with
+    /// `retry-after-ms`).
+    #[error("{message}")]
+    OverLimit { message: String, retry_after_ms: u64 },
     /// A replica behind the gateway refused or failed the request; its status is passed on.
     #[error("replica {replica}: {}", status.message())]
     Replica { replica: String, status: tonic::Status },
@@ -54,6 +58,7 @@ impl ServeError {
             ServeError::Unavailable(..) => 503,
             ServeError::Unauthenticated(_) => 401,
             ServeError::PermissionDenied(_) => 403,
+            ServeError::OverLimit { .. } => 429,
             ServeError::Replica { status, .. } => match status.code() {
                 tonic::Code::InvalidArgument | tonic::Code::OutOfRange => 400,
                 tonic::Code::NotFound => 404,
@@ -83,6 +88,11 @@ impl From<ServeError> for tonic::Status {
             ServeError::Unavailable(..) => tonic::Status::unavailable(msg),
             ServeError::Unauthenticated(_) => tonic::Status::unauthenticated(msg),
             ServeError::PermissionDenied(_) => tonic::Status::permission_denied(msg),
+            ServeError::OverLimit { retry_after_ms, .. } => {
+                let mut st = tonic::Status::resource_exhausted(msg);
+                st.metadata_mut().insert(aidos_api::limits::RETRY_AFTER_METADATA, retry_after_ms.into());
+                st
+            }
             ServeError::Replica { status, .. } => tonic::Status::new(status.code(), msg),
         }
     }

@@ -53,6 +53,8 @@ pub struct GatewayAccess {
     pub auth: Arc<dyn Authorizer>,
     /// The gateway's own token, presented to replicas (which accept the cluster's root and worker tokens).
     pub creds: Credentials,
+    /// Per-key rate and in-flight limits of client requests (service keys exempt); None: none.
+    pub key_limits: Option<aidos_api::limits::LimitConfig>,
 }
 
 /// Binds the gateway's listeners and starts the sync loop (stopped by [`RunningServer::shutdown`]).
@@ -69,6 +71,7 @@ pub async fn start(
         model_dir: None,
         defaults: BatchConfig::default(),
         auth: access.auth,
+        key_limits: access.key_limits.map(aidos_api::limits::Limiter::new),
     });
     let creds = access.creds;
     let mut server = crate::start(&cfg.server, state).await?;

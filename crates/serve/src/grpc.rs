@@ -43,8 +43,14 @@ type R<T> = Result<Response<T>, Status>;
 
 impl Front {
     /// The first thing every method does: its rule in [`crate::auth::grpc_rule`] against the server's authorizer.
-    fn check<T>(&self, method: &str, model: &str, r: &Request<T>) -> Result<(), Status> {
-        crate::auth::check_grpc(self.s.auth.as_ref(), method, model, r)
+    /// The permit (per-key limits) is held by the caller until its answer is built.
+    async fn check<T>(
+        &self,
+        method: &str,
+        model: &str,
+        r: &Request<T>,
+    ) -> Result<Option<aidos_api::limits::Permit>, Status> {
+        crate::auth::check_grpc(&self.s, method, model, r).await
     }
 }
 
@@ -59,23 +65,23 @@ pub fn method_names() -> Vec<String> {
 #[tonic::async_trait]
 impl GrpcInferenceService for Front {
     async fn server_live(&self, r: Request<ServerLiveRequest>) -> R<ServerLiveResponse> {
-        self.check("ServerLive", "", &r)?;
+        let _permit = self.check("ServerLive", "", &r).await?;
         Ok(Response::new(ServerLiveResponse { live: true }))
     }
 
     async fn server_ready(&self, r: Request<ServerReadyRequest>) -> R<ServerReadyResponse> {
-        self.check("ServerReady", "", &r)?;
+        let _permit = self.check("ServerReady", "", &r).await?;
         Ok(Response::new(ServerReadyResponse { ready: !self.s.repo.is_empty() }))
     }
 
     async fn model_ready(&self, r: Request<ModelReadyRequest>) -> R<ModelReadyResponse> {
-        self.check("ModelReady", &r.get_ref().name, &r)?;
+        let _permit = self.check("ModelReady", &r.get_ref().name, &r).await?;
         let r = r.into_inner();
         Ok(Response::new(ModelReadyResponse { ready: self.s.repo.resolve(&r.name, &r.version).is_ok() }))
     }
 
     async fn server_metadata(&self, r: Request<ServerMetadataRequest>) -> R<ServerMetadataResponse> {
-        self.check("ServerMetadata", "", &r)?;
+        let _permit = self.check("ServerMetadata", "", &r).await?;
         Ok(Response::new(ServerMetadataResponse {
             name: self.s.name.clone(),
             version: env!("CARGO_PKG_VERSION").into(),
@@ -84,7 +90,7 @@ impl GrpcInferenceService for Front {
     }
 
     async fn model_metadata(&self, r: Request<ModelMetadataRequest>) -> R<ModelMetadataResponse> {
-        self.check("ModelMetadata", &r.get_ref().name, &r)?;
+        let _permit = self.check("ModelMetadata", &r.get_ref().name, &r).await?;
         let r = r.into_inner();
         let v = self.s.repo.resolve(&r.name, &r.version)?;
         let m = v.backend.metadata();
@@ -108,7 +114,7 @@ impl GrpcInferenceService for Front {
     }
 
     async fn model_infer(&self, r: Request<ModelInferRequest>) -> R<ModelInferResponse> {
-        self.check("ModelInfer", &r.get_ref().model_name, &r)?;
+        let _permit = self.check("ModelInfer", &r.get_ref().model_name, &r).await?;
         let r = r.into_inner();
         let v = self.s.repo.resolve(&r.model_name, &r.model_version)?;
         if let Some(f) = v.backend.forwarder() {

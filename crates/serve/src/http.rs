@@ -73,6 +73,10 @@ impl IntoResponse for ServeError {
         if status == StatusCode::UNAUTHORIZED {
             r.headers_mut().insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
         }
+        if let ServeError::OverLimit { retry_after_ms, .. } = &self {
+            r.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(retry_after_ms.div_ceil(1000)));
+            r.headers_mut().insert(aidos_api::limits::RETRY_AFTER_METADATA, HeaderValue::from(*retry_after_ms));
+        }
         r
     }
 }
@@ -91,8 +95,16 @@ async fn guard(
         return ServeError::PermissionDenied(format!("{}: no access rule (refused)", matched.as_str())).into_response();
     };
     let authorization = req.headers().get(header::AUTHORIZATION).map(HeaderValue::as_bytes);
-    match s.auth.check(authorization, need) {
-        Ok(()) => next.run(req).await,
+    let admitted = match s.auth.check(authorization, need) {
+        Ok(key) => crate::auth::admit(s.key_limits.as_ref(), key).await,
+        Err(e) => Err(e),
+    };
+    match admitted {
+        Ok(permit) => {
+            let answer = next.run(req).await;
+            drop(permit);
+            answer
+        }
         Err(e) => e.into_response(),
     }
 }

@@ -47,6 +47,8 @@ pub struct ServerState {
     pub defaults: BatchConfig,
     /// Who may call (checked by both fronts before anything else).
     pub auth: Arc<dyn auth::Authorizer>,
+    /// Per-key rate and in-flight limits (the gateway's, when configured); None: none.
+    pub key_limits: Option<Arc<aidos_api::limits::Limiter>>,
 }
 
 /// A running server.

@@ -99,6 +99,9 @@ impl Replica {
             model_dir: None,
             defaults: cfg.batch.clone(),
             auth,
+            // Limits per key are the gateway's (the front clients are given); gateways call replicas with
+            // service keys.
+            key_limits: None,
         });
         let server = crate::start(&server_cfg, state).await?;
         let endpoints = Endpoints {

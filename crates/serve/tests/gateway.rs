@@ -52,6 +52,12 @@ fn tokens() -> &'static (String, String, String) {
     })
 }
 
+/// A second key for model `m`, beside `client`.
+fn client2() -> &'static String {
+    static T: OnceLock<String> = OnceLock::new();
+    T.get_or_init(|| format_token("client2", &new_secret()))
+}
+
 fn table() -> Arc<dyn Authorizer> {
     let key = |token: &str, every: bool, models: &[&str]| {
         let secret = aidos_api::auth::parse_token(token).unwrap().secret;
@@ -69,6 +75,7 @@ fn table() -> Arc<dyn Authorizer> {
             ("svc".to_string(), key(svc, true, &[])),
             ("client".to_string(), key(client, false, &["m"])),
             ("other".to_string(), key(other, false, &["n"])),
+            ("client2".to_string(), key(client2(), false, &["m"])),
         ]),
         public: HashSet::new(),
     });
@@ -84,7 +91,7 @@ fn client_creds() -> Credentials {
 }
 
 fn access() -> GatewayAccess {
-    GatewayAccess { auth: table(), creds: service() }
+    GatewayAccess { auth: table(), creds: service(), key_limits: None }
 }
 
 async fn replica() -> Replica {
@@ -373,4 +380,65 @@ async fn the_gateway_and_its_replicas_refuse_calls_without_a_key_that_may_make_t
     assert!(g.server_ready(ServerReadyRequest {}).await.unwrap().into_inner().ready, "readiness needs no key");
     gw.shutdown().await;
     r.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_key_over_its_limit_is_refused_with_a_retry_hint_and_other_keys_are_not() {
+    let r = replica().await;
+    let any = "127.0.0.1:0".parse().unwrap();
+    let cfg = GatewayConfig { server: ServerConfig { http: any, grpc: any }, refresh: Duration::from_millis(20) };
+    // One request every 10 s after a burst of 5: the test runs well inside one refill (a refusal is held for
+    // its hint, at most 1 s, before it is answered).
+    let limits = aidos_api::limits::LimitConfig { rate_per_sec: 0.1, burst: 5.0, max_in_flight: 0 };
+    let access = GatewayAccess { key_limits: Some(limits), ..access() };
+    let gw = gateway::start(&cfg, Fixed(vec![route("m", &[&r])]), access).await.unwrap();
+    let json = r#"{"inputs":[{"name":"x","shape":[1,2],"datatype":"FP32","data":[1,2]}]}"#;
+    let (svc, client, _) = tokens();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while post_as(gw.http, "/v2/models/m/infer", json, Some(svc)).await.0 != 200 {
+        assert!(tokio::time::Instant::now() < deadline, "the gateway never routed m:1");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // `client` spends its burst of 5 (and what refills meanwhile), then is refused with a hint.
+    let mut codes = Vec::new();
+    for _ in 0..7 {
+        codes.push(post_as(gw.http, "/v2/models/m/infer", json, Some(client)).await.0);
+    }
+    let ok = codes.iter().filter(|c| **c == 200).count();
+    assert_eq!(ok, 5, "{codes:?}");
+    assert!(codes[ok..].iter().all(|c| *c == 429), "refusals after the burst: {codes:?}");
+    let raw = raw_post(gw.http, "/v2/models/m/infer", json, client).await;
+    assert!(raw.starts_with("HTTP/1.1 429"), "{raw}");
+    assert!(raw.to_ascii_lowercase().contains("retry-after: "), "{raw}");
+    assert!(raw.contains("over its rate limit"), "{raw}");
+    // Over gRPC too, with the hint in metadata.
+    use aidos_serve::grpc::pb::grpc_inference_service_client::GrpcInferenceServiceClient;
+    let mut g = GrpcInferenceServiceClient::connect(format!("http://{}", gw.grpc)).await.unwrap();
+    let mut req =
+        tonic::Request::new(aidos_serve::grpc::pb::ModelMetadataRequest { name: "m".into(), version: String::new() });
+    req.metadata_mut().insert("authorization", format!("Bearer {client}").parse().unwrap());
+    let e = g.model_metadata(req).await.unwrap_err();
+    assert_eq!(e.code(), tonic::Code::ResourceExhausted);
+    assert!(e.metadata().get("retry-after-ms").is_some());
+    // Another key has its own budget; a service key none.
+    assert_eq!(post_as(gw.http, "/v2/models/m/infer", json, Some(client2())).await.0, 200);
+    for _ in 0..20 {
+        assert_eq!(post_as(gw.http, "/v2/models/m/infer", json, Some(svc)).await.0, 200);
+    }
+    gw.shutdown().await;
+    r.shutdown().await;
+}
+
+/// A POST presenting `key`, answered as raw HTTP/1.1 text (status line and headers included).
+async fn raw_post(addr: std::net::SocketAddr, path: &str, body: &str, key: &str) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let req = format!(
+        "POST {path} HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {key}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    s.write_all(req.as_bytes()).await.unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).await.unwrap();
+    out
 }

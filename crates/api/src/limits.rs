@@ -1,5 +1,5 @@
-//! Per-token limits on calls to a node: a request rate (a token bucket per token) and a number of unary calls in
-//! flight. A call over either limit is answered RESOURCE_EXHAUSTED at once, with the wait in its message and in the
+//! Per-token limits on calls to a node (the scheduler's auth layer) or a serving front (the gateway, per inference
+//! key): a request rate (a token bucket per token) and a number of unary calls in flight. A call over either limit is answered RESOURCE_EXHAUSTED at once, with the wait in its message and in the
 //! `retry-after-ms` metadata, before it costs the node anything else; the client's retry rule backs off. Each token
 //! has its own bucket, so a client over its limit spends only its own budget, not another client's.
 //!
