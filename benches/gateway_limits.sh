@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
 # Per-key limits at the gateway (issue #17): does a client over its rate limit slow down another client? One node,
 # one worker, the reference MLP (one epoch) deployed as one replica; two gateways in front of it, A with per-key
-# limits (--key-rate-limit-per-sec 200, bursts of 400) and B without. A calm client (its own inference key, 100
-# requests/s paced, single-sample KServe v2 JSON over one keep-alive connection) measures its latency alone, then
-# beside a flooder (another key, wrk -t1 -c32, ignoring refusals) through A, then through B. Same run, same machine.
+# limits (--key-rate-limit-per-sec KEY_LIMIT, default 200, bursts of twice that) and B without. A calm client (its
+# own inference key, 100 requests/s paced, single-sample KServe v2 JSON over one keep-alive connection) measures its
+# latency alone, then beside a flooder (another key, wrk -t1 -c32, ignoring refusals) through A, then through B.
+# Same run, same machine.
 #
 #   bash benches/gateway_limits.sh      # needs wrk (apt install wrk)
 set -euo pipefail
@@ -13,6 +14,7 @@ command -v wrk >/dev/null || { echo "wrk not found: apt install wrk" >&2; exit 1
 aidos_bin
 bench_dir
 SECS="${CALM_SECONDS:-10}"
+KEY_LIMIT="${KEY_LIMIT:-200}"
 start_aidos_node 2
 export AIDOS_BLOB_DIR="$DIR/blobs"
 
@@ -23,8 +25,8 @@ sed 's/^epochs = 10/epochs = 1/' examples/mnist-mlp.toml >"$DIR/mlp.toml"
 CALM=$("$AIDOS" token create --name calm --role infer 2>/dev/null)
 FLOOD=$("$AIDOS" token create --name flood --role infer 2>/dev/null)
 A_HTTP="127.0.0.1:$(port)"; B_HTTP="127.0.0.1:$(port)"
-"$AIDOS" serve gateway --http "$A_HTTP" --grpc "127.0.0.1:$(port)" --key-rate-limit-per-sec 200 \
-    --key-rate-limit-burst 400 --log-level warn >"$DIR/gw-a.log" 2>&1 &
+"$AIDOS" serve gateway --http "$A_HTTP" --grpc "127.0.0.1:$(port)" --key-rate-limit-per-sec "$KEY_LIMIT" \
+    --key-rate-limit-burst "$((KEY_LIMIT * 2))" --log-level warn >"$DIR/gw-a.log" 2>&1 &
 PIDS+=($!)
 "$AIDOS" serve gateway --http "$B_HTTP" --grpc "127.0.0.1:$(port)" --log-level warn >"$DIR/gw-b.log" 2>&1 &
 PIDS+=($!)
@@ -95,5 +97,5 @@ PYEOF
 echo "Per-key limits at the gateway: MNIST MLP, one replica, calm client 100 req/s, flooder wrk -t1 -c32 ($(nproc) cores, $(date -u +%F))"
 calm "alone, gateway A (limits on)" "$A_HTTP"
 calm "alone, gateway B (limits off)" "$B_HTTP"
-flood "$A_HTTP"; calm "beside a flooder, gateway A (limits on)" "$A_HTTP"; flood_summary "limit 200/s, bursts of 400"
+flood "$A_HTTP"; calm "beside a flooder, gateway A (limits on)" "$A_HTTP"; flood_summary "limit $KEY_LIMIT/s, bursts of $((KEY_LIMIT * 2))"
 flood "$B_HTTP"; calm "beside a flooder, gateway B (limits off)" "$B_HTTP"; flood_summary "no limit"

@@ -87,7 +87,11 @@ pub async fn run(g: &Global, a: UpArgs) -> anyhow::Result<()> {
     } else {
         let refresh = std::time::Duration::from_millis(250);
         let g = super::deploy::start_gateway(vec![dial_addr(addr)], a.serve_http, a.serve_grpc, refresh, None).await?;
-        println!("gateway serving deployments on HTTP http://{} and gRPC {}", g.http, g.grpc);
+        println!(
+            "gateway serving deployments on HTTP http://{} and gRPC {} (callers present a key: the admin token, or \
+             `aidos token create --role infer`)",
+            g.http, g.grpc
+        );
         Some(g)
     };
 
