@@ -4,8 +4,8 @@
 //! malformed one, a forged one, an expired one and a revoked one (401 / UNAUTHENTICATED), and a viewer's token,
 //! another project's key and a key limited to another deployment (403 / PERMISSION_DENIED). tritonclient passes a
 //! key with `headers=` over HTTP and gRPC. A revocation reaches the gateway and the replica within the refresh
-//! bound. A public deployment needs no key. Deployments belong to projects: another project neither sees, changes
-//! nor takes the name of one.
+//! bound. A public deployment needs no key. Deployments, models and datasets belong to projects: another project
+//! neither sees, changes nor takes the name of one.
 
 mod common;
 
@@ -202,10 +202,24 @@ async fn deployments_answer_only_keys_of_their_project_on_every_route_and_method
     let (code, _, err) = as_bob(&["serve", "delete", "digits"]);
     assert_ne!(code, 0);
     assert!(err.contains("not found"), "{err}");
-    let (code, _, err) = as_bob(&["serve", "deploy", "digits:1", "--name", "digits"]);
+    assert_eq!(http(gw_http, "POST", "/v2/models/digits/infer", &body).0, 200, "digits still serves");
+    // So do models and datasets: the registry and the data of `default` are not even named in `elsewhere`.
+    let (code, out, err) = as_bob(&["-o", "json", "model", "list"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(!out.contains("digits"), "another project's models are listed: {out}");
+    let (code, out, err) = as_bob(&["-o", "json", "dataset", "list"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(!out.contains("mnist"), "another project's datasets are listed: {out}");
+    let (code, _, err) = as_bob(&["model", "alias", "digits@prod", "1"]);
+    assert_ne!(code, 0);
+    assert!(err.contains("not found"), "{err}");
+    let (code, _, err) = as_bob(&["serve", "deploy", "digits:1", "--name", "theirs"]);
+    assert_ne!(code, 0);
+    assert!(err.contains("not found"), "deploying another project's model: {err}");
+    let mnist = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("data/mnist10k");
+    let (code, _, err) = as_bob(&["dataset", "push", "mnist", mnist.to_str().unwrap()]);
     assert_ne!(code, 0);
     assert!(err.contains("another project"), "{err}");
-    assert_eq!(http(gw_http, "POST", "/v2/models/digits/infer", &body).0, 200, "digits still serves");
 
     drop(gateway_proc);
     kill_tasks_under(c.path());

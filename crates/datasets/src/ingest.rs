@@ -154,6 +154,8 @@ pub fn ingest_table(name: &str, table: &Table, opts: &IngestOptions, store: &dyn
         created_at_ms,
         source: String::new(),
         num_classes,
+        // Set by the scheduler from the committing call.
+        project: String::new(),
     })
 }
 

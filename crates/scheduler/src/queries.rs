@@ -256,14 +256,24 @@ pub fn pending_for_placement(st: &ClusterState, after_seq: u64) -> Vec<PendingJo
 
 // ---- datasets, runs, models ------------------------------------------------------------------------------------
 
-pub fn list_datasets(st: &ClusterState, r: &ListDatasetsRequest) -> ListDatasetsResponse {
-    let named = st.registry.datasets.iter().filter(|(n, _)| r.name.is_empty() || **n == r.name);
+/// Whether an object recording `owner` (`""`: from before projects, the default project's) is `project`'s.
+fn owned_by(owner: &str, project: &str) -> bool {
+    aidos_api::auth::project_or_default(owner) == project
+}
+
+/// The datasets of `project` (all of a name's versions belong to the project of its first).
+pub fn list_datasets(st: &ClusterState, r: &ListDatasetsRequest, project: &str) -> ListDatasetsResponse {
+    let named = st.registry.datasets.iter().filter(|(n, vs)| {
+        (r.name.is_empty() || **n == r.name) && vs.first().is_some_and(|f| owned_by(&f.project, project))
+    });
     ListDatasetsResponse { datasets: named.flat_map(|(_, vs)| vs.iter().cloned()).collect() }
 }
 
-pub fn get_dataset(st: &ClusterState, r: &GetDatasetRequest) -> Result<DatasetManifest, SchedulerError> {
-    st.registry.dataset(&r.name, r.version).cloned().ok_or_else(|| {
-        let have = st.registry.datasets.get(&r.name).map(|v| v.len()).unwrap_or(0);
+/// A dataset version of `project`; another project's is NOT_FOUND, as if it did not exist.
+pub fn get_dataset(st: &ClusterState, r: &GetDatasetRequest, project: &str) -> Result<DatasetManifest, SchedulerError> {
+    let mine = st.registry.datasets.get(&r.name).and_then(|v| v.first()).is_some_and(|f| owned_by(&f.project, project));
+    st.registry.dataset(&r.name, r.version).filter(|_| mine).cloned().ok_or_else(|| {
+        let have = if mine { st.registry.datasets.get(&r.name).map(|v| v.len()).unwrap_or(0) } else { 0 };
         SchedulerError::NotFound(match (have, r.version) {
             (0, _) => format!("dataset {} not found", r.name),
             (n, v) => format!("dataset {}@v{v} not found (latest is v{n})", r.name),
@@ -386,15 +396,31 @@ pub fn get_run(st: &ClusterState, r: &GetRunRequest, project: &str) -> Result<Ru
     }
 }
 
-pub fn list_models(st: &ClusterState, r: &ListModelsRequest) -> ListModelsResponse {
-    let named = st.registry.models.iter().filter(|(n, _)| r.name.is_empty() || **n == r.name);
-    let names = st.registry.model_names.values().filter(|m| r.name.is_empty() || m.name == r.name).cloned().collect();
+/// The project model `name` belongs to: its first version's, else the name's (created before any version).
+pub fn model_project<'a>(st: &'a ClusterState, name: &str) -> Option<&'a str> {
+    let first = st.registry.models.get(name).and_then(|v| v.first()).map(|m| m.project.as_str());
+    first.or_else(|| st.registry.model_names.get(name).map(|n| n.project.as_str()))
+}
+
+/// The models (and names made without versions) of `project`.
+pub fn list_models(st: &ClusterState, r: &ListModelsRequest, project: &str) -> ListModelsResponse {
+    let mine = |n: &str| model_project(st, n).is_some_and(|p| owned_by(p, project));
+    let named = st.registry.models.iter().filter(|(n, _)| (r.name.is_empty() || **n == r.name) && mine(n));
+    let names = st
+        .registry
+        .model_names
+        .values()
+        .filter(|m| (r.name.is_empty() || m.name == r.name) && mine(&m.name))
+        .cloned()
+        .collect();
     ListModelsResponse { models: named.flat_map(|(_, vs)| vs.iter().cloned()).collect(), names }
 }
 
-pub fn get_model(st: &ClusterState, r: &GetModelRequest) -> Result<ModelVersion, SchedulerError> {
-    st.registry.model(&r.name, r.version, &r.alias).cloned().ok_or_else(|| {
-        SchedulerError::NotFound(if !st.registry.models.contains_key(&r.name) {
+/// A model version of `project` (by version or alias); another project's is NOT_FOUND, as if it did not exist.
+pub fn get_model(st: &ClusterState, r: &GetModelRequest, project: &str) -> Result<ModelVersion, SchedulerError> {
+    let mine = model_project(st, &r.name).is_some_and(|p| owned_by(p, project));
+    st.registry.model(&r.name, r.version, &r.alias).filter(|_| mine).cloned().ok_or_else(|| {
+        SchedulerError::NotFound(if !mine || !st.registry.models.contains_key(&r.name) {
             format!("model {} not found", r.name)
         } else if !r.alias.is_empty() {
             format!("model {} has no alias @{}", r.name, r.alias)

@@ -33,7 +33,8 @@ impl EdgeService for Edge {
         ok(self.0.edge.read_chunk(&r.artifact, r.offset, r.max_bytes).await?)
     }
     async fn deploy(&self, r: Request<EdgeDeployRequest>) -> Res<EdgeDeployment> {
-        ok(leader(&self.0)?.edge_deploy(r.into_inner()).await?)
+        let project = super::project(&r)?;
+        ok(leader(&self.0)?.edge_deploy(r.into_inner(), &project).await?)
     }
     /// Answered by the leader (its memory of "last seen") or, when it cannot be reached, from this node's state.
     async fn list_devices(&self, r: Request<ListDevicesRequest>) -> Res<ListDevicesResponse> {

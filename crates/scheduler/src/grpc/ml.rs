@@ -14,16 +14,34 @@ pub struct Datasets(pub Arc<Core>);
 pub struct Runs(pub Arc<Core>);
 pub struct Models(pub Arc<Core>);
 
+/// The leader path, once model `name` is known to belong to the call's project (NOT_FOUND otherwise).
+fn own_model<T>(core: &Arc<Core>, r: &Request<T>, name: &str) -> Result<crate::leader::LeaderHandler, tonic::Status> {
+    let l = leader(core)?;
+    let project = project(r)?;
+    let mine = l.read(|st| queries::model_project(st, name).map(|p| aidos_api::auth::project_or_default(p) == project));
+    if mine != Some(true) {
+        return Err(tonic::Status::not_found(format!("model {name} not found in project {project}")));
+    }
+    Ok(l)
+}
+
 #[tonic::async_trait]
 impl DatasetService for Datasets {
     async fn commit(&self, r: Request<CommitDatasetRequest>) -> Res<DatasetManifest> {
-        ok(leader(&self.0)?.commit_dataset(r.into_inner()).await?)
+        let project = project(&r)?;
+        let mut c = r.into_inner();
+        if let Some(m) = c.manifest.as_mut() {
+            m.project = project;
+        }
+        ok(leader(&self.0)?.commit_dataset(c).await?)
     }
     async fn list(&self, r: Request<ListDatasetsRequest>) -> Res<ListDatasetsResponse> {
-        ok(leader(&self.0)?.read(|st| queries::list_datasets(st, r.get_ref())))
+        let project = project(&r)?;
+        ok(leader(&self.0)?.read(|st| queries::list_datasets(st, r.get_ref(), &project)))
     }
     async fn get(&self, r: Request<GetDatasetRequest>) -> Res<DatasetManifest> {
-        ok(leader(&self.0)?.read(|st| queries::get_dataset(st, r.get_ref()))?)
+        let project = project(&r)?;
+        ok(leader(&self.0)?.read(|st| queries::get_dataset(st, r.get_ref(), &project))?)
     }
 }
 
@@ -75,21 +93,31 @@ impl RunService for Runs {
 #[tonic::async_trait]
 impl ModelService for Models {
     async fn register(&self, r: Request<RegisterModelRequest>) -> Res<ModelVersion> {
-        ok(leader(&self.0)?.register_model(r.into_inner()).await?)
+        let project = project(&r)?;
+        let mut m = r.into_inner();
+        if let Some(v) = m.model.as_mut() {
+            v.project = project;
+        }
+        ok(leader(&self.0)?.register_model(m).await?)
     }
     async fn list(&self, r: Request<ListModelsRequest>) -> Res<ListModelsResponse> {
-        ok(leader(&self.0)?.read(|st| queries::list_models(st, r.get_ref())))
+        let project = project(&r)?;
+        ok(leader(&self.0)?.read(|st| queries::list_models(st, r.get_ref(), &project)))
     }
     async fn get(&self, r: Request<GetModelRequest>) -> Res<ModelVersion> {
-        ok(leader(&self.0)?.read(|st| queries::get_model(st, r.get_ref()))?)
+        let project = project(&r)?;
+        ok(leader(&self.0)?.read(|st| queries::get_model(st, r.get_ref(), &project))?)
     }
     async fn set_alias(&self, r: Request<SetAliasRequest>) -> Res<ModelVersion> {
-        ok(leader(&self.0)?.set_alias(r.into_inner()).await?)
+        let l = own_model(&self.0, &r, &r.get_ref().name)?;
+        ok(l.set_alias(r.into_inner()).await?)
     }
     async fn set_artifact(&self, r: Request<SetArtifactRequest>) -> Res<ModelVersion> {
-        ok(leader(&self.0)?.set_artifact(r.into_inner()).await?)
+        let l = own_model(&self.0, &r, &r.get_ref().name)?;
+        ok(l.set_artifact(r.into_inner()).await?)
     }
     async fn create(&self, r: Request<CreateModelRequest>) -> Res<RegisteredModel> {
-        ok(leader(&self.0)?.create_model(r.into_inner()).await?)
+        let project = project(&r)?;
+        ok(leader(&self.0)?.create_model(r.into_inner(), &project).await?)
     }
 }

@@ -41,9 +41,10 @@ impl LeaderHandler {
         Ok(EdgeSyncResponse { deployment, accepted_telemetry: accepted })
     }
 
-    pub async fn edge_deploy(&self, r: EdgeDeployRequest) -> Result<EdgeDeployment, SchedulerError> {
+    /// Deploys a model of `project` to edge devices (devices themselves belong to no project yet).
+    pub async fn edge_deploy(&self, r: EdgeDeployRequest, project: &str) -> Result<EdgeDeployment, SchedulerError> {
         let req = GetModelRequest { name: r.model.clone(), version: r.version, alias: String::new() };
-        let model = self.read(|st| queries::get_model(st, &req))?;
+        let model = self.read(|st| queries::get_model(st, &req, project))?;
         // Held from before the artifact is checked until the deployment applied (see `gc::RefGate`).
         let _pin = self.core.gc.pin([r.artifact.as_str()], self.core.blobs.as_ref()).await?;
         let size = self.core.edge.verified_size(&r.artifact).await?;

@@ -29,7 +29,7 @@ impl LeaderHandler {
             return Err(invalid("model", "empty (expected NAME, NAME:VERSION or NAME@ALIAS)"));
         }
         let model_ref = aidos_api::parse_model_ref(&r.model).map_err(|e| invalid("model", e))?;
-        let resolved = self.read(|st| queries::get_model(st, &model_ref))?;
+        let resolved = self.read(|st| queries::get_model(st, &model_ref, project))?;
         let format = serde_json::from_str::<serde_json::Value>(&resolved.config)
             .ok()
             .and_then(|c| c["format"].as_str().map(str::to_string));

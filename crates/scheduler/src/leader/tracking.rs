@@ -52,8 +52,13 @@ impl LeaderHandler {
         res.run.ok_or_else(|| missing("run"))
     }
 
-    pub async fn create_model(&self, r: CreateModelRequest) -> Result<RegisteredModel, SchedulerError> {
-        let m = RegisteredModel { name: r.name, description: r.description, ..Default::default() };
+    pub async fn create_model(&self, r: CreateModelRequest, project: &str) -> Result<RegisteredModel, SchedulerError> {
+        let m = RegisteredModel {
+            name: r.name,
+            description: r.description,
+            project: project.to_string(),
+            ..Default::default()
+        };
         let res = self.core.propose(Command::CreateModel(m)).await?;
         res.registered_model.ok_or_else(|| missing("model"))
     }

@@ -10,6 +10,7 @@
 
 use std::collections::BTreeMap;
 
+use aidos_api::auth::project_or_default;
 use aidos_api::v1::command_v1::Command;
 use aidos_api::v1::{
     AttemptRef, CheckpointRef, CommandResultV1, CommitDatasetRequest, DatasetManifest, Experiment, ModelVersion,
@@ -203,6 +204,11 @@ impl RegistryState {
             }
         }
         let versions = self.datasets.entry(m.name.clone()).or_default();
+        if let Some(first) = versions.first()
+            && project_or_default(&first.project) != project_or_default(&m.project)
+        {
+            return Err(bad("manifest.name", format!("dataset {} exists in another project", m.name)));
+        }
         m.version = versions.len() as u32 + 1;
         m.created_at_ms = now;
         versions.push(m.clone());
@@ -294,10 +300,17 @@ impl RegistryState {
         check_blob_id(&m.weights_blob).map_err(|e| bad("model.weights_blob", e))?;
         if let Some(a) = &r.attempt {
             let (job, _) = jobs.check_current(&r.worker_id, a)?;
+            // A trainer's model belongs to its job's project.
+            m.project = crate::queries::job_project(job).to_string();
             // A sweep's trial: the sweep is part of the model's lineage.
             if let Some(sweep) = job.spec.as_ref().and_then(|s| s.labels.get(aidos_api::sweep::LABEL_SWEEP)) {
                 m.lineage.get_or_insert_with(Default::default).sweep = sweep.clone();
             }
+        }
+        let owner = self.models.get(&m.name).and_then(|v| v.first()).map(|f| f.project.as_str());
+        let owner = owner.or_else(|| self.model_names.get(&m.name).map(|n| n.project.as_str()));
+        if owner.is_some_and(|o| project_or_default(o) != project_or_default(&m.project)) {
+            return Err(bad("model.name", format!("model {} exists in another project", m.name)));
         }
         let versions = self.models.entry(m.name.clone()).or_default();
         m.version = versions.len() as u32 + 1;
@@ -376,6 +389,37 @@ mod tests {
             model: Some(ModelVersion { name: name.into(), weights_blob: "a".repeat(64), ..Default::default() }),
             ..Default::default()
         })
+    }
+
+    #[test]
+    fn a_name_belongs_to_the_project_of_its_first_version() {
+        let mut st = ClusterState::default();
+        let in_project = |name: &str, project: &str| match model(name) {
+            Command::RegisterModel(mut r) => {
+                r.model.as_mut().unwrap().project = project.into();
+                Command::RegisterModel(r)
+            }
+            _ => unreachable!(),
+        };
+        assert_eq!(apply(&mut st, in_project("m", "")).model.unwrap().version, 1);
+        assert_eq!(apply(&mut st, in_project("m", "default")).model.unwrap().version, 2, "\"\" is default");
+        let other = apply(&mut st, in_project("m", "b"));
+        assert!(other.error.contains("another project"), "{}", other.error);
+        assert_eq!(st.registry.models["m"].len(), 2);
+        let ds = |project: &str| {
+            Command::CommitDataset(CommitDatasetRequest {
+                manifest: Some(DatasetManifest { name: "d".into(), project: project.into(), ..Default::default() }),
+            })
+        };
+        assert_eq!(apply(&mut st, ds("a")).dataset.unwrap().version, 1);
+        assert!(apply(&mut st, ds("b")).error.contains("another project"));
+        assert_eq!(apply(&mut st, ds("a")).dataset.unwrap().version, 2);
+        // Reads: another project's objects are not even named.
+        let get = |p: &str| crate::queries::get_dataset(&st, &GetDatasetRequest { name: "d".into(), version: 0 }, p);
+        assert_eq!(get("a").unwrap().version, 2);
+        assert!(matches!(get("b"), Err(crate::error::SchedulerError::NotFound(_))));
+        let list = |p: &str| crate::queries::list_models(&st, &ListModelsRequest::default(), p).models.len();
+        assert_eq!((list("default"), list("b")), (2, 0));
     }
 
     #[test]

@@ -255,3 +255,30 @@ pub fn last_generation(d: &Deployment) -> u64 {
 pub fn canary_generation(d: &Deployment) -> Option<u64> {
     d.canary.as_ref().and_then(|c| c.spec.as_ref()).map(|s| s.generation)
 }
+
+#[cfg(test)]
+mod tests {
+    use aidos_api::v1::{DeployV1, ServeSpec};
+
+    use super::*;
+
+    #[test]
+    fn a_deployment_name_belongs_to_one_project() {
+        let mut st = ServingState::default();
+        let deploy = |st: &mut ServingState, project: &str| {
+            let d = Deployment {
+                name: "d".into(),
+                project: project.into(),
+                replicas: 1,
+                spec: Some(ServeSpec { model: "m".into(), version: 1, ..Default::default() }),
+                ..Default::default()
+            };
+            st.deploy(&DeployV1 { deployment: Some(d) }, 1, &mut Dirty::default())
+        };
+        assert!(deploy(&mut st, "").is_ok());
+        assert!(deploy(&mut st, "default").is_ok(), "\"\" is the default project");
+        let e = deploy(&mut st, "b").unwrap_err();
+        assert!(e.message.contains("another project"), "{}", e.message);
+        assert_eq!(st.deployments["d"].project, "default");
+    }
+}
