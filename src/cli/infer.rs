@@ -1,5 +1,5 @@
 //! `aidos infer`: one Open Inference Protocol request to a model server's HTTP front, with the outputs printed
-//! (and the argmax of each row), presenting the CLI's token as the key. It needs no HTTP client library: a minimal HTTP/1.1 exchange over TCP.
+//! (and the argmax of each row), presenting `--key` (or, to a server on this machine, the CLI's token). It needs no HTTP client library: a minimal HTTP/1.1 exchange over TCP.
 
 use std::path::PathBuf;
 
@@ -22,6 +22,10 @@ pub struct InferArgs {
     /// Server HTTP address
     #[arg(long, env = "AIDOS_INFER_URL", default_value = "http://127.0.0.1:8000")]
     pub url: String,
+    /// The inference key to present (`aidos token create --role infer`); default: the CLI's own token, but only to
+    /// a loopback address (it is a control-plane credential: not sent elsewhere unless given here)
+    #[arg(long, env = "AIDOS_INFER_KEY", hide_env_values = true)]
+    pub key: Option<String>,
 }
 
 /// `aidos infer`: one request to a server's HTTP front; prints the outputs (and the argmax of each row).
@@ -44,7 +48,7 @@ pub async fn run(g: &Global, a: InferArgs) -> anyhow::Result<()> {
         Some(ver) => format!("/v2/models/{}/versions/{ver}/infer", a.model),
         None => format!("/v2/models/{}/infer", a.model),
     };
-    let (status, resp) = http_json("POST", &a.url, &path, Some(body.to_string())).await?;
+    let (status, resp) = http_json("POST", &a.url, &path, Some(body.to_string()), key_for(&a)).await?;
     anyhow::ensure!(status == 200, "{} answered {status}: {}", a.url, resp.get("error").unwrap_or(&resp));
     if g.output == Output::Json {
         print_json(&resp);
@@ -72,24 +76,35 @@ pub async fn run(g: &Global, a: InferArgs) -> anyhow::Result<()> {
 }
 
 async fn input_name(a: &InferArgs) -> anyhow::Result<String> {
-    let (status, meta) = http_json("GET", &a.url, &format!("/v2/models/{}", a.model), None).await?;
+    let (status, meta) = http_json("GET", &a.url, &format!("/v2/models/{}", a.model), None, key_for(a)).await?;
     anyhow::ensure!(status == 200, "{}: model {}: {}", a.url, a.model, meta.get("error").unwrap_or(&meta));
     Ok(meta["inputs"][0]["name"].as_str().unwrap_or("input").to_string())
 }
 
 /// Minimal HTTP/1.1 JSON request over a plain TCP connection (the CLI needs no HTTP client library for this).
+/// The key to present to `a.url`: `--key`, else the CLI's token (--token, the login file, or `aidos up`'s admin
+/// token) when the server is on this machine.
+fn key_for(a: &InferArgs) -> Option<String> {
+    if a.key.is_some() {
+        return a.key.clone();
+    }
+    let host = a.url.trim_start_matches("http://").split(['/', ':']).next().unwrap_or("");
+    let loopback = host == "localhost" || host.parse::<std::net::IpAddr>().is_ok_and(|ip| ip.is_loopback());
+    loopback.then(|| super::client::credentials().token).flatten()
+}
+
 async fn http_json(
     method: &str,
     base: &str,
     path: &str,
     body: Option<String>,
+    key: Option<String>,
 ) -> anyhow::Result<(u16, serde_json::Value)> {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let hostport = base.strip_prefix("http://").unwrap_or(base).trim_end_matches('/');
     let mut s = tokio::net::TcpStream::connect(hostport).await.with_context(|| format!("connecting to {base}"))?;
     let body = body.unwrap_or_default();
-    // The CLI's token (--token, the login file, or `aidos up`'s admin token) is the key deployments ask for.
-    let key = super::client::credentials().token.map(|t| format!("Authorization: Bearer {}\r\n", t.trim()));
+    let key = key.map(|t| format!("Authorization: Bearer {}\r\n", t.trim()));
     let req = format!(
         "{method} {path} HTTP/1.1\r\nHost: {hostport}\r\n{}Content-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
         key.unwrap_or_default(),

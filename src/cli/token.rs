@@ -205,10 +205,13 @@ pub async fn run(g: &Global, cmd: TokenCmd) -> anyhow::Result<()> {
                         when(t.expires_at_ms, "never"),
                         when(t.revoked_at_ms, "-"),
                         t.created_by.clone(),
+                        if t.deployments.is_empty() { "-".to_string() } else { t.deployments.join(",") },
                     ]
                 })
                 .collect();
-            print_table(&["ID", "NAME", "ROLE", "PROJECT", "PROCESS", "CREATED", "EXPIRES", "REVOKED", "BY"], &rows);
+            let head =
+                ["ID", "NAME", "ROLE", "PROJECT", "PROCESS", "CREATED", "EXPIRES", "REVOKED", "BY", "DEPLOYMENTS"];
+            print_table(&head, &rows);
         }
         TokenCmd::Revoke { id } => {
             let t = client

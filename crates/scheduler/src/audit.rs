@@ -14,7 +14,11 @@
 //!   counted and dropped, and the next flush records how many); [`run`] flushes it every [`FLUSH_EVERY`]. Records
 //!   in the buffer of a node that dies are lost (at most [`FLUSH_EVERY`] of them); what was appended is replicated.
 //! - `peer`: the TCP peer of a gRPC call; for the node's HTTP APIs the client's address as the HTTP server saw it
-//!   (the `aidos-peer` header the HTTP layer sets, trusted only on in-process calls, which have no TCP peer).
+//!   (the `aidos-peer` header the HTTP layer sets, trusted only on in-process calls, which have no TCP peer); for a
+//!   relayed call, the address the relaying node put in that header followed by `(relayed by <its TCP address>)`
+//!   (a client can pose as a relaying node, but not hide its own address).
+//! - Anonymous refusals are capped per flush ([`MAX_ANONYMOUS_PER_FLUSH`], the rest counted in one record); a
+//!   batch the leader refuses for good is dropped, not retried (it would block every later record).
 
 use std::sync::Arc;
 use std::sync::Mutex;
@@ -60,9 +64,12 @@ pub fn auditable(path: &str, access: Access) -> bool {
 pub fn peer_of<B>(req: &http::Request<B>) -> String {
     let relayed = req.headers().contains_key(crate::forward::FORWARDED_HEADER);
     let tcp = req.extensions().get::<tonic::transport::server::TcpConnectInfo>().and_then(|i| i.remote_addr());
+    let claimed = || req.headers().get(PEER_HEADER).and_then(|v| v.to_str().ok()).unwrap_or("").to_string();
     match tcp {
         Some(a) if !relayed => a.to_string(),
-        _ => req.headers().get(PEER_HEADER).and_then(|v| v.to_str().ok()).unwrap_or("").to_string(),
+        // What the relaying node said, and who said it (a client can claim to be a relaying node).
+        Some(a) => format!("{} (relayed by {a})", claimed()),
+        None => claimed(),
     }
 }
 
@@ -77,15 +84,39 @@ pub fn via_of<B>(req: &http::Request<B>) -> &'static str {
     }
 }
 
+/// `r` with every text field cut to `state::audit::MAX_FIELD` bytes (what apply keeps anyway), so a record waiting
+/// in a buffer or a batch is small whatever the client sent.
+pub fn bounded(mut r: AuditRecord) -> AuditRecord {
+    for f in [&mut r.principal, &mut r.token_id, &mut r.project, &mut r.action, &mut r.code, &mut r.reason] {
+        crate::state::audit::cut(f);
+    }
+    for f in [&mut r.peer, &mut r.via] {
+        crate::state::audit::cut(f);
+    }
+    r
+}
+
+/// Refusals of calls that proved no identity (no token, a malformed or unknown one) recorded one by one per flush;
+/// beyond it they are counted, and the count recorded, so an anonymous flood cannot push the log's other records
+/// out faster than this.
+pub const MAX_ANONYMOUS_PER_FLUSH: u64 = 64;
+
 /// A node's records not yet handed to the leader.
 #[derive(Default)]
 pub struct AuditSink {
     pending: Mutex<Vec<AuditRecord>>,
     dropped: AtomicU64,
+    anonymous: AtomicU64,
 }
 
 impl AuditSink {
     pub fn push(&self, r: AuditRecord) {
+        if !r.allowed && r.code == "Unauthenticated" {
+            let n = self.anonymous.fetch_add(1, Ordering::Relaxed);
+            if n >= MAX_ANONYMOUS_PER_FLUSH {
+                return;
+            }
+        }
         let mut p = self.pending.lock().expect("audit lock");
         if p.len() < MAX_PENDING {
             p.push(r);
@@ -112,6 +143,37 @@ impl AuditSink {
     }
 }
 
+/// An executed call's record, pushed when its answer's code is known ([`Pending::finish`]), or as `Cancelled`
+/// when the call's future is dropped first (the caller went away or its deadline passed: the change may still be
+/// applied, so it must not go unrecorded).
+pub struct Pending {
+    core: Arc<Core>,
+    record: Option<AuditRecord>,
+}
+
+impl Pending {
+    pub fn new(core: Arc<Core>, record: Option<AuditRecord>) -> Pending {
+        Pending { core, record }
+    }
+
+    pub fn finish(&mut self, code: String) {
+        if let Some(mut r) = self.record.take() {
+            r.code = code;
+            self.core.audit.push(r);
+        }
+    }
+}
+
+impl Drop for Pending {
+    fn drop(&mut self) {
+        if let Some(mut r) = self.record.take() {
+            r.code = code_name(tonic::Code::Cancelled);
+            r.reason = "the caller went away before the answer (the change may have been applied)".into();
+            self.core.audit.push(r);
+        }
+    }
+}
+
 /// Hands the node's records to the leader every [`FLUSH_EVERY`] until `stop`.
 pub async fn run(core: Arc<Core>, mut stop: watch::Receiver<bool>) {
     loop {
@@ -120,6 +182,21 @@ pub async fn run(core: Arc<Core>, mut stop: watch::Receiver<bool>) {
             _ = stop.changed() => return,
         }
         let mut records = core.audit.take();
+        let anonymous = core.audit.anonymous.swap(0, Ordering::Relaxed);
+        if anonymous > MAX_ANONYMOUS_PER_FLUSH {
+            records.push(AuditRecord {
+                at_ms: aidos_api::now_ms(),
+                node: core.id,
+                action: "audit/unauthenticated".into(),
+                code: "Unauthenticated".into(),
+                reason: format!(
+                    "{} more refusals of calls without a valid token in {} ms, not recorded one by one",
+                    anonymous - MAX_ANONYMOUS_PER_FLUSH,
+                    FLUSH_EVERY.as_millis()
+                ),
+                ..Default::default()
+            });
+        }
         let dropped = core.audit.dropped.swap(0, Ordering::Relaxed);
         if dropped > 0 {
             records.push(AuditRecord {
@@ -135,9 +212,18 @@ pub async fn run(core: Arc<Core>, mut stop: watch::Receiver<bool>) {
             continue;
         }
         for chunk in records.chunks(crate::state::audit::MAX_RECORDS_PER_APPEND) {
-            if let Err(e) = hand_over(&core, chunk.to_vec()).await {
-                tracing::debug!("audit: handing {} records to the leader: {e}", chunk.len());
-                core.audit.put_back(chunk.to_vec());
+            match hand_over(&core, chunk.to_vec()).await {
+                Ok(()) => {}
+                // No leader yet, or it cannot be reached: kept for the next flush.
+                Err(e @ (SchedulerError::NotLeader { .. } | SchedulerError::Unavailable(_))) => {
+                    tracing::debug!("audit: handing {} records to the leader: {e}", chunk.len());
+                    core.audit.put_back(chunk.to_vec());
+                }
+                Err(SchedulerError::Remote(s)) if s.code() == tonic::Code::Unavailable => {
+                    core.audit.put_back(chunk.to_vec());
+                }
+                // Refused for good: retrying the same batch would block every later record.
+                Err(e) => tracing::warn!("audit: {} records refused by the leader, dropped: {e}", chunk.len()),
             }
         }
     }
@@ -261,6 +347,21 @@ mod tests {
         assert_eq!(q(|r| r.since_ms = 2), [4, 3]);
         assert_eq!(q(|r| r.until_ms = 3), [3, 1]);
         assert_eq!(q(|r| r.limit = 1), [4]);
+    }
+
+    #[test]
+    fn anonymous_refusals_are_capped_per_flush_and_records_are_cut_when_made() {
+        let sink = AuditSink::default();
+        let anon =
+            || AuditRecord { code: "Unauthenticated".into(), ..rec(1, "", "p".repeat(10_000).as_str(), "s", false) };
+        for _ in 0..MAX_ANONYMOUS_PER_FLUSH + 10 {
+            sink.push(bounded(anon()));
+        }
+        sink.push(rec(2, "vic", "a", "s", false));
+        let p = sink.take();
+        assert_eq!(p.len() as u64, MAX_ANONYMOUS_PER_FLUSH + 1, "the cap, and a refusal of a known caller");
+        assert_eq!(sink.anonymous.load(Ordering::Relaxed), MAX_ANONYMOUS_PER_FLUSH + 10, "counted for the summary");
+        assert!(p.iter().all(|r| r.project.len() <= crate::state::audit::MAX_FIELD));
     }
 
     #[test]

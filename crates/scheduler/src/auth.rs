@@ -281,7 +281,8 @@ where
                 .and_then(|v| auth::parse_token(v).ok())
                 .map(|t| t.id)
                 .unwrap_or_default();
-            AuditRecord {
+            // Bounded here, before it waits in the buffer: the header and path are the client's.
+            crate::audit::bounded(AuditRecord {
                 at_ms: aidos_api::now_ms(),
                 token_id,
                 project: project_of(req.headers()),
@@ -290,7 +291,7 @@ where
                 node: self.core.id,
                 via: crate::audit::via_of(&req).to_string(),
                 ..Default::default()
-            }
+            })
         });
         let limited = match &verdict {
             // The root token (the operator's, and the nodes' own) is exempt, as Kubernetes exempts system:masters.
@@ -321,13 +322,14 @@ where
                     req.extensions_mut().insert(v);
                 }
                 let call = inner.call(req);
-                let core = self.core.clone();
+                // Recorded when the answer is known, or as `Cancelled` if the caller goes away first (its change
+                // may still be applied).
+                let mut pending = crate::audit::Pending::new(self.core.clone(), record);
                 Box::pin(async move {
                     let answer = call.await;
                     drop(permit);
-                    if let (Some(mut r), Ok(resp)) = (record, &answer) {
-                        r.code = crate::audit::code_of(resp);
-                        core.audit.push(r);
+                    if let Ok(resp) = &answer {
+                        pending.finish(crate::audit::code_of(resp));
                     }
                     answer
                 })
@@ -343,7 +345,7 @@ where
                     }
                     r.code = crate::audit::code_name(st.code());
                     r.reason = st.message().to_string();
-                    self.core.audit.push(r);
+                    self.core.audit.push(crate::audit::bounded(r));
                 }
                 Box::pin(refuse(req, st, None))
             }

@@ -38,9 +38,9 @@ pub enum Need<'a> {
     Nothing,
     /// A key that may call this model (deployment).
     Model(&'a str),
-    /// Any valid key (server metadata, the repository index).
+    /// Any valid key (server metadata).
     AnyKey,
-    /// A service key, one that may call every model (the repository's load and unload).
+    /// A service key, one that may call every model (the repository's index, load and unload).
     Service,
 }
 
@@ -190,7 +190,9 @@ impl Keys {
 pub fn http_rule<'a>(template: &str, model: Option<&'a str>) -> Option<Need<'a>> {
     Some(match template {
         "/v2/health/live" | "/v2/health/ready" | "/metrics" => Need::Nothing,
-        "/v2" | "/v2/repository/index" => Need::AnyKey,
+        "/v2" => Need::AnyKey,
+        // The index names every model the server holds (a gateway: every project's deployments).
+        "/v2/repository/index" => Need::Service,
         "/v2/models/{model}"
         | "/v2/models/{model}/versions/{version}"
         | "/v2/models/{model}/ready"

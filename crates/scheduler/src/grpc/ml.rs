@@ -93,12 +93,17 @@ impl RunService for Runs {
 #[tonic::async_trait]
 impl ModelService for Models {
     async fn register(&self, r: Request<RegisterModelRequest>) -> Res<ModelVersion> {
+        let l = leader(&self.0)?;
+        // A trainer's registration names its attempt: the job must be the call's project's (as for its metrics).
+        if r.get_ref().attempt.is_some() {
+            own_job(&l, &r, attempt_job(r.get_ref().attempt.as_ref()))?;
+        }
         let project = project(&r)?;
         let mut m = r.into_inner();
         if let Some(v) = m.model.as_mut() {
             v.project = project;
         }
-        ok(leader(&self.0)?.register_model(m).await?)
+        ok(l.register_model(m).await?)
     }
     async fn list(&self, r: Request<ListModelsRequest>) -> Res<ListModelsResponse> {
         let project = project(&r)?;

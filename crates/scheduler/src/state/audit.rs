@@ -82,7 +82,8 @@ impl Domain for AuditState {
     }
 }
 
-fn cut(s: &mut String) {
+/// Cuts `s` to at most [`MAX_FIELD`] bytes (on a character boundary).
+pub fn cut(s: &mut String) {
     if s.len() > MAX_FIELD {
         let mut end = MAX_FIELD;
         while !s.is_char_boundary(end) {

@@ -300,8 +300,11 @@ impl RegistryState {
         check_blob_id(&m.weights_blob).map_err(|e| bad("model.weights_blob", e))?;
         if let Some(a) = &r.attempt {
             let (job, _) = jobs.check_current(&r.worker_id, a)?;
-            // A trainer's model belongs to its job's project.
-            m.project = crate::queries::job_project(job).to_string();
+            // A trainer's model belongs to its job's project, which must be the registering call's.
+            let job_project = crate::queries::job_project(job);
+            if project_or_default(&m.project) != job_project {
+                return Err(not_found(format!("job {} not found in project {}", a.job_id, m.project)));
+            }
             // A sweep's trial: the sweep is part of the model's lineage.
             if let Some(sweep) = job.spec.as_ref().and_then(|s| s.labels.get(aidos_api::sweep::LABEL_SWEEP)) {
                 m.lineage.get_or_insert_with(Default::default).sweep = sweep.clone();
