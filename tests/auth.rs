@@ -339,6 +339,15 @@ async fn the_audit_log_records_who_did_what_from_where_and_survives_the_leader()
     let (_, vic) = create_token(&c, &["--name", "vic", "--role", "viewer", "--for-project", "a"]);
     let (_, ada) = create_token(&c, &["--name", "ada", "--role", "admin", "--for-project", "a"]);
     let (_, bea) = create_token(&c, &["--name", "bea", "--role", "admin", "--for-project", "b"]);
+    // The follower must know the new tokens, or it sends their calls on to the leader (503 with its address) and
+    // the records below would be the leader's.
+    for t in [&ann, &vic, &ada, &bea] {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while who(&follower_addr, t).await.is_err() {
+            assert!(Instant::now() < deadline, "the follower does not know a new token");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
 
     // ann submits through a follower (relayed to the leader, recorded there once); vic tries to cancel it through
     // the same follower (refused there); nobody's call without a token; vic again, over the follower's HTTP API.

@@ -81,7 +81,11 @@ async fn every_node_answers_the_json_api_under_the_same_rules() {
     let (code, out, err) = c.cli(&["-o", "json", "token", "create", "--name", "eve", "--role", "viewer"]);
     assert_eq!(code, 0, "{err}");
     let viewer = serde_json::from_str::<Value>(&out).unwrap()["secret"].as_str().unwrap().to_string();
-    let (code, _) = get(*follower, "/v1/jobs", &viewer);
+    // A follower that has not applied the new token yet answers 503 with the leader's address (retry): wait for it.
+    let code = wait_until("the follower knows the new token", Duration::from_secs(10), || {
+        let (code, _) = get(*follower, "/v1/jobs", &viewer);
+        (code != 503).then_some(code)
+    });
     assert_eq!(code, 200, "a viewer reads");
     let (code, e) = post(*follower, &format!("/v1/jobs/{}/cancel", ids[0]), &viewer, "");
     assert_eq!((code, e["code"].as_str()), (403, Some("PermissionDenied")), "{e}");

@@ -62,13 +62,16 @@ async fn deployments_answer_only_keys_of_their_project_on_every_route_and_method
     let forged = format_token(&app_id, &new_secret());
     let replica_http: std::net::SocketAddr = replica.http.parse().unwrap();
     let fronts = [("gateway", gw_http, gw_grpc.to_string()), ("replica", replica_http, replica.grpc.clone())];
-    // The fronts have read the new keys (and the brief one has expired) once it is refused and app is served.
+    // Both fronts have read every new key, and the brief one has expired (refused as expired, not as unknown).
     wait_until("both fronts know the new keys", Duration::from_secs(10), || {
+        let code =
+            |a: std::net::SocketAddr, k: &str| as_key(a, "POST", "/v2/models/digits/infer", Some(&bearer(k)), &body);
         fronts
             .iter()
             .all(|(_, a, _)| {
-                as_key(*a, "POST", "/v2/models/digits/infer", Some(&bearer(&app)), &body).0 == 200
-                    && as_key(*a, "POST", "/v2/models/digits/infer", Some(&bearer(&brief)), &body).0 == 401
+                [&app, &team, &member].iter().all(|k| code(*a, k).0 == 200)
+                    && [&viewer, &stranger].iter().all(|k| code(*a, k).0 == 403)
+                    && code(*a, &brief).1.contains("expired")
             })
             .then_some(())
     });
