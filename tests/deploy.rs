@@ -205,8 +205,13 @@ async fn replicas_recover_from_sigkill_and_roll_over_without_failed_requests() {
         assert!(out.contains(&r.http), "{out}");
     }
 
-    // The gateway follows the scheduler (every 250 ms): wait until it routes the deployment.
+    // The gateway follows the scheduler (every 250 ms): wait until it routes the deployment, to both replicas (its
+    // metrics have a series per replica it routes to): killing one it does not know yet would leave it none.
     wait_routed(gateway, &gateway_proc).await;
+    wait_until("the gateway routes to both replicas", Duration::from_secs(30), || {
+        let (_, m) = http(gateway, "GET", "/metrics", "");
+        ready(&d).iter().all(|r| m.contains(&format!("replica=\"{}\"", r.grpc))).then_some(())
+    });
     // Steady load through the gateway.
     let (load, threads) = start_load(gateway);
     wait_ok(&c, &mut gateway_proc, &load, 100, Duration::from_secs(60)).await;
