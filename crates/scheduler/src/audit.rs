@@ -84,17 +84,7 @@ pub fn via_of<B>(req: &http::Request<B>) -> &'static str {
     }
 }
 
-/// `r` with every text field cut to `state::audit::MAX_FIELD` bytes (what apply keeps anyway), so a record waiting
-/// in a buffer or a batch is small whatever the client sent.
-pub fn bounded(mut r: AuditRecord) -> AuditRecord {
-    for f in [&mut r.principal, &mut r.token_id, &mut r.project, &mut r.action, &mut r.code, &mut r.reason] {
-        crate::state::audit::cut(f);
-    }
-    for f in [&mut r.peer, &mut r.via] {
-        crate::state::audit::cut(f);
-    }
-    r
-}
+pub use crate::state::audit::bounded;
 
 /// Refusals of calls that proved no identity (no token, a malformed or unknown one) recorded one by one per flush;
 /// beyond it they are counted, and the count recorded, so an anonymous flood cannot push the log's other records

@@ -82,8 +82,20 @@ impl Domain for AuditState {
     }
 }
 
+/// `r` with every text field cut to [`MAX_FIELD`] bytes: what apply keeps, and what a node makes before a record
+/// waits in its buffer (`crate::audit`).
+pub fn bounded(mut r: AuditRecord) -> AuditRecord {
+    for f in [&mut r.principal, &mut r.token_id, &mut r.project, &mut r.action, &mut r.code, &mut r.reason] {
+        cut(f);
+    }
+    for f in [&mut r.peer, &mut r.via] {
+        cut(f);
+    }
+    r
+}
+
 /// Cuts `s` to at most [`MAX_FIELD`] bytes (on a character boundary).
-pub fn cut(s: &mut String) {
+fn cut(s: &mut String) {
     if s.len() > MAX_FIELD {
         let mut end = MAX_FIELD;
         while !s.is_char_boundary(end) {
@@ -105,14 +117,8 @@ impl AuditState {
         let floor = u64::try_from(now).unwrap_or(0).saturating_mul(1000);
         let first = self.records.back().map_or(floor, |r| (r.seq + 1).max(floor));
         for (seq, r) in (first..).zip(&a.records) {
-            let mut r = r.clone();
+            let mut r = bounded(r.clone());
             r.seq = seq;
-            for f in [&mut r.principal, &mut r.token_id, &mut r.project, &mut r.action, &mut r.code, &mut r.reason] {
-                cut(f);
-            }
-            for f in [&mut r.peer, &mut r.via] {
-                cut(f);
-            }
             dirty.mark(Table::Rows, audit_key(r.seq));
             self.records.push_back(r);
         }
