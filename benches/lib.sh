@@ -48,7 +48,7 @@ start_aidos_cluster() {
     for i in 1 2 3; do
         p=p$i
         # One machine: the nodes share one blob directory, as --blob-dir-shared declares.
-        RUST_LOG="${NODE_LOG:-warn}" "$AIDOS" server --id $i --listen "127.0.0.1:${!p}" --peers "$peers" \
+        RUST_LOG="${NODE_LOG:-warn}" "$AIDOS" server --id $i --listen "127.0.0.1:${!p}" --peers "$peers" --insecure \
             --data-dir "$DIR/n$i" --blob-dir "$DIR/blobs" --blob-dir-shared --admin-token-file "$DIR/admin.token" "$@" >"$DIR/n$i.log" 2>&1 &
         PIDS+=($!); disown $!
     done

@@ -36,7 +36,7 @@ async fn channel(addr: &str, token: &str) -> aidos_api::auth::AuthChannel {
         .connect()
         .await
         .expect("connect");
-    with_credentials(ch, &Credentials { token: Some(token.into()), project: Some("bench".into()) })
+    with_credentials(ch, &Credentials { token: Some(token.into()), project: Some("bench".into()), tls: None })
 }
 
 struct Node {

@@ -179,7 +179,7 @@ async fn roles_projects_process_permission_job_tokens_and_a_revoked_worker() {
         let (t, project) = (t.to_string(), project.to_string());
         let addr = addr.clone();
         async move {
-            let creds = Credentials { token: Some(t), project: Some(project) };
+            let creds = Credentials { token: Some(t), project: Some(project), tls: None };
             aidos_api::job_service_client::JobServiceClient::new(auth::with_credentials(
                 raw_channel(&addr).await.unwrap(),
                 &creds,
@@ -262,6 +262,7 @@ async fn roles_projects_process_permission_job_tokens_and_a_revoked_worker() {
         "127.0.0.1:0",
         "--peers",
         "1=127.0.0.1:1,2=127.0.0.1:2",
+        "--insecure",
         "--data-dir",
         n2.to_str().unwrap(),
         "--blob-dir-shared",

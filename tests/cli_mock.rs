@@ -168,6 +168,9 @@ impl ClusterService for Mock {
     async fn remove_node(&self, _r: Request<RemoveNodeRequest>) -> Result<Response<ClusterStatus>, Status> {
         Err(Status::unimplemented("mock"))
     }
+    async fn revoke_worker(&self, _r: Request<RevokeWorkerRequest>) -> Result<Response<RevokeWorkerResponse>, Status> {
+        Err(Status::unimplemented("mock"))
+    }
     async fn list_workers(&self, _r: Request<ListWorkersRequest>) -> Result<Response<ListWorkersResponse>, Status> {
         self.check()?;
         let w = Worker {

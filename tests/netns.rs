@@ -469,6 +469,7 @@ impl World<'_> {
             sched_addr(id),
             "--peers".into(),
             peers,
+            "--insecure".into(),
             "--data-dir".into(),
             data.display().to_string(),
             "--worker-timeout-ms".into(),
@@ -713,7 +714,7 @@ fn scenario(net: &Net, dir: &Path) {
     let mut cmd = Command::new("ip");
     cmd.args(["netns", "exec", &net.ns("client"), BIN, "server", "--id", "4", "--listen"])
         .arg(format!("{}:{SCHED_PORT}", ip("client")))
-        .args(["--peers", &peers, "--data-dir", stray.to_str().unwrap()]);
+        .args(["--peers", &peers, "--insecure", "--data-dir", stray.to_str().unwrap()]);
     clean_env(&mut cmd);
     let (code, out, err) = run_bounded(cmd, Duration::from_secs(30), "a 4th server with a private directory");
     assert_ne!(code, 0, "a multi-node server with a private blob directory started: {out}{err}");

@@ -32,6 +32,10 @@ pub struct Global {
     /// Project the command acts in (jobs, datasets, models, ... belong to one); default: `default`
     #[arg(long, env = "AIDOS_PROJECT", global = true, help_heading = "Global options")]
     pub project: Option<String>,
+    /// The cluster CA's certificate (ca.pem from `aidos cert init`): connect to the schedulers over TLS, trusting
+    /// it. Unset: plain TCP (`aidos up`, and clusters started with --insecure)
+    #[arg(long, env = "AIDOS_CA_CERT", global = true, help_heading = "Global options")]
+    pub ca_cert: Option<PathBuf>,
     /// Output format: aligned columns for people, or one JSON document (before the command: `aidos -o json job list`)
     #[arg(short, long, env = "AIDOS_OUTPUT", help_heading = "Global options", value_enum, default_value_t = Output::Table)]
     pub output: Output,
@@ -96,15 +100,19 @@ pub fn local_admin_token_files() -> Vec<PathBuf> {
 }
 
 /// What this CLI presents: --token / AIDOS_TOKEN, else the token `aidos login` saved, else a local `aidos up`'s
-/// admin token; and --project.
-pub fn credentials(g: &Global) -> aidos_api::auth::Credentials {
+/// admin token; and --project; over TLS trusting --ca-cert when given.
+pub fn credentials(g: &Global) -> anyhow::Result<aidos_api::auth::Credentials> {
     let token = g.token.clone().filter(|t| !t.trim().is_empty()).or_else(|| {
         login_file()
             .into_iter()
             .chain(local_admin_token_files())
             .find_map(|f| aidos_api::auth::read_token_file(&f).ok())
     });
-    aidos_api::auth::Credentials { token, project: g.project.clone().filter(|p| !p.trim().is_empty()) }
+    let tls = match &g.ca_cert {
+        Some(p) => Some(aidos_api::tls::ClientTls::load(p).context("--ca-cert")?),
+        None => None,
+    };
+    Ok(aidos_api::auth::Credentials { token, project: g.project.clone().filter(|p| !p.trim().is_empty()), tls })
 }
 
 /// The store the blob flags name: an S3 bucket (`--s3-bucket`), a directory (`--blob-dir`), or None.
@@ -161,7 +169,7 @@ pub fn blob_store(g: &Global) -> anyhow::Result<Arc<dyn aidos_blob::BlobStore>> 
     Ok(match store_config(g)? {
         Some(c) => c.open().map_err(|e| anyhow::anyhow!("opening the blob store ({}): {e}", c.describe()))?,
         None => Arc::new(
-            aidos_blob::ServiceStore::connect(&g.scheduler, credentials(g))
+            aidos_blob::ServiceStore::connect(&g.scheduler, credentials(g)?)
                 .map_err(|e| anyhow::anyhow!("reaching the cluster's blob store: {e}"))?,
         ),
     })
@@ -303,6 +311,7 @@ impl WorkerResources {
             keep_task_dirs: self.keep_task_dirs,
             advertise_host: self.advertise_host,
             credentials,
+            join_token: None,
             stop_tasks_on_exit: false,
         })
     }

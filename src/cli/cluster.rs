@@ -1,6 +1,8 @@
 //! `aidos cluster ...`: scheduler membership and workers.
 
-use aidos_api::{AddNodeRequest, ClusterStatus, ClusterStatusRequest, ListWorkersRequest, RemoveNodeRequest};
+use aidos_api::{
+    AddNodeRequest, ClusterStatus, ClusterStatusRequest, ListWorkersRequest, RemoveNodeRequest, RevokeWorkerRequest,
+};
 use clap::{Args, Subcommand};
 use serde_json::json;
 
@@ -18,6 +20,16 @@ pub enum ClusterCmd {
     AddNode(AddNodeArgs),
     /// Remove a scheduler node from the cluster
     RemoveNode(RemoveNodeArgs),
+    /// Revoke every certificate issued to a worker (TLS clusters): it is cut off at its next call, and must join
+    /// again with a new join token to come back
+    RevokeWorker(RevokeWorkerArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct RevokeWorkerArgs {
+    /// The worker's id (as `aidos cluster workers` shows it)
+    #[arg(env = "AIDOS_REVOKE_WORKER_ID")]
+    pub worker_id: String,
 }
 
 #[derive(Args, Debug)]
@@ -102,6 +114,21 @@ pub async fn run(g: &Global, cmd: ClusterCmd) -> anyhow::Result<()> {
                 println!("removed node {}", a.id);
             }
             show_status(g.output, &st);
+        }
+        ClusterCmd::RevokeWorker(a) => {
+            let id = a.worker_id.clone();
+            let r = client
+                .cluster(|mut c| {
+                    let req = RevokeWorkerRequest { worker_id: id.clone() };
+                    async move { c.revoke_worker(req).await.map(|r| r.into_inner()) }
+                })
+                .await
+                .map_err(|e| status_error(e, &format!("worker {}", a.worker_id)))?;
+            if g.output == Output::Json {
+                print_json(&serde_json::to_value(&r)?);
+            } else {
+                println!("revoked {} certificate(s) of worker {}", r.certs.len(), a.worker_id);
+            }
         }
     }
     Ok(())

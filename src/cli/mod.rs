@@ -3,7 +3,7 @@
 //!
 //! Layering: every module uses only modules on a lower layer (or its own layer's leaves), so the modules form a
 //! DAG. This file (dispatch) sits above them all.
-//! 1. Leaves, using no other CLI module: [`args`] (global flags, shared flag groups, value parsers),
+//! 1. Leaves, using no other CLI module: [`cert`], [`args`] (global flags, shared flag groups, value parsers),
 //!    [`process`] (exit codes, the shutdown signal), [`client`] (the scheduler client), [`render`], [`plot`],
 //!    [`progress`].
 //! 2. Commands on the leaves only: [`cluster`], [`dataset`], [`job`], [`run`], [`server`], [`worker`], [`token`],
@@ -14,6 +14,7 @@
 
 pub mod args;
 pub mod bench;
+pub mod cert;
 pub mod client;
 pub mod cluster;
 pub mod dataset;
@@ -98,6 +99,9 @@ pub enum Command {
     /// Edge devices: the fleet, signed ONNX deployments, telemetry, and the agent itself
     #[command(subcommand)]
     Edge(edge::EdgeCmd),
+    /// The cluster's certificate authority (TLS between nodes, workers and clients)
+    #[command(subcommand)]
+    Cert(cert::CertCmd),
     /// Load generators for measuring the control plane
     #[command(subcommand)]
     Bench(bench::BenchCmd),
@@ -129,8 +133,12 @@ impl Command {
 
 pub async fn run(cli: Cli) -> anyhow::Result<()> {
     let g = cli.global;
-    client::set_credentials(args::credentials(&g));
+    if let Command::Cert(c) = cli.command {
+        return cert::run(c);
+    }
+    client::set_credentials(args::credentials(&g)?);
     match cli.command {
+        Command::Cert(_) => unreachable!("handled above"),
         Command::Up(a) => up::run(&g, a).await,
         Command::Server(a) => server::run(&g, a).await,
         Command::Worker(a) => worker::run(&g, a).await,

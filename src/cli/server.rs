@@ -61,6 +61,18 @@ pub struct ServerArgs {
     /// Directory for this node's Raft log, vote and state machine
     #[arg(long, env = "AIDOS_DATA_DIR")]
     pub data_dir: PathBuf,
+    /// Serve TLS on every listener, and authenticate nodes and workers with certificates of the cluster CA in this
+    /// directory (ca.pem and ca.key, from `aidos cert init`; every node needs the same CA). The node issues its own
+    /// certificate at start; workers join with one-time join tokens
+    #[arg(long, env = "AIDOS_TLS_DIR", help_heading = "Transport security")]
+    pub tls_dir: Option<PathBuf>,
+    /// Lifetime of the certificates joining workers receive, in days
+    #[arg(long, env = "AIDOS_WORKER_CERT_DAYS", default_value_t = 365, help_heading = "Transport security")]
+    pub worker_cert_days: u64,
+    /// Run a cluster of several nodes without TLS (tokens and data cross the network in the clear). Without
+    /// --tls-dir, a node with more than one --peers entry refuses to start unless this is given
+    #[arg(long, env = "AIDOS_INSECURE", help_heading = "Transport security")]
+    pub insecure: bool,
     /// A worker silent for this many milliseconds is declared lost
     #[arg(long, env = "AIDOS_WORKER_TIMEOUT_MS", default_value_t = 5000)]
     pub worker_timeout_ms: u64,
@@ -171,6 +183,10 @@ pub async fn run(g: &Global, a: ServerArgs) -> anyhow::Result<()> {
     if advertise.is_empty() && a.listen.ip().is_unspecified() {
         tracing::warn!("listening on a wildcard address without --advertise: peers cannot dial {}", a.listen);
     }
+    if let Err(why) = aidos_api::tls::require_tls(members.len(), a.tls_dir.is_some(), a.insecure) {
+        anyhow::bail!("{why}");
+    }
+    anyhow::ensure!(a.worker_cert_days > 0, "--worker-cert-days must be > 0");
     std::fs::create_dir_all(&a.data_dir).with_context(|| format!("creating {}", a.data_dir.display()))?;
 
     // Blobs: the flags' store, else a private directory (fine for one node; a multi-node cluster refuses it).
@@ -223,11 +239,21 @@ pub async fn run(g: &Global, a: ServerArgs) -> anyhow::Result<()> {
         },
         http: a.http,
         audit_retention: a.audit_retention_secs,
+        tls: a.tls_dir.clone().map(|dir| aidos_scheduler::TlsConfig {
+            worker_cert_lifetime: Duration::from_secs(a.worker_cert_days * 24 * 3600),
+            ..aidos_scheduler::TlsConfig::new(dir)
+        }),
     };
     let node = SchedulerNode::start(cfg).await.with_context(|| format!("starting scheduler node {}", a.id))?;
-    println!("scheduler {} listening on {}", a.id, node.local_addr());
+    let scheme = if a.tls_dir.is_some() { "https" } else { "http" };
+    println!(
+        "scheduler {} listening on {}{}",
+        a.id,
+        node.local_addr(),
+        if a.tls_dir.is_some() { " (TLS)" } else { "" }
+    );
     if let Some(h) = node.http_addr() {
-        println!("dashboard and HTTP API on http://{h}/ (docs/http-api.md)");
+        println!("dashboard and HTTP API on {scheme}://{h}/ (docs/http-api.md)");
     }
     shutdown_signal().await;
     node.shutdown().await;

@@ -59,6 +59,10 @@ pub struct CreateArgs {
     /// default: every deployment of the project
     #[arg(long = "deployment", env = "AIDOS_TOKEN_DEPLOYMENTS", value_delimiter = ',')]
     pub deployments: Vec<String>,
+    /// With --role worker: a one-time join token a new worker exchanges for its certificate on a cluster that
+    /// serves TLS (`aidos worker --join-token`); expires in an hour unless --expires (at most a day)
+    #[arg(long, env = "AIDOS_TOKEN_JOIN")]
+    pub join: bool,
 }
 
 #[derive(Args, Debug)]
@@ -151,6 +155,7 @@ pub async fn run(g: &Global, cmd: TokenCmd) -> anyhow::Result<()> {
                 ttl_seconds: a.expires.unwrap_or(0),
                 no_process: a.no_process,
                 deployments: a.deployments,
+                join: a.join,
             };
             let r = client
                 .auth(|mut c| {
@@ -233,7 +238,11 @@ pub async fn run(g: &Global, cmd: TokenCmd) -> anyhow::Result<()> {
 
 async fn who(g: &Global, token: Option<String>) -> anyhow::Result<aidos_api::WhoAmIResponse> {
     if let Some(t) = token {
-        super::client::set_credentials(auth::Credentials { token: Some(t), project: g.project.clone() });
+        super::client::set_credentials(auth::Credentials {
+            token: Some(t),
+            project: g.project.clone(),
+            ..super::client::credentials()
+        });
     }
     let client = Client::new(&g.scheduler)?;
     client

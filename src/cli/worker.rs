@@ -16,6 +16,10 @@ pub struct WorkerArgs {
     /// Stable worker id (default: read from --data-dir, or generated and saved there)
     #[arg(long, env = "AIDOS_WORKER_ID")]
     pub id: Option<String>,
+    /// A cluster that serves TLS (--ca-cert): the one-time join token this new worker exchanges for its
+    /// certificate (`aidos token create --role worker --join`); kept in --data-dir afterwards, so restarts need none
+    #[arg(long, env = "AIDOS_JOIN_TOKEN", hide_env_values = true)]
+    pub join_token: Option<String>,
     #[command(flatten)]
     pub resources: WorkerResources,
 }
@@ -29,8 +33,13 @@ pub async fn run(g: &Global, a: WorkerArgs) -> anyhow::Result<()> {
         Some(aidos_blob::StoreConfig::Dir { path, .. }) => (path, None),
         Some(aidos_blob::StoreConfig::S3(c)) => (PathBuf::new(), Some(c)),
     };
-    let cfg =
-        a.resources.into_config(schedulers.clone(), a.data_dir, a.id, blob_dir, s3, super::args::credentials(g))?;
+    anyhow::ensure!(
+        a.join_token.is_none() || g.ca_cert.is_some(),
+        "--join-token needs --ca-cert (a join token buys a certificate from a cluster that serves TLS)"
+    );
+    let creds = super::args::credentials(g)?;
+    let cfg = a.resources.into_config(schedulers.clone(), a.data_dir, a.id, blob_dir, s3, creds)?;
+    let cfg = aidos_worker::WorkerConfig { join_token: a.join_token, ..cfg };
     println!("worker starting (schedulers {})", schedulers.join(","));
     aidos_worker::run(cfg, shutdown_signal()).await.context("worker")?;
     Ok(())

@@ -133,6 +133,9 @@ pub struct Cluster {
     /// True (the default): the CLI and workers are given the nodes' blob directory (one machine, one shared
     /// directory). False: they get none, as on other machines, and reach blobs through the blob service.
     pub shared_blob_dir: bool,
+    /// The cluster CA's certificate when the nodes serve TLS ([`start_cluster_tls`]): every client of the harness
+    /// then trusts it (`--ca-cert`).
+    pub ca: Option<PathBuf>,
 }
 
 /// SIGKILLs every task process (and task shim) the cluster's workers started: tasks run in their own sessions so
@@ -187,7 +190,21 @@ pub async fn start_cluster(n: u64) -> Cluster {
 
 /// [`start_cluster`] with more `aidos server` flags for every node (kept across restarts).
 pub async fn start_cluster_with(n: u64, extra: &[&str]) -> Cluster {
+    // Loopback only (tests/tls.rs runs clusters with TLS).
+    start_nodes(n, extra, tempfile::tempdir().unwrap(), None).await
+}
+
+/// [`start_cluster_with`] serving TLS: a CA made with `aidos cert init` in `<dir>/ca`, given to every node
+/// (`--tls-dir`) and trusted by every client of the harness.
+pub async fn start_cluster_tls(n: u64, extra: &[&str]) -> Cluster {
     let dir = tempfile::tempdir().unwrap();
+    let ca_dir = dir.path().join("ca");
+    let out = Command::new(BIN).args(["cert", "init", "--dir", ca_dir.to_str().unwrap()]).output().unwrap();
+    assert!(out.status.success(), "cert init: {}", String::from_utf8_lossy(&out.stderr));
+    start_nodes(n, extra, dir, Some(ca_dir)).await
+}
+
+async fn start_nodes(n: u64, extra: &[&str], dir: tempfile::TempDir, ca_dir: Option<PathBuf>) -> Cluster {
     let addrs: BTreeMap<u64, String> = (1..=n).map(|i| (i, format!("127.0.0.1:{}", free_port()))).collect();
     let peers = addrs.iter().map(|(i, a)| format!("{i}={a}")).collect::<Vec<_>>().join(",");
     let token_file = dir.path().join("admin.token");
@@ -216,11 +233,16 @@ pub async fn start_cluster_with(n: u64, extra: &[&str]) -> Cluster {
             "--admin-token-file".into(),
             token_file.display().to_string(),
         ];
-        let args: Vec<String> = args.into_iter().chain(extra.iter().map(|s| s.to_string())).collect();
+        let security = match &ca_dir {
+            Some(d) => vec!["--tls-dir".to_string(), d.display().to_string()],
+            None => vec!["--insecure".to_string()],
+        };
+        let args: Vec<String> = args.into_iter().chain(security).chain(extra.iter().map(|s| s.to_string())).collect();
         let log = dir.path().join(format!("node{id}.log"));
         nodes.insert(*id, (addr.clone(), Proc::spawn(&format!("node{id}"), args, log)));
     }
-    let c = Cluster { dir, nodes, workers: BTreeMap::new(), shared_blob_dir: true };
+    let ca = ca_dir.map(|d| d.join(aidos_api::tls::CA_CERT_FILE));
+    let c = Cluster { dir, nodes, workers: BTreeMap::new(), shared_blob_dir: true, ca };
     c.wait_leader(Duration::from_secs(30)).await;
     c
 }
@@ -251,6 +273,9 @@ impl Cluster {
     /// The global flags naming this cluster: its addresses and, when shared, its blob directory.
     fn cluster_flags(&self) -> Vec<String> {
         let mut v = vec!["--scheduler".to_string(), self.addrs().join(",")];
+        if let Some(ca) = &self.ca {
+            v.extend(["--ca-cert".to_string(), ca.display().to_string()]);
+        }
         if self.shared_blob_dir {
             v.extend(["--blob-dir".to_string(), self.blob_dir().display().to_string()]);
         }
@@ -272,6 +297,19 @@ impl Cluster {
         )
     }
 
+    /// What the harness's clients present to this cluster: the root token, over TLS when it serves TLS.
+    pub fn credentials(&self) -> aidos_api::auth::Credentials {
+        let tls = self.ca.as_ref().map(|p| aidos_api::tls::ClientTls::load(p).unwrap());
+        aidos_api::auth::Credentials::token(TOKEN.clone()).with_tls(tls)
+    }
+
+    /// A channel to node `addr` presenting [`Self::credentials`].
+    pub async fn node_channel(&self, addr: &str) -> Option<Channel> {
+        let creds = self.credentials();
+        let ep = creds.endpoint(addr).ok()?.connect_timeout(Duration::from_millis(500));
+        ep.connect().await.ok().map(|ch| aidos_api::auth::with_credentials(ch, &creds))
+    }
+
     pub fn addrs(&self) -> Vec<String> {
         self.nodes.values().map(|(a, _)| a.clone()).collect()
     }
@@ -281,7 +319,7 @@ impl Cluster {
     }
 
     pub async fn status(&self, addr: &str) -> Option<ClusterStatus> {
-        let ch = channel(addr).await?;
+        let ch = self.node_channel(addr).await?;
         let mut c = ClusterServiceClient::new(ch);
         let r = tokio::time::timeout(Duration::from_secs(2), c.status(ClusterStatusRequest {})).await.ok()?;
         r.ok().map(|r| r.into_inner())
@@ -345,6 +383,9 @@ impl Cluster {
         ];
         if self.shared_blob_dir {
             args.extend(["--blob-dir".into(), self.blob_dir().display().to_string()]);
+        }
+        if let Some(ca) = &self.ca {
+            args.extend(["--ca-cert".into(), ca.display().to_string()]);
         }
         if !labels.is_empty() {
             args.push("--labels".into());
@@ -444,7 +485,7 @@ lr = 0.001
         let deadline = Instant::now() + Duration::from_secs(20);
         loop {
             for a in self.live_addrs() {
-                if let Some(ch) = channel(&a).await {
+                if let Some(ch) = self.node_channel(&a).await {
                     return ch;
                 }
             }

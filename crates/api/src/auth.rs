@@ -82,6 +82,11 @@ pub enum Unauthenticated {
     Revoked(String),
     #[error("token `{0}` belongs to a job that has ended")]
     JobEnded(String),
+    #[error("token `{0}` is a join token: a worker exchanges it once for a certificate (`aidos worker --join-token`)")]
+    JoinOnly(String),
+    /// A call that needs a client certificate (TLS clusters: nodes and workers).
+    #[error("{0}")]
+    Certificate(String),
 }
 
 impl From<Unauthenticated> for Status {
@@ -332,24 +337,41 @@ pub fn may_infer(role: Role, project: &str, deployments: &[String], deployment_p
         && (deployments.is_empty() || deployments.iter().any(|d| d == name))
 }
 
-/// What a client presents: its token and the project its calls act in.
+/// What a client presents: its token and the project its calls act in; and, against a cluster that serves TLS,
+/// the CA it trusts and the certificate it presents (`crate::tls`).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Credentials {
     pub token: Option<String>,
     /// None: [`DEFAULT_PROJECT`] (the scheduler's default).
     pub project: Option<String>,
+    /// None: plain TCP.
+    pub tls: Option<crate::tls::ClientTls>,
 }
 
 impl Credentials {
     pub fn token(token: impl Into<String>) -> Credentials {
-        Credentials { token: Some(token.into()), project: None }
+        Credentials { token: Some(token.into()), project: None, tls: None }
     }
 
     /// From [`TOKEN_ENV`] and [`PROJECT_ENV`] read through `get` (a variable's value, None when unset; blank
     /// values count as unset): what a task's SDK presents.
     pub fn from_lookup(get: impl Fn(&str) -> Option<String>) -> Credentials {
         let get = |k| get(k).map(|v| v.trim().to_string()).filter(|v| !v.is_empty());
-        Credentials { token: get(TOKEN_ENV), project: get(PROJECT_ENV) }
+        Credentials { token: get(TOKEN_ENV), project: get(PROJECT_ENV), tls: None }
+    }
+
+    /// The same, over TLS as `tls` says.
+    pub fn with_tls(mut self, tls: Option<crate::tls::ClientTls>) -> Credentials {
+        self.tls = tls;
+        self
+    }
+
+    /// `ep` as these credentials connect: over TLS when they carry it (the address becomes `https://`).
+    pub fn endpoint(&self, addr: &str) -> Result<tonic::transport::Endpoint, tonic::transport::Error> {
+        match &self.tls {
+            None => tonic::transport::Endpoint::from_shared(crate::contract::normalize_addr(addr)),
+            Some(t) => tonic::transport::Endpoint::from_shared(crate::tls::https(addr))?.tls_config(t.tonic()),
+        }
     }
 
     /// The interceptor that puts these on every call.

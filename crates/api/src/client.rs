@@ -213,7 +213,8 @@ impl Client {
         let mut list: Vec<String> = Vec::new();
         for a in addrs.iter().flat_map(|a| a.split(',')).map(str::trim).filter(|a| !a.is_empty()) {
             let n = normalize_addr(a);
-            Endpoint::from_shared(n.clone())
+            cfg.credentials
+                .endpoint(&n)
                 .map_err(|e| ClientError::BadAddress { addr: a.to_string(), reason: e.to_string() })?;
             if !list.contains(&n) {
                 list.push(n);
@@ -250,7 +251,10 @@ impl Client {
     }
 
     fn endpoint(&self, addr: &str) -> Endpoint {
-        let mut ep = Endpoint::from_shared(addr.to_string())
+        let mut ep = self
+            .cfg
+            .credentials
+            .endpoint(addr)
             .expect("validated when added")
             .connect_timeout(self.cfg.connect_timeout)
             .tcp_nodelay(true)
@@ -606,6 +610,12 @@ mod tests {
             Err(Status::unimplemented("no"))
         }
         async fn list_workers(&self, _: Request<ListWorkersRequest>) -> Result<Response<ListWorkersResponse>, Status> {
+            Err(Status::unimplemented("no"))
+        }
+        async fn revoke_worker(
+            &self,
+            _: Request<crate::RevokeWorkerRequest>,
+        ) -> Result<Response<crate::RevokeWorkerResponse>, Status> {
             Err(Status::unimplemented("no"))
         }
     }

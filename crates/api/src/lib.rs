@@ -10,6 +10,7 @@ pub mod limits;
 pub mod logframe;
 pub mod spec;
 pub mod sweep;
+pub mod tls;
 
 /// Generated protobuf and tonic types for `aidos.v1`.
 pub mod v1 {

@@ -56,8 +56,10 @@ pub fn access(path: &str) -> Option<Access> {
     Some(match (service, method) {
         ("RaftService", "AppendEntries" | "Vote" | "InstallSnapshot") => Peer,
         ("WorkerService", "Register" | "Heartbeat" | "Assignments" | "ReportStatus" | "ReportLogs") => Worker,
+        // A new worker proves itself with its one-time join token (checked by the method).
+        ("WorkerService", "Join") => Public,
         ("ClusterService", "Status" | "ListWorkers") => Read,
-        ("ClusterService", "AddNode" | "RemoveNode") => ClusterAdmin,
+        ("ClusterService", "AddNode" | "RemoveNode" | "RevokeWorker") => ClusterAdmin,
         ("JobService", "Submit" | "SubmitBatch" | "Cancel" | "JoinRing") => Write,
         ("JobService", "Get" | "List" | "Watch" | "Logs") => Read,
         ("DatasetService", "Commit") => Write,
@@ -118,6 +120,9 @@ pub fn resolve(
         return Err(Unauthenticated::WrongSecret(t.id));
     }
     let tok = rec.token.clone().unwrap_or_default();
+    if tok.join {
+        return Err(Unauthenticated::JoinOnly(t.id));
+    }
     if tok.revoked_at_ms != 0 {
         return Err(Unauthenticated::Revoked(t.id));
     }
@@ -217,6 +222,61 @@ pub fn check_access(
     Ok(Some(Verified { principal, project, access }))
 }
 
+/// The name a worker's principal has when its certificate proved who it is (`worker:<id>`).
+pub const CERT_WORKER_PREFIX: &str = "worker:";
+
+/// What a node that serves TLS asks of a call's client certificate (already verified against the cluster CA by
+/// the TLS handshake), by the call's rule. Pure.
+/// - Peer (Raft, audit hand-over): a node's certificate; the token is then checked as on any call.
+/// - Worker (the worker channel): a worker certificate this cluster issued and has not revoked. It is the call's
+///   principal: no token is needed, and a worker token alone is refused.
+/// - Any other rule asks nothing of it: users, jobs and services present tokens over server-authenticated TLS.
+///
+/// `Ok(Some(..))`: verified by the certificate; `Ok(None)`: go on to the token.
+pub fn check_cert(
+    path: &str,
+    headers: &http::HeaderMap,
+    cert: Option<&aidos_api::tls::PeerCert>,
+    st: &ClusterState,
+) -> Result<Option<Verified>, tonic::Status> {
+    use aidos_api::tls::Identity;
+    let Some(access) = access(path) else { return Ok(None) };
+    let needs = |what: &str| {
+        tonic::Status::from(Unauthenticated::Certificate(format!(
+            "{path} needs {what}: this cluster authenticates its nodes and workers with certificates of its CA"
+        )))
+    };
+    match (access, cert.map(|c| &c.identity)) {
+        (Access::Peer, Some(Identity::Node(_))) => Ok(None),
+        (Access::Peer, _) => Err(needs("a scheduler node's certificate")),
+        (Access::Worker, Some(Identity::Worker(id))) => {
+            let serial = cert.map(|c| c.serial.as_str()).unwrap_or_default();
+            st.auth.cert_valid(serial, id).map_err(|why| tonic::Status::from(Unauthenticated::Certificate(why)))?;
+            let principal = Principal {
+                token_id: format!("{CERT_WORKER_PREFIX}{id}"),
+                name: format!("{CERT_WORKER_PREFIX}{id}"),
+                role: Role::Worker,
+                project: auth::ALL_PROJECTS.into(),
+                allow_process: false,
+                expires_at_ms: cert.map(|c| c.not_after_ms).unwrap_or_default(),
+            };
+            Ok(Some(Verified { principal, project: project_of(headers), access }))
+        }
+        (Access::Worker, _) => {
+            Err(needs("a worker certificate (a new worker gets one with a join token: `aidos worker --join-token`)"))
+        }
+        _ => Ok(None),
+    }
+}
+
+/// The verified client certificate of a call that came over TLS (None: plain TCP, no certificate, or one that
+/// names no aidos identity).
+pub fn peer_cert<B>(req: &http::Request<B>) -> Option<aidos_api::tls::PeerCert> {
+    use tonic::transport::server::{TcpConnectInfo, TlsConnectInfo};
+    let certs = req.extensions().get::<TlsConnectInfo<TcpConnectInfo>>()?.peer_certs()?;
+    aidos_api::tls::peer_of(certs.first()?)
+}
+
 /// Puts [`Auth`] in front of a node's services.
 #[derive(Clone)]
 pub struct AuthLayer {
@@ -267,9 +327,24 @@ where
         let mut inner = std::mem::replace(&mut self.inner, ready);
         let not_leader = (!self.core.is_leader() && !req.headers().contains_key(crate::forward::FORWARDED_HEADER))
             .then(|| SchedulerError::NotLeader { leader: self.core.leader_addr() }.into());
+        let cert = self.core.tls.as_ref().map(|_| peer_cert(&req));
         let verdict = {
             let st = &self.core.state.read().expect("state lock").state;
-            check(req.uri().path(), req.headers(), &self.core.cfg.root_token, st, aidos_api::now_ms(), not_leader)
+            let by_cert = match &cert {
+                Some(c) => check_cert(req.uri().path(), req.headers(), c.as_ref(), st),
+                None => Ok(None),
+            };
+            match by_cert {
+                Ok(None) => check(
+                    req.uri().path(),
+                    req.headers(),
+                    &self.core.cfg.root_token,
+                    st,
+                    aidos_api::now_ms(),
+                    not_leader,
+                ),
+                decided => decided,
+            }
         };
         // The audit record of a mutation: who, what, from where; its outcome is filled in below.
         let path = req.uri().path();

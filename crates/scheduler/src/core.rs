@@ -49,7 +49,18 @@ pub struct Core {
     pub gc: crate::gc::RefGate,
     /// Audit records this node saw and has not yet handed to the leader (`audit`).
     pub audit: crate::audit::AuditSink,
+    /// The cluster CA and this node's client identity, when the node serves TLS.
+    pub tls: Option<Arc<NodeTls>>,
     channels: Mutex<HashMap<String, Channel>>,
+}
+
+/// What a node that serves TLS holds beside its listener's certificate.
+pub struct NodeTls {
+    /// Issues workers' certificates (`WorkerService.Join`).
+    pub ca: aidos_api::tls::Ca,
+    /// What this node trusts and presents when it calls its peers (its node certificate).
+    pub client: aidos_api::tls::ClientTls,
+    pub worker_cert_lifetime: std::time::Duration,
 }
 
 impl Core {
@@ -76,6 +87,7 @@ impl Core {
             blobs: None,
             gc: crate::gc::RefGate::default(),
             audit: crate::audit::AuditSink::default(),
+            tls: None,
             channels: Mutex::new(HashMap::new()),
         }
     }
@@ -84,6 +96,17 @@ impl Core {
     pub fn with_blobs(mut self, blobs: Option<Arc<dyn aidos_blob::BlobStore>>) -> Self {
         self.blobs = blobs;
         self
+    }
+
+    /// Serves TLS with `tls`'s CA (issuing workers' certificates) and presents its client identity to peers.
+    pub fn with_tls(mut self, tls: Option<Arc<NodeTls>>) -> Self {
+        self.tls = tls;
+        self
+    }
+
+    /// The CA, when this node serves TLS.
+    pub fn ca(&self) -> Option<&NodeTls> {
+        self.tls.as_deref()
     }
 
     pub fn leader_id(&self) -> Option<NodeId> {
@@ -110,8 +133,8 @@ impl Core {
         if let Some(c) = m.get(addr) {
             return Ok(c.clone());
         }
-        let c =
-            lazy_channel(addr).map_err(|e| SchedulerError::Unavailable(format!("bad leader address {addr}: {e}")))?;
+        let c = lazy_channel(addr, self.tls.as_ref().map(|t| &t.client))
+            .map_err(|e| SchedulerError::Unavailable(format!("bad leader address {addr}: {e}")))?;
         m.insert(addr.to_string(), c.clone());
         Ok(c)
     }

@@ -41,12 +41,19 @@ impl From<redb::Error> for SchedulerError {
     }
 }
 
+impl From<aidos_api::auth::Unauthenticated> for SchedulerError {
+    fn from(e: aidos_api::auth::Unauthenticated) -> Self {
+        SchedulerError::Unauthenticated(e.to_string())
+    }
+}
+
 impl SchedulerError {
     /// A refusal carried in a `CommandResultV1` (code + message) as an error.
     pub fn from_refusal(code: u32, message: String) -> Self {
         match tonic::Code::from(code as i32) {
             tonic::Code::NotFound => SchedulerError::NotFound(message),
             tonic::Code::FailedPrecondition => SchedulerError::Stale(message),
+            tonic::Code::Unauthenticated => SchedulerError::Unauthenticated(message),
             _ => SchedulerError::InvalidArgument(message),
         }
     }

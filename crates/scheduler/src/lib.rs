@@ -133,6 +133,30 @@ pub struct SchedulerConfig {
     /// How long the audit log keeps a record (it also keeps at most `state::audit::MAX_AUDIT_RECORDS`); zero:
     /// bounded by count only.
     pub audit_retention: Duration,
+    /// Transport security: every listener of the node serves TLS and nodes and workers authenticate each other
+    /// with certificates of the cluster CA (`aidos_api::tls`); None: plain TCP.
+    pub tls: Option<TlsConfig>,
+}
+
+/// A node's TLS: where the cluster CA is, and how long the certificates it issues live.
+#[derive(Debug, Clone)]
+pub struct TlsConfig {
+    /// Holds `ca.pem` and `ca.key` (`aidos cert init`). Every node of a cluster needs the same CA.
+    pub ca_dir: PathBuf,
+    /// Lifetime of this node's own certificate (issued at every start).
+    pub node_cert_lifetime: Duration,
+    /// Lifetime of the certificates workers receive when they join.
+    pub worker_cert_lifetime: Duration,
+}
+
+impl TlsConfig {
+    pub fn new(ca_dir: PathBuf) -> TlsConfig {
+        TlsConfig {
+            ca_dir,
+            node_cert_lifetime: aidos_api::tls::DEFAULT_CERT_LIFETIME,
+            worker_cert_lifetime: aidos_api::tls::DEFAULT_CERT_LIFETIME,
+        }
+    }
 }
 
 /// Default of [`SchedulerConfig::audit_retention`]: 90 days.
@@ -167,6 +191,7 @@ impl SchedulerConfig {
             limits: limits::LimitConfig::default(),
             http: None,
             audit_retention: DEFAULT_AUDIT_RETENTION,
+            tls: None,
         }
     }
 }
@@ -278,10 +303,27 @@ impl SchedulerNode {
             .map_err(|e| SchedulerError::Storage(e.to_string()))??;
         let shared = sm.shared();
         let version = sm.subscribe();
+        // TLS: this node's certificate, issued now from the cluster CA (server for every listener, client for its
+        // peers).
+        let (server_tls, node_tls) = match &cfg.tls {
+            Some(t) => {
+                let tls_err = |e: aidos_api::tls::TlsError| SchedulerError::InvalidArgument(format!("TLS: {e}"));
+                let ca = aidos_api::tls::Ca::load(&t.ca_dir).map_err(tls_err)?;
+                let mine = ca.issue_node(cfg.node_id, t.node_cert_lifetime).map_err(tls_err)?;
+                let server = aidos_api::tls::ServerTls::new(ca.cert_pem(), &mine).map_err(tls_err)?;
+                let client = aidos_api::tls::ClientTls { ca_pem: ca.cert_pem().into(), identity: None }
+                    .with_identity(&mine.cert_pem, &mine.key_pem);
+                let node = core::NodeTls { ca, client, worker_cert_lifetime: t.worker_cert_lifetime };
+                (Some(server), Some(Arc::new(node)))
+            }
+            None => (None, None),
+        };
+        let peer_credentials = aidos_api::auth::Credentials::token(cfg.root_token.clone())
+            .with_tls(node_tls.as_ref().map(|t| t.client.clone()));
         let raft = raft_types::Raft::new(
             cfg.node_id,
             Arc::new(raft_config()?),
-            network::Network { credentials: aidos_api::auth::Credentials::token(cfg.root_token.clone()) },
+            network::Network { credentials: peer_credentials },
             log,
             sm,
         )
@@ -313,7 +355,9 @@ impl SchedulerNode {
             .await
             .map_err(|e| SchedulerError::Storage(e.to_string()))??;
         let core = Arc::new(
-            core::Core::new(raft.clone(), shared, version, cfg.clone(), submit_tx, logs, edge).with_blobs(blobs),
+            core::Core::new(raft.clone(), shared, version, cfg.clone(), submit_tx, logs, edge)
+                .with_blobs(blobs)
+                .with_tls(node_tls),
         );
         let (stop, stop_rx) = watch::channel(false);
 
@@ -349,15 +393,33 @@ impl SchedulerNode {
         let mut stop_srv = stop_rx.clone();
         // Our own listener (so port 0 works): Server::tcp_nodelay applies only to listeners tonic binds itself, so
         // set it here. Without it, Nagle + delayed ACK stall small responses by ~40 ms.
-        let incoming = tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
-        tasks.push(tokio::spawn(async move {
-            let shutdown = async move {
-                let _ = stop_srv.changed().await;
-            };
-            if let Err(e) = server.serve_with_incoming_shutdown(incoming, shutdown).await {
-                tracing::error!("gRPC server: {e}");
+        let shutdown = async move {
+            let _ = stop_srv.changed().await;
+        };
+        let tls_err = |e: aidos_api::tls::TlsError| SchedulerError::InvalidArgument(format!("TLS: {e}"));
+        let serving = match &server_tls {
+            Some(t) => {
+                let accepted = aidos_api::tls::accept(listener, t.acceptor(&[b"h2"]).map_err(tls_err)?);
+                let incoming = tokio_stream::StreamExt::map(
+                    tokio_stream::wrappers::ReceiverStream::new(accepted),
+                    |(tls, _addr)| Ok::<_, std::io::Error>(tls),
+                );
+                tokio::spawn(async move {
+                    if let Err(e) = server.serve_with_incoming_shutdown(incoming, shutdown).await {
+                        tracing::error!("gRPC server: {e}");
+                    }
+                })
             }
-        }));
+            None => {
+                let incoming = tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
+                tokio::spawn(async move {
+                    if let Err(e) = server.serve_with_incoming_shutdown(incoming, shutdown).await {
+                        tracing::error!("gRPC server: {e}");
+                    }
+                })
+            }
+        };
+        tasks.push(serving);
 
         if !raft.is_initialized().await.map_err(|e| SchedulerError::Raft(e.to_string()))? {
             let members: BTreeMap<u64, BasicNode> = if cfg.initial_members.is_empty() {
@@ -374,7 +436,11 @@ impl SchedulerNode {
         }
         tracing::info!(node = cfg.node_id, addr = %local_addr, "scheduler listening on {local_addr}");
         if let Some(l) = http_listener {
-            tasks.push(tokio::spawn(http::serve(l, core.clone(), in_process, stop_rx.clone())));
+            let tls = match &server_tls {
+                Some(t) => Some(t.acceptor(&[b"http/1.1"]).map_err(tls_err)?),
+                None => None,
+            };
+            tasks.push(tokio::spawn(http::serve(l, tls, core.clone(), in_process, stop_rx.clone())));
             tracing::info!("scheduler HTTP API on {}", http_addr.expect("bound"));
         }
         Ok(SchedulerNode { local_addr, http_addr, core, stop, tasks })

@@ -21,7 +21,7 @@ use crate::raft_types::{
 /// Largest Raft message, in bytes (append batches and snapshot chunks stay well under it).
 pub const MAX_RAFT_MESSAGE: usize = 64 << 20;
 
-/// Dials the other nodes, presenting the cluster's root token.
+/// Dials the other nodes, presenting the cluster's root token (and, on a TLS cluster, the node's certificate).
 pub struct Network {
     pub credentials: aidos_api::auth::Credentials,
 }
@@ -31,9 +31,13 @@ pub struct Peer {
     client: RaftServiceClient<aidos_api::auth::AuthChannel>,
 }
 
-pub fn lazy_channel(addr: &str) -> Result<Channel, tonic::transport::Error> {
-    let uri = if addr.starts_with("http") { addr.to_string() } else { format!("http://{addr}") };
-    Ok(Endpoint::from_shared(uri)?
+/// A lazily connected channel to node `addr`, over TLS presenting `tls`'s certificate when given.
+pub fn lazy_channel(addr: &str, tls: Option<&aidos_api::tls::ClientTls>) -> Result<Channel, tonic::transport::Error> {
+    let ep = match tls {
+        Some(t) => Endpoint::from_shared(aidos_api::tls::https(addr))?.tls_config(t.tonic())?,
+        None => Endpoint::from_shared(aidos_api::contract::normalize_addr(addr))?,
+    };
+    Ok(ep
         .connect_timeout(Duration::from_secs(1))
         .tcp_nodelay(true)
         .initial_stream_window_size(aidos_api::HTTP2_STREAM_WINDOW)
@@ -47,8 +51,10 @@ impl RaftNetworkFactory<TypeConfig> for Network {
 
     async fn new_client(&mut self, target: NodeId, node: &BasicNode) -> Peer {
         // An invalid address fails every call with Unreachable rather than at construction.
-        let ch = lazy_channel(&node.addr).unwrap_or_else(|_| lazy_channel("127.0.0.1:1").expect("valid"));
-        // Nodes prove to each other that they are nodes with the cluster's root token (until mutual TLS).
+        let tls = self.credentials.tls.as_ref();
+        let ch = lazy_channel(&node.addr, tls).unwrap_or_else(|_| lazy_channel("127.0.0.1:1", None).expect("valid"));
+        // Nodes prove to each other that they are nodes with the cluster's root token and, on a TLS cluster, with
+        // their node certificates (the receiving auth layer checks both).
         let client = RaftServiceClient::new(aidos_api::auth::with_credentials(ch, &self.credentials))
             .max_decoding_message_size(MAX_RAFT_MESSAGE)
             .max_encoding_message_size(MAX_RAFT_MESSAGE);

@@ -550,7 +550,8 @@ pub fn inference_keys(
     }];
     for rec in st.auth.tokens.values() {
         let Some(t) = &rec.token else { continue };
-        if t.revoked_at_ms != 0 || (t.expires_at_ms != 0 && t.expires_at_ms <= now_ms) {
+        // A join token is no key of any kind (it only buys a worker certificate).
+        if t.join || t.revoked_at_ms != 0 || (t.expires_at_ms != 0 && t.expires_at_ms <= now_ms) {
             continue;
         }
         let role = Role::try_from(t.role).unwrap_or(Role::Unspecified);

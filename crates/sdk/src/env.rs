@@ -149,7 +149,12 @@ impl TaskEnv {
             .map(|h| h.trim().to_string())
             .filter(|h| !h.is_empty())
             .unwrap_or_else(|| "127.0.0.1".to_string());
-        let credentials = aidos_api::auth::Credentials::from_lookup(&get);
+        let tls = aidos_api::tls::ClientTls::from_lookup(&get).map_err(|e| SdkError::BadEnv {
+            var: aidos_api::tls::CA_ENV,
+            value: get(aidos_api::tls::CA_ENV).unwrap_or_default(),
+            problem: e.to_string(),
+        })?;
+        let credentials = aidos_api::auth::Credentials::from_lookup(&get).with_tls(tls);
         Ok(TaskEnv {
             credentials,
             advertise_host,

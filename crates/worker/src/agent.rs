@@ -374,8 +374,7 @@ async fn sweep_loop(data_dir: PathBuf) {
 }
 
 /// Prepares the worker's state and runs it until `shutdown` resolves (see [`crate::run`]).
-pub async fn run(cfg: WorkerConfig, shutdown: impl Future<Output = ()> + Send) -> Result<(), WorkerError> {
-    let conn = Arc::new(Connection::new(&cfg.schedulers, &cfg.credentials)?);
+pub async fn run(mut cfg: WorkerConfig, shutdown: impl Future<Output = ()> + Send) -> Result<(), WorkerError> {
     let data_dir =
         if cfg.data_dir.as_os_str().is_empty() { PathBuf::from("aidos-worker-data") } else { cfg.data_dir.clone() };
     let tasks_dir = crate::records::tasks_dir(&data_dir);
@@ -404,6 +403,16 @@ pub async fn run(cfg: WorkerConfig, shutdown: impl Future<Output = ()> + Send) -
         })
         .await??
     };
+    // A TLS cluster: the worker presents its certificate (joining first when it has none yet).
+    let ca_file = match cfg.credentials.tls.clone() {
+        Some(ca) => {
+            let (tls, ca_file) = crate::join::identity(&cfg, &data_dir, &worker_id, ca).await?;
+            cfg.credentials.tls = Some(tls);
+            Some(ca_file)
+        }
+        None => None,
+    };
+    let conn = Arc::new(Connection::new(&cfg.schedulers, &cfg.credentials)?);
     let shim_exe = if cfg.shim_exe.as_os_str().is_empty() {
         std::env::current_exe()
             .map_err(|e| WorkerError::Config(format!("cannot locate own executable for the task shim: {e}")))?
@@ -421,6 +430,7 @@ pub async fn run(cfg: WorkerConfig, shutdown: impl Future<Output = ()> + Send) -
             cache_max_bytes,
             s3: cfg.s3.clone(),
             credentials: cfg.credentials.clone(),
+            ca_file,
         },
         blob_store: std::sync::OnceLock::new(),
         keep_task_dirs: cfg.keep_task_dirs,

@@ -14,6 +14,7 @@ pub mod agent;
 pub mod connection;
 mod error;
 pub mod identity;
+pub mod join;
 pub mod logblob;
 pub mod logs;
 pub mod probe;
@@ -61,6 +62,9 @@ pub struct WorkerConfig {
     /// What the worker presents to the scheduler: a worker token (role `worker`) or the cluster's root token.
     /// Tasks get their job's token from the scheduler instead.
     pub credentials: aidos_api::auth::Credentials,
+    /// A cluster that serves TLS (`credentials.tls`): the one-time join token a new worker exchanges for its
+    /// certificate (kept in `<data_dir>/tls.pem` and `tls.key` afterwards, so later starts need none).
+    pub join_token: Option<String>,
     /// Stop every task this worker runs when it stops (SIGTERM, SIGKILL after the grace period), instead of
     /// leaving them to be adopted by its next run: for `aidos up`, whose tasks should not outlive it.
     pub stop_tasks_on_exit: bool,

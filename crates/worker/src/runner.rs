@@ -195,11 +195,13 @@ pub struct BlobAccess {
     pub s3: Option<aidos_blob::S3Config>,
     /// What the worker presents to the blob service.
     pub credentials: aidos_api::auth::Credentials,
+    /// The cluster CA's certificate, given to tasks as `AIDOS_CA_CERT` when the cluster serves TLS.
+    pub ca_file: Option<PathBuf>,
 }
 
 impl BlobAccess {
     pub fn shared(dir: impl Into<PathBuf>) -> BlobAccess {
-        BlobAccess { dir: dir.into(), cache_max_bytes: None, s3: None, credentials: Default::default() }
+        BlobAccess { dir: dir.into(), cache_max_bytes: None, s3: None, credentials: Default::default(), ca_file: None }
     }
 
     /// The cluster's blob store as this worker (and its tasks, `aidos_sdk::TaskEnv::open_blob_store`) sees it.
@@ -251,6 +253,9 @@ pub fn task_env(
         (task_env::BLOB_DIR.to_string(), blobs.dir.display().to_string()),
         (task_env::ADVERTISE_HOST.to_string(), advertise_host.to_string()),
     ]);
+    if let Some(ca) = &blobs.ca_file {
+        env.push((aidos_api::tls::CA_ENV.to_string(), ca.display().to_string()));
+    }
     // A sweep trial's parameters also as a file (written by `write_task_files`).
     if env.iter().any(|(k, _)| k == aidos_api::sweep::ENV_TRIAL_PARAMS) {
         let path = workdir.join(aidos_api::sweep::TRIAL_PARAMS_FILE);

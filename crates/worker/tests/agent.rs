@@ -106,6 +106,10 @@ impl WorkerService for Mock {
         s.reports.push(r);
         Ok(Response::new(ReportAck {}))
     }
+    async fn join(&self, _req: Request<JoinRequest>) -> Result<Response<JoinResponse>, Status> {
+        Err(Status::unimplemented("mock"))
+    }
+
     async fn report_logs(&self, req: Request<tonic::Streaming<LogReport>>) -> Result<Response<ReportAck>, Status> {
         self.redirect()?;
         let mut stream = req.into_inner();

@@ -28,4 +28,8 @@ impl ClusterService for Cluster {
     async fn list_workers(&self, _: Request<ListWorkersRequest>) -> Res<ListWorkersResponse> {
         ok(queries::list_workers(&self.0.state.read().expect("state lock").state))
     }
+
+    async fn revoke_worker(&self, r: Request<RevokeWorkerRequest>) -> Res<RevokeWorkerResponse> {
+        ok(leader(&self.0)?.revoke_worker(&r.get_ref().worker_id).await?)
+    }
 }

@@ -8,21 +8,37 @@ use super::{Res, leader, ok};
 use crate::core::Core;
 use crate::leader::BoxStream;
 
+/// On a TLS cluster a worker is who its certificate names, and speaks only for itself.
+fn speaks_for<T>(r: &Request<T>, worker_id: &str) -> Result<(), tonic::Status> {
+    let named = crate::auth::principal(r).ok().and_then(|(p, _)| {
+        p.name.strip_prefix(crate::auth::CERT_WORKER_PREFIX).filter(|_| p.token_id == p.name).map(str::to_string)
+    });
+    match named {
+        Some(id) if id != worker_id => Err(tonic::Status::permission_denied(format!(
+            "the certificate of worker {id} cannot act for worker {worker_id}"
+        ))),
+        _ => Ok(()),
+    }
+}
+
 /// Served by the leader only; followers answer UNAVAILABLE with the leader's address (`aidos-leader`).
 pub struct Workers(pub Arc<Core>);
 
 #[tonic::async_trait]
 impl WorkerService for Workers {
     async fn register(&self, r: Request<RegisterWorkerRequest>) -> Res<RegisterWorkerResponse> {
+        speaks_for(&r, &r.get_ref().worker_id)?;
         ok(leader(&self.0)?.register_worker(r.into_inner()).await?)
     }
 
     async fn heartbeat(&self, r: Request<HeartbeatRequest>) -> Res<HeartbeatResponse> {
+        speaks_for(&r, &r.get_ref().worker_id)?;
         ok(leader(&self.0)?.heartbeat(r.into_inner())?)
     }
 
     type AssignmentsStream = BoxStream<WorkerCommand>;
     async fn assignments(&self, r: Request<AssignmentsRequest>) -> Res<Self::AssignmentsStream> {
+        speaks_for(&r, &r.get_ref().worker_id)?;
         ok(leader(&self.0)?.assignments(r.into_inner().worker_id)?)
     }
 
@@ -34,5 +50,9 @@ impl WorkerService for Workers {
     async fn report_logs(&self, r: Request<Streaming<LogReport>>) -> Res<ReportAck> {
         leader(&self.0)?.report_logs(r.into_inner()).await?;
         ok(ReportAck {})
+    }
+
+    async fn join(&self, r: Request<JoinRequest>) -> Res<JoinResponse> {
+        ok(leader(&self.0)?.join(r.into_inner()).await?)
     }
 }

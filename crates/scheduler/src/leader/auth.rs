@@ -4,7 +4,8 @@
 use aidos_api::auth::{self, Principal};
 use aidos_api::v1::command_v1::Command;
 use aidos_api::v1::{
-    CreateTokenRequest, CreateTokenResponse, CreateTokenV1, RevokeTokenV1, Role, Token, TokenRecordV1,
+    CreateTokenRequest, CreateTokenResponse, CreateTokenV1, JoinRequest, JoinResponse, RevokeTokenV1,
+    RevokeWorkerResponse, RevokeWorkerV1, Role, Token, TokenRecordV1, WorkerCert,
 };
 
 use super::LeaderHandler;
@@ -28,6 +29,9 @@ pub fn token_for(by: &Principal, r: &CreateTokenRequest) -> Result<Token, Schedu
             "deployments: a {} token calls no deployment (only admin, member and infer tokens do)",
             auth::role_name(role)
         )));
+    }
+    if r.join && role != Role::Worker {
+        return Err(invalid(format!("join: a join token is a worker's (role worker), not {}", auth::role_name(role))));
     }
     if r.deployments.len() > 64 {
         return Err(invalid(format!("deployments: {} named, at most 64", r.deployments.len())));
@@ -55,9 +59,15 @@ pub fn token_for(by: &Principal, r: &CreateTokenRequest) -> Result<Token, Schedu
         allow_process: !r.no_process && by.allow_process && matches!(role, Role::Member | Role::Admin),
         created_by: by.name.clone(),
         deployments: r.deployments.clone(),
+        join: r.join,
         ..Default::default()
     })
 }
+
+/// Longest a join token may live: a day (it is a bearer secret on its way to a new machine).
+pub const MAX_JOIN_TTL_SECS: i64 = 24 * 3600;
+/// A join token's lifetime when none is asked for.
+pub const DEFAULT_JOIN_TTL_SECS: i64 = 3600;
 
 impl LeaderHandler {
     pub async fn create_token(
@@ -67,8 +77,15 @@ impl LeaderHandler {
     ) -> Result<CreateTokenResponse, SchedulerError> {
         let mut token = token_for(by, &r)?;
         token.id = auth::new_token_id();
-        if r.ttl_seconds > 0 {
-            token.expires_at_ms = aidos_api::now_ms() + r.ttl_seconds * 1000;
+        let ttl = match (r.join, r.ttl_seconds) {
+            (true, 0) => DEFAULT_JOIN_TTL_SECS,
+            (true, t) if t > MAX_JOIN_TTL_SECS => {
+                return Err(invalid(format!("ttl_seconds: a join token lives at most {MAX_JOIN_TTL_SECS} s")));
+            }
+            (_, t) => t,
+        };
+        if ttl > 0 {
+            token.expires_at_ms = aidos_api::now_ms() + ttl * 1000;
         }
         // ... and never outliving the creator's own token.
         if by.expires_at_ms != 0 && (token.expires_at_ms == 0 || token.expires_at_ms > by.expires_at_ms) {
@@ -93,6 +110,62 @@ impl LeaderHandler {
         let res = self.core.propose(Command::RevokeToken(RevokeTokenV1 { id: id.to_string() })).await?;
         Ok(res.token.unwrap_or_default())
     }
+
+    /// A worker's certificate for its join token: the token is checked here (a clear refusal before anything is
+    /// signed) and consumed by the command that records the certificate (so it buys one certificate, however
+    /// many workers race with it).
+    pub async fn join(&self, r: JoinRequest) -> Result<JoinResponse, SchedulerError> {
+        let Some(ca) = self.core.ca() else {
+            return Err(SchedulerError::Stale(
+                "this cluster does not serve TLS: workers authenticate with worker tokens (--token)".into(),
+            ));
+        };
+        if !aidos_api::tls::valid_name(&r.worker_id) {
+            return Err(invalid(format!("worker_id: {:?} is not a worker id", r.worker_id)));
+        }
+        if r.csr_pem.len() > 16 << 10 {
+            return Err(invalid("csr_pem: larger than 16 KiB".into()));
+        }
+        let now = aidos_api::now_ms();
+        let presented = auth::parse_token(&r.token)?;
+        let known = self.read(|st| st.auth.tokens.get(&presented.id).cloned());
+        let rec = known.ok_or_else(|| auth::Unauthenticated::Unknown(presented.id.clone()))?;
+        let t = rec.token.clone().unwrap_or_default();
+        if !auth::secret_matches(&presented.secret, &rec.secret_hash) {
+            return Err(auth::Unauthenticated::WrongSecret(presented.id).into());
+        }
+        if !t.join {
+            return Err(auth::Unauthenticated::Certificate(format!("token {} is not a join token", t.id)).into());
+        }
+        if t.revoked_at_ms != 0 {
+            return Err(auth::Unauthenticated::Certificate(format!("join token {} was used or revoked", t.id)).into());
+        }
+        if t.expires_at_ms != 0 && t.expires_at_ms <= now {
+            return Err(auth::Unauthenticated::Expired(t.id).into());
+        }
+        let identity = aidos_api::tls::Identity::Worker(r.worker_id.clone());
+        let issued =
+            ca.ca.sign_request(&r.csr_pem, &identity, ca.worker_cert_lifetime).map_err(|e| invalid(e.to_string()))?;
+        let cert = WorkerCert {
+            serial: issued.serial.clone(),
+            worker_id: r.worker_id,
+            not_after_ms: issued.not_after_ms,
+            join_token: t.id,
+            ..Default::default()
+        };
+        self.core.propose(Command::IssueWorkerCert(cert)).await?;
+        Ok(JoinResponse {
+            cert_pem: issued.cert_pem,
+            ca_pem: ca.ca.cert_pem().to_string(),
+            not_after_ms: issued.not_after_ms,
+        })
+    }
+
+    /// Revokes every certificate of `worker_id`.
+    pub async fn revoke_worker(&self, worker_id: &str) -> Result<RevokeWorkerResponse, SchedulerError> {
+        let res = self.core.propose(Command::RevokeWorker(RevokeWorkerV1 { worker_id: worker_id.to_string() })).await?;
+        Ok(RevokeWorkerResponse { certs: res.worker_certs })
+    }
 }
 
 #[cfg(test)]
@@ -109,8 +182,12 @@ mod tests {
             ttl_seconds: ttl,
             no_process: false,
             deployments: vec![],
+            join: false,
         };
         let t = token_for(&root, &req(Role::Member, "", 0)).unwrap();
+        let join = |role| CreateTokenRequest { join: true, ..req(role, "*", 0) };
+        assert!(token_for(&root, &join(Role::Worker)).unwrap().join);
+        assert!(token_for(&root, &join(Role::Admin)).unwrap_err().to_string().contains("join"));
         assert_eq!((t.project.as_str(), t.allow_process, t.created_by.as_str()), ("default", true, "root"));
         assert!(!token_for(&root, &req(Role::Viewer, "a", 0)).unwrap().allow_process);
         assert!(!token_for(&root, &req(Role::Worker, "*", 0)).unwrap().allow_process);

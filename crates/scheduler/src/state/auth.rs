@@ -1,5 +1,6 @@
-//! The auth domain: API tokens (table `Rows`, `k/<token id>`). A record holds the BLAKE3 hash of its secret,
-//! never the secret (the leader draws the secret, hashes it, proposes the record and answers the secret once).
+//! The auth domain: API tokens (table `Rows`, `k/<token id>`) and the certificates the cluster CA issued to
+//! workers (`c/<serial>`). A token record holds the BLAKE3 hash of its secret, never the secret (the leader draws
+//! the secret, hashes it, proposes the record and answers the secret once).
 //!
 //! Invariants:
 //! - Token ids are unique and never reused: a create of an existing id is refused (the leader draws ids at
@@ -7,11 +8,15 @@
 //! - A revoked token stays revoked: its record keeps `revoked_at_ms` (so `aidos token list --all` shows it) and a
 //!   second revocation changes nothing.
 //! - The root token and job tokens are not records here (`aidos_api::auth`).
+//! - A join token is used at most once: issuing a worker certificate for it revokes it in the same command, and
+//!   an issue for a used, revoked, expired or non-join token is refused (two workers racing with one token: one
+//!   gets a certificate).
+//! - A revoked worker certificate stays revoked; the auth layer refuses a certificate whose serial is not here.
 
 use std::collections::BTreeMap;
 
 use aidos_api::v1::command_v1::Command;
-use aidos_api::v1::{CommandResultV1, CreateTokenV1, Role, StateSnapshotV1, TokenRecordV1};
+use aidos_api::v1::{CommandResultV1, CreateTokenV1, Role, StateSnapshotV1, TokenRecordV1, WorkerCert};
 use prost::Message;
 
 use super::{Dirty, Domain, JobsState, Refusal, RowKind, Rows, Table, bad, not_found, refuse};
@@ -19,41 +24,62 @@ use super::{Dirty, Domain, JobsState, Refusal, RowKind, Rows, Table, bad, not_fo
 /// Most stored tokens (revoked ones included) the state keeps: bounds the domain.
 pub const MAX_TOKENS: usize = 10_000;
 const TOKEN_ROWS: RowKind = RowKind { table: Table::Rows, prefix: "k/", snapshot_field: 15 };
+/// Most worker certificates kept (revoked ones included).
+pub const MAX_WORKER_CERTS: usize = 10_000;
+const CERT_ROWS: RowKind = RowKind { table: Table::Rows, prefix: "c/", snapshot_field: 19 };
 
 pub fn token_key(id: &str) -> String {
     format!("k/{id}")
 }
 
-/// Stored tokens by id.
+pub fn cert_key(serial: &str) -> String {
+    format!("c/{serial}")
+}
+
+/// Stored tokens by id; worker certificates by serial.
 #[derive(Debug, Default, Clone)]
 pub struct AuthState {
     pub tokens: BTreeMap<String, TokenRecordV1>,
+    pub worker_certs: BTreeMap<String, WorkerCert>,
 }
 
 impl Rows for AuthState {
-    const ROWS: &'static [RowKind] = &[TOKEN_ROWS];
+    const ROWS: &'static [RowKind] = &[TOKEN_ROWS, CERT_ROWS];
 
     fn row(&self, _table: Table, key: &str) -> Option<Vec<u8>> {
+        if let Some(serial) = key.strip_prefix(CERT_ROWS.prefix) {
+            return self.worker_certs.get(serial).map(|c| c.encode_to_vec());
+        }
         self.tokens.get(key.strip_prefix(TOKEN_ROWS.prefix)?).map(|t| t.encode_to_vec())
     }
 
-    fn load_row(&mut self, _table: Table, _key: &str, bytes: &[u8]) -> Result<(), prost::DecodeError> {
+    fn load_row(&mut self, _table: Table, key: &str, bytes: &[u8]) -> Result<(), prost::DecodeError> {
+        if key.starts_with(CERT_ROWS.prefix) {
+            let c = WorkerCert::decode(bytes)?;
+            self.worker_certs.insert(c.serial.clone(), c);
+            return Ok(());
+        }
         let r = TokenRecordV1::decode(bytes)?;
         self.tokens.insert(r.token.as_ref().map(|t| t.id.clone()).unwrap_or_default(), r);
         Ok(())
     }
 
     fn keys(&self) -> Vec<(Table, String)> {
-        self.tokens.keys().map(|k| (Table::Rows, token_key(k))).collect()
+        let tokens = self.tokens.keys().map(|k| (Table::Rows, token_key(k)));
+        tokens.chain(self.worker_certs.keys().map(|k| (Table::Rows, cert_key(k)))).collect()
     }
 
     fn snapshot(&self, out: &mut StateSnapshotV1) {
         out.tokens = self.tokens.values().cloned().collect();
+        out.worker_certs = self.worker_certs.values().cloned().collect();
     }
 
     fn restore(&mut self, s: &mut StateSnapshotV1) {
         for r in std::mem::take(&mut s.tokens) {
             self.tokens.insert(r.token.as_ref().map(|t| t.id.clone()).unwrap_or_default(), r);
+        }
+        for c in std::mem::take(&mut s.worker_certs) {
+            self.worker_certs.insert(c.serial.clone(), c);
         }
     }
 }
@@ -69,6 +95,8 @@ impl Domain for AuthState {
         Some(match cmd {
             Command::CreateToken(c) => self.create(c, now, dirty),
             Command::RevokeToken(r) => self.revoke(&r.id, now, dirty),
+            Command::IssueWorkerCert(c) => self.issue_worker_cert(c, now, dirty),
+            Command::RevokeWorker(r) => self.revoke_worker(&r.worker_id, now, dirty),
             _ => return None,
         })
     }
@@ -105,6 +133,68 @@ impl AuthState {
         dirty.mark(Table::Rows, token_key(&token.id));
         self.tokens.insert(token.id.clone(), rec);
         Ok(CommandResultV1 { token: Some(token), ..Default::default() })
+    }
+
+    /// Records `c` and consumes its join token.
+    fn issue_worker_cert(&mut self, c: &WorkerCert, now: i64, dirty: &mut Dirty) -> Result<CommandResultV1, Refusal> {
+        if c.serial.is_empty() || c.serial.len() > 64 || !c.serial.bytes().all(|b| b.is_ascii_hexdigit()) {
+            return Err(bad("serial", format!("{:?} is not a certificate serial", c.serial)));
+        }
+        if !aidos_api::tls::valid_name(&c.worker_id) {
+            return Err(bad("worker_id", format!("{:?} is not a worker id", c.worker_id)));
+        }
+        if self.worker_certs.contains_key(&c.serial) {
+            return Err(refuse(tonic::Code::AlreadyExists, format!("certificate {} exists", c.serial)));
+        }
+        if self.worker_certs.len() >= MAX_WORKER_CERTS {
+            return Err(refuse(
+                tonic::Code::ResourceExhausted,
+                format!("the cluster holds {MAX_WORKER_CERTS} worker certificates, the most it keeps"),
+            ));
+        }
+        let join = self.tokens.get_mut(&c.join_token).and_then(|r| r.token.as_mut());
+        let t = match join {
+            Some(t) if t.join => t,
+            _ => return Err(refuse(tonic::Code::Unauthenticated, "not a join token".to_string())),
+        };
+        if t.revoked_at_ms != 0 {
+            return Err(refuse(tonic::Code::Unauthenticated, format!("join token {} was used or revoked", t.id)));
+        }
+        if t.expires_at_ms != 0 && t.expires_at_ms <= now {
+            return Err(refuse(tonic::Code::Unauthenticated, format!("join token {} expired", t.id)));
+        }
+        t.revoked_at_ms = now;
+        dirty.mark(Table::Rows, token_key(&c.join_token));
+        let cert = WorkerCert { issued_at_ms: now, revoked_at_ms: 0, ..c.clone() };
+        dirty.mark(Table::Rows, cert_key(&cert.serial));
+        self.worker_certs.insert(cert.serial.clone(), cert.clone());
+        Ok(CommandResultV1 { worker_certs: vec![cert], ..Default::default() })
+    }
+
+    /// Revokes every certificate of `worker_id` (NOT_FOUND when it has none).
+    fn revoke_worker(&mut self, worker_id: &str, now: i64, dirty: &mut Dirty) -> Result<CommandResultV1, Refusal> {
+        let mut certs = Vec::new();
+        for c in self.worker_certs.values_mut().filter(|c| c.worker_id == worker_id) {
+            if c.revoked_at_ms == 0 {
+                c.revoked_at_ms = now;
+                dirty.mark(Table::Rows, cert_key(&c.serial));
+            }
+            certs.push(c.clone());
+        }
+        if certs.is_empty() {
+            return Err(not_found(format!("no certificate was issued to worker {worker_id}")));
+        }
+        Ok(CommandResultV1 { worker_certs: certs, ..Default::default() })
+    }
+
+    /// Whether the certificate `serial` is one the cluster issued and has not revoked.
+    pub fn cert_valid(&self, serial: &str, worker_id: &str) -> Result<(), String> {
+        match self.worker_certs.get(serial) {
+            None => Err(format!("certificate {serial} was not issued by this cluster")),
+            Some(c) if c.worker_id != worker_id => Err(format!("certificate {serial} names another worker")),
+            Some(c) if c.revoked_at_ms != 0 => Err(format!("the certificate of worker {worker_id} was revoked")),
+            Some(_) => Ok(()),
+        }
     }
 
     fn revoke(&mut self, id: &str, now: i64, dirty: &mut Dirty) -> Result<CommandResultV1, Refusal> {
@@ -160,5 +250,58 @@ mod tests {
         let mut back = AuthState::default();
         back.restore(&mut snap);
         assert_eq!(back.tokens["t1"].secret_hash, vec![7; 32]);
+    }
+
+    #[test]
+    fn a_join_token_issues_one_certificate_and_revoking_the_worker_revokes_it() {
+        let mut st = AuthState::default();
+        let join = |id: &str, expires| TokenRecordV1 {
+            token: Some(Token {
+                id: id.into(),
+                role: Role::Worker as i32,
+                join: true,
+                expires_at_ms: expires,
+                ..Default::default()
+            }),
+            secret_hash: vec![1; 32],
+        };
+        for (id, exp) in [("j1", 0), ("j2", 10)] {
+            st.create(&CreateTokenV1 { record: Some(join(id, exp)) }, 1, &mut Dirty::default()).unwrap();
+        }
+        create(&mut st, "plain", 1).unwrap();
+        let cert = |serial: &str, token: &str| WorkerCert {
+            serial: serial.into(),
+            worker_id: "w1".into(),
+            join_token: token.into(),
+            not_after_ms: 99,
+            ..Default::default()
+        };
+        let issue = |st: &mut AuthState, c: WorkerCert, now| {
+            st.apply(&Command::IssueWorkerCert(c), now, &JobsState::default(), &mut Dirty::default()).unwrap()
+        };
+        let got = issue(&mut st, cert("0a", "j1"), 5).unwrap();
+        assert_eq!(got.worker_certs[0].issued_at_ms, 5);
+        assert!(st.cert_valid("0a", "w1").is_ok());
+        assert!(st.cert_valid("0a", "w2").is_err(), "names another worker");
+        assert!(st.cert_valid("0b", "w1").is_err(), "not issued");
+        // Used once: the second exchange is refused, as are an expired, a plain and an unknown token.
+        assert_eq!(issue(&mut st, cert("0b", "j1"), 6).unwrap_err().code, tonic::Code::Unauthenticated);
+        assert_eq!(issue(&mut st, cert("0b", "j2"), 11).unwrap_err().code, tonic::Code::Unauthenticated);
+        assert_eq!(issue(&mut st, cert("0b", "plain"), 6).unwrap_err().code, tonic::Code::Unauthenticated);
+        assert_eq!(issue(&mut st, cert("0b", "nope"), 6).unwrap_err().code, tonic::Code::Unauthenticated);
+        assert_eq!(issue(&mut st, cert("zz", "j2"), 6).unwrap_err().code, tonic::Code::InvalidArgument);
+        assert!(st.tokens["j1"].token.as_ref().unwrap().revoked_at_ms == 5, "consumed");
+        let revoke = Command::RevokeWorker(aidos_api::v1::RevokeWorkerV1 { worker_id: "w1".into() });
+        let r = st.apply(&revoke, 7, &JobsState::default(), &mut Dirty::default()).unwrap().unwrap();
+        assert_eq!(r.worker_certs[0].revoked_at_ms, 7);
+        assert!(st.cert_valid("0a", "w1").unwrap_err().contains("revoked"));
+        let none = Command::RevokeWorker(aidos_api::v1::RevokeWorkerV1 { worker_id: "w9".into() });
+        let e = st.apply(&none, 7, &JobsState::default(), &mut Dirty::default()).unwrap().unwrap_err();
+        assert_eq!(e.code, tonic::Code::NotFound);
+        let mut snap = StateSnapshotV1::default();
+        st.snapshot(&mut snap);
+        let mut back = AuthState::default();
+        back.restore(&mut snap);
+        assert_eq!(back.worker_certs["0a"].revoked_at_ms, 7);
     }
 }

@@ -1,0 +1,513 @@
+//! Transport security: the cluster's certificate authority, the certificates it issues to scheduler nodes and
+//! workers, who a client certificate names, and the TLS halves of our servers and clients (rustls with ring).
+//!
+//! - `aidos cert init --dir D` makes the CA ([`Ca::init`]): `D/ca.pem` (public, given to every client) and
+//!   `D/ca.key` (mode 0600; only scheduler nodes hold it). Each scheduler node issues its own certificate from it
+//!   when it starts ([`Ca::issue_node`]), so no per-node files are copied around.
+//! - A worker joins with a one-time join token: it makes a key pair and a signing request ([`request`]), sends
+//!   the request with the token, and the leader answers a certificate for that key ([`Ca::sign_request`]); the
+//!   key never leaves the worker.
+//! - A certificate's subject common name says who it is ([`Identity`]): `aidos-node:<id>` or
+//!   `aidos-worker:<name>`. Every scheduler certificate also names [`SERVER_NAME`], which clients verify (so a
+//!   node's certificate does not depend on the address it is dialled at).
+//! - Servers ([`ServerTls`]) verify a client certificate when one is presented (chain to the cluster CA, dates)
+//!   and accept clients without one: the CLI and jobs authenticate with tokens over server-authenticated TLS.
+//!   What a call needs beyond that (a node's certificate for Raft, a worker's for the worker channel) is the
+//!   scheduler's auth layer's decision, from [`peer_of`].
+//!
+//! Invariants: CA files are never overwritten; private keys are written with mode 0600; a TLS handshake that
+//! takes longer than [`HANDSHAKE_TIMEOUT`] is dropped without holding up other connections.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use rcgen::{
+    BasicConstraints, CertificateParams, CertificateSigningRequestParams, DistinguishedName, DnType,
+    ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair, KeyUsagePurpose, SerialNumber,
+};
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::mpsc;
+
+/// The name every scheduler node's certificate carries and every client verifies.
+pub const SERVER_NAME: &str = "scheduler.aidos";
+/// Files of a CA directory.
+pub const CA_CERT_FILE: &str = "ca.pem";
+pub const CA_KEY_FILE: &str = "ca.key";
+/// Files a worker keeps its certificate in (in its data directory).
+pub const CERT_FILE: &str = "tls.pem";
+pub const KEY_FILE: &str = "tls.key";
+/// The environment variable naming the CA certificate a client trusts (set by workers for their tasks).
+pub const CA_ENV: &str = "AIDOS_CA_CERT";
+/// A TLS handshake slower than this is dropped.
+pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// The CA's own lifetime.
+const CA_LIFETIME: Duration = Duration::from_secs(10 * 365 * 24 * 3600);
+/// Default lifetime of the certificates the CA issues.
+pub const DEFAULT_CERT_LIFETIME: Duration = Duration::from_secs(365 * 24 * 3600);
+/// Longest name a worker certificate may carry.
+const MAX_NAME: usize = 128;
+
+#[derive(Debug, thiserror::Error)]
+pub enum TlsError {
+    #[error("{path}: {source}")]
+    Io { path: PathBuf, source: std::io::Error },
+    #[error("{0} already exists: refusing to overwrite a cluster CA (use another --dir, or remove it yourself)")]
+    Exists(PathBuf),
+    #[error("{0}")]
+    Invalid(String),
+}
+
+fn io(path: &Path) -> impl FnOnce(std::io::Error) -> TlsError + '_ {
+    move |source| TlsError::Io { path: path.to_path_buf(), source }
+}
+
+fn invalid(what: &str) -> impl FnOnce(rcgen::Error) -> TlsError + '_ {
+    move |e| TlsError::Invalid(format!("{what}: {e}"))
+}
+
+/// Who a certificate names.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum Identity {
+    Node(u64),
+    Worker(String),
+}
+
+impl Identity {
+    pub fn common_name(&self) -> String {
+        match self {
+            Identity::Node(id) => format!("aidos-node:{id}"),
+            Identity::Worker(name) => format!("aidos-worker:{name}"),
+        }
+    }
+
+    pub fn parse(common_name: &str) -> Option<Identity> {
+        if let Some(id) = common_name.strip_prefix("aidos-node:") {
+            return id.parse().ok().map(Identity::Node);
+        }
+        common_name.strip_prefix("aidos-worker:").filter(|n| valid_name(n)).map(|n| Identity::Worker(n.to_string()))
+    }
+}
+
+/// A worker name a certificate may carry: 1..=128 of `[A-Za-z0-9._-]`.
+pub fn valid_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= MAX_NAME
+        && name.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
+}
+
+/// A certificate the CA issued.
+#[derive(Clone)]
+pub struct Issued {
+    pub cert_pem: String,
+    /// The private key, when the CA made it ([`Ca::issue_node`]); empty for a signed request.
+    pub key_pem: String,
+    /// Hex, as [`peer_of`] reads it back.
+    pub serial: String,
+    pub not_after_ms: i64,
+}
+
+impl std::fmt::Debug for Issued {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Issued").field("serial", &self.serial).field("not_after_ms", &self.not_after_ms).finish()
+    }
+}
+
+/// The cluster's certificate authority.
+pub struct Ca {
+    cert_pem: String,
+    issuer: Issuer<'static, KeyPair>,
+}
+
+impl Ca {
+    /// Makes a new CA in `dir` (created if missing). Refuses when either file exists.
+    pub fn init(dir: &Path) -> Result<Ca, TlsError> {
+        let (cert_path, key_path) = (dir.join(CA_CERT_FILE), dir.join(CA_KEY_FILE));
+        for p in [&cert_path, &key_path] {
+            if p.exists() {
+                return Err(TlsError::Exists(p.clone()));
+            }
+        }
+        std::fs::create_dir_all(dir).map_err(io(dir))?;
+        let key = KeyPair::generate().map_err(invalid("CA key"))?;
+        let mut params = CertificateParams::default();
+        params.distinguished_name = name("aidos cluster CA");
+        params.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
+        params.key_usages =
+            vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign, KeyUsagePurpose::DigitalSignature];
+        params.serial_number = Some(serial());
+        let now = std::time::SystemTime::now();
+        params.not_before = (now - Duration::from_secs(3600)).into();
+        params.not_after = (now + CA_LIFETIME).into();
+        let cert = params.self_signed(&key).map_err(invalid("CA certificate"))?;
+        write_private(&key_path, key.serialize_pem().as_bytes())?;
+        std::fs::write(&cert_path, cert.pem()).map_err(io(&cert_path))?;
+        Ca::from_pem(&cert.pem(), &key.serialize_pem())
+    }
+
+    /// The CA in `dir` (its certificate and key).
+    pub fn load(dir: &Path) -> Result<Ca, TlsError> {
+        let (cert_path, key_path) = (dir.join(CA_CERT_FILE), dir.join(CA_KEY_FILE));
+        let cert = std::fs::read_to_string(&cert_path).map_err(io(&cert_path))?;
+        let key = std::fs::read_to_string(&key_path).map_err(io(&key_path))?;
+        Ca::from_pem(&cert, &key).map_err(|e| TlsError::Invalid(format!("{}: {e}", dir.display())))
+    }
+
+    pub fn from_pem(cert_pem: &str, key_pem: &str) -> Result<Ca, TlsError> {
+        let issuer = Issuer::from_ca_cert_pem(cert_pem, KeyPair::from_pem(key_pem).map_err(invalid("CA key"))?)
+            .map_err(invalid("CA certificate"))?;
+        Ok(Ca { cert_pem: cert_pem.to_string(), issuer })
+    }
+
+    pub fn cert_pem(&self) -> &str {
+        &self.cert_pem
+    }
+
+    /// A new key and certificate for scheduler node `id`: server (for [`SERVER_NAME`]) and client (for its peers).
+    pub fn issue_node(&self, id: u64, lifetime: Duration) -> Result<Issued, TlsError> {
+        let key = KeyPair::generate().map_err(invalid("node key"))?;
+        let mut issued = self.issue(&Identity::Node(id), &key, lifetime)?;
+        issued.key_pem = key.serialize_pem();
+        Ok(issued)
+    }
+
+    /// A certificate naming `identity` for the key of the signing request `csr_pem`. Only the request's public
+    /// key is used (it proves the requester holds the key); what the certificate names and may do is ours.
+    pub fn sign_request(&self, csr_pem: &str, identity: &Identity, lifetime: Duration) -> Result<Issued, TlsError> {
+        let csr = CertificateSigningRequestParams::from_pem(csr_pem)
+            .map_err(|e| TlsError::Invalid(format!("certificate signing request: {e}")))?;
+        self.issue(identity, &csr.public_key, lifetime)
+    }
+
+    fn issue(
+        &self,
+        identity: &Identity,
+        key: &impl rcgen::PublicKeyData,
+        lifetime: Duration,
+    ) -> Result<Issued, TlsError> {
+        let mut params = CertificateParams::default();
+        params.distinguished_name = name(&identity.common_name());
+        params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+        params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
+        if let Identity::Node(_) = identity {
+            params.subject_alt_names =
+                vec![rcgen::SanType::DnsName(SERVER_NAME.try_into().map_err(invalid("server name"))?)];
+            params.extended_key_usages.push(ExtendedKeyUsagePurpose::ServerAuth);
+        }
+        let serial = serial();
+        params.serial_number = Some(serial.clone());
+        let now = std::time::SystemTime::now();
+        // An hour of slack for clocks a little behind ours.
+        params.not_before = (now - Duration::from_secs(3600)).into();
+        let not_after = now + lifetime;
+        params.not_after = not_after.into();
+        let cert = params.signed_by(key, &self.issuer).map_err(invalid("certificate"))?;
+        let not_after_ms =
+            not_after.duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or_default();
+        Ok(Issued { cert_pem: cert.pem(), key_pem: String::new(), serial: hex(&serial.to_bytes()), not_after_ms })
+    }
+}
+
+fn name(common_name: &str) -> DistinguishedName {
+    let mut dn = DistinguishedName::new();
+    dn.push(DnType::CommonName, common_name);
+    dn
+}
+
+/// 16 random bytes, positive.
+fn serial() -> SerialNumber {
+    let mut b: [u8; 16] = rand::random();
+    b[0] &= 0x7f;
+    b[0] |= 0x01;
+    SerialNumber::from_slice(&b)
+}
+
+fn hex(b: &[u8]) -> String {
+    b.iter().map(|x| format!("{x:02x}")).collect()
+}
+
+/// Writes a private key: created with mode 0600, never group- or world-readable.
+pub fn write_private(path: &Path, bytes: &[u8]) -> Result<(), TlsError> {
+    use std::io::Write;
+    let mut o = std::fs::OpenOptions::new();
+    o.write(true).create(true).truncate(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut o, 0o600);
+    let mut f = o.open(path).map_err(io(path))?;
+    f.write_all(bytes).and_then(|_| f.sync_all()).map_err(io(path))
+}
+
+/// A new key pair and a signing request for it (what a joining worker sends): `(csr_pem, key_pem)`.
+pub fn request(identity: &Identity) -> Result<(String, String), TlsError> {
+    let key = KeyPair::generate().map_err(invalid("key"))?;
+    let mut params = CertificateParams::default();
+    params.distinguished_name = name(&identity.common_name());
+    let csr = params.serialize_request(&key).map_err(invalid("signing request"))?;
+    Ok((csr.pem().map_err(invalid("signing request"))?, key.serialize_pem()))
+}
+
+/// What a verified client certificate says.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PeerCert {
+    pub identity: Identity,
+    /// Hex, as [`Issued::serial`].
+    pub serial: String,
+    pub not_after_ms: i64,
+}
+
+/// Who the (already verified) certificate `der` names; None when it names no aidos identity.
+pub fn peer_of(der: &[u8]) -> Option<PeerCert> {
+    let (_, cert) = x509_parser::parse_x509_certificate(der).ok()?;
+    let cn = cert.subject().iter_common_name().next()?.as_str().ok()?;
+    let identity = Identity::parse(cn)?;
+    let serial = hex(cert.tbs_certificate.raw_serial());
+    Some(PeerCert { identity, serial, not_after_ms: cert.validity().not_after.timestamp() * 1000 })
+}
+
+/// [`peer_of`] the first certificate of `pem`.
+pub fn peer_of_pem(pem: &str) -> Option<PeerCert> {
+    peer_of(CertificateDer::from_pem_slice(pem.as_bytes()).ok()?.as_ref())
+}
+
+fn provider() -> Arc<rustls::crypto::CryptoProvider> {
+    Arc::new(rustls::crypto::ring::default_provider())
+}
+
+fn certs(pem: &str, what: &str) -> Result<Vec<CertificateDer<'static>>, TlsError> {
+    let v: Vec<_> = CertificateDer::pem_slice_iter(pem.as_bytes())
+        .collect::<Result<_, _>>()
+        .map_err(|e| TlsError::Invalid(format!("{what}: {e}")))?;
+    if v.is_empty() {
+        return Err(TlsError::Invalid(format!("{what}: no certificate in it")));
+    }
+    Ok(v)
+}
+
+fn certified(
+    issued: &Issued,
+    provider: &rustls::crypto::CryptoProvider,
+) -> Result<rustls::sign::CertifiedKey, TlsError> {
+    let chain = certs(&issued.cert_pem, "certificate")?;
+    let key = PrivateKeyDer::from_pem_slice(issued.key_pem.as_bytes())
+        .map_err(|e| TlsError::Invalid(format!("private key: {e}")))?;
+    let signer =
+        provider.key_provider.load_private_key(key).map_err(|e| TlsError::Invalid(format!("private key: {e}")))?;
+    Ok(rustls::sign::CertifiedKey::new(chain, signer))
+}
+
+/// The certificate a server presents; replaced in place by [`ServerTls::rotate`] (new handshakes get the new one,
+/// connections already made are unaffected).
+#[derive(Debug)]
+struct Rotating(RwLock<Arc<rustls::sign::CertifiedKey>>);
+
+impl rustls::server::ResolvesServerCert for Rotating {
+    fn resolve(&self, _hello: rustls::server::ClientHello<'_>) -> Option<Arc<rustls::sign::CertifiedKey>> {
+        Some(self.0.read().unwrap_or_else(|p| p.into_inner()).clone())
+    }
+}
+
+/// A TLS server's configuration: our certificate, and client certificates verified against the cluster CA when
+/// presented.
+#[derive(Clone)]
+pub struct ServerTls {
+    resolver: Arc<Rotating>,
+    provider: Arc<rustls::crypto::CryptoProvider>,
+    ca_pem: String,
+}
+
+impl ServerTls {
+    pub fn new(ca_pem: &str, identity: &Issued) -> Result<ServerTls, TlsError> {
+        let provider = provider();
+        let key = certified(identity, &provider)?;
+        certs(ca_pem, "CA certificate")?;
+        Ok(ServerTls { resolver: Arc::new(Rotating(RwLock::new(Arc::new(key)))), provider, ca_pem: ca_pem.into() })
+    }
+
+    /// Serves `identity` from the next handshake on.
+    pub fn rotate(&self, identity: &Issued) -> Result<(), TlsError> {
+        let key = Arc::new(certified(identity, &self.provider)?);
+        *self.resolver.0.write().unwrap_or_else(|p| p.into_inner()) = key;
+        Ok(())
+    }
+
+    /// An acceptor offering `alpn` (`[b"h2"]` for gRPC; add `http/1.1` for an HTTP API).
+    pub fn acceptor(&self, alpn: &[&[u8]]) -> Result<tokio_rustls::TlsAcceptor, TlsError> {
+        let mut roots = rustls::RootCertStore::empty();
+        for c in certs(&self.ca_pem, "CA certificate")? {
+            roots.add(c).map_err(|e| TlsError::Invalid(format!("CA certificate: {e}")))?;
+        }
+        let verifier =
+            rustls::server::WebPkiClientVerifier::builder_with_provider(Arc::new(roots), self.provider.clone())
+                .allow_unauthenticated()
+                .build()
+                .map_err(|e| TlsError::Invalid(format!("client verifier: {e}")))?;
+        let mut cfg = rustls::ServerConfig::builder_with_provider(self.provider.clone())
+            .with_safe_default_protocol_versions()
+            .map_err(|e| TlsError::Invalid(e.to_string()))?
+            .with_client_cert_verifier(verifier)
+            .with_cert_resolver(self.resolver.clone());
+        cfg.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
+        Ok(tokio_rustls::TlsAcceptor::from(Arc::new(cfg)))
+    }
+}
+
+/// A TLS connection a listener accepted, with the peer's address.
+pub type Accepted = (tokio_rustls::server::TlsStream<TcpStream>, SocketAddr);
+
+/// Accepts TCP connections on `listener` and completes their TLS handshakes concurrently, each within
+/// [`HANDSHAKE_TIMEOUT`]; the connections come out of the returned channel. A failed handshake is logged at DEBUG
+/// and dropped. Stops when the receiver is dropped.
+pub fn accept(listener: TcpListener, acceptor: tokio_rustls::TlsAcceptor) -> mpsc::Receiver<Accepted> {
+    let (tx, rx) = mpsc::channel(64);
+    tokio::spawn(async move {
+        loop {
+            let (tcp, addr) = tokio::select! {
+                _ = tx.closed() => return,
+                r = listener.accept() => match r {
+                    Ok(c) => c,
+                    Err(e) => {
+                        // Out of file descriptors and the like: pause instead of spinning.
+                        tracing::warn!("accept: {e}");
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                        continue;
+                    }
+                },
+            };
+            let _ = tcp.set_nodelay(true);
+            let (acceptor, tx) = (acceptor.clone(), tx.clone());
+            tokio::spawn(async move {
+                match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
+                    Ok(Ok(tls)) => {
+                        let _ = tx.send((tls, addr)).await;
+                    }
+                    Ok(Err(e)) => tracing::debug!(%addr, "TLS handshake: {e}"),
+                    Err(_) => tracing::debug!(%addr, "TLS handshake timed out"),
+                }
+            });
+        }
+    });
+    rx
+}
+
+/// What a client trusts (the cluster CA) and presents (its certificate, when it has one).
+#[derive(Clone, PartialEq, Eq)]
+pub struct ClientTls {
+    pub ca_pem: Arc<str>,
+    /// `(certificate, key)` PEM.
+    pub identity: Option<(Arc<str>, Arc<str>)>,
+}
+
+impl std::fmt::Debug for ClientTls {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ClientTls").field("identity", &self.identity.is_some()).finish()
+    }
+}
+
+impl ClientTls {
+    /// Trusting the CA certificate in the file `ca`.
+    pub fn load(ca: &Path) -> Result<ClientTls, TlsError> {
+        let pem = std::fs::read_to_string(ca).map_err(io(ca))?;
+        certs(&pem, &ca.display().to_string())?;
+        Ok(ClientTls { ca_pem: pem.into(), identity: None })
+    }
+
+    /// Also presenting `issued` (certificate and key).
+    pub fn with_identity(mut self, cert_pem: &str, key_pem: &str) -> ClientTls {
+        self.identity = Some((cert_pem.into(), key_pem.into()));
+        self
+    }
+
+    /// From [`CA_ENV`] read through `get` (None when unset or blank).
+    pub fn from_lookup(get: impl Fn(&str) -> Option<String>) -> Result<Option<ClientTls>, TlsError> {
+        match get(CA_ENV).map(|v| v.trim().to_string()).filter(|v| !v.is_empty()) {
+            Some(p) => ClientTls::load(Path::new(&p)).map(Some),
+            None => Ok(None),
+        }
+    }
+
+    /// tonic's configuration: verify [`SERVER_NAME`] against the CA; present our certificate if any.
+    pub fn tonic(&self) -> tonic::transport::ClientTlsConfig {
+        let mut c = tonic::transport::ClientTlsConfig::new()
+            .ca_certificate(tonic::transport::Certificate::from_pem(self.ca_pem.as_bytes()))
+            .domain_name(SERVER_NAME);
+        if let Some((cert, key)) = &self.identity {
+            c = c.identity(tonic::transport::Identity::from_pem(cert.as_bytes(), key.as_bytes()));
+        }
+        c
+    }
+}
+
+/// `addr` (`host:port` or a URL) as an `https://` URL.
+pub fn https(addr: &str) -> String {
+    let a = addr.trim().trim_end_matches('/');
+    let rest = a.strip_prefix("http://").or_else(|| a.strip_prefix("https://")).unwrap_or(a);
+    format!("https://{rest}")
+}
+
+/// A multi-node cluster needs TLS unless the operator says otherwise (`--insecure`). Pure.
+pub fn require_tls(members: usize, tls: bool, insecure: bool) -> Result<(), String> {
+    if members > 1 && !tls && !insecure {
+        return Err(format!(
+            "a cluster of {members} nodes needs transport security: give --tls-dir (a CA made by `aidos cert init`), \
+             or --insecure to run without it (tokens then cross the network in the clear)"
+        ));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn identities_round_trip_and_bad_names_are_refused() {
+        for id in [Identity::Node(3), Identity::Worker("gpu-7.rack_2".into())] {
+            assert_eq!(Identity::parse(&id.common_name()), Some(id));
+        }
+        for cn in ["aidos-worker:", "aidos-worker:a b", "aidos-node:x", "someone", "aidos-worker:a/b"] {
+            assert_eq!(Identity::parse(cn), None, "{cn}");
+        }
+    }
+
+    #[test]
+    fn ca_issues_node_and_requested_certificates_that_read_back() {
+        let dir = std::env::temp_dir().join(format!("aidos-tls-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let ca = Ca::init(&dir).unwrap();
+        assert!(matches!(Ca::init(&dir), Err(TlsError::Exists(_))), "never overwrites a CA");
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            let mode = std::fs::metadata(dir.join(CA_KEY_FILE)).unwrap().permissions().mode();
+            assert_eq!(mode & 0o077, 0, "CA key readable by others: {mode:o}");
+        }
+        let ca = Ca::load(&dir).map(|_| ca).unwrap();
+        let node = ca.issue_node(2, Duration::from_secs(3600)).unwrap();
+        let der = certs(&node.cert_pem, "node").unwrap();
+        let peer = peer_of(&der[0]).unwrap();
+        assert_eq!(peer.identity, Identity::Node(2));
+        assert_eq!(peer.serial, node.serial);
+        assert!((peer.not_after_ms - node.not_after_ms).abs() < 2000);
+        // A worker's request: the certificate names whom the CA says, whatever the request asked for.
+        let (csr, _key) = request(&Identity::Node(1)).unwrap();
+        let w = ca.sign_request(&csr, &Identity::Worker("w1".into()), Duration::from_secs(60)).unwrap();
+        assert_eq!(peer_of(&certs(&w.cert_pem, "w").unwrap()[0]).unwrap().identity, Identity::Worker("w1".into()));
+        assert!(w.key_pem.is_empty());
+        assert!(ca.sign_request("not a request", &Identity::Worker("w".into()), Duration::from_secs(1)).is_err());
+        ServerTls::new(ca.cert_pem(), &node).unwrap().acceptor(&[b"h2"]).unwrap();
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn multi_node_clusters_need_tls_or_insecure() {
+        assert!(require_tls(1, false, false).is_ok());
+        assert!(require_tls(3, true, false).is_ok());
+        assert!(require_tls(3, false, true).is_ok());
+        assert!(require_tls(3, false, false).unwrap_err().contains("--insecure"));
+        assert_eq!(https("h:1"), "https://h:1");
+        assert_eq!(https("http://h:1/"), "https://h:1");
+    }
+}
