@@ -9,7 +9,10 @@
 # Server CPU per request: user + system time of the serving processes (gateway + replica on the gateway path) over
 # the run, from /proc, divided by the requests answered.
 # Keys on vs off (issue #17): the same model is deployed twice, `mlp` (callers present an inference key) and
-# `mlp-open` (`--public`: no key), one replica each; both paths are measured in the same run. (No TLS: not built.)
+# `mlp-open` (`--public`: no key), one replica each; both paths are measured in the same run.
+# TLS on vs off (issue #17): a second gateway serves HTTPS with a certificate from `aidos cert issue`; the exported
+# ONNX model is also served by two standalone `aidos serve run` processes (the server a replica runs), one plain and
+# one over TLS. (Replicas inside a deployment, and the gateway's hop to them, are plain TCP: not built.)
 #
 #   bash benches/gateway.sh          # needs wrk (apt install wrk) and the test venv (bash scripts/test.sh)
 set -euo pipefail
@@ -51,6 +54,18 @@ KEY=$("$AIDOS" token create --name bench-app --role infer --deployment mlp 2>/de
 G_HTTP="127.0.0.1:$(port)"; G_GRPC="127.0.0.1:$(port)"
 env ${GATEWAY_THREADS:+TOKIO_WORKER_THREADS=$GATEWAY_THREADS} "$AIDOS" serve gateway --http "$G_HTTP" --grpc "$G_GRPC" --log-level warn >"$DIR/gw.log" 2>&1 &
 G_PID=$!; PIDS+=($G_PID)
+# TLS: a cluster CA and a serving certificate for 127.0.0.1.
+"$AIDOS" cert init --dir "$DIR/ca" >/dev/null
+"$AIDOS" cert issue --dir "$DIR/ca" --name 127.0.0.1 --name localhost --out "$DIR/serve" >/dev/null
+TLS_FLAGS=(--tls-cert "$DIR/serve.pem" --tls-key "$DIR/serve.key")
+T_HTTP="127.0.0.1:$(port)"; T_GRPC="127.0.0.1:$(port)"
+env ${GATEWAY_THREADS:+TOKIO_WORKER_THREADS=$GATEWAY_THREADS} "$AIDOS" serve gateway --http "$T_HTTP" --grpc "$T_GRPC" "${TLS_FLAGS[@]}" --log-level warn >"$DIR/gw-tls.log" 2>&1 &
+T_PID=$!; PIDS+=($T_PID)
+S_HTTP="127.0.0.1:$(port)"; ST_HTTP="127.0.0.1:$(port)"
+"$AIDOS" serve run --model "mlp=$DIR/mlp.onnx" --http "$S_HTTP" --grpc "127.0.0.1:$(port)" --log-level warn >"$DIR/sa.log" 2>&1 &
+S_PID=$!; PIDS+=($S_PID)
+"$AIDOS" serve run --model "mlp=$DIR/mlp.onnx" --http "$ST_HTTP" --grpc "127.0.0.1:$(port)" "${TLS_FLAGS[@]}" --log-level warn >"$DIR/sa-tls.log" 2>&1 &
+ST_PID=$!; PIDS+=($ST_PID)
 F_PORT=$(port)
 "$PY" benches/fastapi_onnx.py "$DIR/mlp.onnx" "$F_PORT" >"$DIR/fastapi.log" 2>&1 &
 F_PID=$!; PIDS+=($F_PID)
@@ -67,10 +82,11 @@ wrk.headers["Content-Type"] = "application/json"
 wrk.body = io.open("$DIR/body.json"):read("*a")
 LUAEOF
 { cat "$DIR/post.lua"; echo "wrk.headers[\"Authorization\"] = \"Bearer $KEY\""; } >"$DIR/post-key.lua"
-for url in "http://$G_HTTP/v2/models/mlp/infer" "http://$G_HTTP/v2/models/mlp-open/infer" "http://127.0.0.1:$F_PORT/v2/models/mlp/infer"; do
+for url in "http://$G_HTTP/v2/models/mlp/infer" "http://$G_HTTP/v2/models/mlp-open/infer" "http://127.0.0.1:$F_PORT/v2/models/mlp/infer" \
+        "https://$T_HTTP/v2/models/mlp/infer" "http://$S_HTTP/v2/models/mlp/infer" "https://$ST_HTTP/v2/models/mlp/infer"; do
     deadline=$((SECONDS + 60))
-    until curl -sf -o /dev/null -H "Authorization: Bearer $KEY" -H 'Content-Type: application/json' -d @"$DIR/body.json" "$url"; do
-        (( SECONDS < deadline )) || { echo "$url never answered"; cat "$DIR"/gw.log "$DIR"/fastapi.log; exit 1; }
+    until curl -sf -o /dev/null --cacert "$DIR/ca/ca.pem" -H "Authorization: Bearer $KEY" -H 'Content-Type: application/json' -d @"$DIR/body.json" "$url"; do
+        (( SECONDS < deadline )) || { echo "$url never answered"; cat "$DIR"/gw*.log "$DIR"/sa*.log "$DIR"/fastapi.log; exit 1; }
         sleep 0.3
     done
 done
@@ -111,6 +127,11 @@ run_wrk "through the gateway, key" "http://$G_HTTP/v2/models/mlp/infer" "$G_PID"
 [[ -z "${PERF_PID:-}" ]] || wait "$PERF_PID"
 run_wrk "through the gateway, no key" "http://$G_HTTP/v2/models/mlp-open/infer" "$G_PID" "$O_PID"
 run_wrk "FastAPI + onnxruntime" "http://127.0.0.1:$F_PORT/v2/models/mlp/infer" "$F_PID"
+echo "TLS + key vs plain TCP + no key (HTTP/JSON, wrk -t2 -c32; the connections are kept alive):"
+run_wrk "gateway, plain, no key" "http://$G_HTTP/v2/models/mlp-open/infer" "$G_PID" "$O_PID"
+run_wrk "gateway, TLS + key" "https://$T_HTTP/v2/models/mlp/infer" "$T_PID" "$R_PID"
+run_wrk "serve run, plain" "http://$S_HTTP/v2/models/mlp/infer" "$S_PID"
+run_wrk "serve run, TLS" "https://$ST_HTTP/v2/models/mlp/infer" "$ST_PID"
 echo "gRPC, our tonic client (32 concurrent streams):"
 grpc_load() { # label http grpc model pids [key]
     echo -n "$1  "

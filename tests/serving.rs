@@ -61,6 +61,14 @@ fn fixture() -> Fixture {
 }
 
 async fn start_server(fx: &Fixture, limits: Limits) -> (RunningServer, Vec<String>) {
+    start_server_with(fx, limits, None).await
+}
+
+async fn start_server_with(
+    fx: &Fixture,
+    limits: Limits,
+    tls: Option<aidos_api::tls::ServerTls>,
+) -> (RunningServer, Vec<String>) {
     let repo = Arc::new(Repository::new(Arc::new(Metrics::default())));
     let batch = BatchConfig::default();
     let mut names = Vec::new();
@@ -80,7 +88,8 @@ async fn start_server(fx: &Fixture, limits: Limits) -> (RunningServer, Vec<Strin
             Err(e) => eprintln!("ort runtime not tested (build with --features ort): {e}"),
         }
     }
-    let cfg = ServerConfig { http: "127.0.0.1:0".parse().unwrap(), grpc: "127.0.0.1:0".parse().unwrap() };
+    let cfg =
+        ServerConfig { tls, ..ServerConfig::plain("127.0.0.1:0".parse().unwrap(), "127.0.0.1:0".parse().unwrap()) };
     let state = Arc::new(ServerState {
         repo,
         limits,
@@ -116,6 +125,58 @@ async fn tritonclient_http_and_grpc_match_in_process_outputs_on_every_runtime() 
     eprintln!("{stdout}{}", String::from_utf8_lossy(&out.stderr));
     assert!(out.status.success(), "triton_check.py failed: {}", String::from_utf8_lossy(&out.stderr));
     assert!(stdout.lines().filter(|l| l.contains("max_abs_diff")).count() >= 4);
+    server.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn both_fronts_serve_tls_with_a_certificate_the_cluster_ca_issued() {
+    let fx = tokio::task::spawn_blocking(fixture).await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let ca = aidos_api::tls::Ca::init(&dir.path().join("ca")).unwrap();
+    let names = ["localhost".to_string(), "127.0.0.1".to_string()];
+    let issued = ca.issue_server(&names, std::time::Duration::from_secs(3600)).unwrap();
+    let tls = aidos_api::tls::ServerTls::serving(&issued).unwrap();
+    let (server, _) = start_server_with(&fx, Limits::default(), Some(tls)).await;
+    let ca_file = dir.path().join("ca").join(aidos_api::tls::CA_CERT_FILE);
+    // HTTPS, verifying the certificate against the CA: the same predictions as in process.
+    let body = dir.path().join("req.json");
+    std::fs::write(&body, json_req(&[2, 784], "FP32", &fx.x[..2 * 784])).unwrap();
+    let url = format!("https://127.0.0.1:{}/v2/models/mnist-tract/infer", server.http.port());
+    let curl = |url: &str| -> (bool, String) {
+        let out = std::process::Command::new("curl")
+            .args(["-sS", "--max-time", "20", "--cacert", ca_file.to_str().unwrap()])
+            .args(["-H", "Content-Type: application/json", "--data-binary"])
+            .arg(format!("@{}", body.display()))
+            .arg(url)
+            .output()
+            .unwrap();
+        (out.status.success(), String::from_utf8_lossy(&out.stdout).to_string())
+    };
+    // (curl blocks this runtime thread; the server runs on the other.)
+    let (ok, answer) = curl(&url);
+    assert!(ok, "HTTPS infer failed: {answer}");
+    let v: serde_json::Value = serde_json::from_str(&answer).unwrap();
+    let got: Vec<f32> =
+        v["outputs"][0]["data"].as_array().unwrap().iter().map(|x| x.as_f64().unwrap() as f32).collect();
+    for (g, e) in got.iter().zip(&fx.expected[..got.len()]) {
+        assert!((g - e).abs() < 1e-3, "{g} vs {e}");
+    }
+    // Plain HTTP on the TLS port gets no answer.
+    let plain = url.replace("https://", "http://");
+    let (ok, answer) = curl(&plain);
+    assert!(!ok || !answer.contains("outputs"), "plain HTTP was answered: {answer}");
+    // gRPC over TLS, verifying the certificate against the CA.
+    use aidos_serve::grpc::pb::grpc_inference_service_client::GrpcInferenceServiceClient;
+    let tls = tonic::transport::ClientTlsConfig::new()
+        .ca_certificate(tonic::transport::Certificate::from_pem(ca.cert_pem()))
+        .domain_name("localhost");
+    let ep = tonic::transport::Endpoint::from_shared(format!("https://127.0.0.1:{}", server.grpc.port()))
+        .unwrap()
+        .tls_config(tls)
+        .unwrap();
+    let mut c = GrpcInferenceServiceClient::new(ep.connect().await.unwrap());
+    let ready = aidos_serve::grpc::pb::ModelReadyRequest { name: "mnist-tract".into(), version: String::new() };
+    assert!(c.model_ready(ready).await.unwrap().into_inner().ready);
     server.shutdown().await;
 }
 

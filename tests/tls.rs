@@ -99,10 +99,10 @@ async fn nodes_and_workers_prove_themselves_with_certificates_of_the_cluster_ca(
     assert!(out.contains("join token"), "{out}");
     assert_eq!(worker_state(&c, "w0").await, None, "a worker without a certificate registered");
 
-    // A one-time join token buys worker w1 its certificate; w1 registers and runs a training job whose task
-    // reports to the scheduler over TLS (AIDOS_CA_CERT).
+    // A one-time join token buys worker w1 (which holds no token of any kind) its certificate; w1 registers and
+    // runs a training job whose task reports to the scheduler over TLS (AIDOS_CA_CERT).
     let (join_id, join) = create_token(&c, &["--name", "w1-join", "--role", "worker", "--for-project", "*", "--join"]);
-    c.start_worker_with("w1", "2", "", &["--join-token", &join]);
+    c.start_worker_tokenless("w1", "2", &["--join-token", &join]);
     wait_worker(&c, "w1", WorkerState::Ready, "joining").await;
     let key = std::fs::metadata(c.path().join("worker-w1").join(aidos_api::tls::KEY_FILE)).unwrap();
     assert_eq!(std::os::unix::fs::PermissionsExt::mode(&key.permissions()) & 0o077, 0, "worker key readable by others");

@@ -256,6 +256,34 @@ impl BatchArgs {
     }
 }
 
+/// TLS on a serving front (`aidos serve run`, `aidos serve gateway`).
+#[derive(Args, Debug, Clone)]
+pub struct ServeTls {
+    /// Serve HTTP and gRPC over TLS with this certificate (PEM, chain first; `aidos cert issue` makes one from the
+    /// cluster CA, or bring your own); needs --tls-key
+    #[arg(long, env = "AIDOS_SERVE_TLS_CERT", requires = "tls_key", help_heading = "TLS")]
+    pub tls_cert: Option<PathBuf>,
+    /// The certificate's private key (PEM)
+    #[arg(long, env = "AIDOS_SERVE_TLS_KEY", requires = "tls_cert", help_heading = "TLS")]
+    pub tls_key: Option<PathBuf>,
+}
+
+impl ServeTls {
+    pub fn load(&self) -> anyhow::Result<Option<aidos_api::tls::ServerTls>> {
+        match (&self.tls_cert, &self.tls_key) {
+            (Some(c), Some(k)) => {
+                Ok(Some(aidos_api::tls::ServerTls::from_files(c, k).context("--tls-cert/--tls-key")?))
+            }
+            _ => Ok(None),
+        }
+    }
+
+    /// `http` or `https`.
+    pub fn scheme(&self) -> &'static str {
+        if self.tls_cert.is_some() { "https" } else { "http" }
+    }
+}
+
 /// What a worker offers; shared by `aidos worker` and `aidos up`.
 #[derive(Args, Debug)]
 pub struct WorkerResources {

@@ -105,6 +105,8 @@ pub struct GatewayArgs {
     /// Requests of one key in flight at once through this gateway (0: no limit)
     #[arg(long, env = "AIDOS_GATEWAY_KEY_MAX_IN_FLIGHT", default_value_t = 0)]
     pub key_max_in_flight: u32,
+    #[command(flatten)]
+    pub tls: super::args::ServeTls,
 }
 
 pub async fn deploy(g: &Global, a: DeployArgs) -> anyhow::Result<()> {
@@ -368,8 +370,8 @@ pub async fn gateway(g: &Global, a: GatewayArgs) -> anyhow::Result<()> {
         max_in_flight: a.key_max_in_flight,
     });
     let refresh = Duration::from_millis(a.refresh_ms);
-    let server = start_gateway(g.scheduler.clone(), a.http, a.grpc, refresh, limits).await?;
-    println!("gateway serving deployments: HTTP http://{}  gRPC {}", server.http, server.grpc);
+    let server = start_gateway(g.scheduler.clone(), a.http, a.grpc, refresh, limits, a.tls.load()?).await?;
+    println!("gateway serving deployments: HTTP {}://{}  gRPC {}", a.tls.scheme(), server.http, server.grpc);
     if let Some(f) = &a.ready_file {
         server.write_ready_file(f).with_context(|| format!("writing {}", f.display()))?;
     }
@@ -385,10 +387,11 @@ pub async fn start_gateway(
     grpc: SocketAddr,
     refresh: Duration,
     key_limits: Option<LimitConfig>,
+    tls: Option<aidos_api::tls::ServerTls>,
 ) -> anyhow::Result<aidos_serve::RunningServer> {
     let keys = KeyTable::new();
     let source = DeploymentRoutes { client: Client::new(&schedulers)?, keys: keys.clone() };
-    let cfg = GatewayConfig { server: ServerConfig { http, grpc }, refresh };
+    let cfg = GatewayConfig { server: ServerConfig { tls, ..ServerConfig::plain(http, grpc) }, refresh };
     // The gateway presents its own token (the CLI's: root under `aidos up`, else a worker token) to the replicas.
     let access = GatewayAccess { auth: keys, creds: super::client::credentials(), key_limits };
     aidos_serve::gateway::start(&cfg, source, access)

@@ -76,6 +76,8 @@ pub struct RunArgs {
     /// gRPC listen address (inference.GRPCInferenceService)
     #[arg(long, env = "AIDOS_SERVE_GRPC", default_value = "127.0.0.1:8001")]
     pub grpc: SocketAddr,
+    #[command(flatten)]
+    pub tls: super::args::ServeTls,
     /// Largest request body or gRPC message, bytes
     #[arg(long, env = "AIDOS_SERVE_MAX_REQUEST_BYTES", default_value_t = 64 << 20)]
     pub max_request_bytes: usize,
@@ -168,7 +170,7 @@ async fn serve(g: &Global, a: RunArgs) -> anyhow::Result<()> {
         !repo.is_empty() || a.model_repository.is_some(),
         "nothing to serve: give --registry-model, --model or --model-repository"
     );
-    let cfg = ServerConfig { http: a.http, grpc: a.grpc };
+    let cfg = ServerConfig { tls: a.tls.load()?, ..ServerConfig::plain(a.http, a.grpc) };
     let state = Arc::new(ServerState {
         repo,
         limits: Limits { max_request_bytes: a.max_request_bytes, max_tensor_bytes: a.max_tensor_bytes },
@@ -180,7 +182,11 @@ async fn serve(g: &Global, a: RunArgs) -> anyhow::Result<()> {
         key_limits: None,
     });
     let server = aidos_serve::start(&cfg, state).await.with_context(|| format!("binding {} / {}", a.http, a.grpc))?;
-    println!("serving: HTTP http://{}  gRPC {}  (metrics: http://{}/metrics)", server.http, server.grpc, server.http);
+    let scheme = a.tls.scheme();
+    println!(
+        "serving: HTTP {scheme}://{}  gRPC {}  (metrics: {scheme}://{}/metrics)",
+        server.http, server.grpc, server.http
+    );
     if let Some(f) = &a.ready_file {
         server.write_ready_file(f).with_context(|| format!("writing {}", f.display()))?;
     }

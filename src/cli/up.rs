@@ -86,7 +86,8 @@ pub async fn run(g: &Global, a: UpArgs) -> anyhow::Result<()> {
         None
     } else {
         let refresh = std::time::Duration::from_millis(250);
-        let g = super::deploy::start_gateway(vec![dial_addr(addr)], a.serve_http, a.serve_grpc, refresh, None).await?;
+        let g = super::deploy::start_gateway(vec![dial_addr(addr)], a.serve_http, a.serve_grpc, refresh, None, None)
+            .await?;
         println!(
             "gateway serving deployments on HTTP http://{} and gRPC {} (callers present a key: the admin token, or \
              `aidos token create --role infer`)",

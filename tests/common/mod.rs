@@ -59,11 +59,15 @@ pub struct Proc {
     pub args: Vec<String>,
     pub log: PathBuf,
     pub child: Option<Child>,
+    /// Environment set on top of the harness's (`AIDOS_TOKEN` = the root token, `RUST_LOG`), at every start.
+    pub env: Vec<(String, String)>,
+    /// The working directory (None: the test's).
+    pub cwd: Option<PathBuf>,
 }
 
 impl Proc {
     fn spawn(name: &str, args: Vec<String>, log: PathBuf) -> Proc {
-        let mut p = Proc { name: name.into(), args, log, child: None };
+        let mut p = Proc { name: name.into(), args, log, child: None, env: Vec::new(), cwd: None };
         p.start();
         p
     }
@@ -71,10 +75,15 @@ impl Proc {
     pub fn start(&mut self) {
         assert!(self.child.is_none(), "{} already running", self.name);
         let out = std::fs::OpenOptions::new().create(true).append(true).open(&self.log).unwrap();
-        let child = Command::new(BIN)
+        let mut cmd = Command::new(BIN);
+        if let Some(d) = &self.cwd {
+            cmd.current_dir(d);
+        }
+        let child = cmd
             .args(&self.args)
             .env("RUST_LOG", "info")
             .env(aidos_api::auth::TOKEN_ENV, &*TOKEN)
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
             .stdin(Stdio::null())
             .stdout(out.try_clone().unwrap())
             .stderr(out)
@@ -365,8 +374,33 @@ impl Cluster {
         self.start_worker_with(id, cpus, labels, &[]);
     }
 
+    /// [`Self::start_worker_with`] as a worker that holds no token at all (no `AIDOS_TOKEN`, no saved login, no
+    /// local admin token): on a TLS cluster its certificate is its only credential.
+    pub fn start_worker_tokenless(&mut self, id: &str, cpus: &str, extra: &[&str]) {
+        let mut p = self.worker_proc(id, cpus, "", extra);
+        let home = self.dir.path().join(format!("home-{id}"));
+        std::fs::create_dir_all(&home).unwrap();
+        let h = home.display().to_string();
+        p.env = vec![
+            (aidos_api::auth::TOKEN_ENV.into(), String::new()),
+            ("HOME".into(), h.clone()),
+            ("XDG_CONFIG_HOME".into(), h.clone()),
+            ("AIDOS_DATA_DIR".into(), h),
+        ];
+        p.cwd = Some(home);
+        p.start();
+        self.workers.insert(id.to_string(), p);
+    }
+
     /// [`Self::start_worker`] with more `aidos worker` flags (e.g. `--token`).
     pub fn start_worker_with(&mut self, id: &str, cpus: &str, labels: &str, extra: &[&str]) {
+        let mut p = self.worker_proc(id, cpus, labels, extra);
+        p.start();
+        self.workers.insert(id.to_string(), p);
+    }
+
+    /// The (not yet started) process of worker `id`.
+    fn worker_proc(&self, id: &str, cpus: &str, labels: &str, extra: &[&str]) -> Proc {
         let data = self.dir.path().join(format!("worker-{id}"));
         let mut args = vec![
             "worker".into(),
@@ -393,7 +427,7 @@ impl Cluster {
         }
         args.extend(extra.iter().map(|s| s.to_string()));
         let log = self.dir.path().join(format!("worker-{id}.log"));
-        self.workers.insert(id.to_string(), Proc::spawn(&format!("worker-{id}"), args, log));
+        Proc { name: format!("worker-{id}"), args, log, child: None, env: Vec::new(), cwd: None }
     }
 
     /// Pushes data/mnist10k as `mnist@v1` and registers `versions` versions of a small MLP `digits` (784-32-10, one

@@ -166,6 +166,28 @@ impl Ca {
         &self.cert_pem
     }
 
+    /// A new key and certificate for a serving front (a gateway, `aidos serve run`) reached at `names` (DNS names
+    /// or IP addresses): `aidos cert issue`. Clients verify it against the cluster CA.
+    pub fn issue_server(&self, names: &[String], lifetime: Duration) -> Result<Issued, TlsError> {
+        if names.is_empty() {
+            return Err(TlsError::Invalid("a serving certificate needs at least one name (--name)".into()));
+        }
+        let key = KeyPair::generate().map_err(invalid("key"))?;
+        let mut params = CertificateParams::new(names.to_vec()).map_err(invalid("names"))?;
+        params.distinguished_name = name(&names[0]);
+        params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+        params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
+        let serial = serial();
+        params.serial_number = Some(serial.clone());
+        let now = std::time::SystemTime::now();
+        params.not_before = (now - Duration::from_secs(3600)).into();
+        params.not_after = (now + lifetime).into();
+        let cert = params.signed_by(&key, &self.issuer).map_err(invalid("certificate"))?;
+        let not_after_ms =
+            (now + lifetime).duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or_default();
+        Ok(Issued { cert_pem: cert.pem(), key_pem: key.serialize_pem(), serial: hex(&serial.to_bytes()), not_after_ms })
+    }
+
     /// A new key and certificate for scheduler node `id`: server (for [`SERVER_NAME`]) and client (for its peers).
     pub fn issue_node(&self, id: u64, lifetime: Duration) -> Result<Issued, TlsError> {
         let key = KeyPair::generate().map_err(invalid("node key"))?;
@@ -309,21 +331,43 @@ impl rustls::server::ResolvesServerCert for Rotating {
     }
 }
 
-/// A TLS server's configuration: our certificate, and client certificates verified against the cluster CA when
-/// presented.
+/// A TLS server's configuration: our certificate, and (a scheduler node) client certificates verified against
+/// the cluster CA when presented.
 #[derive(Clone)]
 pub struct ServerTls {
     resolver: Arc<Rotating>,
     provider: Arc<rustls::crypto::CryptoProvider>,
-    ca_pem: String,
+    /// None: no client certificates are asked for (serving fronts: callers present inference keys).
+    client_ca_pem: Option<String>,
+}
+
+impl std::fmt::Debug for ServerTls {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ServerTls").field("verifies_clients", &self.client_ca_pem.is_some()).finish()
+    }
 }
 
 impl ServerTls {
+    /// A scheduler node's: `identity`, verifying client certificates against `ca_pem`.
     pub fn new(ca_pem: &str, identity: &Issued) -> Result<ServerTls, TlsError> {
+        certs(ca_pem, "CA certificate")?;
+        Ok(ServerTls { client_ca_pem: Some(ca_pem.into()), ..ServerTls::serving(identity)? })
+    }
+
+    /// A serving front's: `identity`, no client certificates.
+    pub fn serving(identity: &Issued) -> Result<ServerTls, TlsError> {
         let provider = provider();
         let key = certified(identity, &provider)?;
-        certs(ca_pem, "CA certificate")?;
-        Ok(ServerTls { resolver: Arc::new(Rotating(RwLock::new(Arc::new(key)))), provider, ca_pem: ca_pem.into() })
+        Ok(ServerTls { resolver: Arc::new(Rotating(RwLock::new(Arc::new(key)))), provider, client_ca_pem: None })
+    }
+
+    /// [`Self::serving`] the certificate (chain) and key in the PEM files `cert` and `key`.
+    pub fn from_files(cert: &Path, key: &Path) -> Result<ServerTls, TlsError> {
+        let cert_pem = std::fs::read_to_string(cert).map_err(io(cert))?;
+        let key_pem = std::fs::read_to_string(key).map_err(io(key))?;
+        let issued = Issued { cert_pem, key_pem, serial: String::new(), not_after_ms: 0 };
+        ServerTls::serving(&issued)
+            .map_err(|e| TlsError::Invalid(format!("{} / {}: {e}", cert.display(), key.display())))
     }
 
     /// Serves `identity` from the next handshake on.
@@ -335,20 +379,25 @@ impl ServerTls {
 
     /// An acceptor offering `alpn` (`[b"h2"]` for gRPC; add `http/1.1` for an HTTP API).
     pub fn acceptor(&self, alpn: &[&[u8]]) -> Result<tokio_rustls::TlsAcceptor, TlsError> {
-        let mut roots = rustls::RootCertStore::empty();
-        for c in certs(&self.ca_pem, "CA certificate")? {
-            roots.add(c).map_err(|e| TlsError::Invalid(format!("CA certificate: {e}")))?;
-        }
-        let verifier =
-            rustls::server::WebPkiClientVerifier::builder_with_provider(Arc::new(roots), self.provider.clone())
-                .allow_unauthenticated()
-                .build()
-                .map_err(|e| TlsError::Invalid(format!("client verifier: {e}")))?;
-        let mut cfg = rustls::ServerConfig::builder_with_provider(self.provider.clone())
+        let builder = rustls::ServerConfig::builder_with_provider(self.provider.clone())
             .with_safe_default_protocol_versions()
-            .map_err(|e| TlsError::Invalid(e.to_string()))?
-            .with_client_cert_verifier(verifier)
-            .with_cert_resolver(self.resolver.clone());
+            .map_err(|e| TlsError::Invalid(e.to_string()))?;
+        let builder = match &self.client_ca_pem {
+            Some(ca) => {
+                let mut roots = rustls::RootCertStore::empty();
+                for c in certs(ca, "CA certificate")? {
+                    roots.add(c).map_err(|e| TlsError::Invalid(format!("CA certificate: {e}")))?;
+                }
+                let verifier =
+                    rustls::server::WebPkiClientVerifier::builder_with_provider(Arc::new(roots), self.provider.clone())
+                        .allow_unauthenticated()
+                        .build()
+                        .map_err(|e| TlsError::Invalid(format!("client verifier: {e}")))?;
+                builder.with_client_cert_verifier(verifier)
+            }
+            None => builder.with_no_client_auth(),
+        };
+        let mut cfg = builder.with_cert_resolver(self.resolver.clone());
         cfg.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
         Ok(tokio_rustls::TlsAcceptor::from(Arc::new(cfg)))
     }
@@ -390,6 +439,37 @@ pub fn accept(listener: TcpListener, acceptor: tokio_rustls::TlsAcceptor) -> mps
         }
     });
     rx
+}
+
+/// An axum listener over [`accept`]'s connections (use it through `ListenerExt::tap_io`, so that axum hands
+/// handlers the peer address as `ConnectInfo<SocketAddr>`).
+pub struct TlsListener {
+    accepted: mpsc::Receiver<Accepted>,
+    local: SocketAddr,
+}
+
+impl TlsListener {
+    pub fn new(listener: TcpListener, acceptor: tokio_rustls::TlsAcceptor) -> std::io::Result<TlsListener> {
+        let local = listener.local_addr()?;
+        Ok(TlsListener { accepted: accept(listener, acceptor), local })
+    }
+}
+
+impl axum::serve::Listener for TlsListener {
+    type Io = tokio_rustls::server::TlsStream<TcpStream>;
+    type Addr = SocketAddr;
+
+    async fn accept(&mut self) -> (Self::Io, Self::Addr) {
+        match self.accepted.recv().await {
+            Some(c) => c,
+            // The acceptor stops only when this listener is dropped: wait for shutdown.
+            None => std::future::pending().await,
+        }
+    }
+
+    fn local_addr(&self) -> std::io::Result<Self::Addr> {
+        Ok(self.local)
+    }
 }
 
 /// What a client trusts (the cluster CA) and presents (its certificate, when it has one).

@@ -230,7 +230,9 @@ pub const CERT_WORKER_PREFIX: &str = "worker:";
 /// - Peer (Raft, audit hand-over): a node's certificate; the token is then checked as on any call.
 /// - Worker (the worker channel): a worker certificate this cluster issued and has not revoked. It is the call's
 ///   principal: no token is needed, and a worker token alone is refused.
-/// - Any other rule asks nothing of it: users, jobs and services present tokens over server-authenticated TLS.
+/// - Any other rule: a valid worker certificate on a call without a token is the worker's credential (its blob
+///   cache fills through the blob service); otherwise users, jobs and services present tokens over
+///   server-authenticated TLS and the certificate asks nothing.
 ///
 /// `Ok(Some(..))`: verified by the certificate; `Ok(None)`: go on to the token.
 pub fn check_cert(
@@ -246,21 +248,30 @@ pub fn check_cert(
             "{path} needs {what}: this cluster authenticates its nodes and workers with certificates of its CA"
         )))
     };
-    match (access, cert.map(|c| &c.identity)) {
-        (Access::Peer, Some(Identity::Node(_))) => Ok(None),
+    let tokenless = !headers.contains_key(auth::AUTHORIZATION);
+    match (access, cert) {
+        (Access::Peer, Some(c)) if matches!(c.identity, Identity::Node(_)) => Ok(None),
         (Access::Peer, _) => Err(needs("a scheduler node's certificate")),
-        (Access::Worker, Some(Identity::Worker(id))) => {
-            let serial = cert.map(|c| c.serial.as_str()).unwrap_or_default();
-            st.auth.cert_valid(serial, id).map_err(|why| tonic::Status::from(Unauthenticated::Certificate(why)))?;
+        (Access::Public, _) => Ok(None),
+        (_, Some(c)) if access == Access::Worker || tokenless => {
+            let Identity::Worker(id) = &c.identity else {
+                return match access {
+                    Access::Worker => Err(needs("a worker certificate")),
+                    _ => Ok(None),
+                };
+            };
+            st.auth.cert_valid(&c.serial, id).map_err(|why| tonic::Status::from(Unauthenticated::Certificate(why)))?;
             let principal = Principal {
                 token_id: format!("{CERT_WORKER_PREFIX}{id}"),
                 name: format!("{CERT_WORKER_PREFIX}{id}"),
                 role: Role::Worker,
                 project: auth::ALL_PROJECTS.into(),
                 allow_process: false,
-                expires_at_ms: cert.map(|c| c.not_after_ms).unwrap_or_default(),
+                expires_at_ms: c.not_after_ms,
             };
-            Ok(Some(Verified { principal, project: project_of(headers), access }))
+            let project = project_of(headers);
+            auth::authorize(access, &principal, &project)?;
+            Ok(Some(Verified { principal, project, access }))
         }
         (Access::Worker, _) => {
             Err(needs("a worker certificate (a new worker gets one with a join token: `aidos worker --join-token`)"))
@@ -489,6 +500,49 @@ mod tests {
             st.auth.tokens.insert(id.to_string(), rec);
         }
         st
+    }
+
+    #[test]
+    fn certificates_on_a_tls_node() {
+        use aidos_api::tls::{Identity, PeerCert};
+        use tonic::Code::{PermissionDenied, Unauthenticated};
+        let mut st = ClusterState::default();
+        for (serial, revoked) in [("aa", 0), ("bb", 5)] {
+            let c = aidos_api::v1::WorkerCert {
+                serial: serial.into(),
+                worker_id: "w1".into(),
+                revoked_at_ms: revoked,
+                ..Default::default()
+            };
+            st.auth.worker_certs.insert(serial.into(), c);
+        }
+        let cert = |identity, serial: &str| PeerCert { identity, serial: serial.into(), not_after_ms: 0 };
+        let (node, w1) = (cert(Identity::Node(2), "01"), cert(Identity::Worker("w1".into()), "aa"));
+        let revoked = cert(Identity::Worker("w1".into()), "bb");
+        let unknown = cert(Identity::Worker("w1".into()), "cc");
+        let root = headers(Some(&auth::new_root_token()), None);
+        let none = headers(None, None);
+        let code = |path: &str, h: &http::HeaderMap, c: Option<&PeerCert>| match check_cert(path, h, c, &st) {
+            Ok(None) => None,
+            Ok(Some(v)) => Some(Ok(v.principal.name)),
+            Err(s) => Some(Err(s.code())),
+        };
+        let (vote, beat) = ("/aidos.v1.RaftService/Vote", "/aidos.v1.WorkerService/Heartbeat");
+        assert_eq!(code(vote, &root, Some(&node)), None, "a node: on to the root token");
+        assert_eq!(code(vote, &root, None), Some(Err(Unauthenticated)));
+        assert_eq!(code(vote, &root, Some(&w1)), Some(Err(Unauthenticated)), "a worker is no node");
+        assert_eq!(code(beat, &root, Some(&w1)), Some(Ok("worker:w1".into())), "the certificate decides");
+        assert_eq!(code(beat, &root, None), Some(Err(Unauthenticated)), "a token alone is refused");
+        assert_eq!(code(beat, &none, Some(&revoked)), Some(Err(Unauthenticated)));
+        assert_eq!(code(beat, &none, Some(&unknown)), Some(Err(Unauthenticated)));
+        assert_eq!(code(beat, &none, Some(&node)), Some(Err(Unauthenticated)));
+        // Elsewhere a worker certificate stands in for a missing token, with a worker's rights only.
+        let download = "/aidos.v1.BlobService/Download";
+        assert_eq!(code(download, &none, Some(&w1)), Some(Ok("worker:w1".into())));
+        assert_eq!(code(download, &root, Some(&w1)), None, "a token was presented: it decides");
+        assert_eq!(code("/aidos.v1.JobService/Submit", &none, Some(&w1)), Some(Err(PermissionDenied)));
+        assert_eq!(code("/aidos.v1.JobService/Submit", &none, None), None, "no certificate: the token rule");
+        assert_eq!(code("/aidos.v1.WorkerService/Join", &none, None), None, "join: its token is in the request");
     }
 
     #[test]

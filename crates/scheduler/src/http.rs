@@ -132,40 +132,19 @@ pub async fn serve(
         let _ = stop.wait_for(|v| *v).await;
     };
     let app = router(core, grpc).into_make_service_with_connect_info::<std::net::SocketAddr>();
-    let served = match (tls, addr) {
-        (Some(tls), Some(local)) => {
-            use axum::serve::ListenerExt as _;
-            // tap_io: axum gives a TapIo listener (not ours) the peer address as ConnectInfo<SocketAddr>.
-            let l = TlsListener { accepted: aidos_api::tls::accept(listener, tls), local }.tap_io(|_| {});
-            axum::serve(l, app).with_graceful_shutdown(shutdown).await
-        }
-        _ => axum::serve(listener, app).with_graceful_shutdown(shutdown).await,
+    let served = match tls {
+        Some(t) => match aidos_api::tls::TlsListener::new(listener, t) {
+            Ok(l) => {
+                use axum::serve::ListenerExt as _;
+                // tap_io: axum gives a TapIo listener (not ours) the peer address as ConnectInfo<SocketAddr>.
+                axum::serve(l.tap_io(|_| {}), app).with_graceful_shutdown(shutdown).await
+            }
+            Err(e) => Err(e),
+        },
+        None => axum::serve(listener, app).with_graceful_shutdown(shutdown).await,
     };
     if let Err(e) = served {
         tracing::error!(?addr, "HTTP API: {e}");
-    }
-}
-
-/// The HTTP API's listener on a TLS node: connections whose handshakes `aidos_api::tls::accept` completed.
-struct TlsListener {
-    accepted: tokio::sync::mpsc::Receiver<aidos_api::tls::Accepted>,
-    local: std::net::SocketAddr,
-}
-
-impl axum::serve::Listener for TlsListener {
-    type Io = tokio_rustls::server::TlsStream<tokio::net::TcpStream>;
-    type Addr = std::net::SocketAddr;
-
-    async fn accept(&mut self) -> (Self::Io, Self::Addr) {
-        match self.accepted.recv().await {
-            Some(c) => c,
-            // The acceptor stopped (never, while the listener lives): wait for shutdown.
-            None => std::future::pending().await,
-        }
-    }
-
-    fn local_addr(&self) -> std::io::Result<Self::Addr> {
-        Ok(self.local)
     }
 }
 

@@ -75,4 +75,13 @@ impl Default for Limits {
 pub struct ServerConfig {
     pub http: SocketAddr,
     pub grpc: SocketAddr,
+    /// Serve both fronts over TLS with this certificate (`--tls-cert`/`--tls-key`); None: plain TCP.
+    pub tls: Option<aidos_api::tls::ServerTls>,
+}
+
+impl ServerConfig {
+    /// Plain TCP on `http` and `grpc`.
+    pub fn plain(http: SocketAddr, grpc: SocketAddr) -> ServerConfig {
+        ServerConfig { http, grpc, tls: None }
+    }
 }

@@ -88,20 +88,39 @@ pub async fn start(cfg: &ServerConfig, state: Arc<ServerState>) -> std::io::Resu
     let http_l = tokio::net::TcpListener::bind(cfg.http).await?;
     let grpc_l = tokio::net::TcpListener::bind(cfg.grpc).await?;
     let (http, grpc) = (http_l.local_addr()?, grpc_l.local_addr()?);
+    let tls = match &cfg.tls {
+        Some(t) => Some((
+            t.acceptor(&[b"h2", b"http/1.1"]).map_err(std::io::Error::other)?,
+            t.acceptor(&[b"h2"]).map_err(std::io::Error::other)?,
+        )),
+        None => None,
+    };
+    let (http_tls, grpc_tls) = tls.unzip();
     let (tx, rx) = tokio::sync::watch::channel(false);
     let stop = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
         let _ = rx.wait_for(|v| *v).await;
     };
     let app = http::router(state.clone());
     let rx1 = rx.clone();
-    let http_task = tokio::spawn(async move {
-        let l = http_l.tap_io(|s| {
-            let _ = s.set_nodelay(true);
-        });
-        if let Err(e) = axum::serve(l, app).with_graceful_shutdown(stop(rx1)).await {
-            tracing::error!(error = %e, "HTTP front stopped");
+    let http_task = match http_tls {
+        // The acceptor sets TCP_NODELAY on every connection.
+        Some(acceptor) => {
+            let l = aidos_api::tls::TlsListener::new(http_l, acceptor)?.tap_io(|_| {});
+            tokio::spawn(async move {
+                if let Err(e) = axum::serve(l, app).with_graceful_shutdown(stop(rx1)).await {
+                    tracing::error!(error = %e, "HTTPS front stopped");
+                }
+            })
         }
-    });
+        None => tokio::spawn(async move {
+            let l = http_l.tap_io(|s| {
+                let _ = s.set_nodelay(true);
+            });
+            if let Err(e) = axum::serve(l, app).with_graceful_shutdown(stop(rx1)).await {
+                tracing::error!(error = %e, "HTTP front stopped");
+            }
+        }),
+    };
     let svc = grpc::service(state.clone());
     // Beside the inference service: grpc.health.v1 (load balancers' and Kubernetes' probes), SERVING while a model
     // is loaded, as /v2/health/ready; and server reflection (v1 and v1alpha), so grpcurl needs no .proto file.
@@ -114,18 +133,33 @@ pub async fn start(cfg: &ServerConfig, state: Arc<ServerState>) -> std::io::Resu
     // Fails only on a malformed descriptor set, and both are compiled in.
     let reflection_v1 = reflection().build_v1().expect("descriptors compiled in");
     let reflection_v1alpha = reflection().build_v1alpha().expect("descriptors compiled in");
-    let incoming = tonic::transport::server::TcpIncoming::from(grpc_l).with_nodelay(Some(true));
     let rx2 = rx.clone();
-    let grpc_task = tokio::spawn(async move {
-        let server = tonic::transport::Server::builder()
-            .add_service(svc)
-            .add_service(health_svc)
-            .add_service(reflection_v1)
-            .add_service(reflection_v1alpha);
-        if let Err(e) = server.serve_with_incoming_shutdown(incoming, stop(rx)).await {
-            tracing::error!(error = %e, "gRPC front stopped");
+    let server = tonic::transport::Server::builder()
+        .add_service(svc)
+        .add_service(health_svc)
+        .add_service(reflection_v1)
+        .add_service(reflection_v1alpha);
+    let grpc_task = match grpc_tls {
+        Some(acceptor) => {
+            let incoming = tokio_stream::StreamExt::map(
+                tokio_stream::wrappers::ReceiverStream::new(aidos_api::tls::accept(grpc_l, acceptor)),
+                |(tls, _addr)| Ok::<_, std::io::Error>(tls),
+            );
+            tokio::spawn(async move {
+                if let Err(e) = server.serve_with_incoming_shutdown(incoming, stop(rx)).await {
+                    tracing::error!(error = %e, "gRPC (TLS) front stopped");
+                }
+            })
         }
-    });
+        None => {
+            let incoming = tonic::transport::server::TcpIncoming::from(grpc_l).with_nodelay(Some(true));
+            tokio::spawn(async move {
+                if let Err(e) = server.serve_with_incoming_shutdown(incoming, stop(rx)).await {
+                    tracing::error!(error = %e, "gRPC front stopped");
+                }
+            })
+        }
+    };
     let health_task = tokio::spawn(report_health(state, health, rx2));
     Ok(RunningServer { http, grpc, shutdown: tx, tasks: vec![http_task, grpc_task, health_task] })
 }

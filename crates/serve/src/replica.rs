@@ -91,7 +91,7 @@ impl Replica {
         let host = cfg.advertise_host.as_str();
         let loopback = host == "127.0.0.1" || host == "localhost";
         let bind: IpAddr = if loopback { [127, 0, 0, 1].into() } else { [0, 0, 0, 0].into() };
-        let server_cfg = ServerConfig { http: SocketAddr::new(bind, 0), grpc: SocketAddr::new(bind, 0) };
+        let server_cfg = ServerConfig::plain(SocketAddr::new(bind, 0), SocketAddr::new(bind, 0));
         let state = Arc::new(ServerState {
             repo,
             limits: Limits::default(),

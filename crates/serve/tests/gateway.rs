@@ -211,7 +211,7 @@ impl RouteSource for Fixed {
 async fn the_gateway_answers_through_its_replicas_and_stops_with_its_server() {
     let r = replica().await;
     let any = "127.0.0.1:0".parse().unwrap();
-    let cfg = GatewayConfig { server: ServerConfig { http: any, grpc: any }, refresh: Duration::from_millis(20) };
+    let cfg = GatewayConfig { server: ServerConfig::plain(any, any), refresh: Duration::from_millis(20) };
     let gw = gateway::start(&cfg, Fixed(vec![route("m", &[&r])]), access()).await.unwrap();
     // A client of the gateway: its metadata answers once the sync loop has added the route.
     let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
@@ -267,7 +267,7 @@ fn sample(text: &str, series: &str) -> Option<f64> {
 async fn the_gateway_forwards_requests_unchanged_counts_them_and_routes_around_a_lost_replica() {
     let (a, b) = (replica().await, replica().await);
     let any = "127.0.0.1:0".parse().unwrap();
-    let cfg = GatewayConfig { server: ServerConfig { http: any, grpc: any }, refresh: Duration::from_millis(20) };
+    let cfg = GatewayConfig { server: ServerConfig::plain(any, any), refresh: Duration::from_millis(20) };
     let gw = gateway::start(&cfg, Fixed(vec![route("m", &[&a, &b])]), access()).await.unwrap();
     let json = r#"{"id":"q1","inputs":[{"name":"x","shape":[1,2],"datatype":"FP32","data":[1.5,-2]}]}"#;
     let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
@@ -338,7 +338,7 @@ async fn the_gateway_and_its_replicas_refuse_calls_without_a_key_that_may_make_t
     use aidos_serve::grpc::pb::{ModelMetadataRequest, ServerReadyRequest};
     let r = replica().await;
     let any = "127.0.0.1:0".parse().unwrap();
-    let cfg = GatewayConfig { server: ServerConfig { http: any, grpc: any }, refresh: Duration::from_millis(20) };
+    let cfg = GatewayConfig { server: ServerConfig::plain(any, any), refresh: Duration::from_millis(20) };
     let gw = gateway::start(&cfg, Fixed(vec![route("m", &[&r])]), access()).await.unwrap();
     let json = r#"{"inputs":[{"name":"x","shape":[1,2],"datatype":"FP32","data":[1,2]}]}"#;
     let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
@@ -386,7 +386,7 @@ async fn the_gateway_and_its_replicas_refuse_calls_without_a_key_that_may_make_t
 async fn a_key_over_its_limit_is_refused_with_a_retry_hint_and_other_keys_are_not() {
     let r = replica().await;
     let any = "127.0.0.1:0".parse().unwrap();
-    let cfg = GatewayConfig { server: ServerConfig { http: any, grpc: any }, refresh: Duration::from_millis(20) };
+    let cfg = GatewayConfig { server: ServerConfig::plain(any, any), refresh: Duration::from_millis(20) };
     // One request every 10 s after a burst of 5: the test runs well inside one refill (a refusal is held for
     // its hint, at most 1 s, before it is answered).
     let limits = aidos_api::limits::LimitConfig { rate_per_sec: 0.1, burst: 5.0, max_in_flight: 0 };
