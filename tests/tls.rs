@@ -2,7 +2,7 @@
 //! leader over mutual TLS; a plain-TCP client gets nothing; Raft and the worker channel need certificates of the
 //! cluster CA (a root token alone is refused there); a worker joins with a one-time join token, runs a training job
 //! whose task reaches the scheduler over TLS, and is cut off when revoked; a second use of the join token, and a
-//! worker with neither a certificate nor a join token, are refused.
+//! worker with neither a certificate nor a join token, are refused; an edge agent enrols over TLS.
 
 mod common;
 
@@ -114,6 +114,42 @@ async fn nodes_and_workers_prove_themselves_with_certificates_of_the_cluster_ca(
     assert!(out.contains(&format!("join token {join_id} was used")), "{out}");
     let as_bearer = call_tls(&c, &addr, "/aidos.v1.JobService/List", Some(&bearer(&join))).await;
     assert_eq!(as_bearer.code(), tonic::Code::Unauthenticated, "{as_bearer:?}");
+
+    // An edge agent reaches the TLS control plane verifying it against the CA, and enrols.
+    let ca = c.ca.clone().unwrap();
+    let cache = c.path().join("edge-cache");
+    let _agent = c.spawn_aidos(
+        "agent-cam",
+        &[
+            "edge",
+            "agent",
+            "--server",
+            &c.addrs().join(","),
+            "--device",
+            "cam",
+            "--cache",
+            cache.to_str().unwrap(),
+            "--listen",
+            "127.0.0.1:0",
+            "--sync-ms",
+            "200",
+            "--server-ca",
+            ca.to_str().unwrap(),
+        ],
+    );
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let mut e = aidos_api::edge_service_client::EdgeServiceClient::new(c.any_channel().await);
+        let r = e.list_devices(ListDevicesRequest { name: "cam".into() }).await.map(|r| r.into_inner().devices);
+        if r.is_ok_and(|d| !d.is_empty()) {
+            break;
+        }
+        if Instant::now() > deadline {
+            dump_logs(&c);
+            panic!("the edge agent did not enrol over TLS");
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 
     // Revoking w1 cuts it off: its heartbeats are refused, it is declared lost, and a restart cannot register.
     let (code, out, err) = c.cli(&["cluster", "revoke-worker", "w1"]);

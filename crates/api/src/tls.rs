@@ -188,10 +188,11 @@ impl Ca {
         Ok(Issued { cert_pem: cert.pem(), key_pem: key.serialize_pem(), serial: hex(&serial.to_bytes()), not_after_ms })
     }
 
-    /// A new key and certificate for scheduler node `id`: server (for [`SERVER_NAME`]) and client (for its peers).
-    pub fn issue_node(&self, id: u64, lifetime: Duration) -> Result<Issued, TlsError> {
+    /// A new key and certificate for scheduler node `id`: server (for [`SERVER_NAME`], which clients verify, and
+    /// `names`, the hosts and addresses the node is reached at, for browsers and curl) and client (for its peers).
+    pub fn issue_node(&self, id: u64, names: &[String], lifetime: Duration) -> Result<Issued, TlsError> {
         let key = KeyPair::generate().map_err(invalid("node key"))?;
-        let mut issued = self.issue(&Identity::Node(id), &key, lifetime)?;
+        let mut issued = self.issue(&Identity::Node(id), names, &key, lifetime)?;
         issued.key_pem = key.serialize_pem();
         Ok(issued)
     }
@@ -201,12 +202,13 @@ impl Ca {
     pub fn sign_request(&self, csr_pem: &str, identity: &Identity, lifetime: Duration) -> Result<Issued, TlsError> {
         let csr = CertificateSigningRequestParams::from_pem(csr_pem)
             .map_err(|e| TlsError::Invalid(format!("certificate signing request: {e}")))?;
-        self.issue(identity, &csr.public_key, lifetime)
+        self.issue(identity, &[], &csr.public_key, lifetime)
     }
 
     fn issue(
         &self,
         identity: &Identity,
+        names: &[String],
         key: &impl rcgen::PublicKeyData,
         lifetime: Duration,
     ) -> Result<Issued, TlsError> {
@@ -217,6 +219,15 @@ impl Ca {
         if let Identity::Node(_) = identity {
             params.subject_alt_names =
                 vec![rcgen::SanType::DnsName(SERVER_NAME.try_into().map_err(invalid("server name"))?)];
+            for n in names.iter().map(|n| n.trim().trim_start_matches('[').trim_end_matches(']')) {
+                let san = match n.parse::<std::net::IpAddr>() {
+                    Ok(ip) => rcgen::SanType::IpAddress(ip),
+                    Err(_) => rcgen::SanType::DnsName(n.try_into().map_err(invalid("host name"))?),
+                };
+                if !n.is_empty() && !params.subject_alt_names.contains(&san) {
+                    params.subject_alt_names.push(san);
+                }
+            }
             params.extended_key_usages.push(ExtendedKeyUsagePurpose::ServerAuth);
         }
         let serial = serial();
@@ -565,7 +576,7 @@ mod tests {
             assert_eq!(mode & 0o077, 0, "CA key readable by others: {mode:o}");
         }
         let ca = Ca::load(&dir).map(|_| ca).unwrap();
-        let node = ca.issue_node(2, Duration::from_secs(3600)).unwrap();
+        let node = ca.issue_node(2, &["10.0.0.1".into(), "node1.example".into()], Duration::from_secs(3600)).unwrap();
         let der = certs(&node.cert_pem, "node").unwrap();
         let peer = peer_of(&der[0]).unwrap();
         assert_eq!(peer.identity, Identity::Node(2));

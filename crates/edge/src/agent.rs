@@ -48,6 +48,8 @@ pub struct AgentConfig {
     /// Keep the pages start-up and model loading touched resident (by default they are released after each
     /// load: see [`crate::resident`]).
     pub keep_startup_pages: bool,
+    /// A control plane that serves TLS: the CA to verify it against. None: plain TCP.
+    pub server_tls: Option<aidos_api::tls::ClientTls>,
 }
 
 /// Runtimes this build can use on this machine, as reported at enrolment: tract always; ort when compiled in and
@@ -249,7 +251,9 @@ impl Agent {
             return Ok(c.clone());
         }
         let addr = self.cfg.servers.get(self.server_ix % self.cfg.servers.len().max(1)).cloned().unwrap_or_default();
-        let ch = tonic::transport::Endpoint::from_shared(aidos_api::contract::normalize_addr(&addr))
+        let creds = aidos_api::auth::Credentials { tls: self.cfg.server_tls.clone(), ..Default::default() };
+        let ch = creds
+            .endpoint(&addr)
             .map_err(|e| EdgeError::ControlPlane(format!("{addr}: {e}")))?
             .connect_timeout(Duration::from_secs(1))
             .timeout(Duration::from_secs(10))

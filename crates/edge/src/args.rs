@@ -49,6 +49,10 @@ pub struct AgentArgs {
     /// Write `{"http": ADDR}` here once serving
     #[arg(long, env = "AIDOS_EDGE_READY_FILE")]
     pub ready_file: Option<PathBuf>,
+    /// The cluster CA's certificate (ca.pem from `aidos cert init`): reach a control plane that serves TLS,
+    /// verifying it against this CA
+    #[arg(long, env = "AIDOS_EDGE_SERVER_CA")]
+    pub server_ca: Option<PathBuf>,
 }
 
 impl AgentArgs {
@@ -85,6 +89,10 @@ impl AgentArgs {
             keep_startup_pages: self.keep_startup_pages,
             ready_file: self.ready_file,
             enrollment_token: self.enrollment_token,
+            server_tls: match &self.server_ca {
+                Some(p) => Some(aidos_api::tls::ClientTls::load(p).map_err(|e| format!("--server-ca: {e}"))?),
+                None => None,
+            },
         })
     }
 }

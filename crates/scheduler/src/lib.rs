@@ -196,6 +196,25 @@ impl SchedulerConfig {
     }
 }
 
+/// The hosts and addresses a node's certificate names beside `aidos_api::tls::SERVER_NAME`: its advertised host and
+/// its listeners' addresses (wildcards left out), so that browsers and curl can verify it by the address they use.
+fn node_names(cfg: &SchedulerConfig) -> Vec<String> {
+    let host = |a: &str| {
+        let a = a.trim().trim_start_matches("http://").trim_start_matches("https://");
+        a.rsplit_once(':').map(|(h, _)| h).unwrap_or(a).to_string()
+    };
+    let mut v = vec!["localhost".to_string()];
+    if !cfg.advertise.is_empty() {
+        v.push(host(&cfg.advertise));
+    }
+    for a in [Some(cfg.listen), cfg.http].into_iter().flatten() {
+        if !a.ip().is_unspecified() {
+            v.push(a.ip().to_string());
+        }
+    }
+    v
+}
+
 /// Concurrent HTTP/2 streams one client connection may hold (bounds a worker's concurrent log streams too).
 pub const MAX_STREAMS_PER_CONNECTION: u32 = 4096;
 
@@ -309,7 +328,7 @@ impl SchedulerNode {
             Some(t) => {
                 let tls_err = |e: aidos_api::tls::TlsError| SchedulerError::InvalidArgument(format!("TLS: {e}"));
                 let ca = aidos_api::tls::Ca::load(&t.ca_dir).map_err(tls_err)?;
-                let mine = ca.issue_node(cfg.node_id, t.node_cert_lifetime).map_err(tls_err)?;
+                let mine = ca.issue_node(cfg.node_id, &node_names(&cfg), t.node_cert_lifetime).map_err(tls_err)?;
                 let server = aidos_api::tls::ServerTls::new(ca.cert_pem(), &mine).map_err(tls_err)?;
                 let client = aidos_api::tls::ClientTls { ca_pem: ca.cert_pem().into(), identity: None }
                     .with_identity(&mine.cert_pem, &mine.key_pem);
