@@ -46,31 +46,7 @@ impl Agent {
     }
 
     fn start_with(c: &Cluster, name: &str, labels: &str, token: &str) -> Agent {
-        let cache = c.path().join(format!("cache-{name}"));
-        let ready_file = c.path().join(format!("agent-{name}.json"));
-        let proc = c.spawn_aidos(
-            &format!("agent-{name}"),
-            &[
-                "edge",
-                "agent",
-                "--server",
-                &c.addrs().join(","),
-                "--device",
-                name,
-                "--labels",
-                labels,
-                "--cache",
-                cache.to_str().unwrap(),
-                "--listen",
-                "127.0.0.1:0",
-                "--sync-ms",
-                "200",
-                "--ready-file",
-                ready_file.to_str().unwrap(),
-                "--enrollment-token",
-                token,
-            ],
-        );
+        let (proc, ready_file) = c.spawn_edge_agent(name, labels, &["--enrollment-token", token]);
         Agent { proc, ready_file }
     }
 

@@ -65,7 +65,7 @@ fn exited(c: &mut Cluster, id: &str, within: Duration) -> String {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn nodes_and_workers_prove_themselves_with_certificates_of_the_cluster_ca() {
     // Three nodes elect a leader: Raft runs over mutual TLS (each node presents the certificate it issued itself).
-    let mut c = start_cluster_tls(3, &[]).await;
+    let mut c = start_cluster_tls(3, &["--device-cert-lifetime", "6s"]).await;
     let addr = c.addrs()[0].clone();
 
     // A plain-TCP client gets no answer at all, even with the root token.
@@ -115,41 +115,95 @@ async fn nodes_and_workers_prove_themselves_with_certificates_of_the_cluster_ca(
     let as_bearer = call_tls(&c, &addr, "/aidos.v1.JobService/List", Some(&bearer(&join))).await;
     assert_eq!(as_bearer.code(), tonic::Code::Unauthenticated, "{as_bearer:?}");
 
-    // An edge agent reaches the TLS control plane verifying it against the CA, and enrols.
+    // Edge agents: on a TLS control plane a new device needs a join token; it gets a certificate for a key it made,
+    // which Sync and Download need besides its credential; it renews it before it expires, without a pause.
     let ca = c.ca.clone().unwrap();
-    let cache = c.path().join("edge-cache");
-    let _agent = c.spawn_aidos(
-        "agent-cam",
-        &[
-            "edge",
-            "agent",
-            "--server",
-            &c.addrs().join(","),
-            "--device",
-            "cam",
-            "--cache",
-            cache.to_str().unwrap(),
-            "--listen",
-            "127.0.0.1:0",
-            "--sync-ms",
-            "200",
-            "--server-ca",
-            ca.to_str().unwrap(),
-        ],
-    );
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
+    let agent = |c: &Cluster, device: &str, join: &str| {
+        let (p, ready) =
+            c.spawn_edge_agent(device, "fleet=cams", &["--server-ca", ca.to_str().unwrap(), "--join-token", join]);
+        (p, c.path().join(format!("edge-{device}")), ready)
+    };
+    let device = async |c: &Cluster, name: &str| {
         let mut e = aidos_api::edge_service_client::EdgeServiceClient::new(c.any_channel().await);
-        let r = e.list_devices(ListDevicesRequest { name: "cam".into() }).await.map(|r| r.into_inner().devices);
-        if r.is_ok_and(|d| !d.is_empty()) {
-            break;
+        let r = e.list_devices(ListDevicesRequest { name: name.into() }).await.ok()?.into_inner();
+        r.devices.into_iter().next()
+    };
+    let (mut rogue, _, _) = agent(&c, "rogue", "");
+    wait_until("the agent without a join token refused", Duration::from_secs(30), || {
+        rogue.output().contains("needs a join token").then_some(())
+    });
+    rogue.sigkill();
+    assert!(device(&c, "rogue").await.is_none(), "a device enrolled without a join token");
+
+    let (edge_join_id, edge_join) =
+        create_token(&c, &["--name", "cam-join", "--role", "worker", "--for-project", "*", "--join"]);
+    let (mut cam, cam_cache, cam_ready) = agent(&c, "cam", &edge_join);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let first = loop {
+        if let Some(d) = device(&c, "cam").await.filter(|d| !d.cert_serial.is_empty()) {
+            break d;
         }
         if Instant::now() > deadline {
             dump_logs(&c);
-            panic!("the edge agent did not enrol over TLS");
+            panic!("the edge agent did not enrol over TLS: {}", cam.output());
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    // The join token is used up: another device cannot enrol with it.
+    let mut e = aidos_api::edge_service_client::EdgeServiceClient::new(c.any_channel().await);
+    let (csr, _) = aidos_api::tls::request(&aidos_api::tls::Identity::Device("cam2".into())).unwrap();
+    let again = EnrollRequest {
+        device: "cam2".into(),
+        credential: vec![9; 32],
+        join_token: edge_join.clone(),
+        csr_pem: csr,
+        ..Default::default()
+    };
+    let s = e.enroll(again).await.unwrap_err();
+    assert!(s.message().contains(&format!("join token {edge_join_id} was used")), "{s:?}");
+    // cam's own credential without its certificate: neither sync nor download.
+    let st: serde_json::Value = serde_json::from_slice(&std::fs::read(cam_cache.join("state.json")).unwrap()).unwrap();
+    let hex = st["credential_hex"].as_str().unwrap();
+    let credential: Vec<u8> =
+        (0..hex.len()).step_by(2).map(|i| u8::from_str_radix(&hex[i..i + 2], 16).unwrap()).collect();
+    let sync = EdgeSyncRequest { device: "cam".into(), credential: credential.clone(), ..Default::default() };
+    let s = e.sync(sync).await.unwrap_err();
+    assert_eq!(s.code(), tonic::Code::Unauthenticated, "{s:?}");
+    assert!(s.message().contains("device's certificate"), "{s:?}");
+    let dl = DownloadRequest { device: "cam".into(), artifact: "0".repeat(64), max_bytes: 64, credential, offset: 0 };
+    let s = e.download(dl).await.unwrap_err();
+    assert_eq!(s.code(), tonic::Code::Unauthenticated, "{s:?}");
+
+    // A model deployed to the fleet is downloaded over mutual TLS and served by the agent.
+    let (code, out, err) = c.cli(&["edge", "deploy", "digits:1", "--selector", "fleet=cams", "--export-on-cluster"]);
+    assert_eq!(code, 0, "{out}{err}");
+    wait_until("cam serving digits:1", Duration::from_secs(60), || {
+        let v: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&cam_ready).ok()?).ok()?;
+        let addr: std::net::SocketAddr = v["http"].as_str()?.parse().ok()?;
+        (http(addr, "GET", "/v2/models/digits/ready", "").0 == 200).then_some(())
+    });
+    // The server gives devices 6-second certificates: the agent renews its one after ~4 s and goes on syncing
+    // with the new one; the renewal retired the old one.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let renewed = loop {
+        if let Some(d) = device(&c, "cam").await.filter(|d| d.cert_serial != first.cert_serial) {
+            break d;
+        }
+        if Instant::now() > deadline {
+            dump_logs(&c);
+            panic!("cam's certificate was not renewed: {}", cam.output());
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    assert!(renewed.cert_not_after_ms > first.cert_not_after_ms);
+    let seen = renewed.last_seen_ms;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while device(&c, "cam").await.is_none_or(|d| d.last_seen_ms <= seen + 1000) {
+        assert!(Instant::now() < deadline, "cam stopped syncing after its renewal: {}", cam.output());
+        tokio::time::sleep(Duration::from_millis(200)).await;
     }
+    assert!(!cam.output().contains("certificate was not"), "{}", cam.output());
+    cam.sigkill();
 
     // Revoking w1 cuts it off: its heartbeats are refused, it is declared lost, and a restart cannot register.
     let (code, out, err) = c.cli(&["cluster", "revoke-worker", "w1"]);

@@ -69,6 +69,10 @@ pub struct ServerArgs {
     /// Lifetime of the certificates joining workers receive, in days
     #[arg(long, env = "AIDOS_WORKER_CERT_DAYS", default_value_t = 365, help_heading = "Transport security")]
     pub worker_cert_days: u64,
+    /// Lifetime of edge devices' certificates (30d, 12h, 90m, 3600); agents renew theirs after two thirds of it
+    #[arg(long, env = "AIDOS_DEVICE_CERT_LIFETIME", default_value = "30d", value_parser = crate::cli::token::parse_ttl,
+          help_heading = "Transport security")]
+    pub device_cert_lifetime: i64,
     /// Run a cluster of several nodes without TLS (tokens and data cross the network in the clear). Without
     /// --tls-dir, a node with more than one --peers entry refuses to start unless this is given
     #[arg(long, env = "AIDOS_INSECURE", help_heading = "Transport security")]
@@ -241,6 +245,7 @@ pub async fn run(g: &Global, a: ServerArgs) -> anyhow::Result<()> {
         audit_retention: a.audit_retention_secs,
         tls: a.tls_dir.clone().map(|dir| aidos_scheduler::TlsConfig {
             worker_cert_lifetime: Duration::from_secs(a.worker_cert_days * 24 * 3600),
+            device_cert_lifetime: Duration::from_secs(a.device_cert_lifetime as u64),
             ..aidos_scheduler::TlsConfig::new(dir)
         }),
     };

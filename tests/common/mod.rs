@@ -514,6 +514,34 @@ lr = 0.001
         Proc::spawn(name, all, self.dir.path().join(format!("{name}.log")))
     }
 
+    /// Starts `aidos edge agent` as device `device` with `labels` against this cluster, syncing every 200 ms, its
+    /// cache in `edge-<device>` and its ready file `edge-<device>.json` (returned), plus `extra` flags.
+    pub fn spawn_edge_agent(&self, device: &str, labels: &str, extra: &[&str]) -> (Proc, PathBuf) {
+        let cache = self.path().join(format!("edge-{device}"));
+        let ready = self.path().join(format!("edge-{device}.json"));
+        let servers = self.addrs().join(",");
+        let mut args = vec![
+            "edge",
+            "agent",
+            "--server",
+            &servers,
+            "--device",
+            device,
+            "--labels",
+            labels,
+            "--cache",
+            cache.to_str().unwrap(),
+            "--listen",
+            "127.0.0.1:0",
+            "--sync-ms",
+            "200",
+            "--ready-file",
+            ready.to_str().unwrap(),
+        ];
+        args.extend_from_slice(extra);
+        (self.spawn_aidos(&format!("agent-{device}"), &args), ready)
+    }
+
     /// A channel to some live node (any node accepts every client call).
     pub async fn any_channel(&self) -> Channel {
         let deadline = Instant::now() + Duration::from_secs(20);

@@ -183,6 +183,9 @@ pub enum Access {
     Worker,
     /// Raft between scheduler nodes: the root token only.
     Peer,
+    /// An edge device's calls: no token; the device's credential, and on a control plane that serves TLS its
+    /// device certificate (checked by the scheduler's auth layer).
+    Device,
 }
 
 /// Who a verified token says the caller is.
@@ -206,6 +209,19 @@ impl Principal {
             role: Role::Admin,
             project: ALL_PROJECTS.into(),
             allow_process: true,
+            expires_at_ms: 0,
+        }
+    }
+
+    /// The principal of an edge device that proved itself with its certificate (it may make [`Access::Device`]
+    /// calls only: it has no role).
+    pub fn device(name: &str) -> Principal {
+        Principal {
+            token_id: format!("device:{name}"),
+            name: format!("device:{name}"),
+            role: Role::Unspecified,
+            project: DEFAULT_PROJECT.into(),
+            allow_process: false,
             expires_at_ms: 0,
         }
     }
@@ -282,7 +298,7 @@ pub fn authorize(access: Access, p: &Principal, project: &str) -> Result<(), Den
     let writer = matches!(p.role, Role::Member | Role::Admin);
     let worker = p.role == Role::Worker || p.is_root();
     let (ok, what) = match access {
-        Access::Public | Access::Authenticated => (true, String::new()),
+        Access::Public | Access::Authenticated | Access::Device => (true, String::new()),
         Access::Read => (reader && p.in_project(project), format!("read in project {project}")),
         Access::Write => (writer && p.in_project(project), format!("change objects in project {project}")),
         Access::ProjectAdmin => {

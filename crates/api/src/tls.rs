@@ -6,9 +6,9 @@
 //!   when it starts ([`Ca::issue_node`]), so no per-node files are copied around.
 //! - A worker joins with a one-time join token: it makes a key pair and a signing request ([`request`]), sends
 //!   the request with the token, and the leader answers a certificate for that key ([`Ca::sign_request`]); the
-//!   key never leaves the worker.
-//! - A certificate's subject common name says who it is ([`Identity`]): `aidos-node:<id>` or
-//!   `aidos-worker:<name>`. Every scheduler certificate also names [`SERVER_NAME`], which clients verify (so a
+//!   key never leaves the worker. An edge device gets its certificate the same way when it enrols.
+//! - A certificate's subject common name says who it is ([`Identity`]): `aidos-node:<id>`,
+//!   `aidos-worker:<name>` or `aidos-device:<name>`. Every scheduler certificate also names [`SERVER_NAME`], which clients verify (so a
 //!   node's certificate does not depend on the address it is dialled at).
 //! - Servers ([`ServerTls`]) verify a client certificate when one is presented (chain to the cluster CA, dates)
 //!   and accept clients without one: the CLI and jobs authenticate with tokens over server-authenticated TLS.
@@ -23,10 +23,12 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
+#[cfg(feature = "ca")]
 use rcgen::{
-    BasicConstraints, CertificateParams, CertificateSigningRequestParams, DistinguishedName, DnType,
-    ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair, KeyUsagePurpose, SerialNumber,
+    BasicConstraints, CertificateSigningRequestParams, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyUsagePurpose,
+    SerialNumber,
 };
+use rcgen::{CertificateParams, DistinguishedName, DnType, KeyPair};
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use tokio::net::{TcpListener, TcpStream};
@@ -45,9 +47,12 @@ pub const CA_ENV: &str = "AIDOS_CA_CERT";
 /// A TLS handshake slower than this is dropped.
 pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// The CA's own lifetime.
+#[cfg(feature = "ca")]
 const CA_LIFETIME: Duration = Duration::from_secs(10 * 365 * 24 * 3600);
 /// Default lifetime of the certificates the CA issues.
 pub const DEFAULT_CERT_LIFETIME: Duration = Duration::from_secs(365 * 24 * 3600);
+/// Default lifetime of edge devices' certificates: their agents renew them by themselves.
+pub const DEFAULT_DEVICE_CERT_LIFETIME: Duration = Duration::from_secs(30 * 24 * 3600);
 /// Longest name a worker certificate may carry.
 const MAX_NAME: usize = 128;
 
@@ -74,6 +79,8 @@ fn invalid(what: &str) -> impl FnOnce(rcgen::Error) -> TlsError + '_ {
 pub enum Identity {
     Node(u64),
     Worker(String),
+    /// An edge device (`aidos edge agent`), by its device name.
+    Device(String),
 }
 
 impl Identity {
@@ -81,6 +88,7 @@ impl Identity {
         match self {
             Identity::Node(id) => format!("aidos-node:{id}"),
             Identity::Worker(name) => format!("aidos-worker:{name}"),
+            Identity::Device(name) => format!("aidos-device:{name}"),
         }
     }
 
@@ -88,11 +96,14 @@ impl Identity {
         if let Some(id) = common_name.strip_prefix("aidos-node:") {
             return id.parse().ok().map(Identity::Node);
         }
+        if let Some(n) = common_name.strip_prefix("aidos-device:") {
+            return valid_name(n).then(|| Identity::Device(n.to_string()));
+        }
         common_name.strip_prefix("aidos-worker:").filter(|n| valid_name(n)).map(|n| Identity::Worker(n.to_string()))
     }
 }
 
-/// A worker name a certificate may carry: 1..=128 of `[A-Za-z0-9._-]`.
+/// A worker or device name a certificate may carry: 1..=128 of `[A-Za-z0-9._-]`.
 pub fn valid_name(name: &str) -> bool {
     !name.is_empty()
         && name.len() <= MAX_NAME
@@ -116,12 +127,14 @@ impl std::fmt::Debug for Issued {
     }
 }
 
+#[cfg(feature = "ca")]
 /// The cluster's certificate authority.
 pub struct Ca {
     cert_pem: String,
     issuer: Issuer<'static, KeyPair>,
 }
 
+#[cfg(feature = "ca")]
 impl Ca {
     /// Makes a new CA in `dir` (created if missing). Refuses when either file exists.
     pub fn init(dir: &Path) -> Result<Ca, TlsError> {
@@ -250,6 +263,7 @@ fn name(common_name: &str) -> DistinguishedName {
     dn
 }
 
+#[cfg(feature = "ca")]
 /// 16 random bytes, positive.
 fn serial() -> SerialNumber {
     let mut b: [u8; 16] = rand::random();
@@ -258,6 +272,7 @@ fn serial() -> SerialNumber {
     SerialNumber::from_slice(&b)
 }
 
+#[cfg(feature = "ca")]
 fn hex(b: &[u8]) -> String {
     b.iter().map(|x| format!("{x:02x}")).collect()
 }
@@ -282,6 +297,7 @@ pub fn request(identity: &Identity) -> Result<(String, String), TlsError> {
     Ok((csr.pem().map_err(invalid("signing request"))?, key.serialize_pem()))
 }
 
+#[cfg(feature = "ca")]
 /// What a verified client certificate says.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PeerCert {
@@ -291,6 +307,7 @@ pub struct PeerCert {
     pub not_after_ms: i64,
 }
 
+#[cfg(feature = "ca")]
 /// Who the (already verified) certificate `der` names; None when it names no aidos identity.
 pub fn peer_of(der: &[u8]) -> Option<PeerCert> {
     let (_, cert) = x509_parser::parse_x509_certificate(der).ok()?;
@@ -300,6 +317,7 @@ pub fn peer_of(der: &[u8]) -> Option<PeerCert> {
     Some(PeerCert { identity, serial, not_after_ms: cert.validity().not_after.timestamp() * 1000 })
 }
 
+#[cfg(feature = "ca")]
 /// [`peer_of`] the first certificate of `pem`.
 pub fn peer_of_pem(pem: &str) -> Option<PeerCert> {
     peer_of(CertificateDer::from_pem_slice(pem.as_bytes()).ok()?.as_ref())
@@ -549,16 +567,17 @@ pub fn require_tls(members: usize, tls: bool, insecure: bool) -> Result<(), Stri
     Ok(())
 }
 
-#[cfg(test)]
+#[cfg(all(test, feature = "ca"))]
 mod tests {
     use super::*;
 
     #[test]
     fn identities_round_trip_and_bad_names_are_refused() {
-        for id in [Identity::Node(3), Identity::Worker("gpu-7.rack_2".into())] {
+        for id in [Identity::Node(3), Identity::Worker("gpu-7.rack_2".into()), Identity::Device("cam-1".into())] {
             assert_eq!(Identity::parse(&id.common_name()), Some(id));
         }
-        for cn in ["aidos-worker:", "aidos-worker:a b", "aidos-node:x", "someone", "aidos-worker:a/b"] {
+        for cn in ["aidos-worker:", "aidos-worker:a b", "aidos-node:x", "someone", "aidos-worker:a/b", "aidos-device:"]
+        {
             assert_eq!(Identity::parse(cn), None, "{cn}");
         }
     }

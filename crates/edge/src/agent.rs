@@ -20,7 +20,7 @@ use aidos_serve::{BatchConfig, Limits, Metrics, Repository, ServerState};
 use ed25519_dalek::VerifyingKey;
 use tonic::transport::Channel;
 
-use crate::cache::{Cache, CachedModel, State};
+use crate::cache::{Cache, CachedModel, DeviceCert, State};
 use crate::download::{ChunkSource, fetch};
 use crate::error::EdgeError;
 use crate::telemetry::Telemetry;
@@ -48,8 +48,12 @@ pub struct AgentConfig {
     /// Keep the pages start-up and model loading touched resident (by default they are released after each
     /// load: see [`crate::resident`]).
     pub keep_startup_pages: bool,
-    /// A control plane that serves TLS: the CA to verify it against. None: plain TCP.
+    /// A control plane that serves TLS: the CA to verify it against. None: plain TCP. With it the agent asks for a
+    /// device certificate when it enrols, presents it on every call, and renews it before it expires.
     pub server_tls: Option<aidos_api::tls::ClientTls>,
+    /// A one-time join token (`aidos token create --role worker --join`): admits a new device. Used up by the
+    /// first enrolment; later ones need only the device's credential.
+    pub join_token: String,
 }
 
 /// Runtimes this build can use on this machine, as reported at enrolment: tract always; ort when compiled in and
@@ -251,7 +255,11 @@ impl Agent {
             return Ok(c.clone());
         }
         let addr = self.cfg.servers.get(self.server_ix % self.cfg.servers.len().max(1)).cloned().unwrap_or_default();
-        let creds = aidos_api::auth::Credentials { tls: self.cfg.server_tls.clone(), ..Default::default() };
+        let tls = self.cfg.server_tls.clone().map(|t| match &self.state.cert {
+            Some(c) => t.with_identity(&c.cert_pem, &c.key_pem),
+            None => t,
+        });
+        let creds = aidos_api::auth::Credentials { tls, ..Default::default() };
         let ch = creds
             .endpoint(&addr)
             .map_err(|e| EdgeError::ControlPlane(format!("{addr}: {e}")))?
@@ -317,10 +325,24 @@ impl Agent {
         }
     }
 
+    /// Whether to ask for a (new) device certificate at the next enrolment: on a TLS control plane, when the agent
+    /// has none or its one is due for renewal.
+    fn wants_cert(&self) -> bool {
+        self.cfg.server_tls.is_some() && self.state.cert.as_ref().is_none_or(|c| c.due(aidos_api::now_ms()))
+    }
+
     async fn sync(&mut self) -> Result<Option<EdgeDeployment>, EdgeError> {
         let mut c = self.client()?;
         let cp = control_plane;
-        if !self.enrolled {
+        let wants_cert = self.wants_cert();
+        if !self.enrolled || wants_cert {
+            // A fresh key for every certificate; it never leaves the device.
+            let (csr_pem, key_pem) = if wants_cert {
+                aidos_api::tls::request(&aidos_api::tls::Identity::Device(self.cfg.device.clone()))
+                    .map_err(|e| EdgeError::Refused(format!("a certificate request for {}: {e}", self.cfg.device)))?
+            } else {
+                Default::default()
+            };
             let r = EnrollRequest {
                 device: self.cfg.device.clone(),
                 labels: self.cfg.labels.clone(),
@@ -329,9 +351,30 @@ impl Agent {
                 agent_version: env!("CARGO_PKG_VERSION").into(),
                 enrollment_token: self.cfg.enrollment_token.clone(),
                 credential: self.credential.clone(),
-                credential_hash: vec![],
+                join_token: self.cfg.join_token.clone(),
+                csr_pem,
+                ..Default::default()
             };
+            let issued_at_ms = aidos_api::now_ms();
             let resp = c.enroll(r).await.map_err(cp)?.into_inner();
+            if !resp.cert_pem.is_empty() && !key_pem.is_empty() {
+                self.state.cert = Some(DeviceCert {
+                    cert_pem: resp.cert_pem.clone(),
+                    key_pem,
+                    issued_at_ms,
+                    not_after_ms: resp.cert_not_after_ms,
+                });
+                self.cache.save_state(&self.state)?;
+                tracing::info!("device certificate for {} valid until {} ms", self.cfg.device, resp.cert_not_after_ms);
+                // The enrolment retired the previous certificate: reconnect presenting the new one.
+                self.client = None;
+                c = self.client()?;
+            } else if wants_cert {
+                return Err(EdgeError::Refused(format!(
+                    "the control plane gave {} no certificate (does it serve TLS?)",
+                    self.cfg.device
+                )));
+            }
             let key_hex = hex(&resp.signing_public_key);
             match &self.state.pinned_key_hex {
                 None => {

@@ -53,6 +53,10 @@ pub struct AgentArgs {
     /// verifying it against this CA
     #[arg(long, env = "AIDOS_EDGE_SERVER_CA")]
     pub server_ca: Option<PathBuf>,
+    /// A one-time join token (`aidos token create --role worker --join`) that admits this new device; a control
+    /// plane that serves TLS needs one (or its --edge-enrollment-token) for a new device
+    #[arg(long, env = "AIDOS_EDGE_JOIN_TOKEN", default_value = "", hide_env_values = true)]
+    pub join_token: String,
 }
 
 impl AgentArgs {
@@ -89,6 +93,7 @@ impl AgentArgs {
             keep_startup_pages: self.keep_startup_pages,
             ready_file: self.ready_file,
             enrollment_token: self.enrollment_token,
+            join_token: self.join_token,
             server_tls: match &self.server_ca {
                 Some(p) => Some(aidos_api::tls::ClientTls::load(p).map_err(|e| format!("--server-ca: {e}"))?),
                 None => None,

@@ -36,6 +36,26 @@ pub struct State {
     /// Deployments refused or rolled back (artifact + signature), with why: not tried again.
     #[serde(default)]
     pub rejected: std::collections::BTreeMap<String, String>,
+    /// On a control plane that serves TLS: the device's certificate and its key (PEM; kept here, beside the
+    /// credential, so one atomic write keeps them together), and when it was issued and expires.
+    #[serde(default)]
+    pub cert: Option<DeviceCert>,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct DeviceCert {
+    pub cert_pem: String,
+    pub key_pem: String,
+    pub issued_at_ms: i64,
+    pub not_after_ms: i64,
+}
+
+impl DeviceCert {
+    /// Renewed once two thirds of its life have passed (as cert-manager's default), so a control plane that is
+    /// away for a while does not leave the device with an expired one.
+    pub fn due(&self, now_ms: i64) -> bool {
+        now_ms >= self.issued_at_ms + (self.not_after_ms - self.issued_at_ms) * 2 / 3
+    }
 }
 
 /// Bytes a download leaves free on the cache's filesystem, for `state.json` and the telemetry buffer: a model that

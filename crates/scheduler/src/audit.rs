@@ -54,8 +54,9 @@ pub fn auditable(path: &str, access: Access) -> bool {
         "/aidos.v1.ServeService/ReportEndpoint",
         "/aidos.v1.JobService/JoinRing",
     ];
-    // A worker's join is a mutation (it consumes a join token) that its token authorizes, not the auth layer.
-    path == "/aidos.v1.WorkerService/Join"
+    // A worker's join and a device's enrolment are mutations (they may use up a join token) that the tokens in
+    // the request authorize, not the auth layer.
+    matches!(path, "/aidos.v1.WorkerService/Join" | "/aidos.v1.EdgeService/Enroll")
         || matches!(access, Access::Write | Access::ProjectAdmin | Access::ClusterAdmin)
             && !TELEMETRY.contains(&path)
             && !ADMIN_READS.contains(&path)
@@ -305,6 +306,8 @@ mod tests {
     fn mutations_are_recorded_and_reads_and_telemetry_are_not() {
         assert!(auditable("/aidos.v1.JobService/Submit", Access::Write));
         assert!(auditable("/aidos.v1.AuthService/RevokeToken", Access::ProjectAdmin));
+        assert!(auditable("/aidos.v1.EdgeService/Enroll", Access::Public), "it may use up a join token");
+        assert!(!auditable("/aidos.v1.EdgeService/Sync", Access::Device), "a device's periodic call");
         assert!(auditable("/aidos.v1.ClusterService/AddNode", Access::ClusterAdmin));
         assert!(!auditable("/aidos.v1.JobService/List", Access::Read));
         assert!(!auditable("/aidos.v1.WorkerService/Heartbeat", Access::Worker));

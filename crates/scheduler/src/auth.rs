@@ -77,8 +77,10 @@ pub fn access(path: &str) -> Option<Access> {
         ("ServeService", "Routes") => Authenticated,
         ("SweepService", "Submit" | "Cancel") => Write,
         ("SweepService", "Get" | "List") => Read,
-        // Devices prove themselves with their enrolment token and device keys (`edge_auth`).
-        ("EdgeService", "Enroll" | "Sync" | "Download") => Public,
+        // Devices enrol with an enrolment or join token, or their credential (`edge_auth`); then they prove
+        // themselves with their credential and, on a TLS node, their device certificate.
+        ("EdgeService", "Enroll") => Public,
+        ("EdgeService", "Sync" | "Download") => Device,
         ("EdgeService", "Deploy") => Write,
         ("EdgeService", "ListDevices" | "ListEdgeDeployments") => Read,
         ("AuthService", "CreateToken" | "ListTokens" | "RevokeToken") => ProjectAdmin,
@@ -202,7 +204,7 @@ pub fn check_access(
     now_ms: i64,
     not_leader: Option<tonic::Status>,
 ) -> Result<Option<Verified>, tonic::Status> {
-    if access == Access::Public {
+    if matches!(access, Access::Public | Access::Device) {
         return Ok(None);
     }
     let presented = match headers.get(auth::AUTHORIZATION) {
@@ -230,6 +232,8 @@ pub const CERT_WORKER_PREFIX: &str = "worker:";
 /// - Peer (Raft, audit hand-over): a node's certificate; the token is then checked as on any call.
 /// - Worker (the worker channel): a worker certificate this cluster issued and has not revoked. It is the call's
 ///   principal: no token is needed, and a worker token alone is refused.
+/// - Device (an edge agent's sync and download): the device certificate its latest enrolment was given, or a
+///   node's certificate on a call that node relays; the device it proved is what [`DEVICE_HEADER`] names.
 /// - Any other rule: a valid worker certificate on a call without a token is the worker's credential (its blob
 ///   cache fills through the blob service); otherwise users, jobs and services present tokens over
 ///   server-authenticated TLS and the certificate asks nothing.
@@ -249,10 +253,23 @@ pub fn check_cert(
         )))
     };
     let tokenless = !headers.contains_key(auth::AUTHORIZATION);
+    let relayed = headers.contains_key(crate::forward::FORWARDED_HEADER);
     match (access, cert) {
         (Access::Peer, Some(c)) if matches!(c.identity, Identity::Node(_)) => Ok(None),
         (Access::Peer, _) => Err(needs("a scheduler node's certificate")),
         (Access::Public, _) => Ok(None),
+        // A peer relays a device's call its own auth layer checked (with the device it names: DEVICE_HEADER).
+        (Access::Device, Some(c)) if matches!(c.identity, Identity::Node(_)) && relayed => Ok(None),
+        (Access::Device, Some(aidos_api::tls::PeerCert { identity: Identity::Device(name), serial, .. })) => {
+            crate::edge_auth::cert_speaks_for(st.edge.devices.get(name), name, serial)
+                .map_err(|why| tonic::Status::from(Unauthenticated::Certificate(why)))?;
+            let principal = Principal::device(name);
+            Ok(Some(Verified { principal, project: auth::DEFAULT_PROJECT.into(), access }))
+        }
+        (Access::Device, _) => Err(needs(
+            "the device's certificate (an agent gets one when it enrols: `aidos edge agent --server-ca CA \
+             --join-token T`)",
+        )),
         (_, Some(c)) if access == Access::Worker || tokenless => {
             let Identity::Worker(id) = &c.identity else {
                 return match access {
@@ -279,6 +296,11 @@ pub fn check_cert(
         _ => Ok(None),
     }
 }
+
+/// On a node that serves TLS, the device a Sync or Download call proved itself as (set by the auth layer of the
+/// node the device called, from its certificate; whatever a client sends under this name is dropped there). The
+/// handler checks that the call names this device.
+pub const DEVICE_HEADER: &str = "aidos-verified-device";
 
 /// The verified client certificate of a call that came over TLS (None: plain TCP, no certificate, or one that
 /// names no aidos identity).
@@ -357,6 +379,18 @@ where
                 decided => decided,
             }
         };
+        // The device a call proved itself as is this layer's to say (see DEVICE_HEADER): kept only on a call a peer
+        // node relays, else dropped, and set from a device certificate that passed.
+        let by_peer = matches!(&cert, Some(Some(c)) if matches!(c.identity, aidos_api::tls::Identity::Node(_)));
+        if !(by_peer && req.headers().contains_key(crate::forward::FORWARDED_HEADER)) {
+            req.headers_mut().remove(DEVICE_HEADER);
+        }
+        if let Ok(Some(v)) = &verdict
+            && v.access == Access::Device
+            && let Some(Ok(name)) = v.principal.name.strip_prefix("device:").map(http::HeaderValue::from_str)
+        {
+            req.headers_mut().insert(DEVICE_HEADER, name);
+        }
         // The audit record of a mutation: who, what, from where; its outcome is filled in below.
         let path = req.uri().path();
         let record = access(path).filter(|a| crate::audit::auditable(path, *a)).map(|_| {
@@ -516,6 +550,8 @@ mod tests {
             };
             st.auth.worker_certs.insert(serial.into(), c);
         }
+        let cam = aidos_api::v1::EdgeDevice { name: "cam".into(), cert_serial: "d1".into(), ..Default::default() };
+        st.edge.devices.insert("cam".into(), cam);
         let cert = |identity, serial: &str| PeerCert { identity, serial: serial.into(), not_after_ms: 0 };
         let (node, w1) = (cert(Identity::Node(2), "01"), cert(Identity::Worker("w1".into()), "aa"));
         let revoked = cert(Identity::Worker("w1".into()), "bb");
@@ -543,6 +579,21 @@ mod tests {
         assert_eq!(code("/aidos.v1.JobService/Submit", &none, Some(&w1)), Some(Err(PermissionDenied)));
         assert_eq!(code("/aidos.v1.JobService/Submit", &none, None), None, "no certificate: the token rule");
         assert_eq!(code("/aidos.v1.WorkerService/Join", &none, None), None, "join: its token is in the request");
+        // A device's calls: its current certificate, or a node relaying them; nothing else.
+        let sync = "/aidos.v1.EdgeService/Sync";
+        let device = |serial: &str| cert(Identity::Device("cam".into()), serial);
+        assert_eq!(code(sync, &none, Some(&device("d1"))), Some(Ok("device:cam".into())));
+        assert_eq!(code(sync, &none, Some(&device("d0"))), Some(Err(Unauthenticated)), "a renewed one");
+        let other = cert(Identity::Device("cam2".into()), "d1");
+        assert_eq!(code(sync, &none, Some(&other)), Some(Err(Unauthenticated)), "not enrolled");
+        assert_eq!(code(sync, &none, None), Some(Err(Unauthenticated)), "a credential alone is not enough");
+        assert_eq!(code(sync, &none, Some(&w1)), Some(Err(Unauthenticated)), "a worker is no device");
+        assert_eq!(code(sync, &none, Some(&node)), Some(Err(Unauthenticated)), "a node that did not relay it");
+        let mut relayed = none.clone();
+        relayed.insert(crate::forward::FORWARDED_HEADER, http::HeaderValue::from(1));
+        assert_eq!(code(sync, &relayed, Some(&node)), None, "relayed by a node that checked it");
+        assert_eq!(code(sync, &relayed, Some(&device("d0"))), Some(Err(Unauthenticated)));
+        assert_eq!(code("/aidos.v1.EdgeService/Enroll", &none, None), None, "enrol: tokens are in the request");
     }
 
     #[test]

@@ -61,6 +61,7 @@ pub struct NodeTls {
     /// What this node trusts and presents when it calls its peers (its node certificate).
     pub client: aidos_api::tls::ClientTls,
     pub worker_cert_lifetime: std::time::Duration,
+    pub device_cert_lifetime: std::time::Duration,
 }
 
 impl Core {

@@ -147,6 +147,9 @@ pub struct TlsConfig {
     pub node_cert_lifetime: Duration,
     /// Lifetime of the certificates workers receive when they join.
     pub worker_cert_lifetime: Duration,
+    /// Lifetime of edge devices' certificates (their agents renew them after two thirds of it, so a short one
+    /// costs nothing but a call).
+    pub device_cert_lifetime: Duration,
 }
 
 impl TlsConfig {
@@ -155,6 +158,7 @@ impl TlsConfig {
             ca_dir,
             node_cert_lifetime: aidos_api::tls::DEFAULT_CERT_LIFETIME,
             worker_cert_lifetime: aidos_api::tls::DEFAULT_CERT_LIFETIME,
+            device_cert_lifetime: aidos_api::tls::DEFAULT_DEVICE_CERT_LIFETIME,
         }
     }
 }
@@ -332,7 +336,12 @@ impl SchedulerNode {
                 let server = aidos_api::tls::ServerTls::new(ca.cert_pem(), &mine).map_err(tls_err)?;
                 let client = aidos_api::tls::ClientTls { ca_pem: ca.cert_pem().into(), identity: None }
                     .with_identity(&mine.cert_pem, &mine.key_pem);
-                let node = core::NodeTls { ca, client, worker_cert_lifetime: t.worker_cert_lifetime };
+                let node = core::NodeTls {
+                    ca,
+                    client,
+                    worker_cert_lifetime: t.worker_cert_lifetime,
+                    device_cert_lifetime: t.device_cert_lifetime,
+                };
                 (Some(server), Some(Arc::new(node)))
             }
             None => (None, None),

@@ -11,16 +11,33 @@ use crate::{edge_auth, queries};
 
 pub struct Edge(pub Arc<Core>);
 
+/// On a node that serves TLS: the call names the device whose certificate the auth layer verified
+/// (`auth::DEVICE_HEADER`), so one device's certificate cannot speak for another.
+fn proved<T>(core: &Core, r: &Request<T>, device: &str) -> Result<(), tonic::Status> {
+    if core.tls.is_none() {
+        return Ok(());
+    }
+    match r.metadata().get(crate::auth::DEVICE_HEADER).and_then(|v| v.to_str().ok()) {
+        Some(d) if d == device => Ok(()),
+        Some(d) => {
+            Err(tonic::Status::permission_denied(format!("the certificate of device {d} speaks for {d}, not {device}")))
+        }
+        None => Err(tonic::Status::unauthenticated(format!("device {device}: no device certificate was verified"))),
+    }
+}
+
 #[tonic::async_trait]
 impl EdgeService for Edge {
     async fn enroll(&self, r: Request<EnrollRequest>) -> Res<EnrollResponse> {
         ok(leader(&self.0)?.enroll(r.into_inner()).await?)
     }
     async fn sync(&self, r: Request<EdgeSyncRequest>) -> Res<EdgeSyncResponse> {
+        proved(&self.0, &r, &r.get_ref().device)?;
         ok(leader(&self.0)?.edge_sync(r.into_inner()).await?)
     }
     /// One chunk of an artifact that some current edge deployment names, for an enrolled device (any node).
     async fn download(&self, r: Request<DownloadRequest>) -> Res<DownloadChunk> {
+        proved(&self.0, &r, &r.get_ref().device)?;
         let r = r.into_inner();
         {
             let st = &self.0.state.read().expect("state lock").state;

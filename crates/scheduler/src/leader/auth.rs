@@ -107,27 +107,19 @@ impl LeaderHandler {
             auth::authorize_token_admin(by, role, &t.project)
                 .map_err(|e| SchedulerError::PermissionDenied(e.to_string()))?;
         }
-        let res = self.core.propose(Command::RevokeToken(RevokeTokenV1 { id: id.to_string() })).await?;
+        let res =
+            self.core.propose(Command::RevokeToken(RevokeTokenV1 { id: id.to_string(), use_join: false })).await?;
         Ok(res.token.unwrap_or_default())
     }
 
     /// A worker's certificate for its join token: the token is checked here (a clear refusal before anything is
     /// signed) and consumed by the command that records the certificate (so it buys one certificate, however
     /// many workers race with it).
-    pub async fn join(&self, r: JoinRequest) -> Result<JoinResponse, SchedulerError> {
-        let Some(ca) = self.core.ca() else {
-            return Err(SchedulerError::Stale(
-                "this cluster does not serve TLS: workers authenticate with worker tokens (--token)".into(),
-            ));
-        };
-        if !aidos_api::tls::valid_name(&r.worker_id) {
-            return Err(invalid(format!("worker_id: {:?} is not a worker id", r.worker_id)));
-        }
-        if r.csr_pem.len() > 16 << 10 {
-            return Err(invalid("csr_pem: larger than 16 KiB".into()));
-        }
+    /// The join token `presented` names, if it is one that may still be used (apply checks again, and uses it up
+    /// exactly once).
+    pub fn join_token(&self, presented: &str) -> Result<Token, SchedulerError> {
         let now = aidos_api::now_ms();
-        let presented = auth::parse_token(&r.token)?;
+        let presented = auth::parse_token(presented)?;
         let known = self.read(|st| st.auth.tokens.get(&presented.id).cloned());
         let rec = known.ok_or_else(|| auth::Unauthenticated::Unknown(presented.id.clone()))?;
         let t = rec.token.clone().unwrap_or_default();
@@ -143,6 +135,22 @@ impl LeaderHandler {
         if t.expires_at_ms != 0 && t.expires_at_ms <= now {
             return Err(auth::Unauthenticated::Expired(t.id).into());
         }
+        Ok(t)
+    }
+
+    pub async fn join(&self, r: JoinRequest) -> Result<JoinResponse, SchedulerError> {
+        let Some(ca) = self.core.ca() else {
+            return Err(SchedulerError::Stale(
+                "this cluster does not serve TLS: workers authenticate with worker tokens (--token)".into(),
+            ));
+        };
+        if !aidos_api::tls::valid_name(&r.worker_id) {
+            return Err(invalid(format!("worker_id: {:?} is not a worker id", r.worker_id)));
+        }
+        if r.csr_pem.len() > 16 << 10 {
+            return Err(invalid("csr_pem: larger than 16 KiB".into()));
+        }
+        let t = self.join_token(&r.token)?;
         let identity = aidos_api::tls::Identity::Worker(r.worker_id.clone());
         let issued =
             ca.ca.sign_request(&r.csr_pem, &identity, ca.worker_cert_lifetime).map_err(|e| invalid(e.to_string()))?;

@@ -13,16 +13,65 @@ use crate::queries;
 pub const SYNC_INTERVAL_MS: u32 = 1000;
 
 impl LeaderHandler {
+    /// Enrols (or re-enrols) a device: [`edge_auth::admit`] decides; a join token is used up before the enrolment is
+    /// recorded; on a TLS control plane a certificate request is signed (`aidos-device:<name>`) and its serial
+    /// recorded as the only one the device's calls are accepted with.
+    ///
+    /// Two entries when a join token is used: the token first (so two enrolments racing with one token cannot both
+    /// pass), then the device. A leader lost between them leaves the token used and the device not enrolled: the
+    /// agent's retry is refused and the operator makes a new token.
     pub async fn enroll(&self, r: EnrollRequest) -> Result<EnrollResponse, SchedulerError> {
         let token = self.core.edge.enrollment_token.as_deref();
-        let credential_hash = self.read(|st| edge_auth::admit(st.edge.devices.get(&r.device), token, &r))?;
-        // The log gets the hash only: never the credential, never the token.
-        let entry = EnrollRequest { enrollment_token: String::new(), credential: vec![], credential_hash, ..r.clone() };
+        let tls = self.core.ca();
+        let (credential_hash, admission) =
+            self.read(|st| edge_auth::admit(st.edge.devices.get(&r.device), token, tls.is_some(), &r))?;
+        // What apply would refuse, refused before a join token is used up for it.
+        crate::state::edge::check_enrollment(&r).map_err(|e| SchedulerError::InvalidArgument(e.message))?;
+        let issued = match (tls, r.csr_pem.is_empty()) {
+            (Some(t), false) => {
+                if !aidos_api::tls::valid_name(&r.device) {
+                    return Err(SchedulerError::InvalidArgument(format!(
+                        "device: {:?} cannot be named in a certificate (1-128 of A-Z a-z 0-9 . _ -)",
+                        r.device
+                    )));
+                }
+                if r.csr_pem.len() > 16 << 10 {
+                    return Err(SchedulerError::InvalidArgument("csr_pem: larger than 16 KiB".into()));
+                }
+                let identity = aidos_api::tls::Identity::Device(r.device.clone());
+                let issued = t.ca.sign_request(&r.csr_pem, &identity, t.device_cert_lifetime);
+                Some(issued.map_err(|e| SchedulerError::InvalidArgument(format!("csr_pem: {e}")))?)
+            }
+            _ => None,
+        };
+        let join_token_id = match admission {
+            edge_auth::Admission::JoinToken => {
+                let t = self.join_token(&r.join_token)?;
+                self.core.propose(Command::RevokeToken(RevokeTokenV1 { id: t.id.clone(), use_join: true })).await?;
+                t.id
+            }
+            _ => String::new(),
+        };
+        // The log gets the hash only: never the credential, never a token's secret.
+        let entry = EnrollRequest {
+            enrollment_token: String::new(),
+            join_token: String::new(),
+            csr_pem: String::new(),
+            credential: vec![],
+            credential_hash,
+            cert_serial: issued.as_ref().map(|i| i.serial.clone()).unwrap_or_default(),
+            cert_not_after_ms: issued.as_ref().map_or(0, |i| i.not_after_ms),
+            join_token_id,
+            ..r.clone()
+        };
         self.core.propose(Command::EnrollDevice(entry)).await?;
         self.core.edge.saw(&r.device);
         Ok(EnrollResponse {
             signing_public_key: self.core.edge.public_key().to_vec(),
             sync_interval_ms: SYNC_INTERVAL_MS,
+            cert_not_after_ms: issued.as_ref().map_or(0, |i| i.not_after_ms),
+            cert_pem: issued.map(|i| i.cert_pem).unwrap_or_default(),
+            ca_pem: tls.map(|t| t.ca.cert_pem().to_string()).unwrap_or_default(),
         })
     }
 

@@ -16,7 +16,7 @@
 use std::collections::BTreeMap;
 
 use aidos_api::v1::command_v1::Command;
-use aidos_api::v1::{CommandResultV1, CreateTokenV1, Role, StateSnapshotV1, TokenRecordV1, WorkerCert};
+use aidos_api::v1::{CommandResultV1, CreateTokenV1, Role, StateSnapshotV1, Token, TokenRecordV1, WorkerCert};
 use prost::Message;
 
 use super::{Dirty, Domain, JobsState, Refusal, RowKind, Rows, Table, bad, not_found, refuse};
@@ -94,6 +94,9 @@ impl Domain for AuthState {
     ) -> Option<Result<CommandResultV1, Refusal>> {
         Some(match cmd {
             Command::CreateToken(c) => self.create(c, now, dirty),
+            Command::RevokeToken(r) if r.use_join => {
+                self.use_join(&r.id, now, dirty).map(|t| CommandResultV1 { token: Some(t), ..Default::default() })
+            }
             Command::RevokeToken(r) => self.revoke(&r.id, now, dirty),
             Command::IssueWorkerCert(c) => self.issue_worker_cert(c, now, dirty),
             Command::RevokeWorker(r) => self.revoke_worker(&r.worker_id, now, dirty),
@@ -152,8 +155,17 @@ impl AuthState {
                 format!("the cluster holds {MAX_WORKER_CERTS} worker certificates, the most it keeps"),
             ));
         }
-        let join = self.tokens.get_mut(&c.join_token).and_then(|r| r.token.as_mut());
-        let t = match join {
+        self.use_join(&c.join_token, now, dirty)?;
+        let cert = WorkerCert { issued_at_ms: now, revoked_at_ms: 0, ..c.clone() };
+        dirty.mark(Table::Rows, cert_key(&cert.serial));
+        self.worker_certs.insert(cert.serial.clone(), cert.clone());
+        Ok(CommandResultV1 { worker_certs: vec![cert], ..Default::default() })
+    }
+
+    /// Uses up join token `id` (a worker's or a device's admission): refused unless it is a join token that is
+    /// neither used, revoked nor expired. Exactly once, whatever races to use it: apply is serial.
+    fn use_join(&mut self, id: &str, now: i64, dirty: &mut Dirty) -> Result<Token, Refusal> {
+        let t = match self.tokens.get_mut(id).and_then(|r| r.token.as_mut()) {
             Some(t) if t.join => t,
             _ => return Err(refuse(tonic::Code::Unauthenticated, "not a join token".to_string())),
         };
@@ -164,11 +176,8 @@ impl AuthState {
             return Err(refuse(tonic::Code::Unauthenticated, format!("join token {} expired", t.id)));
         }
         t.revoked_at_ms = now;
-        dirty.mark(Table::Rows, token_key(&c.join_token));
-        let cert = WorkerCert { issued_at_ms: now, revoked_at_ms: 0, ..c.clone() };
-        dirty.mark(Table::Rows, cert_key(&cert.serial));
-        self.worker_certs.insert(cert.serial.clone(), cert.clone());
-        Ok(CommandResultV1 { worker_certs: vec![cert], ..Default::default() })
+        dirty.mark(Table::Rows, token_key(id));
+        Ok(t.clone())
     }
 
     /// Revokes every certificate of `worker_id` (NOT_FOUND when it has none).
@@ -210,7 +219,7 @@ impl AuthState {
 
 #[cfg(test)]
 mod tests {
-    use aidos_api::v1::{RevokeTokenV1, Token};
+    use aidos_api::v1::RevokeTokenV1;
 
     use super::*;
 
@@ -231,7 +240,7 @@ mod tests {
         assert_eq!(create(&mut st, "root", 6).unwrap_err().code, tonic::Code::InvalidArgument);
         assert_eq!(create(&mut st, "job-3", 6).unwrap_err().code, tonic::Code::InvalidArgument);
         assert_eq!(create(&mut st, "a_b", 6).unwrap_err().code, tonic::Code::InvalidArgument);
-        let cmd = Command::RevokeToken(RevokeTokenV1 { id: "t1".into() });
+        let cmd = Command::RevokeToken(RevokeTokenV1 { id: "t1".into(), use_join: false });
         let mut dirty = Dirty::default();
         let r = st.apply(&cmd, 9, &JobsState::default(), &mut dirty).unwrap().unwrap();
         assert_eq!(r.token.unwrap().revoked_at_ms, 9);
@@ -241,7 +250,7 @@ mod tests {
         let r = st.apply(&cmd, 12, &JobsState::default(), &mut dirty).unwrap().unwrap();
         assert_eq!(r.token.unwrap().revoked_at_ms, 9);
         assert!(dirty.rows.is_empty());
-        let missing = Command::RevokeToken(RevokeTokenV1 { id: "t9".into() });
+        let missing = Command::RevokeToken(RevokeTokenV1 { id: "t9".into(), use_join: false });
         let e = st.apply(&missing, 12, &JobsState::default(), &mut Dirty::default()).unwrap().unwrap_err();
         assert_eq!(e.code, tonic::Code::NotFound);
         // The secret hash survives a snapshot round trip.
@@ -291,6 +300,17 @@ mod tests {
         assert_eq!(issue(&mut st, cert("0b", "nope"), 6).unwrap_err().code, tonic::Code::Unauthenticated);
         assert_eq!(issue(&mut st, cert("zz", "j2"), 6).unwrap_err().code, tonic::Code::InvalidArgument);
         assert!(st.tokens["j1"].token.as_ref().unwrap().revoked_at_ms == 5, "consumed");
+        // A device's enrolment uses a join token up the same way: once, and only a join token.
+        create(&mut st, "plain2", 1).unwrap();
+        st.create(&CreateTokenV1 { record: Some(join("j3", 0)) }, 1, &mut Dirty::default()).unwrap();
+        let use_join = |st: &mut AuthState, id: &str| {
+            let cmd = Command::RevokeToken(RevokeTokenV1 { id: id.into(), use_join: true });
+            st.apply(&cmd, 8, &JobsState::default(), &mut Dirty::default()).unwrap()
+        };
+        assert_eq!(use_join(&mut st, "j3").unwrap().token.unwrap().revoked_at_ms, 8);
+        assert_eq!(use_join(&mut st, "j3").unwrap_err().code, tonic::Code::Unauthenticated, "used once");
+        assert_eq!(use_join(&mut st, "plain2").unwrap_err().code, tonic::Code::Unauthenticated);
+        assert_eq!(st.tokens["plain2"].token.as_ref().unwrap().revoked_at_ms, 0, "a plain token is left alone");
         let revoke = Command::RevokeWorker(aidos_api::v1::RevokeWorkerV1 { worker_id: "w1".into() });
         let r = st.apply(&revoke, 7, &JobsState::default(), &mut Dirty::default()).unwrap().unwrap();
         assert_eq!(r.worker_certs[0].revoked_at_ms, 7);

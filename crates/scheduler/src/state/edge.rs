@@ -36,6 +36,12 @@ pub fn edge_deployment_key(name: &str) -> String {
     format!("x/{name}")
 }
 
+/// What an enrolment must satisfy (the leader asks before it uses a join token up; apply again).
+pub fn check_enrollment(r: &EnrollRequest) -> Result<(), Refusal> {
+    check_name("device", &r.device)?;
+    check_labels("labels", &r.labels)
+}
+
 fn check_labels(field: &str, l: &std::collections::BTreeMap<String, String>) -> Result<(), Refusal> {
     if l.len() > MAX_LABELS {
         return Err(bad(field, format!("{} labels, at most {MAX_LABELS}", l.len())));
@@ -128,8 +134,7 @@ impl Domain for EdgeState {
 
 impl EdgeState {
     fn enroll_device(&mut self, r: &EnrollRequest, now: i64, dirty: &mut Dirty) -> Result<CommandResultV1, Refusal> {
-        check_name("device", &r.device)?;
-        check_labels("labels", &r.labels)?;
+        check_enrollment(r)?;
         let d = self.devices.entry(r.device.clone()).or_insert_with(|| EdgeDevice {
             name: r.device.clone(),
             enrolled_at_ms: now,
@@ -139,8 +144,15 @@ impl EdgeState {
         d.hardware = r.hardware.chars().take(256).collect();
         d.runtimes = r.runtimes.iter().take(8).map(|s| s.chars().take(32).collect()).collect();
         d.agent_version = r.agent_version.chars().take(64).collect();
-        if !r.credential_hash.is_empty() {
+        if !r.credential_hash.is_empty() && r.credential_hash != d.credential_hash {
             d.credential_hash = r.credential_hash.clone();
+            // Another agent (a new credential): the certificate of the one before speaks for it no more.
+            d.cert_serial.clear();
+            d.cert_not_after_ms = 0;
+        }
+        if !r.cert_serial.is_empty() {
+            d.cert_serial = r.cert_serial.chars().take(64).collect();
+            d.cert_not_after_ms = r.cert_not_after_ms;
         }
         dirty.mark(Table::Rows, device_key(&r.device));
         Ok(CommandResultV1::default())
