@@ -181,6 +181,10 @@ async fn agents_run_signed_deployments_offline_and_roll_back_bad_ones() {
     let (code, out, _) = c.cli(&["edge", "list"]);
     assert_eq!(code, 0);
     assert!(out.contains("cam-1") && out.contains("digits (digits:1)") && out.contains("door-1"), "{out}");
+    // Devices and edge deployments belong to a project: another project's readers see none of them.
+    let (code, out, err) = c.cli(&["--project", "other", "edge", "list"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(!out.contains("cam-1") && !out.contains("digits"), "{out}");
 
     // The control plane goes away; the agent restarts and still serves from its cache; telemetry is buffered.
     c.kill_node(1);

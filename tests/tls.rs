@@ -203,6 +203,22 @@ async fn nodes_and_workers_prove_themselves_with_certificates_of_the_cluster_ca(
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     assert!(!cam.output().contains("certificate was not"), "{}", cam.output());
+    // An agent that was away longer than its certificate lives comes back: it presents no expired certificate,
+    // enrols with its credential and a new request, and syncs again.
+    cam.sigkill();
+    let away = device(&c, "cam").await.unwrap();
+    wait_until("cam's certificate expired", Duration::from_secs(20), || {
+        (aidos_api::now_ms() > away.cert_not_after_ms + 500).then_some(())
+    });
+    cam.start();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while device(&c, "cam")
+        .await
+        .is_none_or(|d| d.cert_serial == away.cert_serial || d.last_seen_ms <= away.last_seen_ms)
+    {
+        assert!(Instant::now() < deadline, "cam did not come back after its certificate expired: {}", cam.output());
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
     cam.sigkill();
 
     // Revoking w1 cuts it off: its heartbeats are refused, it is declared lost, and a restart cannot register.

@@ -30,7 +30,7 @@ pub enum EdgeCmd {
         last: usize,
     },
     /// Run the edge agent on this machine (the same as the `aidos-edge` binary)
-    Agent(aidos_edge::args::AgentArgs),
+    Agent(Box<aidos_edge::args::AgentArgs>),
 }
 
 #[derive(Args, Debug)]

@@ -191,6 +191,12 @@ pub async fn run(g: &Global, a: ServerArgs) -> anyhow::Result<()> {
         anyhow::bail!("{why}");
     }
     anyhow::ensure!(a.worker_cert_days > 0, "--worker-cert-days must be > 0");
+    // Certificates outliving the CA (10 years) would not verify anyway.
+    anyhow::ensure!(a.worker_cert_days <= 3650, "--worker-cert-days: at most 3650 (the CA's own lifetime)");
+    anyhow::ensure!(
+        a.device_cert_lifetime <= 3650 * 86_400,
+        "--device-cert-lifetime: at most 3650d (the CA's own lifetime)"
+    );
     std::fs::create_dir_all(&a.data_dir).with_context(|| format!("creating {}", a.data_dir.display()))?;
 
     // Blobs: the flags' store, else a private directory (fine for one node; a multi-node cluster refuses it).

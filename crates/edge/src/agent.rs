@@ -54,6 +54,8 @@ pub struct AgentConfig {
     /// A one-time join token (`aidos token create --role worker --join`): admits a new device. Used up by the
     /// first enrolment; later ones need only the device's credential.
     pub join_token: String,
+    /// The project the device belongs to ("": the default project, or the join token's when it names one).
+    pub project: String,
 }
 
 /// Runtimes this build can use on this machine, as reported at enrolment: tract always; ort when compiled in and
@@ -92,6 +94,8 @@ struct Agent {
     client: Option<EdgeServiceClient<Channel>>,
     server_ix: usize,
     enrolled: bool,
+    /// The last control-plane failure warned about.
+    last_outage: String,
     /// This device's credential (see `State::credential_hex`).
     credential: Vec<u8>,
 }
@@ -126,6 +130,7 @@ pub async fn run(
         client: None,
         server_ix: 0,
         enrolled: false,
+        last_outage: String::new(),
         credential,
     };
     // Serve from the cache before anything else: the control plane may be gone.
@@ -255,9 +260,10 @@ impl Agent {
             return Ok(c.clone());
         }
         let addr = self.cfg.servers.get(self.server_ix % self.cfg.servers.len().max(1)).cloned().unwrap_or_default();
+        let now = aidos_api::now_ms();
         let tls = self.cfg.server_tls.clone().map(|t| match &self.state.cert {
-            Some(c) => t.with_identity(&c.cert_pem, &c.key_pem),
-            None => t,
+            Some(c) if !c.expired(now) => t.with_identity(&c.cert_pem, &c.key_pem),
+            _ => t,
         });
         let creds = aidos_api::auth::Credentials { tls, ..Default::default() };
         let ch = creds
@@ -284,7 +290,10 @@ impl Agent {
             tracing::warn!("buffering telemetry: {e}");
         }
         let deployment = match self.sync().await {
-            Ok(d) => d,
+            Ok(d) => {
+                self.last_outage.clear();
+                d
+            }
             Err(e @ EdgeError::Refused(_)) => {
                 // Retried every interval (the operator may fix the token): warned once per distinct refusal.
                 if self.last_error != e.to_string() {
@@ -295,7 +304,11 @@ impl Agent {
                 return;
             }
             Err(e) => {
-                tracing::debug!("control plane unreachable, serving from the cache: {e}");
+                // Warned once per distinct failure (a TLS handshake refused looks like an outage from here).
+                if self.last_outage != e.to_string() {
+                    tracing::warn!("control plane unreachable, serving from the cache: {e}");
+                    self.last_outage = e.to_string();
+                }
                 self.drop_client();
                 return;
             }
@@ -352,20 +365,25 @@ impl Agent {
                 enrollment_token: self.cfg.enrollment_token.clone(),
                 credential: self.credential.clone(),
                 join_token: self.cfg.join_token.clone(),
+                project: self.cfg.project.clone(),
                 csr_pem,
                 ..Default::default()
             };
-            let issued_at_ms = aidos_api::now_ms();
+            let sent_at_ms = aidos_api::now_ms();
             let resp = c.enroll(r).await.map_err(cp)?.into_inner();
             if !resp.cert_pem.is_empty() && !key_pem.is_empty() {
                 self.state.cert = Some(DeviceCert {
                     cert_pem: resp.cert_pem.clone(),
                     key_pem,
-                    issued_at_ms,
-                    not_after_ms: resp.cert_not_after_ms,
+                    received_at_ms: sent_at_ms,
+                    lifetime_ms: resp.cert_lifetime_ms,
                 });
                 self.cache.save_state(&self.state)?;
-                tracing::info!("device certificate for {} valid until {} ms", self.cfg.device, resp.cert_not_after_ms);
+                tracing::info!(
+                    "device certificate for {} valid for {} s",
+                    self.cfg.device,
+                    resp.cert_lifetime_ms / 1000
+                );
                 // The enrolment retired the previous certificate: reconnect presenting the new one.
                 self.client = None;
                 c = self.client()?;

@@ -57,6 +57,10 @@ pub struct AgentArgs {
     /// plane that serves TLS needs one (or its --edge-enrollment-token) for a new device
     #[arg(long, env = "AIDOS_EDGE_JOIN_TOKEN", default_value = "", hide_env_values = true)]
     pub join_token: String,
+    /// The project this device belongs to: it runs that project's edge deployments only (default: the join token's
+    /// project when it names one, else `default`)
+    #[arg(long, env = "AIDOS_EDGE_PROJECT", default_value = "")]
+    pub project: String,
 }
 
 impl AgentArgs {
@@ -94,6 +98,7 @@ impl AgentArgs {
             ready_file: self.ready_file,
             enrollment_token: self.enrollment_token,
             join_token: self.join_token,
+            project: self.project,
             server_tls: match &self.server_ca {
                 Some(p) => Some(aidos_api::tls::ClientTls::load(p).map_err(|e| format!("--server-ca: {e}"))?),
                 None => None,

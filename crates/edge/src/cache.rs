@@ -46,15 +46,25 @@ pub struct State {
 pub struct DeviceCert {
     pub cert_pem: String,
     pub key_pem: String,
-    pub issued_at_ms: i64,
-    pub not_after_ms: i64,
+    /// When the agent received it, and how long it lives, both by the agent's own clock (so a device whose clock
+    /// is off neither renews at every sync nor waits past expiry). Missing: renewed at once.
+    #[serde(default)]
+    pub received_at_ms: i64,
+    #[serde(default)]
+    pub lifetime_ms: i64,
 }
 
 impl DeviceCert {
     /// Renewed once two thirds of its life have passed (as cert-manager's default), so a control plane that is
     /// away for a while does not leave the device with an expired one.
     pub fn due(&self, now_ms: i64) -> bool {
-        now_ms >= self.issued_at_ms + (self.not_after_ms - self.issued_at_ms) * 2 / 3
+        now_ms >= self.received_at_ms + self.lifetime_ms * 2 / 3
+    }
+
+    /// Past its life: the control plane's TLS handshake would refuse it, so the agent presents none (and enrols
+    /// again with its credential and a new request).
+    pub fn expired(&self, now_ms: i64) -> bool {
+        now_ms >= self.received_at_ms + self.lifetime_ms
     }
 }
 

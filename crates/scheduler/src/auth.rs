@@ -249,7 +249,7 @@ pub fn check_cert(
     let Some(access) = access(path) else { return Ok(None) };
     let needs = |what: &str| {
         tonic::Status::from(Unauthenticated::Certificate(format!(
-            "{path} needs {what}: this cluster authenticates its nodes and workers with certificates of its CA"
+            "{path} needs {what}: this cluster authenticates its nodes, workers and devices with certificates of its CA"
         )))
     };
     let tokenless = !headers.contains_key(auth::AUTHORIZATION);

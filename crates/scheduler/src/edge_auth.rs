@@ -66,14 +66,17 @@ pub fn admit(
             r.credential.len()
         )));
     }
-    if tls && r.csr_pem.is_empty() && existing.is_none_or(|d| d.cert_serial.is_empty()) {
+    let hash = credential_hash(&r.credential);
+    // A certificate on record is this agent's only if the credential is the one it was given with (another
+    // credential clears it when applied).
+    let has_cert = existing.is_some_and(|d| !d.cert_serial.is_empty() && same_secret(&d.credential_hash, &hash));
+    if tls && r.csr_pem.is_empty() && !has_cert {
         return Err(SchedulerError::InvalidArgument(format!(
             "csr_pem: device {} has no certificate and asked for none (this control plane serves TLS: an agent \
              given --server-ca asks for one)",
             r.device
         )));
     }
-    let hash = credential_hash(&r.credential);
     let token_ok = token.is_some_and(|t| same_secret(t.as_bytes(), r.enrollment_token.as_bytes()));
     let token_state = if r.enrollment_token.is_empty() { "missing" } else { "wrong" };
     let join = !r.join_token.is_empty();
@@ -100,6 +103,36 @@ pub fn admit(
             "device {}: enrolment token {token_state} (the agent's --enrollment-token), and no join token",
             r.device
         ))),
+    }
+}
+
+/// The project an enrolment puts the device in: a join token made for one project decides it; a known device
+/// stays where it is unless a join token moves it; otherwise the agent's `--project` (`requested`, "": the default
+/// project). `join_project`: the project of the join token that admitted this enrolment, if one did. Pure.
+pub fn project_for(
+    existing: Option<&EdgeDevice>,
+    join_project: Option<&str>,
+    requested: &str,
+) -> Result<String, SchedulerError> {
+    use aidos_api::auth::{ALL_PROJECTS, project_or_default};
+    let device = existing.map(|d| d.name.as_str()).unwrap_or("the device");
+    match (join_project.filter(|p| *p != ALL_PROJECTS), existing) {
+        (Some(p), _) if !requested.is_empty() && requested != p => Err(SchedulerError::PermissionDenied(format!(
+            "project: the join token is for project {p}, not {requested}"
+        ))),
+        (Some(p), _) => Ok(p.to_string()),
+        (None, Some(d)) if join_project.is_none() => {
+            let current = project_or_default(&d.project);
+            if requested.is_empty() || requested == current {
+                Ok(current.to_string())
+            } else {
+                Err(SchedulerError::PermissionDenied(format!(
+                    "project: {device} belongs to project {current}; a join token of project {requested} moves it"
+                )))
+            }
+        }
+        (None, Some(d)) if requested.is_empty() => Ok(project_or_default(&d.project).to_string()),
+        _ => Ok(project_or_default(requested).to_string()),
     }
 }
 
@@ -191,8 +224,27 @@ mod tests {
         assert_eq!(admit(Some(&enrolled(1)), None, true, &with_csr(1, "")).unwrap().1, Admission::Credential);
         let certified = EdgeDevice { cert_serial: "0a".into(), ..enrolled(1) };
         assert!(admit(Some(&certified), None, true, &req("cam", 1, "")).is_ok());
+        let takeover = EnrollRequest { join_token: "aidos_j_x".into(), ..req("cam", 2, "") };
+        let e = admit(Some(&certified), None, true, &takeover).unwrap_err().to_string();
+        assert!(e.contains("csr_pem"), "another agent's certificate is not this one's: {e}");
         let e = admit(Some(&enrolled(1)), None, true, &req("cam", 1, "")).unwrap_err().to_string();
         assert!(e.contains("csr_pem"), "{e}");
+    }
+
+    #[test]
+    fn projects_come_from_join_tokens_then_stay() {
+        let in_a = EdgeDevice { project: "a".into(), ..enrolled(1) };
+        assert_eq!(project_for(None, None, "").unwrap(), "default");
+        assert_eq!(project_for(None, None, "b").unwrap(), "b");
+        assert_eq!(project_for(None, Some("a"), "").unwrap(), "a", "the token's project");
+        assert_eq!(project_for(None, Some("*"), "b").unwrap(), "b", "a cluster-wide token: the agent's");
+        assert!(project_for(None, Some("a"), "b").unwrap_err().to_string().contains("join token is for project a"));
+        assert_eq!(project_for(Some(&in_a), None, "").unwrap(), "a", "a known device stays");
+        assert_eq!(project_for(Some(&in_a), None, "a").unwrap(), "a");
+        assert!(project_for(Some(&in_a), None, "b").unwrap_err().to_string().contains("belongs to project a"));
+        assert_eq!(project_for(Some(&in_a), Some("b"), "").unwrap(), "b", "a join token moves it");
+        assert_eq!(project_for(Some(&in_a), Some("*"), "").unwrap(), "a");
+        assert_eq!(project_for(Some(&enrolled(1)), None, "").unwrap(), "default", "from before projects");
     }
 
     #[test]

@@ -582,8 +582,19 @@ pub fn inference_keys(
 
 /// Devices (all, or the one named) without their credential hashes. `seen` is the leader's memory of when each
 /// device last synced; a device not in it shows when its last report was committed.
-pub fn list_devices(st: &ClusterState, r: &ListDevicesRequest, seen: &HashMap<String, i64>) -> ListDevicesResponse {
-    let devices = st.edge.devices.values().filter(|d| r.name.is_empty() || d.name == r.name);
+/// The devices of `project` (named `r.name`, or all).
+pub fn list_devices(
+    st: &ClusterState,
+    r: &ListDevicesRequest,
+    seen: &HashMap<String, i64>,
+    project: &str,
+) -> ListDevicesResponse {
+    let devices = st
+        .edge
+        .devices
+        .values()
+        .filter(|d| r.name.is_empty() || d.name == r.name)
+        .filter(|d| aidos_api::auth::project_or_default(&d.project) == project);
     ListDevicesResponse {
         devices: devices
             .map(|d| EdgeDevice {
@@ -595,8 +606,10 @@ pub fn list_devices(st: &ClusterState, r: &ListDevicesRequest, seen: &HashMap<St
     }
 }
 
-pub fn list_edge_deployments(st: &ClusterState) -> ListEdgeDeploymentsResponse {
-    ListEdgeDeploymentsResponse { deployments: st.edge.deployments.values().cloned().collect() }
+/// The edge deployments of `project`.
+pub fn list_edge_deployments(st: &ClusterState, project: &str) -> ListEdgeDeploymentsResponse {
+    let mine = st.edge.deployments.values().filter(|d| aidos_api::auth::project_or_default(&d.project) == project);
+    ListEdgeDeploymentsResponse { deployments: mine.cloned().collect() }
 }
 
 /// The deployment an enrolled device should run now, if any.
@@ -605,9 +618,13 @@ pub fn desired_edge_deployment(st: &ClusterState, device: &str) -> Option<EdgeDe
     crate::state::edge::desired_for(d, st.edge.deployments.values()).cloned()
 }
 
-/// Whether some current edge deployment names `artifact` (only those are served to devices).
-pub fn is_edge_artifact(st: &ClusterState, artifact: &str) -> bool {
-    st.edge.deployments.values().any(|d| d.artifact == artifact)
+/// Whether some current edge deployment of `device`'s project names `artifact` (only those are served to it).
+pub fn is_edge_artifact(st: &ClusterState, artifact: &str, device: &EdgeDevice) -> bool {
+    let project = aidos_api::auth::project_or_default(&device.project);
+    st.edge
+        .deployments
+        .values()
+        .any(|d| d.artifact == artifact && aidos_api::auth::project_or_default(&d.project) == project)
 }
 
 // ---- sweeps ------------------------------------------------------------------------------------------------------

@@ -41,8 +41,9 @@ impl EdgeService for Edge {
         let r = r.into_inner();
         {
             let st = &self.0.state.read().expect("state lock").state;
-            edge_auth::check(st.edge.devices.get(&r.device), &r.device, &r.credential)?;
-            if !queries::is_edge_artifact(st, &r.artifact) {
+            let device = st.edge.devices.get(&r.device);
+            edge_auth::check(device, &r.device, &r.credential)?;
+            if !device.is_some_and(|d| queries::is_edge_artifact(st, &r.artifact, d)) {
                 let e = SchedulerError::NotFound(format!("artifact {} belongs to no edge deployment", r.artifact));
                 return Err(e.into());
             }
@@ -55,10 +56,12 @@ impl EdgeService for Edge {
     }
     /// Answered by the leader (its memory of "last seen") or, when it cannot be reached, from this node's state.
     async fn list_devices(&self, r: Request<ListDevicesRequest>) -> Res<ListDevicesResponse> {
+        let project = super::project(&r)?;
         let seen = self.0.edge.seen();
-        ok(queries::list_devices(&self.0.state.read().expect("state lock").state, r.get_ref(), &seen))
+        ok(queries::list_devices(&self.0.state.read().expect("state lock").state, r.get_ref(), &seen, &project))
     }
-    async fn list_edge_deployments(&self, _: Request<ListEdgeDeploymentsRequest>) -> Res<ListEdgeDeploymentsResponse> {
-        ok(queries::list_edge_deployments(&self.0.state.read().expect("state lock").state))
+    async fn list_edge_deployments(&self, r: Request<ListEdgeDeploymentsRequest>) -> Res<ListEdgeDeploymentsResponse> {
+        let project = super::project(&r)?;
+        ok(queries::list_edge_deployments(&self.0.state.read().expect("state lock").state, &project))
     }
 }

@@ -107,14 +107,10 @@ impl LeaderHandler {
             auth::authorize_token_admin(by, role, &t.project)
                 .map_err(|e| SchedulerError::PermissionDenied(e.to_string()))?;
         }
-        let res =
-            self.core.propose(Command::RevokeToken(RevokeTokenV1 { id: id.to_string(), use_join: false })).await?;
+        let res = self.core.propose(Command::RevokeToken(RevokeTokenV1 { id: id.to_string() })).await?;
         Ok(res.token.unwrap_or_default())
     }
 
-    /// A worker's certificate for its join token: the token is checked here (a clear refusal before anything is
-    /// signed) and consumed by the command that records the certificate (so it buys one certificate, however
-    /// many workers race with it).
     /// The join token `presented` names, if it is one that may still be used (apply checks again, and uses it up
     /// exactly once).
     pub fn join_token(&self, presented: &str) -> Result<Token, SchedulerError> {
@@ -138,6 +134,9 @@ impl LeaderHandler {
         Ok(t)
     }
 
+    /// A worker's certificate for its join token: the token is checked here (a clear refusal before anything is
+    /// signed) and consumed by the command that records the certificate (so it buys one certificate, however
+    /// many workers race with it).
     pub async fn join(&self, r: JoinRequest) -> Result<JoinResponse, SchedulerError> {
         let Some(ca) = self.core.ca() else {
             return Err(SchedulerError::Stale(

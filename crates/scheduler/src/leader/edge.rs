@@ -18,8 +18,9 @@ impl LeaderHandler {
     /// recorded as the only one the device's calls are accepted with.
     ///
     /// Two entries when a join token is used: the token first (so two enrolments racing with one token cannot both
-    /// pass), then the device. A leader lost between them leaves the token used and the device not enrolled: the
-    /// agent's retry is refused and the operator makes a new token.
+    /// pass), then the device. Both are proposed from a task of their own, so a client that times out or goes away
+    /// cannot leave the token used and the device not enrolled; a leader lost between the two still can (the
+    /// agent's retry is then refused as "used", and the operator makes a new token).
     pub async fn enroll(&self, r: EnrollRequest) -> Result<EnrollResponse, SchedulerError> {
         let token = self.core.edge.enrollment_token.as_deref();
         let tls = self.core.ca();
@@ -44,14 +45,18 @@ impl LeaderHandler {
             }
             _ => None,
         };
-        let join_token_id = match admission {
-            edge_auth::Admission::JoinToken => {
-                let t = self.join_token(&r.join_token)?;
-                self.core.propose(Command::RevokeToken(RevokeTokenV1 { id: t.id.clone(), use_join: true })).await?;
-                t.id
-            }
-            _ => String::new(),
+        let join = match admission {
+            edge_auth::Admission::JoinToken => Some(self.join_token(&r.join_token)?),
+            _ => None,
         };
+        let project = self.read(|st| {
+            edge_auth::project_for(
+                st.edge.devices.get(&r.device),
+                join.as_ref().map(|t| t.project.as_str()),
+                &r.project,
+            )
+        })?;
+        let join_token_id = join.map(|t| t.id).unwrap_or_default();
         // The log gets the hash only: never the credential, never a token's secret.
         let entry = EnrollRequest {
             enrollment_token: String::new(),
@@ -62,14 +67,26 @@ impl LeaderHandler {
             cert_serial: issued.as_ref().map(|i| i.serial.clone()).unwrap_or_default(),
             cert_not_after_ms: issued.as_ref().map_or(0, |i| i.not_after_ms),
             join_token_id,
+            project,
             ..r.clone()
         };
-        self.core.propose(Command::EnrollDevice(entry)).await?;
+        let core = self.core.clone();
+        let entries = tokio::spawn(async move {
+            if !entry.join_token_id.is_empty() {
+                core.propose(Command::UseJoinToken(UseJoinTokenV1 { id: entry.join_token_id.clone() })).await?;
+            }
+            core.propose(Command::EnrollDevice(entry)).await
+        });
+        entries.await.map_err(|e| SchedulerError::Raft(format!("enrolment task: {e}")))??;
         self.core.edge.saw(&r.device);
         Ok(EnrollResponse {
             signing_public_key: self.core.edge.public_key().to_vec(),
             sync_interval_ms: SYNC_INTERVAL_MS,
             cert_not_after_ms: issued.as_ref().map_or(0, |i| i.not_after_ms),
+            cert_lifetime_ms: match (&issued, tls) {
+                (Some(_), Some(t)) => t.device_cert_lifetime.as_millis() as i64,
+                _ => 0,
+            },
             cert_pem: issued.map(|i| i.cert_pem).unwrap_or_default(),
             ca_pem: tls.map(|t| t.ca.cert_pem().to_string()).unwrap_or_default(),
         })
@@ -90,7 +107,7 @@ impl LeaderHandler {
         Ok(EdgeSyncResponse { deployment, accepted_telemetry: accepted })
     }
 
-    /// Deploys a model of `project` to edge devices (devices themselves belong to no project yet).
+    /// Deploys a model of `project` to the edge devices of `project`.
     pub async fn edge_deploy(&self, r: EdgeDeployRequest, project: &str) -> Result<EdgeDeployment, SchedulerError> {
         let req = GetModelRequest { name: r.model.clone(), version: r.version, alias: String::new() };
         let model = self.read(|st| queries::get_model(st, &req, project))?;
@@ -109,6 +126,7 @@ impl LeaderHandler {
             signature: vec![],
             created_at_ms: 0,
             requested: r.requested.clone(),
+            project: project.to_string(),
         };
         d.signature = self.core.edge.sign(&d);
         let res = self.core.propose(Command::EdgeDeploy(d)).await?;

@@ -94,7 +94,7 @@ impl Domain for AuthState {
     ) -> Option<Result<CommandResultV1, Refusal>> {
         Some(match cmd {
             Command::CreateToken(c) => self.create(c, now, dirty),
-            Command::RevokeToken(r) if r.use_join => {
+            Command::UseJoinToken(r) => {
                 self.use_join(&r.id, now, dirty).map(|t| CommandResultV1 { token: Some(t), ..Default::default() })
             }
             Command::RevokeToken(r) => self.revoke(&r.id, now, dirty),
@@ -240,7 +240,7 @@ mod tests {
         assert_eq!(create(&mut st, "root", 6).unwrap_err().code, tonic::Code::InvalidArgument);
         assert_eq!(create(&mut st, "job-3", 6).unwrap_err().code, tonic::Code::InvalidArgument);
         assert_eq!(create(&mut st, "a_b", 6).unwrap_err().code, tonic::Code::InvalidArgument);
-        let cmd = Command::RevokeToken(RevokeTokenV1 { id: "t1".into(), use_join: false });
+        let cmd = Command::RevokeToken(RevokeTokenV1 { id: "t1".into() });
         let mut dirty = Dirty::default();
         let r = st.apply(&cmd, 9, &JobsState::default(), &mut dirty).unwrap().unwrap();
         assert_eq!(r.token.unwrap().revoked_at_ms, 9);
@@ -250,7 +250,7 @@ mod tests {
         let r = st.apply(&cmd, 12, &JobsState::default(), &mut dirty).unwrap().unwrap();
         assert_eq!(r.token.unwrap().revoked_at_ms, 9);
         assert!(dirty.rows.is_empty());
-        let missing = Command::RevokeToken(RevokeTokenV1 { id: "t9".into(), use_join: false });
+        let missing = Command::RevokeToken(RevokeTokenV1 { id: "t9".into() });
         let e = st.apply(&missing, 12, &JobsState::default(), &mut Dirty::default()).unwrap().unwrap_err();
         assert_eq!(e.code, tonic::Code::NotFound);
         // The secret hash survives a snapshot round trip.
@@ -304,7 +304,7 @@ mod tests {
         create(&mut st, "plain2", 1).unwrap();
         st.create(&CreateTokenV1 { record: Some(join("j3", 0)) }, 1, &mut Dirty::default()).unwrap();
         let use_join = |st: &mut AuthState, id: &str| {
-            let cmd = Command::RevokeToken(RevokeTokenV1 { id: id.into(), use_join: true });
+            let cmd = Command::UseJoinToken(aidos_api::v1::UseJoinTokenV1 { id: id.into() });
             st.apply(&cmd, 8, &JobsState::default(), &mut Dirty::default()).unwrap()
         };
         assert_eq!(use_join(&mut st, "j3").unwrap().token.unwrap().revoked_at_ms, 8);

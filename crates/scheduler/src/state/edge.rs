@@ -16,7 +16,7 @@ use aidos_api::v1::command_v1::Command;
 use aidos_api::v1::{CommandResultV1, EdgeDeployment, EdgeDevice, EdgeSyncRequest, EnrollRequest, StateSnapshotV1};
 use prost::Message;
 
-use super::{Dirty, Domain, JobsState, Refusal, RowKind, Rows, Table, bad, check_name, not_found};
+use super::{Dirty, Domain, JobsState, Refusal, RowKind, Rows, Table, bad, check_name, not_found, refuse};
 
 const DEVICE_ROWS: RowKind = RowKind { table: Table::Rows, prefix: "e/", snapshot_field: 11 };
 const DEPLOYMENT_ROWS: RowKind = RowKind { table: Table::Rows, prefix: "x/", snapshot_field: 12 };
@@ -39,6 +39,9 @@ pub fn edge_deployment_key(name: &str) -> String {
 /// What an enrolment must satisfy (the leader asks before it uses a join token up; apply again).
 pub fn check_enrollment(r: &EnrollRequest) -> Result<(), Refusal> {
     check_name("device", &r.device)?;
+    if !r.project.is_empty() {
+        check_name("project", &r.project)?;
+    }
     check_labels("labels", &r.labels)
 }
 
@@ -57,12 +60,14 @@ fn check_labels(field: &str, l: &std::collections::BTreeMap<String, String>) -> 
     Ok(())
 }
 
-/// The deployment `device` should run: the newest one whose selector matches its labels.
+/// The deployment `device` should run: the newest one of its project whose selector matches its labels.
 pub fn desired_for<'a>(
     device: &EdgeDevice,
     deployments: impl Iterator<Item = &'a EdgeDeployment>,
 ) -> Option<&'a EdgeDeployment> {
+    let project = aidos_api::auth::project_or_default(&device.project);
     deployments
+        .filter(|d| aidos_api::auth::project_or_default(&d.project) == project)
         .filter(|d| aidos_api::edge::selector_matches(&d.selector, &device.labels))
         .max_by_key(|d| (d.created_at_ms, d.name.clone()))
 }
@@ -144,6 +149,9 @@ impl EdgeState {
         d.hardware = r.hardware.chars().take(256).collect();
         d.runtimes = r.runtimes.iter().take(8).map(|s| s.chars().take(32).collect()).collect();
         d.agent_version = r.agent_version.chars().take(64).collect();
+        if !r.project.is_empty() {
+            d.project = r.project.clone();
+        }
         if !r.credential_hash.is_empty() && r.credential_hash != d.credential_hash {
             d.credential_hash = r.credential_hash.clone();
             // Another agent (a new credential): the certificate of the one before speaks for it no more.
@@ -170,6 +178,22 @@ impl EdgeState {
         }
         if d.sample_input.len() > MAX_SAMPLE_VALUES || d.sample_output.len() > MAX_SAMPLE_VALUES {
             return Err(bad("sample", format!("more than {MAX_SAMPLE_VALUES} values")));
+        }
+        if !d.project.is_empty() {
+            check_name("project", &d.project)?;
+        }
+        let project = aidos_api::auth::project_or_default(&d.project);
+        if let Some(old) = self.deployments.get(&d.name)
+            && aidos_api::auth::project_or_default(&old.project) != project
+        {
+            return Err(refuse(
+                tonic::Code::AlreadyExists,
+                format!(
+                    "edge deployment {} belongs to project {}",
+                    d.name,
+                    aidos_api::auth::project_or_default(&old.project)
+                ),
+            ));
         }
         let mut d = d.clone();
         d.created_at_ms = now;
@@ -235,5 +259,30 @@ mod tests {
         assert_eq!(desired_for(&other, ds.iter()).unwrap().name, "c");
         let none = EdgeDevice::default();
         assert!(desired_for(&none, ds.iter()).is_none());
+        // Only its project's deployments: a newer one of another project with the same selector does not reach it.
+        let mut ds = ds.to_vec();
+        ds.push(EdgeDeployment { project: "other".into(), ..dep("z", &[("fleet", "cams")], 9) });
+        assert_eq!(desired_for(&dev, ds.iter()).unwrap().name, "b");
+        let theirs = EdgeDevice { project: "other".into(), ..dev.clone() };
+        assert_eq!(desired_for(&theirs, ds.iter()).unwrap().name, "z");
+    }
+
+    #[test]
+    fn an_edge_deployment_name_belongs_to_one_project() {
+        let mut st = EdgeState::default();
+        let signed = |project: &str| EdgeDeployment {
+            project: project.into(),
+            model: "m".into(),
+            signature: vec![0; 64],
+            sample_input: vec![1.0],
+            sample_output: vec![1.0],
+            ..dep("d", &[("fleet", "cams")], 0)
+        };
+        st.edge_deploy(&signed(""), 1, &mut Dirty::default()).unwrap();
+        st.edge_deploy(&signed("default"), 2, &mut Dirty::default()).unwrap();
+        let e = st.edge_deploy(&signed("other"), 3, &mut Dirty::default()).unwrap_err();
+        assert_eq!(e.code, tonic::Code::AlreadyExists);
+        assert!(e.message.contains("belongs to project default"), "{}", e.message);
+        assert_eq!(st.deployments["d"].created_at_ms, 2, "nothing changed");
     }
 }
