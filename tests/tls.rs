@@ -2,7 +2,8 @@
 //! leader over mutual TLS; a plain-TCP client gets nothing; Raft and the worker channel need certificates of the
 //! cluster CA (a root token alone is refused there); a worker joins with a one-time join token, runs a training job
 //! whose task reaches the scheduler over TLS, and is cut off when revoked; a second use of the join token, and a
-//! worker with neither a certificate nor a join token, are refused; an edge agent enrols over TLS.
+//! worker with neither a certificate nor a join token, are refused; an edge agent enrols over TLS; nodes and workers
+//! outlive their first certificates (rotation without a restart), and a worker restarts on its renewed one.
 
 mod common;
 
@@ -14,7 +15,8 @@ use common::*;
 /// Calls `path` over TLS (trusting the cluster CA, presenting no client certificate) with an empty message.
 async fn call_tls(c: &Cluster, addr: &str, path: &str, authorization: Option<&str>) -> tonic::Status {
     let creds = aidos_api::auth::Credentials { tls: c.credentials().tls, ..Default::default() };
-    let ch = creds.endpoint(addr).unwrap().connect().await.expect("a TLS connection without a client certificate");
+    let ep = creds.endpoint(addr).unwrap();
+    let ch = creds.connect(&ep).await.expect("a TLS connection without a client certificate");
     let mut g = tonic::client::Grpc::new(ch);
     g.ready().await.unwrap();
     let mut req = tonic::Request::new(());
@@ -65,7 +67,10 @@ fn exited(c: &mut Cluster, id: &str, within: Duration) -> String {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn nodes_and_workers_prove_themselves_with_certificates_of_the_cluster_ca() {
     // Three nodes elect a leader: Raft runs over mutual TLS (each node presents the certificate it issued itself).
-    let mut c = start_cluster_tls(3, &["--device-cert-lifetime", "6s"]).await;
+    // Every certificate is short-lived, so that the test outlives the first ones: rotation is part of the run.
+    let lifetimes = ["--device-cert-lifetime", "6s", "--node-cert-lifetime", "12s", "--worker-cert-lifetime", "12s"];
+    let mut c = start_cluster_tls(3, &lifetimes).await;
+    let started = Instant::now();
     let addr = c.addrs()[0].clone();
 
     // A plain-TCP client gets no answer at all, even with the root token.
@@ -106,6 +111,11 @@ async fn nodes_and_workers_prove_themselves_with_certificates_of_the_cluster_ca(
     wait_worker(&c, "w1", WorkerState::Ready, "joining").await;
     let key = std::fs::metadata(c.path().join("worker-w1").join(aidos_api::tls::KEY_FILE)).unwrap();
     assert_eq!(std::os::unix::fs::PermissionsExt::mode(&key.permissions()) & 0o077, 0, "worker key readable by others");
+    let w1_cert = |c: &Cluster| {
+        let pem = std::fs::read_to_string(c.path().join("worker-w1").join(aidos_api::tls::CERT_FILE)).unwrap();
+        aidos_api::tls::peer_of_pem(&pem).expect("w1's certificate")
+    };
+    let w1_first = w1_cert(&c);
     c.train_digits(1).await;
 
     // The join token was used up: a second worker cannot join with it, and it is no bearer token either.
@@ -221,10 +231,43 @@ async fn nodes_and_workers_prove_themselves_with_certificates_of_the_cluster_ca(
     }
     cam.sigkill();
 
+    // Rotation without downtime. By now the first node and worker certificates (12 s) have expired.
+    wait_until("the first certificates expired", Duration::from_secs(30), || {
+        (started.elapsed() > Duration::from_secs(13) && aidos_api::now_ms() > w1_first.not_after_ms + 1000)
+            .then_some(())
+    });
+    // Every node answers a brand-new TLS connection (the handshake verifies the certificate the node presents now).
+    for a in c.addrs() {
+        let s = call_tls(&c, &a, "/aidos.v1.ClusterService/Status", Some(&root)).await;
+        assert_eq!(s.code(), tonic::Code::Ok, "node {a} after its first certificate expired: {s:?}");
+    }
+    // Nodes present their new certificates to each other too: a follower restarted now is reached by the leader
+    // over new connections (its handshake verifies the leader's client certificate) and follows it.
+    let leader = c.wait_leader(Duration::from_secs(30)).await;
+    let follower = (1..=3).find(|i| *i != leader).unwrap();
+    c.kill_node(follower);
+    c.restart_node(follower);
+    c.wait_leader(Duration::from_secs(30)).await;
+    // w1 renewed its certificate (presenting the old one), kept its files in step, and goes on working.
+    let renewed = w1_cert(&c);
+    assert_ne!(renewed.serial, w1_first.serial, "w1 did not renew its certificate: {}", c.workers["w1"].output());
+    assert!(renewed.not_after_ms > aidos_api::now_ms(), "{renewed:?}");
+    assert!(c.workers["w1"].output().contains("renewed this worker's certificate"));
+    // A restart presents the renewed certificate from disk (its join token was used up long ago) and runs a task.
+    let w1 = c.workers.get_mut("w1").unwrap();
+    w1.sigkill();
+    w1.start();
+    let spec = sh_job("after-rotation", "echo ok", 100, 0);
+    let id = c.jobs().await.submit(SubmitRequest { spec: Some(spec), ..Default::default() }).await;
+    let id = id.unwrap().into_inner().job_id;
+    let j = c.wait_job(&id, Duration::from_secs(60), |j| state_of(j) == JobState::Succeeded).await;
+    let ran_on = j.tasks.first().and_then(|t| t.attempts.last()).map(|a| a.worker_id.clone());
+    assert_eq!(ran_on.as_deref(), Some("w1"));
+
     // Revoking w1 cuts it off: its heartbeats are refused, it is declared lost, and a restart cannot register.
     let (code, out, err) = c.cli(&["cluster", "revoke-worker", "w1"]);
     assert_eq!(code, 0, "{err}");
-    assert!(out.contains("revoked 1 certificate"), "{out}");
+    assert!(out.contains("certificate(s) of worker w1"), "{out}");
     wait_worker(&c, "w1", WorkerState::Lost, "revoked").await;
     let refusals = |c: &Cluster| c.workers["w1"].output().matches("was revoked").count();
     let before = refusals(&c);

@@ -66,9 +66,16 @@ pub struct ServerArgs {
     /// certificate at start; workers join with one-time join tokens
     #[arg(long, env = "AIDOS_TLS_DIR", help_heading = "Transport security")]
     pub tls_dir: Option<PathBuf>,
-    /// Lifetime of the certificates joining workers receive, in days
-    #[arg(long, env = "AIDOS_WORKER_CERT_DAYS", default_value_t = 365, help_heading = "Transport security")]
-    pub worker_cert_days: u64,
+    /// Lifetime of this node's own certificate (365d, 12h, 90m, 3600); the node issues a new one from the CA two
+    /// thirds into it, without a restart
+    #[arg(long, env = "AIDOS_NODE_CERT_LIFETIME", default_value = "365d", value_parser = crate::cli::token::parse_ttl,
+          help_heading = "Transport security")]
+    pub node_cert_lifetime: i64,
+    /// Lifetime of workers' certificates (365d, 12h, ...); workers renew theirs two thirds into it, presenting the
+    /// current one
+    #[arg(long, env = "AIDOS_WORKER_CERT_LIFETIME", default_value = "365d",
+          value_parser = crate::cli::token::parse_ttl, help_heading = "Transport security")]
+    pub worker_cert_lifetime: i64,
     /// Lifetime of edge devices' certificates (30d, 12h, 90m, 3600); agents renew theirs after two thirds of it
     #[arg(long, env = "AIDOS_DEVICE_CERT_LIFETIME", default_value = "30d", value_parser = crate::cli::token::parse_ttl,
           help_heading = "Transport security")]
@@ -190,13 +197,15 @@ pub async fn run(g: &Global, a: ServerArgs) -> anyhow::Result<()> {
     if let Err(why) = aidos_api::tls::require_tls(members.len(), a.tls_dir.is_some(), a.insecure) {
         anyhow::bail!("{why}");
     }
-    anyhow::ensure!(a.worker_cert_days > 0, "--worker-cert-days must be > 0");
     // Certificates outliving the CA (10 years) would not verify anyway.
-    anyhow::ensure!(a.worker_cert_days <= 3650, "--worker-cert-days: at most 3650 (the CA's own lifetime)");
-    anyhow::ensure!(
-        a.device_cert_lifetime <= 3650 * 86_400,
-        "--device-cert-lifetime: at most 3650d (the CA's own lifetime)"
-    );
+    for (flag, secs) in [
+        ("--node-cert-lifetime", a.node_cert_lifetime),
+        ("--worker-cert-lifetime", a.worker_cert_lifetime),
+        ("--device-cert-lifetime", a.device_cert_lifetime),
+    ] {
+        anyhow::ensure!(secs > 0, "{flag} must be longer than 0 seconds");
+        anyhow::ensure!(secs <= 3650 * 86_400, "{flag}: at most 3650d (the CA's own lifetime)");
+    }
     std::fs::create_dir_all(&a.data_dir).with_context(|| format!("creating {}", a.data_dir.display()))?;
 
     // Blobs: the flags' store, else a private directory (fine for one node; a multi-node cluster refuses it).
@@ -250,7 +259,8 @@ pub async fn run(g: &Global, a: ServerArgs) -> anyhow::Result<()> {
         http: a.http,
         audit_retention: a.audit_retention_secs,
         tls: a.tls_dir.clone().map(|dir| aidos_scheduler::TlsConfig {
-            worker_cert_lifetime: Duration::from_secs(a.worker_cert_days * 24 * 3600),
+            node_cert_lifetime: Duration::from_secs(a.node_cert_lifetime as u64),
+            worker_cert_lifetime: Duration::from_secs(a.worker_cert_lifetime as u64),
             device_cert_lifetime: Duration::from_secs(a.device_cert_lifetime as u64),
             ..aidos_scheduler::TlsConfig::new(dir)
         }),

@@ -316,7 +316,7 @@ impl Cluster {
     pub async fn node_channel(&self, addr: &str) -> Option<Channel> {
         let creds = self.credentials();
         let ep = creds.endpoint(addr).ok()?.connect_timeout(Duration::from_millis(500));
-        ep.connect().await.ok().map(|ch| aidos_api::auth::with_credentials(ch, &creds))
+        creds.connect(&ep).await.ok().map(|ch| aidos_api::auth::with_credentials(ch, &creds))
     }
 
     pub fn addrs(&self) -> Vec<String> {

@@ -382,11 +382,29 @@ impl Credentials {
         self
     }
 
-    /// `ep` as these credentials connect: over TLS when they carry it (the address becomes `https://`).
+    /// The endpoint of `addr` (`host:port` or a URL), to be connected with [`Self::connect_lazy`] or
+    /// [`Self::connect`] (which add TLS when these credentials carry it).
     pub fn endpoint(&self, addr: &str) -> Result<tonic::transport::Endpoint, tonic::transport::Error> {
+        tonic::transport::Endpoint::from_shared(crate::contract::normalize_addr(addr))
+    }
+
+    /// A channel to `ep` that connects at its first call: over TLS when these credentials carry it (each new
+    /// connection presents the identity current at its handshake, so a rotated certificate is picked up).
+    pub fn connect_lazy(&self, ep: &tonic::transport::Endpoint) -> tonic::transport::Channel {
         match &self.tls {
-            None => tonic::transport::Endpoint::from_shared(crate::contract::normalize_addr(addr)),
-            Some(t) => tonic::transport::Endpoint::from_shared(crate::tls::https(addr))?.tls_config(t.tonic()),
+            None => ep.connect_lazy(),
+            Some(t) => ep.connect_with_connector_lazy(t.connector()),
+        }
+    }
+
+    /// [`Self::connect_lazy`], connected now.
+    pub async fn connect(
+        &self,
+        ep: &tonic::transport::Endpoint,
+    ) -> Result<tonic::transport::Channel, tonic::transport::Error> {
+        match &self.tls {
+            None => ep.connect().await,
+            Some(t) => ep.connect_with_connector(t.connector()).await,
         }
     }
 

@@ -274,7 +274,8 @@ impl Client {
         if let Some(c) = g.channels.get(&addr) {
             return (addr, c.clone());
         }
-        let ch = crate::auth::with_credentials(self.endpoint(&addr).connect_lazy(), &self.cfg.credentials);
+        let ch = self.cfg.credentials.connect_lazy(&self.endpoint(&addr));
+        let ch = crate::auth::with_credentials(ch, &self.cfg.credentials);
         g.channels.insert(addr.clone(), ch.clone());
         (addr, ch)
     }
@@ -290,7 +291,7 @@ impl Client {
             }
             addr
         };
-        match self.endpoint(&addr).connect().await {
+        match self.cfg.credentials.connect(&self.endpoint(&addr)).await {
             // Another caller may have cached one meanwhile: keep one channel per address.
             Ok(ch) => {
                 let ch = crate::auth::with_credentials(ch, &self.cfg.credentials);

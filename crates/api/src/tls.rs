@@ -53,6 +53,8 @@ const CA_LIFETIME: Duration = Duration::from_secs(10 * 365 * 24 * 3600);
 pub const DEFAULT_CERT_LIFETIME: Duration = Duration::from_secs(365 * 24 * 3600);
 /// Default lifetime of edge devices' certificates: their agents renew them by themselves.
 pub const DEFAULT_DEVICE_CERT_LIFETIME: Duration = Duration::from_secs(30 * 24 * 3600);
+/// How long before its issue a certificate's validity starts: slack for clocks a little behind the CA's.
+pub const BACKDATE: Duration = Duration::from_secs(3600);
 /// Longest name a worker certificate may carry.
 const MAX_NAME: usize = 128;
 
@@ -246,8 +248,7 @@ impl Ca {
         let serial = serial();
         params.serial_number = Some(serial.clone());
         let now = std::time::SystemTime::now();
-        // An hour of slack for clocks a little behind ours.
-        params.not_before = (now - Duration::from_secs(3600)).into();
+        params.not_before = (now - BACKDATE).into();
         let not_after = now + lifetime;
         params.not_after = not_after.into();
         let cert = params.signed_by(key, &self.issuer).map_err(invalid("certificate"))?;
@@ -304,7 +305,23 @@ pub struct PeerCert {
     pub identity: Identity,
     /// Hex, as [`Issued::serial`].
     pub serial: String,
+    pub not_before_ms: i64,
     pub not_after_ms: i64,
+}
+
+#[cfg(feature = "ca")]
+impl PeerCert {
+    /// When it was issued: its validity starts [`BACKDATE`] earlier.
+    pub fn issued_at_ms(&self) -> i64 {
+        self.not_before_ms + BACKDATE.as_millis() as i64
+    }
+
+    /// When its holder should have a new one: two thirds into its lifetime (so a renewal that fails has a third of
+    /// it to be retried in).
+    pub fn renew_at_ms(&self) -> i64 {
+        let issued = self.issued_at_ms().min(self.not_after_ms);
+        issued + (self.not_after_ms - issued) * 2 / 3
+    }
 }
 
 #[cfg(feature = "ca")]
@@ -314,7 +331,13 @@ pub fn peer_of(der: &[u8]) -> Option<PeerCert> {
     let cn = cert.subject().iter_common_name().next()?.as_str().ok()?;
     let identity = Identity::parse(cn)?;
     let serial = hex(cert.tbs_certificate.raw_serial());
-    Some(PeerCert { identity, serial, not_after_ms: cert.validity().not_after.timestamp() * 1000 })
+    let v = cert.validity();
+    Some(PeerCert {
+        identity,
+        serial,
+        not_before_ms: v.not_before.timestamp() * 1000,
+        not_after_ms: v.not_after.timestamp() * 1000,
+    })
 }
 
 #[cfg(feature = "ca")]
@@ -501,32 +524,76 @@ impl axum::serve::Listener for TlsListener {
     }
 }
 
-/// What a client trusts (the cluster CA) and presents (its certificate, when it has one).
-#[derive(Clone, PartialEq, Eq)]
+/// The certificate a client presents, if any; replaced in place by [`ClientTls::rotate`] (the next handshake of
+/// every channel made from the same [`ClientTls`] presents the new one; connections already made are unaffected).
+#[derive(Debug, Default)]
+struct ClientIdentity(RwLock<Option<Arc<rustls::sign::CertifiedKey>>>);
+
+impl ClientIdentity {
+    fn get(&self) -> Option<Arc<rustls::sign::CertifiedKey>> {
+        self.0.read().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+}
+
+impl rustls::client::ResolvesClientCert for ClientIdentity {
+    fn resolve(
+        &self,
+        _root_hint_subjects: &[&[u8]],
+        _sigschemes: &[rustls::SignatureScheme],
+    ) -> Option<Arc<rustls::sign::CertifiedKey>> {
+        self.get()
+    }
+
+    fn has_certs(&self) -> bool {
+        self.get().is_some()
+    }
+}
+
+/// What a client trusts (the cluster CA) and presents (its certificate, when it has one). Clones share the
+/// identity: [`ClientTls::rotate`] on one is seen by every channel made from any of them.
+#[derive(Clone)]
 pub struct ClientTls {
     pub ca_pem: Arc<str>,
-    /// `(certificate, key)` PEM.
-    pub identity: Option<(Arc<str>, Arc<str>)>,
+    identity: Arc<ClientIdentity>,
+    config: Arc<rustls::ClientConfig>,
 }
+
+impl PartialEq for ClientTls {
+    fn eq(&self, other: &ClientTls) -> bool {
+        self.ca_pem == other.ca_pem && Arc::ptr_eq(&self.identity, &other.identity)
+    }
+}
+
+impl Eq for ClientTls {}
 
 impl std::fmt::Debug for ClientTls {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("ClientTls").field("identity", &self.identity.is_some()).finish()
+        f.debug_struct("ClientTls").field("identity", &self.identity.get().is_some()).finish()
     }
 }
 
 impl ClientTls {
+    /// Trusting the CA certificate `ca_pem`, presenting nothing.
+    pub fn trusting(ca_pem: &str) -> Result<ClientTls, TlsError> {
+        let provider = provider();
+        let mut roots = rustls::RootCertStore::empty();
+        for c in certs(ca_pem, "CA certificate")? {
+            roots.add(c).map_err(|e| TlsError::Invalid(format!("CA certificate: {e}")))?;
+        }
+        let identity = Arc::new(ClientIdentity::default());
+        let mut config = rustls::ClientConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .map_err(|e| TlsError::Invalid(e.to_string()))?
+            .with_root_certificates(roots)
+            .with_client_cert_resolver(identity.clone());
+        config.alpn_protocols = vec![b"h2".to_vec()];
+        Ok(ClientTls { ca_pem: ca_pem.into(), identity, config: Arc::new(config) })
+    }
+
     /// Trusting the CA certificate in the file `ca`.
     pub fn load(ca: &Path) -> Result<ClientTls, TlsError> {
         let pem = std::fs::read_to_string(ca).map_err(io(ca))?;
-        certs(&pem, &ca.display().to_string())?;
-        Ok(ClientTls { ca_pem: pem.into(), identity: None })
-    }
-
-    /// Also presenting `issued` (certificate and key).
-    pub fn with_identity(mut self, cert_pem: &str, key_pem: &str) -> ClientTls {
-        self.identity = Some((cert_pem.into(), key_pem.into()));
-        self
+        ClientTls::trusting(&pem).map_err(|e| TlsError::Invalid(format!("{}: {e}", ca.display())))
     }
 
     /// From [`CA_ENV`] read through `get` (None when unset or blank).
@@ -537,23 +604,72 @@ impl ClientTls {
         }
     }
 
-    /// tonic's configuration: verify [`SERVER_NAME`] against the CA; present our certificate if any.
-    pub fn tonic(&self) -> tonic::transport::ClientTlsConfig {
-        let mut c = tonic::transport::ClientTlsConfig::new()
-            .ca_certificate(tonic::transport::Certificate::from_pem(self.ca_pem.as_bytes()))
-            .domain_name(SERVER_NAME);
-        if let Some((cert, key)) = &self.identity {
-            c = c.identity(tonic::transport::Identity::from_pem(cert.as_bytes(), key.as_bytes()));
-        }
-        c
+    /// The same trust, presenting the certificate `cert_pem` for the key `key_pem` (an identity of its own: the
+    /// clones of `self` keep theirs).
+    pub fn with_identity(&self, cert_pem: &str, key_pem: &str) -> Result<ClientTls, TlsError> {
+        let t = ClientTls::trusting(&self.ca_pem)?;
+        t.rotate(cert_pem, key_pem)?;
+        Ok(t)
+    }
+
+    /// Presents `cert_pem` / `key_pem` from the next handshake on, on every channel made from this identity.
+    pub fn rotate(&self, cert_pem: &str, key_pem: &str) -> Result<(), TlsError> {
+        let issued =
+            Issued { cert_pem: cert_pem.into(), key_pem: key_pem.into(), serial: String::new(), not_after_ms: 0 };
+        let key = Arc::new(certified(&issued, &provider())?);
+        *self.identity.0.write().unwrap_or_else(|p| p.into_inner()) = Some(key);
+        Ok(())
+    }
+
+    /// Whether a certificate is presented.
+    pub fn has_identity(&self) -> bool {
+        self.identity.get().is_some()
+    }
+
+    /// tonic's connector over this TLS: each new connection verifies [`SERVER_NAME`] against the CA and presents
+    /// the identity current at its handshake. Use it with an `http://` endpoint (the connector does the TLS).
+    pub fn connector(&self) -> Connector {
+        Connector { config: self.config.clone() }
     }
 }
 
-/// `addr` (`host:port` or a URL) as an `https://` URL.
-pub fn https(addr: &str) -> String {
-    let a = addr.trim().trim_end_matches('/');
-    let rest = a.strip_prefix("http://").or_else(|| a.strip_prefix("https://")).unwrap_or(a);
-    format!("https://{rest}")
+/// A TCP + TLS connector for tonic channels ([`ClientTls::connector`]).
+#[derive(Clone)]
+pub struct Connector {
+    config: Arc<rustls::ClientConfig>,
+}
+
+type Connecting = std::pin::Pin<
+    Box<
+        dyn std::future::Future<
+                Output = std::io::Result<hyper_util::rt::TokioIo<tokio_rustls::client::TlsStream<TcpStream>>>,
+            > + Send,
+    >,
+>;
+
+impl tonic::codegen::Service<tonic::codegen::http::Uri> for Connector {
+    type Response = hyper_util::rt::TokioIo<tokio_rustls::client::TlsStream<TcpStream>>;
+    type Error = std::io::Error;
+    type Future = Connecting;
+
+    fn poll_ready(&mut self, _cx: &mut std::task::Context<'_>) -> std::task::Poll<Result<(), Self::Error>> {
+        std::task::Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, uri: tonic::codegen::http::Uri) -> Self::Future {
+        let config = self.config.clone();
+        Box::pin(async move {
+            let bad = |what: &str| std::io::Error::new(std::io::ErrorKind::InvalidInput, format!("{uri}: {what}"));
+            let host = uri.host().ok_or_else(|| bad("no host"))?;
+            let host = host.trim_start_matches('[').trim_end_matches(']');
+            let port = uri.port_u16().ok_or_else(|| bad("no port"))?;
+            let tcp = TcpStream::connect((host, port)).await?;
+            tcp.set_nodelay(true)?;
+            let name = rustls::pki_types::ServerName::try_from(SERVER_NAME).map_err(|e| bad(&e.to_string()))?;
+            let tls = tokio_rustls::TlsConnector::from(config).connect(name, tcp).await?;
+            Ok(hyper_util::rt::TokioIo::new(tls))
+        })
+    }
 }
 
 /// A multi-node cluster needs TLS unless the operator says otherwise (`--insecure`). Pure.
@@ -606,6 +722,10 @@ mod tests {
         let w = ca.sign_request(&csr, &Identity::Worker("w1".into()), Duration::from_secs(60)).unwrap();
         assert_eq!(peer_of(&certs(&w.cert_pem, "w").unwrap()[0]).unwrap().identity, Identity::Worker("w1".into()));
         assert!(w.key_pem.is_empty());
+        // Renewed two thirds into its lifetime from its issue, whatever slack its validity starts with.
+        let p = peer_of_pem(&w.cert_pem).unwrap();
+        assert!((p.issued_at_ms() - crate::now_ms()).abs() < 2000, "{p:?}");
+        assert!((p.renew_at_ms() - (crate::now_ms() + 40_000)).abs() < 2000, "{p:?}");
         assert!(ca.sign_request("not a request", &Identity::Worker("w".into()), Duration::from_secs(1)).is_err());
         ServerTls::new(ca.cert_pem(), &node).unwrap().acceptor(&[b"h2"]).unwrap();
         std::fs::remove_dir_all(&dir).unwrap();
@@ -617,7 +737,5 @@ mod tests {
         assert!(require_tls(3, true, false).is_ok());
         assert!(require_tls(3, false, true).is_ok());
         assert!(require_tls(3, false, false).unwrap_err().contains("--insecure"));
-        assert_eq!(https("h:1"), "https://h:1");
-        assert_eq!(https("http://h:1/"), "https://h:1");
     }
 }

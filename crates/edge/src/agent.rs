@@ -261,17 +261,20 @@ impl Agent {
         }
         let addr = self.cfg.servers.get(self.server_ix % self.cfg.servers.len().max(1)).cloned().unwrap_or_default();
         let now = aidos_api::now_ms();
-        let tls = self.cfg.server_tls.clone().map(|t| match &self.state.cert {
-            Some(c) if !c.expired(now) => t.with_identity(&c.cert_pem, &c.key_pem),
-            _ => t,
-        });
+        let tls = match (&self.cfg.server_tls, &self.state.cert) {
+            (Some(t), Some(c)) if !c.expired(now) => Some(
+                t.with_identity(&c.cert_pem, &c.key_pem)
+                    .map_err(|e| EdgeError::ControlPlane(format!("this device's certificate: {e}")))?,
+            ),
+            (t, _) => t.clone(),
+        };
         let creds = aidos_api::auth::Credentials { tls, ..Default::default() };
-        let ch = creds
+        let ep = creds
             .endpoint(&addr)
             .map_err(|e| EdgeError::ControlPlane(format!("{addr}: {e}")))?
             .connect_timeout(Duration::from_secs(1))
-            .timeout(Duration::from_secs(10))
-            .connect_lazy();
+            .timeout(Duration::from_secs(10));
+        let ch = creds.connect_lazy(&ep);
         let c = EdgeServiceClient::new(ch).max_decoding_message_size(16 << 20);
         self.client = Some(c.clone());
         Ok(c)

@@ -55,11 +55,13 @@ pub fn auditable(path: &str, access: Access) -> bool {
         "/aidos.v1.JobService/JoinRing",
     ];
     // A worker's join and a device's enrolment are mutations (they may use up a join token) that the tokens in
-    // the request authorize, not the auth layer.
-    matches!(path, "/aidos.v1.WorkerService/Join" | "/aidos.v1.EdgeService/Enroll")
-        || matches!(access, Access::Write | Access::ProjectAdmin | Access::ClusterAdmin)
-            && !TELEMETRY.contains(&path)
-            && !ADMIN_READS.contains(&path)
+    // the request authorize, not the auth layer; a worker's renewal issues a certificate.
+    matches!(
+        path,
+        "/aidos.v1.WorkerService/Join" | "/aidos.v1.EdgeService/Enroll" | "/aidos.v1.WorkerService/RenewCert"
+    ) || matches!(access, Access::Write | Access::ProjectAdmin | Access::ClusterAdmin)
+        && !TELEMETRY.contains(&path)
+        && !ADMIN_READS.contains(&path)
 }
 
 /// The client's address as this node sees it: the TCP peer of a network call; for an in-process call (no TCP
@@ -311,6 +313,7 @@ mod tests {
         assert!(auditable("/aidos.v1.ClusterService/AddNode", Access::ClusterAdmin));
         assert!(!auditable("/aidos.v1.JobService/List", Access::Read));
         assert!(!auditable("/aidos.v1.WorkerService/Heartbeat", Access::Worker));
+        assert!(auditable("/aidos.v1.WorkerService/RenewCert", Access::Worker), "it issues a certificate");
         assert!(!auditable("/aidos.v1.RunService/ReportMetrics", Access::Write));
         assert!(!auditable("/aidos.v1.ServeService/ReportLoad", Access::Write));
         assert!(!auditable("/aidos.v1.AuditService/List", Access::ProjectAdmin));

@@ -55,7 +55,9 @@ pub fn access(path: &str) -> Option<Access> {
     let service = service.strip_prefix("aidos.v1.")?;
     Some(match (service, method) {
         ("RaftService", "AppendEntries" | "Vote" | "InstallSnapshot") => Peer,
-        ("WorkerService", "Register" | "Heartbeat" | "Assignments" | "ReportStatus" | "ReportLogs") => Worker,
+        ("WorkerService", "Register" | "Heartbeat" | "Assignments" | "ReportStatus" | "ReportLogs" | "RenewCert") => {
+            Worker
+        }
         // A new worker proves itself with its one-time join token (checked by the method).
         ("WorkerService", "Join") => Public,
         ("ClusterService", "Status" | "ListWorkers") => Read,
@@ -552,7 +554,8 @@ mod tests {
         }
         let cam = aidos_api::v1::EdgeDevice { name: "cam".into(), cert_serial: "d1".into(), ..Default::default() };
         st.edge.devices.insert("cam".into(), cam);
-        let cert = |identity, serial: &str| PeerCert { identity, serial: serial.into(), not_after_ms: 0 };
+        let cert =
+            |identity, serial: &str| PeerCert { identity, serial: serial.into(), not_before_ms: 0, not_after_ms: 0 };
         let (node, w1) = (cert(Identity::Node(2), "01"), cert(Identity::Worker("w1".into()), "aa"));
         let revoked = cert(Identity::Worker("w1".into()), "bb");
         let unknown = cert(Identity::Worker("w1".into()), "cc");

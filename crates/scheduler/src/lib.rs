@@ -33,6 +33,7 @@
 pub mod audit;
 pub mod auth;
 pub mod autoscale;
+mod cert_rotation;
 mod core;
 pub mod dashboard;
 pub mod downsample;
@@ -328,24 +329,27 @@ impl SchedulerNode {
         let version = sm.subscribe();
         // TLS: this node's certificate, issued now from the cluster CA (server for every listener, client for its
         // peers).
-        let (server_tls, node_tls) = match &cfg.tls {
+        // It is re-issued two thirds into its lifetime (`cert_rotation`).
+        let (server_tls, node_tls, first_cert) = match &cfg.tls {
             Some(t) => {
                 let tls_err = |e: aidos_api::tls::TlsError| SchedulerError::InvalidArgument(format!("TLS: {e}"));
                 let ca = aidos_api::tls::Ca::load(&t.ca_dir).map_err(tls_err)?;
                 let mine = ca.issue_node(cfg.node_id, &node_names(&cfg), t.node_cert_lifetime).map_err(tls_err)?;
                 let server = aidos_api::tls::ServerTls::new(ca.cert_pem(), &mine).map_err(tls_err)?;
-                let client = aidos_api::tls::ClientTls { ca_pem: ca.cert_pem().into(), identity: None }
-                    .with_identity(&mine.cert_pem, &mine.key_pem);
+                let client = aidos_api::tls::ClientTls::trusting(ca.cert_pem())
+                    .and_then(|c| c.with_identity(&mine.cert_pem, &mine.key_pem))
+                    .map_err(tls_err)?;
                 let node = core::NodeTls {
                     ca,
                     client,
                     worker_cert_lifetime: t.worker_cert_lifetime,
                     device_cert_lifetime: t.device_cert_lifetime,
                 };
-                (Some(server), Some(Arc::new(node)))
+                (Some(server), Some(Arc::new(node)), Some(mine))
             }
-            None => (None, None),
+            None => (None, None, None),
         };
+        let cert_names = node_names(&cfg);
         let peer_credentials = aidos_api::auth::Credentials::token(cfg.root_token.clone())
             .with_tls(node_tls.as_ref().map(|t| t.client.clone()));
         let raft = raft_types::Raft::new(
@@ -400,6 +404,11 @@ impl SchedulerNode {
             tokio::spawn(leader::sweeps::run(core.clone(), stop_rx.clone())),
             tokio::spawn(audit::run(core.clone(), stop_rx.clone())),
         ];
+        if let (Some(server), Some(first), Some(t)) = (server_tls.clone(), first_cert, &cfg.tls) {
+            let lifetime = t.node_cert_lifetime;
+            let rotation = cert_rotation::run(core.clone(), server, cert_names, lifetime, first, stop_rx.clone());
+            tasks.push(tokio::spawn(rotation));
+        }
         let (routes, health) = grpc_routes(&core);
         tasks.push(tokio::spawn(loops::run_health(core.clone(), health, stop_rx.clone())));
         // In front of every service: authenticates and authorizes every call (`auth`), then relays leader-bound

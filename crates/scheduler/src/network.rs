@@ -33,17 +33,17 @@ pub struct Peer {
 
 /// A lazily connected channel to node `addr`, over TLS presenting `tls`'s certificate when given.
 pub fn lazy_channel(addr: &str, tls: Option<&aidos_api::tls::ClientTls>) -> Result<Channel, tonic::transport::Error> {
-    let ep = match tls {
-        Some(t) => Endpoint::from_shared(aidos_api::tls::https(addr))?.tls_config(t.tonic())?,
-        None => Endpoint::from_shared(aidos_api::contract::normalize_addr(addr))?,
-    };
-    Ok(ep
+    let ep = Endpoint::from_shared(aidos_api::contract::normalize_addr(addr))?
         .connect_timeout(Duration::from_secs(1))
         .tcp_nodelay(true)
         .initial_stream_window_size(aidos_api::HTTP2_STREAM_WINDOW)
         .initial_connection_window_size(aidos_api::HTTP2_CONNECTION_WINDOW)
-        .http2_keep_alive_interval(Duration::from_secs(5))
-        .connect_lazy())
+        .http2_keep_alive_interval(Duration::from_secs(5));
+    // Over TLS each new connection presents the node's certificate current at its handshake (rotated in place).
+    Ok(match tls {
+        Some(t) => ep.connect_with_connector_lazy(t.connector()),
+        None => ep.connect_lazy(),
+    })
 }
 
 impl RaftNetworkFactory<TypeConfig> for Network {

@@ -404,15 +404,27 @@ pub async fn run(mut cfg: WorkerConfig, shutdown: impl Future<Output = ()> + Sen
         .await??
     };
     // A TLS cluster: the worker presents its certificate (joining first when it has none yet).
-    let ca_file = match cfg.credentials.tls.clone() {
+    let (ca_file, cert_pem) = match cfg.credentials.tls.clone() {
         Some(ca) => {
-            let (tls, ca_file) = crate::join::identity(&cfg, &data_dir, &worker_id, ca).await?;
+            let (tls, cert_pem, ca_file) = crate::join::identity(&cfg, &data_dir, &worker_id, ca).await?;
             cfg.credentials.tls = Some(tls);
-            Some(ca_file)
+            (Some(ca_file), Some(cert_pem))
         }
-        None => None,
+        None => (None, None),
     };
     let conn = Arc::new(Connection::new(&cfg.schedulers, &cfg.credentials)?);
+    // The connection and the blob cache share the identity: a renewal is presented by both from their next handshake.
+    // Stopped when this function returns, however it returns.
+    let _renewer = match (cfg.credentials.tls.clone(), cert_pem) {
+        (Some(tls), Some(cert_pem)) => Some(crate::runner::AbortOnDrop(tokio::spawn(crate::join::keep_renewed(
+            conn.clone(),
+            tls,
+            data_dir.clone(),
+            worker_id.clone(),
+            cert_pem,
+        )))),
+        _ => None,
+    };
     let shim_exe = if cfg.shim_exe.as_os_str().is_empty() {
         std::env::current_exe()
             .map_err(|e| WorkerError::Config(format!("cannot locate own executable for the task shim: {e}")))?

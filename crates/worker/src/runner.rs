@@ -426,7 +426,7 @@ async fn start_new(
 }
 
 /// Aborts the wrapped task when dropped (the log shipper must not outlive its supervisor).
-struct AbortOnDrop<T>(tokio::task::JoinHandle<T>);
+pub(crate) struct AbortOnDrop<T>(pub(crate) tokio::task::JoinHandle<T>);
 impl<T> Drop for AbortOnDrop<T> {
     fn drop(&mut self) {
         self.0.abort();

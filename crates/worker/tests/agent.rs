@@ -109,6 +109,9 @@ impl WorkerService for Mock {
     async fn join(&self, _req: Request<JoinRequest>) -> Result<Response<JoinResponse>, Status> {
         Err(Status::unimplemented("mock"))
     }
+    async fn renew_cert(&self, _req: Request<RenewCertRequest>) -> Result<Response<JoinResponse>, Status> {
+        Err(Status::unimplemented("mock"))
+    }
 
     async fn report_logs(&self, req: Request<tonic::Streaming<LogReport>>) -> Result<Response<ReportAck>, Status> {
         self.redirect()?;

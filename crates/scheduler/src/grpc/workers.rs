@@ -55,4 +55,27 @@ impl WorkerService for Workers {
     async fn join(&self, r: Request<JoinRequest>) -> Res<JoinResponse> {
         ok(leader(&self.0)?.join(r.into_inner()).await?)
     }
+
+    /// Only over TLS, presenting the certificate being renewed (the auth layer checked it is valid and not
+    /// revoked; apply checks again).
+    async fn renew_cert(&self, r: Request<RenewCertRequest>) -> Res<JoinResponse> {
+        use aidos_api::tls::{Identity, PeerCert};
+        let presented = r.peer_certs().and_then(|c| c.first().and_then(|d| aidos_api::tls::peer_of(d)));
+        let serial = match presented {
+            Some(PeerCert { identity: Identity::Worker(id), serial, .. }) if id == r.get_ref().worker_id => serial,
+            Some(PeerCert { identity, .. }) => {
+                return Err(tonic::Status::permission_denied(format!(
+                    "the certificate presented ({}) cannot renew worker {}'s",
+                    identity.common_name(),
+                    r.get_ref().worker_id
+                )));
+            }
+            None => {
+                return Err(tonic::Status::failed_precondition(
+                    "a worker renews its certificate over TLS, presenting it (this call presented none)",
+                ));
+            }
+        };
+        ok(leader(&self.0)?.renew_worker_cert(r.into_inner(), serial).await?)
+    }
 }

@@ -4,7 +4,7 @@
 use aidos_api::auth::{self, Principal};
 use aidos_api::v1::command_v1::Command;
 use aidos_api::v1::{
-    CreateTokenRequest, CreateTokenResponse, CreateTokenV1, JoinRequest, JoinResponse, RevokeTokenV1,
+    CreateTokenRequest, CreateTokenResponse, CreateTokenV1, JoinRequest, JoinResponse, RenewCertRequest, RevokeTokenV1,
     RevokeWorkerResponse, RevokeWorkerV1, Role, Token, TokenRecordV1, WorkerCert,
 };
 
@@ -138,26 +138,56 @@ impl LeaderHandler {
     /// signed) and consumed by the command that records the certificate (so it buys one certificate, however
     /// many workers race with it).
     pub async fn join(&self, r: JoinRequest) -> Result<JoinResponse, SchedulerError> {
+        let ca = self.worker_ca(&r.worker_id, &r.csr_pem)?;
+        let t = self.join_token(&r.token)?;
+        self.issue_worker_cert(ca, r.worker_id, &r.csr_pem, t.id, String::new()).await
+    }
+
+    /// A new certificate for worker `r.worker_id`, which presented its valid certificate `presented` (checked
+    /// here for a clear refusal, and again by apply: a certificate revoked meanwhile renews nothing).
+    pub async fn renew_worker_cert(
+        &self,
+        r: RenewCertRequest,
+        presented: String,
+    ) -> Result<JoinResponse, SchedulerError> {
+        let ca = self.worker_ca(&r.worker_id, &r.csr_pem)?;
+        self.read(|st| st.auth.cert_valid(&presented, &r.worker_id)).map_err(auth::Unauthenticated::Certificate)?;
+        self.issue_worker_cert(ca, r.worker_id, &r.csr_pem, String::new(), presented).await
+    }
+
+    /// The CA, once the request's worker id and signing request pass their checks.
+    fn worker_ca(&self, worker_id: &str, csr_pem: &str) -> Result<&crate::core::NodeTls, SchedulerError> {
         let Some(ca) = self.core.ca() else {
             return Err(SchedulerError::Stale(
                 "this cluster does not serve TLS: workers authenticate with worker tokens (--token)".into(),
             ));
         };
-        if !aidos_api::tls::valid_name(&r.worker_id) {
-            return Err(invalid(format!("worker_id: {:?} is not a worker id", r.worker_id)));
+        if !aidos_api::tls::valid_name(worker_id) {
+            return Err(invalid(format!("worker_id: {worker_id:?} is not a worker id")));
         }
-        if r.csr_pem.len() > 16 << 10 {
+        if csr_pem.len() > 16 << 10 {
             return Err(invalid("csr_pem: larger than 16 KiB".into()));
         }
-        let t = self.join_token(&r.token)?;
-        let identity = aidos_api::tls::Identity::Worker(r.worker_id.clone());
+        Ok(ca)
+    }
+
+    async fn issue_worker_cert(
+        &self,
+        ca: &crate::core::NodeTls,
+        worker_id: String,
+        csr_pem: &str,
+        join_token: String,
+        renews: String,
+    ) -> Result<JoinResponse, SchedulerError> {
+        let identity = aidos_api::tls::Identity::Worker(worker_id.clone());
         let issued =
-            ca.ca.sign_request(&r.csr_pem, &identity, ca.worker_cert_lifetime).map_err(|e| invalid(e.to_string()))?;
+            ca.ca.sign_request(csr_pem, &identity, ca.worker_cert_lifetime).map_err(|e| invalid(e.to_string()))?;
         let cert = WorkerCert {
             serial: issued.serial.clone(),
-            worker_id: r.worker_id,
+            worker_id,
             not_after_ms: issued.not_after_ms,
-            join_token: t.id,
+            join_token,
+            renews,
             ..Default::default()
         };
         self.core.propose(Command::IssueWorkerCert(cert)).await?;

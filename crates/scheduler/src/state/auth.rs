@@ -155,7 +155,24 @@ impl AuthState {
                 format!("the cluster holds {MAX_WORKER_CERTS} worker certificates, the most it keeps"),
             ));
         }
-        self.use_join(&c.join_token, now, dirty)?;
+        if c.renews.is_empty() {
+            self.use_join(&c.join_token, now, dirty)?;
+        } else {
+            // A renewal stands on the certificate it replaces: still this worker's, and not revoked.
+            self.cert_valid(&c.renews, &c.worker_id).map_err(|why| refuse(tonic::Code::Unauthenticated, why))?;
+        }
+        // The worker's certificates that expired are dropped (they can no longer complete a handshake), so renewals
+        // do not pile up; revoked ones still valid stay, to keep refusing them.
+        let expired: Vec<String> = self
+            .worker_certs
+            .values()
+            .filter(|w| w.worker_id == c.worker_id && w.not_after_ms != 0 && w.not_after_ms < now)
+            .map(|w| w.serial.clone())
+            .collect();
+        for serial in expired {
+            dirty.mark(Table::Rows, cert_key(&serial));
+            self.worker_certs.remove(&serial);
+        }
         let cert = WorkerCert { issued_at_ms: now, revoked_at_ms: 0, ..c.clone() };
         dirty.mark(Table::Rows, cert_key(&cert.serial));
         self.worker_certs.insert(cert.serial.clone(), cert.clone());
@@ -259,6 +276,47 @@ mod tests {
         let mut back = AuthState::default();
         back.restore(&mut snap);
         assert_eq!(back.tokens["t1"].secret_hash, vec![7; 32]);
+    }
+
+    #[test]
+    fn a_valid_certificate_renews_itself_expired_ones_are_dropped_and_a_revoked_one_renews_nothing() {
+        let mut st = AuthState::default();
+        let join = TokenRecordV1 {
+            token: Some(Token { id: "j1".into(), role: Role::Worker as i32, join: true, ..Default::default() }),
+            secret_hash: vec![1; 32],
+        };
+        st.create(&CreateTokenV1 { record: Some(join) }, 1, &mut Dirty::default()).unwrap();
+        let cert = |serial: &str, worker: &str, token: &str, renews: &str, not_after| WorkerCert {
+            serial: serial.into(),
+            worker_id: worker.into(),
+            join_token: token.into(),
+            renews: renews.into(),
+            not_after_ms: not_after,
+            ..Default::default()
+        };
+        let issue = |st: &mut AuthState, c: WorkerCert, now, dirty: &mut Dirty| {
+            st.apply(&Command::IssueWorkerCert(c), now, &JobsState::default(), dirty).unwrap()
+        };
+        issue(&mut st, cert("0a", "w1", "j1", "", 100), 5, &mut Dirty::default()).unwrap();
+        // Another worker's certificate, or one never issued, renews nothing.
+        let e = issue(&mut st, cert("0b", "w2", "", "0a", 200), 60, &mut Dirty::default()).unwrap_err();
+        assert_eq!(e.code, tonic::Code::Unauthenticated, "{e:?}");
+        let e = issue(&mut st, cert("0b", "w1", "", "ff", 200), 60, &mut Dirty::default()).unwrap_err();
+        assert_eq!(e.code, tonic::Code::Unauthenticated, "{e:?}");
+        // Renewed before it expires: both valid until the old one runs out.
+        issue(&mut st, cert("0b", "w1", "", "0a", 200), 60, &mut Dirty::default()).unwrap();
+        assert!(st.cert_valid("0a", "w1").is_ok() && st.cert_valid("0b", "w1").is_ok());
+        // The next renewal, after 0a expired, drops it (its row deleted from storage).
+        let mut dirty = Dirty::default();
+        issue(&mut st, cert("0c", "w1", "", "0b", 300), 150, &mut dirty).unwrap();
+        assert!(!st.worker_certs.contains_key("0a"));
+        assert!(dirty.rows.contains(&(Table::Rows, cert_key("0a"))));
+        assert_eq!(st.worker_certs.len(), 2);
+        // Revoked: the worker's certificates renew nothing.
+        let revoke = Command::RevokeWorker(aidos_api::v1::RevokeWorkerV1 { worker_id: "w1".into() });
+        st.apply(&revoke, 160, &JobsState::default(), &mut Dirty::default()).unwrap().unwrap();
+        let e = issue(&mut st, cert("0d", "w1", "", "0c", 400), 170, &mut Dirty::default()).unwrap_err();
+        assert!(e.message.contains("revoked"), "{e:?}");
     }
 
     #[test]
