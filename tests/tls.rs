@@ -248,26 +248,38 @@ async fn nodes_and_workers_prove_themselves_with_certificates_of_the_cluster_ca(
     c.kill_node(follower);
     c.restart_node(follower);
     c.wait_leader(Duration::from_secs(30)).await;
-    // w1 renewed its certificate (presenting the old one), kept its files in step, and goes on working.
+    // w1 renewed its certificate twice while it ran (the second renewal presented the first renewed one: w1's
+    // clients moved to new connections), kept its files in step, and goes on working without a restart.
+    let renewals = |c: &Cluster| c.workers["w1"].output().matches("renewed this worker's certificate").count();
+    wait_until("w1 renewed twice", Duration::from_secs(30), || (renewals(&c) >= 2).then_some(()));
     let renewed = w1_cert(&c);
     assert_ne!(renewed.serial, w1_first.serial, "w1 did not renew its certificate: {}", c.workers["w1"].output());
     assert!(renewed.not_after_ms > aidos_api::now_ms(), "{renewed:?}");
-    assert!(c.workers["w1"].output().contains("renewed this worker's certificate"));
+    assert_eq!(run_one(&c, "after-two-renewals").await, "w1");
+    assert_eq!(worker_state(&c, "w1").await, Some(WorkerState::Ready));
+    let out = c.workers["w1"].output();
+    assert!(!out.contains("was not issued") && !out.contains("connection was made before"), "{out}");
+    // RenewCert needs the worker's own certificate: none (the root token alone), or w1's for another worker, is
+    // refused.
+    let leader_addr = c.nodes[&c.wait_leader(Duration::from_secs(30)).await].0.clone();
+    let s = call_tls(&c, &leader_addr, "/aidos.v1.WorkerService/RenewCert", Some(&root)).await;
+    assert_eq!(s.code(), tonic::Code::Unauthenticated, "{s:?}");
+    let s = renew_as_w1(&c, &leader_addr, "w9").await.unwrap_err();
+    assert_eq!(s.code(), tonic::Code::PermissionDenied, "{s:?}");
     // A restart presents the renewed certificate from disk (its join token was used up long ago) and runs a task.
     let w1 = c.workers.get_mut("w1").unwrap();
     w1.sigkill();
     w1.start();
-    let spec = sh_job("after-rotation", "echo ok", 100, 0);
-    let id = c.jobs().await.submit(SubmitRequest { spec: Some(spec), ..Default::default() }).await;
-    let id = id.unwrap().into_inner().job_id;
-    let j = c.wait_job(&id, Duration::from_secs(60), |j| state_of(j) == JobState::Succeeded).await;
-    let ran_on = j.tasks.first().and_then(|t| t.attempts.last()).map(|a| a.worker_id.clone());
-    assert_eq!(ran_on.as_deref(), Some("w1"));
+    assert_eq!(run_one(&c, "after-rotation").await, "w1");
 
     // Revoking w1 cuts it off: its heartbeats are refused, it is declared lost, and a restart cannot register.
     let (code, out, err) = c.cli(&["cluster", "revoke-worker", "w1"]);
     assert_eq!(code, 0, "{err}");
     assert!(out.contains("certificate(s) of worker w1"), "{out}");
+    // Nor can its certificate (renewed within the last ~8 s, so still within its dates) buy a new one.
+    let s = renew_as_w1(&c, &leader_addr, "w1").await.unwrap_err();
+    assert_eq!(s.code(), tonic::Code::Unauthenticated, "{s:?}");
+    assert!(s.message().contains("revoked"), "{s:?}");
     wait_worker(&c, "w1", WorkerState::Lost, "revoked").await;
     let refusals = |c: &Cluster| c.workers["w1"].output().matches("was revoked").count();
     let before = refusals(&c);
@@ -277,4 +289,26 @@ async fn nodes_and_workers_prove_themselves_with_certificates_of_the_cluster_ca(
     w1.start();
     wait_until("the restarted w1 refused", Duration::from_secs(30), || (refusals(&c) > before).then_some(()));
     assert_eq!(worker_state(&c, "w1").await, Some(WorkerState::Lost), "a revoked worker registered again");
+}
+
+/// Runs a one-second `process` job and returns the worker it ran on.
+async fn run_one(c: &Cluster, name: &str) -> String {
+    let spec = sh_job(name, "echo ok", 100, 0);
+    let id = c.jobs().await.submit(SubmitRequest { spec: Some(spec), ..Default::default() }).await;
+    let id = id.unwrap().into_inner().job_id;
+    let j = c.wait_job(&id, Duration::from_secs(60), |j| state_of(j) == JobState::Succeeded).await;
+    j.tasks.first().and_then(|t| t.attempts.last()).map(|a| a.worker_id.clone()).unwrap_or_default()
+}
+
+/// `WorkerService.RenewCert` for `worker`, presenting w1's certificate from its data directory.
+async fn renew_as_w1(c: &Cluster, addr: &str, worker: &str) -> Result<JoinResponse, tonic::Status> {
+    let dir = c.path().join("worker-w1");
+    let read = |f: &str| std::fs::read_to_string(dir.join(f)).unwrap();
+    let ca = aidos_api::tls::ClientTls::load(c.ca.as_ref().unwrap()).unwrap();
+    let tls = ca.with_identity(&read(aidos_api::tls::CERT_FILE), &read(aidos_api::tls::KEY_FILE)).unwrap();
+    let creds = aidos_api::auth::Credentials { tls: Some(tls), ..Default::default() };
+    let ch = creds.connect(&creds.endpoint(addr).unwrap()).await.expect("a TLS connection with w1's certificate");
+    let (csr, _) = aidos_api::tls::request(&aidos_api::tls::Identity::Worker(worker.into())).unwrap();
+    let mut w = aidos_api::worker_service_client::WorkerServiceClient::new(ch);
+    w.renew_cert(RenewCertRequest { worker_id: worker.into(), csr_pem: csr }).await.map(|r| r.into_inner())
 }

@@ -203,7 +203,8 @@ pub async fn run(g: &Global, a: ServerArgs) -> anyhow::Result<()> {
         ("--worker-cert-lifetime", a.worker_cert_lifetime),
         ("--device-cert-lifetime", a.device_cert_lifetime),
     ] {
-        anyhow::ensure!(secs > 0, "{flag} must be longer than 0 seconds");
+        // Shorter ones would renew faster than a renewal's round trip may take.
+        anyhow::ensure!(secs >= 5, "{flag}: at least 5 seconds");
         anyhow::ensure!(secs <= 3650 * 86_400, "{flag}: at most 3650d (the CA's own lifetime)");
     }
     std::fs::create_dir_all(&a.data_dir).with_context(|| format!("creating {}", a.data_dir.display()))?;

@@ -385,7 +385,13 @@ impl Credentials {
     /// The endpoint of `addr` (`host:port` or a URL), to be connected with [`Self::connect_lazy`] or
     /// [`Self::connect`] (which add TLS when these credentials carry it).
     pub fn endpoint(&self, addr: &str) -> Result<tonic::transport::Endpoint, tonic::transport::Error> {
-        tonic::transport::Endpoint::from_shared(crate::contract::normalize_addr(addr))
+        let url = crate::contract::normalize_addr(addr);
+        // Over TLS our connector does the TLS (`tls::Connector`): tonic sees `http://` (`https://` is accepted).
+        let url = match (&self.tls, url.strip_prefix("https://")) {
+            (Some(_), Some(rest)) => format!("http://{rest}"),
+            _ => url,
+        };
+        tonic::transport::Endpoint::from_shared(url)
     }
 
     /// A channel to `ep` that connects at its first call: over TLS when these credentials carry it (each new

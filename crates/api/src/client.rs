@@ -198,6 +198,8 @@ struct Inner {
     addrs: Vec<String>,
     current: usize,
     channels: HashMap<String, AuthChannel>,
+    /// The TLS identity's generation the cached channels were made at (`tls::ClientTls::generation`).
+    generation: u64,
 }
 
 /// The shared leader-following scheduler client (see the module docs). `Send + Sync`; share it by reference or
@@ -223,11 +225,25 @@ impl Client {
         if list.is_empty() {
             return Err(ClientError::NoAddress);
         }
-        Ok(Client { cfg, inner: Mutex::new(Inner { addrs: list, current: 0, channels: HashMap::new() }) })
+        let inner = Inner { addrs: list, current: 0, channels: HashMap::new(), generation: 0 };
+        Ok(Client { cfg, inner: Mutex::new(inner) })
     }
 
     fn lock(&self) -> MutexGuard<'_, Inner> {
         self.inner.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// [`Self::lock`], having dropped the cached channels if the TLS identity was rotated since they were made: a
+    /// connection presents the certificate of its handshake for as long as it lives, so after a renewal the next
+    /// calls go over new connections (calls and streams already under way finish on the old ones).
+    fn lock_current(&self) -> MutexGuard<'_, Inner> {
+        let mut g = self.lock();
+        let generation = self.cfg.credentials.tls.as_ref().map_or(0, |t| t.generation());
+        if g.generation != generation {
+            g.channels.clear();
+            g.generation = generation;
+        }
+        g
     }
 
     pub fn config(&self) -> &Config {
@@ -269,7 +285,7 @@ impl Client {
     /// The current address and its channel, created (not connected) if it is not cached yet: the connection is
     /// made by its first request. For streams; must be called inside a tokio runtime.
     pub fn channel(&self) -> (String, AuthChannel) {
-        let mut g = self.lock();
+        let mut g = self.lock_current();
         let addr = g.addrs[g.current].clone();
         if let Some(c) = g.channels.get(&addr) {
             return (addr, c.clone());
@@ -284,7 +300,7 @@ impl Client {
     /// the connect timeout, with an error that names it, and a connection made here is ready before the call).
     async fn connected(&self) -> (String, Result<AuthChannel, Status>) {
         let addr = {
-            let g = self.lock();
+            let g = self.lock_current();
             let addr = g.addrs[g.current].clone();
             if let Some(c) = g.channels.get(&addr) {
                 return (addr, Ok(c.clone()));

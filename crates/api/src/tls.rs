@@ -369,7 +369,10 @@ fn certified(
         .map_err(|e| TlsError::Invalid(format!("private key: {e}")))?;
     let signer =
         provider.key_provider.load_private_key(key).map_err(|e| TlsError::Invalid(format!("private key: {e}")))?;
-    Ok(rustls::sign::CertifiedKey::new(chain, signer))
+    let key = rustls::sign::CertifiedKey::new(chain, signer);
+    // A key that is not the certificate's fails here, with a clear error, rather than at every handshake.
+    key.keys_match().map_err(|e| TlsError::Invalid(format!("the private key is not the certificate's: {e}")))?;
+    Ok(key)
 }
 
 /// The certificate a server presents; replaced in place by [`ServerTls::rotate`] (new handshakes get the new one,
@@ -451,6 +454,13 @@ impl ServerTls {
         };
         let mut cfg = builder.with_cert_resolver(self.resolver.clone());
         cfg.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
+        if self.client_ca_pem.is_some() {
+            // A resumed session carries the client certificate of the handshake it resumes, unchecked: with
+            // resumption a client could go on presenting a certificate it rotated away from (or one that expired).
+            // Every connection is a full handshake; connections are long-lived HTTP/2, so this costs little.
+            cfg.send_tls13_tickets = 0;
+            cfg.session_storage = Arc::new(rustls::server::NoServerSessionStorage {});
+        }
         Ok(tokio_rustls::TlsAcceptor::from(Arc::new(cfg)))
     }
 }
@@ -527,11 +537,15 @@ impl axum::serve::Listener for TlsListener {
 /// The certificate a client presents, if any; replaced in place by [`ClientTls::rotate`] (the next handshake of
 /// every channel made from the same [`ClientTls`] presents the new one; connections already made are unaffected).
 #[derive(Debug, Default)]
-struct ClientIdentity(RwLock<Option<Arc<rustls::sign::CertifiedKey>>>);
+struct ClientIdentity {
+    key: RwLock<Option<Arc<rustls::sign::CertifiedKey>>>,
+    /// Bumped by every rotation: clients that cache connections drop them when it moves ([`ClientTls::generation`]).
+    generation: std::sync::atomic::AtomicU64,
+}
 
 impl ClientIdentity {
     fn get(&self) -> Option<Arc<rustls::sign::CertifiedKey>> {
-        self.0.read().unwrap_or_else(|p| p.into_inner()).clone()
+        self.key.read().unwrap_or_else(|p| p.into_inner()).clone()
     }
 }
 
@@ -550,7 +564,8 @@ impl rustls::client::ResolvesClientCert for ClientIdentity {
 }
 
 /// What a client trusts (the cluster CA) and presents (its certificate, when it has one). Clones share the
-/// identity: [`ClientTls::rotate`] on one is seen by every channel made from any of them.
+/// identity: [`ClientTls::rotate`] on one is seen by every channel made from any of them. Two values are equal when
+/// they trust the same CA and share one identity (two loads of the same files are not equal).
 #[derive(Clone)]
 pub struct ClientTls {
     pub ca_pem: Arc<str>,
@@ -587,6 +602,8 @@ impl ClientTls {
             .with_root_certificates(roots)
             .with_client_cert_resolver(identity.clone());
         config.alpn_protocols = vec![b"h2".to_vec()];
+        // A resumed session would present the certificate of the session it resumes (see ServerTls::acceptor).
+        config.resumption = rustls::client::Resumption::disabled();
         Ok(ClientTls { ca_pem: ca_pem.into(), identity, config: Arc::new(config) })
     }
 
@@ -617,8 +634,16 @@ impl ClientTls {
         let issued =
             Issued { cert_pem: cert_pem.into(), key_pem: key_pem.into(), serial: String::new(), not_after_ms: 0 };
         let key = Arc::new(certified(&issued, &provider())?);
-        *self.identity.0.write().unwrap_or_else(|p| p.into_inner()) = Some(key);
+        *self.identity.key.write().unwrap_or_else(|p| p.into_inner()) = Some(key);
+        self.identity.generation.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
         Ok(())
+    }
+
+    /// How many times the identity was rotated. Connections made before a rotation still present the old
+    /// certificate (TLS authenticates a connection once): a client that caches connections drops them when this
+    /// moves, so its next calls present the new one ([`crate::client::Client`] does).
+    pub fn generation(&self) -> u64 {
+        self.identity.generation.load(std::sync::atomic::Ordering::SeqCst)
     }
 
     /// Whether a certificate is presented.
@@ -627,7 +652,8 @@ impl ClientTls {
     }
 
     /// tonic's connector over this TLS: each new connection verifies [`SERVER_NAME`] against the CA and presents
-    /// the identity current at its handshake. Use it with an `http://` endpoint (the connector does the TLS).
+    /// the identity current at its handshake (a full handshake: no session resumption). Use it with an `http://`
+    /// endpoint (the connector does the TLS; tonic refuses `https://` without its own TLS config).
     pub fn connector(&self) -> Connector {
         Connector { config: self.config.clone() }
     }
@@ -662,7 +688,7 @@ impl tonic::codegen::Service<tonic::codegen::http::Uri> for Connector {
             let bad = |what: &str| std::io::Error::new(std::io::ErrorKind::InvalidInput, format!("{uri}: {what}"));
             let host = uri.host().ok_or_else(|| bad("no host"))?;
             let host = host.trim_start_matches('[').trim_end_matches(']');
-            let port = uri.port_u16().ok_or_else(|| bad("no port"))?;
+            let port = uri.port_u16().unwrap_or(443);
             let tcp = TcpStream::connect((host, port)).await?;
             tcp.set_nodelay(true)?;
             let name = rustls::pki_types::ServerName::try_from(SERVER_NAME).map_err(|e| bad(&e.to_string()))?;

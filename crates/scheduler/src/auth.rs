@@ -280,6 +280,12 @@ pub fn check_cert(
                 };
             };
             st.auth.cert_valid(&c.serial, id).map_err(|why| tonic::Status::from(Unauthenticated::Certificate(why)))?;
+            // The handshake checked the dates, but a connection outlives them: a worker that renewed moved to new
+            // connections (`aidos_api::client::Client` drops its channels on rotation), so an expired one is stale.
+            if c.not_after_ms != 0 && c.not_after_ms <= aidos_api::now_ms() {
+                let why = format!("the certificate of worker {id} expired (this connection was made before)");
+                return Err(Unauthenticated::Certificate(why).into());
+            }
             let principal = Principal {
                 token_id: format!("{CERT_WORKER_PREFIX}{id}"),
                 name: format!("{CERT_WORKER_PREFIX}{id}"),

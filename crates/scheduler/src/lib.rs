@@ -144,9 +144,9 @@ pub struct SchedulerConfig {
 pub struct TlsConfig {
     /// Holds `ca.pem` and `ca.key` (`aidos cert init`). Every node of a cluster needs the same CA.
     pub ca_dir: PathBuf,
-    /// Lifetime of this node's own certificate (issued at every start).
+    /// Lifetime of this node's own certificate (issued at start, and again two thirds into each: `cert_rotation`).
     pub node_cert_lifetime: Duration,
-    /// Lifetime of the certificates workers receive when they join.
+    /// Lifetime of the certificates workers receive when they join or renew (they renew two thirds into it).
     pub worker_cert_lifetime: Duration,
     /// Lifetime of edge devices' certificates (their agents renew them after two thirds of it, so a short one
     /// costs nothing but a call).

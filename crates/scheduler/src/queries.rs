@@ -530,10 +530,14 @@ pub fn deployment_in(st: &ClusterState, name: &str, project: &str) -> Result<(),
     }
 }
 
+/// How long an expired key stays in the serving fronts' tables (refused there as expired).
+pub const EXPIRED_KEY_GRACE_MS: i64 = 24 * 3600 * 1000;
+
 /// Every valid credential, with which of `deployments` it may call at `now_ms`: what the serving fronts check
 /// requests against (`ServeService.Routes`). The root token (`root_hash`: the hash of its secret) and worker tokens
 /// may call every deployment (gateways present them to replicas); stored tokens the deployments
-/// `aidos_api::auth::may_infer` allows (none, for a viewer). Revoked and expired tokens are left out. Pure.
+/// `aidos_api::auth::may_infer` allows (none, for a viewer). Revoked tokens are left out, and tokens that expired
+/// more than [`EXPIRED_KEY_GRACE_MS`] ago. Pure.
 ///
 /// Cost: O(tokens · deployments) per call (at most 10,000 tokens); gateways ask every refresh (250 ms).
 pub fn inference_keys(
@@ -551,7 +555,10 @@ pub fn inference_keys(
     for rec in st.auth.tokens.values() {
         let Some(t) = &rec.token else { continue };
         // A join token is no key of any kind (it only buys a worker certificate).
-        if t.join || t.revoked_at_ms != 0 || (t.expires_at_ms != 0 && t.expires_at_ms <= now_ms) {
+        // Expired ones stay listed for a day (fronts check expiry themselves), so a caller whose key just expired is
+        // told so, rather than that the key is unknown.
+        let long_expired = t.expires_at_ms != 0 && t.expires_at_ms + EXPIRED_KEY_GRACE_MS <= now_ms;
+        if t.join || t.revoked_at_ms != 0 || long_expired {
             continue;
         }
         let role = Role::try_from(t.role).unwrap_or(Role::Unspecified);
@@ -824,6 +831,7 @@ mod tests {
             tok("w", Role::Worker, "*", &[], 0, 0),
             tok("gone", Role::Infer, "default", &[], 5, 0),
             tok("old", Role::Infer, "default", &[], 0, 50),
+            tok("ancient", Role::Infer, "default", &[], 0, 99 - EXPIRED_KEY_GRACE_MS),
         ]
         .into_iter()
         .collect();
@@ -842,7 +850,8 @@ mod tests {
         assert_eq!(of("far"), Some((false, names(&["c"]))));
         assert_eq!(of("eve"), Some((false, vec![])), "a viewer is known, and may call nothing");
         assert_eq!(of("gone"), None, "revoked");
-        assert_eq!(of("old"), None, "expired");
+        assert!(keys.iter().any(|k| k.token_id == "old" && k.expires_at_ms == 50), "expired lately: told so");
+        assert_eq!(of("ancient"), None, "expired a day ago");
     }
 
     fn ids(r: &ListJobsResponse) -> Vec<&str> {

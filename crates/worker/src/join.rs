@@ -12,7 +12,10 @@
 //!
 //! Renewal: two thirds into the certificate's lifetime ([`tls::PeerCert::renew_at_ms`]); a failed renewal is
 //! retried after a tenth of the time left (1 s to 60 s). The new certificate is presented from the next TLS
-//! handshake of every channel the worker has ([`ClientTls::rotate`]); connections already made stay up.
+//! handshake ([`ClientTls::rotate`]), and the worker's clients (its scheduler connection, its blob store) drop
+//! their cached connections when the identity rotates, so their next calls present it; calls and streams under
+//! way finish on the old connections. The scheduler refuses a worker certificate once it expired, even on a
+//! connection made before.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -49,7 +52,9 @@ pub async fn identity(
         let key = std::fs::read_to_string(&key_path).map_err(|e| WorkerError::io("read", &key_path, e))?;
         let peer = check_names(&cert, worker_id, &cert_path)?;
         if peer.not_after_ms > aidos_api::now_ms() {
-            let tls = ca.with_identity(&cert, &key).map_err(|e| WorkerError::Config(format!("{e}")))?;
+            let tls = ca
+                .with_identity(&cert, &key)
+                .map_err(|e| WorkerError::Config(format!("{} / {}: {e}", cert_path.display(), key_path.display())))?;
             return Ok((tls, cert, ca_path));
         }
         // Expired (the worker was stopped past its certificate's end): only a new join brings it back.
@@ -86,7 +91,9 @@ pub async fn identity(
     crate::records::write_atomic(&cert_path, got.cert_pem.as_bytes())
         .map_err(|e| WorkerError::io("write", &cert_path, e))?;
     tracing::info!(worker = worker_id, "joined the cluster: certificate in {}", cert_path.display());
-    let tls = ca.with_identity(&got.cert_pem, &key).map_err(|e| WorkerError::Config(format!("{e}")))?;
+    let tls = ca
+        .with_identity(&got.cert_pem, &key)
+        .map_err(|e| WorkerError::Config(format!("the certificate the cluster issued: {e}")))?;
     Ok((tls, got.cert_pem, ca_path))
 }
 
@@ -105,12 +112,30 @@ pub async fn keep_renewed(
             tracing::error!(worker = worker_id, "cannot read this worker's certificate: it will not be renewed");
             return;
         };
-        let wait = (peer.renew_at_ms() - aidos_api::now_ms()).max(0);
-        tokio::time::sleep(Duration::from_millis(wait as u64)).await;
+        // In steps of at most ten minutes, against the wall clock: a monotonic sleep of months would overshoot
+        // across a suspended host.
+        loop {
+            let left = peer.renew_at_ms() - aidos_api::now_ms();
+            if left <= 0 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(left.min(600_000) as u64)).await;
+        }
         match renew(&conn, &tls, &data_dir, &worker_id).await {
             Ok(cert) => {
-                let until = tls::peer_of_pem(&cert).map(|p| p.not_after_ms).unwrap_or_default();
+                let next = tls::peer_of_pem(&cert);
+                let until = next.as_ref().map(|p| p.not_after_ms).unwrap_or_default();
                 tracing::info!(worker = worker_id, not_after_ms = until, "renewed this worker's certificate");
+                // Due again at once: this machine's clock is ahead of the CA's by most of a lifetime. Renew no
+                // faster than once a second, and say why.
+                if next.is_some_and(|p| p.renew_at_ms() <= aidos_api::now_ms()) {
+                    tracing::warn!(
+                        worker = worker_id,
+                        "the renewed certificate is already due for renewal: is this machine's clock ahead of the \
+                         scheduler's?"
+                    );
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                }
                 current = cert;
             }
             Err(e) => {
@@ -147,6 +172,11 @@ async fn renew(conn: &Connection, tls: &ClientTls, data_dir: &Path, worker_id: &
 
 /// Replaces the certificate and key files with a new pair (see the module doc for the order).
 fn replace_pair(data_dir: &Path, cert_pem: &str, key_pem: &str) -> Result<(), WorkerError> {
+    // A commit point left by a renewal whose renames failed would pair with the new key: drop it first.
+    let stale = data_dir.join(NEXT_CERT_FILE);
+    if stale.exists() {
+        std::fs::remove_file(&stale).map_err(|e| WorkerError::io("remove", &stale, e))?;
+    }
     let next_key = data_dir.join(NEXT_KEY_FILE);
     tls::write_private(&next_key, key_pem.as_bytes()).map_err(|e| WorkerError::Config(e.to_string()))?;
     let next_cert = data_dir.join(NEXT_CERT_FILE);

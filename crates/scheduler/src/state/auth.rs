@@ -11,7 +11,11 @@
 //! - A join token is used at most once: issuing a worker certificate for it revokes it in the same command, and
 //!   an issue for a used, revoked, expired or non-join token is refused (two workers racing with one token: one
 //!   gets a certificate).
-//! - A revoked worker certificate stays revoked; the auth layer refuses a certificate whose serial is not here.
+//! - A revoked worker certificate stays revoked (until it expires); the auth layer refuses a certificate whose
+//!   serial is not here, and an expired one.
+//! - A renewal (`WorkerCert.renews`) stands on a valid certificate of the same worker, and retires the worker's
+//!   other live certificates: a worker holds at most two (the one it presented and the new one). Every issue drops
+//!   the certificates that expired (by the command's time, so every node drops the same ones).
 
 use std::collections::BTreeMap;
 
@@ -149,7 +153,30 @@ impl AuthState {
         if self.worker_certs.contains_key(&c.serial) {
             return Err(refuse(tonic::Code::AlreadyExists, format!("certificate {} exists", c.serial)));
         }
-        if self.worker_certs.len() >= MAX_WORKER_CERTS {
+        if !c.renews.is_empty() {
+            // A renewal stands on the certificate it replaces: this worker's, not revoked, not expired.
+            self.cert_valid(&c.renews, &c.worker_id).map_err(|why| refuse(tonic::Code::Unauthenticated, why))?;
+            if self.worker_certs.get(&c.renews).is_some_and(|r| r.not_after_ms != 0 && r.not_after_ms <= now) {
+                let why =
+                    format!("certificate {} of worker {} expired: join again with a join token", c.renews, c.worker_id);
+                return Err(refuse(tonic::Code::Unauthenticated, why));
+            }
+        }
+        // Retired: every expired certificate (it can no longer complete a handshake), and on a renewal the worker's
+        // other certificates but the one it renews, so a worker holds at most two live ones whatever it asks for.
+        // Revoked ones still valid stay, to keep refusing them.
+        let retired: Vec<String> = self
+            .worker_certs
+            .values()
+            .filter(|w| {
+                let expired = w.not_after_ms != 0 && w.not_after_ms <= now;
+                let replaced =
+                    !c.renews.is_empty() && w.worker_id == c.worker_id && w.serial != c.renews && w.revoked_at_ms == 0;
+                expired || replaced
+            })
+            .map(|w| w.serial.clone())
+            .collect();
+        if self.worker_certs.len() - retired.len() >= MAX_WORKER_CERTS {
             return Err(refuse(
                 tonic::Code::ResourceExhausted,
                 format!("the cluster holds {MAX_WORKER_CERTS} worker certificates, the most it keeps"),
@@ -157,19 +184,8 @@ impl AuthState {
         }
         if c.renews.is_empty() {
             self.use_join(&c.join_token, now, dirty)?;
-        } else {
-            // A renewal stands on the certificate it replaces: still this worker's, and not revoked.
-            self.cert_valid(&c.renews, &c.worker_id).map_err(|why| refuse(tonic::Code::Unauthenticated, why))?;
         }
-        // The worker's certificates that expired are dropped (they can no longer complete a handshake), so renewals
-        // do not pile up; revoked ones still valid stay, to keep refusing them.
-        let expired: Vec<String> = self
-            .worker_certs
-            .values()
-            .filter(|w| w.worker_id == c.worker_id && w.not_after_ms != 0 && w.not_after_ms < now)
-            .map(|w| w.serial.clone())
-            .collect();
-        for serial in expired {
+        for serial in retired {
             dirty.mark(Table::Rows, cert_key(&serial));
             self.worker_certs.remove(&serial);
         }
@@ -312,10 +328,18 @@ mod tests {
         assert!(!st.worker_certs.contains_key("0a"));
         assert!(dirty.rows.contains(&(Table::Rows, cert_key("0a"))));
         assert_eq!(st.worker_certs.len(), 2);
+        // Renewing from 0b again retires 0c: however often a worker asks, it holds two live certificates.
+        for (i, serial) in ["0d", "0e", "0f"].into_iter().enumerate() {
+            issue(&mut st, cert(serial, "w1", "", "0b", 300), 160 + i as i64, &mut Dirty::default()).unwrap();
+            assert_eq!(st.worker_certs.keys().collect::<Vec<_>>(), ["0b", serial]);
+        }
+        // An expired certificate renews nothing, even one still stored.
+        let e = issue(&mut st, cert("10", "w1", "", "0b", 400), 200, &mut Dirty::default()).unwrap_err();
+        assert!(e.message.contains("expired"), "{e:?}");
         // Revoked: the worker's certificates renew nothing.
         let revoke = Command::RevokeWorker(aidos_api::v1::RevokeWorkerV1 { worker_id: "w1".into() });
-        st.apply(&revoke, 160, &JobsState::default(), &mut Dirty::default()).unwrap().unwrap();
-        let e = issue(&mut st, cert("0d", "w1", "", "0c", 400), 170, &mut Dirty::default()).unwrap_err();
+        st.apply(&revoke, 170, &JobsState::default(), &mut Dirty::default()).unwrap().unwrap();
+        let e = issue(&mut st, cert("11", "w1", "", "0f", 400), 180, &mut Dirty::default()).unwrap_err();
         assert!(e.message.contains("revoked"), "{e:?}");
     }
 
