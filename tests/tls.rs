@@ -266,6 +266,13 @@ async fn nodes_and_workers_prove_themselves_with_certificates_of_the_cluster_ca(
     assert_eq!(s.code(), tonic::Code::Unauthenticated, "{s:?}");
     let s = renew_as_w1(&c, &leader_addr, "w9").await.unwrap_err();
     assert_eq!(s.code(), tonic::Code::PermissionDenied, "{s:?}");
+    // Nor does w1's certificate report task states or logs for another worker.
+    let report = TaskStatusReport { worker_id: "w9".into(), state: TaskState::Failed as i32, ..Default::default() };
+    let s = as_w1(&c, &leader_addr).await.report_status(report).await.unwrap_err();
+    assert_eq!(s.code(), tonic::Code::PermissionDenied, "{s:?}");
+    let logs = LogReport { worker_id: "w9".into(), data: b"forged".to_vec(), ..Default::default() };
+    let s = as_w1(&c, &leader_addr).await.report_logs(tokio_stream::iter([logs])).await.unwrap_err();
+    assert_eq!(s.code(), tonic::Code::PermissionDenied, "{s:?}");
     // A restart presents the renewed certificate from disk (its join token was used up long ago) and runs a task.
     let w1 = c.workers.get_mut("w1").unwrap();
     w1.sigkill();
@@ -300,15 +307,20 @@ async fn run_one(c: &Cluster, name: &str) -> String {
     j.tasks.first().and_then(|t| t.attempts.last()).map(|a| a.worker_id.clone()).unwrap_or_default()
 }
 
-/// `WorkerService.RenewCert` for `worker`, presenting w1's certificate from its data directory.
-async fn renew_as_w1(c: &Cluster, addr: &str, worker: &str) -> Result<JoinResponse, tonic::Status> {
+/// A WorkerService client at `addr` presenting w1's certificate from its data directory (no token).
+async fn as_w1(c: &Cluster, addr: &str) -> aidos_api::worker_service_client::WorkerServiceClient<Channel> {
     let dir = c.path().join("worker-w1");
     let read = |f: &str| std::fs::read_to_string(dir.join(f)).unwrap();
     let ca = aidos_api::tls::ClientTls::load(c.ca.as_ref().unwrap()).unwrap();
     let tls = ca.with_identity(&read(aidos_api::tls::CERT_FILE), &read(aidos_api::tls::KEY_FILE)).unwrap();
     let creds = aidos_api::auth::Credentials { tls: Some(tls), ..Default::default() };
     let ch = creds.connect(&creds.endpoint(addr).unwrap()).await.expect("a TLS connection with w1's certificate");
+    aidos_api::worker_service_client::WorkerServiceClient::new(aidos_api::auth::with_credentials(ch, &creds))
+}
+
+/// `WorkerService.RenewCert` for `worker`, presenting w1's certificate.
+async fn renew_as_w1(c: &Cluster, addr: &str, worker: &str) -> Result<JoinResponse, tonic::Status> {
     let (csr, _) = aidos_api::tls::request(&aidos_api::tls::Identity::Worker(worker.into())).unwrap();
-    let mut w = aidos_api::worker_service_client::WorkerServiceClient::new(ch);
-    w.renew_cert(RenewCertRequest { worker_id: worker.into(), csr_pem: csr }).await.map(|r| r.into_inner())
+    let req = RenewCertRequest { worker_id: worker.into(), csr_pem: csr };
+    as_w1(c, addr).await.renew_cert(req).await.map(|r| r.into_inner())
 }

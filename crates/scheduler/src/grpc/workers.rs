@@ -8,12 +8,20 @@ use super::{Res, leader, ok};
 use crate::core::Core;
 use crate::leader::BoxStream;
 
+/// The worker whose certificate authenticated this call (None: a token did, or plain TCP).
+fn cert_worker<T>(r: &Request<T>) -> Option<String> {
+    crate::auth::principal(r).ok().and_then(|(p, _)| {
+        p.name.strip_prefix(crate::auth::CERT_WORKER_PREFIX).filter(|_| p.token_id == p.name).map(str::to_string)
+    })
+}
+
 /// On a TLS cluster a worker is who its certificate names, and speaks only for itself.
 fn speaks_for<T>(r: &Request<T>, worker_id: &str) -> Result<(), tonic::Status> {
-    let named = crate::auth::principal(r).ok().and_then(|(p, _)| {
-        p.name.strip_prefix(crate::auth::CERT_WORKER_PREFIX).filter(|_| p.token_id == p.name).map(str::to_string)
-    });
-    match named {
+    same_worker(cert_worker(r).as_deref(), worker_id)
+}
+
+fn same_worker(certified: Option<&str>, worker_id: &str) -> Result<(), tonic::Status> {
+    match certified {
         Some(id) if id != worker_id => Err(tonic::Status::permission_denied(format!(
             "the certificate of worker {id} cannot act for worker {worker_id}"
         ))),
@@ -43,12 +51,18 @@ impl WorkerService for Workers {
     }
 
     async fn report_status(&self, r: Request<TaskStatusReport>) -> Res<ReportAck> {
+        speaks_for(&r, &r.get_ref().worker_id)?;
         leader(&self.0)?.report_status(r.into_inner()).await?;
         ok(ReportAck {})
     }
 
+    /// Every message of the stream speaks for the worker whose certificate opened it.
     async fn report_logs(&self, r: Request<Streaming<LogReport>>) -> Res<ReportAck> {
-        leader(&self.0)?.report_logs(r.into_inner()).await?;
+        use futures::StreamExt;
+        let certified = cert_worker(&r);
+        let stream =
+            r.into_inner().map(move |m| m.and_then(|m| same_worker(certified.as_deref(), &m.worker_id).map(|_| m)));
+        leader(&self.0)?.report_logs(stream).await?;
         ok(ReportAck {})
     }
 
