@@ -324,6 +324,18 @@ impl PeerCert {
     }
 }
 
+/// Sleeps until the wall-clock time `at_ms`, in steps of at most ten minutes re-read from the wall clock: one
+/// monotonic sleep of months (a certificate's renewal) would overshoot across a suspended host.
+pub async fn sleep_until_ms(at_ms: i64) {
+    loop {
+        let left = at_ms - crate::now_ms();
+        if left <= 0 {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(left.min(600_000) as u64)).await;
+    }
+}
+
 #[cfg(feature = "ca")]
 /// Who the (already verified) certificate `der` names; None when it names no aidos identity.
 pub fn peer_of(der: &[u8]) -> Option<PeerCert> {

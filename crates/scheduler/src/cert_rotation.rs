@@ -32,9 +32,8 @@ pub async fn run(
         let renew_at = aidos_api::tls::peer_of_pem(&current.cert_pem)
             .map(|p| p.renew_at_ms())
             .unwrap_or_else(|| aidos_api::now_ms() + lifetime.as_millis() as i64 * 2 / 3);
-        let wait = Duration::from_millis((renew_at - aidos_api::now_ms()).max(0) as u64);
         tokio::select! {
-            _ = tokio::time::sleep(wait) => {},
+            _ = aidos_api::tls::sleep_until_ms(renew_at) => {},
             _ = stop.changed() => return,
         }
         let next = node.ca.issue_node(id, &names, lifetime).and_then(|n| {

@@ -330,15 +330,15 @@ impl SchedulerNode {
         // TLS: this node's certificate, issued now from the cluster CA (server for every listener, client for its
         // peers).
         // It is re-issued two thirds into its lifetime (`cert_rotation`).
+        let cert_names = node_names(&cfg);
         let (server_tls, node_tls, first_cert) = match &cfg.tls {
             Some(t) => {
                 let tls_err = |e: aidos_api::tls::TlsError| SchedulerError::InvalidArgument(format!("TLS: {e}"));
                 let ca = aidos_api::tls::Ca::load(&t.ca_dir).map_err(tls_err)?;
-                let mine = ca.issue_node(cfg.node_id, &node_names(&cfg), t.node_cert_lifetime).map_err(tls_err)?;
+                let mine = ca.issue_node(cfg.node_id, &cert_names, t.node_cert_lifetime).map_err(tls_err)?;
                 let server = aidos_api::tls::ServerTls::new(ca.cert_pem(), &mine).map_err(tls_err)?;
-                let client = aidos_api::tls::ClientTls::trusting(ca.cert_pem())
-                    .and_then(|c| c.with_identity(&mine.cert_pem, &mine.key_pem))
-                    .map_err(tls_err)?;
+                let client = aidos_api::tls::ClientTls::trusting(ca.cert_pem()).map_err(tls_err)?;
+                client.rotate(&mine.cert_pem, &mine.key_pem).map_err(tls_err)?;
                 let node = core::NodeTls {
                     ca,
                     client,
@@ -349,7 +349,6 @@ impl SchedulerNode {
             }
             None => (None, None, None),
         };
-        let cert_names = node_names(&cfg);
         let peer_credentials = aidos_api::auth::Credentials::token(cfg.root_token.clone())
             .with_tls(node_tls.as_ref().map(|t| t.client.clone()));
         let raft = raft_types::Raft::new(

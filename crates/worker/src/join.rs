@@ -112,15 +112,7 @@ pub async fn keep_renewed(
             tracing::error!(worker = worker_id, "cannot read this worker's certificate: it will not be renewed");
             return;
         };
-        // In steps of at most ten minutes, against the wall clock: a monotonic sleep of months would overshoot
-        // across a suspended host.
-        loop {
-            let left = peer.renew_at_ms() - aidos_api::now_ms();
-            if left <= 0 {
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(left.min(600_000) as u64)).await;
-        }
+        tls::sleep_until_ms(peer.renew_at_ms()).await;
         match renew(&conn, &tls, &data_dir, &worker_id).await {
             Ok(cert) => {
                 let next = tls::peer_of_pem(&cert);
