@@ -4,7 +4,9 @@
 # `aidos report`, the SDK's report path), waits 0.3 s and reports step 2; the median pruner stops the trials
 # worse than the median at step 1. Prints trials per second and, per trial:
 #   start   = the trial's job submitted (right after the searcher's suggestion) -> its task started on the worker
-#   stop    = the prune decision committed -> the pruned task's attempt ended on the worker
+#             (the worker's RUNNING report committed)
+#   decide  = a pruned trial's last report sent (`aidos report`'s clock) -> the prune decision committed
+#   stop    = the prune decision committed -> the pruned task's process ended (the worker's log)
 #
 #   bash benches/sweep_overhead.sh            (AIDOS_BIN=target/release/aidos to skip the release build)
 # TRIALS (default 1000), CONCURRENT (8).
@@ -15,6 +17,8 @@ aidos_bin
 bench_dir
 TRIALS="${TRIALS:-1000}"
 CONCURRENT="${CONCURRENT:-8}"
+# The worker logs each task's start and end at info (`stop` is read from its log).
+NODE_LOG="${NODE_LOG:-warn,aidos_worker::runner=info}"
 start_aidos_node 16
 BIN_ABS="$(cd "$(dirname "$AIDOS")" && pwd)/$(basename "$AIDOS")"
 cat >"$DIR/sweep.toml" <<TOML
@@ -46,22 +50,39 @@ until "$AIDOS" -o json sweep status "$ID" | python3 -c 'import json,sys; s=json.
 t1=$(date +%s.%N)
 "$AIDOS" -o json sweep status "$ID" >"$DIR/sweep.json"
 "$AIDOS" -o json job list --label "aidos.sweep=$ID" >"$DIR/jobs.json"
-python3 - "$DIR/sweep.json" "$DIR/jobs.json" "$t0" "$t1" <<'PY'
-import json, sys
+# The reports of the last 100 pruned trials (one CLI call each). Not the first ones: until the median pruner's
+# startup trials completed, a trial is pruned only later, on others' results, long after its own report.
+mkdir "$DIR/metrics"
+python3 -c 'import json,sys; print("\n".join([t["job_id"] for t in json.load(open(sys.argv[1]))["trials"] if t["state"] == "PRUNED"][-100:]))' \
+    "$DIR/sweep.json" | while read -r job; do "$AIDOS" -o json run metrics "$job" >"$DIR/metrics/$job.json"; done
+python3 - "$DIR/sweep.json" "$DIR/jobs.json" "$DIR/metrics" "$DIR/w1.log" "$t0" "$t1" <<'PY'
+import datetime, json, os, re, sys
 s = json.load(open(sys.argv[1])); jobs = {j["id"]: j for j in json.load(open(sys.argv[2]))["jobs"]}
-wall = float(sys.argv[4]) - float(sys.argv[3])
+reported = {}
+for f in os.listdir(sys.argv[3]):
+    m = json.load(open(os.path.join(sys.argv[3], f)))
+    reported[f[:-len(".json")]] = max(p["time_ms"] for p in m["metrics"] if p["name"] == "objective")
+ended = {}
+for line in open(sys.argv[4]):
+    m = re.match(r"(\S+?)Z?\s+INFO aidos_worker::runner: (job-\d+)/\S+ ended: ", line)
+    if m:
+        t = datetime.datetime.fromisoformat(m.group(1)).replace(tzinfo=datetime.timezone.utc).timestamp() * 1000
+        ended[m.group(2)] = t
+wall = float(sys.argv[6]) - float(sys.argv[5])
 def pct(v, q):
-    v = sorted(v); return v[min(len(v) - 1, int(q * len(v)))] if v else float("nan")
-start, stop = [], []
+    v = sorted(v); return round(v[min(len(v) - 1, int(q * len(v)))], 1) if v else float("nan")
+start, decide, stop = [], [], []
 for t in s["trials"]:
-    j = jobs.get(t["job_id"]);
+    j = jobs.get(t["job_id"])
     if not j: continue
     a = j["tasks"][0]["attempts"][0]
     if a.get("started_at_ms"): start.append(a["started_at_ms"] - j["created_at_ms"])
-    if t["state"] == "PRUNED" and a.get("finished_at_ms") and t.get("finished_at_ms"):
-        stop.append(a["finished_at_ms"] - t["finished_at_ms"])
+    if t["state"] == "PRUNED" and t.get("finished_at_ms"):
+        if j["id"] in reported: decide.append(t["finished_at_ms"] - reported[j["id"]])
+        if j["id"] in ended: stop.append(ended[j["id"]] - t["finished_at_ms"])
 n = len(s["trials"]); pruned = sum(t["state"] == "PRUNED" for t in s["trials"])
 print(f"trials {n} ({pruned} pruned), state {s['state']}, wall {wall:.1f} s, {n / wall:.1f} trials/s")
-print(f"start (submitted -> task started): p50 {pct(start, .5)} ms, p99 {pct(start, .99)} ms")
-print(f"stop  (prune decision -> task ended): p50 {pct(stop, .5)} ms, p99 {pct(stop, .99)} ms")
+print(f"start  (submitted -> task started):        p50 {pct(start, .5)} ms, p99 {pct(start, .99)} ms ({len(start)} trials)")
+print(f"decide (report sent -> prune committed):   p50 {pct(decide, .5)} ms, p99 {pct(decide, .99)} ms ({len(decide)} trials)")
+print(f"stop   (prune committed -> process ended): p50 {pct(stop, .5)} ms, p99 {pct(stop, .99)} ms ({len(stop)} trials)")
 PY

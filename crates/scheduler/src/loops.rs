@@ -15,8 +15,19 @@ use crate::queries;
 const WAITING: &str = "waiting for free resources";
 /// After a leader change, workers get this many heartbeat timeouts before they can be declared lost.
 pub const TAKEOVER_GRACE_TIMEOUTS: u32 = 3;
-/// Least time between two placement rounds.
-const MIN_ROUND_GAP: Duration = Duration::from_millis(50);
+/// Bounds of the pause between two placement rounds (see [`round_gap`]).
+const MIN_ROUND_GAP: Duration = Duration::from_millis(2);
+const MAX_ROUND_GAP: Duration = Duration::from_millis(50);
+/// A round may take at most 1 / (1 + this) of a core while the state keeps changing.
+const ROUND_GAP_FACTOR: u32 = 9;
+
+/// The pause after a placement round that computed for `cost`: long enough that placement takes at most a tenth of
+/// a core however fast entries apply (a burst of entries costs one round, not one per entry), short enough that a
+/// job submitted to an idle cluster waits a couple of milliseconds for its round, not tens (sweep trials start one
+/// after the other, each behind this gap).
+pub fn round_gap(cost: Duration) -> Duration {
+    (cost * ROUND_GAP_FACTOR).clamp(MIN_ROUND_GAP, MAX_ROUND_GAP)
+}
 /// Bounds one reasons command (and so one Raft entry).
 const MAX_REASONS_PER_ROUND: usize = 2000;
 
@@ -55,11 +66,12 @@ impl PlacementMemo {
     }
 }
 
-/// Places pending jobs whenever the state changes (and at least every 250 ms) while this node leads. Rounds
-/// are at least [`MIN_ROUND_GAP`] apart, so a burst of applied entries costs one round, not one per entry.
+/// Places pending jobs whenever the state changes (and at least every 250 ms) while this node leads. Rounds are
+/// [`round_gap`] apart.
 pub async fn run_placement(core: Arc<Core>, mut stop: watch::Receiver<bool>) {
     let mut version = core.version.clone();
     let mut last_round = Instant::now();
+    let mut gap = MAX_ROUND_GAP;
     let mut memo = PlacementMemo::default();
     loop {
         tokio::select! {
@@ -67,9 +79,9 @@ pub async fn run_placement(core: Arc<Core>, mut stop: watch::Receiver<bool>) {
             _ = tokio::time::sleep(Duration::from_millis(250)) => {},
             _ = stop.changed() => return,
         }
-        let gap = last_round.elapsed();
-        if gap < MIN_ROUND_GAP {
-            tokio::time::sleep(MIN_ROUND_GAP - gap).await;
+        let since = last_round.elapsed();
+        if since < gap {
+            tokio::time::sleep(gap - since).await;
         }
         last_round = Instant::now();
         if !core.is_leader() {
@@ -90,9 +102,12 @@ pub async fn run_placement(core: Arc<Core>, mut stop: watch::Receiver<bool>) {
             (p, v, reasons)
         };
         if pending.is_empty() {
+            gap = round_gap(last_round.elapsed());
             continue;
         }
         let s = schedule(&pending, &view);
+        // The computing part of the round (not its proposals, which wait on the log).
+        gap = round_gap(last_round.elapsed());
         let placed_any = !s.assignments.is_empty();
         if placed_any {
             let placements = s
@@ -502,4 +517,20 @@ async fn blob_gc_round(
         ));
     }
     Ok((all_deleted, bytes))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rounds_follow_cheap_work_closely_and_expensive_work_at_a_tenth_of_a_core() {
+        // Cheap rounds: the floor, so a lone submission is placed within milliseconds.
+        assert_eq!(round_gap(Duration::ZERO), MIN_ROUND_GAP);
+        assert_eq!(round_gap(Duration::from_micros(100)), MIN_ROUND_GAP);
+        // In between: nine times the cost, so placement takes at most a tenth of the time.
+        assert_eq!(round_gap(Duration::from_millis(1)), Duration::from_millis(9));
+        // Expensive rounds: the ceiling, so placement still runs 20 times a second.
+        assert_eq!(round_gap(Duration::from_millis(40)), MAX_ROUND_GAP);
+    }
 }

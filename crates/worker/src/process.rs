@@ -1,7 +1,7 @@
 //! Process-level helpers for shims: spawning one in its own session, liveness checks, signals.
 //!
 //! Process-group layout of an attempt: the shim is a session and process-group leader (pgid = shim
-//! pid, started with `setsid`); the user's command is in a second group (pgid = its pid, recorded by
+//! pid: the shim calls `setsid` first thing, see `shim::shim_main`); the user's command is in a second group (pgid = its pid, recorded by
 //! the shim in `workdir/child.pid`). Stopping an attempt = SIGTERM to the shim's group (the shim
 //! forwards it to the command's group), then after the grace period SIGKILL to the command's group
 //! (the shim then records 137 and exits), and as a last resort SIGKILL to the shim's group.
@@ -65,8 +65,11 @@ impl ShimCommand {
         v
     }
 
-    /// Spawns the shim in a new session with cwd = workdir; its own stdout/stderr go to
-    /// `workdir/shim.log`. The returned child is not killed on drop.
+    /// Spawns the shim with cwd = workdir; its own stdout/stderr go to `workdir/shim.log`. The returned child is not
+    /// killed on drop. The shim makes its own session (`setsid`) as it starts rather than in a `pre_exec` hook here:
+    /// without the hook the standard library spawns with `posix_spawn` (no copy of this large, many-threaded
+    /// process's page tables), which took most of a task start's time. Until the shim's `setsid` a signal to its
+    /// group finds none; `begin_stop` / `escalate_stop` send SIGTERM again until it is delivered.
     pub fn spawn(&self) -> std::io::Result<tokio::process::Child> {
         let log = std::fs::OpenOptions::new()
             .create(true)
@@ -80,15 +83,6 @@ impl ShimCommand {
             .stdout(log.try_clone()?)
             .stderr(log)
             .kill_on_drop(false);
-        // SAFETY: setsid is async-signal-safe and touches no memory of the parent.
-        unsafe {
-            cmd.pre_exec(|| {
-                if libc::setsid() < 0 {
-                    return Err(std::io::Error::last_os_error());
-                }
-                Ok(())
-            });
-        }
         cmd.spawn()
     }
 }
@@ -108,14 +102,15 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn spawns_in_own_session_with_env_and_cwd() {
+    async fn spawns_with_args_env_and_cwd() {
         let dir = tempfile::tempdir().unwrap();
-        // A stand-in shim: a shell script that records its argv, env, cwd and session.
+        // A stand-in shim: a shell script that records its argv, env and cwd. (The real shim makes its own session:
+        // tests/agent.rs checks that.)
         let script = dir.path().join("fake-shim.sh");
         std::fs::write(
             &script,
             "#!/bin/sh\necho \"$@\" > args.txt\necho \"$AIDOS_RANK $FOO\" > env.txt\npwd > cwd.txt\n\
-             ps -o sid= -p $$ > sid.txt 2>/dev/null || true\necho $$ > pid.txt\n",
+             echo $$ > pid.txt\n",
         )
         .unwrap();
         std::fs::set_permissions(&script, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
@@ -129,16 +124,13 @@ mod tests {
             env: vec![("FOO".into(), "bar".into()), ("AIDOS_RANK".into(), "3".into())],
         };
         let mut child = sc.spawn().unwrap();
+        let pid = child.id().unwrap();
         assert!(child.wait().await.unwrap().success());
         let args = std::fs::read_to_string(wd.join("args.txt")).unwrap();
         assert_eq!(args.trim(), format!("task-shim --dir {} -- echo a b", wd.display()));
         assert_eq!(std::fs::read_to_string(wd.join("env.txt")).unwrap().trim(), "3 bar");
         let cwd = std::fs::read_to_string(wd.join("cwd.txt")).unwrap();
         assert_eq!(std::fs::canonicalize(cwd.trim()).unwrap(), std::fs::canonicalize(&wd).unwrap());
-        let sid = std::fs::read_to_string(wd.join("sid.txt")).unwrap_or_default();
-        let pid = std::fs::read_to_string(wd.join("pid.txt")).unwrap();
-        if !sid.trim().is_empty() {
-            assert_eq!(sid.trim(), pid.trim(), "the shim leads its own session");
-        }
+        assert_eq!(std::fs::read_to_string(wd.join("pid.txt")).unwrap().trim(), pid.to_string());
     }
 }

@@ -86,6 +86,8 @@ impl Proc {
 /// Progress of a stop in flight.
 struct Stopping {
     since: Instant,
+    /// SIGTERM reached the shim's or the task's group (a shim that has not yet made its session has none).
+    delivered: bool,
     task_killed: bool,
     shim_killed: bool,
 }
@@ -490,6 +492,9 @@ async fn run_attempt(
     let mut probe = AbortOnDrop(tokio::spawn(crate::probe::watch(workdir.clone(), probing)));
     let mut tick = tokio::time::interval(POLL);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    // Our own shim is awaited, so its end is seen at once (a trial's slot is freed for the next one, a stopped task
+    // is reported without a poll's delay); an adopted one is polled each tick.
+    let mut awaiting_exit = matches!(proc, Proc::Owned(_));
 
     // A stop decided before a restart is carried on.
     if outcome.is_none() && record.stop.is_some() {
@@ -526,6 +531,10 @@ async fn run_attempt(
                     tracing::warn!("{label}: {why}");
                     new_stop = Some(StopReason::Unhealthy { why });
                 }
+            }
+            // Cancel safe: `Child::wait` keeps nothing between polls.
+            _ = async { if let Proc::Owned(c) = &mut proc { let _ = c.wait().await; } }, if awaiting_exit => {
+                awaiting_exit = false;
             }
             _ = tick.tick() => {}
         }
@@ -574,6 +583,7 @@ async fn run_attempt(
         }
     }
     let outcome = outcome.expect("loop ends with an outcome");
+    tracing::info!("{label} ended: {outcome:?}");
     // Reap our own child if it is done (it is, or about to be: it wrote `exit`).
     if let Proc::Owned(c) = &mut proc {
         let _ = tokio::time::timeout(Duration::from_secs(1), c.wait()).await;
@@ -611,6 +621,10 @@ async fn run_attempt(
             Ok(()) => {
                 tracing::info!("finished {label}: {} ({message})", state.as_str_name());
             }
+            // The scheduler ended a cancelled attempt when it cancelled it: its final report is refused as stale.
+            Err(st) if record.stop == Some(StopReason::Cancelled) && st.code() == tonic::Code::FailedPrecondition => {
+                tracing::debug!("final report for cancelled {label} not needed: {}", st.message());
+            }
             Err(st) => log_refusal(&label, state.as_str_name(), &st),
         }
     }
@@ -639,17 +653,20 @@ pub(crate) async fn stop_shims(shims: &[(u32, PathBuf)]) {
 }
 
 fn begin_stop(proc: &Proc, workdir: &Path) -> Stopping {
-    let delivered = proc.pid().is_some_and(|pid| signal_group(pid, libc::SIGTERM));
-    if !delivered {
-        // No shim to forward it (adopted without pid, or the shim died): signal the task directly.
-        if let Some(pg) = read_child_pgid(workdir) {
-            signal_group(pg, libc::SIGTERM);
-        }
-    }
-    Stopping { since: Instant::now(), task_killed: false, shim_killed: false }
+    Stopping { since: Instant::now(), delivered: terminate(proc, workdir), task_killed: false, shim_killed: false }
+}
+
+/// SIGTERM to the shim's group (the shim forwards it to the task), or straight to the task's group when there is no
+/// shim to forward it (adopted without pid, died, or not yet in its own session). Whether either was delivered.
+fn terminate(proc: &Proc, workdir: &Path) -> bool {
+    proc.pid().is_some_and(|pid| signal_group(pid, libc::SIGTERM))
+        || read_child_pgid(workdir).is_some_and(|pg| signal_group(pg, libc::SIGTERM))
 }
 
 fn escalate_stop(s: &mut Stopping, proc: &Proc, workdir: &Path) {
+    if !s.delivered {
+        s.delivered = terminate(proc, workdir);
+    }
     let elapsed = s.since.elapsed();
     if !s.task_killed && elapsed >= STOP_GRACE {
         s.task_killed = true;

@@ -249,6 +249,8 @@ async fn runs_reports_and_follows_leader() {
         s.assignments.push(assignment("slow", "sleep 30", 1));
         s.assignments.push(assignment("cancel", "sleep 30", 0));
         s.assignments.push(assignment("stale", "sleep 30", 0));
+        // The task's session is the one its shim made (field 6 of /proc/PID/stat is the session, 4 the parent).
+        s.assignments.push(assignment("session", "awk '{print ($6 == $4) ? \"own\" : \"shared\"}' /proc/$$/stat", 0));
         s.refuse_jobs.insert("stale".into());
     }
     let dir = tempfile::tempdir().unwrap();
@@ -269,6 +271,11 @@ async fn runs_reports_and_follows_leader() {
             && s.logs.get(&("ok".into(), LogStream::Stderr as i32)).is_some_and(|d| d == b"oops\n")
     })
     .await;
+
+    // The shim leads a session of its own (it calls setsid itself: the worker spawns it without a pre-exec hook).
+    wait_for("session", 10, || final_report(&state, "session").is_some()).await;
+    let session = final_report(&state, "session").unwrap();
+    assert_eq!(blob_output(dir.path(), &session).0, b"own\n".to_vec(), "{session:?}");
 
     wait_for("fail", 10, || final_report(&state, "fail").is_some()).await;
     let fail = final_report(&state, "fail").unwrap();
@@ -318,7 +325,7 @@ async fn runs_reports_and_follows_leader() {
             .all(|e| e.unwrap().path().extension().is_some_and(|x| x == "done"))
     })
     .await;
-    for job in ["fail", "missing", "slow", "cancel"] {
+    for job in ["fail", "missing", "slow", "cancel", "session"] {
         let r = final_report(&state, job).unwrap();
         assert!(dir.path().join(format!("tasks/{job}-r0-a1.done")).exists(), "{job}");
         if job == "missing" {

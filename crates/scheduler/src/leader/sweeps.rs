@@ -1,13 +1,13 @@
 //! The leader path of sweeps: submit, cancel; and the leader's sweep loop, which proposes what the pure planner
 //! (`crate::sweep::plan`) decides, round after round.
 //!
-//! Cancel safety and failover: a round proposes its actions one after the other and reads the state again only in
-//! the next round, after they applied; every action is idempotent in the state machine (trial records by index,
+//! Cancel safety and failover: a round proposes its actions in [`phases`], each phase after the previous one
+//! applied, and reads the state again only in the next round; every action is idempotent in the state machine (trial records by index,
 //! job submissions by request id, trial updates only while the trial runs, a sweep ends once), so a round cut
 //! short by a leader change is finished by the next leader from the replicated state alone.
 
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use aidos_api::v1::command_v1::Command;
 use aidos_api::v1::{
@@ -21,9 +21,6 @@ use crate::core::Core;
 use crate::error::SchedulerError;
 use crate::queries;
 use crate::sweep::plan::{Action, plan, request_id};
-
-/// Least time between two rounds of the sweep loop (a burst of applied entries costs one round).
-const MIN_ROUND_GAP: Duration = Duration::from_millis(5);
 
 impl LeaderHandler {
     pub async fn submit_sweep(&self, r: SubmitSweepRequest) -> Result<Sweep, SchedulerError> {
@@ -47,16 +44,23 @@ impl LeaderHandler {
 }
 
 /// While this node leads: plans and proposes a round for every active sweep whenever the state changes (at least
-/// every 250 ms, for the wall-time budget).
+/// every 250 ms, for the wall-time budget). Rounds are [`crate::loops::round_gap`] apart, as placement rounds are: a
+/// burst of applied entries costs one round.
 pub async fn run(core: Arc<Core>, mut stop: watch::Receiver<bool>) {
     let mut version = core.version.clone();
+    let mut last_round = Instant::now();
+    let mut gap = Duration::ZERO;
     loop {
         tokio::select! {
             _ = version.changed() => {},
             _ = tokio::time::sleep(Duration::from_millis(250)) => {},
             _ = stop.changed() => return,
         }
-        tokio::time::sleep(MIN_ROUND_GAP).await;
+        let since = last_round.elapsed();
+        if since < gap {
+            tokio::time::sleep(gap - since).await;
+        }
+        last_round = Instant::now();
         if !core.is_leader() {
             continue;
         }
@@ -68,15 +72,33 @@ pub async fn run(core: Arc<Core>, mut stop: watch::Receiver<bool>) {
                 .filter_map(|id| queries::sweep_view(&a.state, &id, now).map(|v| (id, plan(&v))))
                 .collect()
         };
+        gap = crate::loops::round_gap(last_round.elapsed());
         for (id, actions) in rounds {
-            for action in actions {
-                if let Err(e) = execute(&core, &id, action).await {
+            for phase in phases(actions) {
+                let proposals = phase.into_iter().map(|action| execute(&core, &id, action));
+                if let Err(e) = futures::future::try_join_all(proposals).await {
                     tracing::warn!(sweep = %id, "sweep round: {e}");
                     break;
                 }
             }
         }
     }
+}
+
+/// Orders a round's actions into phases whose proposals go out together (the log takes them in one write): every
+/// trial update first (each names its own trial), then the job cancels they explain (a trial is recorded as pruned
+/// before its job ends, so a leader change in between cannot take the cancel for a failure), then the rest one by
+/// one in the planner's order (a launch records its trials only after their jobs exist).
+fn phases(actions: Vec<Action>) -> Vec<Vec<Action>> {
+    let (mut updates, mut cancels, mut rest) = (Vec::new(), Vec::new(), Vec::new());
+    for a in actions {
+        match a {
+            Action::Update(_) | Action::Adopt(_) => updates.push(a),
+            Action::CancelJob { .. } => cancels.push(a),
+            Action::Launch(_) | Action::Finish { .. } => rest.push(vec![a]),
+        }
+    }
+    [updates, cancels].into_iter().filter(|p| !p.is_empty()).chain(rest).collect()
 }
 
 async fn execute(core: &Core, sweep_id: &str, action: Action) -> Result<(), SchedulerError> {
@@ -150,4 +172,27 @@ async fn execute(core: &Core, sweep_id: &str, action: Action) -> Result<(), Sche
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn update(index: u32) -> Action {
+        Action::Update(Trial { index, ..Default::default() })
+    }
+    fn cancel(job: &str) -> Action {
+        Action::CancelJob { job_id: job.into(), why: String::new() }
+    }
+
+    #[test]
+    fn updates_go_before_the_cancels_they_explain_and_launches_last() {
+        let actions = vec![update(1), update(2), cancel("job-2"), update(3), cancel("job-4"), Action::Launch(vec![])];
+        let p = phases(actions);
+        assert_eq!(p.len(), 3, "{p:?}");
+        assert!(p[0].iter().all(|a| matches!(a, Action::Update(_))) && p[0].len() == 3);
+        assert!(p[1].iter().all(|a| matches!(a, Action::CancelJob { .. })) && p[1].len() == 2);
+        assert!(matches!(&p[2][..], [Action::Launch(_)]));
+        assert!(phases(vec![]).is_empty());
+    }
 }
