@@ -5,8 +5,10 @@
 # worse than the median at step 1. Prints trials per second and, per trial:
 #   start   = the trial's job submitted (right after the searcher's suggestion) -> its task started on the worker
 #             (the worker's RUNNING report committed)
-#   decide  = a pruned trial's last report sent (`aidos report`'s clock) -> the prune decision committed
-#   stop    = the prune decision committed -> the pruned task's process ended (the worker's log)
+#   decide  = a pruned trial's last report sent (`aidos report`'s clock) -> the prune decided (the sweep round's
+#             clock, as the trial records it)
+#   stop    = the prune decided -> the pruned task's process ended (the worker's log); includes the commits of the
+#             trial's update and of its job's cancel
 #
 #   bash benches/sweep_overhead.sh            (AIDOS_BIN=target/release/aidos to skip the release build)
 # TRIALS (default 1000), CONCURRENT (8).
@@ -61,7 +63,8 @@ s = json.load(open(sys.argv[1])); jobs = {j["id"]: j for j in json.load(open(sys
 reported = {}
 for f in os.listdir(sys.argv[3]):
     m = json.load(open(os.path.join(sys.argv[3], f)))
-    reported[f[:-len(".json")]] = max(p["time_ms"] for p in m["metrics"] if p["name"] == "objective")
+    times = [p["time_ms"] for p in m["metrics"] if p["name"] == "objective"]
+    if times: reported[f[:-len(".json")]] = max(times)
 ended = {}
 for line in open(sys.argv[4]):
     m = re.match(r"(\S+?)Z?\s+INFO aidos_worker::runner: (job-\d+)/\S+ ended: ", line)
@@ -83,6 +86,6 @@ for t in s["trials"]:
 n = len(s["trials"]); pruned = sum(t["state"] == "PRUNED" for t in s["trials"])
 print(f"trials {n} ({pruned} pruned), state {s['state']}, wall {wall:.1f} s, {n / wall:.1f} trials/s")
 print(f"start  (submitted -> task started):        p50 {pct(start, .5)} ms, p99 {pct(start, .99)} ms ({len(start)} trials)")
-print(f"decide (report sent -> prune committed):   p50 {pct(decide, .5)} ms, p99 {pct(decide, .99)} ms ({len(decide)} trials)")
-print(f"stop   (prune committed -> process ended): p50 {pct(stop, .5)} ms, p99 {pct(stop, .99)} ms ({len(stop)} trials)")
+print(f"decide (report sent -> prune decided):     p50 {pct(decide, .5)} ms, p99 {pct(decide, .99)} ms ({len(decide)} trials)")
+print(f"stop   (prune decided -> process ended):   p50 {pct(stop, .5)} ms, p99 {pct(stop, .99)} ms ({len(stop)} trials)")
 PY

@@ -18,10 +18,10 @@ pub const TAKEOVER_GRACE_TIMEOUTS: u32 = 3;
 /// Bounds of the pause between two placement rounds (see [`round_gap`]).
 const MIN_ROUND_GAP: Duration = Duration::from_millis(2);
 const MAX_ROUND_GAP: Duration = Duration::from_millis(50);
-/// A round may take at most 1 / (1 + this) of a core while the state keeps changing.
-const ROUND_GAP_FACTOR: u32 = 9;
+/// A round may take at most 1 / this of a core while the state keeps changing (the gap counts from a round's start).
+const ROUND_GAP_FACTOR: u32 = 10;
 
-/// The pause after a placement round that computed for `cost`: long enough that placement takes at most a tenth of
+/// The least time from the start of a placement round that computed for `cost` to the next round: long enough that placement takes at most a tenth of
 /// a core however fast entries apply (a burst of entries costs one round, not one per entry), short enough that a
 /// job submitted to an idle cluster waits a couple of milliseconds for its round, not tens (sweep trials start one
 /// after the other, each behind this gap).
@@ -528,8 +528,8 @@ mod tests {
         // Cheap rounds: the floor, so a lone submission is placed within milliseconds.
         assert_eq!(round_gap(Duration::ZERO), MIN_ROUND_GAP);
         assert_eq!(round_gap(Duration::from_micros(100)), MIN_ROUND_GAP);
-        // In between: nine times the cost, so placement takes at most a tenth of the time.
-        assert_eq!(round_gap(Duration::from_millis(1)), Duration::from_millis(9));
+        // In between: ten times the cost from round start to round start, so placement takes a tenth of the time.
+        assert_eq!(round_gap(Duration::from_millis(1)), Duration::from_millis(10));
         // Expensive rounds: the ceiling, so placement still runs 20 times a second.
         assert_eq!(round_gap(Duration::from_millis(40)), MAX_ROUND_GAP);
     }

@@ -2,10 +2,11 @@
 //!
 //! One supervisor task per attempt. Life of an attempt on this worker:
 //! 1. `New`: create `tasks/<name>/` with `create_dir` (fails if the attempt was ever started here:
-//!    never start twice), write the record, spawn the shim (own session), store its pid in the record.
+//!    never start twice), write the record, spawn the shim (own process group), store its pid in the record.
 //!    `Adopt` (after a worker restart, shim alive) and `Finished` (exit status or nothing left) skip this.
-//! 2. Report RUNNING (unless already acknowledged), retrying across leader changes; meanwhile poll every
-//!    100 ms for `exit`, a dead shim, the timeout and stop requests; ship logs in a sibling task.
+//! 2. Report RUNNING (unless already acknowledged), retrying across leader changes; meanwhile await our own
+//!    shim's exit and stop requests, and every 100 ms look for `exit`, a dead (adopted) shim and the timeout; ship
+//!    logs in a sibling task.
 //! 3. When the process ended: let the log shipper drain, write the complete output as a log blob (`logblob`),
 //!    then report SUCCEEDED/FAILED naming it until the leader acknowledges it. Only then (or when the leader
 //!    refuses it) delete the record and, unless `keep_task_dirs`, the working directory, leaving a tombstone
@@ -86,7 +87,8 @@ impl Proc {
 /// Progress of a stop in flight.
 struct Stopping {
     since: Instant,
-    /// SIGTERM reached the shim's or the task's group (a shim that has not yet made its session has none).
+    /// SIGTERM reached the shim's or the task's group (neither exists for an adopted shim without pid that has not
+    /// started its task yet).
     delivered: bool,
     task_killed: bool,
     shim_killed: bool,
@@ -621,7 +623,8 @@ async fn run_attempt(
             Ok(()) => {
                 tracing::info!("finished {label}: {} ({message})", state.as_str_name());
             }
-            // The scheduler ended a cancelled attempt when it cancelled it: its final report is refused as stale.
+            // The scheduler ended a cancelled attempt when it cancelled it (or, for an attempt on the kill list of a
+            // register or heartbeat, when it replaced it): its final report is refused as stale.
             Err(st) if record.stop == Some(StopReason::Cancelled) && st.code() == tonic::Code::FailedPrecondition => {
                 tracing::debug!("final report for cancelled {label} not needed: {}", st.message());
             }
@@ -657,7 +660,7 @@ fn begin_stop(proc: &Proc, workdir: &Path) -> Stopping {
 }
 
 /// SIGTERM to the shim's group (the shim forwards it to the task), or straight to the task's group when there is no
-/// shim to forward it (adopted without pid, died, or not yet in its own session). Whether either was delivered.
+/// shim to forward it (adopted without pid, or died). Whether either was delivered.
 fn terminate(proc: &Proc, workdir: &Path) -> bool {
     proc.pid().is_some_and(|pid| signal_group(pid, libc::SIGTERM))
         || read_child_pgid(workdir).is_some_and(|pg| signal_group(pg, libc::SIGTERM))

@@ -1,8 +1,7 @@
 //! The per-task shim: `aidos task-shim --dir <workdir> -- <executable> <args...>`.
 //!
-//! The worker never runs a task directly. It starts this shim, and the shim:
-//! 0. makes its own session (so the task survives a SIGKILL of the worker and is adopted when the worker comes
-//!    back),
+//! The worker never runs a task directly. It starts this shim in a process group of its own (so the task survives a
+//! SIGKILL of the worker and is adopted when the worker comes back), and the shim:
 //! 1. writes its pid to `workdir/shim.pid`,
 //! 2. starts the command in its own process group with stdout → `stdout.log`, stderr → `stderr.log`
 //!    (appended), stdin from /dev/null, and writes that group's id to `workdir/child.pid`,
@@ -93,13 +92,6 @@ pub fn parse_shim_args(args: &[OsString]) -> Result<ShimArgs, String> {
 /// Entry point of `aidos task-shim <args...>` (args are those after `task-shim`); returns the process
 /// exit code (the command's, as written to `exit`; 2 for a usage error).
 pub fn shim_main(args: Vec<OsString>) -> i32 {
-    // Own session and process group before anything else, so the task survives its worker and one signal reaches
-    // the shim alone (the worker spawns us without a pre-exec hook, see `process::ShimCommand::spawn`). Fails only
-    // when this process leads a group already (started so by hand): nothing to do then.
-    // SAFETY: plain setsid(2).
-    unsafe {
-        libc::setsid();
-    }
     let parsed = match parse_shim_args(&args) {
         Ok(p) => p,
         Err(e) => {

@@ -249,8 +249,12 @@ async fn runs_reports_and_follows_leader() {
         s.assignments.push(assignment("slow", "sleep 30", 1));
         s.assignments.push(assignment("cancel", "sleep 30", 0));
         s.assignments.push(assignment("stale", "sleep 30", 0));
-        // The task's session is the one its shim made (field 6 of /proc/PID/stat is the session, 4 the parent).
-        s.assignments.push(assignment("session", "awk '{print ($6 == $4) ? \"own\" : \"shared\"}' /proc/$$/stat", 0));
+        // The shim leads its own process group (field 5 of /proc/PID/stat is the group); the task leads another.
+        s.assignments.push(assignment(
+            "groups",
+            "awk '{print ($5 == $1) ? \"own\" : \"shared\"}' /proc/$PPID/stat /proc/$$/stat",
+            0,
+        ));
         s.refuse_jobs.insert("stale".into());
     }
     let dir = tempfile::tempdir().unwrap();
@@ -272,10 +276,10 @@ async fn runs_reports_and_follows_leader() {
     })
     .await;
 
-    // The shim leads a session of its own (it calls setsid itself: the worker spawns it without a pre-exec hook).
-    wait_for("session", 10, || final_report(&state, "session").is_some()).await;
-    let session = final_report(&state, "session").unwrap();
-    assert_eq!(blob_output(dir.path(), &session).0, b"own\n".to_vec(), "{session:?}");
+    // The shim and the task each lead a process group (signals reach the task, and only it, through its group).
+    wait_for("groups", 10, || final_report(&state, "groups").is_some()).await;
+    let session = final_report(&state, "groups").unwrap();
+    assert_eq!(blob_output(dir.path(), &session).0, b"own\nown\n".to_vec(), "{session:?}");
 
     wait_for("fail", 10, || final_report(&state, "fail").is_some()).await;
     let fail = final_report(&state, "fail").unwrap();
@@ -325,7 +329,7 @@ async fn runs_reports_and_follows_leader() {
             .all(|e| e.unwrap().path().extension().is_some_and(|x| x == "done"))
     })
     .await;
-    for job in ["fail", "missing", "slow", "cancel", "session"] {
+    for job in ["fail", "missing", "slow", "cancel", "groups"] {
         let r = final_report(&state, job).unwrap();
         assert!(dir.path().join(format!("tasks/{job}-r0-a1.done")).exists(), "{job}");
         if job == "missing" {
