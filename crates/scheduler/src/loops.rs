@@ -15,18 +15,45 @@ use crate::queries;
 const WAITING: &str = "waiting for free resources";
 /// After a leader change, workers get this many heartbeat timeouts before they can be declared lost.
 pub const TAKEOVER_GRACE_TIMEOUTS: u32 = 3;
-/// Bounds of the pause between two placement rounds (see [`round_gap`]).
+/// Bounds of the time from one leader-loop round's start to the next's (see [`round_gap`]).
 const MIN_ROUND_GAP: Duration = Duration::from_millis(2);
 const MAX_ROUND_GAP: Duration = Duration::from_millis(50);
 /// A round may take at most 1 / this of a core while the state keeps changing (the gap counts from a round's start).
 const ROUND_GAP_FACTOR: u32 = 10;
 
-/// The least time from the start of a placement round that computed for `cost` to the next round: long enough that placement takes at most a tenth of
-/// a core however fast entries apply (a burst of entries costs one round, not one per entry), short enough that a
-/// job submitted to an idle cluster waits a couple of milliseconds for its round, not tens (sweep trials start one
-/// after the other, each behind this gap).
+/// The least time from the start of a round that computed for `cost` to the next round: long enough that the loop
+/// takes at most a tenth of a core however fast entries apply (a burst of entries costs one round, not one per
+/// entry), short enough that a job submitted to an idle cluster waits a couple of milliseconds for its round, not
+/// tens (sweep trials start one after the other, each behind this gap).
 pub fn round_gap(cost: Duration) -> Duration {
     (cost * ROUND_GAP_FACTOR).clamp(MIN_ROUND_GAP, MAX_ROUND_GAP)
+}
+
+/// Paces the rounds of a leader loop (placement, sweeps) by [`round_gap`] of each round's computing time.
+pub struct Pacer {
+    last_round: Instant,
+    gap: Duration,
+}
+
+impl Pacer {
+    /// `first_gap`: the least time before the first round.
+    pub fn new(first_gap: Duration) -> Self {
+        Pacer { last_round: Instant::now(), gap: first_gap }
+    }
+
+    /// Waits until the gap since the previous round's start has passed, then marks this round's start.
+    pub async fn start_round(&mut self) {
+        let since = self.last_round.elapsed();
+        if since < self.gap {
+            tokio::time::sleep(self.gap - since).await;
+        }
+        self.last_round = Instant::now();
+    }
+
+    /// This round's computing is done (not its proposals, which wait on the log): sets the gap before the next.
+    pub fn computed(&mut self) {
+        self.gap = round_gap(self.last_round.elapsed());
+    }
 }
 /// Bounds one reasons command (and so one Raft entry).
 const MAX_REASONS_PER_ROUND: usize = 2000;
@@ -70,8 +97,7 @@ impl PlacementMemo {
 /// [`round_gap`] apart.
 pub async fn run_placement(core: Arc<Core>, mut stop: watch::Receiver<bool>) {
     let mut version = core.version.clone();
-    let mut last_round = Instant::now();
-    let mut gap = MAX_ROUND_GAP;
+    let mut pacer = Pacer::new(MAX_ROUND_GAP);
     let mut memo = PlacementMemo::default();
     loop {
         tokio::select! {
@@ -79,11 +105,7 @@ pub async fn run_placement(core: Arc<Core>, mut stop: watch::Receiver<bool>) {
             _ = tokio::time::sleep(Duration::from_millis(250)) => {},
             _ = stop.changed() => return,
         }
-        let since = last_round.elapsed();
-        if since < gap {
-            tokio::time::sleep(gap - since).await;
-        }
-        last_round = Instant::now();
+        pacer.start_round().await;
         if !core.is_leader() {
             continue;
         }
@@ -102,12 +124,11 @@ pub async fn run_placement(core: Arc<Core>, mut stop: watch::Receiver<bool>) {
             (p, v, reasons)
         };
         if pending.is_empty() {
-            gap = round_gap(last_round.elapsed());
+            pacer.computed();
             continue;
         }
         let s = schedule(&pending, &view);
-        // The computing part of the round (not its proposals, which wait on the log).
-        gap = round_gap(last_round.elapsed());
+        pacer.computed();
         let placed_any = !s.assignments.is_empty();
         if placed_any {
             let placements = s

@@ -87,9 +87,6 @@ impl Proc {
 /// Progress of a stop in flight.
 struct Stopping {
     since: Instant,
-    /// SIGTERM reached the shim's or the task's group (neither exists for an adopted shim without pid that has not
-    /// started its task yet).
-    delivered: bool,
     task_killed: bool,
     shim_killed: bool,
 }
@@ -656,20 +653,17 @@ pub(crate) async fn stop_shims(shims: &[(u32, PathBuf)]) {
 }
 
 fn begin_stop(proc: &Proc, workdir: &Path) -> Stopping {
-    Stopping { since: Instant::now(), delivered: terminate(proc, workdir), task_killed: false, shim_killed: false }
-}
-
-/// SIGTERM to the shim's group (the shim forwards it to the task), or straight to the task's group when there is no
-/// shim to forward it (adopted without pid, or died). Whether either was delivered.
-fn terminate(proc: &Proc, workdir: &Path) -> bool {
-    proc.pid().is_some_and(|pid| signal_group(pid, libc::SIGTERM))
-        || read_child_pgid(workdir).is_some_and(|pg| signal_group(pg, libc::SIGTERM))
+    let delivered = proc.pid().is_some_and(|pid| signal_group(pid, libc::SIGTERM));
+    if !delivered {
+        // No shim to forward it (adopted without pid, or the shim died): signal the task directly.
+        if let Some(pg) = read_child_pgid(workdir) {
+            signal_group(pg, libc::SIGTERM);
+        }
+    }
+    Stopping { since: Instant::now(), task_killed: false, shim_killed: false }
 }
 
 fn escalate_stop(s: &mut Stopping, proc: &Proc, workdir: &Path) {
-    if !s.delivered {
-        s.delivered = terminate(proc, workdir);
-    }
     let elapsed = s.since.elapsed();
     if !s.task_killed && elapsed >= STOP_GRACE {
         s.task_killed = true;

@@ -278,8 +278,8 @@ async fn runs_reports_and_follows_leader() {
 
     // The shim and the task each lead a process group (signals reach the task, and only it, through its group).
     wait_for("groups", 10, || final_report(&state, "groups").is_some()).await;
-    let session = final_report(&state, "groups").unwrap();
-    assert_eq!(blob_output(dir.path(), &session).0, b"own\nown\n".to_vec(), "{session:?}");
+    let groups = final_report(&state, "groups").unwrap();
+    assert_eq!(blob_output(dir.path(), &groups).0, b"own\nown\n".to_vec(), "{groups:?}");
 
     wait_for("fail", 10, || final_report(&state, "fail").is_some()).await;
     let fail = final_report(&state, "fail").unwrap();

@@ -2,12 +2,12 @@
 //! (`crate::sweep::plan`) decides, round after round.
 //!
 //! Cancel safety and failover: a round proposes its actions in [`phases`], each phase after the previous one
-//! applied, and reads the state again only in the next round; every action is idempotent in the state machine (trial records by index,
-//! job submissions by request id, trial updates only while the trial runs, a sweep ends once), so a round cut
-//! short by a leader change is finished by the next leader from the replicated state alone.
+//! applied, and reads the state again only in the next round; every action is idempotent in the state machine
+//! (trial records by index, job submissions by request id, trial updates only while the trial runs, a sweep ends
+//! once), so a round cut short by a leader change is finished by the next leader from the replicated state alone.
 
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use aidos_api::v1::command_v1::Command;
 use aidos_api::v1::{
@@ -19,6 +19,7 @@ use tokio::sync::watch;
 use super::LeaderHandler;
 use crate::core::Core;
 use crate::error::SchedulerError;
+use crate::loops::Pacer;
 use crate::queries;
 use crate::sweep::plan::{Action, plan, request_id};
 
@@ -44,23 +45,18 @@ impl LeaderHandler {
 }
 
 /// While this node leads: plans and proposes a round for every active sweep whenever the state changes (at least
-/// every 250 ms, for the wall-time budget). Rounds are [`crate::loops::round_gap`] apart, as placement rounds are: a
-/// burst of applied entries costs one round.
+/// every 250 ms, for the wall-time budget), paced as placement rounds are ([`Pacer`]): a burst of applied entries
+/// costs one round.
 pub async fn run(core: Arc<Core>, mut stop: watch::Receiver<bool>) {
     let mut version = core.version.clone();
-    let mut last_round = Instant::now();
-    let mut gap = Duration::ZERO;
+    let mut pacer = Pacer::new(Duration::ZERO);
     loop {
         tokio::select! {
             _ = version.changed() => {},
             _ = tokio::time::sleep(Duration::from_millis(250)) => {},
             _ = stop.changed() => return,
         }
-        let since = last_round.elapsed();
-        if since < gap {
-            tokio::time::sleep(gap - since).await;
-        }
-        last_round = Instant::now();
+        pacer.start_round().await;
         if !core.is_leader() {
             continue;
         }
@@ -72,7 +68,7 @@ pub async fn run(core: Arc<Core>, mut stop: watch::Receiver<bool>) {
                 .filter_map(|id| queries::sweep_view(&a.state, &id, now).map(|v| (id, plan(&v))))
                 .collect()
         };
-        gap = crate::loops::round_gap(last_round.elapsed());
+        pacer.computed();
         for (id, actions) in rounds {
             for phase in phases(actions) {
                 let proposals = phase.into_iter().map(|action| execute(&core, &id, action));
