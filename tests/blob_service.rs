@@ -42,7 +42,7 @@ async fn a_client_and_a_worker_without_the_blob_dir_push_train_and_pull_through_
 }
 
 fn chunk(id: &str, size: u64, data: &[u8]) -> BlobUploadChunk {
-    BlobUploadChunk { id: id.into(), size, data: data.to_vec() }
+    BlobUploadChunk { id: id.into(), size, data: data.to_vec().into() }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

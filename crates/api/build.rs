@@ -13,8 +13,12 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     }
     // The descriptors too: the auth layer's tests enumerate every RPC of every service from them.
     let descriptors = std::path::PathBuf::from(std::env::var("OUT_DIR")?).join("aidos_descriptors.bin");
+    // Blob bytes as `Bytes`: a download message is a slice of what the store read, and an upload's chunks reach the
+    // store as they were decoded (no copy per message either way).
     tonic_prost_build::configure()
         .btree_map(".")
+        .bytes(".aidos.v1.BlobUploadChunk.data")
+        .bytes(".aidos.v1.BlobData.data")
         .file_descriptor_set_path(&descriptors)
         .compile_protos(&files, &[root])?;
     // serde for every message in the protobuf JSON mapping (camelCase names, enums by name, 64-bit integers as

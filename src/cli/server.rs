@@ -45,8 +45,8 @@ pub struct ServerArgs {
     /// enrolment is open, though a known device name still enrols again only with its own credential
     #[arg(long, env = "AIDOS_EDGE_ENROLLMENT_TOKEN", hide_env_values = true)]
     pub edge_enrollment_token: Option<String>,
-    /// Largest blob one upload through this node's blob service may carry (it is held in memory until its hash is
-    /// verified), e.g. 2Gi
+    /// Largest blob one upload through this node's blob service may carry, e.g. 2Gi (the upload streams into the
+    /// store, but the tasks and clients that read a blob hold it whole)
     #[arg(long, env = "AIDOS_MAX_BLOB_BYTES", value_parser = super::args::parse_bytes, default_value = "2Gi")]
     pub max_blob_bytes: u64,
     /// Address the gRPC server binds (loopback by default: jobs run arbitrary code)

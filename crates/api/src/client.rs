@@ -275,7 +275,8 @@ impl Client {
             .connect_timeout(self.cfg.connect_timeout)
             .tcp_nodelay(true)
             .initial_stream_window_size(crate::HTTP2_STREAM_WINDOW)
-            .initial_connection_window_size(crate::HTTP2_CONNECTION_WINDOW);
+            .initial_connection_window_size(crate::HTTP2_CONNECTION_WINDOW)
+            .max_frame_size(crate::HTTP2_MAX_FRAME_SIZE);
         if let Some(k) = self.cfg.keep_alive {
             ep = ep.http2_keep_alive_interval(k).keep_alive_timeout(k).keep_alive_while_idle(true);
         }

@@ -57,6 +57,9 @@ pub const DEFAULT_SCHEDULER_ADDR: &str = "127.0.0.1:7070";
 pub const HTTP2_STREAM_WINDOW: u32 = 4 << 20;
 /// See [`HTTP2_STREAM_WINDOW`]: the whole connection's window (its streams share it).
 pub const HTTP2_CONNECTION_WINDOW: u32 = 16 << 20;
+/// Largest HTTP/2 frame an aidos endpoint accepts (h2's default is 16 KiB): a blob message of 1 MiB crosses as a few
+/// frames instead of 64, each processed once by both sides.
+pub const HTTP2_MAX_FRAME_SIZE: u32 = 256 << 10;
 
 /// Parses a model reference: `NAME` (the latest version), `NAME:VERSION` (versions start at 1) or `NAME@ALIAS`.
 /// One parser for the CLI and the scheduler, so both accept and refuse the same references.

@@ -32,6 +32,14 @@ impl BlockingRuntime {
         });
         rx.recv().ok()
     }
+
+    /// Starts `fut` on the runtime without waiting; [`BlockingRuntime::wait`] on the handle joins it.
+    pub(crate) fn spawn<T: Send + 'static>(
+        &self,
+        fut: impl Future<Output = T> + Send + 'static,
+    ) -> tokio::task::JoinHandle<T> {
+        self.rt.as_ref().expect("runtime lives until drop").spawn(fut)
+    }
 }
 
 impl Drop for BlockingRuntime {

@@ -39,6 +39,8 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::time::SystemTime;
 
+pub use bytes::Bytes;
+
 /// A blob's name: the lowercase hex BLAKE3 hash of its bytes (64 characters).
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct BlobId(String);
@@ -104,6 +106,24 @@ impl std::ops::Deref for BlobBytes {
 pub trait BlobStore: Send + Sync {
     /// Stores `data` (idempotent: the same bytes give the same id) and returns its id once durable.
     fn put(&self, data: &[u8]) -> Result<BlobId, BlobError>;
+    /// Stores blob `id` of `size` bytes from `pieces` as they come, without holding it whole (the blob service's
+    /// uploads), and returns once it is durable. The blob is published only when `pieces` ends without an error;
+    /// on an error the store publishes nothing, cleans up what it wrote and returns that error.
+    ///
+    /// The store trusts the bytes: `pieces` verifies as it goes that they are `size` bytes hashing to `id`, and
+    /// yields an error instead of its end when they are not ([`upload::Upload`]). The default collects the pieces
+    /// and [`BlobStore::put`]s them, checking the id that computes.
+    fn put_stream(&self, id: &BlobId, size: u64, pieces: Pieces<'_>) -> Result<(), BlobError> {
+        let mut data = Vec::with_capacity(size.min(STREAM_RESERVE) as usize);
+        for p in pieces {
+            data.extend_from_slice(&p?);
+        }
+        let actual = self.put(&data)?;
+        if &actual != id {
+            return Err(BlobError::Corrupt { id: id.clone(), actual });
+        }
+        Ok(())
+    }
     /// The blob's bytes, verified against its id.
     fn get(&self, id: &BlobId) -> Result<BlobBytes, BlobError>;
     fn contains(&self, id: &BlobId) -> Result<bool, BlobError>;
@@ -124,6 +144,12 @@ pub trait BlobStore: Send + Sync {
     fn delete_if_older(&self, id: &BlobId, cutoff: SystemTime) -> Result<bool, BlobError>;
 }
 
+/// The bytes of a streamed put, in pieces of any size ([`BlobStore::put_stream`]).
+pub type Pieces<'a> = &'a mut dyn Iterator<Item = Result<Bytes, BlobError>>;
+
+/// Most bytes the default [`BlobStore::put_stream`] reserves up front (an announced size is a claim, not a fact).
+const STREAM_RESERVE: u64 = 64 << 20;
+
 /// One stored blob, as [`BlobStore::list`] reports it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct BlobInfo {
@@ -140,6 +166,9 @@ macro_rules! forward_store {
         impl<T: BlobStore + ?Sized> BlobStore for $t {
             fn put(&self, data: &[u8]) -> Result<BlobId, BlobError> {
                 (**self).put(data)
+            }
+            fn put_stream(&self, id: &BlobId, size: u64, pieces: Pieces<'_>) -> Result<(), BlobError> {
+                (**self).put_stream(id, size, pieces)
             }
             fn get(&self, id: &BlobId) -> Result<BlobBytes, BlobError> {
                 (**self).get(id)
@@ -253,6 +282,28 @@ impl BlobStore for LocalDirStore {
         let id = BlobId::of(data);
         self.put_as(&id, data)?;
         Ok(id)
+    }
+
+    /// Writes the pieces to a temp file as they come; fsync and rename only after `pieces` ended without an error
+    /// (the temp file is removed otherwise). A blob already in place is overwritten by the same bytes.
+    fn put_stream(&self, id: &BlobId, _size: u64, pieces: Pieces<'_>) -> Result<(), BlobError> {
+        let path = self.path(id);
+        let dir = path.parent().expect("blob paths have a parent");
+        fs::create_dir_all(dir).map_err(io(dir))?;
+        let tmp = dir.join(format!(".{}.tmp.{}.{}", id.0, std::process::id(), unique()));
+        let written = (|| {
+            let mut f = fs::File::create(&tmp).map_err(io(&tmp))?;
+            for p in pieces {
+                f.write_all(&p?).map_err(io(&tmp))?;
+            }
+            f.sync_all().map_err(io(&tmp))
+        })();
+        if let Err(e) = written {
+            let _ = fs::remove_file(&tmp);
+            return Err(e);
+        }
+        fs::rename(&tmp, &path).map_err(io(&path))?;
+        fsync_dir(dir)
     }
 
     fn get(&self, id: &BlobId) -> Result<BlobBytes, BlobError> {
@@ -393,6 +444,19 @@ mod tests {
         assert!(matches!(s.get(&id), Err(BlobError::Corrupt { .. })));
         assert!(BlobId::parse("../etc/passwd").is_err());
         assert!(BlobId::parse(id.as_str()).is_ok());
+    }
+
+    #[test]
+    fn a_failed_streamed_put_leaves_no_temp_file() {
+        let d = tempfile::tempdir().unwrap();
+        let s = LocalDirStore::open(d.path()).unwrap();
+        let id = BlobId::of(b"hello");
+        let mut pieces = [Ok(Bytes::from_static(b"hel")), Err(BlobError::BadId("stop".into()))].into_iter();
+        assert!(s.put_stream(&id, 5, &mut pieces).is_err());
+        let shard = d.path().join(&id.0[..2]);
+        assert_eq!(std::fs::read_dir(&shard).unwrap().count(), 0, "nothing left in {}", shard.display());
+        s.put_stream(&id, 5, &mut [Ok(Bytes::from_static(b"hel")), Ok(Bytes::from_static(b"lo"))].into_iter()).unwrap();
+        assert_eq!(&*s.get(&id).unwrap(), b"hello");
     }
 
     /// Sets a blob file's modified time `ago` in the past, as if it had been put then.

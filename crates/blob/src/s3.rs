@@ -33,11 +33,11 @@ use aidos_api::client::error_chain;
 use object_store::aws::{AmazonS3, AmazonS3Builder};
 use object_store::path::Path as ObjectPath;
 use object_store::{
-    BackoffConfig, ClientOptions, GetOptions, ObjectMeta, ObjectStore, ObjectStoreExt, PutPayload, RetryConfig,
+    BackoffConfig, ClientOptions, GetOptions, ObjectMeta, ObjectStore, ObjectStoreExt, PutPayloadMut, RetryConfig,
 };
 
 use crate::blocking::BlockingRuntime;
-use crate::{BlobBytes, BlobError, BlobId, BlobInfo, BlobStore};
+use crate::{BlobBytes, BlobError, BlobId, BlobInfo, BlobStore, Bytes, Pieces};
 
 /// The bucket variable: set, it selects an S3 store ([`S3Config::from_lookup`]).
 pub const ENV_BUCKET: &str = "AIDOS_S3_BUCKET";
@@ -374,6 +374,11 @@ impl S3Store {
         }
     }
 
+    /// Bytes per multipart part (S3's minimum is 5 MiB, except for the last part).
+    fn part_size(&self) -> usize {
+        self.config.part_size.max(5 * 1024 * 1024)
+    }
+
     /// Whether an object was written within `refresh_after` (then a put or touch leaves it alone).
     fn fresh(&self, meta: &ObjectMeta) -> bool {
         let modified = SystemTime::from(meta.last_modified);
@@ -403,48 +408,73 @@ impl BlobStore for S3Store {
         if self.head(Op::Put, &id)?.is_some_and(|m| self.fresh(&m)) {
             return Ok(id);
         }
-        let store = self.store.clone();
-        let key = self.key(&id);
-        let result = if data.len() < self.config.multipart_threshold {
-            let payload = PutPayload::from(data.to_vec());
-            self.wait(async move { store.put(&key, payload).await.map(|_| ()) })
-        } else {
-            let part = self.config.part_size.max(5 * 1024 * 1024);
-            let parts: Vec<PutPayload> = data.chunks(part).map(|c| PutPayload::from(c.to_vec())).collect();
-            let concurrency = self.config.upload_concurrency.max(1);
-            self.wait(async move {
-                let mut upload = store.put_multipart(&key).await?;
-                let mut in_flight = VecDeque::new();
-                let mut failed = None;
-                for p in parts {
-                    if in_flight.len() >= concurrency {
-                        let h: tokio::task::JoinHandle<object_store::Result<()>> =
-                            in_flight.pop_front().expect("non-empty");
-                        if let Err(e) = h.await.map_err(object_store::Error::from).and_then(|r| r) {
-                            failed = Some(e);
-                            break;
-                        }
-                    }
-                    in_flight.push_back(tokio::spawn(upload.put_part(p)));
-                }
-                for h in in_flight {
-                    let r = h.await.map_err(object_store::Error::from).and_then(|r| r);
-                    if let (Err(e), None) = (r, &failed) {
-                        failed = Some(e);
-                    }
-                }
-                match failed {
-                    None => upload.complete().await.map(|_| ()),
-                    Some(e) => {
-                        // Nothing was published; drop the parts so the bucket does not keep them.
-                        let _ = upload.abort().await;
-                        Err(e)
-                    }
-                }
-            })
-        };
-        result.map_err(|e| self.remote(Op::Put, &id, e))?;
+        let part = self.part_size();
+        let mut pieces = data.chunks(part).map(|c| Ok(Bytes::copy_from_slice(c)));
+        self.put_stream(&id, data.len() as u64, &mut pieces)?;
         Ok(id)
+    }
+
+    /// One `PUT` under [`S3Config::multipart_threshold`] bytes; a multipart upload otherwise, each part sent as soon
+    /// as the pieces fill it (at most [`S3Config::upload_concurrency`] in flight, so an upload holds at most
+    /// `(upload_concurrency + 1) * part_size` bytes), completed only after `pieces` ended without an error and
+    /// aborted otherwise (see the module docs' visibility rule).
+    fn put_stream(&self, id: &BlobId, size: u64, pieces: Pieces<'_>) -> Result<(), BlobError> {
+        let key = self.key(id);
+        if size < self.config.multipart_threshold as u64 {
+            let mut payload = PutPayloadMut::new();
+            for p in pieces {
+                payload.push(p?);
+            }
+            let (store, payload) = (self.store.clone(), payload.freeze());
+            return self
+                .wait(async move { store.put(&key, payload).await.map(|_| ()) })
+                .map_err(|e| self.remote(Op::Put, id, e));
+        }
+        let store = self.store.clone();
+        let mut upload =
+            self.wait(async move { store.put_multipart(&key).await }).map_err(|e| self.remote(Op::Put, id, e))?;
+        let (part_size, concurrency) = (self.part_size(), self.config.upload_concurrency.max(1));
+        let mut in_flight = VecDeque::new();
+        // Waits for the oldest part in flight.
+        let join = |h: tokio::task::JoinHandle<object_store::Result<()>>| {
+            self.wait(h).map_err(object_store::Error::from).and_then(|r| r).map_err(|e| self.remote(Op::Put, id, e))
+        };
+        let mut part = PutPayloadMut::new();
+        let mut sent_any = false;
+        let mut sent = || -> Result<(), BlobError> {
+            // `None` marks the end: the last part goes then, whatever its size (and one, empty, if none went).
+            for p in pieces.map(Some).chain([None]) {
+                let last = p.is_none();
+                if let Some(p) = p {
+                    part.push(p?);
+                }
+                if part.content_length() >= part_size || (last && (part.content_length() > 0 || !sent_any)) {
+                    if in_flight.len() >= concurrency {
+                        join(in_flight.pop_front().expect("non-empty"))?;
+                    }
+                    let payload = std::mem::take(&mut part).freeze();
+                    in_flight.push_back(self.runtime.spawn(upload.put_part(payload)));
+                    sent_any = true;
+                }
+            }
+            while let Some(h) = in_flight.pop_front() {
+                join(h)?;
+            }
+            Ok(())
+        };
+        match sent() {
+            Ok(()) => {
+                self.wait(async move { upload.complete().await.map(|_| ()) }).map_err(|e| self.remote(Op::Put, id, e))
+            }
+            Err(e) => {
+                // Nothing was published; drop the parts so the bucket does not keep them.
+                for h in in_flight {
+                    let _ = self.wait(h);
+                }
+                self.wait(async move { upload.abort().await }).ok();
+                Err(e)
+            }
+        }
     }
 
     fn get(&self, id: &BlobId) -> Result<BlobBytes, BlobError> {

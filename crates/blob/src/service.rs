@@ -25,12 +25,14 @@ use aidos_api::v1::{BlobDownloadRequest, BlobUploadChunk, HasBlobsRequest};
 use tonic::Status;
 
 use crate::blocking::BlockingRuntime;
-use crate::{BlobBytes, BlobError, BlobId, BlobInfo, BlobStore};
+use crate::{BlobBytes, BlobError, BlobId, BlobInfo, BlobStore, Bytes};
 
 /// Bytes per upload chunk and per download message.
 pub const CHUNK: usize = 1 << 20;
 /// How long one blob operation keeps trying other nodes before it gives up.
 pub const DEFAULT_BUDGET: Duration = Duration::from_secs(60);
+/// Chunks an upload copies ahead of the stream.
+const UPLOAD_AHEAD: usize = 4;
 /// Largest gRPC message accepted: a chunk plus framing.
 const MAX_MESSAGE: usize = CHUNK + (64 << 10);
 
@@ -119,6 +121,12 @@ impl ServiceStore {
                         loop {
                             match stream.message().await {
                                 Ok(Some(m)) => {
+                                    if total.is_none() {
+                                        // Room for all of it at once (the claim is the node's; at most 1 GiB up
+                                        // front), instead of growing by doubling and copying.
+                                        let want = len.min(m.total_size.saturating_sub(offset)).min(1 << 30);
+                                        buf.reserve_exact(want as usize);
+                                    }
                                     total = Some(m.total_size);
                                     buf.extend_from_slice(&m.data);
                                     if done(&buf, total) {
@@ -179,37 +187,50 @@ where
 }
 
 /// The messages of `BlobService.Upload` for blob `id` holding `data`: the first announces the id and the size, each
-/// carries the next [`CHUNK`] bytes (one empty chunk for an empty blob). Cut one at a time as the stream is read:
-/// nothing but `data` is buffered.
+/// carries the next [`CHUNK`] bytes (one empty chunk for an empty blob), copied as it is cut: only the chunk in
+/// hand is buffered.
 pub fn upload_chunks<D: AsRef<[u8]>>(id: &BlobId, data: D) -> impl Iterator<Item = BlobUploadChunk> + use<D> {
     let (id, len) = (id.to_string(), data.as_ref().len());
     (0..len.div_ceil(CHUNK).max(1)).map(move |i| BlobUploadChunk {
         id: if i == 0 { id.clone() } else { String::new() },
         size: if i == 0 { len as u64 } else { 0 },
-        data: data.as_ref()[(i * CHUNK).min(len)..((i + 1) * CHUNK).min(len)].to_vec(),
+        data: Bytes::copy_from_slice(&data.as_ref()[(i * CHUNK).min(len)..((i + 1) * CHUNK).min(len)]),
     })
 }
 
 impl BlobStore for ServiceStore {
+    /// Each attempt's chunks are copied from `data` one at a time on the calling thread, as the stream takes them
+    /// (at most [`UPLOAD_AHEAD`] chunks ahead): the blob is never copied whole, and a retry starts again from the
+    /// first chunk on the next node.
     fn put(&self, data: &[u8]) -> Result<BlobId, BlobError> {
         let id = BlobId::of(data);
         if self.has(vec![id.to_string()], true)?[0] {
             return Ok(id);
         }
-        let data: Arc<[u8]> = Arc::from(data);
-        let (client, deadline, id2) = (self.client.clone(), Instant::now() + self.budget, id.clone());
-        self.run(async move {
-            retrying(&client, deadline, Some(&id2), |ch| {
-                // Chunks are cut as the stream is sent, one at a time: a retry re-reads `data`, nothing is buffered.
-                let chunks = tokio_stream::iter(upload_chunks(&id2, data.clone()));
-                async move {
-                    let mut api = BlobServiceClient::new(ch).max_encoding_message_size(MAX_MESSAGE);
-                    api.upload(chunks).await.map(|_| ())
+        let deadline = Instant::now() + self.budget;
+        loop {
+            let (tx, rx) = tokio::sync::mpsc::channel(UPLOAD_AHEAD);
+            let (addr, ch) = self.client.channel();
+            let attempt = self.rt.spawn(async move {
+                let mut api = BlobServiceClient::new(ch).max_encoding_message_size(MAX_MESSAGE);
+                api.upload(tokio_stream::wrappers::ReceiverStream::new(rx)).await.map(|_| ())
+            });
+            for chunk in upload_chunks(&id, data) {
+                // A closed stream: the attempt ended early (refused, or the node went); its result says which.
+                if tx.blocking_send(chunk).is_err() {
+                    break;
                 }
-            })
-            .await
-        })?;
-        Ok(id)
+            }
+            drop(tx);
+            let failure = match self.rt.wait(attempt) {
+                Some(Ok(Ok(()))) => return Ok(id),
+                Some(Ok(Err(s))) => s,
+                Some(Err(e)) => Status::internal(format!("upload task: {e}")),
+                None => return Err(remote("blob service", "the client's runtime stopped")),
+            };
+            let (client, id2) = (self.client.clone(), id.clone());
+            self.run(async move { wait_or_fail(&client, deadline, &addr, &failure, Some(&id2)).await })?;
+        }
     }
 
     fn get(&self, id: &BlobId) -> Result<BlobBytes, BlobError> {

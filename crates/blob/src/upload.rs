@@ -1,16 +1,13 @@
 //! The receiving side of a chunked upload (`aidos.v1.BlobService/Upload`), with no I/O: the first chunk announces
-//! the blob's id and size, the following chunks carry bytes, and [`Upload::finish`] hands back the bytes only if
-//! there are exactly as many as announced and they hash to the announced id. The service feeds it from the stream;
-//! the fuzz target `blob_upload` feeds it arbitrary chunk sequences.
+//! the blob's id and size, the following chunks carry bytes, and [`Upload::finish`] accepts only exactly as many
+//! bytes as announced that hash to the announced id. It holds no bytes: it counts and hashes them as they pass on
+//! to the store ([`crate::BlobStore::put_stream`]), which publishes the blob only after `finish` accepted it. The
+//! service feeds it from the stream; the fuzz target `blob_upload` feeds it arbitrary chunk sequences.
 //!
-//! Limits: a size over `max` is refused before any byte is buffered; the buffer's first allocation is at most
-//! [`INITIAL_CAPACITY`] whatever the announced size, and it never grows past `size` + one chunk (the caller stops
-//! reading when [`Upload::wants_more`] says so).
+//! Limits: a size over `max` is refused before any byte is read; the caller stops reading once more bytes than
+//! announced have come ([`Upload::wants_more`]).
 
 use crate::BlobId;
-
-/// Largest buffer allocated up front for an upload (an announced size is a claim, not a fact).
-pub const INITIAL_CAPACITY: u64 = 64 << 20;
 
 /// Why an upload stored nothing; the text is the client's error message.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -31,7 +28,8 @@ pub enum UploadError {
 pub struct Upload {
     id: BlobId,
     size: u64,
-    buf: Vec<u8>,
+    got: u64,
+    hasher: blake3::Hasher,
 }
 
 impl Upload {
@@ -41,7 +39,7 @@ impl Upload {
         if size > max {
             return Err(UploadError::TooLarge { id, size, max });
         }
-        Ok(Upload { id, size, buf: Vec::with_capacity(size.min(INITIAL_CAPACITY) as usize) })
+        Ok(Upload { id, size, got: 0, hasher: blake3::Hasher::new() })
     }
 
     pub fn id(&self) -> &BlobId {
@@ -55,25 +53,27 @@ impl Upload {
     /// Whether another chunk should be read: until more bytes than announced have come (so a sender of too many
     /// is caught) or the stream ends.
     pub fn wants_more(&self) -> bool {
-        self.buf.len() as u64 <= self.size
+        self.got <= self.size
     }
 
-    /// Appends a chunk's data.
+    /// Counts and hashes a chunk's data.
     pub fn push(&mut self, data: &[u8]) {
-        self.buf.extend_from_slice(data);
+        self.got += data.len() as u64;
+        if self.got <= self.size {
+            self.hasher.update(data);
+        }
     }
 
-    /// The verified bytes, or why nothing may be stored.
-    pub fn finish(self) -> Result<(BlobId, Vec<u8>), UploadError> {
-        let got = self.buf.len() as u64;
-        if got != self.size {
-            return Err(UploadError::WrongLength { id: self.id, size: self.size, got });
+    /// The id, when the bytes pushed are exactly the announced blob; otherwise why nothing may be stored.
+    pub fn finish(self) -> Result<BlobId, UploadError> {
+        if self.got != self.size {
+            return Err(UploadError::WrongLength { id: self.id, size: self.size, got: self.got });
         }
-        let actual = BlobId::of(&self.buf);
+        let actual = BlobId(self.hasher.finalize().to_hex().to_string());
         if actual != self.id {
             return Err(UploadError::Corrupt { id: self.id, actual });
         }
-        Ok((self.id, self.buf))
+        Ok(self.id)
     }
 }
 
@@ -90,7 +90,7 @@ mod tests {
         assert!(u.wants_more());
         u.push(&data[4..]);
         assert!(u.wants_more(), "exactly the size: one more read finds out whether more comes");
-        assert_eq!(u.finish().unwrap().1, data);
+        assert_eq!(u.finish().unwrap(), BlobId::of(&data));
 
         let mut long = Upload::start(&id, 10, 100).unwrap();
         long.push(&data);

@@ -11,7 +11,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant, SystemTime};
 
-use aidos_blob::{BlobError, BlobId, BlobStore, LocalDirStore, S3Config, S3Store};
+use aidos_blob::{BlobError, BlobId, BlobStore, Bytes, LocalDirStore, S3Config, S3Store};
 use aidos_testkit::weed::{ACCESS_KEY, SECRET_KEY, Weed, WeedOptions};
 use object_store::{ObjectStoreExt, PutPayload};
 
@@ -75,6 +75,34 @@ mod behaviours {
         assert_eq!(total, data.len() as u64);
         assert_eq!(r, &data[part - 3..part + 7]);
         assert_eq!(s.put(&data).unwrap(), id, "re-putting a large blob is a no-op");
+    }
+
+    /// `put_stream`: pieces of any size (an empty one too) make the blob, over and under the S3 multipart
+    /// threshold and empty; a stream that ends in an error publishes nothing.
+    pub fn streamed_put(f: &Fixture) {
+        let s = &*f.store;
+        let pieces = |data: &[u8], cut: usize| -> Vec<Result<Bytes, BlobError>> {
+            let mut v: Vec<_> = data.chunks(cut).map(|c| Ok(Bytes::copy_from_slice(c))).collect();
+            v.insert(v.len() / 2, Ok(Bytes::new()));
+            v
+        };
+        for (len, cut) in [(40 * 1024 * 1024 + 5, 700 * 1024), (3000, 512), (0, 1)] {
+            let data = pseudo_random(len, len as u64);
+            let id = BlobId::of(&data);
+            s.put_stream(&id, len as u64, &mut pieces(&data, cut).into_iter()).unwrap();
+            assert!(s.contains(&id).unwrap(), "{len} bytes streamed: stored");
+            assert!(*s.get(&id).unwrap() == data[..], "{len} bytes streamed: read back the same");
+        }
+        for len in [40 * 1024 * 1024, 3000] {
+            let data = pseudo_random(len, 99 + len as u64);
+            let id = BlobId::of(&data);
+            let mut failing = pieces(&data, 1 << 20);
+            failing.push(Err(BlobError::Remote { store: "test".into(), message: "the bytes were wrong".into() }));
+            let e = s.put_stream(&id, len as u64, &mut failing.into_iter()).unwrap_err();
+            assert!(e.to_string().contains("the bytes were wrong"), "the stream's own error comes back: {e}");
+            assert!(!s.contains(&id).unwrap(), "a failed stream of {len} bytes published nothing");
+            assert!(s.list().unwrap().iter().all(|b| b.id != id), "nor lists it");
+        }
     }
 
     pub fn contains(f: &Fixture) {
@@ -267,7 +295,7 @@ macro_rules! conformance {
 macro_rules! conformance_all {
     ($store:ident, $fixture:path) => {
         conformance!($store, $fixture;
-            roundtrip, idempotent_put, empty_blob, large_blob, contains, read_range_edges, missing_is_not_found,
+            roundtrip, idempotent_put, empty_blob, large_blob, streamed_put, contains, read_range_edges, missing_is_not_found,
             corruption_is_reported, bad_ids_refused, blocking_from_threads_and_runtimes, list_and_delete,
             puts_and_touches_refresh);
     };

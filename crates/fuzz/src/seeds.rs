@@ -188,12 +188,12 @@ pub fn blob_upload() -> Vec<Vec<u8>> {
     let data = b"some bytes of a dataset chunk".to_vec();
     let id = aidos_blob::BlobId::of(&data).to_string();
     let mut v = Vec::new();
-    BlobUploadChunk { id: id.clone(), size: data.len() as u64, data: data[..10].to_vec() }
+    BlobUploadChunk { id: id.clone(), size: data.len() as u64, data: data[..10].to_vec().into() }
         .encode_length_delimited(&mut v)
         .unwrap();
-    BlobUploadChunk { data: data[10..].to_vec(), ..Default::default() }.encode_length_delimited(&mut v).unwrap();
+    BlobUploadChunk { data: data[10..].to_vec().into(), ..Default::default() }.encode_length_delimited(&mut v).unwrap();
     let mut long = v.clone();
-    BlobUploadChunk { data: b"!".to_vec(), ..Default::default() }.encode_length_delimited(&mut long).unwrap();
+    BlobUploadChunk { data: b"!".to_vec().into(), ..Default::default() }.encode_length_delimited(&mut long).unwrap();
     vec![v, long]
 }
 

@@ -112,7 +112,8 @@ pub struct SchedulerConfig {
     pub edge_signing_key: Option<PathBuf>,
     /// Shared secret a new edge device must present to enrol (see `edge_auth`); None: enrolment is open.
     pub edge_enrollment_token: Option<String>,
-    /// Largest blob one upload to this node's `BlobService` may carry (it is held in memory until verified).
+    /// Largest blob one upload to this node's `BlobService` may carry. The upload streams into the store; the
+    /// limit spares the tasks and clients that read a blob, which hold it whole.
     pub max_blob_bytes: u64,
     /// How many finished jobs the state keeps, and for how long (see `retention`).
     pub retention: retention::RetentionPolicy,
@@ -423,6 +424,7 @@ impl SchedulerNode {
             .max_concurrent_streams(MAX_STREAMS_PER_CONNECTION)
             .initial_stream_window_size(Some(aidos_api::HTTP2_STREAM_WINDOW))
             .initial_connection_window_size(Some(aidos_api::HTTP2_CONNECTION_WINDOW))
+            .max_frame_size(Some(aidos_api::HTTP2_MAX_FRAME_SIZE))
             .layer(auth_layer)
             .layer(forward_layer)
             .add_routes(routes);

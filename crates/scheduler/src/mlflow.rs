@@ -521,7 +521,7 @@ async fn download_artifact(State(g): Grpc, h: HeaderMap, Path(full): Path<String
     let req = BlobDownloadRequest { id: blob.clone(), offset: 0 };
     let stream = done(client!(BlobServiceClient, g).download(request(&h, req)).await)?;
     // Streamed through, a chunk at a time: a file of any size costs one chunk of memory.
-    let body = axum::body::Body::from_stream(futures::StreamExt::map(stream, |d| d.map(|d| Bytes::from(d.data))));
+    let body = axum::body::Body::from_stream(futures::StreamExt::map(stream, |d| d.map(|d| d.data)));
     Ok(([(axum::http::header::CONTENT_TYPE, "application/octet-stream")], body).into_response())
 }
 

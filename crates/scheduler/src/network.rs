@@ -38,6 +38,7 @@ pub fn lazy_channel(addr: &str, tls: Option<&aidos_api::tls::ClientTls>) -> Resu
         .tcp_nodelay(true)
         .initial_stream_window_size(aidos_api::HTTP2_STREAM_WINDOW)
         .initial_connection_window_size(aidos_api::HTTP2_CONNECTION_WINDOW)
+        .max_frame_size(aidos_api::HTTP2_MAX_FRAME_SIZE)
         .http2_keep_alive_interval(Duration::from_secs(5));
     // Over TLS each new connection presents the node's certificate current at its handshake (rotated in place).
     Ok(match tls {

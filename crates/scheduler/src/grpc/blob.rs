@@ -4,8 +4,10 @@
 //! Invariants and limits:
 //! - An upload becomes visible only after its bytes hash to the id it was announced with; a truncated stream, a
 //!   hash mismatch or a size over [`crate::SchedulerConfig::max_blob_bytes`] stores nothing and says which.
-//!   The upload is held in memory until verified (bounded by that limit), then written by the store's `put`,
-//!   which is itself atomic (write, fsync, rename).
+//!   The bytes are not held whole: they stream into the store's `put_stream` as they arrive (a directory's temp
+//!   file, an S3 multipart upload), hashed on the way, and the store publishes only after the hash matched (a
+//!   rename, `CompleteMultipartUpload`). An upload holds at most [`UPLOAD_BUFFERED`] messages plus what its store
+//!   buffers (S3: `(upload_concurrency + 1) * part_size`).
 //! - A download streams [`DOWNLOAD_CHUNK`]-byte messages from the requested offset, always at least one message
 //!   (carrying the total size); it stops when the client goes away. It reads the store in larger pieces
 //!   (`DOWNLOAD_READ`, one request to S3) ahead of the client, with a bounded buffer (`DOWNLOAD_BUFFERED`).
@@ -18,7 +20,7 @@ use std::sync::Arc;
 use aidos_api::blob_service_server::BlobService;
 use aidos_api::v1::*;
 use aidos_blob::upload::{Upload, UploadError};
-use aidos_blob::{BlobError, BlobId, BlobStore};
+use aidos_blob::{BlobError, BlobId, BlobStore, Bytes};
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Status, Streaming};
@@ -34,6 +36,8 @@ const DOWNLOAD_READ: u64 = 8 * DOWNLOAD_CHUNK;
 /// Messages a download buffers ahead of its client: the next read overlaps the sending of the last one, so one
 /// download holds at most about DOWNLOAD_READ + DOWNLOAD_BUFFERED * DOWNLOAD_CHUNK bytes (24 MiB).
 const DOWNLOAD_BUFFERED: usize = 16;
+/// Upload messages read ahead of the store (each at most a client's chunk: 1 MiB from our clients).
+const UPLOAD_BUFFERED: usize = 8;
 /// Most ids one `Has` call may ask about.
 pub const MAX_HAS: usize = 1000;
 
@@ -62,6 +66,48 @@ async fn blocking<T: Send + 'static>(f: impl FnOnce() -> Result<T, Status> + Sen
     tokio::task::spawn_blocking(f).await.map_err(|e| Status::internal(format!("blob store task: {e}")))?
 }
 
+/// An upload's bytes as the store pulls them ([`BlobStore::put_stream`], on a blocking thread), counted and hashed
+/// on the way ([`Upload`]): after the last piece comes the verdict, nothing (the blob may be published) or an
+/// error. The client's status for an error is kept in `failure` (the store's error is a stand-in).
+struct Pieces {
+    rx: mpsc::Receiver<Result<Bytes, Status>>,
+    /// `None` once the verdict is given.
+    upload: Option<Upload>,
+    failure: Option<Status>,
+}
+
+impl Pieces {
+    fn fail(&mut self, s: Status) -> BlobError {
+        let e = BlobError::Remote { store: "upload".to_string(), message: s.message().to_string() };
+        self.upload = None;
+        self.failure = Some(s);
+        e
+    }
+}
+
+impl Iterator for Pieces {
+    type Item = Result<Bytes, BlobError>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        let upload = self.upload.as_mut()?;
+        match self.rx.blocking_recv() {
+            Some(Ok(data)) => {
+                upload.push(&data);
+                if upload.wants_more() {
+                    return Some(Ok(data));
+                }
+            }
+            Some(Err(s)) => return Some(Err(self.fail(s))),
+            None => {}
+        }
+        // The stream ended, or brought more than it announced: the verdict.
+        match self.upload.take().expect("checked above").finish() {
+            Ok(_) => None,
+            Err(e) => Some(Err(self.fail(upload_status(e)))),
+        }
+    }
+}
+
 #[tonic::async_trait]
 impl BlobService for Blobs {
     async fn upload(&self, r: Request<Streaming<BlobUploadChunk>>) -> Res<BlobRef> {
@@ -69,24 +115,47 @@ impl BlobService for Blobs {
         let max = self.0.cfg.max_blob_bytes;
         let mut chunks = r.into_inner();
         let first = chunks.message().await?.ok_or_else(|| Status::invalid_argument("upload: empty stream"))?;
-        let mut upload = Upload::start(&first.id, first.size, max).map_err(upload_status)?;
+        let upload = Upload::start(&first.id, first.size, max).map_err(upload_status)?;
         let (id, size) = (upload.id().clone(), upload.size());
         let (s2, id2) = (store.clone(), id.clone());
         if blocking(move || s2.touch(&id2).map_err(blob_status)).await? {
             return ok(BlobRef { id: id.to_string(), size, existed: true });
         }
-        upload.push(&first.data);
-        while upload.wants_more() {
-            match chunks.message().await? {
-                Some(c) => upload.push(&c.data),
-                None => break,
+        // This task reads the stream; a blocking task verifies and stores what it passes on (`Pieces`). Either
+        // side's end ends the other: the store stops pulling (an error, or the verdict) and the reader's sends
+        // fail; the reader is dropped (the client left) and the store sees the stream end short, which `Upload`
+        // refuses.
+        let (tx, rx) = mpsc::channel(UPLOAD_BUFFERED);
+        let id2 = id.clone();
+        let put = tokio::task::spawn_blocking(move || {
+            let mut pieces = Pieces { rx, upload: Some(upload), failure: None };
+            match store.put_stream(&id2, size, &mut pieces) {
+                Ok(()) => Ok(()),
+                Err(e) => Err(pieces.failure.unwrap_or_else(|| blob_status(e))),
             }
-        }
-        blocking(move || {
-            let (_, bytes) = upload.finish().map_err(upload_status)?;
-            store.put(&bytes).map_err(blob_status)
-        })
-        .await?;
+        });
+        let read = async move {
+            let mut next = Ok(Some(first));
+            loop {
+                let item = match next {
+                    Ok(Some(c)) => Ok(c.data),
+                    Ok(None) => return,
+                    Err(s) => Err(s),
+                };
+                let failed = item.is_err();
+                if tx.send(item).await.is_err() || failed {
+                    return;
+                }
+                next = chunks.message().await;
+            }
+        };
+        // The store's end decides: a reader still waiting on a client that sent too much is dropped.
+        tokio::pin!(put);
+        let put = tokio::select! {
+            put = &mut put => put,
+            () = read => put.await,
+        };
+        put.map_err(|e| Status::internal(format!("blob store task: {e}")))??;
         ok(BlobRef { id: id.to_string(), size, existed: false })
     }
 
@@ -101,16 +170,20 @@ impl BlobService for Blobs {
         let (tx, rx) = mpsc::channel(DOWNLOAD_BUFFERED);
         tokio::spawn(async move {
             // Sends one read as DOWNLOAD_CHUNK-byte messages (at least one, which carries the total size).
+            // Each message is a slice of the read (no copy).
             async fn send_all(tx: &mpsc::Sender<Result<BlobData, Status>>, data: Vec<u8>, total: u64) -> bool {
-                if data.is_empty() {
-                    return tx.send(Ok(BlobData { data, total_size: total })).await.is_ok();
-                }
-                for piece in data.chunks(DOWNLOAD_CHUNK as usize) {
-                    if tx.send(Ok(BlobData { data: piece.to_vec(), total_size: total })).await.is_err() {
+                let data = Bytes::from(data);
+                let mut at = 0;
+                loop {
+                    let end = (at + DOWNLOAD_CHUNK as usize).min(data.len());
+                    if tx.send(Ok(BlobData { data: data.slice(at..end), total_size: total })).await.is_err() {
                         return false;
                     }
+                    at = end;
+                    if at == data.len() {
+                        return true;
+                    }
                 }
-                true
             }
             let mut next = offset + data.len() as u64;
             if !send_all(&tx, data, total).await {
