@@ -92,4 +92,13 @@ async fn bad_uploads_are_refused_by_name_and_leave_nothing_behind() {
     let missing = aidos_blob::BlobId::of(b"missing").to_string();
     let e = api.download(BlobDownloadRequest { id: missing, offset: 0 }).await.unwrap_err();
     assert_eq!(e.code(), tonic::Code::NotFound);
+
+    // The client's store, called straight from async code as the CLI does (it blocks this thread; it must not
+    // panic): a fresh blob goes up in chunks and comes back.
+    use aidos_blob::BlobStore;
+    let store = aidos_blob::ServiceStore::connect(&c.addrs(), c.credentials()).unwrap();
+    let fresh: Vec<u8> = (0..4000u32).map(|i| (i * 7 % 251) as u8).collect();
+    let fresh_id = store.put(&fresh).unwrap();
+    assert!(has(&mut api, fresh_id.as_str()).await);
+    assert_eq!(&*store.get(&fresh_id).unwrap(), &fresh[..]);
 }

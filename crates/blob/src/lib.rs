@@ -298,11 +298,10 @@ impl BlobStore for LocalDirStore {
             }
             f.sync_all().map_err(io(&tmp))
         })();
-        if let Err(e) = written {
+        if let Err(e) = written.and_then(|()| fs::rename(&tmp, &path).map_err(io(&path))) {
             let _ = fs::remove_file(&tmp);
             return Err(e);
         }
-        fs::rename(&tmp, &path).map_err(io(&path))?;
         fsync_dir(dir)
     }
 

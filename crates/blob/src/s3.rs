@@ -463,9 +463,16 @@ impl BlobStore for S3Store {
             Ok(())
         };
         match sent() {
-            Ok(()) => {
-                self.wait(async move { upload.complete().await.map(|_| ()) }).map_err(|e| self.remote(Op::Put, id, e))
-            }
+            Ok(()) => self
+                .wait(async move {
+                    let done = upload.complete().await.map(|_| ());
+                    if done.is_err() {
+                        // Not published: drop the parts.
+                        let _ = upload.abort().await;
+                    }
+                    done
+                })
+                .map_err(|e| self.remote(Op::Put, id, e)),
             Err(e) => {
                 // Nothing was published; drop the parts so the bucket does not keep them.
                 for h in in_flight {

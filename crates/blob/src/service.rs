@@ -217,7 +217,9 @@ impl BlobStore for ServiceStore {
             });
             for chunk in upload_chunks(&id, data) {
                 // A closed stream: the attempt ended early (refused, or the node went); its result says which.
-                if tx.blocking_send(chunk).is_err() {
+                // Not `blocking_send`, which panics on a thread inside a runtime: a caller in async code (the CLI
+                // stores artifacts from its tasks) blocks its thread, as every call of this store does.
+                if futures::executor::block_on(tx.send(chunk)).is_err() {
                     break;
                 }
             }

@@ -249,7 +249,7 @@ fn grpc_routes(core: &Arc<core::Core>) -> (tonic::service::Routes, tonic_health:
         .add_service(RunServiceServer::new(grpc::ml::Runs(core.clone())).max_decoding_message_size(16 << 20))
         .add_service(ModelServiceServer::new(grpc::ml::Models(core.clone())))
         .add_service(
-            aidos_api::blob_service_server::BlobServiceServer::new(grpc::blob::Blobs(core.clone()))
+            aidos_api::blob_service_server::BlobServiceServer::new(grpc::blob::Blobs::new(core.clone()))
                 .max_decoding_message_size(8 << 20),
         )
         .add_service(aidos_api::serve_service_server::ServeServiceServer::new(grpc::serve::Serve(core.clone())))

@@ -7,7 +7,8 @@
 //!   The bytes are not held whole: they stream into the store's `put_stream` as they arrive (a directory's temp
 //!   file, an S3 multipart upload), hashed on the way, and the store publishes only after the hash matched (a
 //!   rename, `CompleteMultipartUpload`). An upload holds at most [`UPLOAD_BUFFERED`] messages plus what its store
-//!   buffers (S3: `(upload_concurrency + 1) * part_size`).
+//!   buffers (S3: `(upload_concurrency + 1) * part_size`); at most [`MAX_UPLOADS`] are stored at once, and one
+//!   whose client sends nothing for [`UPLOAD_IDLE`] is refused.
 //! - A download streams [`DOWNLOAD_CHUNK`]-byte messages from the requested offset, always at least one message
 //!   (carrying the total size); it stops when the client goes away. It reads the store in larger pieces
 //!   (`DOWNLOAD_READ`, one request to S3) ahead of the client, with a bounded buffer (`DOWNLOAD_BUFFERED`).
@@ -21,7 +22,7 @@ use aidos_api::blob_service_server::BlobService;
 use aidos_api::v1::*;
 use aidos_blob::upload::{Upload, UploadError};
 use aidos_blob::{BlobError, BlobId, BlobStore, Bytes};
-use tokio::sync::mpsc;
+use tokio::sync::{Semaphore, mpsc};
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Status, Streaming};
 
@@ -36,12 +37,28 @@ const DOWNLOAD_READ: u64 = 8 * DOWNLOAD_CHUNK;
 /// Messages a download buffers ahead of its client: the next read overlaps the sending of the last one, so one
 /// download holds at most about DOWNLOAD_READ + DOWNLOAD_BUFFERED * DOWNLOAD_CHUNK bytes (24 MiB).
 const DOWNLOAD_BUFFERED: usize = 16;
-/// Upload messages read ahead of the store (each at most a client's chunk: 1 MiB from our clients).
+/// Upload messages read ahead of the store (a chunk is 1 MiB from our clients, at most 4 MiB by the protocol).
 const UPLOAD_BUFFERED: usize = 8;
+/// Uploads this node stores at once; more wait for a turn before their stream is read. Each holds a thread of
+/// the blocking pool (which the Raft log's storage shares) while it lasts, and up to its store's buffers.
+const MAX_UPLOADS: usize = 32;
+/// How long an upload waits for its client's next message before it is refused (a stalled or vanished client
+/// must not hold its thread, temp file or multipart upload forever).
+const UPLOAD_IDLE: std::time::Duration = std::time::Duration::from_secs(60);
 /// Most ids one `Has` call may ask about.
 pub const MAX_HAS: usize = 1000;
 
-pub struct Blobs(pub Arc<Core>);
+pub struct Blobs {
+    core: Arc<Core>,
+    /// Permits for uploads being stored ([`MAX_UPLOADS`]).
+    uploads: Arc<Semaphore>,
+}
+
+impl Blobs {
+    pub fn new(core: Arc<Core>) -> Blobs {
+        Blobs { core, uploads: Arc::new(Semaphore::new(MAX_UPLOADS)) }
+    }
+}
 
 fn store(core: &Core) -> Result<Arc<dyn BlobStore>, Status> {
     core.blobs.clone().ok_or_else(|| {
@@ -111,8 +128,8 @@ impl Iterator for Pieces {
 #[tonic::async_trait]
 impl BlobService for Blobs {
     async fn upload(&self, r: Request<Streaming<BlobUploadChunk>>) -> Res<BlobRef> {
-        let store = store(&self.0)?;
-        let max = self.0.cfg.max_blob_bytes;
+        let store = store(&self.core)?;
+        let max = self.core.cfg.max_blob_bytes;
         let mut chunks = r.into_inner();
         let first = chunks.message().await?.ok_or_else(|| Status::invalid_argument("upload: empty stream"))?;
         let upload = Upload::start(&first.id, first.size, max).map_err(upload_status)?;
@@ -125,9 +142,11 @@ impl BlobService for Blobs {
         // side's end ends the other: the store stops pulling (an error, or the verdict) and the reader's sends
         // fail; the reader is dropped (the client left) and the store sees the stream end short, which `Upload`
         // refuses.
+        let permit = self.uploads.clone().acquire_owned().await.expect("the upload semaphore is never closed");
         let (tx, rx) = mpsc::channel(UPLOAD_BUFFERED);
         let id2 = id.clone();
         let put = tokio::task::spawn_blocking(move || {
+            let _permit = permit;
             let mut pieces = Pieces { rx, upload: Some(upload), failure: None };
             match store.put_stream(&id2, size, &mut pieces) {
                 Ok(()) => Ok(()),
@@ -146,7 +165,13 @@ impl BlobService for Blobs {
                 if tx.send(item).await.is_err() || failed {
                     return;
                 }
-                next = chunks.message().await;
+                next = match tokio::time::timeout(UPLOAD_IDLE, chunks.message()).await {
+                    Ok(m) => m,
+                    Err(_) => Err(Status::deadline_exceeded(format!(
+                        "upload: no data from the client for {} s; nothing was stored",
+                        UPLOAD_IDLE.as_secs()
+                    ))),
+                };
             }
         };
         // The store's end decides: a reader still waiting on a client that sent too much is dropped.
@@ -161,7 +186,7 @@ impl BlobService for Blobs {
 
     type DownloadStream = BoxStream<BlobData>;
     async fn download(&self, r: Request<BlobDownloadRequest>) -> Res<Self::DownloadStream> {
-        let store = store(&self.0)?;
+        let store = store(&self.core)?;
         let r = r.into_inner();
         let id = BlobId::parse(&r.id).map_err(|e| Status::invalid_argument(format!("download.id: {e}")))?;
         // The first chunk is read before answering, so a missing blob is an error status, not a broken stream.
@@ -211,7 +236,7 @@ impl BlobService for Blobs {
     }
 
     async fn has(&self, r: Request<HasBlobsRequest>) -> Res<HasBlobsResponse> {
-        let store = store(&self.0)?;
+        let store = store(&self.core)?;
         let HasBlobsRequest { ids, refresh } = r.into_inner();
         if ids.len() > MAX_HAS {
             return Err(Status::invalid_argument(format!("ids: {} in one call, at most {MAX_HAS}", ids.len())));
