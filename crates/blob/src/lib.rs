@@ -48,7 +48,12 @@ pub struct BlobId(String);
 impl BlobId {
     /// The id of these bytes.
     pub fn of(data: &[u8]) -> BlobId {
-        BlobId(blake3::hash(data).to_hex().to_string())
+        BlobId::from_hash(blake3::hash(data))
+    }
+
+    /// The id of the bytes that hashed to `hash` (hashed in pieces: [`upload::Upload`]).
+    pub fn from_hash(hash: blake3::Hash) -> BlobId {
+        BlobId(hash.to_hex().to_string())
     }
 
     /// Parses a hex id, refusing anything that is not 64 lowercase hex characters (ids name files).

@@ -69,7 +69,7 @@ impl Upload {
         if self.got != self.size {
             return Err(UploadError::WrongLength { id: self.id, size: self.size, got: self.got });
         }
-        let actual = BlobId(self.hasher.finalize().to_hex().to_string());
+        let actual = BlobId::from_hash(self.hasher.finalize());
         if actual != self.id {
             return Err(UploadError::Corrupt { id: self.id, actual });
         }

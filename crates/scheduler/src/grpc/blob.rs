@@ -145,7 +145,7 @@ impl BlobService for Blobs {
         let permit = self.uploads.clone().acquire_owned().await.expect("the upload semaphore is never closed");
         let (tx, rx) = mpsc::channel(UPLOAD_BUFFERED);
         let id2 = id.clone();
-        let put = tokio::task::spawn_blocking(move || {
+        let put = blocking(move || {
             let _permit = permit;
             let mut pieces = Pieces { rx, upload: Some(upload), failure: None };
             match store.put_stream(&id2, size, &mut pieces) {
@@ -180,7 +180,7 @@ impl BlobService for Blobs {
             put = &mut put => put,
             () = read => put.await,
         };
-        put.map_err(|e| Status::internal(format!("blob store task: {e}")))??;
+        put?;
         ok(BlobRef { id: id.to_string(), size, existed: false })
     }
 
