@@ -5,7 +5,8 @@
 # model exported to ONNX is served by benches/fastapi_onnx.py (1 thread, one inference per request).
 #
 # HTTP/JSON load: wrk (32 connections, 2 threads, single-sample KServe v2 JSON, WRK_SECONDS each, default 10).
-# gRPC load: our tonic client (cargo bench --bench serve_load -- --against ...), through the gateway and direct.
+# gRPC load: h2load (nghttp2-client; 32 connections, one request in flight on each, the same ModelInfer message),
+# and our tonic client (cargo bench --bench serve_load -- --against ...), through the gateway and direct.
 # Server CPU per request: user + system time of the serving processes (gateway + replica on the gateway path) over
 # the run, from /proc, divided by the requests answered.
 # Keys on vs off (issue #17): the same model is deployed twice, `mlp` (callers present an inference key) and
@@ -14,11 +15,14 @@
 # ONNX model is also served by two standalone `aidos serve run` processes (the server a replica runs), one plain and
 # one over TLS. (Replicas inside a deployment, and the gateway's hop to them, are plain TCP: not built.)
 #
-#   bash benches/gateway.sh          # needs wrk (apt install wrk) and the test venv (bash scripts/test.sh)
+#   bash benches/gateway.sh          # needs wrk and h2load (apt install wrk nghttp2-client) and the test venv
+#                                    # (bash scripts/test.sh)
+#   QUICK=1 bash benches/gateway.sh  # the no-key rows of each protocol through the gateway and direct only
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source benches/lib.sh
 command -v wrk >/dev/null || { echo "wrk not found: apt install wrk" >&2; exit 1; }
+command -v h2load >/dev/null || { echo "h2load not found: apt install nghttp2-client" >&2; exit 1; }
 PY="${AIDOS_PYTHON:-$PWD/.venv/bin/python}"
 "$PY" -c 'import fastapi, uvicorn' 2>/dev/null || "$PY" -m pip install --quiet fastapi uvicorn
 aidos_bin
@@ -76,6 +80,19 @@ with gzip.open("data/mnist10k/images-idx3-ubyte.gz") as f:
     px = list(f.read()[16 + 784 * 8000:16 + 784 * 8001])
 json.dump({"inputs": [{"name": "input", "shape": [1, 784], "datatype": "FP32", "data": px}]}, open(sys.argv[1], "w"))
 PYEOF
+# The same digit as a gRPC ModelInfer message (length-prefixed protobuf), one file per deployment, for h2load.
+"$PY" - "$DIR" <<'PYEOF'
+import gzip, struct, sys
+from tritonclient.grpc import service_pb2 as pb
+with gzip.open("data/mnist10k/images-idx3-ubyte.gz") as f:
+    px = f.read()[16 + 784 * 8000:16 + 784 * 8001]
+for model in ("mlp", "mlp-open"):
+    r = pb.ModelInferRequest(model_name=model)
+    r.inputs.add(name="input", datatype="FP32", shape=[1, 784])
+    r.raw_input_contents.append(struct.pack("<784f", *px))
+    m = r.SerializeToString()
+    open(f"{sys.argv[1]}/{model}.grpc", "wb").write(b"\0" + struct.pack(">I", len(m)) + m)
+PYEOF
 cat >"$DIR/post.lua" <<LUAEOF
 wrk.method = "POST"
 wrk.headers["Content-Type"] = "application/json"
@@ -117,6 +134,7 @@ PYEOF
 
 echo "MNIST MLP 784-256-128-10, single-sample requests, 32 connections, ${SECS}s each ($(nproc) cores, $(date -u +%F))"
 echo "HTTP/JSON, wrk -t2 -c32:"
+if [[ -z "${QUICK:-}" ]]; then
 run_wrk "replica direct, key" "http://$R_HTTP/v2/models/mlp/infer" "$R_PID"
 run_wrk "replica direct, no key" "http://$O_HTTP/v2/models/mlp-open/infer" "$O_PID"
 if [[ -n "${PERF_GATEWAY:-}" ]]; then  # where the gateway's time goes: perf report -i $PERF_GATEWAY
@@ -132,6 +150,41 @@ run_wrk "gateway, plain, no key" "http://$G_HTTP/v2/models/mlp-open/infer" "$G_P
 run_wrk "gateway, TLS + key" "https://$T_HTTP/v2/models/mlp/infer" "$T_PID" "$R_PID"
 run_wrk "serve run, plain" "http://$S_HTTP/v2/models/mlp/infer" "$S_PID"
 run_wrk "serve run, TLS" "https://$ST_HTTP/v2/models/mlp/infer" "$ST_PID"
+else  # QUICK=1: the no-key pair of each protocol only
+run_wrk "replica direct, no key" "http://$O_HTTP/v2/models/mlp-open/infer" "$O_PID"
+run_wrk "through the gateway, no key" "http://$G_HTTP/v2/models/mlp-open/infer" "$G_PID" "$O_PID"
+fi
+# gRPC with a load generator that is not ours: h2load (nghttp2), 32 connections, one request in flight on each,
+# the same message every time. h2load sees HTTP statuses only (a gRPC error is HTTP 200 with a grpc-status
+# trailer), so the replica's own count of answered requests is checked against h2load's.
+replica_ok() { curl -sf -H "Authorization: Bearer $AIDOS_TOKEN" "http://$1/metrics" \
+    | awk '/^aidos_inference_requests_total/ && /outcome="success"/ {s += $NF} END {printf "%d", s}'; }
+run_h2load() { # label grpc-addr model replica-http pids...
+    local label=$1 addr=$2 model=$3 rhttp=$4; shift 4
+    local auth=(); [[ $model == mlp ]] && auth=(-H "authorization: Bearer $KEY")
+    local args=(-c32 -m1 -t2 -d "$DIR/$model.grpc" -H 'content-type: application/grpc' -H 'te: trailers' "${auth[@]}"
+        "http://$addr/inference.GRPCInferenceService/ModelInfer")
+    h2load -D 2 "${args[@]}" >/dev/null   # warm-up
+    local c0 ok0; c0=$(cpu_ticks "$@"); ok0=$(replica_ok "$rhttp")
+    h2load -D "$SECS" --log-file="$DIR/h2.log" "${args[@]}" >"$DIR/h2.out"
+    local c1 ok1; c1=$(cpu_ticks "$@"); ok1=$(replica_ok "$rhttp")
+    "$PY" - "$label" "$DIR/h2.out" "$DIR/h2.log" $((c1 - c0)) $((ok1 - ok0)) <<'PYEOF'
+import re, sys
+label, out, log, ticks, ok = sys.argv[1], open(sys.argv[2]).read(), sys.argv[3], int(sys.argv[4]), int(sys.argv[5])
+rps = float(re.search(r"finished in [\d.]+m?s, ([\d.]+) req/s", out).group(1))
+done = int(re.search(r"requests: \d+ total, \d+ started, (\d+) done", out).group(1))
+lat = sorted(int(l.split()[2]) for l in open(log) if l.strip())
+q = lambda p: lat[min(len(lat) - 1, int(p * len(lat)))] / 1000
+print(f"{label:<28} {rps:>9.0f} req/s  p50 {q(0.5):6.2f} ms  p99 {q(0.99):6.2f} ms  server CPU {ticks * 1e4 / max(done, 1):6.1f} us/req"
+      f"  not answered by the replica {max(done - ok, 0)}")
+PYEOF
+}
+echo "gRPC, h2load -t2 -c32 -m1:"
+run_h2load "replica direct, no key" "$O_GRPC" mlp-open "$O_HTTP" "$O_PID"
+run_h2load "through the gateway, no key" "$G_GRPC" mlp-open "$O_HTTP" "$G_PID" "$O_PID"
+[[ -n "${QUICK:-}" ]] && exit 0
+run_h2load "replica direct, key" "$R_GRPC" mlp "$R_HTTP" "$R_PID"
+run_h2load "through the gateway, key" "$G_GRPC" mlp "$R_HTTP" "$G_PID" "$R_PID"
 echo "gRPC, our tonic client (32 concurrent streams):"
 grpc_load() { # label http grpc model pids [key]
     echo -n "$1  "

@@ -115,54 +115,58 @@ impl GrpcInferenceService for Front {
 
     async fn model_infer(&self, r: Request<ModelInferRequest>) -> R<ModelInferResponse> {
         let _permit = self.check("ModelInfer", &r.get_ref().model_name, &r).await?;
-        let r = r.into_inner();
-        let v = self.s.repo.resolve(&r.model_name, &r.model_version)?;
-        if let Some(f) = v.backend.forwarder() {
-            return Ok(Response::new(f.grpc(r).await?));
-        }
-        let raw = !r.raw_input_contents.is_empty();
-        if raw && r.raw_input_contents.len() != r.inputs.len() {
-            return Err(ServeError::InvalidInput(format!(
-                "{} raw_input_contents for {} inputs",
-                r.raw_input_contents.len(),
-                r.inputs.len()
-            ))
-            .into());
-        }
-        let mut inputs = Vec::with_capacity(r.inputs.len());
-        for (i, t) in r.inputs.into_iter().enumerate() {
-            let data = if raw {
-                let bytes = &r.raw_input_contents[i];
-                if bytes.len() > self.s.limits.max_tensor_bytes {
-                    return Err(protocol::too_large(&t.name, bytes.len(), self.s.limits.max_tensor_bytes).into());
-                }
-                protocol::f32_from_le(&t.name, bytes)?
-            } else {
-                t.contents.map(|c| c.fp32_contents).unwrap_or_default()
-            };
-            inputs.push(InputTensor { name: t.name, datatype: t.datatype, shape: t.shape, data });
-        }
-        let meta = v.backend.metadata();
-        let tensors = protocol::prepare(meta, inputs, &self.s.limits)?;
-        let names: Vec<String> = r.outputs.iter().map(|o| o.name.clone()).collect();
-        let selected = protocol::select_outputs(meta, &names)?;
-        let outputs = v.backend.infer(tensors).await?;
-        let mut resp = ModelInferResponse {
-            model_name: r.model_name,
-            model_version: v.version.to_string(),
-            id: r.id,
-            ..Default::default()
-        };
-        for ix in selected {
-            let t = &outputs[ix];
-            resp.outputs.push(model_infer_response::InferOutputTensor {
-                name: meta.outputs[ix].name.clone(),
-                datatype: "FP32".into(),
-                shape: t.shape.iter().map(|d| *d as i64).collect(),
-                ..Default::default()
-            });
-            resp.raw_output_contents.push(protocol::f32_to_le(&t.data).into());
-        }
-        Ok(Response::new(resp))
+        Ok(Response::new(infer(&self.s, r.into_inner()).await?))
     }
+}
+
+/// Runs one `ModelInfer` message (already authorized): the gRPC front's, and the HTTP front's protobuf bodies
+/// ([`crate::http`]: what the gateway sends its replicas).
+pub(crate) async fn infer(s: &ServerState, r: ModelInferRequest) -> Result<ModelInferResponse, ServeError> {
+    let v = s.repo.resolve(&r.model_name, &r.model_version)?;
+    if let Some(f) = v.backend.forwarder() {
+        return f.grpc(r).await;
+    }
+    let raw = !r.raw_input_contents.is_empty();
+    if raw && r.raw_input_contents.len() != r.inputs.len() {
+        return Err(ServeError::InvalidInput(format!(
+            "{} raw_input_contents for {} inputs",
+            r.raw_input_contents.len(),
+            r.inputs.len()
+        )));
+    }
+    let mut inputs = Vec::with_capacity(r.inputs.len());
+    for (i, t) in r.inputs.into_iter().enumerate() {
+        let data = if raw {
+            let bytes = &r.raw_input_contents[i];
+            if bytes.len() > s.limits.max_tensor_bytes {
+                return Err(protocol::too_large(&t.name, bytes.len(), s.limits.max_tensor_bytes));
+            }
+            protocol::f32_from_le(&t.name, bytes)?
+        } else {
+            t.contents.map(|c| c.fp32_contents).unwrap_or_default()
+        };
+        inputs.push(InputTensor { name: t.name, datatype: t.datatype, shape: t.shape, data });
+    }
+    let meta = v.backend.metadata();
+    let tensors = protocol::prepare(meta, inputs, &s.limits)?;
+    let names: Vec<String> = r.outputs.iter().map(|o| o.name.clone()).collect();
+    let selected = protocol::select_outputs(meta, &names)?;
+    let outputs = v.backend.infer(tensors).await?;
+    let mut resp = ModelInferResponse {
+        model_name: r.model_name,
+        model_version: v.version.to_string(),
+        id: r.id,
+        ..Default::default()
+    };
+    for ix in selected {
+        let t = &outputs[ix];
+        resp.outputs.push(model_infer_response::InferOutputTensor {
+            name: meta.outputs[ix].name.clone(),
+            datatype: "FP32".into(),
+            shape: t.shape.iter().map(|d| *d as i64).collect(),
+            ..Default::default()
+        });
+        resp.raw_output_contents.push(protocol::f32_to_le(&t.data).into());
+    }
+    Ok(resp)
 }

@@ -2,7 +2,9 @@
 //! reporter calls retryable); the gateway's routes follow what it is told to route (added, re-pointed, re-added
 //! after an unload, removed) without touching local models; the gateway front answers through its replicas and
 //! its sync loop stops with the server; it hands HTTP and gRPC requests to replicas unchanged (answers and
-//! refusals alike), counts them per replica in its own metrics, and routes around a replica that went away.
+//! refusals alike), counts them per replica in its own metrics, and routes around a replica that went away; a
+//! replica's HTTP front runs protobuf infer bodies as its gRPC front runs the message, and the gateway sends gRPC
+//! requests that way (to a replica that takes none, over gRPC).
 
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, OnceLock};
@@ -13,6 +15,9 @@ use aidos_serve::auth::{Authorizer, Key, KeyTable, Keys};
 
 use aidos_runtime::{DataType, Instance, ModelMetadata, ModelRuntime, RuntimeKind, Tensor, TensorSpec};
 use aidos_serve::gateway::{self, GatewayAccess, GatewayConfig, RemoteModel, RouteSource, Routes};
+use aidos_serve::grpc::pb::model_infer_request::InferInputTensor;
+use aidos_serve::grpc::pb::{self, grpc_inference_service_client::GrpcInferenceServiceClient};
+use aidos_serve::http::PROTOBUF;
 use aidos_serve::remote::{Pool, ReplicaAddr};
 use aidos_serve::replica::{EndpointReporter, Endpoints, Replica, ReplicaConfig};
 use aidos_serve::{BatchConfig, Metrics, Repository, ServerConfig};
@@ -441,4 +446,162 @@ async fn raw_post(addr: std::net::SocketAddr, path: &str, body: &str, key: &str)
     let mut out = String::new();
     s.read_to_string(&mut out).await.unwrap();
     out
+}
+
+/// POSTs `body` with `content_type` (presenting `key`, if any) and answers (status, headers, body).
+async fn post_bytes(
+    addr: std::net::SocketAddr,
+    path: &str,
+    content_type: &str,
+    body: Vec<u8>,
+    key: Option<&str>,
+) -> (u16, axum::http::HeaderMap, axum::body::Bytes) {
+    use hyper_util::client::legacy::Client;
+    let client = Client::builder(hyper_util::rt::TokioExecutor::new()).build_http::<axum::body::Body>();
+    let mut req = axum::http::Request::post(format!("http://{addr}{path}")).header("content-type", content_type);
+    if let Some(k) = key {
+        req = req.header("authorization", format!("Bearer {k}"));
+    }
+    let r = client.request(req.body(axum::body::Body::from(body)).unwrap()).await.unwrap();
+    let (parts, body) = r.into_parts();
+    let b = axum::body::to_bytes(axum::body::Body::new(body), usize::MAX).await.unwrap();
+    (parts.status.as_u16(), parts.headers, b)
+}
+
+/// A gRPC inference client of `addr` presenting `creds`.
+async fn grpc_client(addr: &str, creds: &Credentials) -> GrpcInferenceServiceClient<aidos_api::auth::AuthChannel> {
+    let ch = tonic::transport::Endpoint::from_shared(format!("http://{addr}")).unwrap().connect().await.unwrap();
+    GrpcInferenceServiceClient::new(aidos_api::auth::with_credentials(ch, creds))
+}
+
+fn le(values: &[f32]) -> axum::body::Bytes {
+    values.iter().flat_map(|v| v.to_le_bytes()).collect::<Vec<u8>>().into()
+}
+
+/// One input `x` of `shape` with `values`, for model `model`.
+fn infer_request(model: &str, shape: Vec<i64>, values: &[f32]) -> pb::ModelInferRequest {
+    pb::ModelInferRequest {
+        model_name: model.into(),
+        id: "q".into(),
+        inputs: vec![InferInputTensor { name: "x".into(), datatype: "FP32".into(), shape, ..Default::default() }],
+        raw_input_contents: vec![le(values)],
+        ..Default::default()
+    }
+}
+
+#[tokio::test]
+async fn a_replica_runs_protobuf_bodies_as_its_grpc_front_does() {
+    use prost::Message as _;
+    let r = replica().await;
+    let http: std::net::SocketAddr = r.endpoints().http.parse().unwrap();
+    let key = Some(tokens().1.as_str());
+    // The path names the model and wins over the message (the key was checked against the path).
+    let body = infer_request("other", vec![1, 2], &[1.5, -2.0]).encode_to_vec();
+    let (status, h, body) = post_bytes(http, "/v2/models/m/infer", PROTOBUF, body, key).await;
+    assert_eq!((status, h.get("content-type").unwrap().to_str().unwrap()), (200, PROTOBUF));
+    let resp = pb::ModelInferResponse::decode(body).unwrap();
+    assert_eq!((resp.model_name.as_str(), resp.model_version.as_str(), resp.id.as_str()), ("m", "1", "q"));
+    assert_eq!(resp.raw_output_contents, [le(&[3.0, -4.0])]);
+
+    // A refusal: the HTTP status, and the gRPC front's code and message in grpc-status / grpc-message.
+    let bad = infer_request("m", vec![1, 3], &[1.0, 2.0, 3.0]);
+    let direct = grpc_client(&r.endpoints().grpc, &client_creds()).await.model_infer(bad.clone()).await.unwrap_err();
+    assert_eq!(direct.code(), tonic::Code::InvalidArgument);
+    let (status, h, _) = post_bytes(http, "/v2/models/m/infer", PROTOBUF, bad.encode_to_vec(), key).await;
+    let st = tonic::Status::from_header_map(&h).expect("grpc-status");
+    assert_eq!((status, st.code(), st.message()), (400, direct.code(), direct.message()));
+
+    // Not a message at all, and no key: the first is the handler's refusal, the second the key check's.
+    let (status, h, _) = post_bytes(http, "/v2/models/m/infer", PROTOBUF, vec![0xff; 8], key).await;
+    let st = tonic::Status::from_header_map(&h).expect("grpc-status");
+    assert_eq!((status, st.code()), (400, tonic::Code::InvalidArgument));
+    assert!(st.message().contains("not a protobuf ModelInferRequest"), "{st:?}");
+    let (status, h, _) = post_bytes(http, "/v2/models/m/infer", PROTOBUF, bad.encode_to_vec(), None).await;
+    assert_eq!(status, 401);
+    assert!(h.get("grpc-status").is_none());
+    r.shutdown().await;
+}
+
+#[tokio::test]
+async fn the_gateway_sends_grpc_requests_as_protobuf_bodies_and_grpc_to_a_replica_that_takes_none() {
+    use axum::response::IntoResponse;
+    use prost::Message as _;
+    use std::sync::atomic::{AtomicUsize, Ordering::SeqCst};
+    let r = replica().await;
+    // Stands in for the replica's HTTP front (its gRPC front is the real one). Mode 0: answers a protobuf body
+    // itself (y = [42]); 1: refuses it with a gRPC status, as a replica does; 2: refuses it as a release before
+    // protobuf bodies did (400, JSON). Records (content type, authorization, model version) of each.
+    let mode = Arc::new(AtomicUsize::new(0));
+    let seen = Arc::new(std::sync::Mutex::new(Vec::<(String, String, String)>::new()));
+    let handler = {
+        let (mode, seen) = (mode.clone(), seen.clone());
+        move |h: axum::http::HeaderMap, body: axum::body::Bytes| {
+            let (mode, seen) = (mode.clone(), seen.clone());
+            async move {
+                let req = pb::ModelInferRequest::decode(body).unwrap();
+                let hv = |n: &str| h.get(n).map(|v| v.to_str().unwrap().to_string()).unwrap_or_default();
+                seen.lock().unwrap().push((hv("content-type"), hv("authorization"), req.model_version.clone()));
+                match mode.load(SeqCst) {
+                    0 => {
+                        let resp = pb::ModelInferResponse {
+                            model_name: "m".into(),
+                            model_version: "1".into(),
+                            raw_output_contents: vec![le(&[42.0])],
+                            ..Default::default()
+                        };
+                        ([("content-type", PROTOBUF)], resp.encode_to_vec()).into_response()
+                    }
+                    1 => (
+                        axum::http::StatusCode::TOO_MANY_REQUESTS,
+                        [("grpc-status", "8"), ("grpc-message", "queue%20full")],
+                        "{}",
+                    )
+                        .into_response(),
+                    _ => {
+                        (axum::http::StatusCode::BAD_REQUEST, r#"{"error":"expected value at line 1"}"#).into_response()
+                    }
+                }
+            }
+        }
+    };
+    let app = axum::Router::new().route("/v2/models/m/versions/1/infer", axum::routing::post(handler));
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let stub = l.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(l, app).await.unwrap() });
+    let mut to = route("m", &[&r]);
+    to.endpoints[0].http = stub.to_string();
+    let any = "127.0.0.1:0".parse().unwrap();
+    let cfg = GatewayConfig { server: ServerConfig::plain(any, any), refresh: Duration::from_millis(20) };
+    let gw = gateway::start(&cfg, Fixed(vec![to]), access()).await.unwrap();
+    let mut c = grpc_client(&gw.grpc.to_string(), &client_creds()).await;
+    let row = infer_request("m", vec![1, 2], &[1.0, -2.0]);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    let first = loop {
+        match c.model_infer(row.clone()).await {
+            Err(s) if s.code() == tonic::Code::NotFound && tokio::time::Instant::now() < deadline => {
+                tokio::time::sleep(Duration::from_millis(20)).await
+            }
+            r => break r.unwrap().into_inner(),
+        }
+    };
+    // Mode 0: the answer is the stub's, so the request went to the HTTP front, with the gateway's own key.
+    assert_eq!(first.raw_output_contents, [le(&[42.0])]);
+    let svc = format!("Bearer {}", tokens().0);
+    assert_eq!(seen.lock().unwrap().last().unwrap(), &(PROTOBUF.to_string(), svc, "1".to_string()));
+
+    // Mode 1: the replica's gRPC status is the client's.
+    mode.store(1, SeqCst);
+    let s = c.model_infer(row.clone()).await.unwrap_err();
+    assert_eq!(s.code(), tonic::Code::ResourceExhausted);
+    assert!(s.message().contains("queue full"), "{s:?}");
+
+    // Mode 2: answered by the real replica over gRPC, and that endpoint is sent gRPC from then on.
+    mode.store(2, SeqCst);
+    let n = seen.lock().unwrap().len();
+    for _ in 0..3 {
+        assert_eq!(c.model_infer(row.clone()).await.unwrap().into_inner().raw_output_contents, [le(&[2.0, -4.0])]);
+    }
+    assert_eq!(seen.lock().unwrap().len(), n + 1);
+    gw.shutdown().await;
+    r.shutdown().await;
 }
