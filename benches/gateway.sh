@@ -156,9 +156,19 @@ run_wrk "through the gateway, no key" "http://$G_HTTP/v2/models/mlp-open/infer" 
 fi
 # gRPC with a load generator that is not ours: h2load (nghttp2), 32 connections, one request in flight on each,
 # the same message every time. h2load sees HTTP statuses only (a gRPC error is HTTP 200 with a grpc-status
-# trailer), so the replica's own count of answered requests is checked against h2load's.
-replica_ok() { curl -sf -H "Authorization: Bearer $AIDOS_TOKEN" "http://$1/metrics" \
-    | awk '/^aidos_inference_requests_total/ && /outcome="success"/ {s += $NF} END {printf "%d", s}'; }
+# trailer), so the replica's own count of answered requests is checked against h2load's (read once the count
+# has stopped moving; requests still in flight when h2load stops, at most 32, may be answered after it, so a
+# shortfall smaller than that could hide).
+replica_ok() {
+    local now last=-1
+    while :; do
+        now=$(curl -sf "http://$1/metrics" \
+            | awk '/^aidos_inference_requests_total/ && /outcome="success"/ {s += $NF} END {printf "%d", s}')
+        [[ $now == "$last" ]] && break
+        last=$now; sleep 0.2
+    done
+    echo "$now"
+}
 run_h2load() { # label grpc-addr model replica-http pids...
     local label=$1 addr=$2 model=$3 rhttp=$4; shift 4
     local auth=(); [[ $model == mlp ]] && auth=(-H "authorization: Bearer $KEY")
@@ -173,8 +183,8 @@ import re, sys
 label, out, log, ticks, ok = sys.argv[1], open(sys.argv[2]).read(), sys.argv[3], int(sys.argv[4]), int(sys.argv[5])
 rps = float(re.search(r"finished in [\d.]+m?s, ([\d.]+) req/s", out).group(1))
 done = int(re.search(r"requests: \d+ total, \d+ started, (\d+) done", out).group(1))
-lat = sorted(int(l.split()[2]) for l in open(log) if l.strip())
-q = lambda p: lat[min(len(lat) - 1, int(p * len(lat)))] / 1000
+lat = sorted(int(c[2]) for c in (l.split() for l in open(log)) if len(c) == 3 and c[1] == "200")
+q = lambda p: lat[min(len(lat) - 1, int(p * len(lat)))] / 1000 if lat else float("nan")
 print(f"{label:<28} {rps:>9.0f} req/s  p50 {q(0.5):6.2f} ms  p99 {q(0.99):6.2f} ms  server CPU {ticks * 1e4 / max(done, 1):6.1f} us/req"
       f"  not answered by the replica {max(done - ok, 0)}")
 PYEOF

@@ -11,7 +11,8 @@
 //! Protobuf bodies: an infer request with `Content-Type: application/x-protobuf` ([`PROTOBUF`]) carries one gRPC
 //! `ModelInferRequest` message (no gRPC length prefix) and is run exactly as the gRPC front runs it; the answer is
 //! a `ModelInferResponse` message, or an error whose `grpc-status` and `grpc-message` headers are what the gRPC
-//! front would have answered (beside the HTTP status and the JSON error). The gateway sends gRPC requests to its
+//! front would have answered (beside the HTTP status and the JSON error), the key check's refusals included. A
+//! body over the size limit is refused by axum before any of this (413, no gRPC status). The gateway sends gRPC requests to its
 //! replicas this way, over the same pooled HTTP/1.1 connections as JSON ones, instead of as an HTTP/2 client of the
 //! replica's gRPC front, which costs both more CPU per request (benches/README.md, "Serving through the gateway").
 //! The model named by the path wins over the message's (the key was checked against the path); the version is
@@ -116,8 +117,25 @@ async fn guard(
             drop(permit);
             answer
         }
+        // A protobuf body's refusal carries its gRPC status too (the gateway passes it on as is).
+        Err(e) if is_protobuf(req.headers()) => protobuf_refusal(e),
         Err(e) => e.into_response(),
     }
+}
+
+fn is_protobuf(headers: &HeaderMap) -> bool {
+    headers.get(header::CONTENT_TYPE).is_some_and(|c| c.as_bytes() == PROTOBUF.as_bytes())
+}
+
+/// `e` as the JSON error with its HTTP status, and as the gRPC front's status in `grpc-status` / `grpc-message`
+/// (and the status's metadata, e.g. a retry hint) headers.
+fn protobuf_refusal(e: ServeError) -> Response {
+    let http = StatusCode::from_u16(e.http_status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    let status = tonic::Status::from(e);
+    let mut r = (http, axum::Json(json!({"error": status.message()}))).into_response();
+    // Fails only for metadata that is not a header value, and ours are numbers.
+    let _ = status.add_header(r.headers_mut());
+    r
 }
 
 type S = State<Arc<ServerState>>;
@@ -330,13 +348,7 @@ async fn protobuf_infer(s: &ServerState, model: String, version: String, body: B
     };
     match answer.await {
         Ok(resp) => ([(header::CONTENT_TYPE, PROTOBUF)], resp.encode_to_vec()).into_response(),
-        Err(e) => {
-            let http = StatusCode::from_u16(e.http_status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
-            let mut r = (http, axum::Json(json!({"error": e.to_string()}))).into_response();
-            // Fails only for metadata that is not a header value, and ours are numbers.
-            let _ = tonic::Status::from(e).add_header(r.headers_mut());
-            r
-        }
+        Err(e) => protobuf_refusal(e),
     }
 }
 
@@ -347,7 +359,7 @@ async fn run_infer(
     headers: HeaderMap,
     body: Bytes,
 ) -> Result<Response, ServeError> {
-    if headers.get(header::CONTENT_TYPE).is_some_and(|c| c.as_bytes() == PROTOBUF.as_bytes()) {
+    if is_protobuf(&headers) {
         return Ok(protobuf_infer(&s, model, version, body).await);
     }
     let v = s.repo.resolve(&model, &version)?;

@@ -3,8 +3,8 @@
 //! Requests are forwarded in their wire form ([`Forward`]): an HTTP infer request's body goes to the replica's
 //! HTTP front unchanged over pooled keep-alive connections, its answer streams back unchanged. A gRPC request is
 //! encoded again and POSTed as a protobuf body to the same HTTP front over the same connections ([`crate::http`]'s
-//! protobuf bodies; in an A/B run an HTTP/2 client of the replica's gRPC front cost the gateway 8-10% more CPU per
-//! request, and the replica 3-4% more); the answer's message, or its gRPC status, is the client's. A replica that
+//! protobuf bodies; in an A/B run of three rounds an HTTP/2 client of the replica's gRPC front cost the gateway
+//! 1-10% more CPU per request); the answer's message, or its gRPC status, is the client's. A replica that
 //! does not take protobuf bodies (an older release) is sent gRPC from then on. The gateway decodes no tensor: the
 //! replica checks the request and its answer or refusal is the client's. [`Pool::infer`] (tensors in, tensors
 //! out, over gRPC) remains for callers that hold tensors.
@@ -155,9 +155,11 @@ pub struct Pool {
 /// What a replica's HTTP front answered a protobuf infer body.
 enum ProtobufAnswer {
     Message(pb::ModelInferResponse),
-    /// The replica refused or failed the request (what its gRPC front would have answered).
+    /// The replica refused or failed the request (what its gRPC front would have answered), or its answer is
+    /// over the gateway's size limit.
     Status(tonic::Status),
-    /// An answer without a gRPC status: refused before the infer handler, or a replica that takes no protobuf.
+    /// An answer without a gRPC status: a replica that takes no protobuf bodies, or refused before any of its
+    /// handlers ran.
     NotProtobuf,
 }
 
@@ -366,20 +368,20 @@ impl Pool {
         req.model_version.clone_from(&self.version_str);
         // Encoded once (a copy of the tensors), shared by the retries.
         let body = if protobuf { Bytes::from(req.encode_to_vec()) } else { Bytes::new() };
+        let req = &req;
         self.route(|ep| {
-            let (req, body) = (req.clone(), body.clone());
+            let body = body.clone();
             async move {
                 let status = if protobuf && ep.takes_protobuf.load(Ordering::Relaxed) {
                     match self.protobuf_call(&ep, body).await? {
                         ProtobufAnswer::Message(m) => return Ok((Ok(m), true)),
                         ProtobufAnswer::Status(s) => Err(s),
-                        ProtobufAnswer::NotProtobuf => match ep.client.clone().model_infer(req).await {
-                            Ok(r) => return Ok((Ok(r.into_inner()), true)),
-                            Err(s) => Err(s),
-                        },
+                        ProtobufAnswer::NotProtobuf => {
+                            ep.client.clone().model_infer(req.clone()).await.map(tonic::Response::into_inner)
+                        }
                     }
                 } else {
-                    ep.client.clone().model_infer(req).await.map(tonic::Response::into_inner)
+                    ep.client.clone().model_infer(req.clone()).await.map(tonic::Response::into_inner)
                 };
                 match status {
                     Ok(m) => Ok((Ok(m), true)),
@@ -400,6 +402,13 @@ impl Pool {
             req.headers_mut().insert(header::AUTHORIZATION, a.clone());
         }
         let (parts, incoming) = self.http.request(req).await.map_err(|e| e.to_string())?.into_parts();
+        let len = parts.headers.get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()?.parse::<usize>().ok());
+        if let Some(n) = len.filter(|n| *n > MAX_MESSAGE) {
+            // The request's answer, not the replica's failure (as the gRPC client's limit would say it).
+            return Ok(ProtobufAnswer::Status(tonic::Status::out_of_range(format!(
+                "the replica's answer of {n} bytes is over the gateway's limit of {MAX_MESSAGE} bytes"
+            ))));
+        }
         let body = axum::body::to_bytes(Body::new(incoming), MAX_MESSAGE).await.map_err(|e| e.to_string())?;
         if let Some(code) = parts.headers.get(GRPC_STATUS) {
             // Only the code and the message: tonic's parser panics on malformed details.
@@ -408,7 +417,11 @@ impl Pool {
             if let Some(m) = parts.headers.get(GRPC_MESSAGE) {
                 h.insert(GRPC_MESSAGE, m.clone());
             }
-            return Ok(ProtobufAnswer::Status(tonic::Status::from_header_map(&h).expect("grpc-status is set")));
+            let status = tonic::Status::from_header_map(&h).expect("grpc-status is set");
+            if status.code() == tonic::Code::Ok {
+                return Err("the replica answered grpc-status 0 without a message".into());
+            }
+            return Ok(ProtobufAnswer::Status(status));
         }
         let protobuf = parts.headers.get(header::CONTENT_TYPE).is_some_and(|c| c == crate::http::PROTOBUF);
         if parts.status.is_success() && protobuf {
@@ -420,7 +433,8 @@ impl Pool {
             // A replica of a release before protobuf bodies read this one as JSON: gRPC from now on.
             ep.takes_protobuf.store(false, Ordering::Relaxed);
         }
-        // Refused before the infer handler (its key, say): gRPC says why in gRPC's terms.
+        // That, or refused before any of ours ran (axum's body limit): gRPC says why in gRPC's terms. The request
+        // is sent twice then, which inference (no side effects) allows.
         Ok(ProtobufAnswer::NotProtobuf)
     }
 

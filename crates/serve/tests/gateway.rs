@@ -511,14 +511,19 @@ async fn a_replica_runs_protobuf_bodies_as_its_grpc_front_does() {
     let st = tonic::Status::from_header_map(&h).expect("grpc-status");
     assert_eq!((status, st.code(), st.message()), (400, direct.code(), direct.message()));
 
-    // Not a message at all, and no key: the first is the handler's refusal, the second the key check's.
+    // Not a message at all: the handler's refusal.
     let (status, h, _) = post_bytes(http, "/v2/models/m/infer", PROTOBUF, vec![0xff; 8], key).await;
     let st = tonic::Status::from_header_map(&h).expect("grpc-status");
     assert_eq!((status, st.code()), (400, tonic::Code::InvalidArgument));
     assert!(st.message().contains("not a protobuf ModelInferRequest"), "{st:?}");
-    let (status, h, _) = post_bytes(http, "/v2/models/m/infer", PROTOBUF, bad.encode_to_vec(), None).await;
-    assert_eq!(status, 401);
-    assert!(h.get("grpc-status").is_none());
+    // No key, and a key for another model: the key check's refusals, in gRPC's terms too.
+    for (who, want) in [(None, 401), (Some(tokens().2.as_str()), 403)] {
+        let creds = who.map(|t| Credentials::token(t.to_string())).unwrap_or_default();
+        let direct = grpc_client(&r.endpoints().grpc, &creds).await.model_infer(bad.clone()).await.unwrap_err();
+        let (status, h, _) = post_bytes(http, "/v2/models/m/infer", PROTOBUF, bad.encode_to_vec(), who).await;
+        let st = tonic::Status::from_header_map(&h).expect("grpc-status");
+        assert_eq!((status, st.code(), st.message()), (want, direct.code(), direct.message()));
+    }
     r.shutdown().await;
 }
 
@@ -530,7 +535,8 @@ async fn the_gateway_sends_grpc_requests_as_protobuf_bodies_and_grpc_to_a_replic
     let r = replica().await;
     // Stands in for the replica's HTTP front (its gRPC front is the real one). Mode 0: answers a protobuf body
     // itself (y = [42]); 1: refuses it with a gRPC status, as a replica does; 2: refuses it as a release before
-    // protobuf bodies did (400, JSON). Records (content type, authorization, model version) of each.
+    // protobuf bodies did (400, JSON); 3: refuses it without a gRPC status otherwise (413, as axum's body limit
+    // does). Records (content type, authorization, model version) of each.
     let mode = Arc::new(AtomicUsize::new(0));
     let seen = Arc::new(std::sync::Mutex::new(Vec::<(String, String, String)>::new()));
     let handler = {
@@ -557,9 +563,10 @@ async fn the_gateway_sends_grpc_requests_as_protobuf_bodies_and_grpc_to_a_replic
                         "{}",
                     )
                         .into_response(),
-                    _ => {
+                    2 => {
                         (axum::http::StatusCode::BAD_REQUEST, r#"{"error":"expected value at line 1"}"#).into_response()
                     }
+                    _ => (axum::http::StatusCode::PAYLOAD_TOO_LARGE, "length limit exceeded").into_response(),
                 }
             }
         }
@@ -594,6 +601,12 @@ async fn the_gateway_sends_grpc_requests_as_protobuf_bodies_and_grpc_to_a_replic
     let s = c.model_infer(row.clone()).await.unwrap_err();
     assert_eq!(s.code(), tonic::Code::ResourceExhausted);
     assert!(s.message().contains("queue full"), "{s:?}");
+
+    // Mode 3: answered by the real replica over gRPC, this once.
+    mode.store(3, SeqCst);
+    assert_eq!(c.model_infer(row.clone()).await.unwrap().into_inner().raw_output_contents, [le(&[2.0, -4.0])]);
+    mode.store(0, SeqCst);
+    assert_eq!(c.model_infer(row.clone()).await.unwrap().into_inner().raw_output_contents, [le(&[42.0])]);
 
     // Mode 2: answered by the real replica over gRPC, and that endpoint is sent gRPC from then on.
     mode.store(2, SeqCst);
