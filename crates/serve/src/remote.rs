@@ -372,16 +372,18 @@ impl Pool {
         self.route(|ep| {
             let body = body.clone();
             async move {
-                let status = if protobuf && ep.takes_protobuf.load(Ordering::Relaxed) {
-                    match self.protobuf_call(&ep, body).await? {
-                        ProtobufAnswer::Message(m) => return Ok((Ok(m), true)),
-                        ProtobufAnswer::Status(s) => Err(s),
-                        ProtobufAnswer::NotProtobuf => {
-                            ep.client.clone().model_infer(req.clone()).await.map(tonic::Response::into_inner)
-                        }
+                // A protobuf body first where the replica takes them; gRPC otherwise, or once more after an
+                // answer that was not protobuf.
+                let answer = match protobuf && ep.takes_protobuf.load(Ordering::Relaxed) {
+                    true => self.protobuf_call(&ep, body).await?,
+                    false => ProtobufAnswer::NotProtobuf,
+                };
+                let status = match answer {
+                    ProtobufAnswer::Message(m) => Ok(m),
+                    ProtobufAnswer::Status(s) => Err(s),
+                    ProtobufAnswer::NotProtobuf => {
+                        ep.client.clone().model_infer(req.clone()).await.map(tonic::Response::into_inner)
                     }
-                } else {
-                    ep.client.clone().model_infer(req.clone()).await.map(tonic::Response::into_inner)
                 };
                 match status {
                     Ok(m) => Ok((Ok(m), true)),
