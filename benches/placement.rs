@@ -20,7 +20,15 @@ fn workers(n: usize, seed: &mut u64) -> Vec<WorkerView> {
             let gpus = [0u32, 0, 1, 8][(lcg(seed) % 4) as usize];
             let cap = Resources { cpu_millis: cpus * 1000, memory_bytes: cpus * (4 << 30), gpus };
             let labels = BTreeMap::from([("zone".to_string(), format!("z{}", i % 4))]);
-            WorkerView { id: format!("w{i}"), capacity: cap, free: cap, labels, tasks: 0, groups: BTreeMap::new() }
+            WorkerView {
+                id: format!("w{i}"),
+                capacity: cap,
+                free: cap,
+                labels,
+                tasks: 0,
+                max_tasks: 0,
+                groups: BTreeMap::new(),
+            }
         })
         .collect()
 }

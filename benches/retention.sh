@@ -21,26 +21,28 @@ for w in a b; do
     PIDS+=($!)
 done
 echo "3 nodes (leader $LEADER), 2 workers; $JOBS jobs in windows of $WINDOW; retention keeps $KEEP finished jobs"
-printf '%8s %10s %9s %9s %12s %14s %13s %12s\n' jobs "submit/s" "p50 ms" "p99 ms" "in state" "snapshot B" "snapshot ms" "redb MB"
+printf '%8s %10s %9s %9s %8s %12s %14s %13s %12s\n' jobs "submit/s" "p50 ms" "p99 ms" "ran/s" "in state" "snapshot B" "snapshot ms" "redb MB"
 done_jobs=0
 while (( done_jobs < JOBS )); do
+    started=$(date +%s.%N)
     out=$("$AIDOS" -o json bench submit --jobs "$WINDOW" --concurrency 32)
     done_jobs=$((done_jobs + WINDOW))
     # Let the window's jobs run (the backlog drains before the next window), bounded.
     deadline=$((SECONDS + 600))
-    while (( $("$AIDOS" -o json job list --state pending,running --limit 100 | python3 -c 'import json,sys; print(len(json.load(sys.stdin)))') > 0 )); do
+    while (( $("$AIDOS" -o json job list --state pending,running --limit 100 | python3 -c 'import json,sys; print(len(json.load(sys.stdin)["jobs"]))') > 0 )); do
         (( SECONDS < deadline )) || { echo "backlog did not drain in 600 s"; exit 1; }
         sleep 1
     done
+    ran=$(python3 -c "import sys; print(f'{$WINDOW / ($(date +%s.%N) - $started):.0f}')")
     sleep 3 # one retention round (2 s interval) after the last job finished
-    in_state=$("$AIDOS" -o json job list --limit 0 | python3 -c 'import json,sys; print(len(json.load(sys.stdin)))')
+    in_state=$("$AIDOS" -o json job list --limit 0 | python3 -c 'import json,sys; print(len(json.load(sys.stdin)["jobs"]))')
     snap=$(grep 'built a snapshot' "$DIR/n$LEADER.log" | tail -n1)
     bytes=$(sed -n 's/.*bytes=\([0-9]*\).*/\1/p' <<<"$snap"); millis=$(sed -n 's/.*millis=\([0-9]*\).*/\1/p' <<<"$snap")
     redb=$(du -m "$DIR/n$LEADER"/*.redb 2>/dev/null | awk '{s+=$1} END {print s+0}')
-    python3 - "$out" "$done_jobs" "$in_state" "${bytes:--}" "${millis:--}" "$redb" <<'EOF'
+    python3 - "$out" "$done_jobs" "$in_state" "${bytes:--}" "${millis:--}" "$redb" "$ran" <<'EOF'
 import json, sys
 r = json.loads(sys.argv[1])
 print(f"{int(sys.argv[2]):>8} {r['submissions_per_sec']:>10.0f} {r['latency_ms']['p50']:>9.1f} {r['latency_ms']['p99']:>9.1f} "
-      f"{int(sys.argv[3]):>12} {sys.argv[4]:>14} {sys.argv[5]:>13} {sys.argv[6]:>12}")
+      f"{sys.argv[7]:>8} {int(sys.argv[3]):>12} {sys.argv[4]:>14} {sys.argv[5]:>13} {sys.argv[6]:>12}", flush=True)
 EOF
 done

@@ -299,6 +299,10 @@ pub struct WorkerResources {
     /// GPUs to offer; default: detected
     #[arg(long = "gpus", env = "AIDOS_WORKER_GPUS")]
     pub gpus: Option<u32>,
+    /// Most tasks placed on this worker at once, whatever they request (0: no limit); like kubelet's --max-pods,
+    /// it keeps thousands of tiny jobs from starting at once and starving the worker
+    #[arg(long, env = "AIDOS_WORKER_MAX_TASKS", default_value_t = aidos_worker::DEFAULT_MAX_TASKS)]
+    pub max_tasks: u32,
     /// Host or IP other machines reach this worker at; serve replicas advertise their endpoints with it
     #[arg(long, env = "AIDOS_WORKER_ADVERTISE_HOST", default_value = "127.0.0.1")]
     pub advertise_host: String,
@@ -332,6 +336,7 @@ impl WorkerResources {
             cpu_millis: self.cpu_millis,
             memory_bytes: self.memory_bytes,
             gpus: self.gpus,
+            max_tasks: self.max_tasks,
             shim_exe,
             blob_dir,
             s3,

@@ -81,12 +81,13 @@ pub async fn run(g: &Global, cmd: ClusterCmd) -> anyhow::Result<()> {
                         w.hostname.clone(),
                         render::resources(w.capacity.as_ref()),
                         render::resources(w.allocated.as_ref()),
+                        if w.max_tasks == 0 { "-".into() } else { w.max_tasks.to_string() },
                         render::kv_list(&w.labels),
                         render::age(w.registered_at_ms),
                     ]
                 })
                 .collect();
-            print_table(&["ID", "STATE", "HOST", "CAPACITY", "ALLOCATED", "LABELS", "AGE"], &rows);
+            print_table(&["ID", "STATE", "HOST", "CAPACITY", "ALLOCATED", "MAX TASKS", "LABELS", "AGE"], &rows);
         }
         ClusterCmd::AddNode(a) => {
             anyhow::ensure!(a.id > 0, "--id must be > 0");

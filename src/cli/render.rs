@@ -241,6 +241,7 @@ pub fn worker_json(w: &Worker) -> Value {
         "allocated": resources_json(w.allocated.as_ref()),
         "labels": w.labels,
         "gpu_names": w.gpu_names,
+        "max_tasks": w.max_tasks,
         "registered_at_ms": w.registered_at_ms,
         "state_changed_at_ms": w.state_changed_at_ms,
     })

@@ -111,6 +111,7 @@ pub async fn run(g: &Global, a: UpArgs) -> anyhow::Result<()> {
         cpu_millis: a.worker_cpus,
         memory_bytes: a.worker_memory,
         gpus: a.worker_gpus,
+        max_tasks: aidos_worker::DEFAULT_MAX_TASKS,
         advertise_host: "127.0.0.1".into(),
         cache_max_bytes: 10 << 30,
         keep_task_dirs: false,

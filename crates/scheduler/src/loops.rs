@@ -75,7 +75,7 @@ impl PlacementMemo {
         let mut h = std::collections::hash_map::DefaultHasher::new();
         for w in &view.workers {
             w.id.hash(&mut h);
-            (w.free.cpu_millis, w.free.memory_bytes, w.free.gpus, w.tasks).hash(&mut h);
+            (w.free.cpu_millis, w.free.memory_bytes, w.free.gpus, w.tasks, w.max_tasks).hash(&mut h);
             (w.capacity.cpu_millis, w.capacity.memory_bytes, w.capacity.gpus).hash(&mut h);
             w.labels.hash(&mut h);
         }

@@ -36,6 +36,9 @@ pub struct WorkerView {
     pub free: Resources,
     pub labels: BTreeMap<String, String>,
     pub tasks: u32,
+    /// Most tasks the worker runs at once, whatever they request (0: no limit). Many tiny jobs would otherwise
+    /// start thousands of processes at once on a worker whose cores they barely claim, starving its heartbeats.
+    pub max_tasks: u32,
     /// Tasks of each spread group running on this worker.
     pub groups: BTreeMap<String, u32>,
 }
@@ -78,6 +81,11 @@ pub struct Schedule {
 
 fn fits(free: &Resources, need: &Resources) -> bool {
     free.cpu_millis >= need.cpu_millis && free.memory_bytes >= need.memory_bytes && free.gpus >= need.gpus
+}
+
+/// Whether the worker has a task slot left.
+fn has_slot(w: &WorkerView) -> bool {
+    w.max_tasks == 0 || w.tasks < w.max_tasks
 }
 
 fn sub(a: &mut Resources, b: &Resources) {
@@ -125,7 +133,7 @@ pub fn schedule(pending: &[PendingJob], cluster: &ClusterView) -> Schedule {
             let best = workers
                 .iter()
                 .enumerate()
-                .filter(|(_, w)| fits(&w.free, &job.resources) && matches(w, &job.constraints))
+                .filter(|(_, w)| has_slot(w) && fits(&w.free, &job.resources) && matches(w, &job.constraints))
                 .map(|(i, w)| (i, utilization_after(w, &job.resources), w.tasks))
                 .min_by(|a, b| {
                     let peers = |i: usize| job.group.as_ref().and_then(|g| workers[i].groups.get(g)).copied();
@@ -210,6 +218,7 @@ pub fn unschedulable_reason(job: &PendingJob, workers: &[WorkerView]) -> Option<
         d(c.cpu_millis, need.cpu_millis)
             .min(d(c.memory_bytes, need.memory_bytes))
             .min(d(c.gpus as u64, need.gpus as u64))
+            .min(if w.max_tasks == 0 { u64::MAX } else { w.max_tasks as u64 })
     };
     let total: u64 = eligible.iter().map(per_worker).fold(0u64, |a, b| a.saturating_add(b));
     let least = job.min_ranks.clamp(1, job.replicas.max(1));
@@ -233,6 +242,7 @@ mod tests {
             free: Resources { cpu_millis: free_cpus * 1000, memory_bytes: 16 << 30, gpus },
             labels: BTreeMap::new(),
             tasks: 0,
+            max_tasks: 0,
             groups: BTreeMap::new(),
         }
     }
@@ -364,6 +374,30 @@ mod tests {
         assert!(s.unschedulable[0].1.contains("gang of 9"), "{:?}", s.unschedulable);
         let s = schedule(&[job("x", 1, 0, 1, 1)], &view(vec![], Strategy::BinPack));
         assert!(s.unschedulable[0].1.contains("no ready workers"));
+    }
+
+    #[test]
+    fn a_worker_takes_no_more_tasks_than_its_slots() {
+        let mut a = w("a", 64, 0, 64);
+        a.max_tasks = 3;
+        a.tasks = 1;
+        let mut b = w("b", 64, 0, 64);
+        b.max_tasks = 1;
+        let tiny = |i: u64| PendingJob {
+            resources: Resources { cpu_millis: 1, memory_bytes: 1, gpus: 0 },
+            ..job(&format!("j{i}"), i, 0, 1, 0)
+        };
+        let s = schedule(&(1..=5).map(tiny).collect::<Vec<_>>(), &view(vec![a.clone(), b.clone()], Strategy::Spread));
+        let placed: Vec<&str> = s.assignments.iter().map(|x| x.workers[0].as_str()).collect();
+        assert_eq!(placed.iter().filter(|w| **w == "a").count(), 2, "{placed:?}");
+        assert_eq!(placed.iter().filter(|w| **w == "b").count(), 1, "{placed:?}");
+        assert!(s.unschedulable.is_empty(), "full slots are a wait, not unschedulable");
+        // A gang needs as many slots as ranks in the idle cluster.
+        let mut gang = tiny(9);
+        gang.replicas = 5;
+        gang.min_ranks = 5;
+        let why = unschedulable_reason(&gang, &[a, b]).expect("5 ranks on 3 + 1 slots");
+        assert!(why.contains("holds at most 4"), "{why}");
     }
 
     #[test]

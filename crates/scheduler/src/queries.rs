@@ -189,7 +189,9 @@ pub fn placement_view(st: &ClusterState, live: &dyn Fn(&str) -> bool, default: S
     for j in st.jobs.running_jobs() {
         let group = spread_group(j);
         for t in &j.tasks {
-            if let Some(a) = t.attempts.last() {
+            if let Some(a) = t.attempts.last()
+                && TaskState::try_from(a.state).is_ok_and(|s| s.is_active())
+            {
                 *tasks_on.entry(a.worker_id.as_str()).or_default() += 1;
                 if let Some(g) = &group {
                     *groups_on.entry(a.worker_id.as_str()).or_default().entry(g.clone()).or_default() += 1;
@@ -215,6 +217,7 @@ pub fn placement_view(st: &ClusterState, live: &dyn Fn(&str) -> bool, default: S
                 },
                 labels: w.labels.clone(),
                 tasks: tasks_on.get(w.id.as_str()).copied().unwrap_or(0),
+                max_tasks: w.max_tasks,
                 groups: groups_on.remove(w.id.as_str()).unwrap_or_default(),
             }
         })

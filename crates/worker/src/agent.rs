@@ -61,6 +61,8 @@ pub struct Shared {
     pub advertise_host: String,
     pub labels: std::collections::BTreeMap<String, String>,
     pub capacity: Capacity,
+    /// Most tasks placed here at once (`WorkerConfig::max_tasks`), told to the scheduler on registration.
+    pub max_tasks: u32,
     pub conn: Arc<Connection>,
     attempts: Mutex<HashMap<String, Entry>>,
     supervisors: Mutex<JoinSet<()>>,
@@ -215,6 +217,7 @@ async fn register(shared: &Arc<Shared>) -> Result<Duration, WorkerError> {
             labels: shared.labels.clone(),
             gpu_names: shared.capacity.gpu_names.clone(),
             running: shared.running(),
+            max_tasks: shared.max_tasks,
         };
         let res = shared
             .conn
@@ -450,19 +453,21 @@ pub async fn run(mut cfg: WorkerConfig, shutdown: impl Future<Output = ()> + Sen
         advertise_host: if cfg.advertise_host.is_empty() { "127.0.0.1".into() } else { cfg.advertise_host.clone() },
         labels: cfg.labels.clone(),
         capacity,
+        max_tasks: cfg.max_tasks,
         conn,
         attempts: Mutex::new(HashMap::new()),
         supervisors: Mutex::new(JoinSet::new()),
         reregister: Notify::new(),
     });
     tracing::info!(
-        "worker {} on {}: {} millicores, {} bytes memory, {} GPUs {:?}; data in {}; schedulers {:?}",
+        "worker {} on {}: {} millicores, {} bytes memory, {} GPUs {:?}, at most {} tasks; data in {}; schedulers {:?}",
         shared.worker_id,
         shared.hostname,
         shared.capacity.cpu_millis,
         shared.capacity.memory_bytes,
         shared.capacity.gpus,
         shared.capacity.gpu_names,
+        shared.max_tasks,
         shared.data_dir.display(),
         shared.conn.known()
     );

@@ -27,6 +27,9 @@ pub mod shim;
 pub use error::WorkerError;
 pub use shim::{run_shim, shim_main};
 
+/// The CLI's default for [`WorkerConfig::max_tasks`]: kubelet's default `--max-pods`.
+pub const DEFAULT_MAX_TASKS: u32 = 110;
+
 #[derive(Debug, Clone, Default)]
 pub struct WorkerConfig {
     /// Scheduler addresses (`host:port`), any node of the cluster; the worker finds the leader.
@@ -40,6 +43,9 @@ pub struct WorkerConfig {
     pub cpu_millis: Option<u64>,
     pub memory_bytes: Option<u64>,
     pub gpus: Option<u32>,
+    /// Most tasks the scheduler places on this worker at once, whatever they request (0: no limit). Tiny jobs
+    /// claim so little CPU that, without it, thousands start at once and starve the worker's own heartbeats.
+    pub max_tasks: u32,
     /// The executable used as the per-task shim (`<exe> task-shim ...`); normally the `aidos` binary
     /// itself. Empty (the default): the current executable. Train jobs run `<shim_exe> train-run`.
     pub shim_exe: PathBuf,

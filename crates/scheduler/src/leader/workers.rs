@@ -49,6 +49,7 @@ impl LeaderHandler {
             labels: req.labels.clone(),
             state: WorkerState::Ready as i32,
             gpu_names: req.gpu_names.clone(),
+            max_tasks: req.max_tasks,
             ..Default::default()
         };
         self.touch(&req.worker_id);
