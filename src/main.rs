@@ -40,11 +40,12 @@ fn main() -> ExitCode {
     let cli = cli::Cli::parse();
     // Servers run without transparent huge pages. mimalloc asks for them on its arenas, and a server's steady
     // churn of small allocations then has the kernel zero a fresh 2 MiB page on fault after fault: a 3-node
-    // cluster taking 256 clients' submissions spent ~23% of all CPU in clear_page (perf), and took ~1.3x the
+    // cluster taking 256 clients' submissions spent ~23% of all CPU in clear_page (perf), and took ~1.45x the
     // writes per second without them (benches/README.md). Databases advise the same (Redis, MongoDB). The flag is
-    // inherited, so the task shim clears it again: tasks (training above all) keep the machine's policy.
+    // inherited, so the task shim clears it again: tasks (training above all) keep the machine's policy, and so do
+    // model servers (`without_huge_pages`).
     #[cfg(target_os = "linux")]
-    if cli.command.is_daemon() {
+    if cli.command.without_huge_pages() {
         // SAFETY: prctl with integer arguments only; it sets this process's THP flag.
         unsafe {
             libc::prctl(libc::PR_SET_THP_DISABLE, 1, 0, 0, 0);

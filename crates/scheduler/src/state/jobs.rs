@@ -310,14 +310,21 @@ impl JobsState {
 
     /// Resources in use on each worker: the sum over active attempts.
     pub fn allocated(&self) -> HashMap<String, Resources> {
-        let mut m: HashMap<String, Resources> = HashMap::new();
+        self.usage().into_iter().map(|(w, (r, _))| (w, r)).collect()
+    }
+
+    /// Resources in use on each worker and its active attempts (the task slots they hold).
+    fn usage(&self) -> HashMap<String, (Resources, u32)> {
+        let mut m: HashMap<String, (Resources, u32)> = HashMap::new();
         for j in self.running_jobs() {
             let r = j.spec.as_ref().and_then(|s| s.resources).unwrap_or_default();
             for t in &j.tasks {
                 if let Some(a) = t.attempts.last()
                     && TaskState::try_from(a.state).is_ok_and(|s| s.is_active())
                 {
-                    add(m.entry(a.worker_id.clone()).or_default(), &r);
+                    let u = m.entry(a.worker_id.clone()).or_default();
+                    add(&mut u.0, &r);
+                    u.1 += 1;
                 }
             }
         }
@@ -330,19 +337,24 @@ impl JobsState {
         if job.state != JobState::Pending as i32 || k > job.tasks.len() || k < min_ranks(job) as usize || k == 0 {
             return Err(refuse(tonic::Code::FailedPrecondition, "job not pending or wrong gang size"));
         }
-        // Re-check capacity deterministically: the placement was computed on an older view.
+        // Re-check capacity and task slots deterministically: the placement was computed on an older view (a new
+        // leader may place before it applied its predecessor's last assignments).
         let need = job.spec.as_ref().and_then(|s| s.resources).unwrap_or_default();
-        let mut alloc = self.allocated();
+        let mut usage = self.usage();
         for w in workers {
             let worker = self.workers.get(w).ok_or_else(|| refuse(tonic::Code::NotFound, "worker gone"))?;
             if worker.state != WorkerState::Ready as i32 {
                 return Err(refuse(tonic::Code::FailedPrecondition, "worker not ready"));
             }
-            let a = alloc.entry(w.clone()).or_default();
+            let (a, tasks) = usage.entry(w.clone()).or_default();
             add(a, &need);
+            *tasks += 1;
             let cap = worker.capacity.unwrap_or_default();
             if a.cpu_millis > cap.cpu_millis || a.memory_bytes > cap.memory_bytes || a.gpus > cap.gpus {
                 return Err(refuse(tonic::Code::FailedPrecondition, "placement no longer fits"));
+            }
+            if worker.max_tasks > 0 && *tasks > worker.max_tasks {
+                return Err(refuse(tonic::Code::FailedPrecondition, "the worker has no task slot left"));
             }
         }
         let mut token = self.next_fencing_token;
@@ -984,6 +996,31 @@ mod tests {
             &mut Dirty::default(),
         );
         assert_eq!(r.error_code, tonic::Code::NotFound as u32);
+    }
+
+    #[test]
+    fn assign_rechecks_task_slots() {
+        let mut st = ClusterState::default();
+        let mut w = worker("w1", 8);
+        if let Command::RegisterWorker(r) = &mut w {
+            r.worker.as_mut().unwrap().max_tasks = 2;
+        }
+        st.apply(&cmd(w), &mut Dirty::default());
+        let gang = submit(&mut st, spec(3, 0), "").job_id;
+        place(&mut st, &gang, &["w1", "w1", "w1"]);
+        assert_eq!(st.jobs.by_id[&gang].state, JobState::Pending as i32, "3 ranks on 2 slots must be refused");
+        let a = submit(&mut st, spec(1, 0), "").job_id;
+        let b = submit(&mut st, spec(1, 0), "").job_id;
+        let c = submit(&mut st, spec(1, 0), "").job_id;
+        for j in [&a, &b, &c] {
+            place(&mut st, j, &["w1"]);
+        }
+        assert_eq!(st.jobs.by_id[&a].state, JobState::Running as i32);
+        assert_eq!(st.jobs.by_id[&b].state, JobState::Running as i32);
+        assert_eq!(st.jobs.by_id[&c].state, JobState::Pending as i32, "CPU is left, slots are not");
+        report(&mut st, "w1", &a, 0, TaskState::Succeeded);
+        place(&mut st, &c, &["w1"]);
+        assert_eq!(st.jobs.by_id[&c].state, JobState::Running as i32, "an ended attempt frees its slot");
     }
 
     #[test]

@@ -2,15 +2,11 @@
 //! (`state_machine`). Every redb call runs on the blocking pool, never on an async worker thread.
 //!
 //! Durability contract:
-//! - Vote saves and truncations commit with `Durability::Immediate` (fsync) before they return. Log appends
-//!   commit at once without an fsync (readable, so replication can send them) and are fsynced by the log's flush
-//!   thread, one commit for all appends since its last, before openraft's callback says they are persisted:
-//!   nothing is counted towards a quorum, or acknowledged, before it is on disk.
+//! - Log appends, vote saves and truncations commit with `Durability::Immediate` (fsync) before openraft is told
+//!   they are done: nothing is acknowledged before it is on disk.
 //! - State-machine applies commit with `Durability::None`: they become durable with the next fsynced commit
-//!   (the log's next flush), and after a crash the state machine comes back at an earlier, self-consistent
-//!   `last_applied` from which openraft re-applies the (durable) log. redb commits are serial and a durable one
-//!   persists every commit before it, and an entry's append commits before its apply, so no durable point has
-//!   the state machine ahead of the log.
+//!   (the next log append), and after a crash the state machine comes back at an earlier, self-consistent
+//!   `last_applied` from which openraft re-applies the (durable) log.
 //! - Logs are purged only up to a built snapshot, and building one ends with a `Durability::Immediate` commit
 //!   (after the snapshot file is fsynced), so no purged entry is needed to rebuild the state.
 //! - Snapshots are built from a redb read transaction (an MVCC view of the last applied batch) and written to a
@@ -29,8 +25,7 @@ use crate::state::Table;
 
 /// Log entries by index, each an encoded `EntryV1`.
 pub(crate) const LOG: TableDefinition<u64, &[u8]> = TableDefinition::new("raft_log_v1");
-/// Raft metadata: `vote` (VoteV1), `committed` and `purged` (LogIdV1), `flushed` (the flush thread's round, u64 LE:
-/// written so that its fsyncing commit is never empty).
+/// Raft metadata: `vote` (VoteV1), `committed` and `purged` (LogIdV1).
 pub(crate) const RAFT_META: TableDefinition<&str, &[u8]> = TableDefinition::new("raft_meta_v1");
 /// State-machine metadata: `applied` (LogIdV1), `membership` (StoredMembershipV1), `counters` (StateSnapshotV1
 /// holding only the counters), `snapshot` (the last built snapshot: SnapshotMetaV1 then data, length-delimited).
