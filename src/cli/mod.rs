@@ -118,13 +118,13 @@ pub enum Command {
 }
 
 impl Command {
-    /// Long-running daemons log at info by default; client commands stay quiet.
     /// Whether this command runs without transparent huge pages (see `main`): the control plane's long-running
     /// processes. Model servers (`serve run`, a deployment's replica) keep the machine's policy: not measured.
     pub fn without_huge_pages(&self) -> bool {
         self.is_daemon() && !matches!(self, Command::Serve(serve::ServeCmd::Run(_) | serve::ServeCmd::Replica(_)))
     }
 
+    /// Long-running daemons log at info by default; client commands stay quiet.
     pub fn is_daemon(&self) -> bool {
         matches!(
             self,

@@ -183,19 +183,16 @@ pub fn ran_attempt(st: &ClusterState, worker_id: &str, r: &AttemptRef) -> bool {
 
 /// The ready workers that the leader has heard from in time, with their free resources, as placement sees them.
 pub fn placement_view(st: &ClusterState, live: &dyn Fn(&str) -> bool, default: Strategy) -> ClusterView {
-    let alloc = st.jobs.allocated();
-    let mut tasks_on: HashMap<&str, u32> = HashMap::new();
+    // Resources and task slots in use: the same count the apply-time re-check makes.
+    let usage = st.jobs.usage();
     let mut groups_on: HashMap<&str, BTreeMap<String, u32>> = HashMap::new();
     for j in st.jobs.running_jobs() {
-        let group = spread_group(j);
+        let Some(group) = spread_group(j) else { continue };
         for t in &j.tasks {
             if let Some(a) = t.attempts.last()
                 && TaskState::try_from(a.state).is_ok_and(|s| s.is_active())
             {
-                *tasks_on.entry(a.worker_id.as_str()).or_default() += 1;
-                if let Some(g) = &group {
-                    *groups_on.entry(a.worker_id.as_str()).or_default().entry(g.clone()).or_default() += 1;
-                }
+                *groups_on.entry(a.worker_id.as_str()).or_default().entry(group.clone()).or_default() += 1;
             }
         }
     }
@@ -206,7 +203,7 @@ pub fn placement_view(st: &ClusterState, live: &dyn Fn(&str) -> bool, default: S
         .filter(|w| w.state == WorkerState::Ready as i32 && live(&w.id))
         .map(|w| {
             let cap = w.capacity.unwrap_or_default();
-            let used = alloc.get(&w.id).copied().unwrap_or_default();
+            let (used, tasks) = usage.get(&w.id).copied().unwrap_or_default();
             WorkerView {
                 id: w.id.clone(),
                 capacity: cap,
@@ -216,7 +213,7 @@ pub fn placement_view(st: &ClusterState, live: &dyn Fn(&str) -> bool, default: S
                     gpus: cap.gpus.saturating_sub(used.gpus),
                 },
                 labels: w.labels.clone(),
-                tasks: tasks_on.get(w.id.as_str()).copied().unwrap_or(0),
+                tasks,
                 max_tasks: w.max_tasks,
                 groups: groups_on.remove(w.id.as_str()).unwrap_or_default(),
             }

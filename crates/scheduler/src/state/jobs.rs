@@ -314,7 +314,7 @@ impl JobsState {
     }
 
     /// Resources in use on each worker and its active attempts (the task slots they hold).
-    fn usage(&self) -> HashMap<String, (Resources, u32)> {
+    pub fn usage(&self) -> HashMap<String, (Resources, u32)> {
         let mut m: HashMap<String, (Resources, u32)> = HashMap::new();
         for j in self.running_jobs() {
             let r = j.spec.as_ref().and_then(|s| s.resources).unwrap_or_default();
