@@ -102,3 +102,96 @@ async fn bad_uploads_are_refused_by_name_and_leave_nothing_behind() {
     assert!(has(&mut api, fresh_id.as_str()).await);
     assert_eq!(&*store.get(&fresh_id).unwrap(), &fresh[..]);
 }
+
+/// The temp files (`.<id>.tmp.<pid>.<n>`) that the node with process id `pid` is writing under `dir`.
+fn temp_files_of(dir: &std::path::Path, pid: u32) -> usize {
+    let mark = format!(".tmp.{pid}.");
+    let Ok(shards) = std::fs::read_dir(dir) else { return 0 };
+    shards
+        .flatten()
+        .filter_map(|s| std::fs::read_dir(s.path()).ok())
+        .flat_map(|rd| rd.flatten())
+        .filter(|e| e.file_name().to_string_lossy().contains(&mark))
+        .count()
+}
+
+/// A node that hangs (SIGSTOP: alive to TCP, silent to everything else) costs a client the stall timeout, not a
+/// hang: an upload it took is abandoned and sent again to the next node, a download it was asked for is resumed on
+/// the next node, and a client that knows only the hung node gets an error naming it. The abandoned upload leaves
+/// nothing half-written once the node runs again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hung_node_costs_the_stall_timeout_and_the_next_node_answers() {
+    use aidos_blob::{BlobStore, ServiceStore};
+    use std::sync::Arc;
+    use std::time::{Duration, Instant};
+    let c = start_cluster(3).await;
+    let addrs = c.addrs();
+    let pid = c.nodes.values().find(|(a, _)| *a == addrs[0]).unwrap().1.child.as_ref().unwrap().id();
+    let signal = |sig: &str| {
+        assert!(std::process::Command::new("kill").args([sig, &pid.to_string()]).status().unwrap().success())
+    };
+    let stall = Duration::from_secs(2);
+    let store = |addrs: &[String], budget: u64| {
+        Arc::new(
+            ServiceStore::connect(addrs, c.credentials())
+                .unwrap()
+                .with_stall_timeout(stall)
+                .with_budget(Duration::from_secs(budget)),
+        )
+    };
+
+    // An upload: the first node takes it and is stopped as soon as it has started writing the blob.
+    let mut x = 0x9e37_79b9_7f4a_7c15u64;
+    let data: Arc<Vec<u8>> = Arc::new(
+        (0..96 << 20)
+            .map(|_| {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                x as u8
+            })
+            .collect(),
+    );
+    let (s, d) = (store(&addrs, 60), data.clone());
+    let put = tokio::task::spawn_blocking(move || s.put(&d));
+    let blobs = c.blob_dir();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while temp_files_of(&blobs, pid) == 0 {
+        assert!(!put.is_finished(), "the upload ended before the first node could be stopped mid-way");
+        assert!(Instant::now() < deadline, "the first node never started writing the upload");
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    signal("-STOP");
+    let t0 = Instant::now();
+    let id = tokio::time::timeout(Duration::from_secs(90), put)
+        .await
+        .expect("the upload hung on the stopped node")
+        .unwrap()
+        .expect("the upload went to another node");
+    eprintln!("upload done {:?} after the first node stopped", t0.elapsed());
+    assert!(temp_files_of(&blobs, pid) > 0, "the stopped node was stopped mid-upload");
+    signal("-CONT");
+    // The node sees the reset stream and drops what it wrote.
+    wait_until("the abandoned upload's temp file removed", Duration::from_secs(30), || {
+        (temp_files_of(&blobs, pid) == 0).then_some(())
+    });
+
+    // A download asked of the stopped node resumes on the next one.
+    signal("-STOP");
+    let s = store(&addrs, 60);
+    let (s2, id2) = (s.clone(), id.clone());
+    let got = tokio::time::timeout(Duration::from_secs(90), tokio::task::spawn_blocking(move || s2.get(&id2)))
+        .await
+        .expect("the download hung on the stopped node")
+        .unwrap()
+        .expect("the download went to another node");
+    assert!(*got == data[..], "the download is the blob");
+
+    // A client that knows only the stopped node gives up within its budget, naming it.
+    let only = store(&addrs[..1], 5);
+    let t0 = Instant::now();
+    let e = tokio::task::spawn_blocking(move || only.contains(&id)).await.unwrap().unwrap_err().to_string();
+    assert!(t0.elapsed() < Duration::from_secs(30), "gave up after {:?}", t0.elapsed());
+    assert!(e.contains(&addrs[0]) && e.contains("answered nothing"), "{e}");
+    signal("-CONT");
+}

@@ -15,7 +15,7 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::SystemTime;
 
-use crate::{BlobBytes, BlobError, BlobId, BlobInfo, BlobStore, LocalDirStore};
+use crate::{BlobBytes, BlobError, BlobId, BlobInfo, BlobStore, ByteStream, LocalDirStore};
 
 pub struct CachedStore {
     local: LocalDirStore,
@@ -123,6 +123,13 @@ impl BlobStore for CachedStore {
             return self.local.read_range(id, offset, len);
         }
         self.behind.read_range(id, offset, len)
+    }
+
+    fn read_stream(&self, id: &BlobId, offset: u64, piece: usize) -> Result<ByteStream<'_>, BlobError> {
+        if self.local.contains(id)? {
+            return self.local.read_stream(id, offset, piece);
+        }
+        self.behind.read_stream(id, offset, piece)
     }
 
     fn touch(&self, id: &BlobId) -> Result<bool, BlobError> {

@@ -135,6 +135,14 @@ pub trait BlobStore: Send + Sync {
     /// Up to `len` bytes of the blob from `offset`, and its total size. *Not* verified against the id (that needs
     /// the whole content): for chunked transfers whose receiver verifies what it assembled (edge downloads).
     fn read_range(&self, id: &BlobId, offset: u64, len: u64) -> Result<(Vec<u8>, u64), BlobError>;
+    /// The blob's bytes from `offset` to its end, in pieces of `piece` bytes (the last may be shorter; none when
+    /// `offset` is at or past the end), with the blob's total size; a missing blob is an error of this call, not
+    /// of the pieces. *Not* verified against the id, as [`BlobStore::read_range`]: for the blob service's
+    /// downloads, whose client verifies. Stores that can answer it with one request override it (one streamed GET
+    /// on S3); the default chains [`BlobStore::read_range`] calls of `piece` bytes. Dropping the stream stops it.
+    fn read_stream(&self, id: &BlobId, offset: u64, piece: usize) -> Result<ByteStream<'_>, BlobError> {
+        read_stream_by_ranges(self, id, offset, piece)
+    }
     /// Refreshes the blob's modified time as a put of its bytes would (see the module docs' refresh rule). `true`:
     /// the store holds the blob and it is refreshed; `false`: it does not hold it, or cannot refresh it without its
     /// bytes — put them.
@@ -151,6 +159,49 @@ pub trait BlobStore: Send + Sync {
 
 /// The bytes of a streamed put, in pieces of any size ([`BlobStore::put_stream`]).
 pub type Pieces<'a> = &'a mut dyn Iterator<Item = Result<Bytes, BlobError>>;
+
+/// [`BlobStore::read_stream`] as a chain of [`BlobStore::read_range`] calls of `piece` bytes (its default).
+pub fn read_stream_by_ranges<'a, S: BlobStore + ?Sized>(
+    store: &'a S,
+    id: &BlobId,
+    offset: u64,
+    piece: usize,
+) -> Result<ByteStream<'a>, BlobError> {
+    let piece = piece.max(1) as u64;
+    let (first, total) = store.read_range(id, offset, piece)?;
+    let mut next = offset.saturating_add(first.len() as u64);
+    let mut first = (!first.is_empty()).then(|| Bytes::from(first));
+    let id = id.clone();
+    let pieces = std::iter::from_fn(move || {
+        if let Some(b) = first.take() {
+            return Some(Ok(b));
+        }
+        if next >= total {
+            return None;
+        }
+        Some(match store.read_range(&id, next, piece) {
+            // The store has less than it said: stop short (the receiver's hash check fails).
+            Ok((data, _)) if data.is_empty() => return None,
+            Ok((data, _)) => {
+                next += data.len() as u64;
+                Ok(Bytes::from(data))
+            }
+            Err(e) => {
+                next = total;
+                Err(e)
+            }
+        })
+    });
+    Ok(ByteStream { total, pieces: Box::new(pieces) })
+}
+
+/// A blob's bytes as they are read ([`BlobStore::read_stream`]).
+pub struct ByteStream<'a> {
+    /// The blob's size (not what is left after the offset).
+    pub total: u64,
+    /// The bytes in order; an error ends them.
+    pub pieces: Box<dyn Iterator<Item = Result<Bytes, BlobError>> + Send + 'a>,
+}
 
 /// Most bytes the default [`BlobStore::put_stream`] reserves up front (an announced size is a claim, not a fact).
 const STREAM_RESERVE: u64 = 64 << 20;
@@ -183,6 +234,9 @@ macro_rules! forward_store {
             }
             fn read_range(&self, id: &BlobId, offset: u64, len: u64) -> Result<(Vec<u8>, u64), BlobError> {
                 (**self).read_range(id, offset, len)
+            }
+            fn read_stream(&self, id: &BlobId, offset: u64, piece: usize) -> Result<ByteStream<'_>, BlobError> {
+                (**self).read_stream(id, offset, piece)
             }
             fn touch(&self, id: &BlobId) -> Result<bool, BlobError> {
                 (**self).touch(id)

@@ -30,14 +30,16 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use aidos_api::client::error_chain;
+use futures::StreamExt;
 use object_store::aws::{AmazonS3, AmazonS3Builder};
 use object_store::path::Path as ObjectPath;
 use object_store::{
-    BackoffConfig, ClientOptions, GetOptions, ObjectMeta, ObjectStore, ObjectStoreExt, PutPayloadMut, RetryConfig,
+    BackoffConfig, ClientOptions, GetOptions, GetRange, ObjectMeta, ObjectStore, ObjectStoreExt, PutPayloadMut,
+    RetryConfig,
 };
 
 use crate::blocking::BlockingRuntime;
-use crate::{BlobBytes, BlobError, BlobId, BlobInfo, BlobStore, Bytes, Pieces};
+use crate::{BlobBytes, BlobError, BlobId, BlobInfo, BlobStore, ByteStream, Bytes, Pieces};
 
 /// The bucket variable: set, it selects an S3 store ([`S3Config::from_lookup`]).
 pub const ENV_BUCKET: &str = "AIDOS_S3_BUCKET";
@@ -386,6 +388,34 @@ impl S3Store {
     }
 }
 
+/// Pieces a streamed read ([`S3Store::read_stream`]) receives ahead of its reader.
+const STREAM_AHEAD: usize = 4;
+
+/// A multipart upload not yet completed or aborted, with its parts in flight. Dropped while it still holds the
+/// upload (a panic in the pieces or in `put_stream` itself), it aborts it on the store's runtime once the parts in
+/// flight have ended, so the bucket does not keep the parts of a blob that was never published (S3 keeps them, and
+/// bills them, until a lifecycle rule expires them). Best effort: a store dropped right after loses the abort.
+struct Unfinished<'a> {
+    upload: Option<Box<dyn object_store::MultipartUpload>>,
+    in_flight: VecDeque<tokio::task::JoinHandle<object_store::Result<()>>>,
+    runtime: &'a BlockingRuntime,
+}
+
+impl Drop for Unfinished<'_> {
+    fn drop(&mut self) {
+        let Some(mut upload) = self.upload.take() else { return };
+        let in_flight = std::mem::take(&mut self.in_flight);
+        self.runtime.spawn(async move {
+            for h in in_flight {
+                let _ = h.await;
+            }
+            if let Err(e) = upload.abort().await {
+                eprintln!("aidos: S3: aborting an unfinished multipart upload failed: {e}");
+            }
+        });
+    }
+}
+
 fn is_unreachable(chain: &str) -> bool {
     let c = chain.to_ascii_lowercase();
     [
@@ -431,17 +461,18 @@ impl BlobStore for S3Store {
                 .map_err(|e| self.remote(Op::Put, id, e));
         }
         let store = self.store.clone();
-        let mut upload =
+        let upload =
             self.wait(async move { store.put_multipart(&key).await }).map_err(|e| self.remote(Op::Put, id, e))?;
+        // From here every way out either completes the upload or aborts it, a panic included (the guard's drop).
+        let mut pending = Unfinished { upload: Some(upload), in_flight: VecDeque::new(), runtime: &self.runtime };
         let (part_size, concurrency) = (self.part_size(), self.config.upload_concurrency.max(1));
-        let mut in_flight = VecDeque::new();
         // Waits for the oldest part in flight.
         let join = |h: tokio::task::JoinHandle<object_store::Result<()>>| {
             self.wait(h).map_err(object_store::Error::from).and_then(|r| r).map_err(|e| self.remote(Op::Put, id, e))
         };
         let mut part = PutPayloadMut::new();
         let mut sent_any = false;
-        let mut sent = || -> Result<(), BlobError> {
+        let mut sent = |pending: &mut Unfinished<'_>| -> Result<(), BlobError> {
             // `None` marks the end: the last part goes then, whatever its size (and one, empty, if none went).
             for p in pieces.map(Some).chain([None]) {
                 let last = p.is_none();
@@ -449,20 +480,23 @@ impl BlobStore for S3Store {
                     part.push(p?);
                 }
                 if part.content_length() >= part_size || (last && (part.content_length() > 0 || !sent_any)) {
-                    if in_flight.len() >= concurrency {
-                        join(in_flight.pop_front().expect("non-empty"))?;
+                    if pending.in_flight.len() >= concurrency {
+                        join(pending.in_flight.pop_front().expect("non-empty"))?;
                     }
                     let payload = std::mem::take(&mut part).freeze();
-                    in_flight.push_back(self.runtime.spawn(upload.put_part(payload)));
+                    let put = pending.upload.as_mut().expect("taken only below").put_part(payload);
+                    pending.in_flight.push_back(self.runtime.spawn(put));
                     sent_any = true;
                 }
             }
-            while let Some(h) = in_flight.pop_front() {
+            while let Some(h) = pending.in_flight.pop_front() {
                 join(h)?;
             }
             Ok(())
         };
-        match sent() {
+        let result = sent(&mut pending);
+        let mut upload = pending.upload.take().expect("taken only here");
+        match result {
             Ok(()) => self
                 .wait(async move {
                     let done = upload.complete().await.map(|_| ());
@@ -475,7 +509,7 @@ impl BlobStore for S3Store {
                 .map_err(|e| self.remote(Op::Put, id, e)),
             Err(e) => {
                 // Nothing was published; drop the parts so the bucket does not keep them.
-                for h in in_flight {
+                for h in std::mem::take(&mut pending.in_flight) {
                     let _ = self.wait(h);
                 }
                 self.wait(async move { upload.abort().await }).ok();
@@ -484,18 +518,87 @@ impl BlobStore for S3Store {
         }
     }
 
+    /// One streamed GET, hashed as it arrives (each piece while it is in cache, not a second pass over the blob).
     fn get(&self, id: &BlobId) -> Result<BlobBytes, BlobError> {
         let store = self.store.clone();
         let key = self.key(id);
-        let bytes = self
-            .wait(async move { store.get(&key).await?.bytes().await })
+        let (bytes, hash) = self
+            .wait(async move {
+                let got = store.get(&key).await?;
+                // Room for all of it at once (the server's claim, at most 1 GiB up front).
+                let mut data = Vec::with_capacity(got.meta.size.min(1 << 30) as usize);
+                let mut hasher = blake3::Hasher::new();
+                let mut pieces = got.into_stream();
+                while let Some(p) = pieces.next().await {
+                    let p = p?;
+                    hasher.update(&p);
+                    data.extend_from_slice(&p);
+                }
+                Ok::<_, object_store::Error>((data, hasher.finalize()))
+            })
             .map_err(|e| self.not_found_or_remote(Op::Get, id, e))?;
-        let bytes = Vec::from(bytes);
-        let actual = BlobId::of(&bytes);
+        let actual = BlobId::from_hash(hash);
         if &actual != id {
             return Err(BlobError::Corrupt { id: id.clone(), actual });
         }
         Ok(BlobBytes::Owned(bytes))
+    }
+
+    /// One streamed GET from `offset`, its body cut into `piece`-byte pieces on the store's runtime, at most
+    /// [`STREAM_AHEAD`] pieces ahead of the reader. An offset S3 cannot serve as a range (an empty object, at or past
+    /// the end) falls back to the default (`read_range`, which decides with the object's size).
+    fn read_stream(&self, id: &BlobId, offset: u64, piece: usize) -> Result<ByteStream<'_>, BlobError> {
+        let piece = piece.max(1);
+        let (store, key) = (self.store.clone(), self.key(id));
+        let opts = GetOptions::new().with_range(Some(GetRange::Offset(offset)));
+        let got = match self.wait(async move { store.get_opts(&key, opts).await }) {
+            Ok(got) => got,
+            Err(e @ object_store::Error::NotFound { .. }) => return Err(self.not_found_or_remote(Op::Get, id, e)),
+            Err(_) => return crate::read_stream_by_ranges(self, id, offset, piece), // e.g. 416 Range Not Satisfiable
+        };
+        let total = got.meta.size;
+        let (tx, mut rx) = tokio::sync::mpsc::channel(STREAM_AHEAD);
+        let mut body = got.into_stream();
+        self.runtime.spawn(async move {
+            // Whole pieces go out as slices of what arrived where they can (no copy), the rest is gathered.
+            let mut gathered = bytes::BytesMut::new();
+            loop {
+                let out = match body.next().await {
+                    Some(Ok(mut b)) => {
+                        let mut out = Vec::new();
+                        while !b.is_empty() {
+                            if gathered.is_empty() && b.len() >= piece {
+                                out.push(b.split_to(piece));
+                                continue;
+                            }
+                            if gathered.capacity() == 0 {
+                                gathered.reserve(piece);
+                            }
+                            let take = b.len().min(piece - gathered.len());
+                            gathered.extend_from_slice(&b.split_to(take));
+                            if gathered.len() == piece {
+                                out.push(gathered.split().freeze());
+                            }
+                        }
+                        out.into_iter().map(Ok).collect()
+                    }
+                    Some(Err(e)) => vec![Err(e)],
+                    None if gathered.is_empty() => return,
+                    None => vec![Ok(std::mem::take(&mut gathered).freeze())],
+                };
+                for p in out {
+                    let failed = p.is_err();
+                    // A reader that left (the stream dropped) stops the GET.
+                    if tx.send(p).await.is_err() || failed {
+                        return;
+                    }
+                }
+            }
+        });
+        let id = id.clone();
+        let pieces =
+            std::iter::from_fn(move || rx.blocking_recv().map(|p| p.map_err(|e| self.remote(Op::Get, &id, e))));
+        Ok(ByteStream { total, pieces: Box::new(pieces) })
     }
 
     fn contains(&self, id: &BlobId) -> Result<bool, BlobError> {
@@ -565,7 +668,6 @@ impl BlobStore for S3Store {
     }
 
     fn list(&self) -> Result<Vec<BlobInfo>, BlobError> {
-        use tokio_stream::StreamExt;
         let store = self.store.clone();
         let prefix = (!self.prefix.is_empty()).then(|| ObjectPath::from(self.prefix.as_str()));
         let metas = self.wait(async move {

@@ -6,22 +6,29 @@
 //!   and uploads it in [`CHUNK`]-byte chunks otherwise; the node verifies the id before the blob becomes visible.
 //! - Garbage collection runs on scheduler nodes against their backing store: `list` and the deletes are refused
 //!   here; `touch` is `Has` with `refresh`.
-//! - `get` downloads and verifies the hash of what it assembled (`Corrupt` otherwise). A download that breaks
-//!   (node gone, connection reset) resumes from the bytes already received, on the next node.
+//! - `get` downloads and verifies the hash of what it received, hashing as it arrives (`Corrupt` otherwise). A
+//!   download that breaks (node gone, connection reset) resumes from the bytes already received, on the next node.
 //! - Failover follows the one scheduler client's rule ([`aidos_api::client`]); a call gives up after
 //!   [`ServiceStore::with_budget`]'s budget (default [`DEFAULT_BUDGET`]) with the last failure, which names the
 //!   node and the problem.
+//! - A node that stops making progress (hung, SIGSTOPped, its host gone without a reset) is abandoned after
+//!   [`ServiceStore::with_stall_timeout`] (default [`DEFAULT_STALL`]) and the next node tried: a unary call that
+//!   has no answer by then, an upload whose stream takes no chunk for that long, a download that receives no
+//!   message for that long. It bounds the silence, not the transfer: a large blob moving steadily never trips it.
+//!   An abandoned upload publishes nothing (the node publishes only a complete, verified blob).
 //!
 //! Blocking, like every [`BlobStore`]: the store drives its gRPC client on its own small runtime
 //! ([`crate::blocking::BlockingRuntime`], which says from where it may be called).
 
 use std::future::Future;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant, SystemTime};
 
 use aidos_api::blob_service_client::BlobServiceClient;
 use aidos_api::client::{AuthChannel, Client, Config, Credentials, Failure};
 use aidos_api::v1::{BlobDownloadRequest, BlobUploadChunk, HasBlobsRequest};
+use futures::StreamExt;
 use tonic::Status;
 
 use crate::blocking::BlockingRuntime;
@@ -31,6 +38,9 @@ use crate::{BlobBytes, BlobError, BlobId, BlobInfo, BlobStore, Bytes};
 pub const CHUNK: usize = 1 << 20;
 /// How long one blob operation keeps trying other nodes before it gives up.
 pub const DEFAULT_BUDGET: Duration = Duration::from_secs(60);
+/// How long a node may make no progress on a call before it is abandoned for the next one (module docs). Longer
+/// than a node's own pauses: a large S3 multipart completion after the last chunk, a 1 MiB chunk on a slow link.
+pub const DEFAULT_STALL: Duration = Duration::from_secs(30);
 /// Chunks an upload copies ahead of the stream.
 const UPLOAD_AHEAD: usize = 4;
 /// Largest gRPC message accepted: a chunk plus framing.
@@ -40,6 +50,7 @@ const MAX_MESSAGE: usize = CHUNK + (64 << 10);
 pub struct ServiceStore {
     client: Arc<Client>,
     budget: Duration,
+    stall: Duration,
     rt: BlockingRuntime,
 }
 
@@ -62,12 +73,18 @@ impl ServiceStore {
         let client = Client::new(schedulers, cfg).map_err(|e| remote("blob service", e))?;
         let rt = BlockingRuntime::new(1, "aidos-blob-client")
             .map_err(|e| remote("blob service", format!("starting its runtime: {e}")))?;
-        Ok(ServiceStore { client: Arc::new(client), budget: DEFAULT_BUDGET, rt })
+        Ok(ServiceStore { client: Arc::new(client), budget: DEFAULT_BUDGET, stall: DEFAULT_STALL, rt })
     }
 
     /// Sets how long one operation keeps trying before it gives up.
     pub fn with_budget(mut self, budget: Duration) -> Self {
         self.budget = budget;
+        self
+    }
+
+    /// Sets how long a node may make no progress before it is abandoned for the next (module docs).
+    pub fn with_stall_timeout(mut self, stall: Duration) -> Self {
+        self.stall = stall.max(Duration::from_millis(1));
         self
     }
 
@@ -81,10 +98,10 @@ impl ServiceStore {
 
     /// Which of `ids` the cluster holds; `refresh`: refresh the present ones (see `HasBlobsRequest.refresh`).
     fn has(&self, ids: Vec<String>, refresh: bool) -> Result<Vec<bool>, BlobError> {
-        let (client, deadline) = (self.client.clone(), Instant::now() + self.budget);
+        let (client, deadline, stall) = (self.client.clone(), Instant::now() + self.budget, self.stall);
         self.run(async move {
             let n = ids.len();
-            let r = retrying(&client, deadline, None, |ch| {
+            let r = retrying(&client, deadline, stall, None, |ch| {
                 let req = HasBlobsRequest { ids: ids.clone(), refresh };
                 async move { BlobServiceClient::new(ch).has(req).await.map(|r| r.into_inner().present) }
             })
@@ -97,29 +114,46 @@ impl ServiceStore {
     }
 
     /// Downloads `[offset, offset + len)` (clamped to the blob), resuming on another node when a stream breaks.
-    /// Returns the bytes and the blob's total size.
-    fn download(&self, id: &BlobId, offset: u64, len: u64) -> Result<(Vec<u8>, u64), BlobError> {
+    /// Returns the bytes, the blob's total size and, when `hash`, the BLAKE3 hash of the bytes (computed as they
+    /// arrive, each message while it is in cache, instead of a second pass over the blob).
+    fn download(
+        &self,
+        id: &BlobId,
+        offset: u64,
+        len: u64,
+        hash: bool,
+    ) -> Result<(Vec<u8>, u64, Option<blake3::Hash>), BlobError> {
         let (client, deadline, id) = (self.client.clone(), Instant::now() + self.budget, id.clone());
+        let stall = self.stall;
         self.run(async move {
             let mut buf: Vec<u8> = Vec::new();
             let mut total: Option<u64> = None;
+            let mut hasher = hash.then(blake3::Hasher::new);
             loop {
                 let done = |buf: &Vec<u8>, total: Option<u64>| {
                     total.is_some_and(|t| buf.len() as u64 >= len || offset + buf.len() as u64 >= t)
                 };
                 if done(&buf, total) {
-                    buf.truncate(len.min(buf.len() as u64) as usize);
-                    return Ok((buf, total.unwrap_or(0)));
+                    if buf.len() as u64 > len {
+                        // Only a range (never hashed) asks for less than the rest of the blob.
+                        buf.truncate(len as usize);
+                        hasher = None;
+                    }
+                    return Ok((buf, total.unwrap_or(0), hasher.map(|h| h.finalize())));
                 }
                 let (addr, ch) = client.channel();
                 let req = BlobDownloadRequest { id: id.to_string(), offset: offset + buf.len() as u64 };
                 let mut api = BlobServiceClient::new(ch).max_decoding_message_size(MAX_MESSAGE);
-                let failure = match api.download(req).await {
-                    Err(s) => s,
-                    Ok(resp) => {
+                let failure = match tokio::time::timeout(stall, api.download(req)).await {
+                    Err(_) => stalled(&addr, "answered no download", stall),
+                    Ok(Err(s)) => s,
+                    Ok(Ok(resp)) => {
                         let mut stream = resp.into_inner();
                         loop {
-                            match stream.message().await {
+                            let Ok(next) = tokio::time::timeout(stall, stream.message()).await else {
+                                break stalled(&addr, "sent no download data", stall);
+                            };
+                            match next {
                                 Ok(Some(m)) => {
                                     if total.is_none() {
                                         // Room for all of it at once (the claim is the node's; at most 1 GiB up
@@ -128,6 +162,9 @@ impl ServiceStore {
                                         buf.reserve_exact(want as usize);
                                     }
                                     total = Some(m.total_size);
+                                    if let Some(h) = hasher.as_mut() {
+                                        h.update(&m.data);
+                                    }
                                     buf.extend_from_slice(&m.data);
                                     if done(&buf, total) {
                                         break Status::ok("");
@@ -171,18 +208,33 @@ async fn wait_or_fail(
     }
 }
 
-/// A unary call, retried on other nodes by the client's rule until `deadline`.
-async fn retrying<T, F, Fut>(client: &Client, deadline: Instant, id: Option<&BlobId>, mut f: F) -> Result<T, BlobError>
+/// The failure of a try that `addr` let stall: a transport error (the client drops the connection, so the next
+/// try to that node starts afresh) that names the node and what it failed to do.
+fn stalled(addr: &str, what: &str, stall: Duration) -> Status {
+    Status::unavailable(format!("transport: {addr} {what} for {stall:?}"))
+}
+
+/// A unary call, retried on other nodes by the client's rule until `deadline`; a try without an answer within
+/// `stall` is abandoned.
+async fn retrying<T, F, Fut>(
+    client: &Client,
+    deadline: Instant,
+    stall: Duration,
+    id: Option<&BlobId>,
+    mut f: F,
+) -> Result<T, BlobError>
 where
     F: FnMut(AuthChannel) -> Fut,
     Fut: Future<Output = Result<T, Status>>,
 {
     loop {
         let (addr, ch) = client.channel();
-        match f(ch).await {
-            Ok(v) => return Ok(v),
-            Err(s) => wait_or_fail(client, deadline, &addr, &s, id).await?,
-        }
+        let s = match tokio::time::timeout(stall, f(ch)).await {
+            Ok(Ok(v)) => return Ok(v),
+            Ok(Err(s)) => s,
+            Err(_) => stalled(&addr, "answered nothing", stall),
+        };
+        wait_or_fail(client, deadline, &addr, &s, id).await?;
     }
 }
 
@@ -201,7 +253,8 @@ pub fn upload_chunks<D: AsRef<[u8]>>(id: &BlobId, data: D) -> impl Iterator<Item
 impl BlobStore for ServiceStore {
     /// Each attempt's chunks are copied from `data` one at a time on the calling thread, as the stream takes them
     /// (at most [`UPLOAD_AHEAD`] chunks ahead): the blob is never copied whole, and a retry starts again from the
-    /// first chunk on the next node.
+    /// first chunk on the next node. An attempt whose stream takes no chunk (or, after the last, gets no answer)
+    /// for the stall timeout is abandoned; the calling thread then finds the stream closed.
     fn put(&self, data: &[u8]) -> Result<BlobId, BlobError> {
         let id = BlobId::of(data);
         if self.has(vec![id.to_string()], true)?[0] {
@@ -211,9 +264,29 @@ impl BlobStore for ServiceStore {
         loop {
             let (tx, rx) = tokio::sync::mpsc::channel(UPLOAD_AHEAD);
             let (addr, ch) = self.client.channel();
+            let (stall, addr2) = (self.stall, addr.clone());
             let attempt = self.rt.spawn(async move {
+                // Milliseconds from `start` to the last chunk the call took from the stream (its progress).
+                let (start, taken) = (tokio::time::Instant::now(), Arc::new(AtomicU64::new(0)));
+                let t2 = taken.clone();
+                let chunks = tokio_stream::wrappers::ReceiverStream::new(rx)
+                    .inspect(move |_| t2.store(start.elapsed().as_millis() as u64, Ordering::Relaxed));
                 let mut api = BlobServiceClient::new(ch).max_encoding_message_size(MAX_MESSAGE);
-                api.upload(tokio_stream::wrappers::ReceiverStream::new(rx)).await.map(|_| ())
+                let call = api.upload(chunks);
+                tokio::pin!(call);
+                loop {
+                    let quiet_until = start + Duration::from_millis(taken.load(Ordering::Relaxed)) + stall;
+                    tokio::select! {
+                        r = &mut call => return r.map(|_| ()),
+                        () = tokio::time::sleep_until(quiet_until) => {
+                            let last = Duration::from_millis(taken.load(Ordering::Relaxed));
+                            if start.elapsed() >= last + stall {
+                                // Dropping the call resets the stream: the node publishes nothing.
+                                return Err(stalled(&addr2, "made no progress on an upload", stall));
+                            }
+                        }
+                    }
+                }
             });
             for chunk in upload_chunks(&id, data) {
                 // A closed stream: the attempt ended early (refused, or the node went); its result says which.
@@ -236,8 +309,8 @@ impl BlobStore for ServiceStore {
     }
 
     fn get(&self, id: &BlobId) -> Result<BlobBytes, BlobError> {
-        let (data, _) = self.download(id, 0, u64::MAX)?;
-        let actual = BlobId::of(&data);
+        let (data, _, hash) = self.download(id, 0, u64::MAX, true)?;
+        let actual = hash.map_or_else(|| BlobId::of(&data), BlobId::from_hash);
         if &actual != id {
             return Err(BlobError::Corrupt { id: id.clone(), actual });
         }
@@ -249,7 +322,7 @@ impl BlobStore for ServiceStore {
     }
 
     fn read_range(&self, id: &BlobId, offset: u64, len: u64) -> Result<(Vec<u8>, u64), BlobError> {
-        self.download(id, offset, len)
+        self.download(id, offset, len, false).map(|(data, total, _)| (data, total))
     }
 
     fn touch(&self, id: &BlobId) -> Result<bool, BlobError> {

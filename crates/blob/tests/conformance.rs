@@ -127,6 +127,38 @@ mod behaviours {
         assert_eq!(s.read_range(&id, 3, u64::MAX).unwrap(), (b"lo".to_vec(), 5));
     }
 
+    /// `read_stream`: from any offset to the end in pieces of the size asked (the last shorter), the blob's total
+    /// size with them; nothing from the end, past it or of an empty blob; a missing blob fails the call itself.
+    pub fn read_stream(f: &Fixture) {
+        let s = &*f.store;
+        let data = pseudo_random(5 * 1024 * 1024 + 123, 5);
+        let id = s.put(&data).unwrap();
+        for (offset, piece) in [(0, 1 << 20), (1, 1 << 20), (3 << 20, 1000), (data.len() - 5, 1 << 20), (0, 7 << 20)] {
+            let st = s.read_stream(&id, offset as u64, piece).unwrap();
+            assert_eq!(st.total, data.len() as u64);
+            let pieces: Vec<Bytes> = st.pieces.map(Result::unwrap).collect();
+            let (last, whole) = pieces.split_last().unwrap();
+            assert!(whole.iter().all(|p| p.len() == piece), "from {offset}: every piece but the last is {piece} bytes");
+            assert!(!last.is_empty() && last.len() <= piece, "from {offset}: the last piece is {}", last.len());
+            assert!(pieces.concat() == data[offset..], "from {offset} by {piece}: the bytes, in order");
+        }
+        for offset in [data.len() as u64, data.len() as u64 + 10, u64::MAX] {
+            let st = s.read_stream(&id, offset, 1 << 20).unwrap();
+            assert_eq!(st.total, data.len() as u64);
+            assert_eq!(st.pieces.count(), 0, "nothing from {offset}");
+        }
+        let empty = s.put(b"").unwrap();
+        let st = s.read_stream(&empty, 0, 1 << 20).unwrap();
+        assert_eq!((st.total, st.pieces.count()), (0, 0));
+        let missing = BlobId::of(b"read_stream: never stored");
+        assert!(matches!(s.read_stream(&missing, 0, 1 << 20), Err(BlobError::NotFound(_))));
+        // A reader that stops early just drops the stream.
+        let mut st = s.read_stream(&id, 0, 1 << 16).unwrap();
+        assert_eq!(st.pieces.next().unwrap().unwrap()[..], data[..1 << 16]);
+        drop(st);
+        assert!(*s.get(&id).unwrap() == data[..], "the store still answers");
+    }
+
     pub fn missing_is_not_found(f: &Fixture) {
         let s = &*f.store;
         let missing = BlobId::of(b"nope");
@@ -295,7 +327,8 @@ macro_rules! conformance {
 macro_rules! conformance_all {
     ($store:ident, $fixture:path) => {
         conformance!($store, $fixture;
-            roundtrip, idempotent_put, empty_blob, large_blob, streamed_put, contains, read_range_edges, missing_is_not_found,
+            roundtrip, idempotent_put, empty_blob, large_blob, streamed_put, contains, read_range_edges, read_stream,
+            missing_is_not_found,
             corruption_is_reported, bad_ids_refused, blocking_from_threads_and_runtimes, list_and_delete,
             puts_and_touches_refresh);
     };
@@ -458,4 +491,43 @@ fn s3_config_describe_and_debug() {
     assert!(!format!("{c:?}").contains("secret-value"));
     c.secret_access_key = Some("secret-value".into());
     assert!(!format!("{c:?}").contains("secret-value"), "Debug must not print the secret");
+}
+
+/// A `put_stream` whose pieces panic after parts went up (a bug in the caller) leaves no multipart upload behind:
+/// the store aborts it while the panic unwinds, and nothing is published. Its own server, so that no other test's
+/// uploads are counted.
+#[test]
+fn s3_a_panicking_stream_leaves_no_upload_behind() {
+    let server = Weed::start(WeedOptions { bucket: BUCKET.into(), ..Default::default() });
+    let s = S3Store::open(server.config()).unwrap();
+    assert_eq!(server.unfinished_uploads(), Ok(0));
+    let data = pseudo_random(40 << 20, 41);
+    let id = BlobId::of(&data);
+    let put = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        let mut pieces = data.chunks(1 << 20).enumerate().map(|(i, c)| {
+            if i == 36 {
+                // Two 16 MiB parts have gone up by now: the upload is there to be left behind.
+                assert_eq!(server.unfinished_uploads(), Ok(1), "the upload in progress is visible");
+                panic!("the pieces broke");
+            }
+            Ok(Bytes::copy_from_slice(c))
+        });
+        s.put_stream(&id, data.len() as u64, &mut pieces)
+    }));
+    let panic = put.expect_err("the pieces' panic goes on to the caller");
+    assert_eq!(panic.downcast_ref::<&str>(), Some(&"the pieces broke"), "the caller sees the pieces' own panic");
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while server.unfinished_uploads() != Ok(0) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the unfinished upload was not aborted: {:?}",
+            server.unfinished_uploads()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert!(!s.contains(&id).unwrap(), "nothing was published");
+    // The store still works, and the same blob goes up whole.
+    s.put_stream(&id, data.len() as u64, &mut data.chunks(1 << 20).map(|c| Ok(Bytes::copy_from_slice(c)))).unwrap();
+    assert!(*s.get(&id).unwrap() == data[..]);
+    assert_eq!(server.unfinished_uploads(), Ok(0));
 }

@@ -48,6 +48,8 @@ pub struct WeedCommand {
     pub args: Vec<String>,
     pub endpoint: String,
     pub bucket: String,
+    /// The filer's HTTP address (`host:port`), where the S3 gateway keeps its objects and unfinished uploads.
+    pub filer: String,
 }
 
 impl WeedCommand {
@@ -80,12 +82,13 @@ impl WeedCommand {
             "-master.telemetry=false".into(),
         ];
         // Every other listener on a free port too, so parallel runs (and a developer's own weed) never collide.
+        let filer_port = free_port();
+        args.push(format!("-filer.port={filer_port}"));
         for flag in [
             "master.port",
             "master.port.grpc",
             "volume.port",
             "volume.port.grpc",
-            "filer.port",
             "filer.port.grpc",
             "s3.port.grpc",
             "admin.port",
@@ -98,6 +101,7 @@ impl WeedCommand {
             args,
             endpoint: format!("http://{}:{s3_port}", opts.ip),
             bucket: opts.bucket.clone(),
+            filer: format!("{}:{filer_port}", opts.ip),
         }
     }
 
@@ -153,6 +157,8 @@ pub struct Weed {
     child: Child,
     pub endpoint: String,
     pub bucket: String,
+    /// See [`WeedCommand::filer`].
+    pub filer: String,
     dir: PathBuf,
     _temp: tempfile::TempDir,
 }
@@ -172,7 +178,14 @@ impl Weed {
             .stderr(log)
             .spawn()
             .unwrap_or_else(|e| panic!("cannot start {}: {e}; {INSTALL_HINT}", cmd.program.display()));
-        let mut weed = Weed { child, endpoint: cmd.endpoint.clone(), bucket: cmd.bucket.clone(), dir, _temp: temp };
+        let mut weed = Weed {
+            child,
+            endpoint: cmd.endpoint.clone(),
+            bucket: cmd.bucket.clone(),
+            filer: cmd.filer.clone(),
+            dir,
+            _temp: temp,
+        };
         let config = weed.config();
         wait_ready(
             &config,
@@ -199,6 +212,30 @@ impl Weed {
         }
         let tail: Vec<&str> = s.lines().rev().take(40).collect();
         tail.into_iter().rev().collect::<Vec<_>>().join("\n")
+    }
+
+    /// How many multipart uploads of the bucket are unfinished (started, neither completed nor aborted): the
+    /// entries of the filer directory in which SeaweedFS's S3 gateway keeps their parts, `/buckets/<bucket>/.uploads`
+    /// (S3's `ListMultipartUploads` needs a signed request, which `object_store` does not offer).
+    pub fn unfinished_uploads(&self) -> Result<usize, String> {
+        use std::io::Write;
+        let path = format!("/buckets/{}/.uploads/", self.bucket);
+        let mut conn = std::net::TcpStream::connect(&self.filer).map_err(|e| format!("filer {}: {e}", self.filer))?;
+        conn.set_read_timeout(Some(Duration::from_secs(10))).map_err(|e| e.to_string())?;
+        write!(
+            conn,
+            "GET {path}?limit=10000 HTTP/1.0\r\nHost: {}\r\nAccept: application/json\r\nConnection: close\r\n\r\n",
+            self.filer
+        )
+        .map_err(|e| e.to_string())?;
+        let mut answer = String::new();
+        conn.read_to_string(&mut answer).map_err(|e| e.to_string())?;
+        let status = answer.split_whitespace().nth(1).unwrap_or("");
+        match status {
+            "404" => Ok(0), // no upload was ever started
+            "200" => Ok(answer.matches("\"FullPath\"").count()),
+            _ => Err(format!("filer {} answered GET {path}: {}", self.filer, answer.lines().next().unwrap_or(""))),
+        }
     }
 
     /// Whether the process still runs.

@@ -10,8 +10,10 @@
 //!   buffers (S3: `(upload_concurrency + 1) * part_size`); at most [`MAX_UPLOADS`] are stored at once, and one
 //!   whose client sends nothing for [`UPLOAD_IDLE`] is refused.
 //! - A download streams [`DOWNLOAD_CHUNK`]-byte messages from the requested offset, always at least one message
-//!   (carrying the total size); it stops when the client goes away. It reads the store in larger pieces
-//!   (`DOWNLOAD_READ`, one request to S3) ahead of the client, with a bounded buffer (`DOWNLOAD_BUFFERED`).
+//!   (carrying the total size); it stops when the client goes away. It reads the store as one stream
+//!   (`BlobStore::read_stream`: one GET on S3) ahead of the client, with a bounded buffer (`DOWNLOAD_BUFFERED`),
+//!   on a thread of the blocking pool that it holds while it lasts: at most [`MAX_DOWNLOADS`] run at once, more
+//!   wait for a turn before they are answered.
 //! - Whoever skips an upload because the node has the blob refreshes it (the blob collector's refresh rule, see
 //!   `gc`): an `Upload` of a blob the store holds touches it, and `Has` with `refresh` touches each blob it
 //!   reports present. A blob the store cannot touch without its bytes is treated as absent, and is uploaded.
@@ -32,11 +34,12 @@ use crate::leader::BoxStream;
 
 /// Bytes per download message.
 pub const DOWNLOAD_CHUNK: u64 = 1 << 20;
-/// Bytes one read from the store fetches for a download (one ranged GET on S3), sent as several messages.
-const DOWNLOAD_READ: u64 = 8 * DOWNLOAD_CHUNK;
-/// Messages a download buffers ahead of its client: the next read overlaps the sending of the last one, so one
-/// download holds at most about DOWNLOAD_READ + DOWNLOAD_BUFFERED * DOWNLOAD_CHUNK bytes (24 MiB).
+/// Messages a download buffers ahead of its client, so one download holds at most about DOWNLOAD_BUFFERED *
+/// DOWNLOAD_CHUNK bytes (16 MiB) plus what its store reads ahead (S3: 4 pieces).
 const DOWNLOAD_BUFFERED: usize = 16;
+/// Downloads this node streams at once (each holds a thread of the blocking pool, which the Raft log's storage
+/// shares, and up to about 20 MiB); more wait for a turn.
+const MAX_DOWNLOADS: usize = 64;
 /// Upload messages read ahead of the store (a chunk is 1 MiB from our clients, at most 4 MiB by the protocol).
 const UPLOAD_BUFFERED: usize = 8;
 /// Uploads this node stores at once; more wait for a turn before their stream is read. Each holds a thread of
@@ -52,11 +55,17 @@ pub struct Blobs {
     core: Arc<Core>,
     /// Permits for uploads being stored ([`MAX_UPLOADS`]).
     uploads: Arc<Semaphore>,
+    /// Permits for downloads being streamed ([`MAX_DOWNLOADS`]).
+    downloads: Arc<Semaphore>,
 }
 
 impl Blobs {
     pub fn new(core: Arc<Core>) -> Blobs {
-        Blobs { core, uploads: Arc::new(Semaphore::new(MAX_UPLOADS)) }
+        Blobs {
+            core,
+            uploads: Arc::new(Semaphore::new(MAX_UPLOADS)),
+            downloads: Arc::new(Semaphore::new(MAX_DOWNLOADS)),
+        }
     }
 }
 
@@ -189,49 +198,49 @@ impl BlobService for Blobs {
         let store = store(&self.core)?;
         let r = r.into_inner();
         let id = BlobId::parse(&r.id).map_err(|e| Status::invalid_argument(format!("download.id: {e}")))?;
-        // The first chunk is read before answering, so a missing blob is an error status, not a broken stream.
-        let (s2, id2, offset) = (store.clone(), id.clone(), r.offset);
-        let (data, total) = blocking(move || s2.read_range(&id2, offset, DOWNLOAD_READ).map_err(blob_status)).await?;
+        let permit = self.downloads.clone().acquire_owned().await.map_err(|_| Status::unavailable("shutting down"))?;
         let (tx, rx) = mpsc::channel(DOWNLOAD_BUFFERED);
-        tokio::spawn(async move {
-            // Sends one read as DOWNLOAD_CHUNK-byte messages (at least one, which carries the total size).
-            // Each message is a slice of the read (no copy).
-            async fn send_all(tx: &mpsc::Sender<Result<BlobData, Status>>, data: Vec<u8>, total: u64) -> bool {
-                let data = Bytes::from(data);
-                let mut at = 0;
-                loop {
-                    let end = (at + DOWNLOAD_CHUNK as usize).min(data.len());
-                    if tx.send(Ok(BlobData { data: data.slice(at..end), total_size: total })).await.is_err() {
-                        return false;
-                    }
-                    at = end;
-                    if at == data.len() {
-                        return true;
-                    }
+        let (opened, open) = tokio::sync::oneshot::channel();
+        let offset = r.offset;
+        tokio::task::spawn_blocking(move || {
+            let _permit = permit;
+            // Opened before answering, so a missing blob is an error status, not a broken stream.
+            let stream = match store.read_stream(&id, offset, DOWNLOAD_CHUNK as usize) {
+                Ok(s) => s,
+                Err(e) => {
+                    let _ = opened.send(Err(blob_status(e)));
+                    return;
                 }
-            }
-            let mut next = offset + data.len() as u64;
-            if !send_all(&tx, data, total).await {
+            };
+            if opened.send(Ok(())).is_err() {
                 return;
             }
-            while next < total {
-                let (s2, id2) = (store.clone(), id.clone());
-                match blocking(move || s2.read_range(&id2, next, DOWNLOAD_READ).map_err(blob_status)).await {
-                    // The store has less than it said: the client sees a short stream, which fails its hash check.
-                    Ok((data, _)) if data.is_empty() => return,
-                    Ok((data, total_size)) => {
-                        next += data.len() as u64;
-                        if !send_all(&tx, data, total_size).await {
-                            return;
-                        }
-                    }
+            let total = stream.total;
+            let mut sent_any = false;
+            for piece in stream.pieces {
+                let mut piece = match piece {
+                    Ok(p) => p,
                     Err(e) => {
-                        let _ = tx.send(Err(e)).await;
+                        let _ = tx.blocking_send(Err(blob_status(e)));
                         return;
                     }
+                };
+                // Each message a slice of the piece (no copy), at most DOWNLOAD_CHUNK bytes.
+                while !piece.is_empty() {
+                    let data = piece.split_to(piece.len().min(DOWNLOAD_CHUNK as usize));
+                    // The client left: dropping the stream stops the read.
+                    if tx.blocking_send(Ok(BlobData { data, total_size: total })).is_err() {
+                        return;
+                    }
+                    sent_any = true;
                 }
             }
+            // A store that had less than it said ends the stream short: the client's hash check fails.
+            if !sent_any {
+                let _ = tx.blocking_send(Ok(BlobData { data: Bytes::new(), total_size: total }));
+            }
         });
+        open.await.map_err(|_| Status::internal("blob download task ended before it opened the blob"))??;
         ok(Box::pin(ReceiverStream::new(rx)))
     }
 
