@@ -44,8 +44,18 @@ pub use crate::contract::normalize_addr;
 pub const MAX_REDIRECTS: u32 = 3;
 
 /// Fragments of the messages tonic (or a node relaying a broken call) gives transport failures.
-const TRANSPORT_MARKERS: [&str; 7] =
-    ["transport", "connect", "not ready", "h2 protocol error", "broken pipe", "stream closed", "timeout expired"];
+/// ("http2 error": hyper's words for a connection that failed under a call, a keep-alive ping left unanswered
+/// among them.)
+const TRANSPORT_MARKERS: [&str; 8] = [
+    "transport",
+    "connect",
+    "not ready",
+    "h2 protocol error",
+    "http2 error",
+    "broken pipe",
+    "stream closed",
+    "timeout expired",
+];
 
 /// How one caller wants its calls retried. The rule is the same for everyone (module docs); these are its limits.
 #[derive(Debug, Clone)]
@@ -116,7 +126,7 @@ pub fn is_retryable(st: &Status) -> bool {
 }
 
 /// Whether the status describes the connection rather than an answer of a node.
-fn is_transport_error(st: &Status) -> bool {
+pub fn is_transport_error(st: &Status) -> bool {
     let m = st.message().to_ascii_lowercase();
     TRANSPORT_MARKERS.iter().any(|s| m.contains(s))
 }

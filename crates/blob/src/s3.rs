@@ -546,7 +546,7 @@ impl BlobStore for S3Store {
 
     /// One streamed GET from `offset`, its body cut into `piece`-byte pieces on the store's runtime, at most
     /// [`STREAM_AHEAD`] pieces ahead of the reader. An offset S3 cannot serve as a range (an empty object, at or past
-    /// the end) falls back to the default (`read_range`, which decides with the object's size).
+    /// the end: 416) is told apart by the object's size: no pieces then.
     fn read_stream(&self, id: &BlobId, offset: u64, piece: usize) -> Result<ByteStream<'_>, BlobError> {
         let piece = piece.max(1);
         let (store, key) = (self.store.clone(), self.key(id));
@@ -554,7 +554,15 @@ impl BlobStore for S3Store {
         let got = match self.wait(async move { store.get_opts(&key, opts).await }) {
             Ok(got) => got,
             Err(e @ object_store::Error::NotFound { .. }) => return Err(self.not_found_or_remote(Op::Get, id, e)),
-            Err(_) => return crate::read_stream_by_ranges(self, id, offset, piece), // e.g. 416 Range Not Satisfiable
+            Err(e) => {
+                return match self.head(Op::Get, id)? {
+                    Some(meta) if offset >= meta.size => {
+                        Ok(ByteStream { total: meta.size, pieces: Box::new(std::iter::empty()) })
+                    }
+                    Some(_) => Err(self.remote(Op::Get, id, e)),
+                    None => Err(BlobError::NotFound(id.clone())),
+                };
+            }
         };
         let total = got.meta.size;
         let (tx, mut rx) = tokio::sync::mpsc::channel(STREAM_AHEAD);
@@ -596,8 +604,11 @@ impl BlobStore for S3Store {
             }
         });
         let id = id.clone();
-        let pieces =
-            std::iter::from_fn(move || rx.blocking_recv().map(|p| p.map_err(|e| self.remote(Op::Get, &id, e))));
+        // Not `blocking_recv`, which panics on a thread inside a runtime (the contract asks for a blocking context,
+        // but a misplaced caller should block, as every other call of this store does, not panic).
+        let pieces = std::iter::from_fn(move || {
+            futures::executor::block_on(rx.recv()).map(|p| p.map_err(|e| self.remote(Op::Get, &id, e)))
+        });
         Ok(ByteStream { total, pieces: Box::new(pieces) })
     }
 

@@ -11,24 +11,24 @@
 //! - Failover follows the one scheduler client's rule ([`aidos_api::client`]); a call gives up after
 //!   [`ServiceStore::with_budget`]'s budget (default [`DEFAULT_BUDGET`]) with the last failure, which names the
 //!   node and the problem.
-//! - A node that stops making progress (hung, SIGSTOPped, its host gone without a reset) is abandoned after
-//!   [`ServiceStore::with_stall_timeout`] (default [`DEFAULT_STALL`]) and the next node tried: a unary call that
-//!   has no answer by then, an upload whose stream takes no chunk for that long, a download that receives no
-//!   message for that long. It bounds the silence, not the transfer: a large blob moving steadily never trips it.
-//!   An abandoned upload publishes nothing (the node publishes only a complete, verified blob).
+//! - A node that stops answering (hung, SIGSTOPped, its host gone without a reset) is noticed by HTTP/2 keep-alive:
+//!   a ping unanswered within the liveness timeout ([`ServiceStore::connect_with`], default [`DEFAULT_LIVENESS`],
+//!   pings every as often) drops the connection, its calls fail as transport errors, and the next node is tried
+//!   (an upload from its first chunk, a download from the bytes received). A node that is alive but slow or
+//!   queueing (a full download or upload limit) answers pings and is waited for: liveness, not progress, is what
+//!   is checked, so a busy cluster is not mistaken for a dead one. An upload cut off before its last chunk
+//!   publishes nothing; one cut off after it may still be published by the node (the same bytes under the same id).
 //!
 //! Blocking, like every [`BlobStore`]: the store drives its gRPC client on its own small runtime
 //! ([`crate::blocking::BlockingRuntime`], which says from where it may be called).
 
 use std::future::Future;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant, SystemTime};
 
 use aidos_api::blob_service_client::BlobServiceClient;
 use aidos_api::client::{AuthChannel, Client, Config, Credentials, Failure};
 use aidos_api::v1::{BlobDownloadRequest, BlobUploadChunk, HasBlobsRequest};
-use futures::StreamExt;
 use tonic::Status;
 
 use crate::blocking::BlockingRuntime;
@@ -38,9 +38,9 @@ use crate::{BlobBytes, BlobError, BlobId, BlobInfo, BlobStore, Bytes};
 pub const CHUNK: usize = 1 << 20;
 /// How long one blob operation keeps trying other nodes before it gives up.
 pub const DEFAULT_BUDGET: Duration = Duration::from_secs(60);
-/// How long a node may make no progress on a call before it is abandoned for the next one (module docs). Longer
-/// than a node's own pauses: a large S3 multipart completion after the last chunk, a 1 MiB chunk on a slow link.
-pub const DEFAULT_STALL: Duration = Duration::from_secs(30);
+/// How long a node's connection may leave a keep-alive ping unanswered before the node is taken for gone, and how
+/// often it is pinged (module docs): a hung node is left within twice this.
+pub const DEFAULT_LIVENESS: Duration = Duration::from_secs(10);
 /// Chunks an upload copies ahead of the stream.
 const UPLOAD_AHEAD: usize = 4;
 /// Largest gRPC message accepted: a chunk plus framing.
@@ -50,7 +50,6 @@ const MAX_MESSAGE: usize = CHUNK + (64 << 10);
 pub struct ServiceStore {
     client: Arc<Client>,
     budget: Duration,
-    stall: Duration,
     rt: BlockingRuntime,
 }
 
@@ -69,22 +68,33 @@ impl ServiceStore {
     /// A store reached through these scheduler addresses (`host:port`, comma-separated lists allowed), presenting
     /// `credentials`. Connects lazily.
     pub fn connect(schedulers: &[String], credentials: Credentials) -> Result<ServiceStore, BlobError> {
-        let cfg = Config { max_message: MAX_MESSAGE, budget: None, credentials, ..Config::default() };
+        Self::connect_with(schedulers, credentials, DEFAULT_LIVENESS)
+    }
+
+    /// [`ServiceStore::connect`], taking a node for gone when a keep-alive ping goes unanswered for `liveness`
+    /// (module docs).
+    pub fn connect_with(
+        schedulers: &[String],
+        credentials: Credentials,
+        liveness: Duration,
+    ) -> Result<ServiceStore, BlobError> {
+        let liveness = liveness.max(Duration::from_millis(100));
+        let cfg = Config {
+            max_message: MAX_MESSAGE,
+            budget: None,
+            keep_alive: Some(liveness),
+            credentials,
+            ..Config::default()
+        };
         let client = Client::new(schedulers, cfg).map_err(|e| remote("blob service", e))?;
         let rt = BlockingRuntime::new(1, "aidos-blob-client")
             .map_err(|e| remote("blob service", format!("starting its runtime: {e}")))?;
-        Ok(ServiceStore { client: Arc::new(client), budget: DEFAULT_BUDGET, stall: DEFAULT_STALL, rt })
+        Ok(ServiceStore { client: Arc::new(client), budget: DEFAULT_BUDGET, rt })
     }
 
     /// Sets how long one operation keeps trying before it gives up.
     pub fn with_budget(mut self, budget: Duration) -> Self {
         self.budget = budget;
-        self
-    }
-
-    /// Sets how long a node may make no progress before it is abandoned for the next (module docs).
-    pub fn with_stall_timeout(mut self, stall: Duration) -> Self {
-        self.stall = stall.max(Duration::from_millis(1));
         self
     }
 
@@ -98,10 +108,10 @@ impl ServiceStore {
 
     /// Which of `ids` the cluster holds; `refresh`: refresh the present ones (see `HasBlobsRequest.refresh`).
     fn has(&self, ids: Vec<String>, refresh: bool) -> Result<Vec<bool>, BlobError> {
-        let (client, deadline, stall) = (self.client.clone(), Instant::now() + self.budget, self.stall);
+        let (client, deadline) = (self.client.clone(), Instant::now() + self.budget);
         self.run(async move {
             let n = ids.len();
-            let r = retrying(&client, deadline, stall, None, |ch| {
+            let r = retrying(&client, deadline, None, |ch| {
                 let req = HasBlobsRequest { ids: ids.clone(), refresh };
                 async move { BlobServiceClient::new(ch).has(req).await.map(|r| r.into_inner().present) }
             })
@@ -124,7 +134,6 @@ impl ServiceStore {
         hash: bool,
     ) -> Result<(Vec<u8>, u64, Option<blake3::Hash>), BlobError> {
         let (client, deadline, id) = (self.client.clone(), Instant::now() + self.budget, id.clone());
-        let stall = self.stall;
         self.run(async move {
             let mut buf: Vec<u8> = Vec::new();
             let mut total: Option<u64> = None;
@@ -144,16 +153,12 @@ impl ServiceStore {
                 let (addr, ch) = client.channel();
                 let req = BlobDownloadRequest { id: id.to_string(), offset: offset + buf.len() as u64 };
                 let mut api = BlobServiceClient::new(ch).max_decoding_message_size(MAX_MESSAGE);
-                let failure = match tokio::time::timeout(stall, api.download(req)).await {
-                    Err(_) => stalled(&addr, "answered no download", stall),
-                    Ok(Err(s)) => s,
-                    Ok(Ok(resp)) => {
+                let failure = match api.download(req).await {
+                    Err(s) => s,
+                    Ok(resp) => {
                         let mut stream = resp.into_inner();
                         loop {
-                            let Ok(next) = tokio::time::timeout(stall, stream.message()).await else {
-                                break stalled(&addr, "sent no download data", stall);
-                            };
-                            match next {
+                            match stream.message().await {
                                 Ok(Some(m)) => {
                                     if total.is_none() {
                                         // Room for all of it at once (the claim is the node's; at most 1 GiB up
@@ -198,7 +203,12 @@ async fn wait_or_fail(
     match client.on_failure(addr, s) {
         Failure::Fatal => Err(status_error(id, s)),
         _ if Instant::now() >= deadline => {
-            Err(remote(addr, format!("gave up after retrying: {}: {}", s.code().description(), s.message())))
+            let hint = if aidos_api::client::is_transport_error(s) {
+                " (no answer from the node: it is down, hung or unreachable, or left a keep-alive ping unanswered)"
+            } else {
+                ""
+            };
+            Err(remote(addr, format!("gave up after retrying: {}: {}{hint}", s.code().description(), s.message())))
         }
         Failure::Redirected => Ok(()),
         Failure::Retry => {
@@ -208,33 +218,18 @@ async fn wait_or_fail(
     }
 }
 
-/// The failure of a try that `addr` let stall: a transport error (the client drops the connection, so the next
-/// try to that node starts afresh) that names the node and what it failed to do.
-fn stalled(addr: &str, what: &str, stall: Duration) -> Status {
-    Status::unavailable(format!("transport: {addr} {what} for {stall:?}"))
-}
-
-/// A unary call, retried on other nodes by the client's rule until `deadline`; a try without an answer within
-/// `stall` is abandoned.
-async fn retrying<T, F, Fut>(
-    client: &Client,
-    deadline: Instant,
-    stall: Duration,
-    id: Option<&BlobId>,
-    mut f: F,
-) -> Result<T, BlobError>
+/// A unary call, retried on other nodes by the client's rule until `deadline`.
+async fn retrying<T, F, Fut>(client: &Client, deadline: Instant, id: Option<&BlobId>, mut f: F) -> Result<T, BlobError>
 where
     F: FnMut(AuthChannel) -> Fut,
     Fut: Future<Output = Result<T, Status>>,
 {
     loop {
         let (addr, ch) = client.channel();
-        let s = match tokio::time::timeout(stall, f(ch)).await {
-            Ok(Ok(v)) => return Ok(v),
-            Ok(Err(s)) => s,
-            Err(_) => stalled(&addr, "answered nothing", stall),
-        };
-        wait_or_fail(client, deadline, &addr, &s, id).await?;
+        match f(ch).await {
+            Ok(v) => return Ok(v),
+            Err(s) => wait_or_fail(client, deadline, &addr, &s, id).await?,
+        }
     }
 }
 
@@ -253,8 +248,7 @@ pub fn upload_chunks<D: AsRef<[u8]>>(id: &BlobId, data: D) -> impl Iterator<Item
 impl BlobStore for ServiceStore {
     /// Each attempt's chunks are copied from `data` one at a time on the calling thread, as the stream takes them
     /// (at most [`UPLOAD_AHEAD`] chunks ahead): the blob is never copied whole, and a retry starts again from the
-    /// first chunk on the next node. An attempt whose stream takes no chunk (or, after the last, gets no answer)
-    /// for the stall timeout is abandoned; the calling thread then finds the stream closed.
+    /// first chunk on the next node (after a refusal, or once the node is taken for gone: module docs).
     fn put(&self, data: &[u8]) -> Result<BlobId, BlobError> {
         let id = BlobId::of(data);
         if self.has(vec![id.to_string()], true)?[0] {
@@ -263,36 +257,27 @@ impl BlobStore for ServiceStore {
         let deadline = Instant::now() + self.budget;
         loop {
             let (tx, rx) = tokio::sync::mpsc::channel(UPLOAD_AHEAD);
+            // Dropped when the attempt ends, however it ends, so the calling thread never waits on a stream that
+            // nobody reads any more (whatever the transport does with the request body).
+            let (ended_tx, mut ended) = tokio::sync::oneshot::channel::<()>();
             let (addr, ch) = self.client.channel();
-            let (stall, addr2) = (self.stall, addr.clone());
             let attempt = self.rt.spawn(async move {
-                // Milliseconds from `start` to the last chunk the call took from the stream (its progress).
-                let (start, taken) = (tokio::time::Instant::now(), Arc::new(AtomicU64::new(0)));
-                let t2 = taken.clone();
-                let chunks = tokio_stream::wrappers::ReceiverStream::new(rx)
-                    .inspect(move |_| t2.store(start.elapsed().as_millis() as u64, Ordering::Relaxed));
+                let _ended = ended_tx;
                 let mut api = BlobServiceClient::new(ch).max_encoding_message_size(MAX_MESSAGE);
-                let call = api.upload(chunks);
-                tokio::pin!(call);
-                loop {
-                    let quiet_until = start + Duration::from_millis(taken.load(Ordering::Relaxed)) + stall;
-                    tokio::select! {
-                        r = &mut call => return r.map(|_| ()),
-                        () = tokio::time::sleep_until(quiet_until) => {
-                            let last = Duration::from_millis(taken.load(Ordering::Relaxed));
-                            if start.elapsed() >= last + stall {
-                                // Dropping the call resets the stream: the node publishes nothing.
-                                return Err(stalled(&addr2, "made no progress on an upload", stall));
-                            }
-                        }
-                    }
-                }
+                api.upload(tokio_stream::wrappers::ReceiverStream::new(rx)).await.map(|_| ())
             });
             for chunk in upload_chunks(&id, data) {
-                // A closed stream: the attempt ended early (refused, or the node went); its result says which.
                 // Not `blocking_send`, which panics on a thread inside a runtime: a caller in async code (the CLI
                 // stores artifacts from its tasks) blocks its thread, as every call of this store does.
-                if futures::executor::block_on(tx.send(chunk)).is_err() {
+                let taken = futures::executor::block_on(async {
+                    let send = std::pin::pin!(tx.send(chunk));
+                    match futures::future::select(send, &mut ended).await {
+                        futures::future::Either::Left((sent, _)) => sent.is_ok(),
+                        futures::future::Either::Right(_) => false,
+                    }
+                });
+                // Not taken: the attempt ended early (refused, or the node went); its result says which.
+                if !taken {
                     break;
                 }
             }

@@ -503,11 +503,12 @@ fn s3_a_panicking_stream_leaves_no_upload_behind() {
     assert_eq!(server.unfinished_uploads(), Ok(0));
     let data = pseudo_random(40 << 20, 41);
     let id = BlobId::of(&data);
+    let in_progress = std::cell::Cell::new(None);
     let put = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
         let mut pieces = data.chunks(1 << 20).enumerate().map(|(i, c)| {
             if i == 36 {
                 // Two 16 MiB parts have gone up by now: the upload is there to be left behind.
-                assert_eq!(server.unfinished_uploads(), Ok(1), "the upload in progress is visible");
+                in_progress.set(Some(server.unfinished_uploads()));
                 panic!("the pieces broke");
             }
             Ok(Bytes::copy_from_slice(c))
@@ -516,6 +517,7 @@ fn s3_a_panicking_stream_leaves_no_upload_behind() {
     }));
     let panic = put.expect_err("the pieces' panic goes on to the caller");
     assert_eq!(panic.downcast_ref::<&str>(), Some(&"the pieces broke"), "the caller sees the pieces' own panic");
+    assert_eq!(in_progress.take(), Some(Ok(1)), "the upload in progress was visible before the panic");
     let deadline = std::time::Instant::now() + Duration::from_secs(30);
     while server.unfinished_uploads() != Ok(0) {
         assert!(

@@ -13,7 +13,7 @@
 //!   (carrying the total size); it stops when the client goes away. It reads the store as one stream
 //!   (`BlobStore::read_stream`: one GET on S3) ahead of the client, with a bounded buffer (`DOWNLOAD_BUFFERED`),
 //!   on a thread of the blocking pool that it holds while it lasts: at most [`MAX_DOWNLOADS`] run at once, more
-//!   wait for a turn before they are answered.
+//!   wait for a turn before they are answered, and one whose client takes nothing for [`DOWNLOAD_IDLE`] ends.
 //! - Whoever skips an upload because the node has the blob refreshes it (the blob collector's refresh rule, see
 //!   `gc`): an `Upload` of a blob the store holds touches it, and `Has` with `refresh` touches each blob it
 //!   reports present. A blob the store cannot touch without its bytes is treated as absent, and is uploaded.
@@ -40,6 +40,9 @@ const DOWNLOAD_BUFFERED: usize = 16;
 /// Downloads this node streams at once (each holds a thread of the blocking pool, which the Raft log's storage
 /// shares, and up to about 20 MiB); more wait for a turn.
 const MAX_DOWNLOADS: usize = 64;
+/// How long a download waits for its client to take the next message before it ends (a client that stopped
+/// reading must not hold its thread and turn forever; one that is gone is noticed by keep-alive sooner).
+const DOWNLOAD_IDLE: std::time::Duration = std::time::Duration::from_secs(60);
 /// Upload messages read ahead of the store (a chunk is 1 MiB from our clients, at most 4 MiB by the protocol).
 const UPLOAD_BUFFERED: usize = 8;
 /// Uploads this node stores at once; more wait for a turn before their stream is read. Each holds a thread of
@@ -202,8 +205,11 @@ impl BlobService for Blobs {
         let (tx, rx) = mpsc::channel(DOWNLOAD_BUFFERED);
         let (opened, open) = tokio::sync::oneshot::channel();
         let offset = r.offset;
+        let rt = tokio::runtime::Handle::current();
         tokio::task::spawn_blocking(move || {
             let _permit = permit;
+            // Whether the client took `msg` (false: it left, or took nothing for DOWNLOAD_IDLE).
+            let send = |msg| rt.block_on(tokio::time::timeout(DOWNLOAD_IDLE, tx.send(msg))).is_ok_and(|r| r.is_ok());
             // Opened before answering, so a missing blob is an error status, not a broken stream.
             let stream = match store.read_stream(&id, offset, DOWNLOAD_CHUNK as usize) {
                 Ok(s) => s,
@@ -221,15 +227,15 @@ impl BlobService for Blobs {
                 let mut piece = match piece {
                     Ok(p) => p,
                     Err(e) => {
-                        let _ = tx.blocking_send(Err(blob_status(e)));
+                        send(Err(blob_status(e)));
                         return;
                     }
                 };
                 // Each message a slice of the piece (no copy), at most DOWNLOAD_CHUNK bytes.
                 while !piece.is_empty() {
                     let data = piece.split_to(piece.len().min(DOWNLOAD_CHUNK as usize));
-                    // The client left: dropping the stream stops the read.
-                    if tx.blocking_send(Ok(BlobData { data, total_size: total })).is_err() {
+                    // The client left or stalled: dropping the stream stops the read.
+                    if !send(Ok(BlobData { data, total_size: total })) {
                         return;
                     }
                     sent_any = true;
@@ -237,7 +243,7 @@ impl BlobService for Blobs {
             }
             // A store that had less than it said ends the stream short: the client's hash check fails.
             if !sent_any {
-                let _ = tx.blocking_send(Ok(BlobData { data: Bytes::new(), total_size: total }));
+                send(Ok(BlobData { data: Bytes::new(), total_size: total }));
             }
         });
         open.await.map_err(|_| Status::internal("blob download task ended before it opened the blob"))??;
