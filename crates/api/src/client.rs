@@ -73,6 +73,9 @@ pub struct Config {
     pub backoff_max: Duration,
     /// HTTP/2 keep-alive pings (also while idle), to notice a dead node under a long-lived stream.
     pub keep_alive: Option<Duration>,
+    /// How long a keep-alive ping may go unanswered before the connection is dropped. `None`: the interval. (A ping
+    /// waits behind the data already queued on the connection, so a slow link needs a longer timeout.)
+    pub keep_alive_timeout: Option<Duration>,
     /// Largest message the caller's service clients should accept and send ([`Client::max_message`]); tonic's
     /// default is 4 MiB. A channel has no such limit; the generated clients take it.
     pub max_message: usize,
@@ -92,6 +95,7 @@ impl Default for Config {
             backoff_min: Duration::from_millis(100),
             backoff_max: Duration::from_secs(1),
             keep_alive: None,
+            keep_alive_timeout: None,
             max_message: 4 << 20,
             warn_on_retry: false,
             credentials: Credentials::default(),
@@ -288,7 +292,8 @@ impl Client {
             .initial_connection_window_size(crate::HTTP2_CONNECTION_WINDOW)
             .max_frame_size(crate::HTTP2_MAX_FRAME_SIZE);
         if let Some(k) = self.cfg.keep_alive {
-            ep = ep.http2_keep_alive_interval(k).keep_alive_timeout(k).keep_alive_while_idle(true);
+            let timeout = self.cfg.keep_alive_timeout.unwrap_or(k);
+            ep = ep.http2_keep_alive_interval(k).keep_alive_timeout(timeout).keep_alive_while_idle(true);
         }
         ep
     }

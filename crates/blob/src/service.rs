@@ -8,12 +8,13 @@
 //!   here; `touch` is `Has` with `refresh`.
 //! - `get` downloads and verifies the hash of what it received, hashing as it arrives (`Corrupt` otherwise). A
 //!   download that breaks (node gone, connection reset) resumes from the bytes already received, on the next node.
-//! - Failover follows the one scheduler client's rule ([`aidos_api::client`]); a call gives up after
-//!   [`ServiceStore::with_budget`]'s budget (default [`DEFAULT_BUDGET`]) with the last failure, which names the
-//!   node and the problem.
+//! - Failover follows the one scheduler client's rule ([`aidos_api::client`]); a call gives up when it fails after
+//!   [`ServiceStore::with_budget`]'s budget (default [`DEFAULT_BUDGET`]) without progress, with the last failure,
+//!   which names the node and the problem. A transfer that moves bytes restarts the budget (the last message
+//!   received, the last upload attempt that took a chunk), so a long transfer still fails over.
 //! - A node that stops answering (hung, SIGSTOPped, its host gone without a reset) is noticed by HTTP/2 keep-alive:
-//!   a ping unanswered within the liveness timeout ([`ServiceStore::connect_with`], default [`DEFAULT_LIVENESS`],
-//!   pings every as often) drops the connection, its calls fail as transport errors, and the next node is tried
+//!   a ping unanswered within the liveness timeout ([`ServiceStore::connect_with`], default [`DEFAULT_LIVENESS`];
+//!   a ping every third of it) drops the connection, its calls fail as transport errors, and the next node is tried
 //!   (an upload from its first chunk, a download from the bytes received). A node that is alive but slow or
 //!   queueing (a full download or upload limit) answers pings and is waited for: liveness, not progress, is what
 //!   is checked, so a busy cluster is not mistaken for a dead one. An upload cut off before its last chunk
@@ -38,9 +39,11 @@ use crate::{BlobBytes, BlobError, BlobId, BlobInfo, BlobStore, Bytes};
 pub const CHUNK: usize = 1 << 20;
 /// How long one blob operation keeps trying other nodes before it gives up.
 pub const DEFAULT_BUDGET: Duration = Duration::from_secs(60);
-/// How long a node's connection may leave a keep-alive ping unanswered before the node is taken for gone, and how
-/// often it is pinged (module docs): a hung node is left within twice this.
-pub const DEFAULT_LIVENESS: Duration = Duration::from_secs(10);
+/// How long a node's connection may leave a keep-alive ping unanswered before the node is taken for gone; it is
+/// pinged every third of it (module docs), so a hung node is left within about 1.3 times this. A ping waits behind
+/// the upload data queued on the connection (up to its 16 MiB flow-control window), so an upload over a link that
+/// cannot move 16 MiB in this time (under ~4.5 Mbit/s) is cut off too: such links need a longer one.
+pub const DEFAULT_LIVENESS: Duration = Duration::from_secs(30);
 /// Chunks an upload copies ahead of the stream.
 const UPLOAD_AHEAD: usize = 4;
 /// Largest gRPC message accepted: a chunk plus framing.
@@ -82,7 +85,8 @@ impl ServiceStore {
         let cfg = Config {
             max_message: MAX_MESSAGE,
             budget: None,
-            keep_alive: Some(liveness),
+            keep_alive: Some(liveness / 3),
+            keep_alive_timeout: Some(liveness),
             credentials,
             ..Config::default()
         };
@@ -93,6 +97,8 @@ impl ServiceStore {
     }
 
     /// Sets how long one operation keeps trying before it gives up.
+    /// It bounds failures, not waiting: a live node that is slow or queueing (its transfer limits full) is waited
+    /// for as long as it answers keep-alive pings.
     pub fn with_budget(mut self, budget: Duration) -> Self {
         self.budget = budget;
         self
@@ -133,8 +139,10 @@ impl ServiceStore {
         len: u64,
         hash: bool,
     ) -> Result<(Vec<u8>, u64, Option<blake3::Hash>), BlobError> {
-        let (client, deadline, id) = (self.client.clone(), Instant::now() + self.budget, id.clone());
+        let (client, budget, id) = (self.client.clone(), self.budget, id.clone());
         self.run(async move {
+            // The budget counts from the start or from the last byte received, whichever is later.
+            let mut deadline = Instant::now() + budget;
             let mut buf: Vec<u8> = Vec::new();
             let mut total: Option<u64> = None;
             let mut hasher = hash.then(blake3::Hasher::new);
@@ -171,6 +179,7 @@ impl ServiceStore {
                                         h.update(&m.data);
                                     }
                                     buf.extend_from_slice(&m.data);
+                                    deadline = Instant::now() + budget;
                                     if done(&buf, total) {
                                         break Status::ok("");
                                     }
@@ -203,7 +212,8 @@ async fn wait_or_fail(
     match client.on_failure(addr, s) {
         Failure::Fatal => Err(status_error(id, s)),
         _ if Instant::now() >= deadline => {
-            let hint = if aidos_api::client::is_transport_error(s) {
+            // Only a failure of the call itself, not an error a node passed on (say, from its S3 store).
+            let hint = if s.code() == tonic::Code::Unavailable && aidos_api::client::is_transport_error(s) {
                 " (no answer from the node: it is down, hung or unreachable, or left a keep-alive ping unanswered)"
             } else {
                 ""
@@ -254,7 +264,8 @@ impl BlobStore for ServiceStore {
         if self.has(vec![id.to_string()], true)?[0] {
             return Ok(id);
         }
-        let deadline = Instant::now() + self.budget;
+        // The budget counts from the start or from the end of the last attempt that took a chunk, whichever is later.
+        let mut deadline = Instant::now() + self.budget;
         loop {
             let (tx, rx) = tokio::sync::mpsc::channel(UPLOAD_AHEAD);
             // Dropped when the attempt ends, however it ends, so the calling thread never waits on a stream that
@@ -266,6 +277,7 @@ impl BlobStore for ServiceStore {
                 let mut api = BlobServiceClient::new(ch).max_encoding_message_size(MAX_MESSAGE);
                 api.upload(tokio_stream::wrappers::ReceiverStream::new(rx)).await.map(|_| ())
             });
+            let mut took_any = false;
             for chunk in upload_chunks(&id, data) {
                 // Not `blocking_send`, which panics on a thread inside a runtime: a caller in async code (the CLI
                 // stores artifacts from its tasks) blocks its thread, as every call of this store does.
@@ -280,6 +292,7 @@ impl BlobStore for ServiceStore {
                 if !taken {
                     break;
                 }
+                took_any = true;
             }
             drop(tx);
             let failure = match self.rt.wait(attempt) {
@@ -288,6 +301,9 @@ impl BlobStore for ServiceStore {
                 Some(Err(e)) => Status::internal(format!("upload task: {e}")),
                 None => return Err(remote("blob service", "the client's runtime stopped")),
             };
+            if took_any {
+                deadline = deadline.max(Instant::now() + self.budget);
+            }
             let (client, id2) = (self.client.clone(), id.clone());
             self.run(async move { wait_or_fail(&client, deadline, &addr, &failure, Some(&id2)).await })?;
         }

@@ -223,8 +223,6 @@ fn node_names(cfg: &SchedulerConfig) -> Vec<String> {
 
 /// Concurrent HTTP/2 streams one client connection may hold (bounds a worker's concurrent log streams too).
 pub const MAX_STREAMS_PER_CONNECTION: u32 = 4096;
-/// How often the gRPC server pings a connection, and how long it waits for the answer before it closes it.
-pub const SERVER_KEEPALIVE: std::time::Duration = std::time::Duration::from_secs(20);
 
 /// Every gRPC service of a node: aidos's own, `grpc.health.v1` and server reflection (v1 and v1alpha: grpcurl and
 /// the Python client ask for either).
@@ -427,10 +425,6 @@ impl SchedulerNode {
             .initial_stream_window_size(Some(aidos_api::HTTP2_STREAM_WINDOW))
             .initial_connection_window_size(Some(aidos_api::HTTP2_CONNECTION_WINDOW))
             .max_frame_size(Some(aidos_api::HTTP2_MAX_FRAME_SIZE))
-            // A client that stops answering (stopped, its host gone without a reset) loses its connection, and
-            // with it what it held: a blob download's thread and turn, an upload's temp file or multipart parts.
-            .http2_keepalive_interval(Some(SERVER_KEEPALIVE))
-            .http2_keepalive_timeout(Some(SERVER_KEEPALIVE))
             .layer(auth_layer)
             .layer(forward_layer)
             .add_routes(routes);

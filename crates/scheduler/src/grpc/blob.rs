@@ -40,8 +40,9 @@ const DOWNLOAD_BUFFERED: usize = 16;
 /// Downloads this node streams at once (each holds a thread of the blocking pool, which the Raft log's storage
 /// shares, and up to about 20 MiB); more wait for a turn.
 const MAX_DOWNLOADS: usize = 64;
-/// How long a download waits for its client to take the next message before it ends (a client that stopped
-/// reading must not hold its thread and turn forever; one that is gone is noticed by keep-alive sooner).
+/// How long a download waits for its client to take the next message before it ends: a client that stopped
+/// reading, or stopped altogether, must not hold its thread and turn forever. (No server keep-alive instead: a ping
+/// would wait behind the download's queued data, and cut off slow but healthy clients.)
 const DOWNLOAD_IDLE: std::time::Duration = std::time::Duration::from_secs(60);
 /// Upload messages read ahead of the store (a chunk is 1 MiB from our clients, at most 4 MiB by the protocol).
 const UPLOAD_BUFFERED: usize = 8;
