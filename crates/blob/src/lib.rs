@@ -161,7 +161,7 @@ pub trait BlobStore: Send + Sync {
 pub type Pieces<'a> = &'a mut dyn Iterator<Item = Result<Bytes, BlobError>>;
 
 /// [`BlobStore::read_stream`] as a chain of [`BlobStore::read_range`] calls of `piece` bytes (its default).
-pub fn read_stream_by_ranges<'a, S: BlobStore + ?Sized>(
+fn read_stream_by_ranges<'a, S: BlobStore + ?Sized>(
     store: &'a S,
     id: &BlobId,
     offset: u64,

@@ -403,17 +403,25 @@ struct Unfinished<'a> {
 
 impl Drop for Unfinished<'_> {
     fn drop(&mut self) {
-        let Some(mut upload) = self.upload.take() else { return };
+        let Some(upload) = self.upload.take() else { return };
         let in_flight = std::mem::take(&mut self.in_flight);
         self.runtime.spawn(async move {
-            for h in in_flight {
-                let _ = h.await;
-            }
-            if let Err(e) = upload.abort().await {
+            if let Err(e) = abort_upload(upload, in_flight).await {
                 eprintln!("aidos: S3: aborting an unfinished multipart upload failed: {e}");
             }
         });
     }
+}
+
+/// Waits for the parts in flight to end, then aborts the upload (S3 may keep a part that lands after the abort).
+async fn abort_upload(
+    mut upload: Box<dyn object_store::MultipartUpload>,
+    in_flight: VecDeque<tokio::task::JoinHandle<object_store::Result<()>>>,
+) -> object_store::Result<()> {
+    for h in in_flight {
+        let _ = h.await;
+    }
+    upload.abort().await
 }
 
 fn is_unreachable(chain: &str) -> bool {
@@ -509,10 +517,7 @@ impl BlobStore for S3Store {
                 .map_err(|e| self.remote(Op::Put, id, e)),
             Err(e) => {
                 // Nothing was published; drop the parts so the bucket does not keep them.
-                for h in std::mem::take(&mut pending.in_flight) {
-                    let _ = self.wait(h);
-                }
-                self.wait(async move { upload.abort().await }).ok();
+                let _ = self.wait(abort_upload(upload, std::mem::take(&mut pending.in_flight)));
                 Err(e)
             }
         }
