@@ -75,6 +75,16 @@ async fn wait_sweep(
     }
 }
 
+/// One scheduler node, a 4-core worker, and MNIST pushed as `mnist` with `splits`.
+async fn mnist_cluster(splits: &str) -> Cluster {
+    let mut c = start_cluster(1).await;
+    c.start_worker("w1", "4", "");
+    let mnist = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("data/mnist10k");
+    let (code, _, err) = c.cli(&["dataset", "push", "mnist", mnist.to_str().unwrap(), "--split", splits]);
+    assert_eq!(code, 0, "{err}");
+    c
+}
+
 fn ended(s: &serde_json::Value) -> bool {
     s["state"] != "RUNNING" && s["trials"].as_array().unwrap().iter().all(|t| t["state"] != "RUNNING")
 }
@@ -291,12 +301,7 @@ x = {{ uniform = [-1.0, 1.0] }}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_train_sweep_registers_its_best_model_with_the_sweep_in_its_lineage() {
-    let mut c = start_cluster(1).await;
-    c.start_worker("w1", "4", "");
-    let mnist = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("data/mnist10k");
-    let (code, _, err) =
-        c.cli(&["dataset", "push", "mnist", mnist.to_str().unwrap(), "--split", "train=8000,test=2000"]);
-    assert_eq!(code, 0, "{err}");
+    let c = mnist_cluster("train=8000,test=2000").await;
     let spec = r#"
 name = "digits-sweep"
 [sweep]
@@ -343,4 +348,92 @@ optimizer = { name = "adam", lr = "${lr}" }
     assert_eq!(format!("digits:{}", m["version"]), s["best_model"].as_str().unwrap(), "{m:#}");
     assert_eq!(m["lineage"]["sweep"], id.as_str(), "{m:#}");
     assert_eq!(m["lineage"]["job_id"], best["job_id"], "{m:#}");
+}
+
+/// Promotion ASHA on MNIST: every trial pauses after its first epoch; a freed slot resumes the best of the paused
+/// trials (once its rung has η of them) as a new job from the paused job's checkpoint; the rest are pruned at the
+/// end. The best model went through both jobs and is registered with the second one in its lineage.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_promotion_sweep_pauses_trials_and_resumes_the_best_from_their_checkpoints() {
+    let c = mnist_cluster("train=2000,test=500").await;
+    let spec = r#"
+name = "promo"
+[sweep]
+metric = "val_accuracy"
+direction = "maximize"
+searcher = "random"
+seed = 5
+max_trials = 4
+max_concurrent = 2
+register_as = "promo"
+[sweep.pruner]
+kind = "asha"
+max_resource = 3
+mode = "promotion"
+[sweep.params]
+lr = { loguniform = [1e-4, 3e-3] }
+[trial]
+kind = "train"
+[trial.resources]
+cpu = 1
+memory = "1Gi"
+[trial.train]
+dataset = "mnist"
+[trial.train.config]
+epochs = 3
+batch_size = 100
+seed = 1
+model = { name = "mlp", layers = [784, 32, 10] }
+optimizer = { name = "adam", lr = "${lr}" }
+"#;
+    let f = write(&c, "promo.toml", spec);
+    let (code, out, err) = c.cli(&["sweep", "submit", &f]);
+    assert_eq!(code, 0, "{err}");
+    let id = out.trim().to_string();
+    let s = wait_sweep(&c, &id, Duration::from_secs(300), ended).await;
+    assert_eq!(s["state"], "SUCCEEDED", "{s:#}");
+    let trials = s["trials"].as_array().unwrap();
+    assert_eq!(trials.len(), 4, "{s:#}");
+    // Rung 0 is at 1 epoch of 3: four values there keep one. Whoever was in the top third of its rung when a slot
+    // freed went on to 3 epochs (at least one); every other trial stopped at 1 epoch, pruned.
+    let completed: Vec<&serde_json::Value> = trials.iter().filter(|t| t["state"] == "COMPLETED").collect();
+    assert!(!completed.is_empty(), "{s:#}");
+    for t in trials {
+        let (state, resource, rung) = (t["state"].as_str().unwrap(), t["resource"].as_u64(), t["rung"].as_u64());
+        match state {
+            "COMPLETED" => assert_eq!((resource, rung), (Some(3), Some(1)), "{t:#}"),
+            "PRUNED" => {
+                assert_eq!(resource, Some(1), "{t:#}");
+                assert!(t["reason"].as_str().unwrap().contains("top 1/3"), "{t:#}");
+            }
+            _ => panic!("a trial neither completed nor pruned: {t:#}"),
+        }
+        // Values at epochs 1..=resource, each once, across the trial's jobs.
+        let at: Vec<u64> = t["values"].as_array().unwrap().iter().map(|v| v[0].as_u64().unwrap()).collect();
+        assert_eq!(at, (1..=resource.unwrap()).collect::<Vec<_>>(), "{t:#}");
+    }
+    let epochs: u64 = trials.iter().map(|t| t["resource"].as_u64().unwrap()).sum();
+    assert_eq!(epochs, 4 + 2 * completed.len() as u64, "epochs run: one per trial, two more per promotion");
+
+    // The best trial's current job resumed from its first job's checkpoint (20 steps of 100 = one epoch).
+    let best = &trials[s["best_trial"].as_u64().unwrap() as usize];
+    assert_eq!(best["state"], "COMPLETED", "{best:#}");
+    let job = best["job_id"].as_str().unwrap().to_string();
+    let mut runs = aidos_api::run_service_client::RunServiceClient::new(c.any_channel().await);
+    let run = runs.get(GetRunRequest { run_id: format!("{job}.1"), ..Default::default() }).await.unwrap().into_inner();
+    assert_eq!(run.resumed_from_step, 20, "{run:#?}");
+    let (code, out, err) = c.cli(&["-o", "json", "model", "show", &format!("promo@best-{id}")]);
+    assert_eq!(code, 0, "{err}");
+    let m: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(m["lineage"]["job_id"], job.as_str(), "{m:#}");
+    // Only completed trials register: the paused jobs left no model behind.
+    let (code, out, err) = c.cli(&["-o", "json", "model", "show", "promo"]);
+    assert_eq!(code, 0, "{err}");
+    let latest: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(latest["version"].as_u64(), Some(completed.len() as u64), "{latest:#}");
+    // The status says what was paused and pruned.
+    let (code, out, err) = c.cli(&["sweep", "status", &id]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains(&format!("{} pruned", 4 - completed.len())), "{out}");
+    eprintln!("{out}");
 }

@@ -234,14 +234,16 @@ async fn follow_sweep(client: &Client, id: &str) -> anyhow::Result<Sweep> {
     let mut last = (0usize, 0usize);
     loop {
         let s = get(client, id).await?;
-        let done = s.trials.iter().filter(|t| t.state != TrialState::Running as i32).count();
+        let open =
+            |t: &aidos_api::v1::Trial| t.state == TrialState::Running as i32 || t.state == TrialState::Paused as i32;
+        let done = s.trials.iter().filter(|t| !open(t)).count();
         if (s.trials.len(), done) != last {
             last = (s.trials.len(), done);
             let best =
                 best_so_far(&s).map(|t| format!(", best {:.4} (trial {})", t.value, t.index)).unwrap_or_default();
             eprintln!("{id}: {} trials started, {done} ended{best}", s.trials.len());
         }
-        if s.state != SweepState::Running as i32 && s.trials.iter().all(|t| t.state != TrialState::Running as i32) {
+        if s.state != SweepState::Running as i32 && !s.trials.iter().any(open) {
             return Ok(s);
         }
         tokio::time::sleep(Duration::from_millis(500)).await;
@@ -338,10 +340,12 @@ fn show(g: &Global, s: &Sweep) {
         &rows,
     );
     let pruned = s.trials.iter().filter(|t| t.state == TrialState::Pruned as i32).count();
+    let paused = s.trials.iter().filter(|t| t.state == TrialState::Paused as i32).count();
+    let paused = if paused > 0 { format!(", {paused} paused") } else { String::new() };
     let (used, full) = compute(s);
     let pct = if full > 0 { 100.0 * used as f64 / full as f64 } else { 0.0 };
     println!(
-        "{} trials, {pruned} pruned; {used} of {full} {}s run ({pct:.0}% of the full budget: the pruner saved {:.0}%)",
+        "{} trials, {pruned} pruned{paused}; {used} of {full} {}s run ({pct:.0}% of the full budget: the pruner saved {:.0}%)",
         s.trials.len(),
         spec.resource_unit,
         100.0 - pct

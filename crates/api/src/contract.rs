@@ -27,6 +27,8 @@ pub mod task_env {
     pub const TRAIN_REGISTER_AS: &str = "AIDOS_TRAIN_REGISTER_AS";
     pub const TRAIN_SPLIT: &str = "AIDOS_TRAIN_SPLIT";
     pub const EVAL_SPLIT: &str = "AIDOS_EVAL_SPLIT";
+    /// The job a train job resumes from when it has no checkpoint of its own (`TrainSpec.resume_from_job`).
+    pub const TRAIN_RESUME_FROM: &str = "AIDOS_TRAIN_RESUME_FROM";
     /// Host other machines reach this worker's tasks at (serve replicas advertise their endpoints with it).
     pub const ADVERTISE_HOST: &str = "AIDOS_ADVERTISE_HOST";
     /// `serve` replicas only (read by `aidos serve replica`).

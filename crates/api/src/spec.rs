@@ -77,6 +77,8 @@ pub struct TrainFile {
     pub register_as: Option<String>,
     pub train_split: Option<String>,
     pub eval_split: Option<String>,
+    /// Continue this job's training: start from its newest checkpoint (the config must match it).
+    pub resume_from_job: Option<String>,
     pub config: Option<toml::Table>,
 }
 
@@ -191,6 +193,7 @@ impl SpecFile {
                     register_as: t.register_as.unwrap_or_default(),
                     train_split: t.train_split.unwrap_or_default(),
                     eval_split: t.eval_split.unwrap_or_default(),
+                    resume_from_job: t.resume_from_job.unwrap_or_default(),
                 }))
             }
             _ => None,

@@ -13,6 +13,8 @@
 //! [sweep.pruner]
 //! kind = "asha"                    # asha | hyperband | median | none
 //! max_resource = 8                 # a trial's full budget (epochs)
+//! mode = "stopping"                # asha/hyperband: stopping (prune as trials report) | promotion (pause at
+//!                                  # each rung, resume the top 1/η from their checkpoints; train trials)
 //! [sweep.params]
 //! lr = { loguniform = [1e-4, 1e-2] }
 //! batch_size = { choices = [32, 64, 128] }
@@ -89,6 +91,8 @@ pub struct PrunerFile {
     pub max_resource: Option<u64>,
     pub startup_trials: Option<u32>,
     pub warmup_steps: Option<u64>,
+    /// `stopping` (default) or `promotion`.
+    pub mode: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -212,7 +216,18 @@ impl SweepFile {
                         ));
                     }
                 };
+                let promotion = match p.mode.as_deref() {
+                    None | Some("stopping") => false,
+                    Some("promotion") => true,
+                    Some(o) => {
+                        return Err(SpecError::new(
+                            "sweep.pruner.mode",
+                            format!("`{o}`: expected stopping or promotion"),
+                        ));
+                    }
+                };
                 Some(PrunerSpec {
+                    promotion,
                     kind: kind as i32,
                     min_resource: p.min_resource.unwrap_or(1),
                     reduction_factor: p.reduction_factor.unwrap_or(3),
@@ -308,6 +323,18 @@ pub fn validate_sweep(s: &SweepSpec) -> Result<(), SpecError> {
                 return Err(SpecError::new(
                     "sweep.pruner.max_resource",
                     format!("{} is below min_resource {}", p.max_resource, p.min_resource),
+                ));
+            }
+        }
+        if p.promotion {
+            if !matches!(kind, PrunerKind::Asha | PrunerKind::Hyperband) {
+                return Err(SpecError::new("sweep.pruner.mode", "promotion is a mode of asha and hyperband"));
+            }
+            if trial.kind != JobKind::Train as i32 || s.resource_unit != "epoch" {
+                return Err(SpecError::new(
+                    "sweep.pruner.mode",
+                    "promotion pauses a trial at each rung and resumes it from its checkpoint, which `train` \
+                     trials (resource unit: epoch) do; a `process` trial can use the stopping mode",
                 ));
             }
         }
@@ -529,6 +556,37 @@ pub fn trial_spec(
     Ok(job)
 }
 
+/// The job that runs trial `index` of a promotion-mode sweep up to `stop_after` epochs (`None`: to the end),
+/// resuming from the checkpoint of `resume_from` (the job of its previous rung; empty for the first). `rung` is the
+/// number of rungs the trial passed.
+pub fn rung_spec(
+    spec: &SweepSpec,
+    sweep_id: &str,
+    index: u32,
+    params: &BTreeMap<String, serde_json::Value>,
+    rung: u32,
+    stop_after: Option<u64>,
+    resume_from: &str,
+) -> Result<JobSpec, String> {
+    let mut job = trial_spec(spec, sweep_id, index, params)?;
+    let Some(crate::v1::job_spec::Payload::Train(t)) = &mut job.payload else {
+        return Err("promotion runs `train` trials only".into());
+    };
+    let mut config: serde_json::Value =
+        serde_json::from_str(&t.config_json).map_err(|e| format!("trial.train.config: {e}"))?;
+    let obj = config.as_object_mut().ok_or("trial.train.config: not a table")?;
+    match stop_after {
+        Some(k) => obj.insert("stop_after_epochs".into(), k.into()),
+        None => obj.remove("stop_after_epochs"),
+    };
+    t.config_json = config.to_string();
+    t.resume_from_job = resume_from.to_string();
+    if rung > 0 {
+        job.name = format!("{}-r{rung}", job.name);
+    }
+    Ok(job)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -601,6 +659,20 @@ optimizer = { name = "adam", lr = "${lr}" }
         assert_eq!(e.field, "sweep.pruner.max_resource", "{e}");
         let e = err(&BASE.replace("ch = { choices = [16, 32], when = \"model=cnn\" }", "ch = { choices = [] }"));
         assert_eq!(e.field, "sweep.params.ch.choices", "{e}");
+        let asha = |extra: &str| {
+            BASE.replace(
+                "[sweep.params]",
+                &format!("[sweep.pruner]\nkind = \"asha\"\nmax_resource = 2\n{extra}\n[sweep.params]"),
+            )
+        };
+        parse_toml(&asha("mode = \"promotion\"")).expect("promotion over train trials");
+        let e = err(&asha("mode = \"promote\""));
+        assert!(e.field == "sweep.pruner.mode" && e.reason.contains("promote"), "{e}");
+        let e = err(&asha("mode = \"promotion\"").replace("kind = \"asha\"", "kind = \"median\""));
+        assert_eq!(e.field, "sweep.pruner.mode", "{e}");
+        let process = asha("mode = \"promotion\"").replace("[trial]\nkind = \"train\"", "[trial]\nkind = \"process\"\nprocess = { executable = \"/bin/true\" }").replace("[trial.train]\ndataset = \"mnist\"", "").replace("[trial.train.config]\nepochs = 2\nmodel = \"${model}\"\noptimizer = { name = \"adam\", lr = \"${lr}\" }", "");
+        let e = err(&process);
+        assert!(e.field == "sweep.pruner.mode" && e.reason.contains("`process`"), "{e}");
     }
 
     #[test]

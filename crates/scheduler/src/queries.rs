@@ -282,10 +282,26 @@ pub fn get_dataset(st: &ClusterState, r: &GetDatasetRequest, project: &str) -> R
 }
 
 pub fn latest_checkpoint(st: &ClusterState, job_id: &str) -> LatestCheckpointResponse {
-    match st.registry.latest_checkpoint(job_id) {
-        Some((run_id, ck)) => LatestCheckpointResponse { checkpoint: Some(ck), run_id },
-        None => LatestCheckpointResponse::default(),
+    // A job with no checkpoint of its own resumes from the job its train spec names (a promoted sweep trial
+    // continues its last rung's job), and that one from its own source: at most MAX_RESUME_HOPS jobs back.
+    // Only jobs of the asking job's project are followed (and only jobs the state still holds).
+    const MAX_RESUME_HOPS: usize = 64;
+    let project = st.jobs.by_id.get(job_id).map(job_project);
+    let mut id = job_id;
+    for _ in 0..=MAX_RESUME_HOPS {
+        if let Some((run_id, ck)) = st.registry.latest_checkpoint(id) {
+            return LatestCheckpointResponse { checkpoint: Some(ck), run_id };
+        }
+        let from = st.jobs.by_id.get(id).and_then(|j| match j.spec.as_ref()?.payload.as_ref()? {
+            aidos_api::v1::job_spec::Payload::Train(t) => Some(t.resume_from_job.as_str()),
+            _ => None,
+        });
+        match from.and_then(|f| st.jobs.by_id.get(f)) {
+            Some(src) if Some(job_project(src)) == project => id = &src.id,
+            _ => break,
+        }
     }
+    LatestCheckpointResponse::default()
 }
 
 /// The project a run belongs to: its job's (a run whose job retention removed counts as the default project's).
@@ -644,7 +660,8 @@ pub fn sweep(st: &ClusterState, id: &str) -> Result<Sweep, SchedulerError> {
     let spec = s.spec.clone().unwrap_or_default();
     for t in s.trials.iter_mut().filter(|t| t.state == TrialState::Running as i32) {
         let j = trial_job(st, &t.job_id, &spec.metric, spec.resource_unit == "epoch");
-        crate::sweep::plan::set_values(t, &j.values, spec.maximize);
+        let values = crate::sweep::plan::combined_values(&t.values, &j.values);
+        crate::sweep::plan::set_values(t, &values, spec.maximize);
     }
     Ok(s)
 }
@@ -691,7 +708,10 @@ pub fn active_sweeps(st: &ClusterState) -> Vec<String> {
         .sweeps
         .values()
         .filter(|s| {
-            s.state == SweepState::Running as i32 || s.trials.iter().any(|t| t.state == TrialState::Running as i32)
+            s.state == SweepState::Running as i32
+                || s.trials
+                    .iter()
+                    .any(|t| matches!(TrialState::try_from(t.state), Ok(TrialState::Running | TrialState::Paused)))
         })
         .map(|s| s.id.clone())
         .collect()
@@ -737,9 +757,10 @@ fn trial_job(st: &ClusterState, job_id: &str, metric: &str, unit_epoch: bool) ->
 }
 
 /// The planner's view of one sweep (see `crate::sweep::plan`): the jobs of its running trials, of ended trials
-/// whose job still runs, and of the best completed trial (for its model); the orphan job of the next trial.
+/// whose job still runs, and of the best completed trial (for its model); the orphan job of the next trial, and
+/// the jobs already submitted for paused trials' next rungs.
 pub fn sweep_view<'a>(st: &'a ClusterState, id: &str, now_ms: i64) -> Option<crate::sweep::plan::SweepView<'a>> {
-    use crate::sweep::plan::{SweepView, best_trial, request_id};
+    use crate::sweep::plan::{SweepView, best_trial, request_id, rung_request_id};
     let s = st.sweeps.sweeps.get(id)?;
     let spec = s.spec.as_ref()?;
     let unit_epoch = spec.resource_unit == "epoch";
@@ -753,13 +774,19 @@ pub fn sweep_view<'a>(st: &'a ClusterState, id: &str, now_ms: i64) -> Option<cra
             jobs.insert(t.index, trial_job(st, &t.job_id, &spec.metric, unit_epoch));
         }
     }
+    let job_of = |request: String| {
+        st.jobs.request_ids.get(&crate::state::jobs::idempotency_key(sweep_project(s), &request)).cloned()
+    };
     let next = s.trials.len() as u32;
-    let orphan = st
-        .jobs
-        .request_ids
-        .get(&crate::state::jobs::idempotency_key(sweep_project(s), &request_id(&s.id, next)))
-        .and_then(|job_id| Some((job_id.clone(), trial_job_params(st, job_id)?)));
-    Some(SweepView { sweep: s, jobs, orphan, now_ms })
+    let orphan =
+        job_of(request_id(&s.id, next)).and_then(|job_id| Some((job_id.clone(), trial_job_params(st, &job_id)?)));
+    let resumed = s
+        .trials
+        .iter()
+        .filter(|t| t.state == TrialState::Paused as i32)
+        .filter_map(|t| Some((t.index, job_of(rung_request_id(&s.id, t.index, t.rung + 1))?)))
+        .collect();
+    Some(SweepView { sweep: s, jobs, orphan, resumed, now_ms })
 }
 
 // ---- tokens ----------------------------------------------------------------------------------------------------

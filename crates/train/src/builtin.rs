@@ -11,6 +11,7 @@
 //! | `AIDOS_TRAIN_REGISTER_AS` | model name the result is registered under                       |
 //! | `AIDOS_TRAIN_SPLIT`       | split trained on (default `train`)                              |
 //! | `AIDOS_EVAL_SPLIT`        | split evaluated on at each epoch end and at the end (default `test`) |
+//! | `AIDOS_TRAIN_RESUME_FROM` | a job whose checkpoint this job continues (optional; then required) |
 //!
 //! What it does:
 //! 1. Loads both splits, checks that the model's input size and class count fit the dataset.
@@ -18,10 +19,12 @@
 //!    (NaN cells become 0, the mean); the registered model's config records them (see [`ModelConfigRecord`]), so
 //!    evaluation, serving and export apply the same preprocessing.
 //! 3. Logs params (the config flattened) and the dataset on the run, resumes from the newest checkpoint of any
-//!    earlier attempt of the job, trains (metrics and checkpoints go to the run), printing one
+//!    earlier attempt of the job (or, without one, of the job `TrainSpec.resume_from_job` names: the scheduler
+//!    answers for it), trains (metrics and checkpoints go to the run), printing one
 //!    `AIDOS_PROGRESS {json}` line and one human line per log point and epoch end.
 //! 4. Evaluates on the eval split and registers the model with its metrics and lineage; prints
-//!    `registered model NAME:VERSION test_accuracy=0.9612`.
+//!    `registered model NAME:VERSION test_accuracy=0.9612`. A run that pauses (`stop_after_epochs` below
+//!    `epochs`) stops after step 3: its epoch-end checkpoint is what counts.
 //!
 //! A refused (fenced) report stops training at once: the attempt is stale.
 
@@ -43,6 +46,7 @@ pub const ENV_TRAIN_CONFIG: &str = aidos_api::contract::task_env::TRAIN_CONFIG;
 pub const ENV_TRAIN_REGISTER_AS: &str = aidos_api::contract::task_env::TRAIN_REGISTER_AS;
 pub const ENV_TRAIN_SPLIT: &str = aidos_api::contract::task_env::TRAIN_SPLIT;
 pub const ENV_EVAL_SPLIT: &str = aidos_api::contract::task_env::EVAL_SPLIT;
+pub const ENV_TRAIN_RESUME_FROM: &str = aidos_api::contract::task_env::TRAIN_RESUME_FROM;
 
 /// Prefix of the machine-readable progress lines on stdout.
 pub const PROGRESS_PREFIX: &str = "AIDOS_PROGRESS ";
@@ -69,6 +73,12 @@ pub enum BuiltinError {
         #[source]
         source: TrainError,
     },
+    /// The job continues another job's training, and the scheduler knows no checkpoint for it.
+    #[error(
+        "this job resumes from job {job}, which has no checkpoint the scheduler knows of (its runs or the job \
+         itself were removed, or it belongs to another project); it is not trained from scratch instead"
+    )]
+    NoCheckpointToResume { job: String },
     #[error("training failed: {0}")]
     Train(#[source] TrainError),
     #[error("evaluation on split {split:?} failed: {source}")]
@@ -87,6 +97,8 @@ pub struct TrainJob {
     pub register_as: String,
     pub train_split: String,
     pub eval_split: String,
+    /// `TrainSpec.resume_from_job` ("": none).
+    pub resume_from: String,
 }
 
 impl TrainJob {
@@ -111,6 +123,7 @@ impl TrainJob {
             register_as: req(ENV_TRAIN_REGISTER_AS)?,
             train_split: opt(ENV_TRAIN_SPLIT, "train"),
             eval_split: opt(ENV_EVAL_SPLIT, "test"),
+            resume_from: opt(ENV_TRAIN_RESUME_FROM, ""),
         })
     }
 }
@@ -397,6 +410,8 @@ pub fn run(ctx: &Context, job: &TrainJob, out: &mut dyn Write) -> Result<Builtin
         }
         resumed_from_step = Some(meta.global_step);
         resume = Some(ck);
+    } else if rank == 0 && !job.resume_from.is_empty() {
+        return Err(BuiltinError::NoCheckpointToResume { job: job.resume_from.clone() });
     }
 
     let steps_per_epoch = train_ds.len().div_ceil(cfg.batch_size) as u64;
@@ -449,9 +464,21 @@ pub fn run(ctx: &Context, job: &TrainJob, out: &mut dyn Write) -> Result<Builtin
     })?;
     let train_loss = hooks.last_epoch_loss.or_else(|| outcome.history.last().map(|h| h.train_loss));
     let out = hooks.out;
-    if rank != 0 {
+    // Rank > 0 (rank 0 registers), or a pause (`stop_after_epochs`: the epoch-end checkpoint is where a later job
+    // resumes; there is no final model yet): nothing to evaluate or register.
+    let unregistered = if rank != 0 {
+        Some(format!("rank {rank} finished at step {} (rank 0 registers the model)", outcome.global_step))
+    } else if cfg.pauses() {
+        Some(format!(
+            "paused after epoch {} of {} at step {} (stop_after_epochs); no model registered",
+            outcome.epochs_completed, cfg.epochs, outcome.global_step
+        ))
+    } else {
+        None
+    };
+    if let Some(line) = unregistered {
         ctx.flush()?;
-        let _ = writeln!(out, "rank {rank} finished at step {} (rank 0 registers the model)", outcome.global_step);
+        let _ = writeln!(out, "{line}");
         let _ = out.flush();
         return Ok(BuiltinOutcome {
             model: None,

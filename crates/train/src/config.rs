@@ -430,6 +430,12 @@ pub struct TrainConfig {
     #[serde(default)]
     pub schedule: ScheduleConfig,
     pub epochs: u32,
+    /// End this run after this many epochs (counted from the start of training, not of this run), with the
+    /// epoch-end checkpoint, as a pause: the schedule still spans `epochs`, so a later job resuming from that
+    /// checkpoint (`TrainSpec.resume_from_job`) continues exactly the uninterrupted run. A paused run registers no
+    /// model. Promotion ASHA runs each rung of a sweep trial this way. `None`: train all `epochs`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stop_after_epochs: Option<u32>,
     pub batch_size: usize,
     #[serde(default)]
     pub seed: u64,
@@ -476,6 +482,7 @@ impl TrainConfig {
             optimizer,
             schedule: ScheduleConfig::Constant,
             epochs,
+            stop_after_epochs: None,
             batch_size,
             seed: 0,
             checkpoint_every_steps: 0,
@@ -515,12 +522,22 @@ impl TrainConfig {
         serde_json::to_string(self).expect("a TrainConfig always serialises")
     }
 
+    /// Whether a run of this config ends before `epochs` (see `stop_after_epochs`): it pauses, it does not finish.
+    pub fn pauses(&self) -> bool {
+        self.stop_after_epochs.is_some_and(|k| k < self.epochs)
+    }
+
     pub fn validate(&self) -> Result<()> {
         self.model.validate()?;
         self.optimizer.validate()?;
         self.schedule.validate(self.optimizer.lr())?;
         if self.epochs == 0 {
             return Err(invalid("epochs", "must be > 0"));
+        }
+        if let Some(k) = self.stop_after_epochs
+            && (k == 0 || k > self.epochs)
+        {
+            return Err(invalid("stop_after_epochs", format!("{k}: must be 1..={} (epochs)", self.epochs)));
         }
         if self.batch_size == 0 {
             return Err(invalid("batch_size", "must be > 0"));

@@ -371,7 +371,9 @@ pub fn train_with(
     let mut history = Vec::new();
     let mut stopped_early = false;
 
-    'epochs: while pos.epoch < cfg.epochs {
+    // A pausing run (`stop_after_epochs`) ends early; the schedule (`total_steps`) still spans every epoch.
+    let end_epoch = cfg.stop_after_epochs.map_or(cfg.epochs, |k| k.min(cfg.epochs));
+    'epochs: while pos.epoch < end_epoch {
         let order = epoch_order(n, cfg.seed, pos.epoch);
         let epoch_start = Instant::now();
         let (mut epoch_loss, mut epoch_steps, mut epoch_samples) = (0f64, 0u64, 0usize);

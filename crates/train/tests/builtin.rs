@@ -79,6 +79,7 @@ fn job(epochs: u32) -> TrainJob {
         register_as: "blobs-mlp".into(),
         train_split: "train".into(),
         eval_split: "test".into(),
+        resume_from: String::new(),
     }
 }
 
@@ -145,4 +146,60 @@ fn builtin_trainer_end_to_end() {
     let ctx = Context::new(env(dir.path(), &addr, 3)).unwrap();
     let err = run(&ctx, &job(4), &mut Vec::new()).unwrap_err();
     assert!(err.to_string().contains("stale"), "{err}");
+}
+
+/// A run paused after its first epoch of three (`stop_after_epochs`) registers nothing; a second job resuming from
+/// it (`resume_from`) registers the very weights of an uninterrupted three-epoch run; and a job told to resume from
+/// a job without a checkpoint refuses to train from scratch.
+#[test]
+fn a_paused_run_resumed_by_another_job_trains_what_one_run_trains() {
+    let straight = {
+        let dir = tempfile::tempdir().unwrap();
+        let store = LocalDirStore::open(dir.path()).unwrap();
+        let state = Arc::new(Mutex::new(MockState { manifest: blobs_manifest(&store), ..Default::default() }));
+        let addr = MockScheduler(state.clone()).serve();
+        let ctx = Context::new(env(dir.path(), &addr, 1)).unwrap();
+        run(&ctx, &job(3), &mut Vec::new()).unwrap();
+        let s = state.lock().unwrap();
+        parameters(&store, s.registers.last().unwrap().model.as_ref().unwrap())
+    };
+
+    let dir = tempfile::tempdir().unwrap();
+    let store = LocalDirStore::open(dir.path()).unwrap();
+    let state = Arc::new(Mutex::new(MockState { manifest: blobs_manifest(&store), ..Default::default() }));
+    let addr = MockScheduler(state.clone()).serve();
+    // A job told to continue another that never checkpointed: refused, by name.
+    let mut next = job(3);
+    next.resume_from = "job-1".into();
+    let ctx = Context::new(env(dir.path(), &addr, 1)).unwrap();
+    let err = run(&ctx, &next, &mut Vec::new()).unwrap_err();
+    assert!(err.to_string().contains("resumes from job job-1"), "{err}");
+    drop(ctx);
+
+    let mut first = job(3);
+    first.config.stop_after_epochs = Some(1);
+    let ctx = Context::new(env(dir.path(), &addr, 1)).unwrap();
+    let mut out = Vec::new();
+    let o = run(&ctx, &first, &mut out).unwrap();
+    drop(ctx);
+    let text = String::from_utf8(out).unwrap();
+    assert!(o.model.is_none() && o.global_step == 15, "{text}");
+    assert!(text.contains("paused after epoch 1 of 3"), "{text}");
+    assert!(state.lock().unwrap().registers.is_empty());
+
+    let ctx = Context::new(env(dir.path(), &addr, 1)).unwrap();
+    let o = run(&ctx, &next, &mut Vec::new()).unwrap();
+    assert_eq!((o.resumed_from_step, o.global_step), (Some(15), 45));
+    let resumed = o.model.unwrap();
+    let s = state.lock().unwrap();
+    let m = s.registers.last().unwrap().model.as_ref().unwrap();
+    assert_eq!(resumed.version, 1);
+    assert!(parameters(&store, m) == straight, "paused and resumed: the same weights as one uninterrupted run");
+}
+
+/// A registered model's parameter values.
+fn parameters(store: &LocalDirStore, m: &aidos_api::v1::ModelVersion) -> Vec<f32> {
+    let rec: ModelConfigRecord = serde_json::from_str(&m.config).unwrap();
+    let w = store.get(&aidos_sdk::BlobId::parse(&m.weights_blob).unwrap()).unwrap();
+    aidos_train::load_model(&rec.model, &w).unwrap().parameters()
 }

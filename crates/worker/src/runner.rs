@@ -163,6 +163,7 @@ pub fn train_env(t: &TrainSpec, job_name: &str, job_id: &str) -> Vec<(String, St
         (task_env::TRAIN_REGISTER_AS.to_string(), or(&t.register_as, default_name)),
         (task_env::TRAIN_SPLIT.to_string(), or(&t.train_split, "train")),
         (task_env::EVAL_SPLIT.to_string(), or(&t.eval_split, "test")),
+        (task_env::TRAIN_RESUME_FROM.to_string(), t.resume_from_job.trim().to_string()),
     ]
 }
 
@@ -731,6 +732,7 @@ mod tests {
             register_as: "".into(),
             train_split: "".into(),
             eval_split: "".into(),
+            resume_from_job: "".into(),
         };
         let env = task_env(
             &train(spec.clone(), "digits"),

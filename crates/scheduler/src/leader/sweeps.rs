@@ -21,7 +21,7 @@ use crate::core::Core;
 use crate::error::SchedulerError;
 use crate::loops::Pacer;
 use crate::queries;
-use crate::sweep::plan::{Action, plan, request_id};
+use crate::sweep::plan::{Action, plan, request_id, rung_request_id};
 
 impl LeaderHandler {
     pub async fn submit_sweep(&self, r: SubmitSweepRequest) -> Result<Sweep, SchedulerError> {
@@ -84,14 +84,14 @@ pub async fn run(core: Arc<Core>, mut stop: watch::Receiver<bool>) {
 /// Orders a round's actions into phases whose proposals go out together (the log takes them in one write): every
 /// trial update first (each names its own trial), then the job cancels they explain (a trial is recorded as pruned
 /// before its job ends, so a leader change in between cannot take the cancel for a failure), then the rest one by
-/// one in the planner's order (a launch records its trials only after their jobs exist).
+/// one in the planner's order (a resume or a launch records its trials only after their jobs exist).
 fn phases(actions: Vec<Action>) -> Vec<Vec<Action>> {
     let (mut updates, mut cancels, mut rest) = (Vec::new(), Vec::new(), Vec::new());
     for a in actions {
         match a {
             Action::Update(_) | Action::Adopt(_) => updates.push(a),
             Action::CancelJob { .. } => cancels.push(a),
-            Action::Launch(_) | Action::Finish { .. } => rest.push(vec![a]),
+            Action::Resume(_) | Action::Launch(_) | Action::Finish { .. } => rest.push(vec![a]),
         }
     }
     [updates, cancels].into_iter().filter(|p| !p.is_empty()).chain(rest).collect()
@@ -125,6 +125,22 @@ async fn execute(core: &Core, sweep_id: &str, action: Action) -> Result<(), Sche
                 });
             }
             core.propose(Command::AddTrials(AddTrialsV1 { sweep_id: sweep_id.into(), trials: records })).await?;
+        }
+        Action::Resume(resumes) => {
+            let requests = resumes
+                .iter()
+                .map(|r| SubmitRequest {
+                    spec: Some(r.job.clone()),
+                    request_id: rung_request_id(sweep_id, r.trial.index, r.trial.rung),
+                })
+                .collect();
+            let res = core.propose(Command::SubmitJobs(SubmitJobsV1 { requests })).await?;
+            let updates = resumes.into_iter().zip(res.submitted).map(|(r, s)| {
+                tracing::info!(sweep = %sweep_id, trial = r.trial.index, rung = r.trial.rung, job = %s.job_id, "trial promoted");
+                let trial = Trial { job_id: s.job_id, ..r.trial };
+                core.propose(Command::UpdateTrial(UpdateTrialV1 { sweep_id: sweep_id.into(), trial: Some(trial) }))
+            });
+            futures::future::try_join_all(updates).await?;
         }
         Action::Adopt(t) => {
             tracing::info!(sweep = %sweep_id, trial = t.index, job = %t.job_id, "adopting a trial job an earlier leader submitted");

@@ -125,14 +125,23 @@ impl SweepsState {
         let Some(t) = s.trials.get_mut(new.index as usize) else {
             return Err(not_found(format!("sweep {} has no trial {}", c.sweep_id, new.index)));
         };
-        if t.state != TrialState::Running as i32 {
+        let (running, paused) = (TrialState::Running as i32, TrialState::Paused as i32);
+        if t.state != running && t.state != paused {
             // Ended once: a late or repeated update changes nothing.
             return Ok(CommandResultV1::default());
         }
+        // A paused trial runs again only as a resume: one rung up, as its new job. An update naming an earlier rung
+        // than the trial's is stale (a resume already happened).
+        let resume = t.state == paused && new.state == running && new.rung == t.rung + 1 && !new.job_id.is_empty();
+        if new.rung < t.rung || (t.state == paused && new.state == running && !resume) {
+            return Ok(CommandResultV1::default());
+        }
         let mut n = new.clone();
-        // What identifies the trial never changes.
+        // What identifies the trial never changes; its job only with a resume.
         n.params_json = t.params_json.clone();
-        n.job_id = t.job_id.clone();
+        if !resume {
+            n.job_id = t.job_id.clone();
+        }
         n.started_at_ms = t.started_at_ms;
         n.bracket = t.bracket;
         let keep = n.values.len().saturating_sub(MAX_VALUES_PER_TRIAL);
@@ -308,6 +317,40 @@ mod tests {
             rows.load_row(t, &k, &st.sweeps.row(t, &k).unwrap()).unwrap();
         }
         assert_eq!(rows.sweeps[&id], st.sweeps.sweeps[&id]);
+    }
+
+    #[test]
+    fn a_paused_trial_runs_again_only_as_a_resume_one_rung_up() {
+        let mut st = ClusterState::default();
+        let create = Command::CreateSweep(CreateSweepV1 {
+            sweep: Some(Sweep { spec: Some(spec()), request_id: "r1".into(), ..Default::default() }),
+        });
+        let id = apply(&mut st, create).sweep.unwrap().id;
+        apply(&mut st, Command::AddTrials(AddTrialsV1 { sweep_id: id.clone(), trials: vec![trial(0)] }));
+        let update = |state: TrialState, rung: u32, job: &str| {
+            Command::UpdateTrial(UpdateTrialV1 {
+                sweep_id: id.clone(),
+                trial: Some(Trial { index: 0, state: state as i32, rung, job_id: job.into(), ..Default::default() }),
+            })
+        };
+        let now = |st: &ClusterState| {
+            let t = &st.sweeps.sweeps[&id].trials[0];
+            (TrialState::try_from(t.state).unwrap(), t.rung, t.job_id.clone())
+        };
+        apply(&mut st, update(TrialState::Paused, 0, "job-x"));
+        assert_eq!(now(&st), (TrialState::Paused, 0, "job-0".into()), "a pause keeps the job");
+        // Running again without moving up a rung, or without a job: refused quietly.
+        apply(&mut st, update(TrialState::Running, 0, "job-9"));
+        apply(&mut st, update(TrialState::Running, 1, ""));
+        assert_eq!(now(&st), (TrialState::Paused, 0, "job-0".into()));
+        // The resume: one rung up, its new job.
+        apply(&mut st, update(TrialState::Running, 1, "job-5"));
+        assert_eq!(now(&st), (TrialState::Running, 1, "job-5".into()));
+        // A stale update from before the resume changes nothing; the new rung's updates keep the new job.
+        apply(&mut st, update(TrialState::Paused, 0, ""));
+        assert_eq!(now(&st), (TrialState::Running, 1, "job-5".into()));
+        apply(&mut st, update(TrialState::Completed, 1, "job-0"));
+        assert_eq!(now(&st), (TrialState::Completed, 1, "job-5".into()));
     }
 
     #[test]

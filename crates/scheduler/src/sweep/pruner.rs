@@ -9,6 +9,10 @@
 //!   by a new leader that sees more values).
 //! - **Hyperband**: brackets of ASHA with first rungs r·η^s, s = 0..=s_max; trial i runs in bracket i mod
 //!   (s_max + 1) and is compared only within its bracket.
+//! - **Promotion ASHA** (`PrunerSpec.promotion`, the variant of the ASHA paper): nothing is stopped while it runs;
+//!   a trial pauses at each rung, and [`promotable`] names the paused trials a freed slot resumes: those in the top
+//!   ⌊n/η⌋ of the n trials that reached their rung (running, paused or ended; fewer than η: none yet), highest rung
+//!   first. Unlike the stopping variant, the first trials are not waved through a rung while it is nearly empty.
 //! - **Median**: once `startup_trials` trials completed, past `warmup_steps`, a trial whose best value so far is
 //!   worse than the median of the completed trials' values at the same resource is pruned.
 
@@ -22,6 +26,8 @@ pub struct TrialView {
     /// Rungs already passed.
     pub rung: u32,
     pub completed: bool,
+    /// Promotion mode: waiting at rung `rung` for a promotion.
+    pub paused: bool,
     /// Reported objective values, by increasing resource (the latest report for each resource).
     pub values: Vec<IntermediateValue>,
 }
@@ -51,7 +57,7 @@ pub fn brackets(p: &PrunerSpec) -> u32 {
 }
 
 /// The resource of rung `k` in `bracket`; `None` when it is not below the full budget (no such rung).
-fn rung_resource(p: &PrunerSpec, bracket: u32, k: u32) -> Option<u64> {
+pub fn rung_resource(p: &PrunerSpec, bracket: u32, k: u32) -> Option<u64> {
     let eta = p.reduction_factor.max(2) as u64;
     let mut r = p.min_resource.max(1);
     for _ in 0..(bracket + k) {
@@ -107,6 +113,36 @@ fn successive_halving(p: &PrunerSpec, maximize: bool, trial: &TrialView, others:
     if rungs > trial.rung { Verdict::Promote { rungs } } else { Verdict::Continue }
 }
 
+/// Promotion mode: the paused trials to resume, in order (highest rung first, then best value first). A trial
+/// paused after passing `k` rungs waits at rung `k`; it is promotable when its value there is in the top ⌊n/η⌋ of
+/// the `n` values the trials of its bracket have at that rung (NaN values count as the worst).
+pub fn promotable(p: &PrunerSpec, maximize: bool, trials: &[TrialView]) -> Vec<u32> {
+    let eta = p.reduction_factor.max(2) as usize;
+    let mut out: Vec<(u32, f64, u32)> = Vec::new();
+    for t in trials.iter().filter(|t| t.paused) {
+        let Some(resource) = rung_resource(p, t.bracket, t.rung) else { continue };
+        let Some(mine) = value_at(&t.values, resource).filter(|v| !v.is_nan()) else { continue };
+        let mut at: Vec<f64> = trials
+            .iter()
+            .filter(|o| o.bracket == t.bracket)
+            .filter_map(|o| value_at(&o.values, resource))
+            .map(|v| if v.is_nan() { if maximize { f64::NEG_INFINITY } else { f64::INFINITY } } else { v })
+            .collect();
+        let keep = at.len() / eta;
+        if keep == 0 {
+            continue;
+        }
+        at.sort_by(|a, b| if maximize { b.total_cmp(a) } else { a.total_cmp(b) });
+        if at_least_as_good(mine, at[keep - 1], maximize) {
+            out.push((t.rung, mine, t.index));
+        }
+    }
+    out.sort_by(|a, b| {
+        b.0.cmp(&a.0).then_with(|| if maximize { b.1.total_cmp(&a.1) } else { a.1.total_cmp(&b.1) }).then(a.2.cmp(&b.2))
+    });
+    out.into_iter().map(|(_, _, i)| i).collect()
+}
+
 fn median(p: &PrunerSpec, maximize: bool, trial: &TrialView, others: &[TrialView]) -> Verdict {
     let done: Vec<&TrialView> = others.iter().filter(|o| o.completed && o.index != trial.index).collect();
     let startup = if p.startup_trials == 0 { 5 } else { p.startup_trials } as usize;
@@ -153,6 +189,7 @@ mod tests {
             max_resource: 27,
             startup_trials: 2,
             warmup_steps: 1,
+            promotion: false,
         }
     }
 
@@ -200,6 +237,37 @@ mod tests {
         late.values.push(IntermediateValue { resource: 3, value: 0.1 });
         // Only bracket-1 trials compete: none yet, so it goes on.
         assert_eq!(decide(&p, true, &late, &[t(0, &[(3, 0.9)])]), Verdict::Promote { rungs: 1 });
+    }
+
+    #[test]
+    fn promotion_resumes_the_top_third_of_a_rung_once_it_has_eta_trials() {
+        let p = asha(PrunerKind::Asha);
+        let paused = |index: u32, rung: u32, vals: &[(u64, f64)]| TrialView { paused: true, rung, ..t(index, vals) };
+        // Two trials at rung 0 (resource 1): fewer than η, nobody is promoted yet, however good.
+        let two = [paused(0, 0, &[(1, 0.9)]), paused(1, 0, &[(1, 0.1)])];
+        assert!(promotable(&p, true, &two).is_empty());
+        // A third value arrives (a running trial's report counts): the best of the three goes on.
+        let mut three = two.to_vec();
+        three.push(t(2, &[(1, 0.5)]));
+        assert_eq!(promotable(&p, true, &three), vec![0]);
+        // Minimising picks the other end.
+        assert_eq!(promotable(&p, false, &three), vec![1]);
+        // Six values at rung 0 keep two; a promoted trial (rung 1, running) takes one of the two places.
+        let mut six = vec![
+            TrialView { rung: 1, ..t(0, &[(1, 0.9)]) },
+            paused(1, 0, &[(1, 0.8)]),
+            paused(2, 0, &[(1, 0.7)]),
+            paused(3, 0, &[(1, 0.2)]),
+            paused(4, 0, &[(1, 0.1)]),
+            paused(5, 0, &[(1, f64::NAN)]),
+        ];
+        assert_eq!(promotable(&p, true, &six), vec![1]);
+        // A paused trial at a higher rung goes first, even with a worse value.
+        six.push(paused(6, 1, &[(1, 0.75), (3, 0.3)]));
+        six.push(TrialView { rung: 1, ..t(7, &[(1, 0.3), (3, 0.2)]) });
+        six.push(TrialView { rung: 1, ..t(8, &[(1, 0.25), (3, 0.1)]) });
+        // Rung 1: three values keep one (trial 6); rung 0: nine values keep three (0.9, 0.8, 0.75): trial 1.
+        assert_eq!(promotable(&p, true, &six), vec![6, 1]);
     }
 
     #[test]
