@@ -7,6 +7,9 @@
 #
 #   AIDOS_TORCH_PYTHON=/path/to/venv/bin/python bash benches/sweep_vs_optuna.sh
 #
+# PRUNER_MODE=stopping|promotion sets aidos' ASHA mode (default: the example's). Optuna's SuccessiveHalvingPruner is
+# the stopping variant either way (Optuna has no pause/resume of trials).
+#
 # The Python needs `torch` and `optuna` (PyPI). AIDOS_BIN: the aidos binary (default: a release build).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -19,7 +22,13 @@ echo "# $(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xa
 start_aidos_node 2
 "$AIDOS" dataset push mnist data/mnist10k --split train=8000,test=2000 >/dev/null
 t0=$(date +%s.%N)
-ID=$("$AIDOS" sweep submit examples/mnist-sweep.toml)
+SPEC=examples/mnist-sweep.toml
+if [ -n "${PRUNER_MODE:-}" ]; then
+  SPEC="$DIR/mnist-sweep.toml"
+  grep -v '^mode = ' examples/mnist-sweep.toml | sed "s/^\[sweep.pruner\]\$/[sweep.pruner]\nmode = \"$PRUNER_MODE\"/" >"$SPEC"
+fi
+grep -A5 '^\[sweep.pruner\]' "$SPEC" >&2
+ID=$("$AIDOS" sweep submit "$SPEC")
 until "$AIDOS" -o json sweep status "$ID" | python3 -c 'import json,sys; s=json.load(sys.stdin); sys.exit(0 if s["state"]!="RUNNING" and all(t["state"]!="RUNNING" for t in s["trials"]) else 1)'; do sleep 1; done
 t1=$(date +%s.%N)
 "$AIDOS" sweep status "$ID" >&2

@@ -337,6 +337,13 @@ pub fn validate_sweep(s: &SweepSpec) -> Result<(), SpecError> {
                      trials (resource unit: epoch) do; a `process` trial can use the stopping mode",
                 ));
             }
+            if let Some(crate::v1::job_spec::Payload::Train(t)) = &trial.payload {
+                let config: serde_json::Value = serde_json::from_str(&t.config_json).unwrap_or_default();
+                check_promotion_epochs(s, config.get("epochs")).map_err(|e| {
+                    let (field, reason) = e.split_once(": ").unwrap_or(("trial.train.config.epochs", &e));
+                    SpecError::new(field, reason)
+                })?;
+            }
         }
     }
     if s.params.is_empty() {
@@ -556,6 +563,19 @@ pub fn trial_spec(
     Ok(job)
 }
 
+/// Promotion mode: the trial's `epochs` must be the pruner's `max_resource` (both are a trial's full budget; the
+/// last rung's job trains up to `epochs`). A placeholder is checked once substituted.
+fn check_promotion_epochs(spec: &SweepSpec, epochs: Option<&serde_json::Value>) -> Result<(), String> {
+    let max = spec.pruner.as_ref().map_or(0, |p| p.max_resource);
+    match epochs.and_then(|e| e.as_u64()) {
+        Some(e) if e != max => Err(format!(
+            "trial.train.config.epochs: {e}, but sweep.pruner.max_resource is {max}: in promotion mode both are a \
+             trial's full budget"
+        )),
+        _ => Ok(()),
+    }
+}
+
 /// The job that runs trial `index` of a promotion-mode sweep up to `stop_after` epochs (`None`: to the end),
 /// resuming from the checkpoint of `resume_from` (the job of its previous rung; empty for the first). `rung` is the
 /// number of rungs the trial passed.
@@ -575,6 +595,7 @@ pub fn rung_spec(
     let mut config: serde_json::Value =
         serde_json::from_str(&t.config_json).map_err(|e| format!("trial.train.config: {e}"))?;
     let obj = config.as_object_mut().ok_or("trial.train.config: not a table")?;
+    check_promotion_epochs(spec, obj.get("epochs"))?;
     match stop_after {
         Some(k) => obj.insert("stop_after_epochs".into(), k.into()),
         None => obj.remove("stop_after_epochs"),
@@ -665,7 +686,9 @@ optimizer = { name = "adam", lr = "${lr}" }
                 &format!("[sweep.pruner]\nkind = \"asha\"\nmax_resource = 2\n{extra}\n[sweep.params]"),
             )
         };
-        parse_toml(&asha("mode = \"promotion\"")).expect("promotion over train trials");
+        parse_toml(&asha("mode = \"promotion\"")).expect("promotion over train trials of max_resource epochs");
+        let e = err(&asha("mode = \"promotion\"").replace("epochs = 2", "epochs = 3"));
+        assert!(e.field == "trial.train.config.epochs" && e.reason.contains("max_resource is 2"), "{e}");
         let e = err(&asha("mode = \"promote\""));
         assert!(e.field == "sweep.pruner.mode" && e.reason.contains("promote"), "{e}");
         let e = err(&asha("mode = \"promotion\"").replace("kind = \"asha\"", "kind = \"median\""));

@@ -445,8 +445,9 @@ pub fn run(ctx: &Context, job: &TrainJob, out: &mut dyn Write) -> Result<Builtin
         rank,
         out,
         resume,
-        epochs: cfg.epochs,
-        total_steps: steps_per_epoch * cfg.epochs as u64,
+        // Progress runs to where this job ends (a pausing run's last epoch is `stop_after_epochs`).
+        epochs: cfg.end_epoch(),
+        total_steps: steps_per_epoch * cfg.end_epoch() as u64,
         fatal: None,
         last_epoch_loss: None,
     };

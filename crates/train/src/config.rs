@@ -527,6 +527,11 @@ impl TrainConfig {
         self.stop_after_epochs.is_some_and(|k| k < self.epochs)
     }
 
+    /// The epoch a run of this config ends after: `stop_after_epochs` when it pauses, else `epochs`.
+    pub fn end_epoch(&self) -> u32 {
+        self.stop_after_epochs.map_or(self.epochs, |k| k.min(self.epochs))
+    }
+
     pub fn validate(&self) -> Result<()> {
         self.model.validate()?;
         self.optimizer.validate()?;

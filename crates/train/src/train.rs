@@ -372,7 +372,7 @@ pub fn train_with(
     let mut stopped_early = false;
 
     // A pausing run (`stop_after_epochs`) ends early; the schedule (`total_steps`) still spans every epoch.
-    let end_epoch = cfg.stop_after_epochs.map_or(cfg.epochs, |k| k.min(cfg.epochs));
+    let end_epoch = cfg.end_epoch();
     'epochs: while pos.epoch < end_epoch {
         let order = epoch_order(n, cfg.seed, pos.epoch);
         let epoch_start = Instant::now();

@@ -6,7 +6,8 @@
 //!   answers the first sweep.
 //! - A sweep's trials are `0..n` with no gap: [`AddTrialsV1`] records trial `i` only when `i == n` and skips a
 //!   trial already recorded (the leader's proposals are idempotent), and never records one past `max_trials`.
-//! - A trial's update applies only while the trial runs, and a sweep ends once: a late update changes nothing.
+//! - A trial's update applies only while the trial runs or is paused (promotion ASHA), and a sweep ends once: a late
+//!   update changes nothing. A paused trial runs again only as a resume, one rung up, with its new job.
 //!
 //! Limits: a trial keeps at most `crate::sweep::plan::MAX_VALUES_PER_TRIAL` intermediate values.
 

@@ -7,7 +7,7 @@
 //!   [`request_id`]`(sweep, i)` and recorded after, so a leader that dies in between leaves a job that the next
 //!   leader finds under that key and adopts ([`Action::Adopt`]) with the parameters the job carries: no trial is
 //!   lost, repeated or counted twice, and a sweep never has more than `max_trials` trials.
-//! - A trial ends once: its update is applied only while it runs. A pruned or cancelled trial's job is cancelled
+//! - A trial ends once: its update is applied only while it runs or is paused. A pruned or cancelled trial's job is cancelled
 //!   after the update; a job still active under an ended trial is cancelled again by the next round.
 //! - Nothing here reads a clock: `now_ms` comes in the view.
 //! - Promotion mode (`PrunerSpec.promotion`): trial `i` runs one job per rung, `request_id(sweep, i)` for the first
@@ -184,6 +184,10 @@ pub fn plan(v: &SweepView) -> Vec<Action> {
                 out.push(Action::CancelJob { job_id: t.job_id.clone(), why: format!("sweep {} ended", s.id) });
             }
         }
+        // Jobs an earlier leader submitted and did not record (a new trial's, a resume's): nothing else stops them.
+        for job_id in v.orphan.iter().map(|(j, _)| j).chain(v.resumed.values()) {
+            out.push(Action::CancelJob { job_id: job_id.clone(), why: format!("sweep {} ended", s.id) });
+        }
         return out;
     }
     let pruner_spec: PrunerSpec = spec.pruner.unwrap_or_default();
@@ -328,7 +332,14 @@ pub fn plan(v: &SweepView) -> Vec<Action> {
     let mut resumes = Vec::new();
     if promotion && free > 0 {
         let views: Vec<TrialView> = all.iter().map(|t| trial_view(t, v)).collect();
-        for index in pruner::promotable(&pruner_spec, maximize, &views).into_iter().take(free) {
+        let mut chosen = pruner::promotable(&pruner_spec, maximize, &views);
+        // The trial budget is spent, nothing runs, nothing qualifies and no trial completed (a budget too small to
+        // fill a rung with η values): the leader of the highest rung goes on, so the sweep ends with a model.
+        let drained = still_running == 0 && s.trials.len() as u32 >= spec.max_trials;
+        if chosen.is_empty() && drained && !all.iter().any(|t| t.state == TrialState::Completed as i32) {
+            chosen.extend(pruner::best_paused(&pruner_spec, maximize, &views));
+        }
+        for index in chosen.into_iter().take(free) {
             let t = &all[index as usize];
             let rung = t.rung + 1;
             let job = serde_json::from_str::<Params>(&t.params_json).map_err(|e| e.to_string()).and_then(|params| {
@@ -346,7 +357,9 @@ pub fn plan(v: &SweepView) -> Vec<Action> {
     // New trials.
     let history: Vec<Observation> = all
         .iter()
-        .filter(|t| terminal(t) && t.has_value && !t.value.is_nan())
+        // Ended and paused trials, and resumed ones by the value they paused with (so a promoted trial does not
+        // vanish from the searcher's view while its next rung runs).
+        .filter(|t| (terminal(t) || !t.values.is_empty()) && t.has_value && !t.value.is_nan())
         .filter_map(|t| {
             let params: Params = serde_json::from_str(&t.params_json).ok()?;
             Some(Observation { params, loss: if maximize { -t.value } else { t.value } })
@@ -756,6 +769,7 @@ optimizer = {{ name = "adam", lr = "${{lr}}" }}
         for (i, val) in [(0u32, 0.9), (1, 0.5)] {
             s.trials.push(Trial {
                 index: i,
+                params_json: r#"{"lr":0.001}"#.into(),
                 job_id: format!("job-{i}"),
                 state: TrialState::Paused as i32,
                 values: values(&[(1, val)]),
@@ -765,9 +779,17 @@ optimizer = {{ name = "adam", lr = "${{lr}}" }}
                 ..Default::default()
             });
         }
-        // Two values at rung 0 (fewer than η): nobody qualifies, no trial is left to launch: both pruned, and the
-        // sweep ends without a completed trial.
+        // Two values at rung 0 (fewer than η): nobody qualifies, and no trial is left to launch. With no trial
+        // completed, the best paused one goes on, so the sweep ends with a trained model.
         let a = plan(&view(&s));
+        let [Action::Resume(r)] = &a[..] else { panic!("{a:?}") };
+        assert_eq!((r.len(), r[0].trial.index, r[0].trial.rung), (1, 0, 1));
+        // It completes (rung 1 at 3, then the full 9 epochs): the other paused trial is pruned, the sweep succeeds.
+        s.trials[0] = resumed(&s.trials[0], "job-5".into());
+        s.trials[0].rung = 2;
+        let mut v = view(&s);
+        v.jobs.insert(0, job(JobState::Succeeded, &[(2, 0.92), (9, 0.97)]));
+        let a = plan(&v);
         let pruned: Vec<u32> = a
             .iter()
             .filter_map(|x| match x {
@@ -775,8 +797,8 @@ optimizer = {{ name = "adam", lr = "${{lr}}" }}
                 _ => None,
             })
             .collect();
-        assert_eq!(pruned, vec![0, 1], "{a:?}");
-        assert!(matches!(a.last(), Some(Action::Finish { state: SweepState::Failed, .. })), "{a:?}");
+        assert_eq!(pruned, vec![1], "{a:?}");
+        assert!(matches!(a.last(), Some(Action::Finish { state: SweepState::Succeeded, best: Some(0), .. })), "{a:?}");
         assert!(!a.iter().any(|x| matches!(x, Action::CancelJob { .. })), "a paused trial has no job to cancel");
     }
 
@@ -791,7 +813,11 @@ optimizer = {{ name = "adam", lr = "${{lr}}" }}
             values: values(&[(1, 0.9)]),
             ..Default::default()
         });
-        let a = plan(&view(&s));
+        // An earlier leader had submitted its resume and died: that job is cancelled too.
+        let mut v = view(&s);
+        v.resumed.insert(0, "job-7".into());
+        let a = plan(&v);
         assert!(matches!(&a[0], Action::Update(t) if t.state == TrialState::Cancelled as i32), "{a:?}");
+        assert!(a.iter().any(|x| matches!(x, Action::CancelJob { job_id, .. } if job_id == "job-7")), "{a:?}");
     }
 }

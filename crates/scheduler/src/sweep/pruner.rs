@@ -143,6 +143,25 @@ pub fn promotable(p: &PrunerSpec, maximize: bool, trials: &[TrialView]) -> Vec<u
     out.into_iter().map(|(_, _, i)| i).collect()
 }
 
+/// Promotion mode, when the trial budget is spent before any rung held η values to promote from: the paused trial
+/// of the highest rung with the best value there (ties: the lowest index), so the sweep still trains one trial to
+/// the end. `None` when nothing is paused with a value.
+pub fn best_paused(p: &PrunerSpec, maximize: bool, trials: &[TrialView]) -> Option<u32> {
+    trials
+        .iter()
+        .filter(|t| t.paused)
+        .filter_map(|t| {
+            let v = value_at(&t.values, rung_resource(p, t.bracket, t.rung)?)?;
+            (!v.is_nan()).then_some((t.rung, v, t.index))
+        })
+        .max_by(|a, b| {
+            a.0.cmp(&b.0)
+                .then_with(|| if maximize { a.1.total_cmp(&b.1) } else { b.1.total_cmp(&a.1) })
+                .then(b.2.cmp(&a.2))
+        })
+        .map(|(_, _, i)| i)
+}
+
 fn median(p: &PrunerSpec, maximize: bool, trial: &TrialView, others: &[TrialView]) -> Verdict {
     let done: Vec<&TrialView> = others.iter().filter(|o| o.completed && o.index != trial.index).collect();
     let startup = if p.startup_trials == 0 { 5 } else { p.startup_trials } as usize;
@@ -268,6 +287,11 @@ mod tests {
         six.push(TrialView { rung: 1, ..t(8, &[(1, 0.25), (3, 0.1)]) });
         // Rung 1: three values keep one (trial 6); rung 0: nine values keep three (0.9, 0.8, 0.75): trial 1.
         assert_eq!(promotable(&p, true, &six), vec![6, 1]);
+        // The best paused trial of the highest rung (the fallback when a budget never fills a rung).
+        assert_eq!(best_paused(&p, true, &two), Some(0));
+        assert_eq!(best_paused(&p, false, &two), Some(1));
+        assert_eq!(best_paused(&p, true, &six), Some(6));
+        assert_eq!(best_paused(&p, true, &[t(0, &[(1, 0.9)])]), None, "nothing paused");
     }
 
     #[test]
