@@ -119,13 +119,24 @@ pub fn list_workers(st: &ClusterState) -> ListWorkersResponse {
 }
 
 /// Finished jobs that retention may compact (`retention::select`): every succeeded, failed or cancelled job, except
-/// the failed replicas of a deployment's current generation (the reconciler's crash-loop evidence).
+/// the failed replicas of a deployment's current generation (the reconciler's crash-loop evidence) and the last jobs
+/// of paused sweep trials (a promotion resumes from that job's checkpoint, found through the job; at most
+/// `max_trials` per sweep).
 pub fn finished_jobs(st: &ClusterState) -> Vec<crate::retention::FinishedJob> {
+    let paused: std::collections::HashSet<&str> = st
+        .sweeps
+        .sweeps
+        .values()
+        .flat_map(|s| s.trials.iter())
+        .filter(|t| t.state == TrialState::Paused as i32)
+        .map(|t| t.job_id.as_str())
+        .collect();
     let pinned = |j: &Job| {
-        j.state == JobState::Failed as i32
-            && serve_spec(j).is_some_and(|s| {
-                st.serving.deployments.get(&s.deployment).is_some_and(|d| d.generation == s.generation)
-            })
+        paused.contains(j.id.as_str())
+            || j.state == JobState::Failed as i32
+                && serve_spec(j).is_some_and(|s| {
+                    st.serving.deployments.get(&s.deployment).is_some_and(|d| d.generation == s.generation)
+                })
     };
     st.jobs
         .by_id
@@ -702,8 +713,18 @@ pub fn list_sweeps(st: &ClusterState, project: &str) -> ListSweepsResponse {
     }
 }
 
-/// Sweeps the leader's sweep loop must look at: running ones, and ended ones with a trial still running.
+/// Sweeps the leader's sweep loop must look at: running ones, and ended ones with a trial still running or paused,
+/// or with the job of an unrecorded next trial still active (an earlier leader submitted it; the loop cancels it).
 pub fn active_sweeps(st: &ClusterState) -> Vec<String> {
+    let orphan_active = |s: &Sweep| {
+        let request = crate::sweep::plan::request_id(&s.id, s.trials.len() as u32);
+        let key = crate::state::jobs::idempotency_key(sweep_project(s), &request);
+        st.jobs
+            .request_ids
+            .get(&key)
+            .and_then(|id| st.jobs.by_id.get(id))
+            .is_some_and(|j| JobState::try_from(j.state).is_ok_and(|x| !x.is_terminal()))
+    };
     st.sweeps
         .sweeps
         .values()
@@ -712,6 +733,7 @@ pub fn active_sweeps(st: &ClusterState) -> Vec<String> {
                 || s.trials
                     .iter()
                     .any(|t| matches!(TrialState::try_from(t.state), Ok(TrialState::Running | TrialState::Paused)))
+                || orphan_active(s)
         })
         .map(|s| s.id.clone())
         .collect()
@@ -927,5 +949,67 @@ mod tests {
         assert_eq!(r.total, 8);
         assert!(!ids(&r).contains(&"job-2"));
         assert_eq!(r.jobs.len(), 8);
+    }
+
+    #[test]
+    fn retention_keeps_the_job_a_paused_trial_resumes_from() {
+        let mut st = state();
+        for id in ["job-2", "job-4"] {
+            st.jobs.by_id.get_mut(id).unwrap().state = JobState::Succeeded as i32;
+        }
+        let finished = |st: &ClusterState| {
+            let mut v: Vec<String> = finished_jobs(st).into_iter().map(|f| f.id).collect();
+            v.sort();
+            v
+        };
+        assert_eq!(finished(&st), ["job-2", "job-4"]);
+        let trial = |index: u32, job: &str, state: TrialState| Trial {
+            index,
+            job_id: job.into(),
+            state: state as i32,
+            ..Default::default()
+        };
+        let sweep = Sweep {
+            id: "sweep-1".into(),
+            trials: vec![trial(0, "job-2", TrialState::Paused), trial(1, "job-4", TrialState::Pruned)],
+            ..Default::default()
+        };
+        st.sweeps.sweeps.insert(sweep.id.clone(), sweep);
+        assert_eq!(finished(&st), ["job-4"], "a paused trial's job stays; an ended trial's goes");
+    }
+
+    #[test]
+    fn an_ended_sweep_stays_active_while_an_unrecorded_trial_job_runs() {
+        let mut st = ClusterState::default();
+        let sweep = Sweep {
+            id: "sweep-1".into(),
+            spec: Some(SweepSpec::default()),
+            state: SweepState::Cancelled as i32,
+            ..Default::default()
+        };
+        st.sweeps.sweeps.insert(sweep.id.clone(), sweep);
+        assert!(active_sweeps(&st).is_empty());
+        let mut job = Job {
+            id: "job-1".into(),
+            seq: 1,
+            state: JobState::Running as i32,
+            request_id: crate::sweep::plan::request_id("sweep-1", 0),
+            spec: Some(JobSpec {
+                labels: [(aidos_api::sweep::LABEL_PARAMS.to_string(), r#"{"x":1}"#.to_string())].into(),
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        st.jobs.insert_job(job.clone());
+        assert_eq!(active_sweeps(&st), ["sweep-1"], "the sweep loop must see it to cancel it");
+        let v = sweep_view(&st, "sweep-1", 0).unwrap();
+        let cancels = crate::sweep::plan::plan(&v);
+        assert!(
+            matches!(&cancels[..], [crate::sweep::plan::Action::CancelJob { job_id, .. }] if job_id == "job-1"),
+            "{cancels:?}"
+        );
+        job.state = JobState::Cancelled as i32;
+        st.jobs.insert_job(job);
+        assert!(active_sweeps(&st).is_empty());
     }
 }

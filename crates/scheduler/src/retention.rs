@@ -13,7 +13,8 @@
 //!
 //! Pinned: failed replica jobs of a deployment's current generation are the reconciler's crash-loop evidence
 //! (`reconcile`), so [`crate::queries::finished_jobs`] leaves them out of the candidates (a crash loop stops after a
-//! few, so they are few).
+//! few, so they are few). So are the last jobs of paused sweep trials (promotion ASHA resumes a trial from its last
+//! job's checkpoint, found through that job; at most `max_trials` per sweep).
 //!
 //! The leader (`loops::run_retention`) proposes the choice in commands of at most [`MAX_IDS_PER_COMMAND`] ids.
 //! Task logs: the leader-local `<data_dir>/task-logs/<job>.log` files are not replicated, so each node deletes its own
