@@ -222,7 +222,7 @@ pub fn task_env(
     blobs: &BlobAccess,
 ) -> Vec<(String, String)> {
     let aref = a.attempt.clone().unwrap_or_default();
-    let mut env: Vec<(String, String)> = thread_env(a);
+    let mut env: Vec<(String, String)> = Vec::new();
     match a.spec.as_ref().and_then(|s| s.payload.as_ref()) {
         Some(job_spec::Payload::Process(p)) => {
             let mut spec_env: Vec<_> = p.env.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
@@ -271,23 +271,6 @@ pub fn task_env(
         }
     }
     env
-}
-
-/// Variables the common thread pools read, set to the task's CPU request rounded up: rayon (the built-in trainer's
-/// kernels) and OpenMP / MKL / OpenBLAS (a user's numeric libraries, PyTorch's included). Without them every task on
-/// a worker starts one thread per core of the machine, so two 1-core trials on a 2-core worker run four busy threads.
-/// They come first in the task's environment, so a job's own env overrides them. None for a job without a CPU
-/// request, and none for serving replicas, which size their executors themselves (`ServeSpec.instances`).
-pub const THREAD_ENV: [&str; 4] = ["RAYON_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"];
-
-fn thread_env(a: &TaskAssignment) -> Vec<(String, String)> {
-    let Some(spec) = a.spec.as_ref() else { return Vec::new() };
-    let cpu_millis = spec.resources.as_ref().map_or(0, |r| r.cpu_millis);
-    if cpu_millis == 0 || matches!(spec.payload, Some(job_spec::Payload::Serve(_))) {
-        return Vec::new();
-    }
-    let threads = cpu_millis.div_ceil(1000).to_string();
-    THREAD_ENV.iter().map(|k| (k.to_string(), threads.clone())).collect()
 }
 
 /// Files a task's environment points at, written into its working directory before it starts: a sweep trial's
@@ -733,41 +716,6 @@ mod tests {
         assert_eq!(last("AIDOS_JOB_ID"), "j");
         assert_eq!(last("AIDOS_ATTEMPT"), "2");
         assert_eq!(last("AIDOS_BLOB_DIR"), "/blobs");
-    }
-
-    #[test]
-    fn thread_pools_follow_the_cpu_request_unless_the_job_says_otherwise() {
-        let with = |cpu_millis: u64, env: &[(&str, &str)], serve: bool| {
-            let payload = if serve {
-                job_spec::Payload::Serve(Default::default())
-            } else {
-                job_spec::Payload::Process(ProcessSpec {
-                    executable: "x".into(),
-                    args: vec![],
-                    env: env.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
-                })
-            };
-            let a = TaskAssignment {
-                attempt: Some(AttemptRef { job_id: "j".into(), ..Default::default() }),
-                spec: Some(JobSpec {
-                    resources: Some(aidos_api::v1::Resources { cpu_millis, ..Default::default() }),
-                    payload: Some(payload),
-                    ..Default::default()
-                }),
-                world_size: 1,
-                env: Default::default(),
-            };
-            let env = task_env(&a, "w1", "h:1", "127.0.0.1", Path::new("/wd"), &BlobAccess::shared("/b"));
-            let last = |k: &str| env.iter().rev().find(|(kk, _)| kk == k).map(|(_, v)| v.clone());
-            THREAD_ENV.iter().map(|k| last(k)).collect::<Vec<_>>()
-        };
-        let all = |v: &str| vec![Some(v.to_string()); THREAD_ENV.len()];
-        assert_eq!(with(1000, &[], false), all("1"));
-        assert_eq!(with(1500, &[], false), all("2"), "rounded up");
-        assert_eq!(with(100, &[], false), all("1"));
-        assert_eq!(with(0, &[], false), vec![None; THREAD_ENV.len()], "no request: the libraries' defaults");
-        assert_eq!(with(2000, &[], true), vec![None; THREAD_ENV.len()], "replicas size their executors");
-        assert_eq!(with(1000, &[("OMP_NUM_THREADS", "8")], false)[1].as_deref(), Some("8"), "the job's env wins");
     }
 
     #[test]
