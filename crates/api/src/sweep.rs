@@ -339,10 +339,7 @@ pub fn validate_sweep(s: &SweepSpec) -> Result<(), SpecError> {
             }
             if let Some(crate::v1::job_spec::Payload::Train(t)) = &trial.payload {
                 let config: serde_json::Value = serde_json::from_str(&t.config_json).unwrap_or_default();
-                check_promotion_epochs(s, config.get("epochs")).map_err(|e| {
-                    let (field, reason) = e.split_once(": ").unwrap_or(("trial.train.config.epochs", &e));
-                    SpecError::new(field, reason)
-                })?;
+                check_promotion_epochs(s, config.get("epochs"))?;
             }
         }
     }
@@ -565,12 +562,12 @@ pub fn trial_spec(
 
 /// Promotion mode: the trial's `epochs` must be the pruner's `max_resource` (both are a trial's full budget; the
 /// last rung's job trains up to `epochs`). A placeholder is checked once substituted.
-fn check_promotion_epochs(spec: &SweepSpec, epochs: Option<&serde_json::Value>) -> Result<(), String> {
+fn check_promotion_epochs(spec: &SweepSpec, epochs: Option<&serde_json::Value>) -> Result<(), SpecError> {
     let max = spec.pruner.as_ref().map_or(0, |p| p.max_resource);
     match epochs.and_then(|e| e.as_u64()) {
-        Some(e) if e != max => Err(format!(
-            "trial.train.config.epochs: {e}, but sweep.pruner.max_resource is {max}: in promotion mode both are a \
-             trial's full budget"
+        Some(e) if e != max => Err(SpecError::new(
+            "trial.train.config.epochs",
+            format!("{e}, but sweep.pruner.max_resource is {max}: in promotion mode both are a trial's full budget"),
         )),
         _ => Ok(()),
     }
@@ -595,7 +592,7 @@ pub fn rung_spec(
     let mut config: serde_json::Value =
         serde_json::from_str(&t.config_json).map_err(|e| format!("trial.train.config: {e}"))?;
     let obj = config.as_object_mut().ok_or("trial.train.config: not a table")?;
-    check_promotion_epochs(spec, obj.get("epochs"))?;
+    check_promotion_epochs(spec, obj.get("epochs")).map_err(|e| format!("{}: {}", e.field, e.reason))?;
     match stop_after {
         Some(k) => obj.insert("stop_after_epochs".into(), k.into()),
         None => obj.remove("stop_after_epochs"),

@@ -717,11 +717,7 @@ pub fn list_sweeps(st: &ClusterState, project: &str) -> ListSweepsResponse {
 /// or with the job of an unrecorded next trial still active (an earlier leader submitted it; the loop cancels it).
 pub fn active_sweeps(st: &ClusterState) -> Vec<String> {
     let orphan_active = |s: &Sweep| {
-        let request = crate::sweep::plan::request_id(&s.id, s.trials.len() as u32);
-        let key = crate::state::jobs::idempotency_key(sweep_project(s), &request);
-        st.jobs
-            .request_ids
-            .get(&key)
+        sweep_job(st, s, &crate::sweep::plan::request_id(&s.id, s.trials.len() as u32))
             .and_then(|id| st.jobs.by_id.get(id))
             .is_some_and(|j| JobState::try_from(j.state).is_ok_and(|x| !x.is_terminal()))
     };
@@ -737,6 +733,11 @@ pub fn active_sweeps(st: &ClusterState) -> Vec<String> {
         })
         .map(|s| s.id.clone())
         .collect()
+}
+
+/// The job submitted for sweep `s` under idempotency key `request` (in the sweep's project), if any.
+fn sweep_job<'a>(st: &'a ClusterState, s: &Sweep, request: &str) -> Option<&'a String> {
+    st.jobs.request_ids.get(&crate::state::jobs::idempotency_key(sweep_project(s), request))
 }
 
 /// The parameters a trial's job carries (its `aidos.params` label): what a trial whose job exists is recorded with.
@@ -796,9 +797,7 @@ pub fn sweep_view<'a>(st: &'a ClusterState, id: &str, now_ms: i64) -> Option<cra
             jobs.insert(t.index, trial_job(st, &t.job_id, &spec.metric, unit_epoch));
         }
     }
-    let job_of = |request: String| {
-        st.jobs.request_ids.get(&crate::state::jobs::idempotency_key(sweep_project(s), &request)).cloned()
-    };
+    let job_of = |request: String| sweep_job(st, s, &request).cloned();
     let next = s.trials.len() as u32;
     let orphan =
         job_of(request_id(&s.id, next)).and_then(|job_id| Some((job_id.clone(), trial_job_params(st, &job_id)?)));

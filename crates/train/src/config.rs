@@ -524,7 +524,7 @@ impl TrainConfig {
 
     /// Whether a run of this config ends before `epochs` (see `stop_after_epochs`): it pauses, it does not finish.
     pub fn pauses(&self) -> bool {
-        self.stop_after_epochs.is_some_and(|k| k < self.epochs)
+        self.end_epoch() < self.epochs
     }
 
     /// The epoch a run of this config ends after: `stop_after_epochs` when it pauses, else `epochs`.

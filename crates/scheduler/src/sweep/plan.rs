@@ -323,10 +323,7 @@ pub fn plan(v: &SweepView) -> Vec<Action> {
 
     let used: u64 = all.iter().map(|t| current_values(t, v).last().map_or(t.resource, |x| x.resource)).sum();
     let resource_left = spec.max_resource == 0 || used < spec.max_resource;
-    let mut free = spec.max_concurrent.saturating_sub(still_running) as usize;
-    if !resource_left {
-        free = 0;
-    }
+    let mut free = if resource_left { spec.max_concurrent.saturating_sub(still_running) as usize } else { 0 };
 
     // Promotions before new trials (ASHA: a freed worker first looks for a trial to promote).
     let mut resumes = Vec::new();
@@ -451,7 +448,6 @@ fn finish_now(
     out
 }
 
-/// The completed trial with the best final value (ties: the earlier trial).
 /// A trial's values as of this round: recorded for ended and paused trials, recorded then reported for running ones.
 fn current_values(t: &Trial, v: &SweepView) -> Vec<IntermediateValue> {
     if terminal(t) {
@@ -484,6 +480,7 @@ fn resumed(t: &Trial, job_id: String) -> Trial {
     }
 }
 
+/// The completed trial with the best final value (ties: the earlier trial).
 pub fn best_trial(trials: &[Trial], maximize: bool) -> Option<u32> {
     let mut best: Option<&Trial> = None;
     for t in trials.iter().filter(|t| t.state == TrialState::Completed as i32 && t.has_value && !t.value.is_nan()) {
@@ -708,6 +705,21 @@ optimizer = {{ name = "adam", lr = "${{lr}}" }}
         vals.iter().map(|&(resource, value)| IntermediateValue { resource, value }).collect()
     }
 
+    /// Trial `i` (job `job-<i>`), paused at rung 0 with `val` at 1 epoch.
+    fn paused_at_first_rung(i: u32, val: f64) -> Trial {
+        Trial {
+            index: i,
+            params_json: r#"{"lr":0.001}"#.into(),
+            job_id: format!("job-{i}"),
+            state: TrialState::Paused as i32,
+            values: values(&[(1, val)]),
+            has_value: true,
+            value: val,
+            resource: 1,
+            ..Default::default()
+        }
+    }
+
     #[test]
     fn promotion_pauses_at_each_rung_and_resumes_the_top_third_from_its_checkpoint() {
         let mut s = promotion_sweep(4, 1);
@@ -727,22 +739,10 @@ optimizer = {{ name = "adam", lr = "${{lr}}" }}
         );
         assert_eq!(launched(&a), vec![1], "fewer than η values at the rung: nothing to promote yet");
         // Three trials paused at rung 0 (0.9, 0.5, 0.7): the best is promoted before trial 3 is launched.
-        s.trials[0].state = TrialState::Paused as i32;
-        s.trials[0].values = values(&[(1, 0.9)]);
+        s.trials[0] = paused_at_first_rung(0, 0.9);
         for (i, val) in [(1u32, 0.5), (2, 0.7)] {
-            s.trials.push(Trial {
-                index: i,
-                params_json: r#"{"lr":0.001}"#.into(),
-                job_id: format!("job-{i}"),
-                state: TrialState::Paused as i32,
-                values: values(&[(1, val)]),
-                has_value: true,
-                value: val,
-                resource: 1,
-                ..Default::default()
-            });
+            s.trials.push(paused_at_first_rung(i, val));
         }
-        s.trials[0].params_json = r#"{"lr":0.001}"#.into();
         let a = plan(&view(&s));
         let [Action::Resume(r)] = &a[..] else { panic!("{a:?}") };
         assert_eq!((r[0].trial.index, r[0].trial.rung, r[0].trial.state), (0, 1, TrialState::Running as i32));
@@ -767,17 +767,7 @@ optimizer = {{ name = "adam", lr = "${{lr}}" }}
     fn promotion_prunes_the_paused_trials_left_when_the_sweep_runs_out() {
         let mut s = promotion_sweep(2, 2);
         for (i, val) in [(0u32, 0.9), (1, 0.5)] {
-            s.trials.push(Trial {
-                index: i,
-                params_json: r#"{"lr":0.001}"#.into(),
-                job_id: format!("job-{i}"),
-                state: TrialState::Paused as i32,
-                values: values(&[(1, val)]),
-                has_value: true,
-                value: val,
-                resource: 1,
-                ..Default::default()
-            });
+            s.trials.push(paused_at_first_rung(i, val));
         }
         // Two values at rung 0 (fewer than η): nobody qualifies, and no trial is left to launch. With no trial
         // completed, the best paused one goes on, so the sweep ends with a trained model.

@@ -71,6 +71,17 @@ fn value_at(values: &[IntermediateValue], resource: u64) -> Option<f64> {
     values.iter().find(|v| v.resource >= resource).map(|v| v.value)
 }
 
+/// Orders objective values best first.
+fn best_first(maximize: bool) -> impl Fn(&f64, &f64) -> std::cmp::Ordering {
+    move |a, b| if maximize { b.total_cmp(a) } else { a.total_cmp(b) }
+}
+
+/// Orders paused trials as (rung, value at it, index) for promotion: highest rung first, then best value, then
+/// lowest index.
+fn promotion_order(maximize: bool) -> impl Fn(&(u32, f64, u32), &(u32, f64, u32)) -> std::cmp::Ordering {
+    move |a, b| b.0.cmp(&a.0).then_with(|| best_first(maximize)(&a.1, &b.1)).then(a.2.cmp(&b.2))
+}
+
 /// `better(a, b)`: is `a` at least as good as `b`?
 fn at_least_as_good(a: f64, b: f64, maximize: bool) -> bool {
     if maximize { a >= b } else { a <= b }
@@ -97,7 +108,7 @@ fn successive_halving(p: &PrunerSpec, maximize: bool, trial: &TrialView, others:
             .collect();
         competing.push(mine);
         // Best first.
-        competing.sort_by(|a, b| if maximize { b.total_cmp(a) } else { a.total_cmp(b) });
+        competing.sort_by(best_first(maximize));
         let keep = (competing.len() / eta).max(1);
         let threshold = competing[keep - 1];
         if mine.is_nan() || !at_least_as_good(mine, threshold, maximize) {
@@ -132,14 +143,12 @@ pub fn promotable(p: &PrunerSpec, maximize: bool, trials: &[TrialView]) -> Vec<u
         if keep == 0 {
             continue;
         }
-        at.sort_by(|a, b| if maximize { b.total_cmp(a) } else { a.total_cmp(b) });
+        at.sort_by(best_first(maximize));
         if at_least_as_good(mine, at[keep - 1], maximize) {
             out.push((t.rung, mine, t.index));
         }
     }
-    out.sort_by(|a, b| {
-        b.0.cmp(&a.0).then_with(|| if maximize { b.1.total_cmp(&a.1) } else { a.1.total_cmp(&b.1) }).then(a.2.cmp(&b.2))
-    });
+    out.sort_by(promotion_order(maximize));
     out.into_iter().map(|(_, _, i)| i).collect()
 }
 
@@ -154,11 +163,7 @@ pub fn best_paused(p: &PrunerSpec, maximize: bool, trials: &[TrialView]) -> Opti
             let v = value_at(&t.values, rung_resource(p, t.bracket, t.rung)?)?;
             (!v.is_nan()).then_some((t.rung, v, t.index))
         })
-        .max_by(|a, b| {
-            a.0.cmp(&b.0)
-                .then_with(|| if maximize { a.1.total_cmp(&b.1) } else { b.1.total_cmp(&a.1) })
-                .then(b.2.cmp(&a.2))
-        })
+        .min_by(promotion_order(maximize))
         .map(|(_, _, i)| i)
 }
 
